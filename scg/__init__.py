@@ -1,0 +1,20 @@
+"""scg: Monte Carlo gradient estimators for PyTorch.
+
+``scg.expectation(f, dist, estimator, num_samples=S)`` returns a value-preserving
+surrogate of ``E_q[f]``: its value is the Monte Carlo mean, its gradient the
+chosen estimator.
+"""
+
+from scg import baselines, laws
+from scg.estimators import Estimator, Pathwise, ScoreFunction, expectation
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "expectation",
+    "Estimator",
+    "Pathwise",
+    "ScoreFunction",
+    "baselines",
+    "laws",
+]

@@ -1,0 +1,68 @@
+"""Input checks shared by the library: clear errors that name the argument.
+
+Every message follows ``"`name` must ...; got ..."`` (see STYLE.md). Checks that
+need a value on the host (finiteness) are skipped inside ``torch.func``
+transforms, where data-dependent control flow is not allowed.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+from torch._C._functorch import is_functorch_wrapped_tensor
+
+__all__ = [
+    "under_transform",
+    "check_positive_int",
+    "check_positive",
+    "check_cost",
+]
+
+
+def under_transform(x: Tensor) -> bool:
+    """True when ``x`` is being traced by a ``torch.func`` transform (vmap, grad, ...)."""
+    return bool(is_functorch_wrapped_tensor(x))
+
+
+def check_positive_int(name: str, value: object, minimum: int = 1) -> int:
+    """Return ``value`` as an int if it is an integer ≥ ``minimum``; raise otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"`{name}` must be an int; got {type(value).__name__} ({value!r}).")
+    if value < minimum:
+        raise ValueError(f"`{name}` must be >= {minimum}; got {value}.")
+    return value
+
+
+def check_positive(name: str, value: float) -> float:
+    """Return ``value`` if it is a finite positive number; raise otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"`{name}` must be a positive float; got {type(value).__name__} ({value!r}).")
+    if not (value > 0) or value == float("inf"):
+        raise ValueError(f"`{name}` must be positive and finite; got {value}.")
+    return float(value)
+
+
+def check_cost(value: object, expected: Sequence[int], *, hint: str = "") -> Tensor:
+    """Check what a cost function ``f`` returned: a tensor of shape ``expected``, finite.
+
+    Raises:
+        TypeError: ``f`` did not return a tensor.
+        ValueError: wrong shape (no broadcasting is attempted) or non-finite values.
+    """
+    if not isinstance(value, Tensor):
+        raise TypeError(f"`f` must return a torch.Tensor; got {type(value).__name__}.")
+    if tuple(value.shape) != tuple(expected):
+        raise ValueError(
+            f"`f` must map samples [S, *batch_shape, *event_shape] to costs [S, *batch_shape] = "
+            f"{list(expected)}; got shape {list(value.shape)}.{hint}"
+        )
+    if not value.is_floating_point():
+        raise TypeError(f"`f` must return a floating-point tensor; got dtype {value.dtype}.")
+    if not under_transform(value) and not bool(torch.isfinite(value.detach()).all()):
+        raise ValueError(
+            "`f` must return finite costs; got non-finite values (inf or nan) — "
+            "check f for overflow or log(0)."
+        )
+    return value

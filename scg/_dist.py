@@ -1,0 +1,76 @@
+"""Helpers to look inside ``torch.distributions`` objects without wrapping them.
+
+scg never subclasses or patches torch distributions; these functions peel
+``Independent`` layers and read parameters so that estimators which act per
+element (measure-valued, DisARM, RELAX) know which dimensions are batch and which
+are event.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+from torch.distributions import Distribution, Independent
+
+__all__ = ["unwrap", "expected_cost_shape", "parameters_of", "evaluate"]
+
+
+def unwrap(dist: Distribution) -> tuple[Distribution, int]:
+    """Peel ``Independent`` layers.
+
+    Returns:
+        ``(base, k)``: the innermost non-``Independent`` distribution and the total
+        number of its batch dims that ``dist`` reinterprets as event dims.
+    """
+    k = 0
+    while isinstance(dist, Independent):
+        k += dist.reinterpreted_batch_ndims
+        dist = dist.base_dist
+    return dist, k
+
+
+def expected_cost_shape(dist: Distribution, num_samples: int) -> tuple[int, ...]:
+    """Shape ``f`` must return for ``num_samples`` draws: ``[S, *batch_shape]``."""
+    return (num_samples, *dist.batch_shape)
+
+
+def parameters_of(dist: Distribution) -> dict[str, Tensor]:
+    """The tensors a distribution was constructed from (e.g. ``loc``/``scale``, ``logits``).
+
+    Only parameters set at construction are returned (``probs`` *or* ``logits``),
+    so no lazily derived tensor is created.
+    """
+    base, _ = unwrap(dist)
+    out: dict[str, Tensor] = {}
+    for name in base.arg_constraints:
+        value = base.__dict__.get(name)
+        if isinstance(value, Tensor):
+            out[name] = value
+    if "logits" in out and "probs" in out:  # one is a cached lazy property of the other
+        del out["probs"]
+    return out
+
+
+def evaluate(f: Callable[[Tensor], Tensor], z: Tensor, dist: Distribution, num_samples: int) -> Tensor:
+    """Call ``f(z)`` and check it returned finite costs of shape ``[S, *batch_shape]``."""
+    from scg._checks import check_cost
+
+    hint = ""
+    if dist.event_shape == () and len(dist.batch_shape) > 0:
+        hint = (
+            " If f sums over the last dims, make them event dims with "
+            "torch.distributions.Independent(dist, k)."
+        )
+    return check_cost(f(z), expected_cost_shape(dist, num_samples), hint=hint)
+
+
+def magic_box(log_prob: Tensor) -> Tensor:
+    """DiCE's magic box: ``□(τ) = exp(τ − stop(τ))`` — value 1, gradient ``∇τ`` to any order.
+
+    References:
+        Foerster et al., "DiCE: The Infinitely Differentiable Monte Carlo Estimator", 2018.
+        https://arxiv.org/abs/1802.05098
+    """
+    return torch.exp(log_prob - log_prob.detach())

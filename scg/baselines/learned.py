@@ -1,0 +1,71 @@
+"""Input-dependent learned baseline (NVIL)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from scg._dist import parameters_of
+from scg.baselines.base import ControlVariate, SignalContext
+
+__all__ = ["Learned", "default_features"]
+
+
+def default_features(ctx: SignalContext) -> Tensor:
+    """Detached distribution parameters flattened per batch element: ``[*batch_shape, P]``.
+
+    Used as the baseline's input when no ``context`` is given. They are a function
+    of the node's inputs only, never of the sample, so the baseline stays unbiased.
+    """
+    batch = tuple(ctx.dist.batch_shape)
+    parts = []
+    for value in parameters_of(ctx.dist).values():
+        v = value.detach().expand(*batch, *value.shape[len(value.shape) - max(value.dim() - len(batch), 0):]) \
+            if value.dim() >= len(batch) else value.detach().expand(batch)
+        parts.append(v.reshape(*batch, -1))
+    return torch.cat(parts, dim=-1)
+
+
+class Learned(ControlVariate):
+    r"""NVIL's input-dependent baseline :math:`b_ψ(x)`, trained in the same backward pass.
+
+    .. math::
+        A_s = f(z_s) − b_ψ(x), \qquad
+        \text{extra} = r − \mathrm{stop}(r), \quad r = \frac1S\sum_s (\mathrm{stop}(A^{in}_s) − b_ψ(x))^2
+
+    The extra term is zero in value; its gradient trains ψ to regress the incoming
+    signal (so any optimiser that steps the estimator's parameters fits the
+    baseline). Unbiased: :math:`b_ψ(x)` does not depend on the sample.
+
+    Args:
+        module: maps the context ``[*batch_shape, ...]`` to ``[*batch_shape]`` or
+            ``[*batch_shape, 1]``. The context is the ``context=`` argument of
+            :func:`scg.expectation` (e.g. the data x) or, when omitted, the detached
+            distribution parameters flattened to ``[*batch_shape, P]``.
+
+    References:
+        Mnih & Gregor, "Neural Variational Inference and Learning in Belief Networks", 2014.
+        https://arxiv.org/abs/1402.0030
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"`module` must be a torch.nn.Module; got {type(module).__name__}.")
+        self.module = module
+
+    def forward(self, signal: Tensor, ctx: SignalContext) -> tuple[Tensor, Optional[Tensor]]:
+        inputs = ctx.context if ctx.context is not None else default_features(ctx)
+        b = self.module(inputs)
+        batch = tuple(signal.shape[1:])
+        if tuple(b.shape) == batch + (1,):
+            b = b.squeeze(-1)
+        if tuple(b.shape) != batch:
+            raise ValueError(
+                f"`module` of Learned must return [*batch_shape] = {list(batch)} "
+                f"(or with a trailing 1); got {list(b.shape)}."
+            )
+        r = ((signal.detach() - b) ** 2).mean(0)
+        return signal - b.detach(), r - r.detach()

@@ -1,0 +1,162 @@
+"""Pathwise estimator (reparameterisation trick)."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor
+from torch.distributions import (
+    Cauchy,
+    Distribution,
+    Exponential,
+    Laplace,
+    MultivariateNormal,
+    Normal,
+    TransformedDistribution,
+    Uniform,
+)
+
+from scg._dist import evaluate, unwrap
+from scg.estimators.base import Cost, Estimator
+from scg.laws import Law, StandardNormal, StandardUniform, law_like
+
+__all__ = ["Pathwise", "reparameterize"]
+
+# A reparameterisation: (law class, function (dist, noise) -> sample attached to the parameters).
+_Reparam = tuple[type[Law], Callable[[Distribution, Tensor], Tensor]]
+
+
+def _normal(d: Normal, e: Tensor) -> Tensor:
+    return d.loc + d.scale * e
+
+
+def _mvn(d: MultivariateNormal, e: Tensor) -> Tensor:
+    return d.loc + (d.scale_tril @ e.unsqueeze(-1)).squeeze(-1)
+
+
+def _uniform(d: Uniform, u: Tensor) -> Tensor:
+    return d.low + (d.high - d.low) * u
+
+
+def _laplace(d: Laplace, u: Tensor) -> Tensor:
+    v = u - 0.5
+    return d.loc - d.scale * torch.sign(v) * torch.log1p(-2 * v.abs())
+
+
+def _cauchy(d: Cauchy, u: Tensor) -> Tensor:
+    return d.loc + d.scale * torch.tan(math.pi * (u - 0.5))
+
+
+def _exponential(d: Exponential, u: Tensor) -> Tensor:
+    return -torch.log(u) / d.rate
+
+
+_REGISTRY: dict[type, _Reparam] = {
+    Normal: (StandardNormal, _normal),
+    MultivariateNormal: (StandardNormal, _mvn),
+    Uniform: (StandardUniform, _uniform),
+    Laplace: (StandardUniform, _laplace),
+    Cauchy: (StandardUniform, _cauchy),
+    Exponential: (StandardUniform, _exponential),
+}
+
+
+def reparameterize(dist: Distribution) -> Optional[tuple[type[Law], Callable[[Tensor], Tensor]]]:
+    """Explicit noise for ``dist``: ``(law class, noise -> sample)``, or ``None``.
+
+    Handles ``Independent`` and ``TransformedDistribution`` wrappers (LogNormal,
+    Gumbel, flows) around the families in the registry. The noise has the shape of
+    the *base* samples ``[S, *base.batch_shape, *base.event_shape]``.
+    """
+    inner, _ = unwrap(dist)
+    transforms = []
+    while isinstance(inner, TransformedDistribution):
+        transforms = list(inner.transforms) + transforms
+        inner, _ = unwrap(inner.base_dist)
+    for cls in type(inner).__mro__:
+        if cls in _REGISTRY:
+            law_cls, fn = _REGISTRY[cls]
+            base = inner
+
+            def sample(noise: Tensor) -> Tensor:
+                z = fn(base, noise)
+                for t in transforms:
+                    z = t(z)
+                return z
+
+            return law_cls, sample
+    return None
+
+
+class Pathwise(Estimator):
+    r"""Pathwise estimator (reparameterisation trick).
+
+    .. math::
+        z = g_θ(ε),\; ε \sim p(ε), \qquad \hat g = \frac1S\sum_s ∇_θ f(g_θ(ε_s))
+
+    Requires: a reparameterisable distribution (``has_rsample``) and f
+    differentiable in z. The noise ε is drawn out of place by scg for Normal,
+    MultivariateNormal, Uniform, Laplace, Cauchy, Exponential and their
+    ``Independent``/``TransformedDistribution`` wrappers (LogNormal, Gumbel, flow
+    posteriors) — these work under ``torch.func.vmap`` and in the exact harness.
+    Other distributions with ``rsample`` (Gamma, Beta, Dirichlet: implicit
+    reparameterisation) fall back to ``dist.rsample``.
+
+    Properties: unbiased; usually the lowest variance when f is smooth; variance
+    independent of the dimension for many f; S evaluations of f (and one backward).
+    Biased (gradient zero almost everywhere) for discontinuous f.
+
+    References:
+        Kingma & Welling, "Auto-Encoding Variational Bayes", 2014. https://arxiv.org/abs/1312.6114
+        Rezende, Mohamed & Wierstra, "Stochastic Backpropagation...", 2014.
+        Mohamed et al., "Monte Carlo Gradient Estimation in Machine Learning", JMLR 2020, §5.
+    """
+
+    def check(self, dist: Distribution) -> None:
+        super().check(dist)
+        if not dist.has_rsample:
+            raise TypeError(
+                f"`dist` must be reparameterisable for Pathwise; {type(dist).__name__} has no rsample. "
+                "Use ScoreFunction, MeasureValued, DisARM or RELAX (unbiased), or GumbelSoftmax/"
+                "StraightThrough (biased) for discrete distributions."
+            )
+
+    def laws(self, dist: Distribution, num_samples: int) -> dict[str, Law]:
+        self.check(dist)
+        rep = reparameterize(dist)
+        if rep is None:
+            return {}
+        law_cls, _ = rep
+        base = dist
+        while True:
+            base, _ = unwrap(base)
+            if isinstance(base, TransformedDistribution):
+                base = base.base_dist
+                continue
+            break
+        shape = (num_samples, *base.batch_shape, *base.event_shape)
+        ref = base.mean
+        return {"eps": law_like(law_cls, shape, ref)}
+
+    def draw(self, dist, num_samples=1, *, generator=None):  # type: ignore[override]
+        draws = super().draw(dist, num_samples, generator=generator)
+        if not draws:  # implicit reparameterisation: the sample is drawn in surrogate()
+            draws = {"num_samples": torch.tensor(num_samples)}
+        return draws
+
+    def surrogate(
+        self, f: Cost, dist: Distribution, draws: dict[str, Tensor], *, context: Optional[Tensor] = None
+    ) -> Tensor:
+        if "eps" in draws:
+            rep = reparameterize(dist)
+            if rep is None:
+                raise TypeError(f"`dist` {type(dist).__name__} has no explicit noise for Pathwise draws.")
+            z = rep[1](draws["eps"])
+            S = draws["eps"].shape[0]
+        else:
+            self.check(dist)
+            S = int(draws["num_samples"])
+            z = dist.rsample((S,))
+        return evaluate(f, z, dist, S).mean(0)

@@ -1,0 +1,161 @@
+"""Laws of the random inputs an estimator draws.
+
+An estimator declares *what* it draws as a dict of :class:`Law` objects
+(``Estimator.laws``); drawing is then generic (``Law.sample``), and the exact
+harness (:mod:`scg.testing`) integrates over the same laws with quadrature or
+enumeration instead of sampling. This is how one declaration serves both the
+Monte Carlo estimator and its exact check (mc_gradients' "samples in" design:
+draws can be made once and shared across estimators — common random numbers).
+
+All draws are made out of place (``torch.randn``/``torch.rand``/``dist.sample``),
+so code calling an estimator can be ``torch.func.vmap``-ed with
+``randomness="different"``.
+
+Every law is a product of independent scalar laws, one per element of ``shape``
+(except :class:`FromDistribution`, whose elements follow ``dist``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+from torch import Tensor
+from torch.distributions import Distribution
+
+__all__ = [
+    "Law",
+    "StandardNormal",
+    "StandardUniform",
+    "Rayleigh",
+    "DoubleSidedMaxwell",
+    "FromDistribution",
+]
+
+
+@dataclass(frozen=True, eq=False)
+class Law:
+    """Base class: iid scalar draws filling a tensor of ``shape``.
+
+    Subclasses implement :meth:`sample` and :meth:`log_density` (of one scalar, for
+    quadrature) and state their ``support`` as an interval.
+    """
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype = torch.float32
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    support: tuple[float, float] = (-math.inf, math.inf)
+
+    def sample(self, generator: Optional[torch.Generator] = None) -> Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def log_density(self, x: Tensor) -> Tensor:  # pragma: no cover
+        """Log density of one scalar element at ``x`` (elementwise)."""
+        raise NotImplementedError
+
+    def breakpoints(self) -> Optional[Tensor]:
+        """Per-element points ``[*shape, k]`` where an integrand may jump (or ``None``)."""
+        return None
+
+
+@dataclass(frozen=True, eq=False)
+class StandardNormal(Law):
+    """ε ~ N(0, 1) elementwise."""
+
+    def sample(self, generator: Optional[torch.Generator] = None) -> Tensor:
+        return torch.randn(self.shape, dtype=self.dtype, device=self.device, generator=generator)
+
+    def log_density(self, x: Tensor) -> Tensor:
+        return -0.5 * x * x - 0.5 * math.log(2 * math.pi)
+
+
+@dataclass(frozen=True, eq=False)
+class StandardUniform(Law):
+    """u ~ U(0, 1) elementwise, with optional per-element breakpoints ``[*shape, k]``.
+
+    Breakpoints tell the exact harness where the estimator's integrand is
+    discontinuous in u (e.g. DisARM's ``u = σ(φ)`` and ``u = 1 − σ(φ)``).
+    Draws are kept inside the open interval ``(tiny, 1 − eps/2)`` so that
+    ``log u`` and ``log(1 − u)`` are finite.
+    """
+
+    points: Optional[Tensor] = None
+    support: tuple[float, float] = (0.0, 1.0)
+
+    def sample(self, generator: Optional[torch.Generator] = None) -> Tensor:
+        u = torch.rand(self.shape, dtype=self.dtype, device=self.device, generator=generator)
+        tiny = torch.finfo(self.dtype).tiny
+        return u.clamp(min=tiny)
+
+    def log_density(self, x: Tensor) -> Tensor:
+        return torch.zeros_like(x)
+
+    def breakpoints(self) -> Optional[Tensor]:
+        return self.points
+
+
+@dataclass(frozen=True, eq=False)
+class Rayleigh(Law):
+    """W with density ``w exp(−w²/2)`` on w > 0 (Weibull with shape 2, scale √2).
+
+    Mohamed et al. (2020, §6.3) call it Weibull(2, ½); it is the positive part of
+    the weak derivative of N(μ, σ²) with respect to μ. Drawn as the norm of two
+    standard normals.
+    """
+
+    support: tuple[float, float] = (0.0, math.inf)
+
+    def sample(self, generator: Optional[torch.Generator] = None) -> Tensor:
+        e = torch.randn((*self.shape, 2), dtype=self.dtype, device=self.device, generator=generator)
+        return e.norm(dim=-1)
+
+    def log_density(self, x: Tensor) -> Tensor:
+        return torch.log(x) - 0.5 * x * x
+
+
+@dataclass(frozen=True, eq=False)
+class DoubleSidedMaxwell(Law):
+    """M with density ``m² exp(−m²/2) / √(2π)`` on ℝ.
+
+    The positive part of the weak derivative of N(μ, σ²) with respect to σ
+    (Mohamed et al. 2020, §6.3). Drawn as ``±‖(e₁, e₂, e₃)‖`` with a fair sign; with
+    U ~ U(0, 1) independent, ``M·U ~ N(0, 1)`` — the coupling used for ∇σ.
+    """
+
+    def sample(self, generator: Optional[torch.Generator] = None) -> Tensor:
+        e = torch.randn((*self.shape, 4), dtype=self.dtype, device=self.device, generator=generator)
+        radius = e[..., :3].norm(dim=-1)
+        return torch.where(e[..., 3] >= 0, radius, -radius)
+
+    def log_density(self, x: Tensor) -> Tensor:
+        return 2 * torch.log(x.abs()) - 0.5 * x * x - 0.5 * math.log(2 * math.pi)
+
+
+@dataclass(frozen=True, eq=False)
+class FromDistribution(Law):
+    """z ~ ``dist`` (parameters detached), ``sample_shape = shape[:1]``.
+
+    The law of the samples a score-function-type estimator draws. The harness
+    enumerates its support (discrete) or integrates against its density
+    (continuous), element by element of ``batch_shape + event_shape``.
+    """
+
+    dist: Optional[Distribution] = None
+
+    def sample(self, generator: Optional[torch.Generator] = None) -> Tensor:
+        if self.dist is None:  # pragma: no cover - constructed by estimators only
+            raise ValueError("`dist` must be given for FromDistribution.")
+        if generator is not None:
+            raise ValueError(
+                "`generator` is not supported for FromDistribution draws (torch distributions "
+                "sample from the global generator); seed with torch.manual_seed instead."
+            )
+        with torch.no_grad():
+            return self.dist.sample(self.shape[:1])
+
+
+def law_like(cls: type[Law], shape: tuple[int, ...], ref: Tensor, **kwargs: object) -> Law:
+    """Construct ``cls`` with ``dtype``/``device`` taken from the tensor ``ref``."""
+    return cls(shape=tuple(shape), dtype=ref.dtype, device=ref.device, **kwargs)  # type: ignore[arg-type]
