@@ -6,6 +6,7 @@ chosen estimator.
 """
 
 from scg import baselines, laws
+from scg import diagnostics, minibatch
 from scg.estimators import Estimator, Pathwise, ScoreFunction, expectation
 
 __version__ = "0.1.0"

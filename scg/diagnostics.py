@@ -1,0 +1,273 @@
+"""Measure gradient estimators: many independent estimates at once, and their statistics.
+
+:func:`gradient_samples` draws ``num`` independent gradient estimates of a
+stochastic scalar objective, vectorised with ``torch.func`` (no Python loop of
+``backward()`` calls), in chunks that bound memory. :func:`summary` turns them
+into per-parameter mean, variance, standard error, signal-to-noise ratio and —
+given the exact gradient — a bias z-score.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Union
+
+import torch
+from torch import Tensor
+
+from scg._checks import check_positive_int
+
+__all__ = ["gradient_samples", "summary", "Summary", "DEFAULT_CHUNK_ELEMENTS"]
+
+Params = Union[Mapping[str, Tensor], Sequence[Tensor]]
+
+#: Default memory budget of one chunk, in gradient elements (``chunk_size · P``):
+#: 2**24 elements = 64 MiB in float32.
+DEFAULT_CHUNK_ELEMENTS: int = 2**24
+
+
+def _leaves(params: Params) -> tuple[Any, list[Tensor]]:
+    """Validate ``params``; return a detached copy of the same structure and its tensors in order."""
+    if isinstance(params, Tensor):
+        raise TypeError(
+            "`params` must be a dict name -> tensor or a sequence of tensors; got a single Tensor "
+            "(wrap it: [tensor] or {'name': tensor})."
+        )
+    if isinstance(params, Mapping):
+        items = list(params.items())
+        if not items:
+            raise ValueError("`params` must not be empty; got an empty mapping.")
+        for name, value in items:
+            if not isinstance(value, Tensor):
+                raise TypeError(f"`params` values must be tensors; got {type(value).__name__} for {name!r}.")
+        detached: Any = {name: value.detach() for name, value in items}
+        return detached, list(detached.values())
+    if isinstance(params, Sequence) and not isinstance(params, (str, bytes)):
+        values = list(params)
+        if not values:
+            raise ValueError("`params` must not be empty; got an empty sequence.")
+        for i, value in enumerate(values):
+            if not isinstance(value, Tensor):
+                raise TypeError(f"`params` elements must be tensors; got {type(value).__name__} at index {i}.")
+        detached = [value.detach() for value in values]
+        return (tuple(detached) if isinstance(params, tuple) else detached), detached
+    raise TypeError(
+        f"`params` must be a dict name -> tensor or a sequence of tensors; got {type(params).__name__}."
+    )
+
+
+def gradient_samples(
+    fn: Callable[[Any], Tensor],
+    params: Params,
+    num: int,
+    *,
+    chunk_size: Optional[int] = None,
+) -> Tensor:
+    r"""``num`` independent gradient estimates of a stochastic scalar objective, ``[num, P]``.
+
+    .. math::
+        G_{n,:} = \operatorname{flatten}\big(∇_θ\, \mathrm{fn}(θ; ω_n)\big), \qquad
+        ω_1, \dots, ω_{num} \text{ iid}
+
+    where :math:`ω_n` is all the randomness ``fn`` draws. Each row is one draw of
+    the estimator that ``loss = fn(params); loss.backward()`` would produce.
+
+    Computed as ``torch.func.vmap(torch.func.grad(fn), randomness="different")``
+    over a dummy batch dimension, ``chunk_size`` estimates per call: one
+    vectorised forward/backward per chunk instead of ``num`` Python-level
+    ``backward()`` calls (see ``docs/benchmarks.md``). Stacking estimates along a
+    leading dimension and differentiating them with a batched backward would cost
+    O(num²); this does not.
+
+    Requires: ``fn`` traceable by ``torch.func``: no in-place random draws on
+    unbatched tensors (``Normal.rsample`` fails under vmap; ``torch.randn`` and
+    ``dist.sample`` work — every scg estimator draws out of place, so a closure
+    calling :func:`scg.expectation` works as it is), no ``.item()``/data-dependent
+    Python control flow, no ``.backward()`` inside. Modules are called
+    functionally with ``torch.func.functional_call``. Running statistics of
+    control variates (e.g. ``MovingAverage``) are frozen inside ``torch.func``,
+    so every row uses the same baseline state.
+
+    Properties: rows are independent and identically distributed. Randomness
+    comes from torch's global generator: after ``torch.manual_seed(s)`` the result
+    is reproducible for the same ``num`` and ``chunk_size`` (a different chunking
+    draws the same *distribution* of estimates, not necessarily the same values).
+    Memory: one chunk holds ``chunk_size`` copies of the gradient and of ``fn``'s
+    intermediate tensors; the result itself is ``num · P`` elements.
+
+    Args:
+        fn: ``fn(params) -> Tensor`` of shape ``[]`` (a scalar), stochastic. It
+            receives ``params`` in the same structure (dict or sequence).
+        params: dict name -> tensor, or a sequence of tensors (their values are
+            used detached; the result does not require grad).
+        num: number of estimates N ≥ 1.
+        chunk_size: estimates per vectorised call (keyword-only). ``None`` picks
+            ``min(num, max(1, 2**24 // P))`` — at most 64 MiB of float32 gradients
+            per chunk; lower it when ``fn``'s own activations are large.
+
+    Returns:
+        Tensor ``[num, P]``, P the total number of elements of ``params``; row n is
+        the n-th estimate, parameters flattened and concatenated in the order of
+        ``params`` (dict insertion order).
+
+    Raises:
+        TypeError: ``params`` is not a dict/sequence of tensors, ``fn`` is not
+            callable or does not return a tensor.
+        ValueError: ``num < 1``, ``chunk_size < 1``, empty ``params``, or ``fn``
+            does not return a scalar.
+
+    Example:
+        >>> import torch, scg
+        >>> from torch import nn
+        >>> from torch.distributions import Independent, Normal
+        >>> from torch.func import functional_call
+        >>> _ = torch.manual_seed(0)
+        >>> encoder = nn.Linear(4, 2 * 3)
+        >>> x = torch.randn(4)
+        >>> def fn(p):
+        ...     loc, log_scale = functional_call(encoder, p, (x,)).chunk(2, -1)
+        ...     q = Independent(Normal(loc, log_scale.exp()), 1)
+        ...     return scg.expectation(lambda z: (z ** 2).sum(-1), q, scg.Pathwise())
+        >>> g = scg.diagnostics.gradient_samples(fn, dict(encoder.named_parameters()), 1000)
+        >>> g.shape
+        torch.Size([1000, 30])
+        >>> s = scg.diagnostics.summary(g)   # mean, variance, std_error, snr per parameter
+
+    References:
+        Mohamed et al., "Monte Carlo Gradient Estimation in Machine Learning", JMLR 2020, §3
+        (variance as the measure of an estimator). https://arxiv.org/abs/1906.10652
+        Rainforth et al., "Tighter Variational Bounds are Not Necessarily Better", 2018 (SNR).
+        https://arxiv.org/abs/1802.04537
+    """
+    if not callable(fn):
+        raise TypeError(f"`fn` must be callable; got {type(fn).__name__}.")
+    check_positive_int("num", num)
+    structure, leaves = _leaves(params)
+    total = sum(t.numel() for t in leaves)
+    if chunk_size is None:
+        chunk_size = min(num, max(1, DEFAULT_CHUNK_ELEMENTS // max(total, 1)))
+    else:
+        check_positive_int("chunk_size", chunk_size)
+        chunk_size = min(chunk_size, num)
+
+    def scalar(p: Any, _: Tensor) -> Tensor:
+        out = fn(p)
+        if not isinstance(out, Tensor):
+            raise TypeError(f"`fn` must return a torch.Tensor; got {type(out).__name__}.")
+        if out.dim() != 0:
+            raise ValueError(
+                f"`fn` must return a scalar (shape []); got shape {list(out.shape)} — "
+                "reduce it, e.g. with .sum() or .mean()."
+            )
+        return out
+
+    batched = torch.func.vmap(torch.func.grad(scalar), in_dims=(None, 0), randomness="different")
+    ref = leaves[0]
+    chunks = []
+    for start in range(0, num, chunk_size):
+        size = min(chunk_size, num - start)
+        grads = batched(structure, torch.zeros(size, device=ref.device))
+        flat = grads.values() if isinstance(grads, Mapping) else grads
+        chunks.append(torch.cat([g.reshape(size, -1) for g in flat], dim=1))
+    return chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=0)
+
+
+class Summary(NamedTuple):
+    """Per-parameter statistics of ``num`` gradient estimates (all tensors ``[P]``).
+
+    Attributes:
+        mean: sample mean of the estimates.
+        variance: unbiased sample variance (ddof = 1) of one estimate.
+        std_error: standard error of ``mean``, ``sqrt(variance / num)``.
+        snr: signal-to-noise ratio ``|mean| / sqrt(variance)`` of one estimate.
+        z: bias z-score ``(mean − reference) / std_error`` or ``None`` without a
+            reference (0 where both the error and the standard error are 0, ±inf
+            where only the standard error is 0).
+        num: number of estimates.
+    """
+
+    mean: Tensor
+    variance: Tensor
+    std_error: Tensor
+    snr: Tensor
+    z: Optional[Tensor]
+    num: int
+
+    def table(self, names: Optional[Sequence[str]] = None, *, max_rows: int = 20) -> str:
+        """A plain-text table, one row per parameter (the first ``max_rows``)."""
+        check_positive_int("max_rows", max_rows)
+        P = self.mean.numel()
+        if names is not None and len(names) != P:
+            raise ValueError(f"`names` must have one entry per parameter ({P}); got {len(names)}.")
+        labels = [str(n) for n in names] if names is not None else [str(i) for i in range(P)]
+        width = max([5] + [len(s) for s in labels[:max_rows]])
+        cols = ["mean", "variance", "std_error", "snr"] + (["z"] if self.z is not None else [])
+        header = f"{'param':>{width}} " + " ".join(f"{c:>11}" for c in cols)
+        lines = [f"Summary of {self.num} estimates, {P} parameters", header]
+        values = [self.mean, self.variance, self.std_error, self.snr] + ([self.z] if self.z is not None else [])
+        for i in range(min(P, max_rows)):
+            row = " ".join(f"{float(v[i]):>11.4g}" for v in values)
+            lines.append(f"{labels[i]:>{width}} {row}")
+        if P > max_rows:
+            lines.append(f"... ({P - max_rows} more)")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+def summary(samples: Tensor, reference: Optional[Tensor] = None) -> Summary:
+    r"""Mean, variance, standard error, SNR and bias z-score of gradient estimates.
+
+    .. math::
+        \bar g = \frac1N \sum_n G_n, \quad
+        s^2 = \frac{1}{N-1}\sum_n (G_n - \bar g)^2, \quad
+        \mathrm{SE} = \frac{s}{\sqrt N}, \quad
+        \mathrm{SNR} = \frac{|\bar g|}{s}, \quad
+        z = \frac{\bar g - g^\star}{\mathrm{SE}}
+
+    all elementwise over parameters. For an unbiased estimator, z is approximately
+    standard normal (for large N); compare ``z.abs().max()`` with a
+    Bonferroni-corrected threshold, e.g. ``scipy.stats.norm.isf(1e-3 / (2 P))``
+    for a false-alarm rate of 1e-3 over P parameters.
+
+    Args:
+        samples: ``[N, P]`` estimates (e.g. from :func:`gradient_samples`), N ≥ 2.
+        reference: optional exact gradient ``[P]``.
+
+    Returns:
+        :class:`Summary` of ``[P]`` tensors (``z`` is ``None`` without ``reference``).
+
+    References:
+        Rainforth et al., "Tighter Variational Bounds are Not Necessarily Better", 2018
+        (gradient SNR). https://arxiv.org/abs/1802.04537
+    """
+    if not isinstance(samples, Tensor):
+        raise TypeError(f"`samples` must be a torch.Tensor [N, P]; got {type(samples).__name__}.")
+    if samples.dim() != 2:
+        raise ValueError(f"`samples` must have shape [N, P]; got shape {list(samples.shape)}.")
+    N = samples.shape[0]
+    if N < 2:
+        raise ValueError(f"`samples` must hold N >= 2 estimates to estimate a variance; got {N}.")
+    if not samples.is_floating_point():
+        samples = samples.to(torch.get_default_dtype())
+    samples = samples.detach()
+    mean = samples.mean(0)
+    variance = samples.var(0, correction=1)
+    std = variance.sqrt()
+    std_error = std / math.sqrt(N)
+    snr = mean.abs() / std
+    z = None
+    if reference is not None:
+        if not isinstance(reference, Tensor):
+            raise TypeError(f"`reference` must be a torch.Tensor [P]; got {type(reference).__name__}.")
+        reference = reference.detach().to(samples).reshape(-1)
+        if reference.numel() != samples.shape[1]:
+            raise ValueError(
+                f"`reference` must have P = {samples.shape[1]} elements; got shape {list(reference.shape)}."
+            )
+        error = mean - reference
+        z = torch.where(std_error > 0, error / std_error, error * math.inf)
+        z = torch.where(error == 0, torch.zeros_like(z), z)
+    return Summary(mean=mean, variance=variance, std_error=std_error, snr=snr, z=z, num=N)
