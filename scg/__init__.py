@@ -7,7 +7,17 @@ chosen estimator.
 
 from scg import baselines, laws
 from scg import diagnostics, minibatch
-from scg.estimators import Estimator, Pathwise, ScoreFunction, expectation
+from scg.estimators import (
+    RELAX,
+    DisARM,
+    Estimator,
+    GumbelSoftmax,
+    MeasureValued,
+    Pathwise,
+    ScoreFunction,
+    StraightThrough,
+    expectation,
+)
 
 __version__ = "0.1.0"
 
@@ -16,6 +26,11 @@ __all__ = [
     "Estimator",
     "Pathwise",
     "ScoreFunction",
+    "MeasureValued",
+    "DisARM",
+    "RELAX",
+    "GumbelSoftmax",
+    "StraightThrough",
     "baselines",
     "laws",
 ]

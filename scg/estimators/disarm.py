@@ -1,0 +1,90 @@
+"""DisARM: antithetic, Rao-Blackwellised ARM for Bernoulli latents."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+from torch.distributions import Bernoulli, Distribution
+
+from scg._dist import evaluate, unwrap
+from scg.estimators.base import Cost, Estimator
+from scg.laws import Law, StandardUniform
+
+__all__ = ["DisARM"]
+
+
+def bernoulli_base(dist: Distribution, name: str) -> tuple[Bernoulli, int]:
+    """The Bernoulli inside ``dist`` (peeling ``Independent``), or a TypeError naming ``name``."""
+    if not isinstance(dist, Distribution):
+        raise TypeError(f"`dist` must be a torch.distributions.Distribution; got {type(dist).__name__}.")
+    base, k = unwrap(dist)
+    if not isinstance(base, Bernoulli):
+        raise TypeError(
+            f"`dist` must be Bernoulli (optionally Independent) for {name}; got {type(base).__name__}. "
+            "Use ScoreFunction or MeasureValued for other discrete distributions."
+        )
+    return base, k
+
+
+class DisARM(Estimator):
+    r"""DisARM estimator for independent Bernoulli latents :math:`b_d \sim \mathrm{Bern}(σ(φ_d))`.
+
+    With :math:`u \sim U(0,1)^D`, the antithetic pair :math:`b = 1[u < σ(φ)]`,
+    :math:`\tilde b = 1[1 − u < σ(φ)]` and
+
+    .. math::
+        \hat g_{φ_d} = \tfrac12 \big(f(b) − f(\tilde b)\big)\,(−1)^{\tilde b_d}\,
+        1[b_d ≠ \tilde b_d]\, σ(|φ_d|)
+
+    — ARM's estimator with the uniform noise integrated out given the pair.
+
+    Requires: Bernoulli (optionally ``Independent``); gradients are taken w.r.t.
+    the logits φ (and flow upstream by the chain rule); f need not be
+    differentiable.
+
+    Properties: unbiased; never higher variance than ARM; zero variance for D = 1
+    (the estimate is exact); 2 evaluations of f per sample (the value is the mean of
+    f over all 2S draws, all of which are Bernoulli(σ(φ)) samples).
+
+    References:
+        Dong, Mnih & Tucker, "DisARM: An Antithetic Gradient Estimator for Binary
+        Latent Variables", NeurIPS 2020. https://arxiv.org/abs/2006.10680
+        Yin & Zhou, "ARM: Augment-REINFORCE-Merge Gradient...", ICLR 2019.
+    """
+
+    def check(self, dist: Distribution) -> None:
+        bernoulli_base(dist, "DisARM")
+
+    def evaluations(self, dist: Distribution, num_samples: int) -> int:
+        return 2 * num_samples
+
+    def laws(self, dist: Distribution, num_samples: int) -> dict[str, Law]:
+        base, _ = bernoulli_base(dist, "DisARM")
+        shape = (num_samples, *dist.batch_shape, *dist.event_shape)
+        theta = torch.sigmoid(base.logits.detach()).expand(shape)
+        points = torch.stack([torch.minimum(theta, 1 - theta), torch.maximum(theta, 1 - theta)], dim=-1)
+        return {"u": StandardUniform(shape=shape, dtype=theta.dtype, device=theta.device, points=points)}
+
+    def surrogate(
+        self, f: Cost, dist: Distribution, draws: dict[str, Tensor], *, context: Optional[Tensor] = None
+    ) -> Tensor:
+        base, _ = bernoulli_base(dist, "DisARM")
+        u = draws["u"]
+        S = u.shape[0]
+        event_dims = tuple(range(-len(dist.event_shape), 0))
+        phi = base.logits.expand(u.shape[1:])
+        theta = torch.sigmoid(phi.detach())
+        b = (u < theta).to(u.dtype)
+        b_anti = (1 - u < theta).to(u.dtype)
+        values = evaluate(f, torch.cat([b, b_anti]), dist, 2 * S)
+        f_b, f_anti = values[:S], values[S:]
+        diff = 0.5 * (f_b - f_anti)
+        diff = diff.reshape(*diff.shape, *([1] * len(event_dims)))
+        sign = 1 - 2 * b_anti
+        coef = diff * sign * (b != b_anti).to(u.dtype) * torch.sigmoid(phi.detach().abs())
+        term = (phi - phi.detach()) * coef
+        if event_dims:
+            term = term.sum(event_dims)
+        return values.mean(0) + term.mean(0)

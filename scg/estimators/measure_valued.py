@@ -1,0 +1,177 @@
+"""Measure-valued gradient estimator (weak derivatives)."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor
+from torch.distributions import Bernoulli, Categorical, Distribution, Normal, OneHotCategorical, Poisson
+
+from scg._dist import evaluate, unwrap
+from scg.estimators._elements import event_size, replace_each, split_event
+from scg.estimators.base import Cost, Estimator
+from scg.laws import DoubleSidedMaxwell, FromDistribution, Law, Rayleigh, StandardNormal, StandardUniform
+
+__all__ = ["MeasureValued"]
+
+_SUPPORTED = (Normal, Bernoulli, Poisson, Categorical, OneHotCategorical)
+
+
+class MeasureValued(Estimator):
+    r"""Measure-valued gradient estimator: differentiate the measure by weak derivatives.
+
+    A weak derivative writes :math:`∂_θ q_θ = c_θ (q^+_θ − q^-_θ)`, so
+    :math:`∂_θ E_q[f] = c_θ (E_{q^+}[f] − E_{q^-}[f])`. Per parameter element:
+
+    * Normal :math:`N(μ, σ^2)`, μ: :math:`c = 1/(σ\sqrt{2π})`, :math:`q^± = μ ± σW`,
+      W ~ Rayleigh (Weibull(2, ½)), the same W for both (coupling):
+      :math:`\hat g_μ = (f(μ + σW) − f(μ − σW)) / (σ\sqrt{2π})`.
+    * Normal, σ: :math:`c = 1/σ`, :math:`q^+` double-sided Maxwell, :math:`q^- = q`,
+      coupled by :math:`n = M U` (U ~ U(0,1)): :math:`\hat g_σ = (f(μ + σM) − f(μ + σMU)) / σ`.
+    * Bernoulli(p): :math:`\hat g_p = f(z^{j←1}) − f(z^{j←0})`.
+    * Categorical / OneHotCategorical(π): :math:`\hat g_{π_k} = f(z^{j←k})`.
+    * Poisson(λ): :math:`\hat g_λ = f(z^{j←z_j+1}) − f(z)`.
+
+    Here :math:`z^{j←v}` is the base sample with event position j replaced (other
+    positions keep their sampled values). Gradients reach upstream parameters
+    through the chain rule on (μ, σ), p, π or λ.
+
+    Requires: a supported distribution (Normal, Bernoulli, Categorical,
+    OneHotCategorical, Poisson, or ``Independent`` of these); f need not be
+    differentiable.
+
+    Properties: unbiased; low variance, often the lowest for Gaussian μ; cost grows
+    with the dimension: per sample, 1 evaluation of f for the value plus **2
+    evaluations per event position and Gaussian parameter** (4E for Normal:
+    μ and σ), 2E for Bernoulli, KE for K categories, E for Poisson. Batch
+    elements share these evaluations.
+
+    References:
+        Pflug, "Optimization of Stochastic Models", 1996.
+        Mohamed, Rosca, Figurnov & Mnih, "Monte Carlo Gradient Estimation in Machine
+        Learning", JMLR 2020, §6 (Table 1: Weibull / double-sided Maxwell couplings).
+        https://arxiv.org/abs/1906.10652
+    """
+
+    def check(self, dist: Distribution) -> None:
+        super().check(dist)
+        base, _ = unwrap(dist)
+        if not isinstance(base, _SUPPORTED):
+            raise TypeError(
+                f"`dist` must be Normal, Bernoulli, Categorical, OneHotCategorical or Poisson "
+                f"(optionally Independent) for MeasureValued; got {type(base).__name__}."
+            )
+
+    def evaluations(self, dist: Distribution, num_samples: int) -> int:
+        base, _ = unwrap(dist)
+        E = event_size(dist)
+        per = {Normal: 4 * E, Bernoulli: 2 * E, Poisson: E}.get(type(base))
+        if per is None:
+            per = E * int(base.logits.shape[-1])
+        return num_samples * (1 + per)
+
+    def laws(self, dist: Distribution, num_samples: int) -> dict[str, Law]:
+        self.check(dist)
+        base, _ = unwrap(dist)
+        shape = (num_samples, *dist.batch_shape, *dist.event_shape)
+        if isinstance(base, Normal):
+            kw = {"dtype": base.loc.dtype, "device": base.loc.device}
+            return {
+                "eps": StandardNormal(shape=shape, **kw),
+                "w": Rayleigh(shape=shape, **kw),
+                "m": DoubleSidedMaxwell(shape=shape, **kw),
+                "u": StandardUniform(shape=shape, **kw),
+            }
+        ref = base.probs if not isinstance(base, Poisson) else base.rate
+        return {"z": FromDistribution(shape=shape, dist=dist, dtype=ref.dtype, device=ref.device)}
+
+    def surrogate(
+        self, f: Cost, dist: Distribution, draws: dict[str, Tensor], *, context: Optional[Tensor] = None
+    ) -> Tensor:
+        self.check(dist)
+        base, k = unwrap(dist)
+        batch = tuple(dist.batch_shape)
+        nb = len(batch)
+        if isinstance(base, Normal):
+            return self._normal(f, dist, base, k, draws)
+        z = draws["z"].detach()
+        S = z.shape[0]
+        full = z.shape
+        trailing = 1 if isinstance(base, OneHotCategorical) else 0
+        zf = split_event(z, nb, k)  # [S, *batch, E, (K)]
+        E = zf.shape[1 + nb]
+
+        def f_many(candidates: Tensor) -> Tensor:  # [n, S, *batch, E, (K)] -> [n, S, *batch]
+            n = candidates.shape[0]
+            flat = candidates.reshape(n * S, *full[1:])
+            return evaluate(f, flat, dist, n * S).reshape(n, S, *batch)
+
+        if isinstance(base, Bernoulli):
+            p = base.probs.expand(*batch, *full[1 + nb:])
+            p = p.reshape(*batch, E)
+            ones, zeros = torch.ones_like(zf), torch.zeros_like(zf)
+            values = f_many(torch.cat([zf.unsqueeze(0), replace_each(zf, ones), replace_each(zf, zeros)]))
+            value, f1, f0 = values[0], values[1 : 1 + E], values[1 + E :]
+            g = (f1 - f0).movedim(0, -1)  # [S, *batch, E]
+            term = ((p - p.detach()) * g).sum(-1)
+        elif isinstance(base, Poisson):
+            lam = base.rate.expand(*batch, *full[1 + nb:]).reshape(*batch, E)
+            values = f_many(torch.cat([zf.unsqueeze(0), replace_each(zf, zf + 1)]))
+            value, fplus = values[0], values[1:]
+            g = (fplus - value.unsqueeze(0)).movedim(0, -1)
+            term = ((lam - lam.detach()) * g).sum(-1)
+        else:  # Categorical / OneHotCategorical
+            probs = base.probs
+            K = probs.shape[-1]
+            probs = probs.expand(*batch, *full[1 + nb: 1 + nb + k], K).reshape(*batch, E, K)
+            cands = [zf.unsqueeze(0)]
+            for c in range(K):
+                if trailing:
+                    new = torch.zeros_like(zf)
+                    new[..., c] = 1
+                else:
+                    new = torch.full_like(zf, c)
+                cands.append(replace_each(zf, new, trailing))
+            values = f_many(torch.cat(cands))
+            value = values[0]
+            g = values[1:].reshape(K, E, S, *batch).permute(2, *range(3, 3 + nb), 1, 0)  # [S,*batch,E,K]
+            term = ((probs - probs.detach()) * g).sum((-1, -2))
+        return (value + term).mean(0)
+
+    def _normal(self, f: Cost, dist: Distribution, base: Normal, k: int, draws: dict[str, Tensor]) -> Tensor:
+        batch = tuple(dist.batch_shape)
+        nb = len(batch)
+        eps, w, m, u = draws["eps"], draws["w"], draws["m"], draws["u"]
+        S = eps.shape[0]
+        full = eps.shape
+        loc = base.loc.expand(full[1:])
+        scale = base.scale.expand(full[1:])
+        mu0, sd0 = loc.detach(), scale.detach()
+        z = mu0 + sd0 * eps
+        zf = split_event(z, nb, k)
+        E = zf.shape[1 + nb]
+
+        def flat(x: Tensor) -> Tensor:
+            return split_event(x.expand(full), nb, k)
+
+        mu_f, sd_f = flat(mu0), flat(sd0)
+        cands = torch.cat([
+            zf.unsqueeze(0),
+            replace_each(zf, mu_f + sd_f * flat(w)),
+            replace_each(zf, mu_f - sd_f * flat(w)),
+            replace_each(zf, mu_f + sd_f * flat(m)),
+            replace_each(zf, mu_f + sd_f * flat(m) * flat(u)),
+        ])
+        n = cands.shape[0]
+        values = evaluate(f, cands.reshape(n * S, *full[1:]), dist, n * S).reshape(n, S, *batch)
+        value = values[0]
+        fw_p, fw_m, fm_p, fm_m = values[1:].reshape(4, E, S, *batch).movedim(1, -1)  # each [S, *batch, E]
+        sd_e = split_event(sd0.unsqueeze(0), nb, k).squeeze(0)  # [*batch, E]
+        g_mu = (fw_p - fw_m) / (sd_e * math.sqrt(2 * math.pi))
+        g_sd = (fm_p - fm_m) / sd_e
+        loc_e = split_event(loc.unsqueeze(0), nb, k).squeeze(0)
+        scale_e = split_event(scale.unsqueeze(0), nb, k).squeeze(0)
+        term = ((loc_e - loc_e.detach()) * g_mu + (scale_e - scale_e.detach()) * g_sd).sum(-1)
+        return (value + term).mean(0)
