@@ -23,7 +23,7 @@ from typing import Optional
 
 import torch
 from torch import Tensor
-from torch.distributions import Distribution
+from torch.distributions import Categorical, Distribution, Independent, OneHotCategorical
 
 __all__ = [
     "Law",
@@ -153,7 +153,20 @@ class FromDistribution(Law):
                 "sample from the global generator); seed with torch.manual_seed instead."
             )
         with torch.no_grad():
+            base = self.dist
+            while isinstance(base, Independent):
+                base = base.base_dist
+            if isinstance(base, OneHotCategorical):  # torch's one_hot is not vmap-compatible
+                index = Categorical(logits=base.logits).sample(self.shape[:1])
+                k = base.logits.shape[-1]
+                return one_hot(index, k, base.logits.dtype)
             return self.dist.sample(self.shape[:1])
+
+
+def one_hot(index: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
+    """One-hot vectors ``[..., K]`` from indices, written with comparisons (vmap-compatible)."""
+    classes = torch.arange(num_classes, device=index.device)
+    return (index.unsqueeze(-1) == classes).to(dtype)
 
 
 def law_like(cls: type[Law], shape: tuple[int, ...], ref: Tensor, **kwargs: object) -> Law:

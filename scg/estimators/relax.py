@@ -155,7 +155,9 @@ class RELAX(Estimator):
             log_p = b * torch.nn.functional.logsigmoid(phi_) + (1 - b) * torch.nn.functional.logsigmoid(-phi_)
             if event_dims:
                 log_p = log_p.sum(event_dims)
-            signal = (f_b - c_zt).detach()
+            # The learning signal is a constant w.r.t. φ but not w.r.t. ψ: evaluate c at z̃(φ0)
+            # with φ0 a closure constant (no detach, which would also cut ψ's gradient).
+            signal = f_b.detach() - checked_cv(params, relaxed(phi0)[1])
             return (signal * log_p + c_z - c_zt).sum()
 
         def g_hat(params: dict[str, Tensor]) -> Tensor:

@@ -11,7 +11,7 @@ from torch.distributions import Bernoulli, Categorical, Distribution, OneHotCate
 from scg._checks import check_positive
 from scg._dist import evaluate, unwrap
 from scg.estimators.base import Cost, Estimator
-from scg.laws import Law, StandardUniform
+from scg.laws import Law, StandardUniform, one_hot
 
 __all__ = ["GumbelSoftmax", "StraightThrough"]
 
@@ -100,13 +100,13 @@ class GumbelSoftmax(_Relaxation):
             phi = base.logits.expand(u.shape[1:])
             y = torch.sigmoid((phi + torch.log(u) - torch.log1p(-u)) / self.temperature)
             if self.hard:
-                y = (y > 0.5).to(y.dtype) + y - y.detach()
+                y = (y > 0.5).to(y.dtype) + (y - y.detach())
         else:
             alpha = base.logits.expand(u.shape[1:])
             y = torch.softmax((alpha + _gumbel(u)) / self.temperature, dim=-1)
             if self.hard:
-                hard = torch.nn.functional.one_hot(y.argmax(-1), y.shape[-1]).to(y.dtype)
-                y = hard + y - y.detach()
+                hard = one_hot(y.argmax(-1), y.shape[-1], y.dtype)
+                y = hard + (y - y.detach())
         return evaluate(f, y, dist, S).mean(0)
 
     def extra_repr(self) -> str:
@@ -143,12 +143,12 @@ class StraightThrough(_Relaxation):
         if isinstance(base, Bernoulli):
             p = torch.sigmoid(base.logits.expand(u.shape[1:]))
             b = (u < p.detach()).to(u.dtype)
-            y = b + p - p.detach()
+            y = b + (p - p.detach())
         else:
             alpha = base.logits.expand(u.shape[1:])
             probs = torch.softmax(alpha, dim=-1)
-            hard = torch.nn.functional.one_hot((alpha.detach() + _gumbel(u)).argmax(-1), u.shape[-1]).to(u.dtype)
-            y = hard + probs - probs.detach()
+            hard = one_hot((alpha.detach() + _gumbel(u)).argmax(-1), u.shape[-1], u.dtype)
+            y = hard + (probs - probs.detach())
         return evaluate(f, y, dist, S).mean(0)
 
     def extra_repr(self) -> str:
