@@ -1,0 +1,207 @@
+"""The ``scg-study`` command: ``list``, ``compare``, ``run NAME``, ``plot DIR``.
+
+The CLI only parses arguments into a frozen config and calls the study code
+(:mod:`scg.studies.compare`, :mod:`scg.studies.report`).
+
+Exit codes: 0 success; 1 some estimator failed (its rows say ``error``); 2 bad
+arguments (unknown estimator or problem names list the valid ones).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+__all__ = ["main", "build_parser"]
+
+_SMOKE_ESTIMATES = 2000
+
+
+def _csv_names(valid: Callable[[], Sequence[str]], kind: str) -> Callable[[str], tuple[str, ...]]:
+    def parse(text: str) -> tuple[str, ...]:
+        names = tuple(n.strip() for n in text.split(",") if n.strip())
+        if not names:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {kind}s; got {text!r}")
+        allowed = list(valid())
+        for n in names:
+            if n not in allowed:
+                raise argparse.ArgumentTypeError(
+                    f"unknown {kind} {n!r}; valid {kind}s: {', '.join(allowed)}"
+                )
+        return names
+
+    return parse
+
+
+def _estimator_names() -> list[str]:
+    from scg.studies.estimators import estimator_names
+
+    return estimator_names()
+
+
+def _problem_names() -> list[str]:
+    from scg.studies.problems import GROUPS, problem_names
+
+    return problem_names() + list(GROUPS)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer; got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1; got {value}")
+    return value
+
+
+def _add_problem_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--problem", dest="user_problems", action="append", default=[], metavar="MODULE:FUNCTION",
+                   help="a user problem: MODULE:FUNCTION returning a scg.studies.problems.Problem "
+                        "(or a list); repeatable")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (subcommands list, compare, run, plot)."""
+    parser = argparse.ArgumentParser(
+        prog="scg-study",
+        description="Variance studies of Monte Carlo gradient estimators (scg).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="{list,compare,run,plot}")
+    sub.required = True
+
+    p_list = sub.add_parser("list", help="list the registered problems and estimators")
+    _add_problem_args(p_list)
+
+    p = sub.add_parser(
+        "compare",
+        help="every applicable estimator on each problem: estimate, exact gradient, variance, SNR, bias z",
+        description="Compare estimators on the embedded problems (Gaussian cost family and Bernoulli toy "
+                    "of REFERENCES.md) or your own; prints a table and writes results.csv, timings.csv, "
+                    "manifest.json and compare.png into --out.",
+    )
+    p.add_argument("--estimators", type=_csv_names(_estimator_names, "estimator"), default=None,
+                   metavar="A,B,...", help="comma-separated estimator names (default: all; see `scg-study list`)")
+    p.add_argument("--problems", type=_csv_names(_problem_names, "problem"), default=None, metavar="A,B,...",
+                   help="comma-separated embedded problem names or groups (default: all embedded problems, "
+                        "or none when --problem is given)")
+    _add_problem_args(p)
+    p.add_argument("--num-samples", "-S", type=_positive, default=1, metavar="S",
+                   help="samples per estimate (default 1; RLOO uses max(S, 2))")
+    p.add_argument("--num-estimates", "-N", type=_positive, default=None, metavar="N",
+                   help="independent estimates per estimator (default 20000; 2000 with --smoke)")
+    p.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto = cuda if available (default)")
+    p.add_argument("--out", default="runs/compare", help="output folder (default runs/compare)")
+    p.add_argument("--engine", choices=("auto", "vmap", "batch"), default="auto",
+                   help="how N estimates are vectorised (default auto: torch.func vmap, batch fallback)")
+    p.add_argument("--no-exact", dest="exact", action="store_false",
+                   help="skip the exact moments (scg.testing harness)")
+    p.add_argument("--no-plot", dest="plot", action="store_false", help="do not draw compare.png")
+    p.add_argument("--smoke", action="store_true", help=f"tiny run for tests: N = {_SMOKE_ESTIMATES}")
+    p.add_argument("--quiet", "-q", action="store_true", help="no table, no progress bar")
+
+    p_run = sub.add_parser("run", help="run a registered study by name (not yet available)")
+    p_run.add_argument("name")
+
+    p_plot = sub.add_parser("plot", help="redraw the figure of a finished run from DIR/results.csv")
+    p_plot.add_argument("dir", help="a run folder holding results.csv")
+    p_plot.add_argument("--output", default=None, help="figure path (default DIR/compare.png)")
+    return parser
+
+
+def _cmd_list(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from scg.studies.estimators import ESTIMATORS
+    from scg.studies.problems import GROUPS, PROBLEMS, load_user_problem
+
+    problems = list(PROBLEMS.values())
+    for spec in args.user_problems:
+        try:
+            problems.extend(load_user_problem(spec))
+        except (ValueError, TypeError) as exc:
+            parser.error(str(exc))
+    width = max(len(p.name) for p in problems)
+    print("Problems:")
+    for prob in problems:
+        print(f"  {prob.name:<{width}}  {prob.description}")
+    for group, members in GROUPS.items():
+        print(f"  {group:<{width}}  (group: {', '.join(members)})")
+    width = max(len(n) for n in ESTIMATORS)
+    print("\nEstimators:")
+    for name, spec in ESTIMATORS.items():
+        print(f"  {name:<{width}}  {spec.description}")
+    print("\nStudies: none registered yet (scg-study run NAME will list them).")
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
+    from scg.studies._io import manifest
+    from scg.studies.compare import COLUMNS, TIMING_COLUMNS, CompareConfig, config_dict, run_compare
+    from scg.studies.problems import resolve_problems
+    from scg.studies.report import format_table, write_compare
+
+    num_estimates = args.num_estimates or (_SMOKE_ESTIMATES if args.smoke else CompareConfig.num_estimates)
+    try:
+        cfg = CompareConfig(
+            problems=args.problems, user_problems=tuple(args.user_problems), estimators=args.estimators,
+            num_samples=args.num_samples, num_estimates=num_estimates, seed=args.seed, device=args.device,
+            engine=args.engine, exact=args.exact, out=args.out,
+        )
+        problems = resolve_problems(cfg.problems, cfg.user_problems)
+    except (ValueError, TypeError) as exc:
+        parser.error(str(exc))
+    if not problems:
+        parser.error("no problems selected; give --problems or --problem.")
+    try:
+        result = run_compare(cfg, progress=not args.quiet)
+    except ValueError as exc:  # e.g. --device cuda without a GPU
+        print(f"scg-study compare: error: {exc}", file=sys.stderr)
+        return 2
+    descriptions = {p.name: p.description for p in problems}
+    meta = manifest(config_dict(cfg), device=result.device, argv=["compare", *argv],
+                    extra={"notes": result.notes, "files": ["results.csv", "timings.csv", "manifest.json"]
+                           + (["compare.png"] if args.plot else [])})
+    paths = write_compare(cfg.out, result.rows, result.timings, meta, COLUMNS, TIMING_COLUMNS, plot=args.plot)
+    if not args.quiet:
+        print(format_table(result.rows, result.timings, descriptions))
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"wrote {', '.join(str(p) for p in paths)}", file=sys.stderr)
+    return 1 if any(r["status"] == "error" for r in result.rows) else 0
+
+
+def _cmd_plot(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from scg.studies.report import load_rows, plot_compare
+
+    results = Path(args.dir) / "results.csv"
+    if not results.is_file():
+        parser.error(f"`DIR` must hold a results.csv; {results} does not exist.")
+    out = plot_compare(load_rows(results), args.output or Path(args.dir) / "compare.png")
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of ``scg-study``; returns the exit code (argparse errors exit with 2)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "list":
+        return _cmd_list(args, parser)
+    if args.command == "compare":
+        return _cmd_compare(args, parser, argv[1:])
+    if args.command == "plot":
+        return _cmd_plot(args, parser)
+    if args.command == "run":
+        print(f"scg-study run {args.name}: no studies are registered yet (not yet available); "
+              "use `scg-study compare`.", file=sys.stderr)
+        return 2
+    parser.error(f"unknown command {args.command!r}")  # pragma: no cover - argparse rejects it first
+    return 2  # pragma: no cover
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

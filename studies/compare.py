@@ -1,0 +1,403 @@
+"""``scg-study compare``: every applicable estimator on every problem, side by side.
+
+For each (problem, estimator, parameter) the run draws N independent single
+estimates of the gradient (each from S samples), vectorised — by
+:func:`scg.diagnostics.gradient_samples` (``torch.func.vmap``) when available,
+else by a batch of N independent copies of the problem in one backward pass —
+and compares their sample mean and variance with the exact gradient and the
+exact variance of the estimator (:func:`scg.testing.exact_moments`: quadrature
+or enumeration, no sampling).
+
+Decisions, documented here and in the results:
+
+* RLOO needs S ≥ 2: it runs with ``max(S, 2)`` samples and its row says so in
+  ``num_samples`` and ``note``.
+* ``score_function_optimal`` uses, per parameter p, the variance-optimal constant
+  :math:`b^*_p = E[f s_p^2] / E[s_p^2]`, :math:`s_p = ∂_p \\log q`, computed exactly by
+  the harness (the second moment is quadratic in b: three evaluations give it);
+  without the harness, from an independent pilot of N estimates.
+* ``moving_average`` is warmed up on 200 plain calls in training mode, then frozen
+  (``eval()``): its exact variance is that of the frozen baseline.
+* Every cell is seeded from ``(seed, problem, estimator)``, so a row does not
+  depend on which other problems or estimators were selected, and the same seed
+  gives the same results.csv on the same machine (timings go to timings.csv).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import zlib
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from scg.baselines import Constant, Delta, MovingAverage, Normalize
+from scg.estimators.base import Estimator
+from scg.studies.estimators import ESTIMATORS, Unavailable, Variant, estimator_names
+from scg.studies.problems import Problem, resolve_problems
+
+__all__ = [
+    "CompareConfig",
+    "COLUMNS",
+    "TIMING_COLUMNS",
+    "run_compare",
+    "resolve_device",
+    "sample_gradients",
+    "statistics",
+]
+
+#: Columns of results.csv (deterministic for a given seed, device and software versions).
+COLUMNS: tuple[str, ...] = (
+    "problem", "estimator", "parameter", "status", "num_samples", "num_estimates", "evaluations",
+    "unbiased", "mean", "exact_gradient", "exact_mean", "std_error", "bias_z", "variance",
+    "variance_std_error", "exact_variance", "variance_rel_error", "variance_z", "snr", "method", "note",
+)
+#: Columns of timings.csv.
+TIMING_COLUMNS: tuple[str, ...] = ("problem", "estimator", "parameter", "num_estimates", "seconds", "us_per_estimate")
+
+_WARMUP_CALLS = 200
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """Configuration of ``scg-study compare`` (the CLI only parses into this).
+
+    Attributes:
+        problems: embedded problem names or groups (``None`` = all embedded, or none
+            when ``user_problems`` is given).
+        user_problems: ``module:function`` specs returning :class:`Problem` s.
+        estimators: estimator names (``None`` = all registered).
+        num_samples: S, samples per estimate.
+        num_estimates: N, independent estimates per (problem, estimator).
+        seed: base seed.
+        device: ``auto`` (cuda if available), ``cpu`` or ``cuda``.
+        engine: ``auto`` (vmap via scg.diagnostics if importable, batch otherwise or
+            when vmap fails for an estimator), ``vmap`` or ``batch``.
+        exact: compute exact moments with scg.testing.
+        out: output folder.
+    """
+
+    problems: Optional[tuple[str, ...]] = None
+    user_problems: tuple[str, ...] = ()
+    estimators: Optional[tuple[str, ...]] = None
+    num_samples: int = 1
+    num_estimates: int = 20000
+    seed: int = 0
+    device: str = "auto"
+    engine: str = "auto"
+    exact: bool = True
+    out: str = "runs/compare"
+
+    def __post_init__(self) -> None:
+        for name, value in (("num_samples", self.num_samples), ("num_estimates", self.num_estimates)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be an int >= 1; got {value!r}.")
+        if self.num_estimates < 2:
+            raise ValueError(f"`num_estimates` must be >= 2 to estimate a variance; got {self.num_estimates}.")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ValueError(f"`device` must be auto, cpu or cuda; got {self.device!r}.")
+        if self.engine not in ("auto", "vmap", "batch"):
+            raise ValueError(f"`engine` must be auto, vmap or batch; got {self.engine!r}.")
+        for name in self.estimators or ():
+            if name not in ESTIMATORS:
+                raise ValueError(f"unknown estimator {name!r}; valid estimators: {', '.join(ESTIMATORS)}.")
+
+
+@dataclass
+class CompareResult:
+    """Rows of results.csv and timings.csv, plus notes for the user."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    timings: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    device: str = "cpu"
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` → cuda when available, else cpu; ``cuda`` without a GPU → ``ValueError``."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"`device` {device!r} requested but CUDA is not available; use --device cpu or auto.")
+    return torch.device(device)
+
+
+def _cell_seed(seed: int, *parts: str) -> int:
+    return zlib.crc32(":".join([str(seed), *parts]).encode()) & 0x7FFFFFFF
+
+
+def _seed(seed: int) -> None:
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def _harness() -> Optional[tuple[Callable[..., Any], Callable[..., Any]]]:
+    try:
+        from scg.testing import exact_gradient, exact_moments
+    except ImportError:
+        return None
+    return exact_moments, exact_gradient
+
+
+def _gradient_samples() -> Optional[Callable[..., Tensor]]:
+    try:
+        from scg.diagnostics import gradient_samples
+    except ImportError:
+        return None
+    return gradient_samples
+
+
+def _batch_samples(estimator: Estimator, problem: Problem, params: list[Tensor], S: int, N: int,
+                   chunk: int = 1 << 16) -> Tensor:
+    """N estimates from N independent copies of the problem stacked as a leading batch dimension."""
+    out = []
+    for start in range(0, N, chunk):
+        n = min(chunk, N - start)
+        q = [p.detach().expand(n, *p.shape).clone().requires_grad_(True) for p in params]
+        dist = problem.make_dist(*q)
+        if len(dist.batch_shape) == 0 or dist.batch_shape[0] != n:
+            raise ValueError(
+                f"`make_dist` of problem {problem.name!r} must broadcast a leading parameter dimension "
+                f"into a leading batch dimension (got batch_shape {list(dist.batch_shape)} for {n} copies)."
+            )
+        estimator(problem.f, dist, S).sum().backward()
+        estimator.zero_grad(set_to_none=True)
+        out.append(torch.cat([qi.grad.reshape(n, -1) for qi in q], dim=1))
+    return torch.cat(out, dim=0)
+
+
+def sample_gradients(estimator: Estimator, problem: Problem, params: list[Tensor], S: int, N: int,
+                     engine: str = "auto") -> tuple[Tensor, str]:
+    """``[N, P]`` independent single estimates of ∇ E[f] and the engine that made them.
+
+    ``engine="auto"`` uses :func:`scg.diagnostics.gradient_samples` and falls back to
+    the batch engine if it is missing or cannot trace the estimator.
+    """
+    gs = _gradient_samples() if engine in ("auto", "vmap") else None
+    if engine == "vmap" and gs is None:
+        raise ValueError("`engine` 'vmap' needs scg.diagnostics.gradient_samples, which is not importable.")
+    if gs is not None:
+        def fn(q: list[Tensor]) -> Tensor:
+            return estimator(problem.f, problem.make_dist(*q), S).sum()
+
+        state = torch.random.get_rng_state()
+        try:
+            return gs(fn, list(params), N).detach(), "vmap"
+        except (RuntimeError, NotImplementedError, ValueError, TypeError):
+            if engine == "vmap":
+                raise
+            torch.random.set_rng_state(state)  # the batch engine starts from the same random state
+    return _batch_samples(estimator, problem, params, S, N), "batch"
+
+
+def statistics(samples: np.ndarray, exact_gradient: float, exact_variance: float) -> dict[str, float]:
+    """Mean, variance (ddof 1), SE, bias z, SNR and the error of the variance against its exact value.
+
+    ``variance_z`` uses the asymptotic standard error of a sample variance,
+    :math:`\\sqrt{(m_4 - s^4)/N}` with :math:`m_4` the fourth central moment.
+    """
+    N = samples.shape[0]
+    mean = float(samples.mean())
+    centred = samples - mean
+    var = float((centred ** 2).sum() / (N - 1))
+    se = math.sqrt(var / N)
+    m4 = float((centred ** 4).mean())
+    var_se = math.sqrt(max(m4 - var * var, 0.0) / N)
+
+    def z(err: float, scale: float) -> float:
+        if math.isnan(err):
+            return math.nan
+        if err == 0.0:
+            return 0.0
+        return err / scale if scale > 0 else math.copysign(math.inf, err)
+
+    rel = math.nan
+    if not math.isnan(exact_variance):
+        if exact_variance > 0:
+            rel = var / exact_variance - 1.0
+        elif var == 0.0:
+            rel = 0.0
+    return {
+        "mean": mean,
+        "std_error": se,
+        "bias_z": z(mean - exact_gradient, se),
+        "variance": var,
+        "variance_std_error": var_se,
+        "variance_rel_error": rel,
+        "variance_z": z(var - exact_variance, var_se),
+        "snr": abs(mean) / math.sqrt(var) if var > 0 else (math.inf if mean != 0 else math.nan),
+    }
+
+
+def _stateful(estimator: Estimator) -> bool:
+    return any(isinstance(m, (MovingAverage, Normalize, Delta)) for m in estimator.modules())
+
+
+class _Context:
+    """Per-run caches: exact harness, optimal baselines."""
+
+    def __init__(self, cfg: CompareConfig, device: torch.device, result: CompareResult) -> None:
+        self.cfg, self.device, self.result = cfg, device, result
+        self.harness = _harness() if cfg.exact else None
+        if cfg.exact and self.harness is None:
+            result.notes.append(
+                "exact columns are empty: scg.testing (exact_moments, exact_gradient) is not importable."
+            )
+        self._baselines: dict[str, list[float]] = {}
+
+    def params(self, problem: Problem) -> list[Tensor]:
+        return problem.tensors(dtype=torch.float64, device=self.device)
+
+    def exact_gradient(self, problem: Problem) -> list[float]:
+        P = len(problem.labels())
+        if problem.exact_gradient is not None:
+            return [float(g) for g in problem.exact_gradient]
+        if self.harness is None:
+            return [math.nan] * P
+        g = self.harness[1](problem.make_dist, self.params(problem), problem.f)
+        return [float(v) for v in torch.as_tensor(g).reshape(-1).cpu()]
+
+    def moments(self, estimator: Estimator, problem: Problem, S: int) -> Any:
+        assert self.harness is not None
+        return self.harness[0](estimator, problem.make_dist, self.params(problem), problem.f,
+                               num_samples=S, breakpoints=problem.breakpoints)
+
+    def optimal_baselines(self, problem: Problem) -> list[float]:
+        """b*_p per flattened parameter: exact (harness) or from an independent pilot."""
+        if problem.name in self._baselines:
+            return self._baselines[problem.name]
+        if self.harness is not None:
+            m2 = []
+            for b in (-1.0, 0.0, 1.0):
+                est = _to(self.device, _sf(b))
+                m2.append(torch.as_tensor(self.moments(est, problem, 1).second_moment).reshape(-1).double().cpu())
+            curvature = m2[2] + m2[0] - 2 * m2[1]   # 2 E[s²]
+            slope = m2[0] - m2[2]                    # 4 E[f s²]
+            bstar = torch.where(curvature > 0, slope / (2 * curvature.clamp_min(1e-300)), torch.zeros_like(slope))
+        else:
+            params = self.params(problem)
+            N = self.cfg.num_estimates
+            seed = _cell_seed(self.cfg.seed, problem.name, "pilot")
+            grads = []
+            for b in (0.0, 1.0):
+                _seed(seed)  # same draws for both: their difference is the score
+                grads.append(sample_gradients(_to(self.device, _sf(b)), problem, params, 1, N, self.cfg.engine)[0])
+            score = grads[0] - grads[1]
+            bstar = (grads[0] * score).mean(0) / (score * score).mean(0).clamp_min(1e-300)
+            self.result.notes.append(f"{problem.name}: b* estimated from a pilot of {N} draws (no harness).")
+        self._baselines[problem.name] = [float(v) for v in bstar.cpu()]
+        return self._baselines[problem.name]
+
+
+def _sf(b: float) -> Estimator:
+    import scg
+
+    return scg.ScoreFunction(baseline=Constant(b))
+
+
+def _to(device: torch.device, est: Estimator) -> Estimator:
+    return est.to(device)
+
+
+def _row(problem: Problem, name: str, label: str, **values: Any) -> dict[str, Any]:
+    row = {c: None for c in COLUMNS}
+    row.update(problem=problem.name, estimator=name, parameter=label, num_estimates=None)
+    row.update(values)
+    return row
+
+
+def _run_variant(ctx: _Context, problem: Problem, name: str, index: int, variant: Variant,
+                 grad: list[float]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    cfg, labels = ctx.cfg, problem.labels()
+    rows_idx = variant.rows if variant.rows is not None else list(range(len(labels)))
+    est, S, N = variant.estimator.to(ctx.device), variant.num_samples, cfg.num_estimates
+    params = ctx.params(problem)
+    dist = problem.make_dist(*params)
+    common = dict(num_samples=S, unbiased=bool(est.unbiased), note=variant.note)
+    try:
+        est.check(dist)
+    except TypeError as exc:
+        return [_row(problem, name, labels[p], status="skipped", note=str(exc), **{k: v for k, v in common.items()
+                if k != "note"}) for p in rows_idx], []
+    evaluations = int(est.evaluations(dist, S))
+    seed = _cell_seed(cfg.seed, problem.name, name, str(index))
+    try:
+        sample_gradients(est, problem, params, S, 2, cfg.engine)  # warm-up (tracing, allocation)
+        _seed(seed)
+        if _stateful(est):
+            est.train()
+            with torch.no_grad():
+                for _ in range(_WARMUP_CALLS):
+                    est(problem.f, dist, S)
+        est.eval()
+        if ctx.device.type == "cuda":
+            torch.cuda.synchronize(ctx.device)
+        start = time.perf_counter()
+        G, method = sample_gradients(est, problem, params, S, N, cfg.engine)
+        if ctx.device.type == "cuda":
+            torch.cuda.synchronize(ctx.device)
+        seconds = time.perf_counter() - start
+    except Exception as exc:  # noqa: BLE001 - reported per row, the run goes on
+        msg = f"{type(exc).__name__}: {exc}"
+        ctx.result.notes.append(f"{problem.name} / {name}: error {msg}")
+        return [_row(problem, name, labels[p], status="error", evaluations=evaluations,
+                     **{**common, "note": msg}) for p in rows_idx], []
+    G = G.double().cpu().numpy()
+    exact_mean = exact_var = [math.nan] * len(labels)
+    note = variant.note
+    if ctx.harness is not None:
+        try:
+            m = ctx.moments(est, problem, S)
+            exact_mean = [float(v) for v in torch.as_tensor(m.mean).reshape(-1).cpu()]
+            exact_var = [float(v) for v in torch.as_tensor(m.variance).reshape(-1).cpu()]
+        except Exception as exc:  # noqa: BLE001
+            note = "; ".join(filter(None, [note, f"exact moments failed: {type(exc).__name__}: {exc}"]))
+    rows, timings = [], []
+    for p in rows_idx:
+        stats = statistics(G[:, p], grad[p], exact_var[p])
+        rows.append(_row(problem, name, labels[p], status="ok", num_estimates=N, evaluations=evaluations,
+                         exact_gradient=grad[p], exact_mean=exact_mean[p], exact_variance=exact_var[p],
+                         method=method, **{**common, "note": note}, **stats))
+        timings.append({"problem": problem.name, "estimator": name, "parameter": labels[p],
+                        "num_estimates": N, "seconds": seconds, "us_per_estimate": 1e6 * seconds / N})
+    return rows, timings
+
+
+def run_compare(cfg: CompareConfig, *, progress: bool = True) -> CompareResult:
+    """Run the comparison; returns rows (results.csv), timings and notes. Writes nothing."""
+    from tqdm.auto import tqdm
+
+    device = resolve_device(cfg.device)
+    problems = resolve_problems(cfg.problems, cfg.user_problems)
+    names = list(cfg.estimators) if cfg.estimators is not None else estimator_names()
+    result = CompareResult(device=str(device))
+    ctx = _Context(cfg, device, result)
+    cells = [(p, n) for p in problems for n in names]
+    bar = tqdm(cells, desc="compare", unit="cell", disable=None if progress else True, leave=False)
+    grads: dict[str, list[float]] = {}
+    for problem, name in bar:
+        bar.set_postfix_str(f"{problem.name} / {name}")
+        if problem.name not in grads:
+            grads[problem.name] = ctx.exact_gradient(problem)
+        labels = problem.labels()
+        try:
+            variants = ESTIMATORS[name].build(problem, cfg.num_samples, ctx.optimal_baselines)
+        except Unavailable as exc:
+            result.rows.extend(_row(problem, name, lab, status="skipped", note=str(exc)) for lab in labels)
+            continue
+        for index, variant in enumerate(variants):
+            rows, timings = _run_variant(ctx, problem, name, index, variant, grads[problem.name])
+            result.rows.extend(rows)
+            result.timings.extend(timings)
+    bar.close()
+    return result
+
+
+def config_dict(cfg: CompareConfig) -> dict[str, Any]:
+    """The config as plain JSON-able data (for manifest.json)."""
+    d = asdict(cfg)
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+

@@ -1,0 +1,181 @@
+"""Table, figure and files of ``scg-study compare`` (and ``scg-study plot DIR``).
+
+Reads and writes the rows of results.csv as dicts, so the figure can be redrawn
+from a results.csv alone.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+from scg.studies._io import read_csv, save_figure, write_csv, write_json
+
+__all__ = ["format_table", "plot_compare", "write_compare", "load_rows"]
+
+_FLOAT_COLUMNS = (
+    "mean", "exact_gradient", "exact_mean", "std_error", "bias_z", "variance", "variance_std_error",
+    "exact_variance", "variance_rel_error", "variance_z", "snr",
+)
+_INT_COLUMNS = ("num_samples", "num_estimates", "evaluations")
+
+
+def _num(value: Any) -> float:
+    if value is None or value == "":
+        return math.nan
+    return float(value)
+
+
+def load_rows(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a results.csv with numbers parsed (empty cells become nan / None)."""
+    rows: list[dict[str, Any]] = []
+    for raw in read_csv(path):
+        row: dict[str, Any] = dict(raw)
+        for c in _FLOAT_COLUMNS:
+            if c in row:
+                row[c] = _num(row[c])
+        for c in _INT_COLUMNS:
+            if c in row:
+                row[c] = int(row[c]) if row[c] not in (None, "") else None
+        if "unbiased" in row:
+            row["unbiased"] = {"true": True, "false": False}.get(str(row["unbiased"]))
+        rows.append(row)
+    return rows
+
+
+def _g(x: Any, width: int, fmt: str = ".4g") -> str:
+    v = _num(x)
+    if math.isnan(v):
+        return f"{'-':>{width}}"
+    return f"{format(v, fmt):>{width}}"
+
+
+def _pct(x: Any, width: int) -> str:
+    v = _num(x)
+    if math.isnan(v):
+        return f"{'-':>{width}}"
+    return f"{100 * v:>+{width - 1}.1f}%"
+
+
+def format_table(rows: Sequence[Mapping[str, Any]], timings: Iterable[Mapping[str, Any]] = (),
+                 descriptions: Optional[Mapping[str, str]] = None) -> str:
+    """An aligned plain-text table, one block per problem.
+
+    Columns: estimator, parameter, S, sampled mean, exact gradient, sampled and exact
+    variance, relative error of the variance, SNR, bias z, evaluations of f per
+    estimate, microseconds per estimate (when ``timings`` are given).
+    """
+    times = {(t["problem"], t["estimator"], t["parameter"]): float(t["us_per_estimate"]) for t in timings}
+    est_w = max([9] + [len(str(r["estimator"])) for r in rows])
+    par_w = max([5] + [len(str(r["parameter"])) for r in rows])
+    head = (f"{'estimator':<{est_w}} {'param':<{par_w}} {'S':>3} {'estimate':>10} {'exact grad':>10} "
+            f"{'variance':>10} {'exact var':>10} {'var err':>8} {'SNR':>8} {'bias z':>7} {'f evals':>7} "
+            f"{'us/est':>7}")
+    lines: list[str] = []
+    problems = list(dict.fromkeys(r["problem"] for r in rows))
+    for problem in problems:
+        desc = (descriptions or {}).get(problem, "")
+        lines.append(f"{problem}" + (f"  — {desc}" if desc else ""))
+        lines.append(head)
+        lines.append("-" * len(head))
+        for r in (r for r in rows if r["problem"] == problem):
+            left = f"{r['estimator']:<{est_w}} {r['parameter']:<{par_w}} "
+            if r["status"] != "ok":
+                note = str(r.get("note") or "")
+                note = note if len(note) <= 100 else note[:97] + "..."
+                lines.append(left + f"{r['status']}: {note}")
+                continue
+            t = times.get((r["problem"], r["estimator"], r["parameter"]))
+            lines.append(
+                left + f"{r['num_samples']:>3} {_g(r['mean'], 10)} {_g(r['exact_gradient'], 10)} "
+                f"{_g(r['variance'], 10)} {_g(r['exact_variance'], 10)} {_pct(r['variance_rel_error'], 8)} "
+                f"{_g(r['snr'], 8, '.3g')} {_g(r['bias_z'], 7, '+.2f')} {r['evaluations']:>7} "
+                f"{_g(t, 7, '.3g') if t is not None else f'{chr(45):>7}'}"
+            )
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def plot_compare(rows: Sequence[Mapping[str, Any]], path: str | Path, *, title: Optional[str] = None) -> Path:
+    """Dot plot of the variance of one estimate, sampled (±2 SE) next to exact, one panel per problem.
+
+    Log-scale x axis; zero variances (e.g. DisARM on the Bernoulli toy) are drawn
+    at the left edge and labelled "0". Written atomically to ``path``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    ok = [r for r in rows if r["status"] == "ok"]
+    problems = list(dict.fromkeys(r["problem"] for r in rows))
+    n = max(1, len(problems))
+    ncols = min(3, n)
+    nrows = math.ceil(n / ncols)
+    heights = [max(1, sum(1 for r in ok if r["problem"] == p)) for p in problems]
+    fig_h = max(3.0, 0.28 * max(heights) + 1.4) * nrows
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, fig_h), squeeze=False)
+    params = list(dict.fromkeys(r["parameter"] for r in ok))
+    colours = {p: plt.cm.tab10(i % 10) for i, p in enumerate(params)}
+    for ax, problem in zip(axes.flat, problems):
+        prow = [r for r in ok if r["problem"] == problem]
+        ax.set_title(problem, fontsize=10)
+        if not prow:
+            ax.text(0.5, 0.5, "no estimator applied", ha="center", va="center", transform=ax.transAxes)
+            ax.set_yticks([])
+            continue
+        positive = [v for r in prow for v in (_num(r["variance"]), _num(r["exact_variance"])) if v > 0]
+        floor = (min(positive) / 10) if positive else 1e-12
+        labels = []
+        for y, r in enumerate(prow):
+            labels.append(f"{r['estimator']} · {r['parameter']}" + (f" (S={r['num_samples']})"
+                          if r["num_samples"] not in (None, 1) else ""))
+            c = colours[r["parameter"]]
+            v, se, ex = _num(r["variance"]), _num(r["variance_std_error"]), _num(r["exact_variance"])
+            if v > 0:
+                lo = max(v - 2 * se, floor) if not math.isnan(se) else v
+                hi = v + 2 * se if not math.isnan(se) else v
+                ax.errorbar([v], [y], xerr=[[v - lo], [hi - v]], fmt="o", color=c, ms=5, capsize=2)
+            elif v == 0:
+                ax.plot([floor], [y], marker="<", color=c, ms=6)
+                ax.annotate("0", (floor, y), xytext=(6, -3), textcoords="offset points", fontsize=7)
+            if ex > 0:
+                ax.plot([ex], [y], marker="D", mfc="none", mec="black", ms=7, mew=1.2)
+            elif ex == 0:
+                ax.plot([floor], [y], marker="D", mfc="none", mec="black", ms=7, mew=1.2)
+        ax.set_xscale("log")
+        lo_x, hi_x = ax.get_xlim()
+        if hi_x / lo_x < 10:  # at least one decade, so that major ticks are labelled
+            mid = math.sqrt(lo_x * hi_x)
+            ax.set_xlim(mid / math.sqrt(10), mid * math.sqrt(10))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_yticks(range(len(prow)), labels, fontsize=8)
+        ax.set_ylim(len(prow) - 0.5, -0.5)
+        ax.set_xlabel("variance of one gradient estimate (log scale)")
+        ax.grid(True, axis="x", which="both", alpha=0.3)
+    for ax in list(axes.flat)[len(problems):]:
+        ax.set_visible(False)
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], marker="o", ls="", color="grey", label="sampled (±2 SE)"),
+               Line2D([], [], marker="D", ls="", mfc="none", mec="black", label="exact (harness)")]
+    fig.legend(handles=handles, loc="upper right", fontsize=8, frameon=False)
+    fig.suptitle(title or "Variance of single gradient estimates: sampled vs exact", fontsize=11)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    out = save_figure(fig, path, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def write_compare(out: str | Path, rows: Sequence[Mapping[str, Any]], timings: Sequence[Mapping[str, Any]],
+                  manifest: Mapping[str, Any], columns: Sequence[str], timing_columns: Sequence[str],
+                  *, plot: bool = True) -> list[Path]:
+    """Write results.csv, timings.csv, manifest.json and compare.png into ``out`` (atomically)."""
+    out = Path(out)
+    paths = [write_csv(out / "results.csv", rows, columns), write_csv(out / "timings.csv", timings, timing_columns)]
+    if plot:
+        paths.append(plot_compare(rows, out / "compare.png"))
+    paths.append(write_json(out / "manifest.json", manifest))
+    return paths
