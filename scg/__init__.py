@@ -18,6 +18,9 @@ from scg.estimators import (
     StraightThrough,
     expectation,
 )
+from scg import objectives
+from scg.graph import Graph
+from scg.stop_gradient import stop_gradient
 
 __version__ = "0.1.0"
 
@@ -33,4 +36,7 @@ __all__ = [
     "StraightThrough",
     "baselines",
     "laws",
+    "Graph",
+    "objectives",
+    "stop_gradient",
 ]

@@ -1,0 +1,398 @@
+"""``scg.Graph``: stochastic computation graphs with credit assignment by data flow."""
+
+from __future__ import annotations
+
+from typing import Mapping, Optional, Sequence
+
+import torch
+from torch import Tensor
+from torch.distributions import Distribution
+
+from scg._checks import check_positive, check_positive_int, under_transform
+from scg._dist import magic_box
+from scg.estimators import ScoreFunction
+from scg.estimators.base import Estimator
+from scg.graph._dataflow import align, aligned_shape, autograd_node, is_tracked, tensors_of, walk
+from scg.graph._nodes import Cost, Node, check_estimator, context_for, default_estimator, draw
+
+__all__ = ["Graph"]
+
+
+class Graph:
+    r"""A stochastic computation graph: sample nodes, register costs, take one surrogate.
+
+    .. math::
+        \hat L = \sum_c s_c \sum_{\text{batch}} \frac1S \sum_{s=1}^S
+            □\Big(\sum_{w ∈ \mathrm{deps}(c)} \log p(w_s)\Big)\, c_s
+          + \sum_w \sum_{\text{batch}} \frac1S \sum_{s=1}^S \big(1 − □(\log p(w_s))\big)\, b_{w,s}
+
+    with :math:`□(τ) = \exp(τ − \mathrm{stop}(τ))` (DiCE), w ranging over
+    score-function nodes, :math:`s_c` a cost's scale (N/B for minibatches) and
+    :math:`b_w` the baseline that node w's control variate subtracts from its
+    learning signal :math:`A_w = \sum_{c ∋ w} s_c\, c` (the costs downstream of w).
+    The value of :math:`\hat L` is exactly :math:`\sum_c s_c \sum_{\text{batch}}
+    \mathrm{mean}_S(c)`; its gradient gives each node its own estimator:
+
+    * ``ScoreFunction(baseline=...)``: score term :math:`(A_w − b_w)∇\log p(w)`, where
+      :math:`A_w` sums only the costs that *depend* on w (credit assignment,
+      Schulman et al. 2015): a cost that w cannot influence adds no variance to w's
+      gradient. Derivatives of every order are DiCE's (unbiased Hessians).
+    * ``Pathwise``: the sample is reparameterised and gradients flow through it;
+      a pathwise node between score-function nodes passes their terms through.
+    * ``GumbelSoftmax``/``StraightThrough``: relaxed samples (biased), as above.
+
+    Data flow is read from autograd, without wrapping tensors: a cost depends on a
+    node when the node's returned value is an ancestor of the cost in the autograd
+    graph, and on that node's own ancestors (transitively, also through the
+    distributions' parameters). The walk stops at earlier nodes, so it visits only
+    the operations between a cost and the nodes it reads; it works in eager mode and
+    under ``torch.func`` (``grad``, ``vmap``, ``vmap(grad)``), so
+    :func:`scg.diagnostics.gradient_samples` measures graph estimators.
+
+    Trade-off of reading data flow from autograd — what it cannot see:
+
+    * Non-differentiable uses of a sample (comparisons, ``.long()``, indexing with
+      a sample) cut the link. Declare them with ``depends_on=[...]`` (adds to what
+      autograd finds). ``g.dependencies()`` shows what was found.
+    * Integer-valued samples (``Categorical``) cannot carry autograd history; they
+      are treated conservatively: every later cost and node without ``depends_on``
+      is assumed to depend on them (unbiased, more variance than necessary).
+    * Score-function samples are returned as ``z + 0`` with a zero leaf that
+      requires grad; ``loss.backward()`` then also back-propagates the costs to
+      these samples (``torch.autograd.grad(loss, params)`` prunes that work).
+
+    Shapes: one sample dimension S = ``num_samples`` (dim 0) is shared by the whole
+    graph — sample s of every node and cost is one joint draw of the graph, so
+    leave-one-out baselines compare whole-graph samples. A *root* node (its
+    distribution depends on no earlier node) is drawn S times: value
+    ``[S, *batch_shape, *event_shape]``. A *child* node's distribution was computed
+    from earlier samples, so its ``batch_shape`` must start with S; it is drawn once
+    per element. Costs are ``[S, *batch]``; ``cost[s]`` may depend only on the graph's
+    s-th sample, and batch elements are independent (like ``scg.expectation``): a
+    node's log-probability ``[S, *b_w]`` and a cost ``[S, *b_c]`` are aligned from the
+    left — extra node dims are summed, missing ones broadcast (a global latent ``[S]``
+    credits every element of a per-datum cost ``[S, B]``).
+
+    A graph is used once: create one per step. ``sample``/``cost`` after
+    :meth:`surrogate`, or a second ``surrogate()``, raise ``ValueError``. Estimators
+    (and their control variates' state) live outside the graph — keep them in your
+    model and pass them to :meth:`sample` each step.
+
+    Under ``torch.no_grad()`` the graph only computes values: no data-flow walk, no
+    control variates (their state does not move); a node counts as a child when its
+    ``batch_shape`` starts with S and earlier nodes exist (pass ``depends_on=[]`` to
+    say it is a root).
+
+    Args:
+        num_samples: S ≥ 1, the shared sample dimension (keyword-only).
+        draws: replay the random inputs of earlier draws, ``{node name: draws}`` as
+            returned by :attr:`draws` (common random numbers across estimators,
+            exact checks by enumeration/quadrature). Score-function nodes take
+            ``{"z": sample}``, pathwise nodes ``{"eps": noise}``, relaxations ``{"u": uniforms}``.
+
+    Example:
+        >>> import torch, scg
+        >>> from torch.distributions import Bernoulli, Normal
+        >>> _ = torch.manual_seed(0)
+        >>> theta = torch.zeros(3, requires_grad=True)
+        >>> g = scg.Graph(num_samples=8)
+        >>> a = g.sample("a", Bernoulli(logits=theta[0]))                 # score function (RLOO)
+        >>> z = g.sample("z", Normal(a + theta[1], 1.0))                  # pathwise, depends on a
+        >>> b = g.sample("b", Bernoulli(logits=z * theta[2]))            # score function, depends on z
+        >>> g.cost("fit", (z - 1.0) ** 2)                                # credited to a (through z)
+        >>> g.cost("bits", b)                                            # credited to b, z and a
+        >>> loss = g.surrogate()                                         # value: sum of the costs' MC means
+        >>> loss.backward()
+
+    References:
+        Schulman, Heess, Weber & Abbeel, "Gradient Estimation Using Stochastic Computation
+        Graphs", NeurIPS 2015. https://arxiv.org/abs/1506.05254
+        Foerster et al., "DiCE: The Infinitely Differentiable Monte Carlo Estimator", ICML 2018.
+        https://arxiv.org/abs/1802.05098
+        Mao et al., "A Baseline for Any Order Gradient Estimation in Stochastic Computation
+        Graphs", ICML 2019. https://arxiv.org/abs/1906.03391
+        Mohamed et al., "Monte Carlo Gradient Estimation in Machine Learning", JMLR 2020, §4–5.
+    """
+
+    def __init__(
+        self,
+        num_samples: int = 1,
+        *,
+        draws: Optional[Mapping[str, Mapping[str, Tensor]]] = None,
+    ) -> None:
+        self.num_samples = check_positive_int("num_samples", num_samples)
+        if draws is not None and not isinstance(draws, Mapping):
+            raise TypeError(f"`draws` must be a mapping node name -> draws; got {type(draws).__name__}.")
+        self._replay = {k: dict(v) for k, v in draws.items()} if draws is not None else {}
+        self._nodes: dict[str, Node] = {}
+        self._costs: dict[str, Cost] = {}
+        self._boundaries: dict[int, str] = {}
+        self._done = False
+
+    # ------------------------------------------------------------------ nodes
+    def sample(
+        self,
+        name: str,
+        dist: Distribution,
+        estimator: Optional[Estimator] = None,
+        *,
+        depends_on: Optional[Sequence[str]] = None,
+        context: Optional[Tensor] = None,
+    ) -> Tensor:
+        """Draw node ``name`` from ``dist`` with its own estimator; return its value.
+
+        Args:
+            name: unique name of the node in this graph.
+            dist: a ``torch.distributions.Distribution``; batch shape ``[*batch]`` for
+                a root, ``[S, *batch]`` when its parameters come from earlier nodes.
+            estimator: ``Pathwise``, ``ScoreFunction`` (any control variate but
+                ``Delta``), ``GumbelSoftmax`` or ``StraightThrough``. ``None`` picks
+                ``Pathwise()`` when ``dist.has_rsample``, else
+                ``ScoreFunction(baseline=LeaveOneOut())`` for S ≥ 2 (stateless, so a
+                fresh one per step loses nothing) and ``ScoreFunction()`` for S = 1.
+            depends_on: names of earlier nodes the distribution depends on in ways
+                autograd cannot see (keyword-only); added to the detected ones.
+            context: input of a ``Learned`` (NVIL) baseline, e.g. the data x or the
+                node's parents; default: the distribution's detached parameters.
+
+        Returns:
+            The sample: ``[S, *batch_shape, *event_shape]`` (root) or
+            ``[*batch_shape, *event_shape]`` (child, batch starting with S). Use it
+            like any tensor; score-function samples carry no gradient.
+        """
+        self._check_open("sample")
+        self._check_name(name)
+        if not isinstance(dist, Distribution):
+            raise TypeError(
+                f"`dist` of node {name!r} must be a torch.distributions.Distribution; got {type(dist).__name__}."
+            )
+        S = self.num_samples
+        if estimator is None:
+            estimator = default_estimator(dist, S)
+        check_estimator(name, estimator, dist, S)
+        explicit = self._resolve(depends_on, "depends_on")
+        tracking = torch.is_grad_enabled()
+        parents = set(explicit)
+        if tracking:
+            roots = [autograd_node(t) for t in tensors_of(dist)]
+            parents |= walk(roots, self._boundaries)
+        starts_with_s = tuple(dist.batch_shape[:1]) == (S,)
+        child = bool(parents)
+        if depends_on is None and not child and starts_with_s:
+            hidden = [n for n in self._nodes.values() if n.opaque or not tracking]
+            if hidden:  # integer-valued (or untracked) earlier nodes: assume they feed this one
+                child = True
+                parents |= {n.name for n in hidden}
+        if child and not starts_with_s:
+            raise ValueError(
+                f"`dist` of node {name!r} must have batch_shape starting with num_samples={S} because it "
+                f"depends on node(s) {self._ordered(parents)} (one distribution per graph sample); got "
+                f"batch_shape {list(dist.batch_shape)}. Build it from the parents' samples, or check the "
+                "graph's num_samples."
+            )
+        if depends_on is None:
+            parents |= {n.name for n in self._nodes.values() if n.opaque}
+        ancestors = set(parents)
+        for p in parents:
+            ancestors |= self._nodes[p].ancestors
+
+        replay = self._replay.get(name)
+        value, draws = draw(name, dist, estimator, S, child, replay)
+        log_prob = None
+        opaque = not (value.is_floating_point() or value.is_complex())
+        if isinstance(estimator, ScoreFunction) and tracking:
+            log_prob = dist.log_prob(value)
+            expected = (*(() if child else (S,)), *dist.batch_shape)
+            if tuple(log_prob.shape) != expected:  # pragma: no cover - torch guarantees this
+                raise ValueError(f"log_prob of node {name!r} has shape {list(log_prob.shape)}; expected {list(expected)}.")
+        boundary = None
+        if tracking and not opaque:
+            if isinstance(estimator, ScoreFunction) or autograd_node(value) is None:
+                marker = torch.zeros((), dtype=value.dtype, device=value.device, requires_grad=True)
+                value = value + marker
+            boundary = autograd_node(value)
+            if boundary is not None:
+                self._boundaries[id(boundary)] = name
+        self._nodes[name] = Node(
+            name=name,
+            dist=dist,
+            estimator=estimator,
+            value=value,
+            draws=draws,
+            child=child,
+            ancestors=frozenset(ancestors),
+            order=len(self._nodes),
+            log_prob=log_prob,
+            opaque=opaque,
+            context=context,
+            boundary=boundary,
+        )
+        return value
+
+    # ------------------------------------------------------------------ costs
+    def cost(
+        self,
+        name: str,
+        value: Tensor,
+        *,
+        scale: float = 1.0,
+        depends_on: Optional[Sequence[str]] = None,
+    ) -> None:
+        """Register a cost ``[S, *batch]`` (minimised); the surrogate adds ``scale · Σ_batch mean_S``.
+
+        Args:
+            name: unique name in this graph.
+            value: ``[S, *batch]`` costs, dim 0 the graph's sample dimension.
+            scale: positive factor, e.g. N/B when ``value`` covers a minibatch of B
+                of N data points (keyword-only); it scales the value and the credit.
+            depends_on: names of nodes the cost depends on in ways autograd cannot
+                see (keyword-only); added to the detected ones.
+        """
+        self._check_open("cost")
+        self._check_name(name)
+        if not isinstance(value, Tensor):
+            raise TypeError(f"`value` of cost {name!r} must be a torch.Tensor; got {type(value).__name__}.")
+        if not value.is_floating_point():
+            raise TypeError(f"`value` of cost {name!r} must be a floating-point tensor; got dtype {value.dtype}.")
+        S = self.num_samples
+        if value.dim() == 0 or value.shape[0] != S:
+            raise ValueError(
+                f"`value` of cost {name!r} must have shape [S, *batch] with S = num_samples = {S} on dim 0; "
+                f"got shape {list(value.shape)} (sample dims do not match)."
+            )
+        scale = check_positive("scale", scale)
+        if not under_transform(value) and not bool(torch.isfinite(value.detach()).all()):
+            raise ValueError(f"`value` of cost {name!r} must be finite; got inf or nan.")
+        explicit = self._resolve(depends_on, "depends_on")
+        found: set[str] = set(explicit)
+        if torch.is_grad_enabled():
+            hidden = {n.name for n in self._nodes.values() if n.opaque} if depends_on is None else set()
+            if not is_tracked(value) and depends_on is None and not hidden:
+                raise ValueError(
+                    f"cost {name!r} depends on no node and no parameter (its value has no autograd history). "
+                    "If it depends on a node through non-differentiable operations (comparisons, casts, "
+                    "indexing), pass depends_on=[...]; otherwise it is a constant — leave it out."
+                )
+            found |= walk([autograd_node(value)], self._boundaries) | hidden
+        else:
+            found |= set(self._nodes)
+        deps = set(found)
+        for n in found:
+            deps |= self._nodes[n].ancestors
+        for n in deps:
+            node = self._nodes[n]
+            if node.log_prob is not None and aligned_shape(tuple(node.log_prob.shape), tuple(value.shape)) is None:
+                raise ValueError(
+                    f"sample dims do not match: cost {name!r} has shape {list(value.shape)} and depends on node "
+                    f"{n!r} whose log-probability has shape {list(node.log_prob.shape)}; they must agree on "
+                    "[S, *batch] from the left (extra node dims are summed, size-1 dims broadcast)."
+                )
+        self._costs[name] = Cost(name=name, value=value, scale=scale, deps=frozenset(deps))
+
+    # -------------------------------------------------------------- surrogate
+    def surrogate(self) -> Tensor:
+        """The scalar surrogate: value = Σ_c scale_c · Σ_batch mean_S(c), gradient = the graph's estimator.
+
+        Returns:
+            A 0-dim tensor. Back-propagate it (any order) or log it: its value is the
+            Monte Carlo estimate of the total expected cost. Control variates update
+            their running state here (training mode, outside ``torch.func``).
+        """
+        self._check_open("surrogate")
+        self._done = True
+        if not self._costs:
+            raise ValueError("a Graph needs at least one cost before surrogate(); call g.cost(name, value).")
+        nodes = self._nodes
+        grad = torch.is_grad_enabled()
+        box_cache: dict[tuple[tuple[str, ...], tuple[int, ...]], Tensor] = {}
+        total: Optional[Tensor] = None
+        for c in self._costs.values():
+            term = c.value
+            if grad:
+                scored = tuple(n for n in self._order(c.deps) if nodes[n].log_prob is not None)
+                if scored:
+                    shape = tuple(c.value.shape)
+                    key = (scored, shape)
+                    box = box_cache.get(key)
+                    if box is None:
+                        tau = None
+                        for n in scored:
+                            lp = align(nodes[n].log_prob, shape)  # type: ignore[arg-type]
+                            tau = lp if tau is None else tau + lp
+                        box = box_cache[key] = magic_box(tau)  # type: ignore[arg-type]
+                    term = box * term
+            t = term.mean(0).sum()
+            if c.scale != 1.0:
+                t = t * c.scale
+            total = t if total is None else total + t
+        if grad:
+            for node in nodes.values():
+                est = node.estimator
+                if node.log_prob is None or not isinstance(est, ScoreFunction) or est.baseline is None:
+                    continue
+                total = total + self._baseline_term(node, est)  # type: ignore[operator]
+        return total  # type: ignore[return-value]
+
+    def _baseline_term(self, node: Node, est: ScoreFunction) -> Tensor:
+        lp = node.log_prob
+        shape = tuple(lp.shape)  # type: ignore[union-attr]
+        signal: Optional[Tensor] = None
+        for c in self._costs.values():
+            if node.name in c.deps:
+                part = align(c.value if c.scale == 1.0 else c.value * c.scale, shape).expand(shape)
+                signal = part if signal is None else signal + part
+        if signal is None:  # no cost depends on this node: its score term is zero anyway
+            return lp.new_zeros(())  # type: ignore[union-attr]
+        new, extra = est.baseline(signal, context_for(node))  # type: ignore[misc]
+        b = (signal - new).detach()
+        out = ((1.0 - magic_box(lp)) * b).mean(0).sum()  # type: ignore[arg-type]
+        return out if extra is None else out + extra.sum()
+
+    # ------------------------------------------------------------ inspection
+    @property
+    def draws(self) -> dict[str, dict[str, Tensor]]:
+        """The random inputs drawn per node (detached), replayable with ``Graph(draws=...)``."""
+        return {name: dict(node.draws) for name, node in self._nodes.items()}
+
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        """Node names in the order they were sampled."""
+        return tuple(self._nodes)
+
+    def dependencies(self) -> dict[str, tuple[str, ...]]:
+        """For each cost, the nodes it depends on (found by data flow, plus ``depends_on``)."""
+        return {name: self._order(c.deps) for name, c in self._costs.items()}
+
+    def __repr__(self) -> str:
+        return f"Graph(num_samples={self.num_samples}, nodes={list(self._nodes)}, costs={list(self._costs)})"
+
+    # --------------------------------------------------------------- helpers
+    def _order(self, names: frozenset[str] | set[str]) -> tuple[str, ...]:
+        return tuple(sorted(names, key=lambda n: self._nodes[n].order))
+
+    def _ordered(self, names: set[str]) -> list[str]:
+        return list(self._order(names))
+
+    def _check_open(self, what: str) -> None:
+        if self._done:
+            raise ValueError(
+                f"cannot call {what}(): this Graph already produced its surrogate(); a Graph is used once — "
+                "create a new scg.Graph for each step."
+            )
+
+    def _check_name(self, name: str) -> None:
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"`name` must be a non-empty str; got {name!r}.")
+        if name in self._nodes or name in self._costs:
+            kind = "node" if name in self._nodes else "cost"
+            raise ValueError(f"`name` must be unique in the graph; {name!r} is already a {kind}.")
+
+    def _resolve(self, names: Optional[Sequence[str]], arg: str) -> set[str]:
+        if names is None:
+            return set()
+        if isinstance(names, str) or not isinstance(names, Sequence):
+            raise TypeError(f"`{arg}` must be a sequence of node names; got {type(names).__name__} ({names!r}).")
+        for n in names:
+            if n not in self._nodes:
+                raise ValueError(f"`{arg}` must name earlier nodes; got {n!r} (nodes: {list(self._nodes)}).")
+        return set(names)
