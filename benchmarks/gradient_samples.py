@@ -1,0 +1,161 @@
+"""Benchmark: ``scg.diagnostics.gradient_samples`` against a Python loop of ``backward()`` calls.
+
+Model: an MLP encoder 64 → 128 → 2×16 (12,448 parameters) producing a diagonal
+Normal posterior for a batch of sklearn 8×8 digits (scaled to [0, 1]); the cost is
+a VAE's negative ELBO with a fixed (not trained) linear Bernoulli decoder 16 → 64:
+``E_q[−log p(x|z)] + KL(q ‖ N(0, I))`` summed over the batch, through
+``scg.expectation`` with ``scg.Pathwise()`` and one sample. Both candidates compute
+``num`` independent gradient estimates w.r.t. the encoder parameters, ``[num, P]``:
+
+* ``loop``: ``num`` times ``encoder.zero_grad(); loss().backward()``, gradients
+  copied into a preallocated ``[num, P]`` tensor;
+* ``gradient_samples``: ``scg.diagnostics.gradient_samples(fn, params, num)``.
+
+They are run interleaved after a warm-up, ``--repeats`` times; medians and the
+ratio are printed. Both draw the same estimator (not the same noise): the check
+compares their means parameter by parameter (z-test, Bonferroni over P at 1e-3)
+and their total variances.
+
+Run: ``python benchmarks/gradient_samples.py [--num 1000] [--repeats 5] [--batch 16]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+
+import torch
+from scipy import stats
+from torch import Tensor, nn
+from torch.distributions import Independent, Normal
+from torch.func import functional_call
+
+import scg
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _timing import interleaved, machine, medians, report  # noqa: E402
+
+LATENT = 16
+
+
+def build(batch: int, seed: int = 0):
+    from sklearn.datasets import load_digits
+
+    torch.manual_seed(seed)
+    x = torch.tensor(load_digits().data[:batch], dtype=torch.float32) / 16.0  # [B, 64] in [0, 1]
+    encoder = nn.Sequential(nn.Linear(64, 128), nn.Tanh(), nn.Linear(128, 2 * LATENT))
+    decoder = nn.Linear(LATENT, 64).requires_grad_(False)  # fixed: gradients w.r.t. the encoder only
+    estimator = scg.Pathwise()
+
+    def neg_elbo(out: Tensor) -> Tensor:
+        loc, log_scale = out.chunk(2, -1)
+        q = Independent(Normal(loc, log_scale.exp()), 1)
+
+        def reconstruction(z: Tensor) -> Tensor:  # [S, B, L] -> [S, B]
+            logits = decoder(z)
+            return nn.functional.binary_cross_entropy_with_logits(
+                logits, x.expand_as(logits), reduction="none"
+            ).sum(-1)
+
+        kl = 0.5 * (loc**2 + (2 * log_scale).exp() - 2 * log_scale - 1).sum(-1)
+        return (scg.expectation(reconstruction, q, estimator) + kl).sum()
+
+    return x, encoder, decoder, neg_elbo
+
+
+def loop_estimates(encoder: nn.Module, x: Tensor, neg_elbo, num: int) -> Tensor:
+    params = list(encoder.parameters())
+    out = torch.empty(num, sum(p.numel() for p in params))
+    for n in range(num):
+        encoder.zero_grad(set_to_none=True)
+        neg_elbo(encoder(x)).backward()
+        torch.cat([p.grad.reshape(-1) for p in params], out=out[n])
+    return out
+
+
+def hand_loop_estimates(encoder: nn.Module, x: Tensor, decoder: nn.Module, num: int) -> Tensor:
+    """The same estimator written by hand without scg (z = loc + scale·ε), for reference."""
+    params = list(encoder.parameters())
+    out = torch.empty(num, sum(p.numel() for p in params))
+    for n in range(num):
+        encoder.zero_grad(set_to_none=True)
+        loc, log_scale = encoder(x).chunk(2, -1)
+        z = loc + log_scale.exp() * torch.randn_like(loc)
+        rec = nn.functional.binary_cross_entropy_with_logits(decoder(z), x, reduction="none").sum(-1)
+        kl = 0.5 * (loc**2 + (2 * log_scale).exp() - 2 * log_scale - 1).sum(-1)
+        (rec + kl).sum().backward()
+        torch.cat([p.grad.reshape(-1) for p in params], out=out[n])
+    return out
+
+
+def vectorised_estimates(encoder: nn.Module, x: Tensor, neg_elbo, num: int, chunk_size=None) -> Tensor:
+    params = {k: v.detach() for k, v in encoder.named_parameters()}
+    return scg.diagnostics.gradient_samples(
+        lambda p: neg_elbo(functional_call(encoder, p, (x,))), params, num, chunk_size=chunk_size
+    )
+
+
+def check_same_estimator(a: Tensor, b: Tensor) -> str:
+    """Two-sample z per parameter (Bonferroni at 1e-3 over P) and the ratio of total variances."""
+    sa, sb = scg.diagnostics.summary(a.double()), scg.diagnostics.summary(b.double())
+    se = (sa.std_error**2 + sb.std_error**2).sqrt()
+    ok = se > 0
+    z = ((sa.mean - sb.mean)[ok] / se[ok]).abs()
+    threshold = float(stats.norm.isf(1e-3 / (2 * int(ok.sum()))))
+    ratio = float(sa.variance.sum() / sb.variance.sum())
+    verdict = "same estimator" if float(z.max()) < threshold and abs(ratio - 1) < 0.2 else "MISMATCH"
+    return (
+        f"check: max |z| of mean difference over {int(ok.sum())} parameters = {float(z.max()):.2f} "
+        f"(threshold {threshold:.2f}); total variance ratio loop/vectorised = {ratio:.3f} -> {verdict}"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--num", type=int, default=1000, help="gradient estimates per run (default 1000)")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved timed repeats (default 5)")
+    parser.add_argument("--batch", type=int, default=16, help="digits per estimate (default 16)")
+    parser.add_argument("--chunk-size", type=int, default=None, help="gradient_samples chunk_size (default: its own)")
+    parser.add_argument(
+        "--threads", default="1,2", help="comma-separated torch intra-op thread counts to run (default 1,2)"
+    )
+    args = parser.parse_args(argv)
+
+    x, encoder, decoder, neg_elbo = build(args.batch)
+    P = sum(p.numel() for p in encoder.parameters())
+    print(machine())
+    print(f"load average: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    print(f"encoder 64-128-2x{LATENT}: P = {P} parameters; batch {args.batch}; {args.num} estimates per run; "
+          f"chunk_size {args.chunk_size}; {args.repeats} interleaved repeats after 1 warm-up")
+
+    results: dict[str, Tensor] = {}
+    candidates = {
+        "loop of backward()": lambda: loop_estimates(encoder, x, neg_elbo, args.num),
+        "gradient_samples": lambda: vectorised_estimates(encoder, x, neg_elbo, args.num, args.chunk_size),
+        "hand-written loop (no scg)": lambda: hand_loop_estimates(encoder, x, decoder, args.num),
+    }
+
+    def keep(name: str, f):
+        def go() -> None:
+            results[name] = f()
+
+        return go
+
+    for threads in [int(t) for t in args.threads.split(",")]:
+        torch.set_num_threads(threads)
+        print(f"\n### torch threads = {threads}\n")
+        times = interleaved({k: keep(k, f) for k, f in candidates.items()}, repeats=args.repeats)
+        print(report(times, baseline="loop of backward()"))
+        med = medians(times)
+        ratio = med["loop of backward()"] / med["gradient_samples"]
+        print(f"\nratio (median loop of backward() / median gradient_samples) = {ratio:.1f}")
+    for name, out in results.items():
+        if out.shape != (args.num, P):
+            raise RuntimeError(f"{name} returned shape {list(out.shape)}; expected {[args.num, P]}.")
+    print(check_same_estimator(results["loop of backward()"], results["gradient_samples"]))
+
+
+if __name__ == "__main__":
+    main()
