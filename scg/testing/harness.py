@@ -1,0 +1,493 @@
+"""Exact moments of an estimator's gradient, and the exact gradient of ``E[f]``.
+
+Nothing here samples. :func:`exact_moments` integrates the estimator's gradient
+over the laws it declares (``Estimator.laws``) on a tensor-product quadrature
+grid; :func:`exact_gradient` integrates ``f`` against the distribution itself;
+:func:`assert_unbiased` compares the two.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from typing import Callable, Iterator, NamedTuple, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.distributions import (
+    Cauchy,
+    Distribution,
+    Exponential,
+    Laplace,
+    Normal,
+    TransformedDistribution,
+    Uniform,
+)
+
+from scg._dist import evaluate, magic_box, unwrap
+from scg.laws import FromDistribution, Law, StandardUniform
+from scg.testing import _grid
+
+__all__ = ["ExactMoments", "exact_moments", "exact_gradient", "assert_unbiased"]
+
+Breakpoints = Union[None, float, Sequence[float], Tensor, dict]
+MakeDist = Callable[..., Distribution]
+
+
+class ExactMoments(NamedTuple):
+    """Exact moments of one gradient estimate, over the flattened, concatenated parameters.
+
+    Attributes:
+        mean: ``[P]``, ``E[ĝ]``.
+        second_moment: ``[P]``, ``E[ĝ²]`` (elementwise).
+        variance: ``[P]``, ``Var[ĝ]``.
+    """
+
+    mean: Tensor
+    second_moment: Tensor
+    variance: Tensor
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+@contextlib.contextmanager
+def _no_validation() -> Iterator[None]:
+    """Turn off distribution argument validation (it branches on data; vmap forbids that)."""
+    old = Distribution._validate_args
+    Distribution.set_default_validate_args(False)
+    try:
+        yield
+    finally:
+        Distribution.set_default_validate_args(old)
+
+
+@contextlib.contextmanager
+def _frozen(module: nn.Module) -> Iterator[None]:
+    """Evaluation mode (no running-statistics updates), restoring each submodule's mode."""
+    modes = {m: m.training for m in module.modules()}
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+
+
+def _params(params: Union[Tensor, Sequence[Tensor]]) -> tuple[Tensor, ...]:
+    if isinstance(params, Tensor):
+        params = (params,)
+    if not isinstance(params, (tuple, list)) or not params:
+        raise TypeError(f"`params` must be a non-empty tuple of tensors; got {type(params).__name__}.")
+    out = []
+    for i, p in enumerate(params):
+        if not isinstance(p, Tensor) or not p.is_floating_point():
+            raise TypeError(f"`params[{i}]` must be a floating-point tensor; got {type(p).__name__}.")
+        out.append(p.detach().clone())
+    return tuple(out)
+
+
+def _check_int(name: str, value: object, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"`{name}` must be an int; got {type(value).__name__} ({value!r}).")
+    if value < minimum:
+        raise ValueError(f"`{name}` must be >= {minimum}; got {value}.")
+    return value
+
+
+def _z_points(breakpoints: Breakpoints, dist: Distribution) -> Optional[np.ndarray]:
+    """User breakpoints in z-space as ``[M, k]`` over the sample's scalar elements."""
+    if breakpoints is None or isinstance(breakpoints, dict):
+        return None
+    shape = (*dist.batch_shape, *dist.event_shape)
+    pts = torch.as_tensor(breakpoints, dtype=torch.float64).detach().cpu()
+    if pts.dim() == 0:
+        pts = pts.reshape(1)
+    try:
+        pts = pts.expand(*shape, pts.shape[-1]) if pts.dim() == 1 else torch.broadcast_to(pts, (*shape, pts.shape[-1]))
+    except RuntimeError as exc:
+        raise ValueError(
+            f"`breakpoints` must broadcast to [*batch_shape, *event_shape, k] = {[*shape, 'k']}; "
+            f"got shape {list(pts.shape)}."
+        ) from exc
+    M = int(np.prod(shape)) if shape else 1
+    return pts.reshape(M, -1).numpy()
+
+
+def _pathwise_points(estimator: nn.Module, dist: Distribution, law: Law,
+                     points: Optional[np.ndarray]) -> Optional[np.ndarray]:
+    """Map z-space breakpoints into a Pathwise estimator's noise space (elementwise monotone maps only).
+
+    Also adds the kink of the noise map itself (Laplace: u = ½).
+    """
+    from scg.estimators.pathwise import Pathwise, reparameterize
+
+    if not isinstance(estimator, Pathwise):
+        return None
+    rep = reparameterize(dist)
+    inner, _ = unwrap(dist)
+    while isinstance(inner, TransformedDistribution):
+        for t in inner.transforms:
+            try:
+                t.sign
+            except NotImplementedError:
+                return None
+            if t.event_dim != 0:
+                return None
+        inner, _ = unwrap(inner.base_dist)
+    if rep is None or not isinstance(inner, (Normal, Uniform, Laplace, Cauchy, Exponential)):
+        return None
+    shape = tuple(law.shape)
+    numel = int(np.prod(shape))
+    if points is None:
+        points = np.zeros((1, 0))
+    if numel % points.shape[0]:
+        return None
+    pts = torch.as_tensor(np.tile(points, (numel // points.shape[0], 1)), dtype=torch.float64)
+    lo, hi = (float(b) for b in law.support)
+    lo = max(lo, -40.0) if not math.isfinite(lo) else lo + torch.finfo(torch.float64).tiny
+    hi = min(hi, 40.0) if not math.isfinite(hi) else hi - 2.0 ** -53
+    sample = rep[1]
+    out = []
+    if isinstance(inner, Laplace) and isinstance(law, StandardUniform):
+        out.append(torch.full((numel,), 0.5, dtype=torch.float64))  # the kink of the inverse CDF
+    with torch.no_grad():
+        g_lo = sample(torch.full(shape, lo, dtype=torch.float64)).reshape(-1)
+        g_hi = sample(torch.full(shape, hi, dtype=torch.float64)).reshape(-1)
+        increasing = g_hi > g_lo
+        for c in range(pts.shape[1]):
+            target = pts[:, c]
+            a = torch.full((numel,), lo, dtype=torch.float64)
+            b = torch.full((numel,), hi, dtype=torch.float64)
+            for _ in range(200):
+                m = 0.5 * (a + b)
+                right = (sample(m.reshape(shape)).reshape(-1) < target) == increasing
+                a, b = torch.where(right, m, a), torch.where(right, b, m)
+            inside = (target > torch.minimum(g_lo, g_hi)) & (target < torch.maximum(g_lo, g_hi))
+            out.append(torch.where(inside, 0.5 * (a + b), torch.full_like(a, math.nan)))
+    return torch.stack(out, -1).numpy() if out else None
+
+
+def _law_points(estimator: nn.Module, dist: Distribution, name: str, law: Law,
+                breakpoints: Breakpoints) -> Optional[np.ndarray]:
+    if isinstance(breakpoints, dict):
+        if name not in breakpoints:
+            return None
+        numel = int(np.prod(law.shape))
+        return torch.as_tensor(breakpoints[name], dtype=torch.float64).reshape(numel, -1).numpy()
+    z = _z_points(breakpoints, dist)
+    if isinstance(law, FromDistribution):
+        return z
+    hook = getattr(estimator, "noise_breakpoints", None)
+    if callable(hook) and z is not None:  # an estimator may map z-space points into its own noise space
+        mapped = hook(dist, int(law.shape[0]), torch.as_tensor(z)).get(name)
+        return None if mapped is None else torch.as_tensor(mapped, dtype=torch.float64).reshape(
+            int(np.prod(law.shape)), -1).numpy()
+    return _pathwise_points(estimator, dist, law, z)
+
+
+def _sample_dtype(law: Law) -> torch.dtype:
+    if isinstance(law, FromDistribution) and law.dist is not None:
+        with torch.no_grad():
+            return law.dist.sample().dtype
+    return law.dtype
+
+
+def _chunk_size(shapes: dict[str, tuple[int, ...]]) -> int:
+    elements = sum(int(np.prod(s)) if s else 1 for s in shapes.values())
+    return int(min(8192, max(64, 2**17 // max(1, elements))))
+
+
+def _flat(grads: Sequence[Tensor], C: Optional[int] = None) -> Tensor:
+    if C is None:
+        return torch.cat([g.reshape(-1) for g in grads]).double()
+    return torch.cat([g.reshape(C, -1) for g in grads], dim=1).double()
+
+
+def _grid_for(specs: list[_grid.Spec], shapes: dict, dtypes: dict, device: torch.device,
+              max_points: int, nodes: Optional[int]) -> _grid.Grid:
+    counts = _grid.choose_nodes(specs, max_points, nodes)
+    return _grid.Grid(_grid.build(specs, counts, dtypes, device), shapes, dtypes, device)
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def exact_moments(
+    estimator: nn.Module,
+    make_dist: MakeDist,
+    params: Union[Tensor, Sequence[Tensor]],
+    f: Callable[[Tensor], Tensor],
+    *,
+    num_samples: int = 1,
+    breakpoints: Breakpoints = None,
+    nodes: Optional[int] = None,
+    max_points: int = 2_000_000,
+    context: Optional[Tensor] = None,
+) -> ExactMoments:
+    r"""Exact mean, second moment and variance of one estimate of :math:`∇_θ E[f]`.
+
+    .. math::
+        E[\hat g] = \sum_i w_i\, ∇_θ \hat L(ξ_i), \qquad
+        E[\hat g^2] = \sum_i w_i\, (∇_θ \hat L(ξ_i))^2
+
+    over a tensor-product grid of nodes :math:`ξ_i` with weights :math:`w_i` for
+    the laws ``estimator.laws(dist, num_samples)``: Gauss–Hermite for standard
+    normals, double-exponential rules on the pieces between breakpoints for
+    uniforms, Gauss rules for the Rayleigh and Maxwell densities, enumeration of
+    discrete supports, Gauss or double-exponential rules for continuous
+    ``FromDistribution`` elements. :math:`\hat L` is ``surrogate(...).sum()``;
+    gradients are per grid point with ``torch.func.vmap(torch.func.grad(...))``
+    (a Python loop with ``torch.autograd`` if vmap fails; a warning says so).
+    The estimator runs in eval mode (running statistics frozen, then restored).
+
+    Requirements: an estimator whose randomness is fully declared by ``laws``
+    (explicit noise; implicit reparameterisation is refused) and a grid of at most
+    ``max_points`` points. Node counts adapt to the budget (up to 96 Gauss–Hermite
+    nodes for one variable; fewer when there are many) unless ``nodes`` is given.
+
+    Args:
+        estimator: an :class:`scg.Estimator`.
+        make_dist: ``make_dist(*params) -> Distribution``.
+        params: tuple of floating tensors (float64 recommended); gradients are taken
+            with respect to them, flattened and concatenated (P numbers).
+        f: cost ``[S, *batch, *event] -> [S, *batch]``.
+        num_samples: S draws in the one estimate.
+        breakpoints: points in z-space where ``f`` jumps — a float, a sequence, or a
+            tensor broadcastable to ``[*batch, *event, k]`` — used to split
+            continuous supports (and, for ``Pathwise``, mapped into noise space);
+            or a dict ``{law name: tensor [*law.shape, k]}`` of noise-space points.
+        nodes: nodes per piece for every continuous variable (overrides the budget).
+        max_points: largest grid allowed.
+        context: passed to ``surrogate`` (learned baselines).
+
+    Returns:
+        :class:`ExactMoments` with ``[P]`` float64 tensors.
+
+    Raises:
+        ValueError: implicit reparameterisation; a grid larger than ``max_points``.
+        TypeError: a distribution the harness cannot enumerate or integrate.
+    """
+    S = _check_int("num_samples", num_samples)
+    _check_int("max_points", max_points)
+    if nodes is not None:
+        _check_int("nodes", nodes)
+    if not callable(getattr(estimator, "laws", None)) or not callable(getattr(estimator, "surrogate", None)):
+        raise TypeError(f"`estimator` must be an scg Estimator; got {type(estimator).__name__}.")
+    ps = _params(params)
+    with _no_validation(), _frozen(estimator):
+        dist0 = make_dist(*ps)
+        laws = estimator.laws(dist0, S)
+        if not laws:
+            raise ValueError(
+                f"`estimator` {type(estimator).__name__} declares no explicit noise for "
+                f"{type(dist0).__name__} (laws() is empty: implicit reparameterisation draws inside "
+                "surrogate()); the exact harness needs explicit noise — use a distribution with an "
+                "explicit reparameterisation (Normal, Laplace, Exponential, Uniform, ...) or ScoreFunction."
+            )
+        specs: list[_grid.Spec] = []
+        for name, law in laws.items():
+            specs += _grid.law_specs(name, law, _law_points(estimator, dist0, name, law, breakpoints))
+        shapes = {name: tuple(law.shape) for name, law in laws.items()}
+        dtypes = {name: _sample_dtype(law) for name, law in laws.items()}
+        device = ps[0].device
+        grid = _grid_for(specs, shapes, dtypes, device, max_points, nodes)
+
+        def total(p: tuple[Tensor, ...], draws: dict[str, Tensor]) -> Tensor:
+            return estimator.surrogate(f, make_dist(*p), draws, context=context).sum()
+
+        batched = torch.func.vmap(torch.func.grad(total), in_dims=(None, 0))
+        use_vmap = True
+        P = sum(p.numel() for p in ps)
+        s0 = torch.zeros((), dtype=torch.float64, device=device)
+        s1 = torch.zeros(P, dtype=torch.float64, device=device)
+        s2 = torch.zeros(P, dtype=torch.float64, device=device)
+        shift: Optional[Tensor] = None
+        for draws, w in grid.chunks(_chunk_size(shapes)):
+            G = None
+            if use_vmap:
+                try:
+                    G = _flat(batched(ps, draws), len(w))
+                except Exception as exc:  # noqa: BLE001 - any vmap limitation: fall back
+                    use_vmap = False
+                    warnings.warn(
+                        f"exact_moments: torch.func.vmap failed for {type(estimator).__name__} "
+                        f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                        f"falling back to a Python loop over {grid.size} grid points (slow).",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
+            if G is None:
+                G = torch.stack([_loop_grad(total, ps, {k: v[i] for k, v in draws.items()}) for i in range(len(w))])
+            G = G.detach()
+            if not bool(torch.isfinite(G).all()):
+                i = int((~torch.isfinite(G)).any(1).nonzero()[0, 0])
+                at = {k: v[i].tolist() for k, v in draws.items()}
+                raise ValueError(
+                    f"the gradient of {type(estimator).__name__}'s surrogate is not finite at a grid "
+                    f"point with weight {float(w[i]):.3g}: draws {at}. Check f and the distribution "
+                    "for overflow at extreme draws (or pass `nodes`)."
+                )
+            if shift is None:
+                shift = (w @ G) / w.sum()
+            s0 = s0 + w.sum()
+            s1 = s1 + w @ G
+            s2 = s2 + w @ (G - shift) ** 2
+    mean = s1 / s0
+    variance = (s2 / s0 - (mean - shift) ** 2).clamp_min(0.0)
+    return ExactMoments(mean, variance + mean**2, variance)
+
+
+def _loop_grad(total: Callable, ps: tuple[Tensor, ...], draws: dict[str, Tensor]) -> Tensor:
+    leaves = tuple(p.clone().requires_grad_(True) for p in ps)
+    out = total(leaves, draws)
+    grads = torch.autograd.grad(out, leaves, allow_unused=True)
+    return _flat([torch.zeros_like(p) if g is None else g for p, g in zip(leaves, grads)])
+
+
+def exact_gradient(
+    make_dist: MakeDist,
+    params: Union[Tensor, Sequence[Tensor]],
+    f: Callable[[Tensor], Tensor],
+    *,
+    breakpoints: Breakpoints = None,
+    nodes: Optional[int] = None,
+    max_points: int = 2_000_000,
+) -> Tensor:
+    r"""Exact :math:`∇_θ \sum_b E_{q_θ}[f(z)]_b` by quadrature over ``q`` itself (no estimator).
+
+    .. math::
+        E[f] = \sum_i w_i(θ) f(z_i), \qquad
+        w_i(θ) = w_i(θ_0)\, \frac{q_θ(z_i)}{q_{θ_0}(z_i)} \quad (\text{value unchanged at } θ = θ_0)
+
+    so the gradient is :math:`\sum_i w_i(θ_0)\,[∇f(z_i) + f(z_i) ∇\log q_θ(z_i)] = ∫ (∇f)\, q + f\, ∇q`,
+    per batch element. For discrete distributions :math:`w_i` are the (differentiable)
+    probabilities of the enumerated support; for continuous ones the nodes are fixed
+    at the detached parameters and ``breakpoints`` split the support where ``f`` jumps
+    (so it is valid for discontinuous f). Uniform distributions add the boundary
+    terms of their parameter-dependent support (Leibniz rule).
+
+    Args:
+        make_dist, params, f, breakpoints, nodes, max_points: as in :func:`exact_moments`.
+
+    Returns:
+        ``[P]`` float64 tensor.
+    """
+    if nodes is not None:
+        _check_int("nodes", nodes)
+    _check_int("max_points", max_points)
+    ps = _params(params)
+    with _no_validation():
+        dist0 = make_dist(*ps)
+        base, _ = unwrap(dist0)
+        shape = (1, *dist0.batch_shape, *dist0.event_shape)
+        law = FromDistribution(shape=shape, dist=dist0)
+        specs = _grid.distribution_specs("z", dist0, shape, _z_points(breakpoints, dist0))
+        dtypes = {"z": _sample_dtype(law)}
+        device = ps[0].device
+        counts = _grid.choose_nodes(specs, max_points, nodes)
+        variables = _grid.build(specs, counts, dtypes, device)
+        grid = _grid.Grid(variables, {"z": shape}, dtypes, device)
+        leaves = tuple(p.clone().requires_grad_(True) for p in ps)
+        total = [torch.zeros_like(p, dtype=torch.float64) for p in ps]
+
+        def accumulate(g: _grid.Grid, term: Callable[[Distribution, Tensor, Tensor], Tensor]) -> None:
+            for draws, w in g.chunks(_chunk_size({"z": shape})):
+                z = draws["z"].reshape(len(w), *shape[1:])
+                dist = make_dist(*leaves)
+                cost = evaluate(f, z, dist, len(w))
+                obj = term(dist, z, cost.double().reshape(len(w), -1))
+                obj = (w * obj).sum()
+                grads = torch.autograd.grad(obj, leaves, allow_unused=True)
+                for acc, gr in zip(total, grads):
+                    if gr is not None:
+                        acc += gr.double()
+
+        accumulate(grid, lambda d, z, c: (c * magic_box(d.log_prob(z).double().reshape(len(c), -1))).sum(1))
+        if isinstance(base, Uniform):
+            _uniform_boundaries(accumulate, base, variables, dist0, make_dist, leaves, shape, dtypes, device)
+    return _flat(total)
+
+
+def _uniform_boundaries(accumulate, base, variables, dist0, make_dist, leaves, shape, dtypes, device) -> None:
+    """Add ``±q(bound) E[f | z_j = bound] ∇bound`` for every element j of a Uniform."""
+    batch = tuple(base.batch_shape)
+    M = int(np.prod(batch)) if batch else 1
+    per_batch = M // max(1, int(np.prod(dist0.batch_shape)) if dist0.batch_shape else 1)
+    low = base.low.detach().expand(batch).reshape(-1)
+    high = base.high.detach().expand(batch).reshape(-1)
+    for j in range(M):
+        for bound_name, sign in (("high", 1.0), ("low", -1.0)):
+            value = (high if bound_name == "high" else low)[j]
+            fixed = _grid.Variable("z", variables[j].positions,
+                                   value.reshape(1, 1).to(dtypes["z"]),
+                                   torch.ones(1, dtype=torch.float64, device=device))
+            g = _grid.Grid([fixed if i == j else v for i, v in enumerate(variables)], {"z": shape}, dtypes, device)
+            density = 1.0 / float(high[j] - low[j])
+            b = j // per_batch
+
+            def term(d: Distribution, z: Tensor, c: Tensor, j: int = j, b: int = b, name: str = bound_name,
+                     sign: float = sign, density: float = density) -> Tensor:
+                inner, _ = unwrap(d)
+                bound = getattr(inner, name).expand(batch).reshape(-1)[j]
+                return sign * density * c[:, b] * (bound - bound.detach()).double()
+
+            accumulate(g, term)
+
+
+def _labels(params: tuple[Tensor, ...]) -> list[str]:
+    out = []
+    for i, p in enumerate(params):
+        if p.dim() == 0:
+            out.append(f"params[{i}]")
+        else:
+            for idx in np.ndindex(*p.shape):
+                out.append(f"params[{i}][{', '.join(map(str, idx))}]")
+    return out
+
+
+def assert_unbiased(
+    estimator: nn.Module,
+    make_dist: MakeDist,
+    params: Union[Tensor, Sequence[Tensor]],
+    f: Callable[[Tensor], Tensor],
+    *,
+    num_samples: int = 1,
+    atol: float = 1e-8,
+    rtol: float = 1e-7,
+    breakpoints: Breakpoints = None,
+    nodes: Optional[int] = None,
+    max_points: int = 2_000_000,
+    context: Optional[Tensor] = None,
+) -> ExactMoments:
+    """Assert ``E[∇ surrogate] = ∇ E[f]`` exactly (to ``atol + rtol·|∇E[f]|`` per parameter).
+
+    Args:
+        as in :func:`exact_moments`; ``atol``, ``rtol``: tolerances.
+
+    Returns:
+        The :class:`ExactMoments` (so a test can also look at the variance).
+
+    Raises:
+        AssertionError: with a table of the parameters, both values and their difference.
+    """
+    m = exact_moments(estimator, make_dist, params, f, num_samples=num_samples, breakpoints=breakpoints,
+                      nodes=nodes, max_points=max_points, context=context)
+    g = exact_gradient(make_dist, params, f, breakpoints=breakpoints, nodes=nodes, max_points=max_points)
+    diff = (m.mean - g).abs()
+    bad = ~(diff <= atol + rtol * g.abs())  # nan counts as a failure
+    if bool(bad.any()):
+        labels = _labels(_params(params))
+        rows = [f"  {'parameter':<16} {'E[estimate]':>17} {'∇E[f]':>17} {'|diff|':>10}"]
+        for k in range(len(g)):
+            mark = "  <-" if bool(bad[k]) else ""
+            rows.append(f"  {labels[k]:<16} {float(m.mean[k]):>17.10e} {float(g[k]):>17.10e} "
+                        f"{float(diff[k]):>10.3e}{mark}")
+        raise AssertionError(
+            f"{type(estimator).__name__} is biased here: E[∇ surrogate] != ∇ E[f] for "
+            f"{int(bad.sum())} of {len(g)} parameters (num_samples={num_samples}, atol={atol}, rtol={rtol}).\n"
+            + "\n".join(rows)
+        )
+    return m
