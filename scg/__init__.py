@@ -21,6 +21,7 @@ from scg.estimators import (
 from scg import objectives
 from scg.graph import Graph
 from scg.stop_gradient import stop_gradient
+from scg import testing
 
 __version__ = "0.1.0"
 
@@ -39,4 +40,5 @@ __all__ = [
     "Graph",
     "objectives",
     "stop_gradient",
+    "testing",
 ]
