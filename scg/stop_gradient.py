@@ -36,7 +36,8 @@ def stop_gradient(dist: Distribution) -> Distribution:
     sample through the stopped copy — torch raises ``NotImplementedError``.
 
     Properties: values are identical (``log_prob``, ``mean``, and ``rsample`` for the
-    same random numbers); gradients reach the *inputs* (e.g. a reparameterised z)
+    same random numbers; up to rounding where the original would invert a sample from
+    its transform cache); gradients reach the *inputs* (e.g. a reparameterised z)
     but never the parameters. The original distribution is not modified.
 
     Args:
