@@ -1,0 +1,358 @@
+r"""Data sets for the models: binarised 8×8 digits, linear-Gaussian data, breast cancer, MNIST files.
+
+Everything here works offline. The 8×8 digits and the breast-cancer data ship with
+scikit-learn; the linear-Gaussian data are synthetic and come with their exact
+marginal likelihood; MNIST / Fashion-MNIST are read from standard IDX or ``.npz``
+files that the user already has (nothing is downloaded).
+
+References:
+    Alpaydin & Kaynak, "Optical Recognition of Handwritten Digits" (UCI; the 8×8
+    digits in scikit-learn), 1998.
+    Tipping & Bishop, "Probabilistic Principal Component Analysis", JRSS-B 1999.
+    LeCun, Cortes & Burges, "The MNIST database" (IDX format). http://yann.lecun.com/exdb/mnist/
+    Xiao, Rasul & Vollgraf, "Fashion-MNIST", 2017. https://arxiv.org/abs/1708.07747
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from scg._checks import check_positive, check_positive_int
+
+__all__ = [
+    "Splits",
+    "digits",
+    "LinearGaussian",
+    "linear_gaussian",
+    "breast_cancer",
+    "read_idx",
+    "load_mnist",
+    "binarize",
+]
+
+PathLike = Union[str, os.PathLike]
+
+#: Sizes of the fixed digits split (train / validation / test), 1797 images in all.
+DIGITS_SPLIT = (1000, 350, 447)
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Train / validation / test tensors ``[N, D]`` (optionally with labels ``[N]``)."""
+
+    train: Tensor
+    val: Tensor
+    test: Tensor
+    train_labels: Optional[Tensor] = None
+    val_labels: Optional[Tensor] = None
+    test_labels: Optional[Tensor] = None
+
+    @property
+    def dim(self) -> int:
+        """Number of features D."""
+        return int(self.train.shape[-1])
+
+    def to(self, device: Union[str, torch.device]) -> "Splits":
+        """The same splits on ``device``."""
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return Splits(*(move(getattr(self, f)) for f in
+                        ("train", "val", "test", "train_labels", "val_labels", "test_labels")))
+
+
+def _split(x: np.ndarray, y: Optional[np.ndarray], sizes: tuple[int, int, int], seed: int,
+           dtype: torch.dtype) -> Splits:
+    perm = np.random.default_rng(seed).permutation(len(x))
+    a, b = sizes[0], sizes[0] + sizes[1]
+    parts = (perm[:a], perm[a:b], perm[b:b + sizes[2]])
+    xs = [torch.as_tensor(x[p], dtype=dtype) for p in parts]
+    ys = [None] * 3 if y is None else [torch.as_tensor(y[p], dtype=torch.long) for p in parts]
+    return Splits(*xs, *ys)
+
+
+def digits(*, binarized: bool = True, threshold: float = 0.5, seed: int = 0,
+           dtype: torch.dtype = torch.float32) -> Splits:
+    r"""scikit-learn's 8×8 digits, scaled to [0, 1] and (by default) binarised, split 1000/350/447.
+
+    .. math:: x = 1[\text{pixel}/16 > \text{threshold}] \in \{0, 1\}^{64}
+
+    The split is a fixed permutation (``numpy.random.default_rng(seed)``) of the
+    1797 images: the first 1000 train, the next 350 validate, the last 447 test.
+    The data ship with scikit-learn (no download).
+
+    Args:
+        binarized: threshold the intensities (static binarisation); ``False`` keeps
+            intensities in [0, 1] (use :func:`binarize` for dynamic binarisation).
+        threshold: binarisation threshold in (0, 1).
+        seed: seed of the split permutation.
+        dtype: floating dtype of the returned tensors.
+
+    Returns:
+        :class:`Splits` with ``[1000, 64]``, ``[350, 64]``, ``[447, 64]`` and labels.
+    """
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"`threshold` must be in (0, 1); got {threshold}.")
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = data.data.astype(np.float64) / 16.0
+    if binarized:
+        x = (x > threshold).astype(np.float64)
+    return _split(x, data.target, DIGITS_SPLIT, seed, dtype)
+
+
+@dataclass(frozen=True)
+class LinearGaussian:
+    r"""The linear-Gaussian (probabilistic PCA) model :math:`z \sim N(0, I_L)`, :math:`x | z \sim N(Wz + b, σ^2 I_D)`.
+
+    .. math::
+        p(x) = N(x;\, b,\, WW^\top + σ^2 I), \qquad
+        p(z | x) = N\big(M^{-1} W^\top (x − b)/σ^2,\; M^{-1}\big), \quad M = I + W^\top W / σ^2
+
+    The posterior covariance :math:`M^{-1}` is not diagonal unless W's columns are
+    orthogonal, so a mean-field posterior has a gap that a flow can close.
+
+    Attributes:
+        weight: W, ``[D, L]``.
+        bias: b, ``[D]``.
+        noise_std: σ > 0.
+    """
+
+    weight: Tensor
+    bias: Tensor
+    noise_std: float
+
+    @property
+    def data_dim(self) -> int:
+        return int(self.weight.shape[0])
+
+    @property
+    def latent_dim(self) -> int:
+        return int(self.weight.shape[1])
+
+    def marginal_covariance(self) -> Tensor:
+        """:math:`WW^\\top + σ^2 I`, ``[D, D]``."""
+        eye = torch.eye(self.data_dim, dtype=self.weight.dtype, device=self.weight.device)
+        return self.weight @ self.weight.T + self.noise_std ** 2 * eye
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """Exact :math:`\\log p(x)`, ``[N, D] -> [N]``."""
+        dist = torch.distributions.MultivariateNormal(self.bias, covariance_matrix=self.marginal_covariance())
+        return dist.log_prob(x)
+
+    def posterior(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Exact posterior mean ``[N, L]`` and covariance ``[L, L]`` of z given x."""
+        s2 = self.noise_std ** 2
+        eye = torch.eye(self.latent_dim, dtype=self.weight.dtype, device=self.weight.device)
+        cov = torch.linalg.inv(eye + self.weight.T @ self.weight / s2)
+        mean = (x - self.bias) @ self.weight @ cov / s2
+        return mean, cov
+
+    def mean_field_gap(self) -> float:
+        r"""Smallest :math:`\log p(x) − \mathrm{ELBO}` over diagonal Gaussian posteriors (per data point).
+
+        For a Gaussian posterior with precision Λ the best mean-field Gaussian has
+        variances :math:`1/Λ_{ii}` and :math:`\mathrm{KL} = ½(\sum_i \log Λ_{ii} − \log\det Λ)`.
+        """
+        s2 = self.noise_std ** 2
+        eye = torch.eye(self.latent_dim, dtype=torch.float64)
+        w = self.weight.double().cpu()
+        prec = eye + w.T @ w / s2
+        return float(0.5 * (torch.log(torch.diagonal(prec)).sum() - torch.logdet(prec)))
+
+    def sample(self, n: int, *, generator: Optional[torch.Generator] = None) -> Tensor:
+        """``n`` draws of x, ``[n, D]``."""
+        check_positive_int("n", n)
+        z = torch.randn(n, self.latent_dim, generator=generator, dtype=self.weight.dtype)
+        e = torch.randn(n, self.data_dim, generator=generator, dtype=self.weight.dtype)
+        return z @ self.weight.T + self.bias + self.noise_std * e
+
+
+def linear_gaussian(*, data_dim: int = 10, latent_dim: int = 2, noise_std: float = 0.5,
+                    correlation: float = 0.0, sizes: tuple[int, int, int] = (1000, 200, 200),
+                    seed: int = 0, dtype: torch.dtype = torch.float32) -> tuple[LinearGaussian, Splits]:
+    r"""Synthetic probabilistic-PCA data with exact :math:`\log p(x)`.
+
+    W has iid :math:`N(0, 1)` entries; with ``correlation`` ρ ∈ [0, 1) every column
+    is mixed towards the first, :math:`W_{:,j} ← \sqrt{1−ρ^2}\,W_{:,j} + ρ W_{:,1}`
+    (j > 1), which makes the true posterior strongly correlated (not factorised).
+    b has iid :math:`N(0, 1)` entries.
+
+    Args:
+        data_dim: D.
+        latent_dim: L.
+        noise_std: σ.
+        correlation: ρ ∈ [0, 1).
+        sizes: train / validation / test sizes.
+        seed: seed of W, b and the data.
+        dtype: dtype of the data tensors.
+
+    Returns:
+        ``(model, splits)``: the true :class:`LinearGaussian` and its data.
+    """
+    check_positive_int("data_dim", data_dim)
+    check_positive_int("latent_dim", latent_dim)
+    check_positive("noise_std", noise_std)
+    if not 0.0 <= correlation < 1.0:
+        raise ValueError(f"`correlation` must be in [0, 1); got {correlation}.")
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(data_dim, latent_dim, generator=g, dtype=torch.float64)
+    if latent_dim > 1 and correlation > 0:
+        w[:, 1:] = math.sqrt(1 - correlation ** 2) * w[:, 1:] + correlation * w[:, :1]
+    b = torch.randn(data_dim, generator=g, dtype=torch.float64)
+    truth = LinearGaussian(w, b, float(noise_std))
+    n = sum(sizes)
+    x = truth.sample(n, generator=g)
+    a, c = sizes[0], sizes[0] + sizes[1]
+    splits = Splits(x[:a].to(dtype), x[a:c].to(dtype), x[c:].to(dtype))
+    return LinearGaussian(w.to(dtype), b.to(dtype), float(noise_std)), splits
+
+
+def breast_cancer(*, test_fraction: float = 0.0, seed: int = 0,
+                  dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    r"""scikit-learn's breast-cancer data (569 × 30), standardised, with a bias column.
+
+    .. math:: X = [\,(x − \bar x)/s_x,\; 1\,] \in ℝ^{569 × 31}, \qquad y \in \{0, 1\}
+
+    The standardisation uses the training part's mean and standard deviation. With
+    ``test_fraction`` = 0 (the setup of Mohamed et al. 2020, §8) all 569 points are
+    training data and the test tensors are empty.
+
+    Args:
+        test_fraction: fraction in [0, 1) held out (fixed permutation from ``seed``).
+        seed: seed of the permutation.
+        dtype: floating dtype.
+
+    Returns:
+        ``(x_train [N, 31], y_train [N], x_test [M, 31], y_test [M])`` with float labels.
+    """
+    if not 0.0 <= test_fraction < 1.0:
+        raise ValueError(f"`test_fraction` must be in [0, 1); got {test_fraction}.")
+    from sklearn.datasets import load_breast_cancer
+
+    data = load_breast_cancer()
+    x, y = data.data.astype(np.float64), data.target.astype(np.float64)
+    perm = np.random.default_rng(seed).permutation(len(x)) if test_fraction > 0 else np.arange(len(x))
+    m = int(round(test_fraction * len(x)))
+    tr, te = perm[: len(x) - m], perm[len(x) - m:]
+    mean, std = x[tr].mean(0), x[tr].std(0)
+    z = (x - mean) / std
+    z = np.concatenate([z, np.ones((len(z), 1))], axis=1)
+    t = lambda a: torch.as_tensor(a, dtype=dtype)  # noqa: E731
+    return t(z[tr]), t(y[tr]), t(z[te]), t(y[te])
+
+
+_IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path: PathLike) -> np.ndarray:
+    """Read an IDX file (the MNIST format; ``.gz`` is decompressed).
+
+    Format: two zero bytes, a type byte (0x08 unsigned byte, 0x09 signed byte,
+    0x0B int16, 0x0C int32, 0x0D float32, 0x0E float64), the number of dimensions,
+    then one big-endian int32 per dimension, then the data in C order.
+    """
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        raw = fh.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
+        raise ValueError(f"`path` must be an IDX file (magic 0x0000TTNN); got {str(path)!r}.")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    dtype = np.dtype(_IDX_TYPES[raw[2]])
+    count = int(np.prod(shape)) if shape else 1
+    if len(raw) - header != count * dtype.itemsize:
+        raise ValueError(
+            f"`path` {str(path)!r} is truncated: header says {count} elements of {dtype.itemsize} bytes, "
+            f"file has {len(raw) - header} bytes of data."
+        )
+    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
+
+
+_IDX_NAMES = {
+    "x_train": ("train-images-idx3-ubyte", "train-images.idx3-ubyte"),
+    "y_train": ("train-labels-idx1-ubyte", "train-labels.idx1-ubyte"),
+    "x_test": ("t10k-images-idx3-ubyte", "t10k-images.idx3-ubyte"),
+    "y_test": ("t10k-labels-idx1-ubyte", "t10k-labels.idx1-ubyte"),
+}
+
+
+def _find_idx(folder: Path, key: str) -> Path:
+    for stem in _IDX_NAMES[key]:
+        for name in (stem, stem + ".gz"):
+            if (folder / name).exists():
+                return folder / name
+    raise ValueError(
+        f"`path` {str(folder)!r} must contain {_IDX_NAMES[key][0]}[.gz] (IDX files of MNIST or Fashion-MNIST)."
+    )
+
+
+def load_mnist(path: PathLike, *, val_size: int = 10000, dtype: torch.dtype = torch.float32) -> Splits:
+    """MNIST or Fashion-MNIST from files the user has: a folder of IDX files or an ``.npz``.
+
+    The folder holds ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
+    ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte`` (optionally ``.gz``); the
+    ``.npz`` holds ``x_train``, ``y_train``, ``x_test``, ``y_test`` (Keras layout).
+    Images are flattened and scaled to intensities in [0, 1]; the *last*
+    ``val_size`` training images become the validation set. Binarise per batch
+    with :func:`binarize` (dynamic binarisation) or once (static).
+
+    Args:
+        path: folder of IDX files or an ``.npz`` file.
+        val_size: number of validation images, 0 ≤ val_size < number of training images.
+        dtype: floating dtype.
+
+    Returns:
+        :class:`Splits` with labels; images ``[N, H·W]``.
+    """
+    path = Path(path)
+    if path.is_dir():
+        arrays = {k: read_idx(_find_idx(path, k)) for k in _IDX_NAMES}
+    elif path.suffix == ".npz" and path.exists():
+        with np.load(path) as npz:
+            missing = [k for k in _IDX_NAMES if k not in npz.files]
+            if missing:
+                raise ValueError(f"`path` {str(path)!r} must hold arrays {list(_IDX_NAMES)}; missing {missing}.")
+            arrays = {k: np.asarray(npz[k]) for k in _IDX_NAMES}
+    else:
+        raise ValueError(f"`path` must be a folder of IDX files or an existing .npz file; got {str(path)!r}.")
+    n_train = len(arrays["x_train"])
+    if isinstance(val_size, bool) or not isinstance(val_size, int) or not 0 <= val_size < n_train:
+        raise ValueError(f"`val_size` must be an int in [0, {n_train}); got {val_size!r}.")
+
+    def images(a: np.ndarray) -> Tensor:
+        a = a.reshape(len(a), -1).astype(np.float64)
+        if a.max(initial=0.0) > 1.0:
+            a = a / 255.0
+        return torch.as_tensor(a, dtype=dtype)
+
+    xtr, ytr = images(arrays["x_train"]), torch.as_tensor(arrays["y_train"].astype(np.int64))
+    cut = n_train - val_size
+    return Splits(xtr[:cut], xtr[cut:], images(arrays["x_test"]), ytr[:cut], ytr[cut:],
+                  torch.as_tensor(arrays["y_test"].astype(np.int64)))
+
+
+def binarize(x: Tensor, *, generator: Optional[torch.Generator] = None) -> Tensor:
+    r"""Dynamic binarisation: :math:`x_b \sim \mathrm{Bernoulli}(x)` elementwise (a fresh draw each call).
+
+    Args:
+        x: intensities in [0, 1], any shape.
+        generator: optional ``torch.Generator`` (keyword-only).
+
+    Returns:
+        A tensor of 0/1 values with the shape and dtype of x.
+    """
+    if x.numel() and (float(x.min()) < 0.0 or float(x.max()) > 1.0):
+        raise ValueError(f"`x` must hold intensities in [0, 1]; got values in [{float(x.min())}, {float(x.max())}].")
+    u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    return (u < x).to(x.dtype)

@@ -1,0 +1,231 @@
+r"""One small trainer: Adam, atomic checkpoints, exact resume, progress bar, early stopping.
+
+A model is anything with ``loss(x, *, step) -> scalar`` (minimised) and
+``bound(x) -> [B]`` (a per-data-point lower bound, maximised on validation data);
+every model in :mod:`scg.models` qualifies. Estimators are submodules of the
+models, so their running baselines and learned control variates are trained by
+the same optimiser and saved in the same checkpoint.
+
+Resume: after every epoch the trainer writes ``last.pt`` (model, optimiser,
+epoch, step, history, early-stopping state, the global torch RNG state and the
+data-order generator's state) atomically (write to a temporary file, then
+``os.replace``). :func:`fit` with the same arguments and ``out_dir`` continues
+after the last finished epoch, so a killed run restarted with the same seed ends
+with the same parameters as an uninterrupted one (on the same device and torch
+build), without redoing finished epochs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+from scg._checks import check_positive, check_positive_int
+
+__all__ = ["resolve_device", "TrainConfig", "History", "fit", "atomic_save"]
+
+
+def resolve_device(device: Union[str, torch.device] = "auto") -> torch.device:
+    """``"auto"`` → CUDA when available, else CPU; ``"cpu"``/``"cuda"`` as given (CUDA must be available)."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
+        raise ValueError(f'`device` must be "auto", "cpu" or "cuda"; got {device!r}.')
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError('`device` "cuda" was requested but CUDA is not available; use "auto" or "cpu".')
+    return torch.device(device)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training settings.
+
+    Attributes:
+        epochs: maximum number of passes over the training data.
+        batch_size: data points per step.
+        lr: Adam learning rate.
+        seed: seeds the global torch RNG (estimators' draws) and the data order.
+        patience: stop when the validation bound has not improved for this many
+            epochs (``None``: never stop early).
+        val_samples: samples per data point for the validation bound.
+        restore_best: load the best validation parameters at the end.
+        progress: show a tqdm progress bar.
+    """
+
+    epochs: int = 10
+    batch_size: int = 100
+    lr: float = 1e-3
+    seed: int = 0
+    patience: Optional[int] = None
+    val_samples: int = 1
+    restore_best: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        check_positive_int("epochs", self.epochs)
+        check_positive_int("batch_size", self.batch_size)
+        check_positive("lr", self.lr)
+        check_positive_int("val_samples", self.val_samples)
+        if self.patience is not None:
+            check_positive_int("patience", self.patience)
+
+
+@dataclass
+class History:
+    """Per-epoch records (``train_loss``, ``val_bound``, ``seconds``, ``step``) and the early-stopping state."""
+
+    epochs: list[dict] = field(default_factory=list)
+    best_val: float = -math.inf
+    best_epoch: int = -1
+    stopped_early: bool = False
+
+    @property
+    def train_loss(self) -> list[float]:
+        return [e["train_loss"] for e in self.epochs]
+
+    @property
+    def val_bound(self) -> list[float]:
+        return [e["val_bound"] for e in self.epochs]
+
+
+def atomic_save(obj: object, path: Union[str, os.PathLike]) -> None:
+    """``torch.save`` to a temporary file in the same folder, then ``os.replace`` (never a half-written file)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _atomic_json(obj: object, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+@torch.no_grad()
+def _validate(model: nn.Module, x: Tensor, batch_size: int, num_samples: int) -> float:
+    model.eval()
+    try:
+        total = 0.0
+        for start in range(0, x.shape[0], batch_size):
+            total += float(model.bound(x[start:start + batch_size], num_samples=num_samples).sum())
+        return total / x.shape[0]
+    finally:
+        model.train()
+
+
+def fit(model: nn.Module, train: Tensor, val: Optional[Tensor] = None, *, config: TrainConfig = TrainConfig(),
+        out_dir: Optional[Union[str, os.PathLike]] = None, device: Union[str, torch.device] = "cpu",
+        transform: Optional[Callable[[Tensor], Tensor]] = None,
+        stop_after: Optional[int] = None) -> History:
+    r"""Train ``model`` with Adam on minibatches of ``train``; validate, checkpoint and resume.
+
+    Args:
+        model: module with ``loss(x, *, step)`` and ``bound(x, *, num_samples)``.
+        train: ``[N, D]`` training data (inputs; for supervised models, what ``loss`` expects).
+        val: ``[M, D]`` validation data or ``None`` (no validation, no early stopping).
+        config: :class:`TrainConfig`.
+        out_dir: folder for ``last.pt``, ``best.pt`` and ``history.json``; an existing
+            ``last.pt`` there is resumed. ``None``: no checkpoints.
+        device: ``"auto" | "cpu" | "cuda"``.
+        transform: applied to each training batch (e.g. ``scg.models.data.binarize``
+            for dynamic binarisation); it draws from the global RNG, which is checkpointed.
+        stop_after: end this call after this many epochs *in total* (simulates a killed
+            run; the checkpoint is left for resuming).
+
+    Returns:
+        :class:`History` of all epochs (including resumed ones).
+    """
+    dev = resolve_device(device)
+    model.to(dev)
+    model.train()
+    train = train.to(dev)
+    val = None if val is None else val.to(dev)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    torch.manual_seed(config.seed)
+    order_gen = torch.Generator().manual_seed(config.seed)
+    history, step, start_epoch = History(), 0, 0
+    out = None if out_dir is None else Path(out_dir)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        ckpt_path = out / "last.pt"
+        if ckpt_path.exists():
+            ckpt = torch.load(ckpt_path, map_location=dev, weights_only=False)
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            torch.set_rng_state(ckpt["rng"])
+            if dev.type == "cuda" and ckpt.get("cuda_rng") is not None:
+                torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
+            order_gen.set_state(ckpt["order_rng"])
+            history = History(**ckpt["history"])
+            step, start_epoch = ckpt["step"], ckpt["epoch"]
+    n = train.shape[0]
+    batches = math.ceil(n / config.batch_size)
+    end_epoch = config.epochs if stop_after is None else min(config.epochs, stop_after)
+    bar, best_state = None, None
+    if config.progress and start_epoch < end_epoch and not history.stopped_early:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=(end_epoch - start_epoch) * batches, desc="train", leave=False)
+    try:
+        for epoch in range(start_epoch, end_epoch):
+            if history.stopped_early:
+                break
+            t0 = time.perf_counter()
+            perm = torch.randperm(n, generator=order_gen).to(dev)
+            total = 0.0
+            for b in range(batches):
+                xb = train[perm[b * config.batch_size:(b + 1) * config.batch_size]]
+                if transform is not None:
+                    xb = transform(xb)
+                optimizer.zero_grad(set_to_none=True)
+                loss = model.loss(xb, step=step)
+                loss.backward()
+                optimizer.step()
+                step += 1
+                total += float(loss.detach()) * xb.shape[0]
+                if bar is not None:
+                    bar.update(1)
+            record = {"epoch": epoch + 1, "step": step, "train_loss": total / n,
+                      "val_bound": math.nan, "seconds": time.perf_counter() - t0}
+            if val is not None:
+                record["val_bound"] = _validate(model, val, max(config.batch_size, 500), config.val_samples)
+                if record["val_bound"] > history.best_val:
+                    history.best_val, history.best_epoch = record["val_bound"], epoch + 1
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                    if out is not None:
+                        atomic_save(best_state, out / "best.pt")
+                elif config.patience is not None and epoch + 1 - history.best_epoch >= config.patience:
+                    history.stopped_early = True
+            history.epochs.append(record)
+            if bar is not None:
+                bar.set_postfix(loss=f"{record['train_loss']:.3f}", val=f"{record['val_bound']:.3f}")
+            if out is not None:
+                atomic_save({
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "epoch": epoch + 1, "step": step, "history": asdict(history),
+                    "rng": torch.get_rng_state(), "order_rng": order_gen.get_state(),
+                    "cuda_rng": torch.cuda.get_rng_state_all() if dev.type == "cuda" else None,
+                    "config": asdict(config),
+                }, out / "last.pt")
+                _atomic_json(asdict(history), out / "history.json")
+    finally:
+        if bar is not None:
+            bar.close()
+    done = history.stopped_early or len(history.epochs) >= config.epochs
+    if done and config.restore_best:
+        if best_state is None and out is not None and (out / "best.pt").exists():
+            best_state = torch.load(out / "best.pt", map_location=dev, weights_only=False)
+        if best_state is not None:
+            model.load_state_dict(best_state)
+    return history
