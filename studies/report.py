@@ -63,14 +63,14 @@ def format_table(rows: Sequence[Mapping[str, Any]], timings: Iterable[Mapping[st
     """An aligned plain-text table, one block per problem.
 
     Columns: estimator, parameter, S, sampled mean, exact gradient, sampled and exact
-    variance, relative error of the variance, SNR, bias z, evaluations of f per
-    estimate, microseconds per estimate (when ``timings`` are given).
+    variance, relative error of the variance and its z-score, SNR, bias z,
+    evaluations of f per estimate, microseconds per estimate (when ``timings`` are given).
     """
     times = {(t["problem"], t["estimator"], t["parameter"]): float(t["us_per_estimate"]) for t in timings}
     est_w = max([9] + [len(str(r["estimator"])) for r in rows])
     par_w = max([5] + [len(str(r["parameter"])) for r in rows])
     head = (f"{'estimator':<{est_w}} {'param':<{par_w}} {'S':>3} {'estimate':>10} {'exact grad':>10} "
-            f"{'variance':>10} {'exact var':>10} {'var err':>8} {'SNR':>8} {'bias z':>7} {'f evals':>7} "
+            f"{'variance':>10} {'exact var':>10} {'var err':>8} {'var z':>7} {'SNR':>8} {'bias z':>7} {'f evals':>7} "
             f"{'us/est':>7}")
     lines: list[str] = []
     problems = list(dict.fromkeys(r["problem"] for r in rows))
@@ -79,9 +79,18 @@ def format_table(rows: Sequence[Mapping[str, Any]], timings: Iterable[Mapping[st
         lines.append(f"{problem}" + (f"  — {desc}" if desc else ""))
         lines.append(head)
         lines.append("-" * len(head))
-        for r in (r for r in rows if r["problem"] == problem):
+        prow = [r for r in rows if r["problem"] == problem]
+        seen: set[tuple[str, str, str]] = set()
+        for r in prow:
             left = f"{r['estimator']:<{est_w}} {r['parameter']:<{par_w}} "
-            if r["status"] != "ok":
+            if r["status"] != "ok":  # one line per estimator when all its parameters share the reason
+                key = (str(r["estimator"]), str(r["status"]), str(r.get("note") or ""))
+                if key in seen:
+                    continue
+                seen.add(key)
+                same = [q for q in prow if (str(q["estimator"]), str(q["status"]), str(q.get("note") or "")) == key]
+                if len(same) > 1:
+                    left = f"{r['estimator']:<{est_w}} {'all':<{par_w}} "
                 note = str(r.get("note") or "")
                 note = note if len(note) <= 100 else note[:97] + "..."
                 lines.append(left + f"{r['status']}: {note}")
@@ -90,6 +99,7 @@ def format_table(rows: Sequence[Mapping[str, Any]], timings: Iterable[Mapping[st
             lines.append(
                 left + f"{r['num_samples']:>3} {_g(r['mean'], 10)} {_g(r['exact_gradient'], 10)} "
                 f"{_g(r['variance'], 10)} {_g(r['exact_variance'], 10)} {_pct(r['variance_rel_error'], 8)} "
+                f"{_g(r['variance_z'], 7, '+.2f')} "
                 f"{_g(r['snr'], 8, '.3g')} {_g(r['bias_z'], 7, '+.2f')} {r['evaluations']:>7} "
                 f"{_g(t, 7, '.3g') if t is not None else f'{chr(45):>7}'}"
             )
