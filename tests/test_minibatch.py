@@ -225,3 +225,29 @@ def test_minibatch_gradient_is_unbiased_for_full_data_gradient(estimator, D: int
     for k in want:
         torch.testing.assert_close(got[k], want[k], rtol=0, atol=1e-10)
 
+
+
+@pytest.mark.parametrize("estimator, D, S, nodes", _estimators()[:3])  # MeasureValued: above only (time)
+def test_minibatch_unbiased_with_scg_testing_harness(estimator, D: int, S: int, nodes) -> None:
+    # The same statement through scg.testing's exact harness (skipped while it is absent).
+    testing = pytest.importorskip("scg.testing")
+    loc = torch.tensor([0.3, -0.2], dtype=DT)[:D]
+    scale_ = torch.tensor([0.7, 0.5], dtype=DT)[:D]
+
+    def make(loc: Tensor, scale: Tensor) -> Independent:
+        return Independent(Normal(loc, scale), 1)
+
+    subsets = list(itertools.combinations(range(N), B))
+    total = torch.zeros(2 * D, dtype=DT)
+    for subset in subsets:
+        idx = torch.tensor(subset)
+
+        def f(w: Tensor, idx: Tensor = idx) -> Tensor:
+            return (N / B) * per_datum(w, X[idx, :D], Y[idx]).sum(-1)
+
+        moments = testing.exact_moments(estimator, make, (loc, scale_), f, num_samples=S, nodes=30)
+        total += moments.mean / len(subsets)
+    want = testing.exact_gradient(make, (loc, scale_), lambda w: per_datum(w, X[:, :D], Y).sum(-1))
+    torch.testing.assert_close(total, want, rtol=0, atol=1e-10)
+    mine = full_data_gradient({"loc": loc, "scale": scale_})
+    torch.testing.assert_close(want, torch.cat([mine["loc"], mine["scale"]]), rtol=0, atol=1e-10)
