@@ -21,7 +21,8 @@ import pytest
 import torch
 
 from scg.studies import cli
-from scg.studies.compare import COLUMNS, CompareConfig, run_compare, statistics
+from scg.studies.compare import COLUMNS, CompareConfig, run_compare
+from scg.studies.sampling import statistics
 from scg.studies.estimators import estimator_names
 from scg.studies.problems import PROBLEMS, Problem, get_problem, load_user_problem, resolve_problems
 
@@ -204,6 +205,19 @@ def make_problem():
 
 def not_a_problem():
     return 42
+
+
+def strict_binary():
+    # f refuses relaxed inputs: GumbelSoftmax fails on it (an "error" row), score_function works;
+    # its data-dependent check also defeats torch.func, so the batch engine is used
+    from torch.distributions import Bernoulli
+
+    def f(b):
+        if not bool(((b == 0) | (b == 1)).all()):
+            raise ValueError("f needs binary input")
+        return (b - 0.3) ** 2
+
+    return [Problem(name="strict", make_dist=lambda logits: Bernoulli(logits=logits), params=(0.5,), f=f)]
 '''
 
 
@@ -228,6 +242,28 @@ def test_user_problem_module_function(tmp_path: Path, monkeypatch: pytest.Monkey
         load_user_problem("scg_user_problem_mod:not_a_problem")
     with pytest.raises(ValueError, match=r"has no function 'missing'"):
         load_user_problem("scg_user_problem_mod:missing")
+
+
+def test_failing_estimator_is_an_error_row_and_exit_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "scg_user_problem_mod2.py").write_text(textwrap.dedent(USER_MODULE))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    code, out = _compare(tmp_path, "--problem", "scg_user_problem_mod2:strict_binary",
+                         "--estimators", "score_function,gumbel_softmax", "-N", "500", "--no-plot")
+    assert code == 1
+    rows = _rows(out)
+    assert rows[("strict", "score_function", "p0")]["status"] == "ok"
+    assert rows[("strict", "score_function", "p0")]["method"] == "batch"
+    bad = rows[("strict", "gumbel_softmax", "p0")]
+    assert bad["status"] == "error" and "f needs binary input" in bad["note"]
+    assert "strict / gumbel_softmax: error" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without a GPU")
+def test_cuda_without_gpu_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _ = _compare(tmp_path, "--device", "cuda", "--problems", "bernoulli-toy")
+    assert code == 2
+    assert "CUDA is not available; use --device cpu or auto" in capsys.readouterr().err
 
 
 def test_plot_redraws_figure_from_results(tmp_path: Path) -> None:
