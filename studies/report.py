@@ -110,8 +110,9 @@ def format_table(rows: Sequence[Mapping[str, Any]], timings: Iterable[Mapping[st
 def plot_compare(rows: Sequence[Mapping[str, Any]], path: str | Path, *, title: Optional[str] = None) -> Path:
     """Dot plot of the variance of one estimate, sampled (±2 SE) next to exact, one panel per problem.
 
-    Log-scale x axis; zero variances (e.g. DisARM on the Bernoulli toy) are drawn
-    at the left edge and labelled "0". Written atomically to ``path``.
+    Log-scale x axis; zero variances (e.g. DisARM on the Bernoulli toy; below
+    1e-10 · gradient² counts as zero: float rounding) are drawn at the left edge and
+    labelled "0" or "≈0". Written atomically to ``path``.
     """
     import matplotlib
 
@@ -136,7 +137,14 @@ def plot_compare(rows: Sequence[Mapping[str, Any]], path: str | Path, *, title: 
             ax.text(0.5, 0.5, "no estimator applied", ha="center", va="center", transform=ax.transAxes)
             ax.set_yticks([])
             continue
-        positive = [v for r in prow for v in (_num(r["variance"]), _num(r["exact_variance"])) if v > 0]
+        def zero(r: Mapping[str, Any], v: float) -> bool:
+            # a variance 0 in exact arithmetic comes out of float64 as ~1e-17 or ~1e-37: call it 0
+            scale = max(_num(r["exact_gradient"]) ** 2 if not math.isnan(_num(r["exact_gradient"])) else 0.0,
+                        _num(r["mean"]) ** 2)
+            return v == 0 or (v > 0 and v <= 1e-10 * scale)
+
+        positive = [v for r in prow for v in (_num(r["variance"]), _num(r["exact_variance"]))
+                    if v > 0 and not zero(r, v)]
         floor = (min(positive) / 10) if positive else 1e-12
         labels = []
         for y, r in enumerate(prow):
@@ -144,23 +152,30 @@ def plot_compare(rows: Sequence[Mapping[str, Any]], path: str | Path, *, title: 
                           if r["num_samples"] not in (None, 1) else ""))
             c = colours[r["parameter"]]
             v, se, ex = _num(r["variance"]), _num(r["variance_std_error"]), _num(r["exact_variance"])
-            if v > 0:
+            ys, ye = y - 0.14, y + 0.14  # sampled just above, exact just below the label line
+            if zero(r, v):
+                ax.plot([floor], [ys], marker="<", color=c, ms=6)
+                ax.annotate("≈0" if v else "0", (floor, ys), xytext=(6, -3), textcoords="offset points", fontsize=7)
+            elif v > 0:
                 lo = max(v - 2 * se, floor) if not math.isnan(se) else v
                 hi = v + 2 * se if not math.isnan(se) else v
-                ax.errorbar([v], [y], xerr=[[v - lo], [hi - v]], fmt="o", color=c, ms=5, capsize=2)
-            elif v == 0:
-                ax.plot([floor], [y], marker="<", color=c, ms=6)
-                ax.annotate("0", (floor, y), xytext=(6, -3), textcoords="offset points", fontsize=7)
-            if ex > 0:
-                ax.plot([ex], [y], marker="D", mfc="none", mec="black", ms=7, mew=1.2)
-            elif ex == 0:
-                ax.plot([floor], [y], marker="D", mfc="none", mec="black", ms=7, mew=1.2)
+                ax.errorbar([v], [ys], xerr=[[v - lo], [hi - v]], fmt="o", color=c, ms=5, capsize=2)
+            if zero(r, ex):
+                ax.plot([floor], [ye], marker="D", mfc="none", mec="black", ms=6, mew=1.1)
+            elif ex > 0:
+                ax.plot([ex], [ye], marker="D", mfc="none", mec="black", ms=6, mew=1.1)
         ax.set_xscale("log")
         lo_x, hi_x = ax.get_xlim()
         if hi_x / lo_x < 10:  # at least one decade, so that major ticks are labelled
             mid = math.sqrt(lo_x * hi_x)
             ax.set_xlim(mid / math.sqrt(10), mid * math.sqrt(10))
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+            lo_x, hi_x = ax.get_xlim()
+        if hi_x / lo_x < 100:  # few decades: label the 2s and 5s too
+            ax.xaxis.set_minor_locator(matplotlib.ticker.LogLocator(subs=(2.0, 5.0)))
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}"))
+            ax.tick_params(axis="x", which="minor", labelsize=7)
+        else:
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_yticks(range(len(prow)), labels, fontsize=8)
         ax.set_ylim(len(prow) - 0.5, -0.5)
         ax.set_xlabel("variance of one gradient estimate (log scale)")
@@ -169,7 +184,7 @@ def plot_compare(rows: Sequence[Mapping[str, Any]], path: str | Path, *, title: 
         ax.set_visible(False)
     from matplotlib.lines import Line2D
 
-    handles = [Line2D([], [], marker="o", ls="", color="grey", label="sampled (±2 SE)"),
+    handles = [Line2D([], [], marker="o", ls="", color="grey", label="sampled (±2 SE of the variance)"),
                Line2D([], [], marker="D", ls="", mfc="none", mec="black", label="exact (harness)")]
     fig.legend(handles=handles, loc="upper right", fontsize=8, frameon=False)
     fig.suptitle(title or "Variance of single gradient estimates: sampled vs exact", fontsize=11)

@@ -353,6 +353,8 @@ def test_statistics_edge_cases() -> None:
     assert s["mean"] == 2.0 and s["variance"] == 2.0 and s["variance_rel_error"] == 0.0
     assert s["bias_z"] == pytest.approx(2.0 / math.sqrt(1.0))
     assert math.isnan(statistics(np.array([1.0, 3.0]), 0.0, math.nan)["variance_rel_error"])
+    s = statistics(np.full(10, 0.005), 0.005, 7.5e-37)  # quadrature's rounding of an exact 0
+    assert s["variance_rel_error"] == 0.0 and s["variance_z"] == 0.0
 
 
 # ---------------------------------------------------------------- the console script
