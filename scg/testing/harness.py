@@ -28,7 +28,7 @@ from torch.distributions import (
 
 from scg._dist import evaluate, magic_box, unwrap
 from scg.laws import FromDistribution, Law, StandardUniform
-from scg.testing import _grid
+from scg.testing import _grid, _rules
 
 __all__ = ["ExactMoments", "exact_moments", "exact_gradient", "assert_unbiased"]
 
@@ -95,6 +95,16 @@ def _check_int(name: str, value: object, minimum: int = 1) -> int:
     if value < minimum:
         raise ValueError(f"`{name}` must be >= {minimum}; got {value}.")
     return value
+
+
+def _check_nodes(nodes: object) -> None:
+    if nodes is None:
+        return
+    if isinstance(nodes, dict):
+        for name, n in nodes.items():
+            _check_int(f"nodes[{name!r}]", n)
+        return
+    _check_int("nodes", nodes)
 
 
 def _z_points(breakpoints: Breakpoints, dist: Distribution) -> Optional[np.ndarray]:
@@ -206,8 +216,8 @@ def _flat(grads: Sequence[Tensor], C: Optional[int] = None) -> Tensor:
     return torch.cat([g.reshape(C, -1) for g in grads], dim=1).double()
 
 
-def _grid_for(specs: list[_grid.Spec], shapes: dict, dtypes: dict, device: torch.device,
-              max_points: int, nodes: Optional[int]) -> _grid.Grid:
+def _grid_for(specs: list[_rules.Spec], shapes: dict, dtypes: dict, device: torch.device,
+              max_points: int, nodes: Union[None, int, dict[str, int]]) -> _grid.Grid:
     counts = _grid.choose_nodes(specs, max_points, nodes)
     return _grid.Grid(_grid.build(specs, counts, dtypes, device), shapes, dtypes, device)
 
@@ -223,7 +233,7 @@ def exact_moments(
     *,
     num_samples: int = 1,
     breakpoints: Breakpoints = None,
-    nodes: Optional[int] = None,
+    nodes: Union[None, int, dict[str, int]] = None,
     max_points: int = 2_000_000,
     context: Optional[Tensor] = None,
 ) -> ExactMoments:
@@ -259,7 +269,9 @@ def exact_moments(
             tensor broadcastable to ``[*batch, *event, k]`` — used to split
             continuous supports (and, for ``Pathwise``, mapped into noise space);
             or a dict ``{law name: tensor [*law.shape, k]}`` of noise-space points.
-        nodes: nodes per piece for every continuous variable (overrides the budget).
+        nodes: nodes per piece for every continuous variable (overrides the budget), or
+            ``{law name: nodes}`` for some laws (the others adapt). :func:`exact_gradient`'s
+            own law is named ``"z"``.
         max_points: largest grid allowed.
         context: passed to ``surrogate`` (learned baselines).
 
@@ -272,8 +284,7 @@ def exact_moments(
     """
     S = _check_int("num_samples", num_samples)
     _check_int("max_points", max_points)
-    if nodes is not None:
-        _check_int("nodes", nodes)
+    _check_nodes(nodes)
     if not callable(getattr(estimator, "laws", None)) or not callable(getattr(estimator, "surrogate", None)):
         raise TypeError(f"`estimator` must be an scg Estimator; got {type(estimator).__name__}.")
     ps = _params(params)
@@ -287,9 +298,9 @@ def exact_moments(
                 "surrogate()); the exact harness needs explicit noise — use a distribution with an "
                 "explicit reparameterisation (Normal, Laplace, Exponential, Uniform, ...) or ScoreFunction."
             )
-        specs: list[_grid.Spec] = []
+        specs: list[_rules.Spec] = []
         for name, law in laws.items():
-            specs += _grid.law_specs(name, law, _law_points(estimator, dist0, name, law, breakpoints))
+            specs += _rules.law_specs(name, law, _law_points(estimator, dist0, name, law, breakpoints))
         shapes = {name: tuple(law.shape) for name, law in laws.items()}
         dtypes = {name: _sample_dtype(law) for name, law in laws.items()}
         device = ps[0].device
@@ -300,6 +311,10 @@ def exact_moments(
 
         batched = torch.func.vmap(torch.func.grad(total), in_dims=(None, 0))
         use_vmap = True
+        grid = _simplify(
+            grid, specs, lambda d: _flat(batched(ps, d), len(next(iter(d.values())))),
+            lambda sp: _grid_for(sp, shapes, dtypes, device, max_points, nodes),
+        )
         P = sum(p.numel() for p in ps)
         s0 = torch.zeros((), dtype=torch.float64, device=device)
         s1 = torch.zeros(P, dtype=torch.float64, device=device)
@@ -340,6 +355,25 @@ def exact_moments(
     return ExactMoments(mean, variance + mean**2, variance)
 
 
+def _simplify(grid: _grid.Grid, specs: list[_rules.Spec], gradients: Callable[[dict[str, Tensor]], Tensor],
+              rebuild: Callable[[list[_rules.Spec]], _grid.Grid]) -> _grid.Grid:
+    """Give one node to laws the gradient ignores (e.g. MVD's value noise) and one node per
+    piece to laws on which it is piecewise constant (e.g. DisARM's uniforms); the other laws
+    get the freed budget. Skipped if probing fails (the caller then falls back to a loop)."""
+    try:
+        if len(grid.shapes) > 1:
+            inert = grid.probe(gradients, within=False)
+            if inert:
+                specs = _grid.freeze(specs, grid.variables, inert, per_piece=False)
+                grid = rebuild(specs)
+        flat = grid.probe(gradients, within=True)
+        if flat:
+            grid = rebuild(_grid.freeze(specs, grid.variables, flat, per_piece=True))
+    except Exception:  # noqa: BLE001 - e.g. a vmap limitation, reported by the caller
+        pass
+    return grid
+
+
 def _loop_grad(total: Callable, ps: tuple[Tensor, ...], draws: dict[str, Tensor]) -> Tensor:
     leaves = tuple(p.clone().requires_grad_(True) for p in ps)
     out = total(leaves, draws)
@@ -353,7 +387,7 @@ def exact_gradient(
     f: Callable[[Tensor], Tensor],
     *,
     breakpoints: Breakpoints = None,
-    nodes: Optional[int] = None,
+    nodes: Union[None, int, dict[str, int]] = None,
     max_points: int = 2_000_000,
 ) -> Tensor:
     r"""Exact :math:`∇_θ \sum_b E_{q_θ}[f(z)]_b` by quadrature over ``q`` itself (no estimator).
@@ -375,8 +409,7 @@ def exact_gradient(
     Returns:
         ``[P]`` float64 tensor.
     """
-    if nodes is not None:
-        _check_int("nodes", nodes)
+    _check_nodes(nodes)
     _check_int("max_points", max_points)
     ps = _params(params)
     with _no_validation():
@@ -384,7 +417,7 @@ def exact_gradient(
         base, _ = unwrap(dist0)
         shape = (1, *dist0.batch_shape, *dist0.event_shape)
         law = FromDistribution(shape=shape, dist=dist0)
-        specs = _grid.distribution_specs("z", dist0, shape, _z_points(breakpoints, dist0))
+        specs = _rules.distribution_specs("z", dist0, shape, _z_points(breakpoints, dist0))
         dtypes = {"z": _sample_dtype(law)}
         device = ps[0].device
         counts = _grid.choose_nodes(specs, max_points, nodes)
@@ -423,7 +456,8 @@ def _uniform_boundaries(accumulate, base, variables, dist0, make_dist, leaves, s
             value = (high if bound_name == "high" else low)[j]
             fixed = _grid.Variable("z", variables[j].positions,
                                    value.reshape(1, 1).to(dtypes["z"]),
-                                   torch.ones(1, dtype=torch.float64, device=device))
+                                   torch.ones(1, dtype=torch.float64, device=device),
+                                   torch.zeros(1, dtype=torch.long, device=device))
             g = _grid.Grid([fixed if i == j else v for i, v in enumerate(variables)], {"z": shape}, dtypes, device)
             density = 1.0 / float(high[j] - low[j])
             b = j // per_batch
@@ -458,7 +492,7 @@ def assert_unbiased(
     atol: float = 1e-8,
     rtol: float = 1e-7,
     breakpoints: Breakpoints = None,
-    nodes: Optional[int] = None,
+    nodes: Union[None, int, dict[str, int]] = None,
     max_points: int = 2_000_000,
     context: Optional[Tensor] = None,
 ) -> ExactMoments:

@@ -47,7 +47,8 @@ Rule = tuple[np.ndarray, np.ndarray]
 #: Half-width of the t-range of untrimmed double-exponential rules (tanh-sinh on a
 #: finite interval: nodes reach within ~1e-22 of the ends).
 _T = 3.5
-#: Half-width before trimming when a density is given (exp-sinh reaches e^{-110}).
+#: Half-width before trimming, for half-infinite intervals or when a density is given
+#: (nodes reach e^{-110} from a finite end: densities may be singular there, e.g. Beta).
 _T_WIDE = 5.0
 
 
@@ -132,7 +133,8 @@ def double_exponential(
     n = _check_n(n)
     if not a < b:
         raise ValueError(f"`a` must be < `b`; got a={a}, b={b}.")
-    lo, hi = (-_T, _T) if math.isfinite(a) and math.isfinite(b) else (-_T_WIDE, _T_WIDE)
+    finite = math.isfinite(a) and math.isfinite(b)
+    lo, hi = (-_T, _T) if finite and log_density is None else (-_T_WIDE, _T_WIDE)
     if log_density is not None:  # trim the t-range to where the measure lives
         t = np.linspace(-_T_WIDE, _T_WIDE, 8001)
         x, jac = _de_map(t, a, b, center, scale)

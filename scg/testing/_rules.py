@@ -1,0 +1,333 @@
+"""Quadrature rules for every scalar element an estimator draws.
+
+Every law an estimator declares is a product of independent scalar laws (one per
+tensor element), except :class:`~scg.laws.FromDistribution`, whose elements
+follow ``dist`` and factorise over sample, batch and event elements (one-hot
+event vectors are enumerated as one variable). Each independent piece of
+randomness becomes a :class:`Spec`: positions in one law's flattened tensor, the
+edges of the pieces its support is split into (breakpoints) and a function
+``n -> (values, weights)`` giving a rule with n nodes per piece.
+
+Rules: standard normal → Gauss–Hermite; uniform → double-exponential per piece
+(integrands such as ``−log u`` are endpoint-singular); Rayleigh → Gauss rule of
+the density (discretised Stieltjes); Maxwell → Gauss–Hermite × x²; Normal samples
+→ Gauss–Hermite (Gauss rules of the truncated density on pieces); Laplace and
+Exponential → Gauss rules of the density on pieces (Laplace split at its loc);
+Uniform samples → Gauss–Legendre; Beta, Gamma and other continuous samples →
+double-exponential (their scores are log-singular at the ends); discrete samples
+→ enumeration (Poisson, Geometric truncated where the tail mass < 1e-16).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.distributions import (
+    Bernoulli,
+    Binomial,
+    Categorical,
+    Distribution,
+    Exponential,
+    Geometric,
+    Laplace,
+    Normal,
+    OneHotCategorical,
+    Poisson,
+    Uniform,
+)
+
+from scg._dist import unwrap
+from scg.laws import DoubleSidedMaxwell, FromDistribution, Law, Rayleigh, StandardNormal, StandardUniform
+from scg.testing import quadrature as Q
+
+__all__ = ["Spec", "law_specs", "distribution_specs", "element_dist", "piece_edges", "TAIL"]
+
+Rule = tuple[np.ndarray, np.ndarray]
+
+#: Tail mass below which a discrete support (Poisson, Geometric) is truncated.
+TAIL = 1e-16
+
+
+@dataclass
+class Spec:
+    """One integration variable before its node count is chosen."""
+
+    law: str
+    positions: np.ndarray  # flat positions in the law's tensor, [width]
+    make: Callable[[int], Rule]  # n (nodes per piece) -> (values [m] or [m, width], weights [m])
+    key: tuple  # identical keys share one rule
+    pieces: int = 1
+    kind: str = "fixed"  # "fixed" (enumeration) or a rule kind ("hermite", "de", ...)
+    size: int = 0  # number of values when kind == "fixed"
+    edges: Optional[tuple[float, ...]] = None  # piece edges (continuous variables)
+
+
+def element_dist(base: Distribution, index: int) -> Distribution:
+    """The scalar distribution of element ``index`` of ``base`` (flattened batch)."""
+    batch = tuple(base.batch_shape)
+    params = {}
+    for name in base.arg_constraints:
+        if name == "probs" and "logits" in base.__dict__:
+            continue
+        if name == "logits" and "logits" not in base.__dict__:
+            continue
+        value = getattr(base, name)
+        if not isinstance(value, Tensor):
+            params[name] = value
+            continue
+        extra = tuple(value.shape[len(value.shape) - (value.dim() - len(batch)):]) if value.dim() > len(batch) else ()
+        v = value.detach().expand(batch + extra).reshape(-1, *extra)[index]
+        params[name] = v
+    return type(base)(**params, validate_args=False)
+
+
+def _np_log_prob(d: Distribution, dtype: torch.dtype) -> Callable[[np.ndarray], np.ndarray]:
+    def log_prob(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            out = d.log_prob(torch.as_tensor(x, dtype=dtype))
+        return out.double().numpy()
+
+    return log_prob
+
+
+def piece_edges(lo: float, hi: float, cuts: Sequence[float]) -> list[float]:
+    """``[lo, c_1, ..., hi]`` with the cuts strictly inside ``(lo, hi)``, sorted, deduplicated."""
+    inner = sorted({float(c) for c in cuts if math.isfinite(float(c)) and lo < float(c) < hi})
+    return [lo, *inner, hi]
+
+
+def _pieces_rule(
+    kind: str,
+    edges: list[float],
+    n: int,
+    log_density: Optional[Callable[[np.ndarray], np.ndarray]],
+    center: float,
+    scale: float,
+) -> Rule:
+    xs, ws = [], []
+    for a, b in zip(edges[:-1], edges[1:]):
+        if kind == "legendre":
+            x, w = Q.gauss_legendre(n, a, b)
+            if log_density is not None:
+                w = w * np.exp(log_density(x))
+        elif kind == "de":
+            x, w = Q.double_exponential(n, a, b, center=center, scale=scale, log_density=log_density)
+        else:  # "gauss"
+            if log_density is None:  # pragma: no cover - constructed with a density
+                raise ValueError("a Gauss rule on pieces needs the law's density.")
+            x, w = Q.gauss_for_density(log_density, a, b, n, center=center, scale=scale)
+        xs.append(x)
+        ws.append(w)
+    x, w = np.concatenate(xs), np.concatenate(ws)
+    return x, w / w.sum()
+
+
+def _continuous_spec(
+    law: str,
+    positions: np.ndarray,
+    kind: str,
+    edges: list[float],
+    log_density: Optional[Callable[[np.ndarray], np.ndarray]],
+    key: tuple,
+    center: float = 0.0,
+    scale: float = 1.0,
+) -> Spec:
+    pieces = len(edges) - 1
+    if kind == "hermite" and pieces > 1:
+        kind = "gauss"
+    if kind == "maxwell" and pieces > 1:
+        kind = "gauss"
+    if kind == "hermite":
+        def make(n: int) -> Rule:
+            x, w = Q.gauss_hermite(n)
+            return center + scale * x, w
+    elif kind == "maxwell":
+        def make(n: int) -> Rule:
+            return Q.maxwell_rule(n)
+    else:
+        def make(n: int) -> Rule:
+            return _pieces_rule(kind, edges, n, log_density, center, scale)
+    return Spec(law, positions, make, key + (kind, tuple(edges)), pieces, kind, edges=tuple(edges))
+
+
+def _fixed_spec(law: str, positions: np.ndarray, values: np.ndarray, probs: np.ndarray, key: tuple) -> Spec:
+    keep = probs > 0
+    values, probs = values[keep], probs[keep]
+    return Spec(law, positions, lambda n: (values, probs / probs.sum()), key, 1, "fixed", len(probs))
+
+
+def _discrete_support(d: Distribution) -> Optional[np.ndarray]:
+    """Support values of a scalar discrete distribution (truncated where the tail < TAIL)."""
+    if isinstance(d, Bernoulli):
+        return np.array([0.0, 1.0])
+    if isinstance(d, Categorical):
+        return np.arange(d.probs.shape[-1], dtype=np.float64)
+    if isinstance(d, Binomial):
+        return np.arange(int(d.total_count) + 1, dtype=np.float64)
+    if isinstance(d, (Poisson, Geometric)):
+        if isinstance(d, Poisson):
+            rate = float(d.rate)
+            top = int(rate + 20.0 * math.sqrt(rate) + 60)
+        else:
+            p = float(d.probs)
+            top = 0 if p >= 1.0 else int(math.ceil(math.log(TAIL * 1e-3) / math.log1p(-p))) + 1
+        if top > 10**6:
+            raise ValueError(f"the support of {type(d).__name__} is too long to enumerate (> 1e6 values).")
+        k = np.arange(top + 1, dtype=np.float64)
+        with torch.no_grad():
+            pmf = d.log_prob(torch.as_tensor(k, dtype=torch.float64)).exp().numpy()
+        tail = np.cumsum(pmf[::-1])[::-1]  # tail[i] = P(X >= i)
+        last = int(np.nonzero(tail >= TAIL)[0][-1])
+        return k[: last + 1]
+    return None
+
+
+def distribution_specs(
+    law: str, dist: Distribution, shape: tuple[int, ...], points: Optional[np.ndarray]
+) -> list[Spec]:
+    """Variables of a :class:`FromDistribution` law: one per (sample, element).
+
+    Args:
+        points: user breakpoints in z-space, ``[M, k]`` over the M scalar elements of
+            the sample (continuous families only), or ``None``.
+    """
+    base, _ = unwrap(dist)
+    batch = tuple(base.batch_shape)
+    M = int(np.prod(batch)) if batch else 1
+    S = int(shape[0])
+    dtype = torch.float64  # rules are computed in float64 whatever the parameters' dtype
+    specs: list[Spec] = []
+    if isinstance(base, OneHotCategorical):
+        K = int(base.probs.shape[-1])
+        probs = base.probs.detach().expand(*batch, K).reshape(M, K).double().numpy()
+        for j in range(M):
+            spec = _fixed_spec(law, np.arange(K), np.eye(K), probs[j], ("onehot", tuple(probs[j].tolist())))
+            for s in range(S):
+                specs.append(replace(spec, positions=(s * M + j) * K + np.arange(K)))
+        return specs
+    if tuple(base.event_shape) != ():
+        raise TypeError(
+            f"the exact harness enumerates or integrates scalar elements; {type(base).__name__} has event "
+            f"shape {tuple(base.event_shape)} (supported: Normal, Laplace, Exponential, Gamma, Beta, Uniform, "
+            "Bernoulli, Categorical, OneHotCategorical, Poisson, Binomial, Geometric, and Independent wrappers)."
+        )
+    per_element: list[Spec] = []
+    for j in range(M):
+        d = element_dist(base, j)
+        support = _discrete_support(d)
+        if support is not None:
+            with torch.no_grad():
+                lp = d.log_prob(torch.as_tensor(support, dtype=dtype))
+            key = _key(d) + ("support", len(support))
+            per_element.append(_fixed_spec(law, np.array([j]), support, lp.exp().double().numpy(), key))
+            continue
+        if getattr(d.support, "is_discrete", False):
+            raise TypeError(f"the exact harness cannot enumerate the support of {type(base).__name__}.")
+        lo = float(getattr(d.support, "lower_bound", -math.inf))
+        hi = float(getattr(d.support, "upper_bound", math.inf))
+        cuts = [] if points is None else list(points[j])
+        if isinstance(d, Laplace):
+            cuts.append(float(d.loc))  # the density's kink
+        edges = piece_edges(lo, hi, cuts)
+        try:
+            center, scale = float(d.mean), float(d.stddev)
+        except Exception:  # noqa: BLE001 - heavy tails (Cauchy): no moments
+            center, scale = 0.0, 1.0
+        if not (math.isfinite(center) and math.isfinite(scale) and scale > 0):
+            center, scale = 0.0, 1.0
+        if math.isfinite(lo) and not math.isfinite(hi):
+            scale = max(scale, 1e-300)
+        if isinstance(d, Normal):
+            kind = "hermite"
+            center, scale = float(d.loc), float(d.scale)
+        elif isinstance(d, Uniform):
+            kind = "legendre"
+        elif isinstance(d, (Laplace, Exponential)):
+            kind = "gauss"  # Gauss rules of the discretised density (scores polynomial on pieces)
+        else:
+            kind = "de"  # Beta, Gamma, others: scores may be log-singular at the ends
+        key = _key(d)
+        per_element.append(_continuous_spec(law, np.array([j]), kind, edges, _np_log_prob(d, dtype), key,
+                                            center, scale))
+    for s in range(S):
+        for j, spec in enumerate(per_element):
+            specs.append(replace(spec, positions=np.array([s * M + j])))
+    return specs
+
+
+def _key(d: Distribution) -> tuple:
+    """Cache key of a scalar distribution: its type and parameter values."""
+    values = []
+    for name in sorted(d.arg_constraints):
+        try:
+            v = getattr(d, name)
+        except Exception:  # noqa: BLE001 - a lazily derived parameter that cannot be computed
+            continue
+        if isinstance(v, Tensor):
+            values.append((name, tuple(v.detach().double().reshape(-1).tolist())))
+    return (type(d).__name__, tuple(values))
+
+
+def law_specs(name: str, law: Law, points: Optional[np.ndarray] = None) -> list[Spec]:
+    """Variables of one law.
+
+    Args:
+        points: extra breakpoints in the law's own space, ``[numel, k]`` (or ``None``);
+            for :class:`FromDistribution` they are z-space points ``[M, k]`` per element.
+    """
+    if isinstance(law, FromDistribution):
+        if law.dist is None:
+            raise ValueError("`FromDistribution` law has no `dist`.")
+        return distribution_specs(name, law.dist, tuple(law.shape), points)
+    numel = int(np.prod(law.shape)) if law.shape else 1
+    own = law.breakpoints()
+    own_np = None if own is None else own.detach().double().reshape(numel, -1).cpu().numpy()
+
+    def log_density(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return law.log_density(torch.as_tensor(x, dtype=torch.float64)).double().numpy()
+
+    lo, hi = (float(b) for b in law.support)
+    if isinstance(law, StandardNormal):
+        kind = "hermite"
+    elif isinstance(law, DoubleSidedMaxwell):
+        kind = "maxwell"
+    elif isinstance(law, StandardUniform):
+        kind = "de"  # integrands may be log-singular at u -> 0, 1 (e.g. -log u)
+    elif isinstance(law, Rayleigh):
+        kind = "gauss"
+    else:
+        kind = "gauss"
+    specs = []
+    for i in range(numel):
+        cuts: list[float] = []
+        if own_np is not None:
+            cuts += list(own_np[i])
+        if points is not None:
+            cuts += list(points[i])
+        edges = piece_edges(lo, hi, cuts)
+        dens = None if isinstance(law, StandardUniform) else log_density
+        spec = _continuous_spec(name, np.array([i]), kind, edges, dens, (type(law).__name__,),
+                                center=1.25 if isinstance(law, Rayleigh) else 0.0)
+        if isinstance(law, StandardUniform):
+            spec.make = _clipped(spec.make)
+        specs.append(spec)
+    return specs
+
+
+def _clipped(make: Callable[[int], Rule]) -> Callable[[int], Rule]:
+    """Keep uniform nodes in ``[2^-53, 1 − 2^-53]``: closer to 0 or 1 than float64
+    resolves near 1, maps like ``u − ½`` lose the node (``log1p(−2|u − ½|) = −inf``)."""
+    def clipped(n: int) -> Rule:
+        x, w = make(n)
+        keep = (x >= 2.0**-53) & (x <= 1.0 - 2.0**-53)
+        return x[keep], w[keep] / w[keep].sum()
+
+    return clipped
+
+
