@@ -368,10 +368,10 @@ def test_console_script_subprocess(tmp_path: Path) -> None:
     out = tmp_path / "sub"
     proc = subprocess.run(
         [*command, "compare", "--smoke", "--problems", "bernoulli-toy", "--estimators", "score_function,disarm",
-         "--device", "cpu", "--no-exact", "--out", str(out)],
+         "--device", "cpu", "--no-exact", "--no-plot", "--out", str(out)],
         capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONWARNINGS": "ignore"},
     )
     assert proc.returncode == 0, proc.stderr
     assert "bernoulli-toy" in proc.stdout and "disarm" in proc.stdout
     assert "estimate" in proc.stdout and "exact grad" in proc.stdout
-    assert (out / "results.csv").is_file() and (out / "compare.png").is_file()
+    assert (out / "results.csv").is_file() and (out / "manifest.json").is_file()
