@@ -4,6 +4,7 @@ Built only on scg's public API; the proof that the library serves real models.
 """
 
 from scg.models import data
+from scg.models.blr import BayesianLogisticRegression
 from scg.models.discrete_vae import DISCRETE_ESTIMATORS, DiscreteVAE, make_estimator
 from scg.models.evaluate import active_units, log_likelihood, posterior_means
 from scg.models.flow_posterior import (
@@ -56,6 +57,7 @@ __all__ = [
     "IWAE",
     "IWAE_GRADIENTS",
     "DiscreteVAE",
+    "BayesianLogisticRegression",
     "DISCRETE_ESTIMATORS",
     "make_estimator",
     "LinearWarmup",

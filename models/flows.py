@@ -83,7 +83,7 @@ class PlanarTransform(Transform):
         span = wu.abs().expand_as(target)
         lo, hi = target - span - 1.0, target + span + 1.0
         b = self.b.expand_as(target)
-        for _ in range(100):
+        for _ in range(64):
             mid = 0.5 * (lo + hi)
             above = mid + wu * torch.tanh(mid + b) > target
             lo, hi = torch.where(above, lo, mid), torch.where(above, mid, hi)

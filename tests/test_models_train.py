@@ -1,0 +1,130 @@
+"""Trainer: exact resume, no redone epochs, early stopping, best restore, devices, smoke runs of every model."""
+
+import json
+
+import pytest
+import torch
+
+import scg
+from scg.models import (
+    IWAE,
+    VAE,
+    BernoulliDecoder,
+    FlowPosterior,
+    GaussianEncoder,
+    TrainConfig,
+    active_units,
+    fit,
+    flow_layers,
+    log_likelihood,
+    resolve_device,
+)
+from scg.models.data import binarize
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _data():
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(60, 8, generator=g), torch.rand(20, 8, generator=g)
+
+
+def _model():
+    torch.manual_seed(0)
+    enc = GaussianEncoder(8, 2, (6,))
+    est = scg.ScoreFunction(baseline=scg.baselines.MovingAverage())  # stateful estimator: must be checkpointed
+    return VAE(FlowPosterior(enc, flow_layers("iaf", 2, 1, hidden=(4,))), BernoulliDecoder(2, 8, (6,)),
+               estimator=est, kl="mc", warmup=10)
+
+
+def _state(m):
+    return {k: v.clone() for k, v in m.state_dict().items()}
+
+
+def test_resume_reproduces_the_uninterrupted_run(tmp_path):
+    train, val = _data()
+    cfg = TrainConfig(epochs=4, batch_size=16, seed=3, progress=False)
+    a = _model()
+    ha = fit(a, train, val, config=cfg, out_dir=tmp_path / "a", transform=binarize)
+    b = _model()
+    hb1 = fit(b, train, val, config=cfg, out_dir=tmp_path / "b", transform=binarize, stop_after=2)
+    assert len(hb1.epochs) == 2
+    c = _model()  # a fresh process would rebuild the model from scratch
+    hb = fit(c, train, val, config=cfg, out_dir=tmp_path / "b", transform=binarize)
+    sa, sc = _state(a), _state(c)
+    assert sa.keys() == sc.keys() and "estimator.baseline.numerator" in sa
+    for k in sa:
+        assert torch.equal(sa[k], sc[k]), k
+    assert [e["epoch"] for e in hb.epochs] == [1, 2, 3, 4]
+    assert hb.val_bound == ha.val_bound and hb.train_loss == ha.train_loss
+    # Finished epochs are not redone: a third call changes nothing.
+    again = fit(c, train, val, config=cfg, out_dir=tmp_path / "b", transform=binarize)
+    assert len(again.epochs) == 4
+    for k in sa:
+        assert torch.equal(sa[k], c.state_dict()[k])
+    files = sorted(p.name for p in (tmp_path / "b").iterdir())
+    assert files == ["best.pt", "history.json", "last.pt"]  # written atomically: no .tmp left over
+    assert len(json.loads((tmp_path / "b" / "history.json").read_text())["epochs"]) == 4
+
+
+def test_early_stopping_and_restore_best(tmp_path):
+    train, val = _data()
+    m = _model()
+    # lr so large that the validation bound soon stops improving
+    cfg = TrainConfig(epochs=30, batch_size=60, lr=0.5, patience=2, restore_best=True, progress=False)
+    h = fit(m, train, val, config=cfg, out_dir=tmp_path)
+    assert h.stopped_early and len(h.epochs) < 30
+    assert len(h.epochs) - h.best_epoch == 2
+    best = torch.load(tmp_path / "best.pt", weights_only=False)
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, best[k])
+    # Resuming a stopped run does nothing more.
+    assert len(fit(m, train, val, config=cfg, out_dir=tmp_path).epochs) == len(h.epochs)
+
+
+def test_restore_best_without_checkpoints_and_no_validation():
+    train, val = _data()
+    m = _model()
+    h = fit(m, train, val, config=TrainConfig(epochs=2, batch_size=30, restore_best=True, progress=False))
+    assert h.best_epoch in (1, 2)
+    h2 = fit(_model(), train, None, config=TrainConfig(epochs=1, batch_size=30, progress=True))
+    assert h2.best_epoch == -1 and len(h2.epochs) == 1
+
+
+def test_resolve_device_and_errors():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type in ("cpu", "cuda")
+    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
+    with pytest.raises(ValueError, match='`device` must be "auto", "cpu" or "cuda"; got \'tpu\''):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda")
+    with pytest.raises(ValueError, match="`epochs` must be"):
+        TrainConfig(epochs=0)
+    with pytest.raises(ValueError, match="`patience` must be"):
+        TrainConfig(patience=0)
+
+
+@pytest.mark.parametrize("kind,length", [(None, 0), ("planar", 2), ("radial", 2), ("iaf", 2), ("coupling", 2)])
+@pytest.mark.parametrize("gradient", [None, "dreg"])
+def test_smoke_vae_iwae_flows_on_tiny_digits(kind, length, gradient):
+    from scg.models.data import digits
+
+    d = digits()
+    torch.manual_seed(0)
+    enc = GaussianEncoder(64, 3, (8,))
+    q = FlowPosterior(enc, flow_layers(kind, 3, length, context_dim=enc.feature_dim, hidden=(8,))) if kind else enc
+    dec = BernoulliDecoder(3, 64, (8,))
+    m = IWAE(q, dec, num_samples=3, gradient=gradient) if gradient else VAE(q, dec, kl="mc" if kind else "analytic")
+    h = fit(m, d.train[:100], d.val[:50], config=TrainConfig(epochs=1, batch_size=50, progress=False))
+    assert torch.isfinite(torch.tensor(h.val_bound)).all()
+    ll = log_likelihood(m, d.test[:10], num_samples=20, chunk_size=8)
+    assert ll.shape == (10,) and torch.isfinite(ll).all()
+    assert 0 <= active_units(q, d.test[:10])[0] <= 3
