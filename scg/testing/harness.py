@@ -304,17 +304,17 @@ def exact_moments(
         shapes = {name: tuple(law.shape) for name, law in laws.items()}
         dtypes = {name: _sample_dtype(law) for name, law in laws.items()}
         device = ps[0].device
-        grid = _grid_for(specs, shapes, dtypes, device, max_points, nodes)
 
         def total(p: tuple[Tensor, ...], draws: dict[str, Tensor]) -> Tensor:
             return estimator.surrogate(f, make_dist(*p), draws, context=context).sum()
 
         batched = torch.func.vmap(torch.func.grad(total), in_dims=(None, 0))
         use_vmap = True
-        grid = _simplify(
-            grid, specs, lambda d: _flat(batched(ps, d), len(next(iter(d.values())))),
-            lambda sp: _grid_for(sp, shapes, dtypes, device, max_points, nodes),
+        specs = _simplify(
+            specs, lambda d: _flat(batched(ps, d), len(next(iter(d.values())))),
+            lambda sp: _grid_for(sp, shapes, dtypes, device, 2**62, nodes),
         )
+        grid = _grid_for(specs, shapes, dtypes, device, max_points, nodes)
         P = sum(p.numel() for p in ps)
         s0 = torch.zeros((), dtype=torch.float64, device=device)
         s1 = torch.zeros(P, dtype=torch.float64, device=device)
@@ -355,23 +355,25 @@ def exact_moments(
     return ExactMoments(mean, variance + mean**2, variance)
 
 
-def _simplify(grid: _grid.Grid, specs: list[_rules.Spec], gradients: Callable[[dict[str, Tensor]], Tensor],
-              rebuild: Callable[[list[_rules.Spec]], _grid.Grid]) -> _grid.Grid:
+def _simplify(specs: list[_rules.Spec], gradients: Callable[[dict[str, Tensor]], Tensor],
+              probe_grid: Callable[[list[_rules.Spec]], _grid.Grid]) -> list[_rules.Spec]:
     """Give one node to laws the gradient ignores (e.g. MVD's value noise) and one node per
-    piece to laws on which it is piecewise constant (e.g. DisARM's uniforms); the other laws
-    get the freed budget. Skipped if probing fails (the caller then falls back to a loop)."""
+    piece to laws on which it is piecewise constant (e.g. DisARM's uniforms), so the other
+    laws get the budget. Probing uses grids that are never enumerated (no size limit).
+    Skipped if probing fails (the caller then falls back to a loop, with a warning)."""
     try:
+        grid = probe_grid(specs)
         if len(grid.shapes) > 1:
             inert = grid.probe(gradients, within=False)
             if inert:
                 specs = _grid.freeze(specs, grid.variables, inert, per_piece=False)
-                grid = rebuild(specs)
+                grid = probe_grid(specs)
         flat = grid.probe(gradients, within=True)
         if flat:
-            grid = rebuild(_grid.freeze(specs, grid.variables, flat, per_piece=True))
+            specs = _grid.freeze(specs, grid.variables, flat, per_piece=True)
     except Exception:  # noqa: BLE001 - e.g. a vmap limitation, reported by the caller
         pass
-    return grid
+    return specs
 
 
 def _loop_grad(total: Callable, ps: tuple[Tensor, ...], draws: dict[str, Tensor]) -> Tensor:
