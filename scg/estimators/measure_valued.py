@@ -109,7 +109,7 @@ class MeasureValued(Estimator):
             return evaluate(f, flat, dist, n * S).reshape(n, S, *batch)
 
         if isinstance(base, Bernoulli):
-            p = base.probs.expand(*batch, *full[1 + nb:])
+            p = base.probs.expand(tuple(batch) + tuple(full[1 + nb:]))
             p = p.reshape(*batch, E)
             ones, zeros = torch.ones_like(zf), torch.zeros_like(zf)
             values = f_many(torch.cat([zf.unsqueeze(0), replace_each(zf, ones), replace_each(zf, zeros)]))
@@ -117,7 +117,7 @@ class MeasureValued(Estimator):
             g = (f1 - f0).movedim(0, -1)  # [S, *batch, E]
             term = ((p - p.detach()) * g).sum(-1)
         elif isinstance(base, Poisson):
-            lam = base.rate.expand(*batch, *full[1 + nb:]).reshape(*batch, E)
+            lam = base.rate.expand(tuple(batch) + tuple(full[1 + nb:])).reshape(*batch, E)
             values = f_many(torch.cat([zf.unsqueeze(0), replace_each(zf, zf + 1)]))
             value, fplus = values[0], values[1:]
             g = (fplus - value.unsqueeze(0)).movedim(0, -1)
@@ -125,7 +125,7 @@ class MeasureValued(Estimator):
         else:  # Categorical / OneHotCategorical
             probs = base.probs
             K = probs.shape[-1]
-            probs = probs.expand(*batch, *full[1 + nb: 1 + nb + k], K).reshape(*batch, E, K)
+            probs = probs.expand(tuple(batch) + tuple(full[1 + nb: 1 + nb + k]) + (K,)).reshape(*batch, E, K)
             cands = [zf.unsqueeze(0)]
             for c in range(K):
                 if trailing:

@@ -51,7 +51,16 @@ class _Relaxation(Estimator):
     def laws(self, dist: Distribution, num_samples: int) -> dict[str, Law]:
         base = _discrete_base(dist, self.name)
         ref = base.logits
-        return {"u": StandardUniform(shape=_noise_shape(dist, base, num_samples), dtype=ref.dtype, device=ref.device)}
+        shape = _noise_shape(dist, base, num_samples)
+        points = None
+        if isinstance(base, Bernoulli):
+            jump = self._jump(torch.sigmoid(ref.detach()))
+            if jump is not None:  # where the discrete sample, hence the integrand, jumps in u
+                points = jump.expand(shape).unsqueeze(-1)
+        return {"u": StandardUniform(shape=shape, dtype=ref.dtype, device=ref.device, points=points)}
+
+    def _jump(self, p: Tensor) -> Optional[Tensor]:
+        return None
 
 
 class GumbelSoftmax(_Relaxation):
@@ -109,6 +118,9 @@ class GumbelSoftmax(_Relaxation):
                 y = hard + (y - y.detach())
         return evaluate(f, y, dist, S).mean(0)
 
+    def _jump(self, p: Tensor) -> Optional[Tensor]:
+        return 1 - p if self.hard else None
+
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}, hard={self.hard}, unbiased=False"
 
@@ -150,6 +162,9 @@ class StraightThrough(_Relaxation):
             hard = one_hot((alpha.detach() + _gumbel(u)).argmax(-1), u.shape[-1], u.dtype)
             y = hard + (probs - probs.detach())
         return evaluate(f, y, dist, S).mean(0)
+
+    def _jump(self, p: Tensor) -> Optional[Tensor]:
+        return p
 
     def extra_repr(self) -> str:
         return "unbiased=False"
