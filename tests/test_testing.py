@@ -465,8 +465,20 @@ def test_harness_errors():
                       (t(0.0, 0.0),), lambda z: z.sum(-1))
     with pytest.raises(ValueError, match=r"`breakpoints` must broadcast"):
         exact_gradient(normal, (t(0.5, 1.0), t(1.0, 1.0)), quartic, breakpoints=torch.zeros(3, 2))
+    with pytest.raises(ValueError, match=r"`breakpoints` names laws \['u'\] that Pathwise does not draw"):
+        exact_moments(scg.Pathwise(), normal, params, quartic, breakpoints={"u": torch.zeros(1, 1)})
     with pytest.raises(ValueError, match="not finite at a grid point"):  # GH with 5 nodes has a node at 0
         exact_moments(scg.Pathwise(), normal, (t(0.0), t(1.0)), lambda z: 1.0 / z, nodes=5)
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import scg.testing
+
+    for module in (scg.testing, costs):
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+        assert result.failed == 0 and result.attempted > 0, module.__name__
 
 
 # ----------------------------------------------------------------------------- costs

@@ -8,31 +8,23 @@ grid; :func:`exact_gradient` integrates ``f`` against the distribution itself;
 
 from __future__ import annotations
 
-import contextlib
 import math
 import warnings
-from typing import Callable, Iterator, NamedTuple, Optional, Sequence, Union
+from typing import Callable, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.distributions import (
-    Cauchy,
-    Distribution,
-    Exponential,
-    Laplace,
-    Normal,
-    TransformedDistribution,
-    Uniform,
-)
+from torch.distributions import Distribution, Uniform
 
 from scg._dist import evaluate, magic_box, unwrap
-from scg.laws import FromDistribution, Law, StandardUniform
+from scg.laws import FromDistribution, Law
 from scg.testing import _grid, _rules
+from scg.testing._breakpoints import Breakpoints, law_points, z_points
+from scg.testing._util import as_params, check_int, check_nodes, flat, frozen, labels, no_validation
 
 __all__ = ["ExactMoments", "exact_moments", "exact_gradient", "assert_unbiased"]
 
-Breakpoints = Union[None, float, Sequence[float], Tensor, dict]
 MakeDist = Callable[..., Distribution]
 
 
@@ -53,151 +45,6 @@ class ExactMoments(NamedTuple):
 # ----------------------------------------------------------------------------- helpers
 
 
-@contextlib.contextmanager
-def _no_validation() -> Iterator[None]:
-    """Turn off distribution argument validation (it branches on data; vmap forbids that)."""
-    old = Distribution._validate_args
-    Distribution.set_default_validate_args(False)
-    try:
-        yield
-    finally:
-        Distribution.set_default_validate_args(old)
-
-
-@contextlib.contextmanager
-def _frozen(module: nn.Module) -> Iterator[None]:
-    """Evaluation mode (no running-statistics updates), restoring each submodule's mode."""
-    modes = {m: m.training for m in module.modules()}
-    module.eval()
-    try:
-        yield
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
-
-
-def _params(params: Union[Tensor, Sequence[Tensor]]) -> tuple[Tensor, ...]:
-    if isinstance(params, Tensor):
-        params = (params,)
-    if not isinstance(params, (tuple, list)) or not params:
-        raise TypeError(f"`params` must be a non-empty tuple of tensors; got {type(params).__name__}.")
-    out = []
-    for i, p in enumerate(params):
-        if not isinstance(p, Tensor) or not p.is_floating_point():
-            raise TypeError(f"`params[{i}]` must be a floating-point tensor; got {type(p).__name__}.")
-        out.append(p.detach().clone())
-    return tuple(out)
-
-
-def _check_int(name: str, value: object, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"`{name}` must be an int; got {type(value).__name__} ({value!r}).")
-    if value < minimum:
-        raise ValueError(f"`{name}` must be >= {minimum}; got {value}.")
-    return value
-
-
-def _check_nodes(nodes: object) -> None:
-    if nodes is None:
-        return
-    if isinstance(nodes, dict):
-        for name, n in nodes.items():
-            _check_int(f"nodes[{name!r}]", n)
-        return
-    _check_int("nodes", nodes)
-
-
-def _z_points(breakpoints: Breakpoints, dist: Distribution) -> Optional[np.ndarray]:
-    """User breakpoints in z-space as ``[M, k]`` over the sample's scalar elements."""
-    if breakpoints is None or isinstance(breakpoints, dict):
-        return None
-    shape = (*dist.batch_shape, *dist.event_shape)
-    pts = torch.as_tensor(breakpoints, dtype=torch.float64).detach().cpu()
-    if pts.dim() == 0:
-        pts = pts.reshape(1)
-    try:
-        pts = pts.expand(*shape, pts.shape[-1]) if pts.dim() == 1 else torch.broadcast_to(pts, (*shape, pts.shape[-1]))
-    except RuntimeError as exc:
-        raise ValueError(
-            f"`breakpoints` must broadcast to [*batch_shape, *event_shape, k] = {[*shape, 'k']}; "
-            f"got shape {list(pts.shape)}."
-        ) from exc
-    M = int(np.prod(shape)) if shape else 1
-    return pts.reshape(M, -1).numpy()
-
-
-def _pathwise_points(estimator: nn.Module, dist: Distribution, law: Law,
-                     points: Optional[np.ndarray]) -> Optional[np.ndarray]:
-    """Map z-space breakpoints into a Pathwise estimator's noise space (elementwise monotone maps only).
-
-    Also adds the kink of the noise map itself (Laplace: u = ½).
-    """
-    from scg.estimators.pathwise import Pathwise, reparameterize
-
-    if not isinstance(estimator, Pathwise):
-        return None
-    rep = reparameterize(dist)
-    inner, _ = unwrap(dist)
-    while isinstance(inner, TransformedDistribution):
-        for t in inner.transforms:
-            try:
-                t.sign
-            except NotImplementedError:
-                return None
-            if t.event_dim != 0:
-                return None
-        inner, _ = unwrap(inner.base_dist)
-    if rep is None or not isinstance(inner, (Normal, Uniform, Laplace, Cauchy, Exponential)):
-        return None
-    shape = tuple(law.shape)
-    numel = int(np.prod(shape))
-    if points is None:
-        points = np.zeros((1, 0))
-    if numel % points.shape[0]:
-        return None
-    pts = torch.as_tensor(np.tile(points, (numel // points.shape[0], 1)), dtype=torch.float64)
-    lo, hi = (float(b) for b in law.support)
-    lo = max(lo, -40.0) if not math.isfinite(lo) else lo + torch.finfo(torch.float64).tiny
-    hi = min(hi, 40.0) if not math.isfinite(hi) else hi - 2.0 ** -53
-    sample = rep[1]
-    out = []
-    if isinstance(inner, Laplace) and isinstance(law, StandardUniform):
-        out.append(torch.full((numel,), 0.5, dtype=torch.float64))  # the kink of the inverse CDF
-    with torch.no_grad():
-        g_lo = sample(torch.full(shape, lo, dtype=torch.float64)).reshape(-1)
-        g_hi = sample(torch.full(shape, hi, dtype=torch.float64)).reshape(-1)
-        increasing = g_hi > g_lo
-        for c in range(pts.shape[1]):
-            target = pts[:, c]
-            a = torch.full((numel,), lo, dtype=torch.float64)
-            b = torch.full((numel,), hi, dtype=torch.float64)
-            for _ in range(200):
-                m = 0.5 * (a + b)
-                right = (sample(m.reshape(shape)).reshape(-1) < target) == increasing
-                a, b = torch.where(right, m, a), torch.where(right, b, m)
-            inside = (target > torch.minimum(g_lo, g_hi)) & (target < torch.maximum(g_lo, g_hi))
-            out.append(torch.where(inside, 0.5 * (a + b), torch.full_like(a, math.nan)))
-    return torch.stack(out, -1).numpy() if out else None
-
-
-def _law_points(estimator: nn.Module, dist: Distribution, name: str, law: Law,
-                breakpoints: Breakpoints) -> Optional[np.ndarray]:
-    if isinstance(breakpoints, dict):
-        if name not in breakpoints:
-            return None
-        numel = int(np.prod(law.shape))
-        return torch.as_tensor(breakpoints[name], dtype=torch.float64).reshape(numel, -1).numpy()
-    z = _z_points(breakpoints, dist)
-    if isinstance(law, FromDistribution):
-        return z
-    hook = getattr(estimator, "noise_breakpoints", None)
-    if callable(hook) and z is not None:  # an estimator may map z-space points into its own noise space
-        mapped = hook(dist, int(law.shape[0]), torch.as_tensor(z)).get(name)
-        return None if mapped is None else torch.as_tensor(mapped, dtype=torch.float64).reshape(
-            int(np.prod(law.shape)), -1).numpy()
-    return _pathwise_points(estimator, dist, law, z)
-
-
 def _sample_dtype(law: Law) -> torch.dtype:
     if isinstance(law, FromDistribution) and law.dist is not None:
         with torch.no_grad():
@@ -208,12 +55,6 @@ def _sample_dtype(law: Law) -> torch.dtype:
 def _chunk_size(shapes: dict[str, tuple[int, ...]]) -> int:
     elements = sum(int(np.prod(s)) if s else 1 for s in shapes.values())
     return int(min(8192, max(64, 2**17 // max(1, elements))))
-
-
-def _flat(grads: Sequence[Tensor], C: Optional[int] = None) -> Tensor:
-    if C is None:
-        return torch.cat([g.reshape(-1) for g in grads]).double()
-    return torch.cat([g.reshape(C, -1) for g in grads], dim=1).double()
 
 
 def _grid_for(specs: list[_rules.Spec], shapes: dict, dtypes: dict, device: torch.device,
@@ -257,6 +98,16 @@ def exact_moments(
     (explicit noise; implicit reparameterisation is refused) and a grid of at most
     ``max_points`` points. Node counts adapt to the budget (up to 96 Gauss–Hermite
     nodes for one variable; fewer when there are many) unless ``nodes`` is given.
+    Before integrating, the gradient is probed at a few grid points: a law it does
+    not depend on gets one node (e.g. the noise of the value in measure-valued
+    estimators), a law on which it is constant between breakpoints gets one node
+    per piece (e.g. DisARM's uniforms).
+
+    Accuracy: Gauss rules are exact for polynomials (a degree-4 cost needs a handful
+    of nodes); smooth costs converge exponentially. A cost that jumps needs its
+    ``breakpoints``; jumps whose position in one noise variable depends on another
+    (the σ coupling ``μ + σMU`` of :class:`scg.MeasureValued`) cannot be split on a
+    product grid and converge only algebraically.
 
     Args:
         estimator: an :class:`scg.Estimator`.
@@ -282,13 +133,13 @@ def exact_moments(
         ValueError: implicit reparameterisation; a grid larger than ``max_points``.
         TypeError: a distribution the harness cannot enumerate or integrate.
     """
-    S = _check_int("num_samples", num_samples)
-    _check_int("max_points", max_points)
-    _check_nodes(nodes)
+    S = check_int("num_samples", num_samples)
+    check_int("max_points", max_points)
+    check_nodes(nodes)
     if not callable(getattr(estimator, "laws", None)) or not callable(getattr(estimator, "surrogate", None)):
         raise TypeError(f"`estimator` must be an scg Estimator; got {type(estimator).__name__}.")
-    ps = _params(params)
-    with _no_validation(), _frozen(estimator):
+    ps = as_params(params)
+    with no_validation(), frozen(estimator):
         dist0 = make_dist(*ps)
         laws = estimator.laws(dist0, S)
         if not laws:
@@ -298,9 +149,14 @@ def exact_moments(
                 "surrogate()); the exact harness needs explicit noise — use a distribution with an "
                 "explicit reparameterisation (Normal, Laplace, Exponential, Uniform, ...) or ScoreFunction."
             )
+        if isinstance(breakpoints, dict) and not set(breakpoints) <= set(laws):
+            raise ValueError(
+                f"`breakpoints` names laws {sorted(set(breakpoints) - set(laws))} that "
+                f"{type(estimator).__name__} does not draw; its laws are {sorted(laws)}."
+            )
         specs: list[_rules.Spec] = []
         for name, law in laws.items():
-            specs += _rules.law_specs(name, law, _law_points(estimator, dist0, name, law, breakpoints))
+            specs += _rules.law_specs(name, law, law_points(estimator, dist0, name, law, breakpoints))
         shapes = {name: tuple(law.shape) for name, law in laws.items()}
         dtypes = {name: _sample_dtype(law) for name, law in laws.items()}
         device = ps[0].device
@@ -311,7 +167,7 @@ def exact_moments(
         batched = torch.func.vmap(torch.func.grad(total), in_dims=(None, 0))
         use_vmap = True
         specs = _simplify(
-            specs, lambda d: _flat(batched(ps, d), len(next(iter(d.values())))),
+            specs, lambda d: flat(batched(ps, d), len(next(iter(d.values())))),
             lambda sp: _grid_for(sp, shapes, dtypes, device, 2**62, nodes),
         )
         grid = _grid_for(specs, shapes, dtypes, device, max_points, nodes)
@@ -324,7 +180,7 @@ def exact_moments(
             G = None
             if use_vmap:
                 try:
-                    G = _flat(batched(ps, draws), len(w))
+                    G = flat(batched(ps, draws), len(w))
                 except Exception as exc:  # noqa: BLE001 - any vmap limitation: fall back
                     use_vmap = False
                     warnings.warn(
@@ -368,9 +224,9 @@ def _simplify(specs: list[_rules.Spec], gradients: Callable[[dict[str, Tensor]],
             if inert:
                 specs = _grid.freeze(specs, grid.variables, inert, per_piece=False)
                 grid = probe_grid(specs)
-        flat = grid.probe(gradients, within=True)
-        if flat:
-            specs = _grid.freeze(specs, grid.variables, flat, per_piece=True)
+        constant = grid.probe(gradients, within=True)
+        if constant:
+            specs = _grid.freeze(specs, grid.variables, constant, per_piece=True)
     except Exception:  # noqa: BLE001 - e.g. a vmap limitation, reported by the caller
         pass
     return specs
@@ -380,7 +236,7 @@ def _loop_grad(total: Callable, ps: tuple[Tensor, ...], draws: dict[str, Tensor]
     leaves = tuple(p.clone().requires_grad_(True) for p in ps)
     out = total(leaves, draws)
     grads = torch.autograd.grad(out, leaves, allow_unused=True)
-    return _flat([torch.zeros_like(p) if g is None else g for p, g in zip(leaves, grads)])
+    return flat([torch.zeros_like(p) if g is None else g for p, g in zip(leaves, grads)])
 
 
 def exact_gradient(
@@ -411,15 +267,15 @@ def exact_gradient(
     Returns:
         ``[P]`` float64 tensor.
     """
-    _check_nodes(nodes)
-    _check_int("max_points", max_points)
-    ps = _params(params)
-    with _no_validation():
+    check_nodes(nodes)
+    check_int("max_points", max_points)
+    ps = as_params(params)
+    with no_validation():
         dist0 = make_dist(*ps)
         base, _ = unwrap(dist0)
         shape = (1, *dist0.batch_shape, *dist0.event_shape)
         law = FromDistribution(shape=shape, dist=dist0)
-        specs = _rules.distribution_specs("z", dist0, shape, _z_points(breakpoints, dist0))
+        specs = _rules.distribution_specs("z", dist0, shape, z_points(breakpoints, dist0))
         dtypes = {"z": _sample_dtype(law)}
         device = ps[0].device
         counts = _grid.choose_nodes(specs, max_points, nodes)
@@ -443,7 +299,7 @@ def exact_gradient(
         accumulate(grid, lambda d, z, c: (c * magic_box(d.log_prob(z).double().reshape(len(c), -1))).sum(1))
         if isinstance(base, Uniform):
             _uniform_boundaries(accumulate, base, variables, dist0, make_dist, leaves, shape, dtypes, device)
-    return _flat(total)
+    return flat(total)
 
 
 def _uniform_boundaries(accumulate, base, variables, dist0, make_dist, leaves, shape, dtypes, device) -> None:
@@ -471,17 +327,6 @@ def _uniform_boundaries(accumulate, base, variables, dist0, make_dist, leaves, s
                 return sign * density * c[:, b] * (bound - bound.detach()).double()
 
             accumulate(g, term)
-
-
-def _labels(params: tuple[Tensor, ...]) -> list[str]:
-    out = []
-    for i, p in enumerate(params):
-        if p.dim() == 0:
-            out.append(f"params[{i}]")
-        else:
-            for idx in np.ndindex(*p.shape):
-                out.append(f"params[{i}][{', '.join(map(str, idx))}]")
-    return out
 
 
 def assert_unbiased(
@@ -515,11 +360,11 @@ def assert_unbiased(
     diff = (m.mean - g).abs()
     bad = ~(diff <= atol + rtol * g.abs())  # nan counts as a failure
     if bool(bad.any()):
-        labels = _labels(_params(params))
+        names = labels(as_params(params))
         rows = [f"  {'parameter':<16} {'E[estimate]':>17} {'∇E[f]':>17} {'|diff|':>10}"]
         for k in range(len(g)):
             mark = "  <-" if bool(bad[k]) else ""
-            rows.append(f"  {labels[k]:<16} {float(m.mean[k]):>17.10e} {float(g[k]):>17.10e} "
+            rows.append(f"  {names[k]:<16} {float(m.mean[k]):>17.10e} {float(g[k]):>17.10e} "
                         f"{float(diff[k]):>10.3e}{mark}")
         raise AssertionError(
             f"{type(estimator).__name__} is biased here: E[∇ surrogate] != ∇ E[f] for "

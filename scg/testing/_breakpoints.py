@@ -1,0 +1,117 @@
+"""Breakpoints: where the integrand jumps or kinks, in the space of each law.
+
+User breakpoints are z-space values where ``f`` jumps. For ``FromDistribution``
+laws they split the sample's support directly. For ``Pathwise`` they are mapped
+into noise space by bisection through the (elementwise, monotone) noise map, and
+the noise map's own kink (Laplace: u = ½) is added. Any estimator may map them
+itself by defining ``noise_breakpoints(dist, num_samples, points) -> {law: [*shape, k]}``;
+a dict ``{law name: points}`` passes noise-space points directly.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.distributions import Cauchy, Distribution, Exponential, Laplace, Normal, TransformedDistribution, Uniform
+
+from scg._dist import unwrap
+from scg.laws import FromDistribution, Law, StandardUniform
+
+__all__ = ["Breakpoints", "z_points", "law_points"]
+
+Breakpoints = Union[None, float, Sequence[float], Tensor, dict]
+
+
+def z_points(breakpoints: Breakpoints, dist: Distribution) -> Optional[np.ndarray]:
+    """User breakpoints in z-space as ``[M, k]`` over the sample's scalar elements."""
+    if breakpoints is None or isinstance(breakpoints, dict):
+        return None
+    shape = (*dist.batch_shape, *dist.event_shape)
+    pts = torch.as_tensor(breakpoints, dtype=torch.float64).detach().cpu()
+    if pts.dim() == 0:
+        pts = pts.reshape(1)
+    try:
+        pts = pts.expand(*shape, pts.shape[-1]) if pts.dim() == 1 else torch.broadcast_to(pts, (*shape, pts.shape[-1]))
+    except RuntimeError as exc:
+        raise ValueError(
+            f"`breakpoints` must broadcast to [*batch_shape, *event_shape, k] = {[*shape, 'k']}; "
+            f"got shape {list(pts.shape)}."
+        ) from exc
+    M = int(np.prod(shape)) if shape else 1
+    return pts.reshape(M, -1).numpy()
+
+
+def _pathwise_points(estimator: nn.Module, dist: Distribution, law: Law,
+                     points: Optional[np.ndarray]) -> Optional[np.ndarray]:
+    """Map z-space breakpoints into a Pathwise estimator's noise space (elementwise monotone maps only).
+
+    Also adds the kink of the noise map itself (Laplace: u = ½).
+    """
+    from scg.estimators.pathwise import Pathwise, reparameterize
+
+    if not isinstance(estimator, Pathwise):
+        return None
+    rep = reparameterize(dist)
+    inner, _ = unwrap(dist)
+    while isinstance(inner, TransformedDistribution):
+        for t in inner.transforms:
+            try:
+                t.sign
+            except NotImplementedError:
+                return None
+            if t.event_dim != 0:
+                return None
+        inner, _ = unwrap(inner.base_dist)
+    if rep is None or not isinstance(inner, (Normal, Uniform, Laplace, Cauchy, Exponential)):
+        return None
+    shape = tuple(law.shape)
+    numel = int(np.prod(shape))
+    if points is None:
+        points = np.zeros((1, 0))
+    if numel % points.shape[0]:
+        return None
+    pts = torch.as_tensor(np.tile(points, (numel // points.shape[0], 1)), dtype=torch.float64)
+    lo, hi = (float(b) for b in law.support)
+    lo = max(lo, -40.0) if not math.isfinite(lo) else lo + torch.finfo(torch.float64).tiny
+    hi = min(hi, 40.0) if not math.isfinite(hi) else hi - 2.0 ** -53
+    sample = rep[1]
+    out = []
+    if isinstance(inner, Laplace) and isinstance(law, StandardUniform):
+        out.append(torch.full((numel,), 0.5, dtype=torch.float64))  # the kink of the inverse CDF
+    with torch.no_grad():
+        g_lo = sample(torch.full(shape, lo, dtype=torch.float64)).reshape(-1)
+        g_hi = sample(torch.full(shape, hi, dtype=torch.float64)).reshape(-1)
+        increasing = g_hi > g_lo
+        for c in range(pts.shape[1]):
+            target = pts[:, c]
+            a = torch.full((numel,), lo, dtype=torch.float64)
+            b = torch.full((numel,), hi, dtype=torch.float64)
+            for _ in range(200):
+                m = 0.5 * (a + b)
+                right = (sample(m.reshape(shape)).reshape(-1) < target) == increasing
+                a, b = torch.where(right, m, a), torch.where(right, b, m)
+            inside = (target > torch.minimum(g_lo, g_hi)) & (target < torch.maximum(g_lo, g_hi))
+            out.append(torch.where(inside, 0.5 * (a + b), torch.full_like(a, math.nan)))
+    return torch.stack(out, -1).numpy() if out else None
+
+
+def law_points(estimator: nn.Module, dist: Distribution, name: str, law: Law,
+                breakpoints: Breakpoints) -> Optional[np.ndarray]:
+    if isinstance(breakpoints, dict):
+        if name not in breakpoints:
+            return None
+        numel = int(np.prod(law.shape))
+        return torch.as_tensor(breakpoints[name], dtype=torch.float64).reshape(numel, -1).numpy()
+    z = z_points(breakpoints, dist)
+    if isinstance(law, FromDistribution):
+        return z
+    hook = getattr(estimator, "noise_breakpoints", None)
+    if callable(hook) and z is not None:  # an estimator may map z-space points into its own noise space
+        mapped = hook(dist, int(law.shape[0]), torch.as_tensor(z)).get(name)
+        return None if mapped is None else torch.as_tensor(mapped, dtype=torch.float64).reshape(
+            int(np.prod(law.shape)), -1).numpy()
+    return _pathwise_points(estimator, dist, law, z)
