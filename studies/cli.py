@@ -112,8 +112,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smoke", action="store_true", help=f"tiny run for tests: N = {_SMOKE_ESTIMATES}")
     p.add_argument("--quiet", "-q", action="store_true", help="no table, no progress bar")
 
-    p_run = sub.add_parser("run", help="run a registered study by name (not yet available)")
-    p_run.add_argument("name")
+    p_run = sub.add_parser(
+        "run", help="run a registered study by name (resumable; see `scg-study list`)",
+        description="Run a study: writes manifest.json, cells/ (one file per finished cell), results.csv and "
+                    "PNG figures into --out. Re-running the same command resumes: finished cells are skipped.",
+    )
+    p_run.add_argument("name", help="study name (see `scg-study list`)")
+    p_run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config field (repeatable); unknown keys list the valid ones")
+    p_run.add_argument("--smoke", action="store_true", help="tiny configuration (seconds; used by the tests)")
+    p_run.add_argument("--seed", type=int, default=0, help="run seed (default 0); cells are seeded from it")
+    p_run.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda[:N]")
+    p_run.add_argument("--out", default=None, help="output folder (default runs/NAME[-smoke])")
+    p_run.add_argument("--no-plot", dest="plot", action="store_false", help="do not draw figures")
+    p_run.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
     p_plot = sub.add_parser("plot", help="redraw the figure of a finished run from DIR/results.csv")
     p_plot.add_argument("dir", help="a run folder holding results.csv")
@@ -141,8 +153,52 @@ def _cmd_list(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     print("\nEstimators:")
     for name, spec in ESTIMATORS.items():
         print(f"  {name:<{width}}  {spec.description}")
-    print("\nStudies: none registered yet (scg-study run NAME will list them).")
+    from scg.studies.registry import get_study, study_names
+
+    names = study_names()
+    print("\nStudies (scg-study run NAME [--smoke]):")
+    if not names:
+        print("  (none registered)")
+    for name in names:
+        study = get_study(name)
+        t = study.time
+        print(f"  {name:<18} {study.description}")
+        print(f"  {'':<18} reproduces: {study.reproduces}; time: smoke {t.get('smoke', '?')}, "
+              f"full {t.get('full', '?')}")
     return 0
+
+
+def _cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
+    from scg.studies.base import apply_overrides
+    from scg.studies.registry import get_study
+    from scg.studies.runner import run_study
+
+    try:
+        study = get_study(args.name)
+        cfg = study.smoke() if args.smoke else study.default()
+        cfg = apply_overrides(cfg, args.overrides)
+    except ValueError as exc:
+        parser.error(str(exc))
+    out = Path(args.out or f"runs/{args.name}{'-smoke' if args.smoke else ''}")
+    shard = _shard()
+    try:
+        result = run_study(study, cfg, out, seed=args.seed, device=args.device, argv=["run", *argv],
+                           progress=not args.quiet, shard=shard, plot=args.plot)
+    except ValueError as exc:
+        print(f"scg-study run: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{study.name}: ran {len(result.ran)} cell(s), skipped {len(result.skipped)} finished; "
+          f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def _shard() -> tuple[int, int]:
+    """``(rank, world_size)`` under torchrun (see scg.studies.distributed), else ``(0, 1)``."""
+    try:
+        from scg.studies.distributed import current_shard
+    except ImportError:
+        return (0, 1)
+    return current_shard()
 
 
 def _cmd_compare(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
@@ -184,11 +240,41 @@ def _cmd_compare(args: argparse.Namespace, parser: argparse.ArgumentParser, argv
 def _cmd_plot(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from scg.studies.report import load_rows, plot_compare
 
+    manifest_path = Path(args.dir) / "manifest.json"
+    if manifest_path.is_file():
+        import json
+
+        data = json.loads(manifest_path.read_text())
+        if data.get("study"):
+            return _plot_study(Path(args.dir), data, parser)
     results = Path(args.dir) / "results.csv"
     if not results.is_file():
         parser.error(f"`DIR` must hold a results.csv; {results} does not exist.")
     out = plot_compare(load_rows(results), args.output or Path(args.dir) / "compare.png")
     print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def _plot_study(out: Path, data: dict, parser: argparse.ArgumentParser) -> int:
+    import dataclasses
+
+    from scg.studies.registry import get_study
+    from scg.studies.runner import merge_cells
+
+    study = get_study(data["study"])
+    fields = {f.name: f for f in dataclasses.fields(study.Config)}
+    values = {}
+    for key, value in data["config"].items():
+        if key in fields:
+            default = getattr(study.default(), key)
+            values[key] = tuple(value) if isinstance(default, tuple) else value
+    cfg = study.Config(**values)
+    try:
+        rows = merge_cells(study, cfg, out)
+    except ValueError as exc:
+        parser.error(str(exc))
+    for path in study.plot(rows, cfg, out):
+        print(f"wrote {path}", file=sys.stderr)
     return 0
 
 
@@ -204,9 +290,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command == "plot":
         return _cmd_plot(args, parser)
     if args.command == "run":
-        print(f"scg-study run {args.name}: no studies are registered yet (not yet available); "
-              "use `scg-study compare`.", file=sys.stderr)
-        return 2
+        return _cmd_run(args, parser, argv[1:])
     parser.error(f"unknown command {args.command!r}")  # pragma: no cover - argparse rejects it first
     return 2  # pragma: no cover
 

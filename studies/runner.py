@@ -1,0 +1,168 @@
+"""Run a study: resumable, atomic, seeded per cell, shardable across ranks.
+
+Layout of an output folder::
+
+    manifest.json   config, seed, versions, git revision, device, command line
+    cells/          one JSON file per finished cell (written atomically)
+    results.csv     all cells' rows in the study's cell order (written atomically)
+    *.png           the study's figures
+
+Resuming: running the same study with the same config and seed into the same
+folder skips every cell whose file exists. A folder holding a different config or
+seed is refused (choose another ``--out``) so results are never mixed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+
+from scg.studies import _io
+from scg.studies.base import CellContext, Study, cell_key, cell_seed, config_to_dict, resolve_device
+
+__all__ = ["run_study", "RunResult", "merge_cells", "cell_path"]
+
+
+@dataclass
+class RunResult:
+    """What a run did: output folder, rows, figures, and which cells ran or were skipped."""
+
+    out: Path
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    figures: list[Path] = field(default_factory=list)
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def _config_hash(study: Study, cfg_dict: dict[str, Any], seed: int) -> str:
+    text = json.dumps({"study": study.name, "config": cfg_dict, "seed": seed}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def cell_path(out: Path, index: int, cell: dict[str, Any]) -> Path:
+    """File of cell ``index``: ``cells/00012-<hash of key>.json``."""
+    digest = hashlib.sha256(cell_key(cell).encode()).hexdigest()[:10]
+    return out / "cells" / f"{index:05d}-{digest}.json"
+
+
+def _load_cell(path: Path, key: str) -> Optional[list[dict[str, Any]]]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if data.get("key") != key:
+        return None
+    return list(data["rows"])
+
+
+def merge_cells(study: Study, cfg: Any, out: Path) -> list[dict[str, Any]]:
+    """Rows of all finished cells, in the study's cell order; ``ValueError`` if some are missing."""
+    rows: list[dict[str, Any]] = []
+    missing = []
+    for i, cell in enumerate(study.cells(cfg)):
+        got = _load_cell(cell_path(out, i, cell), cell_key(cell))
+        if got is None:
+            missing.append(cell_key(cell))
+        else:
+            rows.extend(got)
+    if missing:
+        raise ValueError(f"{len(missing)} cell(s) of {study.name} are not finished in {out}: {missing[:3]}...")
+    return rows
+
+
+def run_study(
+    study: Study,
+    cfg: Any,
+    out: Path,
+    *,
+    seed: int = 0,
+    device: str = "auto",
+    argv: Optional[Sequence[str]] = None,
+    progress: bool = True,
+    shard: tuple[int, int] = (0, 1),
+    plot: bool = True,
+) -> RunResult:
+    """Run the missing cells of ``study`` (those of this shard), then merge and plot.
+
+    Args:
+        shard: ``(rank, world_size)``: this process runs cells ``i`` with
+            ``i % world_size == rank``. Merging and plotting happen when all cells
+            are present (rank 0 in a distributed run, after a barrier).
+    """
+    out = Path(out)
+    dev = resolve_device(device)
+    cfg_dict = config_to_dict(cfg)
+    digest = _config_hash(study, cfg_dict, seed)
+    rank, world = shard
+    man_path = out / "manifest.json"
+    if man_path.exists():
+        old = json.loads(man_path.read_text())
+        if old.get("config_hash") != digest:
+            raise ValueError(
+                f"`--out` {out} holds a run of {old.get('study')} with a different config or seed "
+                f"(hash {old.get('config_hash')} != {digest}); choose another --out to keep both."
+            )
+    elif rank == 0:
+        data = _io.manifest({**cfg_dict, "seed": seed}, device=str(dev), argv=argv,
+                            extra={"study": study.name, "config_hash": digest, "world_size": world})
+        _io.write_json(man_path, data)
+    result = RunResult(out=out)
+    cells = study.cells(cfg)
+    mine = [(i, c) for i, c in enumerate(cells) if i % world == rank]
+    bar = _progress(len(mine), f"{study.name}", progress and rank == 0)
+    for i, cell in mine:
+        key = cell_key(cell)
+        path = cell_path(out, i, cell)
+        if _load_cell(path, key) is not None:
+            result.skipped.append(key)
+            bar.update(1)
+            continue
+        s = cell_seed(seed, cell, study.name)
+        torch.manual_seed(s)
+        gen = torch.Generator(device=dev)
+        gen.manual_seed(s)
+        rows = study.run_cell(cfg, cell, CellContext(device=dev, seed=s, generator=gen))
+        rows = [_jsonable(r) for r in rows]
+        _io.write_json(path, {"key": key, "rows": rows})
+        result.ran.append(key)
+        bar.update(1)
+    bar.close()
+    if rank != 0:
+        return result
+    rows = merge_cells(study, cfg, out)
+    result.rows = rows
+    _io.write_csv(out / "results.csv", rows, study.columns(rows))
+    if plot:
+        result.figures = list(study.plot(rows, cfg, out))
+    return result
+
+
+def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in row.items():
+        if isinstance(v, torch.Tensor):
+            v = v.item() if v.numel() == 1 else v.tolist()
+        out[str(k)] = v
+    return out
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, desc: str, enabled: bool) -> Any:
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="cell", file=sys.stderr, leave=False)
