@@ -1,0 +1,151 @@
+"""The study runner: resume, atomic cells, seeding by cell, --set validation, refusal to mix runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+from scg.studies import registry
+from scg.studies.base import Study, apply_overrides, cell_seed
+from scg.studies.cli import main
+from scg.studies.runner import run_study
+
+
+@dataclasses.dataclass(frozen=True)
+class ToyConfig:
+    sizes: tuple = (1, 2, 3)
+    scale: float = 1.0
+    repeats: int = 2
+    label: str = "toy"
+    flag: bool = False
+
+
+class ToyStudy(Study):
+    name = "toy"
+    description = "a toy study for runner tests"
+    reproduces = "nothing"
+    time = {"smoke": "0 s", "full": "0 s"}
+    Config = ToyConfig
+    calls: list = []
+
+    def smoke(self) -> ToyConfig:
+        return ToyConfig(sizes=(1, 2))
+
+    def cells(self, cfg):
+        return [{"size": s, "rep": r} for s in cfg.sizes for r in range(cfg.repeats)]
+
+    def run_cell(self, cfg, cell, ctx):
+        ToyStudy.calls.append(dict(cell))
+        x = torch.randn(cell["size"], generator=ctx.generator) * cfg.scale
+        y = torch.rand(())  # global RNG, seeded per cell by the runner
+        return [{"size": cell["size"], "rep": cell["rep"], "value": float(x.sum()), "g": float(y)}]
+
+    def plot(self, rows, cfg, out_dir):
+        path = Path(out_dir) / "toy.txt"
+        path.write_text(str(len(rows)))
+        return [path]
+
+
+@pytest.fixture(autouse=True)
+def _register(monkeypatch):
+    module = types.ModuleType("scg_test_toy_study")
+    module.ToyStudy = ToyStudy
+    monkeypatch.setitem(sys.modules, "scg_test_toy_study", module)
+    monkeypatch.setitem(registry.STUDIES, "toy", "scg_test_toy_study:ToyStudy")
+    ToyStudy.calls = []
+
+
+def test_run_writes_files_and_same_seed_gives_identical_csv(tmp_path):
+    assert main(["run", "toy", "--out", str(tmp_path / "a"), "-q", "--device", "cpu"]) == 0
+    assert main(["run", "toy", "--out", str(tmp_path / "b"), "-q", "--device", "cpu"]) == 0
+    a = (tmp_path / "a" / "results.csv").read_text()
+    assert a == (tmp_path / "b" / "results.csv").read_text()
+    assert len(a.strip().splitlines()) == 1 + 6
+    man = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert man["study"] == "toy" and man["seed"] == 0 and "git_revision" in man and "versions" in man
+    assert (tmp_path / "a" / "toy.txt").read_text() == "6"
+    assert main(["run", "toy", "--out", str(tmp_path / "c"), "-q", "--seed", "1", "--device", "cpu"]) == 0
+    assert (tmp_path / "c" / "results.csv").read_text() != a
+
+
+def test_resume_skips_finished_cells_and_reproduces_the_uninterrupted_result(tmp_path):
+    study = ToyStudy()
+    cfg = study.default()
+    full = run_study(study, cfg, tmp_path / "full", seed=3, device="cpu", progress=False)
+
+    class Interrupt(Exception):
+        pass
+
+    original = ToyStudy.run_cell
+
+    def dying(self, cfg, cell, ctx):
+        if len(ToyStudy.calls) == 3:
+            raise Interrupt
+        return original(self, cfg, cell, ctx)
+
+    ToyStudy.calls = []
+    ToyStudy.run_cell = dying
+    try:
+        with pytest.raises(Interrupt):
+            run_study(study, cfg, tmp_path / "resumed", seed=3, device="cpu", progress=False)
+    finally:
+        ToyStudy.run_cell = original
+    assert len(list((tmp_path / "resumed" / "cells").glob("*.json"))) == 3
+    assert not (tmp_path / "resumed" / "results.csv").exists()
+    ToyStudy.calls = []
+    res = run_study(study, cfg, tmp_path / "resumed", seed=3, device="cpu", progress=False)
+    assert len(res.skipped) == 3 and len(res.ran) == 3 and len(ToyStudy.calls) == 3
+    assert (tmp_path / "resumed" / "results.csv").read_text() == (tmp_path / "full" / "results.csv").read_text()
+    assert not list((tmp_path / "resumed").rglob("*.tmp"))
+
+
+def test_cell_seed_depends_on_cell_not_order():
+    assert cell_seed(0, {"a": 1, "b": 2}, "s") == cell_seed(0, {"b": 2, "a": 1}, "s")
+    assert cell_seed(0, {"a": 1}, "s") != cell_seed(1, {"a": 1}, "s")
+
+
+def test_refuses_to_mix_runs_with_different_config(tmp_path, capsys):
+    assert main(["run", "toy", "--out", str(tmp_path), "-q", "--device", "cpu"]) == 0
+    assert main(["run", "toy", "--out", str(tmp_path), "-q", "--set", "scale=2", "--device", "cpu"]) == 2
+    assert "holds a run of toy with a different config or seed" in capsys.readouterr().err
+
+
+def test_set_overrides_types_and_errors():
+    cfg = ToyConfig()
+    new = apply_overrides(cfg, ["sizes=4,5", "scale=0.5", "repeats=3", "label=x", "flag=true"])
+    assert new == ToyConfig(sizes=(4, 5), scale=0.5, repeats=3, label="x", flag=True)
+    with pytest.raises(ValueError, match=r"unknown key 'nope'; valid keys: sizes, scale, repeats, label, flag"):
+        apply_overrides(cfg, ["nope=1"])
+    with pytest.raises(ValueError, match=r"--set repeats='two': expected an integer; valid keys: sizes"):
+        apply_overrides(cfg, ["repeats=two"])
+    with pytest.raises(ValueError, match=r"--set expects key=value; got 'scale'"):
+        apply_overrides(cfg, ["scale"])
+
+
+def test_cli_errors_list_valid_names(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "nope"])
+    assert exc.value.code == 2
+    assert "unknown study 'nope'; valid studies:" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["run", "toy", "--set", "bogus=1"])
+    assert "valid keys: sizes, scale, repeats, label, flag" in capsys.readouterr().err
+
+
+def test_plot_dir_redraws_from_cells(tmp_path):
+    assert main(["run", "toy", "--smoke", "--out", str(tmp_path), "-q", "--no-plot", "--device", "cpu"]) == 0
+    assert not (tmp_path / "toy.txt").exists()
+    assert main(["plot", str(tmp_path)]) == 0
+    assert (tmp_path / "toy.txt").read_text() == "4"
+
+
+def test_list_shows_studies(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "toy" in out and "a toy study for runner tests" in out
