@@ -47,18 +47,24 @@ def is_tracked(t: Tensor) -> bool:
         t = get_unwrapped(t)
 
 
-def walk(roots: Iterable[Optional[Any]], boundaries: Mapping[int, str]) -> set[str]:
+def walk(roots: Iterable[Optional[Any]], boundaries: Mapping[int, str], floor: int = 0) -> set[str]:
     """Names of the graph nodes whose autograd nodes are ancestors of ``roots``.
 
-    The walk stops at graph nodes (their own ancestors are known already) and at
-    leaves, so it visits only the operations between a cost and the nodes it reads.
+    The walk stops at graph nodes (their own ancestors are known already), at
+    leaves, and at autograd nodes created before the first graph node (autograd
+    numbers nodes in creation order per thread, ``_sequence_nr``; an older node
+    cannot descend from a newer one). So it visits only the operations between the
+    first graph node and the cost — not, e.g., an encoder run before sampling.
 
     Args:
         roots: autograd nodes to start from (``None`` entries are skipped).
         boundaries: ``id(autograd node) -> graph node name``; the graph keeps the
             autograd node objects alive, so ids are stable.
+        floor: sequence number of the first graph node's autograd node.
     """
     found: set[str] = set()
+    if not boundaries:
+        return found
     seen: set[Any] = set()
     stack = [r for r in roots if r is not None]
     while stack:
@@ -69,6 +75,8 @@ def walk(roots: Iterable[Optional[Any]], boundaries: Mapping[int, str]) -> set[s
         name = boundaries.get(id(fn))
         if name is not None:
             found.add(name)
+            continue
+        if fn._sequence_nr() < floor:
             continue
         for nxt, _ in fn.next_functions:
             if nxt is not None:
@@ -85,9 +93,7 @@ def tensors_of(obj: Any, _depth: int = 0) -> list[Tensor]:
     for value in items:
         if isinstance(value, Tensor):
             out.append(value)
-        elif isinstance(value, (Distribution, Transform)):
-            out.extend(tensors_of(value, _depth + 1))
-        elif isinstance(value, (list, tuple)):
+        elif isinstance(value, (Distribution, Transform)) or type(value) in (list, tuple):  # not torch.Size
             out.extend(tensors_of(value, _depth + 1))
     return out
 

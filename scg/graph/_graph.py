@@ -127,6 +127,9 @@ class Graph:
         self._nodes: dict[str, Node] = {}
         self._costs: dict[str, Cost] = {}
         self._boundaries: dict[int, str] = {}
+        self._opaque: set[str] = set()  # integer-valued nodes (invisible to autograd)
+        self._markers: dict[tuple[torch.dtype, torch.device], Tensor] = {}
+        self._floor = 0  # autograd sequence number of the first node's autograd node
         self._done = False
 
     # ------------------------------------------------------------------ nodes
@@ -173,16 +176,16 @@ class Graph:
         explicit = self._resolve(depends_on, "depends_on")
         tracking = torch.is_grad_enabled()
         parents = set(explicit)
-        if tracking:
+        if tracking and self._boundaries:
             roots = [autograd_node(t) for t in tensors_of(dist)]
-            parents |= walk(roots, self._boundaries)
+            parents |= walk(roots, self._boundaries, self._floor)
         starts_with_s = tuple(dist.batch_shape[:1]) == (S,)
         child = bool(parents)
         if depends_on is None and not child and starts_with_s:
-            hidden = [n for n in self._nodes.values() if n.opaque or not tracking]
+            hidden = self._opaque if tracking else set(self._nodes)
             if hidden:  # integer-valued (or untracked) earlier nodes: assume they feed this one
                 child = True
-                parents |= {n.name for n in hidden}
+                parents |= hidden
         if child and not starts_with_s:
             raise ValueError(
                 f"`dist` of node {name!r} must have batch_shape starting with num_samples={S} because it "
@@ -191,7 +194,7 @@ class Graph:
                 "graph's num_samples."
             )
         if depends_on is None:
-            parents |= {n.name for n in self._nodes.values() if n.opaque}
+            parents |= self._opaque
         ancestors = set(parents)
         for p in parents:
             ancestors |= self._nodes[p].ancestors
@@ -201,17 +204,15 @@ class Graph:
         log_prob = None
         opaque = not (value.is_floating_point() or value.is_complex())
         if isinstance(estimator, ScoreFunction) and tracking:
-            log_prob = dist.log_prob(value)
-            expected = (*(() if child else (S,)), *dist.batch_shape)
-            if tuple(log_prob.shape) != expected:  # pragma: no cover - torch guarantees this
-                raise ValueError(f"log_prob of node {name!r} has shape {list(log_prob.shape)}; expected {list(expected)}.")
+            log_prob = dist.log_prob(value)  # [S, *batch]
         boundary = None
         if tracking and not opaque:
             if isinstance(estimator, ScoreFunction) or autograd_node(value) is None:
-                marker = torch.zeros((), dtype=value.dtype, device=value.device, requires_grad=True)
-                value = value + marker
+                value = value + self._marker(value)
             boundary = autograd_node(value)
             if boundary is not None:
+                if not self._boundaries:
+                    self._floor = boundary._sequence_nr()
                 self._boundaries[id(boundary)] = name
         self._nodes[name] = Node(
             name=name,
@@ -227,6 +228,8 @@ class Graph:
             context=context,
             boundary=boundary,
         )
+        if opaque:
+            self._opaque.add(name)
         return value
 
     # ------------------------------------------------------------------ costs
@@ -261,19 +264,17 @@ class Graph:
                 f"got shape {list(value.shape)} (sample dims do not match)."
             )
         scale = check_positive("scale", scale)
-        if not under_transform(value) and not bool(torch.isfinite(value.detach()).all()):
-            raise ValueError(f"`value` of cost {name!r} must be finite; got inf or nan.")
         explicit = self._resolve(depends_on, "depends_on")
         found: set[str] = set(explicit)
         if torch.is_grad_enabled():
-            hidden = {n.name for n in self._nodes.values() if n.opaque} if depends_on is None else set()
+            hidden = set(self._opaque) if depends_on is None else set()
             if not is_tracked(value) and depends_on is None and not hidden:
                 raise ValueError(
                     f"cost {name!r} depends on no node and no parameter (its value has no autograd history). "
                     "If it depends on a node through non-differentiable operations (comparisons, casts, "
                     "indexing), pass depends_on=[...]; otherwise it is a constant — leave it out."
                 )
-            found |= walk([autograd_node(value)], self._boundaries) | hidden
+            found |= walk([autograd_node(value)], self._boundaries, self._floor) | hidden
         else:
             found |= set(self._nodes)
         deps = set(found)
@@ -331,6 +332,7 @@ class Graph:
                 if node.log_prob is None or not isinstance(est, ScoreFunction) or est.baseline is None:
                     continue
                 total = total + self._baseline_term(node, est)  # type: ignore[operator]
+        self._check_finite(total)  # type: ignore[arg-type]
         return total  # type: ignore[return-value]
 
     def _baseline_term(self, node: Node, est: ScoreFunction) -> Tensor:
@@ -367,6 +369,22 @@ class Graph:
         return f"Graph(num_samples={self.num_samples}, nodes={list(self._nodes)}, costs={list(self._costs)})"
 
     # --------------------------------------------------------------- helpers
+    def _marker(self, like: Tensor) -> Tensor:
+        """A zero leaf that requires grad: ``z + marker`` is z, with an autograd node to recognise."""
+        key = (like.dtype, like.device)
+        marker = self._markers.get(key)
+        if marker is None:
+            marker = self._markers[key] = torch.zeros((), dtype=like.dtype, device=like.device, requires_grad=True)
+        return marker
+
+    def _check_finite(self, total: Tensor) -> None:
+        if under_transform(total) or bool(torch.isfinite(total)):
+            return
+        for c in self._costs.values():
+            if not bool(torch.isfinite(c.value).all()):
+                raise ValueError(f"`value` of cost {c.name!r} must be finite; got inf or nan.")
+        raise ValueError("the surrogate is not finite (inf or nan): check the control variates' inputs.")
+
     def _order(self, names: frozenset[str] | set[str]) -> tuple[str, ...]:
         return tuple(sorted(names, key=lambda n: self._nodes[n].order))
 

@@ -21,7 +21,7 @@ from typing import Any, Optional
 
 import torch
 from torch import Tensor
-from torch.distributions import Distribution, TransformedDistribution
+from torch.distributions import Distribution, OneHotCategorical, TransformedDistribution
 
 from scg._dist import parameters_of, unwrap
 from scg.baselines import Delta, LeaveOneOut
@@ -142,10 +142,14 @@ def draw(
         shape = (*lead, *dist.batch_shape, *dist.event_shape)
         if replay is not None:
             z = _check_replay(name, "z", _get(replay, name, "z"), shape)
-        else:
+        elif isinstance(unwrap(dist)[0], OneHotCategorical):  # scg's vmap-safe one-hot draw
             z = FromDistribution(shape=(1, *shape) if child else shape, dist=dist).sample()
             z = z.squeeze(0) if child else z
-        return z.detach(), {"z": z.detach()}
+        else:
+            with torch.no_grad():
+                z = dist.sample(lead)
+        z = z.detach()
+        return z, {"z": z}
     if isinstance(estimator, Pathwise):
         rep = reparameterize(dist)
         if rep is None:  # implicit reparameterisation (Gamma, Beta, Dirichlet): no replayable noise
