@@ -13,7 +13,7 @@ Which gradient flows where is decided by how ``log_q`` was computed:
 gradient   ``log_q`` computed as                         z
 ========== ============================================ =====================================
 reparam    ``q.log_prob(z)``                             ``q.rsample``/``Pathwise`` sample
-stl        ``scg.stop_gradient(q).log_prob(z)``          reparameterised, pass nothing else
+stl        ``scg.stop_gradient(q).log_prob(z)``          reparameterised; ``z=z`` optional
 dreg       ``scg.stop_gradient(q).log_prob(z)``          reparameterised, pass ``z=z``
 vimco      ``q.log_prob(z)`` (attached)                  discrete / non-reparameterised, detached
 ========== ============================================ =====================================

@@ -245,6 +245,27 @@ def test_moving_average_and_learned_baselines_exact():
     torch.testing.assert_close(torch.cat([net.weight.grad.reshape(-1), net.bias.grad]), expected.reshape(-1))
 
 
+@pytest.mark.xfail(
+    strict=False,
+    reason="scg.baselines.Learned requires a [*batch] output; a child node's inputs vary per graph "
+    "sample, so it must also accept [S, *batch] (fix proposed to the owner of scg/baselines/learned.py)",
+)
+def test_learned_baseline_on_a_child_node_takes_its_parents_exact():
+    net = nn.Linear(1, 1)
+    nvil = scg.ScoreFunction(B.Learned(net))
+
+    def build(g, p):
+        a = g.sample("a", Bernoulli(logits=p[0]))
+        b = g.sample("b", Bernoulli(logits=p[1] + a), nvil, context=a.detach().unsqueeze(-1))
+        g.cost("f", (a + b - 0.6) ** 2 * p[2])
+
+    def ref(p, v):
+        a, b = v["a"], v["b"]
+        return bern_lp(p[0], a) + bern_lp(p[1] + a, b), (a + b - 0.6) ** 2 * p[2]
+
+    exact_check(build, ref, t(0.4, -0.3, 1.2), bern_grid(["a", "b"]))
+
+
 def test_minibatch_scale_with_global_and_per_datum_latents_exact():
     # N = 4 data points, minibatches of B = 2 (all 6 subsets, uniform), scale N/B.
     xs = t(0.1, 0.9, 0.4, 0.7)
