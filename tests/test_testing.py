@@ -440,6 +440,24 @@ def test_nodes_override_and_dict():
         torch.testing.assert_close(m.second_moment, full.second_moment, atol=1e-8, rtol=1e-11)
 
 
+def test_batch_elements_on_their_own_grids_match_the_full_product(monkeypatch):
+    from scg.testing import _grid
+
+    cases = [  # a parameter shared by the batch couples the elements' gradients
+        (scg.ScoreFunction(baseline=LeaveOneOut()), lambda m, s: Normal(m.expand(3), s), (t(0.3), t(0.5, 1.0, 1.5)), 2),
+        (scg.Pathwise(), lambda m, s: Normal(m.expand(3), s), (t(0.3), t(0.5, 1.0, 1.5)), 1),
+        (scg.ScoreFunction(), lambda l: OneHotCategorical(logits=l), (t([[0.3, -1.0, 2.0], [0.0, 0.5, -0.5]]),), 1),
+    ]
+    fs = [quartic, quartic, lambda z: (z @ t(1.0, 2.0, -1.0)) ** 2]
+    split = [exact_moments(est, make, params, f, num_samples=S, nodes=9)
+             for (est, make, params, S), f in zip(cases, fs)]
+    monkeypatch.setattr(_grid, "batch_groups", lambda specs, shapes, batch: [list(range(len(specs)))])
+    for ((est, make, params, S), f, m) in zip(cases, fs, split):
+        full = exact_moments(est, make, params, f, num_samples=S, nodes=9)
+        torch.testing.assert_close(m.mean, full.mean, atol=1e-10, rtol=1e-12)
+        torch.testing.assert_close(m.variance, full.variance, atol=1e-10, rtol=1e-10)
+
+
 def test_harness_errors():
     params = (t(0.5), t(1.0))
     with pytest.raises(ValueError, match="explicit noise"):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence, Union
+from typing import Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -19,7 +19,7 @@ from torch import Tensor
 
 from scg.testing._rules import Spec
 
-__all__ = ["Variable", "Grid", "choose_nodes", "build", "freeze"]
+__all__ = ["Variable", "Grid", "choose_nodes", "build", "freeze", "batch_groups", "fill_values"]
 
 # (n_max, n_comfortable, n_min) nodes per piece, by rule kind. Counts start at n_max, are
 # lowered to n_comfortable while the grid exceeds _TARGET points, then to n_min while it
@@ -125,8 +125,10 @@ class Grid:
     """Tensor product of variables' rules, walked in chunks (mixed-radix indexing)."""
 
     def __init__(self, variables: list[Variable], shapes: dict[str, tuple[int, ...]],
-                 dtypes: dict[str, torch.dtype], device: torch.device) -> None:
+                 dtypes: dict[str, torch.dtype], device: torch.device,
+                 fill: Optional[dict[str, Tensor]] = None) -> None:
         self.variables = variables
+        self.fill = fill  # flat values of positions no variable covers (default 0)
         self.shapes = shapes
         self.dtypes = dtypes
         self.device = device
@@ -148,8 +150,11 @@ class Grid:
     def at(self, digits: Tensor) -> tuple[dict[str, Tensor], Tensor]:
         """Draws and weights at grid points given by their digits ``[C, V]`` (one per variable)."""
         C = len(digits)
-        flat = {name: torch.zeros(C, int(np.prod(shape)) if shape else 1, dtype=self.dtypes[name],
-                                  device=self.device) for name, shape in self.shapes.items()}
+        if self.fill is not None:
+            flat = {name: self.fill[name].expand(C, -1).clone() for name in self.shapes}
+        else:
+            flat = {name: torch.zeros(C, int(np.prod(shape)) if shape else 1, dtype=self.dtypes[name],
+                                      device=self.device) for name, shape in self.shapes.items()}
         w = torch.ones(C, dtype=torch.float64, device=self.device)
         for i, v in enumerate(self.variables):
             digit = digits[:, i]
@@ -220,4 +225,38 @@ def freeze(specs: list[Spec], variables: list[Variable], laws: Sequence[str], *,
             spec = Spec(spec.law, spec.positions, lambda n, x=values, w=weights: (x, w),
                         ("frozen", tuple(values.reshape(-1).tolist())), 1, "fixed", len(weights))
         out.append(spec)
+    return out
+
+
+def batch_groups(specs: list[Spec], shapes: dict[str, tuple[int, ...]], batch: tuple[int, ...]) -> list[list[int]]:
+    """Indices of the variables of every batch element (one group if that is not possible).
+
+    Batch elements are independent expectations: the gradient of surrogate element b
+    depends only on batch element b's draws, so each can be integrated on its own
+    grid (the sum of the grids' sizes instead of their product). Requires every law
+    to be laid out ``[S, *batch, ...]``.
+    """
+    nb = len(batch)
+    B = int(np.prod(batch)) if nb else 1
+    every = [list(range(len(specs)))]
+    if B == 1 or any(tuple(shape[1:1 + nb]) != tuple(batch) for shape in shapes.values()):
+        return every
+    groups: list[list[int]] = [[] for _ in range(B)]
+    for i, spec in enumerate(specs):
+        rest = int(np.prod(shapes[spec.law][1 + nb:]))
+        members = {(int(p) // rest) % B for p in spec.positions}
+        if len(members) != 1:
+            return every
+        groups[members.pop()].append(i)
+    return groups
+
+
+def fill_values(variables: list[Variable], shapes: dict[str, tuple[int, ...]],
+                dtypes: dict[str, torch.dtype], device: torch.device) -> dict[str, Tensor]:
+    """Flat law values with every variable at its heaviest node: valid draws for the
+    positions a batch element's grid does not cover."""
+    out = {name: torch.zeros(int(np.prod(shape)) if shape else 1, dtype=dtypes[name], device=device)
+           for name, shape in shapes.items()}
+    for v in variables:
+        out[v.law][v.positions] = v.values[int(torch.argmax(v.weights))]
     return out

@@ -58,9 +58,10 @@ def _chunk_size(shapes: dict[str, tuple[int, ...]]) -> int:
 
 
 def _grid_for(specs: list[_rules.Spec], shapes: dict, dtypes: dict, device: torch.device,
-              max_points: int, nodes: Union[None, int, dict[str, int]]) -> _grid.Grid:
+              max_points: int, nodes: Union[None, int, dict[str, int]],
+              fill: Optional[dict[str, Tensor]] = None) -> _grid.Grid:
     counts = _grid.choose_nodes(specs, max_points, nodes)
-    return _grid.Grid(_grid.build(specs, counts, dtypes, device), shapes, dtypes, device)
+    return _grid.Grid(_grid.build(specs, counts, dtypes, device), shapes, dtypes, device, fill)
 
 
 # ----------------------------------------------------------------------------- public API
@@ -101,7 +102,9 @@ def exact_moments(
     Before integrating, the gradient is probed at a few grid points: a law it does
     not depend on gets one node (e.g. the noise of the value in measure-valued
     estimators), a law on which it is constant between breakpoints gets one node
-    per piece (e.g. DisARM's uniforms).
+    per piece (e.g. DisARM's uniforms). Batch elements are independent expectations,
+    so each is integrated on its own grid (the others held at fixed draws) and the
+    moments combine exactly: means add, and variances add by independence.
 
     Accuracy: Gauss rules are exact for polynomials (a degree-4 cost needs a handful
     of nodes); smooth costs converge exponentially. A cost that jumps needs its
@@ -130,8 +133,14 @@ def exact_moments(
         :class:`ExactMoments` with ``[P]`` float64 tensors.
 
     Raises:
-        ValueError: implicit reparameterisation; a grid larger than ``max_points``.
+        ValueError: implicit reparameterisation; a grid larger than ``max_points``;
+            a gradient that is not finite at a grid point.
         TypeError: a distribution the harness cannot enumerate or integrate.
+
+    References:
+        Mohamed, Rosca, Figurnov & Mnih, "Monte Carlo Gradient Estimation in Machine
+        Learning", JMLR 2020, §3 and their mc_gradients code (numerical integration
+        of estimators). https://arxiv.org/abs/1906.10652
     """
     S = check_int("num_samples", num_samples)
     check_int("max_points", max_points)
@@ -161,54 +170,70 @@ def exact_moments(
         dtypes = {name: _sample_dtype(law) for name, law in laws.items()}
         device = ps[0].device
 
-        def total(p: tuple[Tensor, ...], draws: dict[str, Tensor]) -> Tensor:
-            return estimator.surrogate(f, make_dist(*p), draws, context=context).sum()
-
-        batched = torch.func.vmap(torch.func.grad(total), in_dims=(None, 0))
-        use_vmap = True
-        specs = _simplify(
-            specs, lambda d: flat(batched(ps, d), len(next(iter(d.values())))),
-            lambda sp: _grid_for(sp, shapes, dtypes, device, 2**62, nodes),
-        )
-        grid = _grid_for(specs, shapes, dtypes, device, max_points, nodes)
+        groups = _grid.batch_groups(specs, shapes, tuple(dist0.batch_shape))
+        fill = None
+        if len(groups) > 1:  # batch elements are integrated one at a time, the others held fixed
+            fill = _grid.fill_values(_grid.build(specs, [1] * len(specs), dtypes, device), shapes, dtypes, device)
         P = sum(p.numel() for p in ps)
-        s0 = torch.zeros((), dtype=torch.float64, device=device)
-        s1 = torch.zeros(P, dtype=torch.float64, device=device)
-        s2 = torch.zeros(P, dtype=torch.float64, device=device)
-        shift: Optional[Tensor] = None
-        for draws, w in grid.chunks(_chunk_size(shapes)):
-            G = None
-            if use_vmap:
-                try:
-                    G = flat(batched(ps, draws), len(w))
-                except Exception as exc:  # noqa: BLE001 - any vmap limitation: fall back
-                    use_vmap = False
-                    warnings.warn(
-                        f"exact_moments: torch.func.vmap failed for {type(estimator).__name__} "
-                        f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-                        f"falling back to a Python loop over {grid.size} grid points (slow).",
-                        RuntimeWarning,
-                        stacklevel=2,
-                    )
-            if G is None:
-                G = torch.stack([_loop_grad(total, ps, {k: v[i] for k, v in draws.items()}) for i in range(len(w))])
-            G = G.detach()
-            if not bool(torch.isfinite(G).all()):
-                i = int((~torch.isfinite(G)).any(1).nonzero()[0, 0])
-                at = {k: v[i].tolist() for k, v in draws.items()}
-                raise ValueError(
-                    f"the gradient of {type(estimator).__name__}'s surrogate is not finite at a grid "
-                    f"point with weight {float(w[i]):.3g}: draws {at}. Check f and the distribution "
-                    "for overflow at extreme draws (or pass `nodes`)."
-                )
-            if shift is None:
-                shift = (w @ G) / w.sum()
-            s0 = s0 + w.sum()
-            s1 = s1 + w @ G
-            s2 = s2 + w @ (G - shift) ** 2
-    mean = s1 / s0
-    variance = (s2 / s0 - (mean - shift) ** 2).clamp_min(0.0)
+        mean = torch.zeros(P, dtype=torch.float64, device=device)
+        variance = torch.zeros(P, dtype=torch.float64, device=device)
+        state = {"vmap": True}
+        for b, members in enumerate(groups):
+            def total(p: tuple[Tensor, ...], draws: dict[str, Tensor], b: int = b) -> Tensor:
+                out = estimator.surrogate(f, make_dist(*p), draws, context=context)
+                return out.reshape(-1)[b] if len(groups) > 1 else out.sum()
+
+            batched = torch.func.vmap(torch.func.grad(total), in_dims=(None, 0))
+            sub = _simplify(
+                [specs[i] for i in members], lambda d: flat(batched(ps, d), len(next(iter(d.values())))),
+                lambda sp: _grid_for(sp, shapes, dtypes, device, 2**62, nodes, fill),
+            )
+            grid = _grid_for(sub, shapes, dtypes, device, max_points, nodes, fill)
+            m, v = _integrate(grid, total, batched, ps, estimator, state)
+            mean, variance = mean + m, variance + v  # independent batch elements
     return ExactMoments(mean, variance + mean**2, variance)
+
+
+def _integrate(grid: _grid.Grid, total: Callable, batched: Callable, ps: tuple[Tensor, ...],
+               estimator: nn.Module, state: dict) -> tuple[Tensor, Tensor]:
+    """Weighted mean and variance of the gradient over the grid (vmap, or a loop if vmap fails)."""
+    P = sum(p.numel() for p in ps)
+    s0 = torch.zeros((), dtype=torch.float64, device=ps[0].device)
+    s1 = torch.zeros(P, dtype=torch.float64, device=ps[0].device)
+    s2 = torch.zeros(P, dtype=torch.float64, device=ps[0].device)
+    shift: Optional[Tensor] = None
+    for draws, w in grid.chunks(_chunk_size(grid.shapes)):
+        G = None
+        if state["vmap"]:
+            try:
+                G = flat(batched(ps, draws), len(w))
+            except Exception as exc:  # noqa: BLE001 - any vmap limitation: fall back
+                state["vmap"] = False
+                warnings.warn(
+                    f"exact_moments: torch.func.vmap failed for {type(estimator).__name__} "
+                    f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                    f"falling back to a Python loop over the grid points (slow).",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+        if G is None:
+            G = torch.stack([_loop_grad(total, ps, {k: v[i] for k, v in draws.items()}) for i in range(len(w))])
+        G = G.detach()
+        if not bool(torch.isfinite(G).all()):
+            i = int((~torch.isfinite(G)).any(1).nonzero()[0, 0])
+            at = {k: v[i].tolist() for k, v in draws.items()}
+            raise ValueError(
+                f"the gradient of {type(estimator).__name__}'s surrogate is not finite at a grid "
+                f"point with weight {float(w[i]):.3g}: draws {at}. Check f and the distribution "
+                "for overflow at extreme draws (or pass `nodes`)."
+            )
+        if shift is None:
+            shift = (w @ G) / w.sum()
+        s0 = s0 + w.sum()
+        s1 = s1 + w @ G
+        s2 = s2 + w @ (G - shift) ** 2
+    mean = s1 / s0
+    return mean, (s2 / s0 - (mean - shift) ** 2).clamp_min(0.0)
 
 
 def _simplify(specs: list[_rules.Spec], gradients: Callable[[dict[str, Tensor]], Tensor],
@@ -276,57 +301,65 @@ def exact_gradient(
         shape = (1, *dist0.batch_shape, *dist0.event_shape)
         law = FromDistribution(shape=shape, dist=dist0)
         specs = _rules.distribution_specs("z", dist0, shape, z_points(breakpoints, dist0))
-        dtypes = {"z": _sample_dtype(law)}
-        device = ps[0].device
-        counts = _grid.choose_nodes(specs, max_points, nodes)
-        variables = _grid.build(specs, counts, dtypes, device)
-        grid = _grid.Grid(variables, {"z": shape}, dtypes, device)
+        shapes, dtypes, device = {"z": shape}, {"z": _sample_dtype(law)}, ps[0].device
+        groups = _grid.batch_groups(specs, shapes, tuple(dist0.batch_shape))
+        fill = None
+        if len(groups) > 1:  # batch elements one at a time (∇ is linear), the others held fixed
+            fill = _grid.fill_values(_grid.build(specs, [1] * len(specs), dtypes, device), shapes, dtypes, device)
         leaves = tuple(p.clone().requires_grad_(True) for p in ps)
         total = [torch.zeros_like(p, dtype=torch.float64) for p in ps]
 
         def accumulate(g: _grid.Grid, term: Callable[[Distribution, Tensor, Tensor], Tensor]) -> None:
-            for draws, w in g.chunks(_chunk_size({"z": shape})):
+            for draws, w in g.chunks(_chunk_size(shapes)):
                 z = draws["z"].reshape(len(w), *shape[1:])
                 dist = make_dist(*leaves)
                 cost = evaluate(f, z, dist, len(w))
-                obj = term(dist, z, cost.double().reshape(len(w), -1))
-                obj = (w * obj).sum()
+                obj = (w * term(dist, z, cost.double().reshape(len(w), -1))).sum()
                 grads = torch.autograd.grad(obj, leaves, allow_unused=True)
                 for acc, gr in zip(total, grads):
                     if gr is not None:
                         acc += gr.double()
 
-        accumulate(grid, lambda d, z, c: (c * magic_box(d.log_prob(z).double().reshape(len(c), -1))).sum(1))
-        if isinstance(base, Uniform):
-            _uniform_boundaries(accumulate, base, variables, dist0, make_dist, leaves, shape, dtypes, device)
+        for b, members in enumerate(groups):
+            sub = [specs[i] for i in members]
+            variables = _grid.build(sub, _grid.choose_nodes(sub, max_points, nodes), dtypes, device)
+
+            def score_term(d: Distribution, z: Tensor, c: Tensor, b: int = b) -> Tensor:
+                out = c * magic_box(d.log_prob(z).double().reshape(len(c), -1))
+                return out[:, b] if len(groups) > 1 else out.sum(1)
+
+            accumulate(_grid.Grid(variables, shapes, dtypes, device, fill), score_term)
+            if isinstance(base, Uniform):
+                _uniform_boundaries(accumulate, base, variables, dist0, shapes, dtypes, device, fill)
     return flat(total)
 
 
-def _uniform_boundaries(accumulate, base, variables, dist0, make_dist, leaves, shape, dtypes, device) -> None:
-    """Add ``±q(bound) E[f | z_j = bound] ∇bound`` for every element j of a Uniform."""
+def _uniform_boundaries(accumulate: Callable, base: Uniform, variables: list[_grid.Variable],
+                        dist0: Distribution, shapes: dict, dtypes: dict, device: torch.device,
+                        fill: Optional[dict[str, Tensor]]) -> None:
+    """Add ``±q(bound) E[f | z_j = bound] ∇bound`` for every element j of a Uniform (Leibniz)."""
     batch = tuple(base.batch_shape)
     M = int(np.prod(batch)) if batch else 1
     per_batch = M // max(1, int(np.prod(dist0.batch_shape)) if dist0.batch_shape else 1)
     low = base.low.detach().expand(batch).reshape(-1)
     high = base.high.detach().expand(batch).reshape(-1)
-    for j in range(M):
-        for bound_name, sign in (("high", 1.0), ("low", -1.0)):
-            value = (high if bound_name == "high" else low)[j]
-            fixed = _grid.Variable("z", variables[j].positions,
-                                   value.reshape(1, 1).to(dtypes["z"]),
+    for i, var in enumerate(variables):
+        j = int(var.positions[0])  # one sample: the position is the element
+        for name, sign in (("high", 1.0), ("low", -1.0)):
+            value = (high if name == "high" else low)[j]
+            fixed = _grid.Variable("z", var.positions, value.reshape(1, 1).to(dtypes["z"]),
                                    torch.ones(1, dtype=torch.float64, device=device),
                                    torch.zeros(1, dtype=torch.long, device=device))
-            g = _grid.Grid([fixed if i == j else v for i, v in enumerate(variables)], {"z": shape}, dtypes, device)
+            grid = _grid.Grid([fixed if k == i else v for k, v in enumerate(variables)], shapes, dtypes, device, fill)
             density = 1.0 / float(high[j] - low[j])
-            b = j // per_batch
 
-            def term(d: Distribution, z: Tensor, c: Tensor, j: int = j, b: int = b, name: str = bound_name,
-                     sign: float = sign, density: float = density) -> Tensor:
+            def term(d: Distribution, z: Tensor, c: Tensor, j: int = j, b: int = j // per_batch,
+                     name: str = name, sign: float = sign, density: float = density) -> Tensor:
                 inner, _ = unwrap(d)
                 bound = getattr(inner, name).expand(batch).reshape(-1)[j]
                 return sign * density * c[:, b] * (bound - bound.detach()).double()
 
-            accumulate(g, term)
+            accumulate(grid, term)
 
 
 def assert_unbiased(
