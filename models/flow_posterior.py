@@ -97,7 +97,7 @@ class IAF(FlowLayer):
     """IAF step with a MADE (see :class:`~scg.models.flows.IAFTransform`); h enters as context."""
 
     def __init__(self, dim: int, hidden: Sequence[int] = (64,), *, context_dim: Optional[int] = None,
-                 reverse: bool = False, gate_bias: float = 1.0) -> None:
+                 reverse: bool = False, gate_bias: float = 2.0) -> None:
         super().__init__()
         self.made = MADE(dim, hidden, context_dim=context_dim, reverse=reverse)
         self.gate_bias = gate_bias

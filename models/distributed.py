@@ -1,0 +1,385 @@
+r"""Data-parallel training on ``torch.distributed``: :func:`fit_distributed`, one trainer for W processes.
+
+Launch one process per CPU core group or GPU with ``torchrun``; every process runs
+the same script and calls :func:`fit_distributed` instead of :func:`scg.models.fit`.
+
+**Data.** Every rank draws the same permutation of the training set (order seed
+``config.seed``) and cuts the same global batch of :math:`n = W·B` positions; rank
+r takes a contiguous part :math:`G_r` of it (sizes differ by at most one). So the
+ranks' batches are disjoint, an epoch still visits every data point once, and
+each :math:`G_r` is a uniform random subset of the data.
+
+**Monte Carlo draws.** Rank r seeds the global torch RNG with
+``config.seed + r`` (:func:`scg.distributed.rank_seed`), so the estimators' samples,
+dynamic binarisation and validation draws are independent across ranks and
+reproducible.
+
+**Gradients.** Rank r back-propagates :math:`\frac{W n_r}{n} L_r` with
+:math:`L_r` = ``model.loss(x[G_r])``; DDP averages the gradients:
+
+.. math::
+    g = \frac1W \sum_r ∇\Big(\frac{W n_r}{n} L_r\Big) = \sum_r \frac{n_r}{n}\, ∇L_r,
+    \qquad E[g] = \sum_r \frac{n_r}{n}\, ∇L = ∇L,
+
+because :math:`G_r` is a uniform random subset and the draws are independent of
+it, so each :math:`∇L_r` is unbiased for the full-data gradient :math:`∇L` (for
+batch-mean losses — VAE, IWAE, discrete VAE — and for losses already scaled to be
+unbiased at any batch size, like :class:`~scg.models.BayesianLogisticRegression`).
+For a batch-mean loss :math:`g` is exactly the gradient of the mean over the
+global batch: W processes with batch B follow, in law, one process with batch W·B.
+
+**Running state.** DDP does not broadcast buffers here; after every step
+:func:`scg.distributed.sync_buffers` averages them over the ranks (moving-average
+baselines, normalisers), so every rank subtracts the same baseline, built from
+earlier draws of all ranks (unbiased). Learned baselines are parameters and are
+kept equal by the gradient average.
+
+**Checkpoints.** Rank 0 writes ``last.pt`` (the keys of :func:`scg.models.fit`
+plus ``world_size`` and every rank's RNG state), ``best.pt`` and
+``history.json`` atomically; on resume rank 0 reads them and broadcasts them, so
+the other machines need no shared file system. Resume with the same number of
+processes (an error says so otherwise); a killed run resumed with the same seed
+ends with the same parameters as an uninterrupted one.
+
+References:
+    Li et al., "PyTorch Distributed: Experiences on Accelerating Data Parallel
+    Training", VLDB 2020. https://arxiv.org/abs/2006.15704
+    Titsias & Lázaro-Gredilla, "Doubly Stochastic Variational Bayes for
+    non-Conjugate Inference", ICML 2014.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from scg.distributed import init_from_env, rank_and_world, rank_seed, sync_buffers
+from scg.models.train import History, TrainConfig, atomic_save, resolve_device
+
+__all__ = ["local_slice", "DataParallelStep", "fit_distributed"]
+
+
+def local_slice(n: int, rank: int, world: int) -> slice:
+    """Rank ``rank``'s contiguous part of ``n`` items: the first ``n % world`` ranks get one more.
+
+    Example:
+        >>> [local_slice(5, r, 2) for r in range(2)]
+        [slice(0, 3, None), slice(3, 5, None)]
+    """
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"`rank` must be in [0, world) with world >= 1; got rank={rank}, world={world}.")
+    if n < 0:
+        raise ValueError(f"`n` must be >= 0; got {n}.")
+    base, extra = divmod(n, world)
+    start = rank * base + min(rank, extra)
+    return slice(start, start + base + (1 if rank < extra else 0))
+
+
+class _Loss(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor, step: int) -> Tensor:
+        return self.model.loss(x, step=step)
+
+
+class DataParallelStep:
+    r"""One data-parallel backward pass: this rank's loss, weighted so the DDP average is unbiased.
+
+    .. math:: \text{backward of } \frac{W n_r}{n} L_r \;\Rightarrow\; \text{grad} = \sum_r \frac{n_r}{n} ∇L_r
+
+    Wraps ``model`` in ``DistributedDataParallel`` (``broadcast_buffers=False``)
+    when the world has more than one rank; with one rank it is a plain
+    ``model.loss(x).backward()``.
+
+    Args:
+        model: module with ``loss(x, *, step) -> scalar``; parameters on the
+            device of this rank.
+        device_ids: DDP's ``device_ids`` (``[local GPU]`` or ``None`` on the CPU).
+        find_unused_parameters: pass to DDP when some parameters get no gradient.
+        group: process group (default group).
+    """
+
+    def __init__(self, model: nn.Module, *, device_ids: Optional[list[int]] = None,
+                 find_unused_parameters: bool = False, group: Optional[dist.ProcessGroup] = None) -> None:
+        if not callable(getattr(model, "loss", None)):
+            raise TypeError(f"`model` must have a loss(x, *, step) method; got {type(model).__name__}.")
+        self.model, self.group = model, group
+        self.rank, self.world = rank_and_world(group)
+        self.ddp: Optional[DistributedDataParallel] = None
+        if self.world > 1:
+            self.ddp = DistributedDataParallel(_Loss(model), device_ids=device_ids, broadcast_buffers=False,
+                                               find_unused_parameters=find_unused_parameters, process_group=group)
+
+    def backward(self, x: Tensor, *, total: int, step: int = 0) -> Tensor:
+        """Back-propagate this rank's weighted loss; ``.grad`` then holds the rank-averaged gradient.
+
+        Args:
+            x: this rank's part of the global batch, ``[n_r, ...]`` (``n_r`` may be 0).
+            total: n, the size of the global batch (the same on every rank).
+            step: the optimiser step (for schedules such as KL warm-up).
+
+        Returns:
+            This rank's (unweighted, detached) loss :math:`L_r`; NaN when ``n_r = 0``.
+        """
+        if total < max(1, x.shape[0]):
+            raise ValueError(f"`total` must be >= the local batch size {x.shape[0]} and >= 1; got {total}.")
+        k = int(x.shape[0])
+        weight = self.world * k / total
+        empty = k == 0
+        if empty:  # fewer points than ranks: take part in the all-reduce with a zero-weighted dummy
+            x = x.new_zeros((1, *x.shape[1:]))
+            self.model.eval()  # running state must not see the dummy
+        try:
+            loss = self.ddp(x, step) if self.ddp is not None else self.model.loss(x, step=step)
+            (loss if weight == 1.0 else loss * weight).backward()
+        finally:
+            if empty:
+                self.model.train()
+        return torch.full_like(loss.detach(), math.nan) if empty else loss.detach()
+
+    def sync(self) -> None:
+        """Average the model's buffers over the ranks (:func:`scg.distributed.sync_buffers`)."""
+        sync_buffers(self.model, group=self.group)
+
+
+def _all_sum(values: list[float], dev: torch.device, world: int) -> list[float]:
+    if world == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=dev)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def _broadcast(obj: Any, world: int, dev: torch.device) -> Any:
+    if world == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0, device=dev if dev.type == "cuda" else None)
+    return box[0]
+
+
+def _gather(obj: Any, world: int) -> list[Any]:
+    if world == 1:
+        return [obj]
+    out: list[Any] = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+@torch.no_grad()
+def _validate(model: nn.Module, x: Tensor, chunk: int, num_samples: int, rank: int, world: int) -> float:
+    part = x[local_slice(x.shape[0], rank, world)]
+    model.eval()
+    try:
+        total = 0.0
+        for start in range(0, part.shape[0], chunk):
+            total += float(model.bound(part[start:start + chunk], num_samples=num_samples).sum())
+    finally:
+        model.train()
+    return _all_sum([total], x.device, world)[0] / x.shape[0]
+
+
+def _device(device: Union[str, torch.device]) -> torch.device:
+    dev = resolve_device(device)
+    local = os.environ.get("LOCAL_RANK", "")
+    if dev.type == "cuda" and dev.index is None and local.isdigit():  # pragma: no cover - no GPU in CI
+        dev = torch.device("cuda", int(local) % torch.cuda.device_count())
+    if dev.type == "cuda":  # pragma: no cover
+        torch.cuda.set_device(dev)
+    return dev
+
+
+def fit_distributed(model: nn.Module, train: Tensor, val: Optional[Tensor] = None, *,
+                    config: TrainConfig = TrainConfig(), out_dir: Optional[Union[str, os.PathLike]] = None,
+                    device: Union[str, torch.device] = "cpu", transform: Optional[Callable[[Tensor], Tensor]] = None,
+                    stop_after: Optional[int] = None, find_unused_parameters: bool = False) -> History:
+    r""":func:`scg.models.fit` on W processes: each rank trains on its part of a global batch of W·B.
+
+    Initialises the process group from ``torchrun``'s environment when needed
+    (gloo on the CPU, NCCL on CUDA). With one process (no ``torchrun``) it is
+    :func:`scg.models.fit` — same draws, same parameters.
+
+    Args:
+        model: module with ``loss(x, *, step)`` and ``bound(x, *, num_samples)``; built
+            the same way on every rank (DDP copies rank 0's parameters and buffers).
+        train: ``[N, D]`` training data, the same on every rank.
+        val: ``[M, D]`` validation data or ``None``; each rank evaluates its part.
+        config: :class:`~scg.models.TrainConfig`; ``batch_size`` is **per rank** (B),
+            ``seed`` seeds the data order (all ranks) and rank r's draws (``seed + r``).
+        out_dir: checkpoint folder (written by rank 0; read by rank 0 and broadcast).
+        device: ``"auto" | "cpu" | "cuda"``; ``cuda`` means ``cuda:LOCAL_RANK``.
+        transform: applied to each rank's batch (e.g. dynamic binarisation, from the rank's RNG).
+        stop_after: end after this many epochs in total (simulates a killed run).
+        find_unused_parameters: DDP option for models whose loss leaves some parameters unused.
+
+    Returns:
+        :class:`~scg.models.History` (the same on every rank).
+    """
+    dev = _device(device)
+    rank, world = init_from_env(backend="nccl" if dev.type == "cuda" else "gloo")
+    model.to(dev)
+    model.train()
+    train = train.to(dev)
+    val = None if val is None else val.to(dev)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    torch.manual_seed(rank_seed(config.seed, rank))
+    order_gen = torch.Generator().manual_seed(config.seed)
+    history, step, start_epoch = History(), 0, 0
+    out = None if out_dir is None else Path(out_dir)
+    ckpt = None
+    if out is not None and rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        if (out / "last.pt").exists():
+            ckpt = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
+    ckpt = _broadcast(ckpt, world, dev)
+    if ckpt is not None:
+        saved = int(ckpt.get("world_size", 1))
+        if saved != world:
+            raise ValueError(f"`out_dir` {out} holds a checkpoint of a {saved}-process run; resume it with "
+                             f"{saved} processes (torchrun --nproc_per_node ...); got {world}.")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        torch.set_rng_state(ckpt["rank_rng"][rank] if "rank_rng" in ckpt else ckpt["rng"])
+        if dev.type == "cuda" and ckpt.get("rank_cuda_rng") is not None:  # pragma: no cover
+            torch.cuda.set_rng_state(ckpt["rank_cuda_rng"][rank], dev)
+        order_gen.set_state(ckpt["order_rng"])
+        history = History(**ckpt["history"])
+        step, start_epoch = ckpt["step"], ckpt["epoch"]
+    stepper = DataParallelStep(model, device_ids=[dev.index] if dev.type == "cuda" else None,
+                               find_unused_parameters=find_unused_parameters)
+    n, per_step = train.shape[0], config.batch_size * world
+    batches = math.ceil(n / per_step)
+    end_epoch = config.epochs if stop_after is None else min(config.epochs, stop_after)
+    bar, best_state = None, None
+    if config.progress and rank == 0 and start_epoch < end_epoch and not history.stopped_early:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=(end_epoch - start_epoch) * batches, desc=f"train ({world} ranks)", leave=False)
+    try:
+        for epoch in range(start_epoch, end_epoch):
+            if history.stopped_early:
+                break
+            t0 = time.perf_counter()
+            perm = torch.randperm(n, generator=order_gen).to(dev)
+            total = 0.0
+            for b in range(batches):
+                idx = perm[b * per_step:(b + 1) * per_step]
+                xb = train[idx[local_slice(idx.shape[0], rank, world)]]
+                if transform is not None and xb.shape[0]:
+                    xb = transform(xb)
+                optimizer.zero_grad(set_to_none=True)
+                loss = stepper.backward(xb, total=idx.shape[0], step=step)
+                optimizer.step()
+                stepper.sync()
+                step += 1
+                if xb.shape[0]:
+                    total += float(loss) * xb.shape[0]
+                if bar is not None:
+                    bar.update(1)
+            record = {"epoch": epoch + 1, "step": step, "train_loss": _all_sum([total], dev, world)[0] / n,
+                      "val_bound": math.nan, "seconds": time.perf_counter() - t0}
+            if val is not None:
+                record["val_bound"] = _validate(model, val, max(config.batch_size, 500), config.val_samples,
+                                                rank, world)
+                if record["val_bound"] > history.best_val:
+                    history.best_val, history.best_epoch = record["val_bound"], epoch + 1
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                    if out is not None and rank == 0:
+                        atomic_save(best_state, out / "best.pt")
+                elif config.patience is not None and epoch + 1 - history.best_epoch >= config.patience:
+                    history.stopped_early = True
+            history.epochs.append(record)
+            if bar is not None:
+                bar.set_postfix(loss=f"{record['train_loss']:.3f}", val=f"{record['val_bound']:.3f}")
+            if out is not None:
+                rngs = _gather(torch.get_rng_state(), world)
+                cuda_rngs = _gather(torch.cuda.get_rng_state(dev), world) if dev.type == "cuda" else None
+                if rank == 0:
+                    atomic_save({
+                        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "epoch": epoch + 1, "step": step, "history": asdict(history),
+                        "rng": rngs[0], "rank_rng": rngs, "order_rng": order_gen.get_state(),
+                        "cuda_rng": None, "rank_cuda_rng": cuda_rngs,
+                        "config": asdict(config), "world_size": world,
+                    }, out / "last.pt")
+                    tmp = out / "history.json.tmp"
+                    tmp.write_text(json.dumps(asdict(history), indent=1))
+                    os.replace(tmp, out / "history.json")
+    finally:
+        if bar is not None:
+            bar.close()
+    done = history.stopped_early or len(history.epochs) >= config.epochs
+    if done and config.restore_best:
+        if best_state is None and out is not None:
+            loaded = None
+            if rank == 0 and (out / "best.pt").exists():
+                loaded = torch.load(out / "best.pt", map_location="cpu", weights_only=False)
+            best_state = _broadcast(loaded, world, dev)
+        if best_state is not None:
+            model.load_state_dict(best_state)
+    return history
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """``[torchrun --nproc_per_node=W] python -m scg.models.distributed``: the digits VAE, data-parallel.
+
+    Trains a Gaussian-latent VAE (pathwise gradients, analytic KL) on the binarised
+    8×8 digits with :func:`fit_distributed` and prints one JSON line (rank 0) with
+    the final and best validation ELBO; ``--json FILE`` also appends it to FILE.
+    """
+    import argparse
+
+    from scg.models import VAE, BernoulliDecoder, GaussianEncoder
+    from scg.models.data import digits
+
+    p = argparse.ArgumentParser(prog="python -m scg.models.distributed",
+                                description="Data-parallel training of the digits VAE (see docs/distributed.md).")
+    p.add_argument("--epochs", type=int, default=200)
+    p.add_argument("--batch-size", type=int, default=50, help="per rank (global batch = ranks x this)")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0, help="order seed; rank r draws with seed + r")
+    p.add_argument("--z-dim", type=int, default=8)
+    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--val-samples", type=int, default=10)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default=None, help="checkpoint folder (resumable)")
+    p.add_argument("--json", default=None, help="append the result line to this file (rank 0)")
+    args = p.parse_args(argv)
+    torch.manual_seed(args.seed)  # the same initial parameters on every rank
+    data = digits()
+    model = VAE(GaussianEncoder(64, args.z_dim, (args.hidden,)), BernoulliDecoder(args.z_dim, 64, (args.hidden,)))
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                      val_samples=args.val_samples, progress=False)
+    t0 = time.perf_counter()
+    history = fit_distributed(model, data.train, data.val, config=cfg, out_dir=args.out, device=args.device)
+    rank, world = rank_and_world()
+    result = {"world_size": world, "batch_per_rank": args.batch_size, "global_batch": world * args.batch_size,
+              "seed": args.seed, "epochs": args.epochs, "final_val_elbo": round(history.val_bound[-1], 4),
+              "best_val_elbo": round(history.best_val, 4), "seconds": round(time.perf_counter() - t0, 1)}
+    if rank == 0:
+        line = json.dumps(result)
+        print(line, flush=True)
+        if args.json:
+            with open(args.json, "a", encoding="utf-8") as fh:
+                fh.write(line + "\n")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover - exercised through torchrun in tests/test_distributed.py
+    import sys
+
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    sys.exit(record(main)())
