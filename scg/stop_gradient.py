@@ -95,8 +95,9 @@ def _stop_transform(t: Transform) -> Transform:
         return _stop_transform(t._inv).inv
     if isinstance(t, ComposeTransform):
         return ComposeTransform([_stop_transform(p) for p in t.parts], cache_size=0)
-    if _modules_in(t):
-        return _DetachedModuleTransform(t)
+    modules = _modules_in(t)
+    if isinstance(t, nn.Module):  # its tensors are parameters/buffers: swapped in by the wrapper
+        return _DetachedModuleTransform(t, modules)
     new = copy.copy(t)
     for key, value in vars(t).items():
         if key == "_inv":
@@ -106,15 +107,15 @@ def _stop_transform(t: Transform) -> Transform:
     new._inv = None
     if getattr(new, "_cache_size", 0):
         new._cached_x_y = (None, None)
-    return new
+    return _DetachedModuleTransform(new, modules) if modules else new
 
 
 class _Holder(nn.Module):
     """Owns a transform's modules so ``functional_call`` can swap in detached parameters."""
 
-    def __init__(self, transform: Transform) -> None:
+    def __init__(self, transform: Transform, modules: list[nn.Module]) -> None:
         super().__init__()
-        self.mods = nn.ModuleList(_modules_in(transform))
+        self.mods = nn.ModuleList(modules)
         self.transform = [transform]  # a list: not registered as a submodule twice
 
     def forward(self, method: str, *args: Tensor) -> Tensor:
@@ -125,10 +126,10 @@ class _Holder(nn.Module):
 class _DetachedModuleTransform(Transform):
     """A module-backed transform evaluated with detached parameters (no caching)."""
 
-    def __init__(self, transform: Transform) -> None:
+    def __init__(self, transform: Transform, modules: list[nn.Module]) -> None:
         super().__init__(cache_size=0)
         self.inner = transform
-        self.holder = _Holder(transform)
+        self.holder = _Holder(transform, modules)
         self.domain = transform.domain
         self.codomain = transform.codomain
         self.bijective = transform.bijective

@@ -159,3 +159,30 @@ def test_transform_holding_a_module():
 def test_error_not_a_distribution():
     with pytest.raises(TypeError, match=r"`dist` must be a torch.distributions.Distribution; got Tensor"):
         scg.stop_gradient(torch.zeros(2))
+
+
+def test_flows_from_scg_models():
+    """IAF and affine coupling hold a network and a context tensor: both are stopped."""
+    flows = pytest.importorskip("scg.models.flows")
+    torch.manual_seed(0)
+    D = 3
+    context = torch.randn(2, 4, requires_grad=True)
+    made = flows.MADE(D, (8,), context_dim=4)
+    loc = torch.zeros(2, D, requires_grad=True)
+    q = Independent(Normal(loc, 1.0), 1)
+    dist = TransformedDistribution(q, [flows.IAFTransform(made, context)])
+    z = dist.rsample((5,))
+    stopped = scg.stop_gradient(dist)
+    lp = stopped.log_prob(z)
+    torch.testing.assert_close(lp, dist.log_prob(z).detach(), atol=1e-10, rtol=0)
+    params = [loc, context, *made.parameters()]
+    got = torch.autograd.grad(lp.sum(), params, allow_unused=True, retain_graph=True)
+    leaf = z.detach().requires_grad_()
+    (dz,) = torch.autograd.grad(dist.log_prob(leaf).sum(), leaf)  # uncached: inverts leaf
+    expected = torch.autograd.grad(z, params, grad_outputs=dz, allow_unused=True)
+    for g, e in zip(got, expected):
+        g = torch.zeros_like(e) if g is None and e is not None else g
+        if e is None:
+            assert g is None or float(g.abs().max()) == 0.0
+        else:
+            torch.testing.assert_close(g, e, atol=1e-8, rtol=0)
