@@ -425,6 +425,13 @@ def test_estimator_state_and_mode_are_untouched():
     assert all(torch.equal(before[k], v) for k, v in est.state_dict().items())
 
 
+def test_the_global_random_state_is_untouched():
+    before = torch.random.get_rng_state()
+    assert_unbiased(scg.ScoreFunction(), lambda l: Categorical(logits=l), (t(0.3, -1.2, 0.5),),
+                    lambda k: k.double() ** 2)
+    assert torch.equal(before, torch.random.get_rng_state())
+
+
 def test_python_loop_fallback_when_vmap_fails():
     # torch's Geometric.log_prob writes in place (index_put_), which vmap refuses.
     with pytest.warns(RuntimeWarning, match="falling back to a Python loop"):

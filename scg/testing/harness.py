@@ -46,8 +46,9 @@ class ExactMoments(NamedTuple):
 
 
 def _sample_dtype(law: Law) -> torch.dtype:
+    """The dtype of the law's draws (Categorical samples are integers), without touching the RNG."""
     if isinstance(law, FromDistribution) and law.dist is not None:
-        with torch.no_grad():
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
             return law.dist.sample().dtype
     return law.dtype
 
