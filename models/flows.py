@@ -225,14 +225,15 @@ class IAFTransform(Transform):
     Args:
         made: a :class:`MADE`.
         context: context ``[*batch, C]`` or ``None``.
-        gate_bias: c (Kingma et al. use 1–2 so that each step starts near the identity).
+        gate_bias: c (Kingma et al. use 1–2 so that each step starts close to the identity; with
+            the MADE's zero-initialised outputs a step starts as :math:`z ↦ σ(c) z`).
     """
 
     domain = constraints.real_vector
     codomain = constraints.real_vector
     bijective = True
 
-    def __init__(self, made: MADE, context: Optional[Tensor] = None, *, gate_bias: float = 1.0,
+    def __init__(self, made: MADE, context: Optional[Tensor] = None, *, gate_bias: float = 2.0,
                  cache_size: int = 1) -> None:
         super().__init__(cache_size=cache_size)
         self.made, self.context, self.gate_bias = made, context, float(gate_bias)

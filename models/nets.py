@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.distributions import Bernoulli, Distribution, Independent, Normal
 from torch.nn.functional import softplus
 
-from scg._checks import check_positive_int
+from scg._checks import check_positive, check_positive_int
 
 __all__ = [
     "mlp",
@@ -147,6 +147,7 @@ class GaussianDecoder(nn.Module):
                  activation: type[nn.Module] = nn.Tanh, *, shared_scale: bool = True,
                  init_scale: float = 1.0) -> None:
         super().__init__()
+        check_positive("init_scale", init_scale)
         self.net = mlp([z_dim, *hidden, x_dim], activation)
         n = 1 if shared_scale else x_dim
         self.log_scale = nn.Parameter(torch.full((n,), float(torch.tensor(init_scale).log())))

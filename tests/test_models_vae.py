@@ -253,3 +253,22 @@ def test_vae_and_iwae_errors():
 def test_rsample_from_noise_rejects_non_gaussian_base():
     with pytest.raises(TypeError, match="`q` must be a Normal"):
         rsample_from_noise(torch.distributions.Bernoulli(torch.tensor([0.5])), torch.zeros(1, 1))
+
+
+def test_conditional_distribution_contract_and_net_errors():
+    from scg.models import BernoulliEncoder, BernoulliPrior, StandardNormalPrior, mlp
+
+    x = torch.rand(5, 4)
+    for module, event in [(GaussianEncoder(4, 3, (6,)), 3), (BernoulliEncoder(4, 3), 3),
+                          (BernoulliDecoder(4, 2, ()), 2), (GaussianDecoder(4, 2, (6,), shared_scale=False), 2)]:
+        d = module(x)
+        assert d.batch_shape == (5,) and d.event_shape == (event,)
+        assert d.log_prob(d.sample()).shape == (5,)
+    assert StandardNormalPrior(3)((2, 5)).batch_shape == (2, 5)
+    assert BernoulliPrior(3, learn=False)((4,)).event_shape == (3,)
+    with pytest.raises(ValueError, match=r"`sizes` must have at least 2 entries \(input and output\); got \[3\]"):
+        mlp([3])
+    with pytest.raises(ValueError, match="`init_scale` must be"):
+        GaussianDecoder(2, 2, init_scale=-1.0)
+    with pytest.raises(ValueError, match="`z_dim` must be"):
+        GaussianEncoder(2, 0)
