@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 from torch.distributions import Distribution, Independent
+from torch.distributions.utils import lazy_property
 
 __all__ = ["unwrap", "expected_cost_shape", "parameters_of", "evaluate"]
 
@@ -45,7 +46,10 @@ def parameters_of(dist: Distribution) -> dict[str, Tensor]:
     base, _ = unwrap(dist)
     out: dict[str, Tensor] = {}
     for name in base.arg_constraints:
-        value = base.__dict__.get(name)
+        if isinstance(getattr(type(base), name, None), lazy_property):
+            value = base.__dict__.get(name)  # set at construction, or a cached derived value
+        else:
+            value = getattr(base, name, None)  # plain attribute or property (e.g. Beta's concentrations)
         if isinstance(value, Tensor):
             out[name] = value
     if "logits" in out and "probs" in out:  # one is a cached lazy property of the other

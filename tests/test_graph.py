@@ -245,11 +245,6 @@ def test_moving_average_and_learned_baselines_exact():
     torch.testing.assert_close(torch.cat([net.weight.grad.reshape(-1), net.bias.grad]), expected.reshape(-1))
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="scg.baselines.Learned requires a [*batch] output; a child node's inputs vary per graph "
-    "sample, so it must also accept [S, *batch] (fix proposed to the owner of scg/baselines/learned.py)",
-)
 def test_learned_baseline_on_a_child_node_takes_its_parents_exact():
     net = nn.Linear(1, 1)
     nvil = scg.ScoreFunction(B.Learned(net))

@@ -78,8 +78,8 @@ class Delta(ControlVariate):
             )
         batch = tuple(ctx.dist.batch_shape)
         event = tuple(ctx.dist.event_shape)
-        mu0 = base.loc.detach().expand(*batch, *event).clone()
-        sigma = base.scale.expand(*batch, *event)
+        mu0 = base.loc.detach().expand(batch + event).clone()
+        sigma = base.scale.expand(batch + event)
         f = ctx.f
 
         def total(x: Tensor) -> Tensor:
@@ -90,7 +90,7 @@ class Delta(ControlVariate):
         g = grad_fn(mu0).detach()
         n_event = max(1, int(torch.tensor(event).prod()) if event else 1)
         basis = torch.eye(n_event, dtype=mu0.dtype, device=mu0.device).reshape(n_event, *([1] * len(batch)), *event)
-        basis = basis.expand(n_event, *batch, *event).contiguous()
+        basis = basis.expand((n_event,) + batch + event).contiguous()
 
         def hvp(v: Tensor) -> Tensor:
             return torch.func.jvp(grad_fn, (mu0,), (v,))[1]
@@ -104,7 +104,7 @@ class Delta(ControlVariate):
         dz = ctx.samples - mu0
         h = f0 + reduce(g * dz) + 0.5 * reduce(h_diag * dz * dz)  # [S, *batch]
         c = self.current_coefficient(signal)
-        mu = base.loc.expand(*batch, *event)
+        mu = base.loc.expand(batch + event)
         dmu = mu - mu0
         expected_h = f0 + reduce(g * dmu) + 0.5 * reduce(h_diag * (dmu * dmu + sigma * sigma))
         extra = c * (expected_h - expected_h.detach())

@@ -41,7 +41,9 @@ class Learned(ControlVariate):
 
     Args:
         module: maps the context ``[*batch_shape, ...]`` to ``[*batch_shape]`` or
-            ``[*batch_shape, 1]``. The context is the ``context=`` argument of
+            ``[*batch_shape, 1]`` — or ``[S, *batch_shape]`` when the context varies per
+            sample (a child node's parents in a :class:`scg.Graph`; still unbiased,
+            since the parents do not depend on the node's own sample). The context is the ``context=`` argument of
             :func:`scg.expectation` (e.g. the data x) or, when omitted, the detached
             distribution parameters flattened to ``[*batch_shape, P]``.
 
@@ -60,12 +62,14 @@ class Learned(ControlVariate):
         inputs = ctx.context if ctx.context is not None else default_features(ctx)
         b = self.module(inputs)
         batch = tuple(signal.shape[1:])
-        if tuple(b.shape) == batch + (1,):
+        full = tuple(signal.shape)
+        if tuple(b.shape) in (batch + (1,), full + (1,)):
             b = b.squeeze(-1)
-        if tuple(b.shape) != batch:
+        if tuple(b.shape) not in (batch, full):
             raise ValueError(
-                f"`module` of Learned must return [*batch_shape] = {list(batch)} "
-                f"(or with a trailing 1); got {list(b.shape)}."
+                f"`module` of Learned must return [*batch_shape] = {list(batch)} or, when the context "
+                f"varies per sample (inputs of a child node in a Graph), [S, *batch_shape] = {list(full)} "
+                f"(either with a trailing 1 allowed); got {list(b.shape)}."
             )
         r = ((signal.detach() - b) ** 2).mean(0)
         return signal - b.detach(), r - r.detach()
