@@ -280,15 +280,16 @@ class Graph:
         deps = set(found)
         for n in found:
             deps |= self._nodes[n].ancestors
-        for n in deps:
+        scored = tuple(n for n in self._order(deps) if self._nodes[n].log_prob is not None)
+        for n in scored:
             node = self._nodes[n]
-            if node.log_prob is not None and aligned_shape(tuple(node.log_prob.shape), tuple(value.shape)) is None:
+            if aligned_shape(tuple(node.log_prob.shape), tuple(value.shape)) is None:  # type: ignore[union-attr]
                 raise ValueError(
                     f"sample dims do not match: cost {name!r} has shape {list(value.shape)} and depends on node "
-                    f"{n!r} whose log-probability has shape {list(node.log_prob.shape)}; they must agree on "
+                    f"{n!r} whose log-probability has shape {list(node.log_prob.shape)}; they must agree on "  # type: ignore[union-attr]
                     "[S, *batch] from the left (extra node dims are summed, size-1 dims broadcast)."
                 )
-        self._costs[name] = Cost(name=name, value=value, scale=scale, deps=frozenset(deps))
+        self._costs[name] = Cost(name=name, value=value, scale=scale, deps=frozenset(deps), scored=scored)
 
     # -------------------------------------------------------------- surrogate
     def surrogate(self) -> Tensor:
@@ -309,19 +310,17 @@ class Graph:
         total: Optional[Tensor] = None
         for c in self._costs.values():
             term = c.value
-            if grad:
-                scored = tuple(n for n in self._order(c.deps) if nodes[n].log_prob is not None)
-                if scored:
-                    shape = tuple(c.value.shape)
-                    key = (scored, shape)
-                    box = box_cache.get(key)
-                    if box is None:
-                        tau = None
-                        for n in scored:
-                            lp = align(nodes[n].log_prob, shape)  # type: ignore[arg-type]
-                            tau = lp if tau is None else tau + lp
-                        box = box_cache[key] = magic_box(tau)  # type: ignore[arg-type]
-                    term = box * term
+            if grad and c.scored:
+                shape = tuple(term.shape)
+                key = (c.scored, shape)
+                box = box_cache.get(key)
+                if box is None:
+                    tau = None
+                    for n in c.scored:
+                        lp = align(nodes[n].log_prob, shape)  # type: ignore[arg-type]
+                        tau = lp if tau is None else tau + lp
+                    box = box_cache[key] = magic_box(tau)  # type: ignore[arg-type]
+                term = box * term
             t = term.mean(0).sum()
             if c.scale != 1.0:
                 t = t * c.scale

@@ -68,6 +68,7 @@ class Cost:
     value: Tensor
     scale: float
     deps: frozenset[str]
+    scored: tuple[str, ...] = ()  # score-function nodes among deps, in sampling order
 
 
 def default_estimator(dist: Distribution, num_samples: int) -> Estimator:
