@@ -50,6 +50,7 @@ References:
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -67,6 +68,8 @@ from scg.distributed import init_from_env, rank_and_world, rank_seed, sync_buffe
 from scg.models.train import History, TrainConfig, atomic_save, resolve_device
 
 __all__ = ["local_slice", "DataParallelStep", "fit_distributed"]
+
+_DDP_ARGS = inspect.signature(DistributedDataParallel.__init__).parameters
 
 
 def local_slice(n: int, rank: int, world: int) -> slice:
@@ -99,7 +102,7 @@ class DataParallelStep:
 
     .. math:: \text{backward of } \frac{W n_r}{n} L_r \;\Rightarrow\; \text{grad} = \sum_r \frac{n_r}{n} ∇L_r
 
-    Wraps ``model`` in ``DistributedDataParallel`` (``broadcast_buffers=False``)
+    Wraps ``model`` in ``DistributedDataParallel`` (buffers not broadcast in forward)
     when the world has more than one rank; with one rank it is a plain
     ``model.loss(x).backward()``.
 
@@ -119,8 +122,11 @@ class DataParallelStep:
         self.rank, self.world = rank_and_world(group)
         self.ddp: Optional[DistributedDataParallel] = None
         if self.world > 1:
-            self.ddp = DistributedDataParallel(_Loss(model), device_ids=device_ids, broadcast_buffers=False,
-                                               find_unused_parameters=find_unused_parameters, process_group=group)
+            # Buffers are synced at construction (rank 0's) and then averaged by sync(), not broadcast each forward.
+            no_broadcast = ({"forward_sync_buffers": False} if "forward_sync_buffers" in _DDP_ARGS
+                            else {"broadcast_buffers": False})
+            self.ddp = DistributedDataParallel(_Loss(model), device_ids=device_ids, process_group=group,
+                                               find_unused_parameters=find_unused_parameters, **no_broadcast)
 
     def backward(self, x: Tensor, *, total: int, step: int = 0) -> Tensor:
         """Back-propagate this rank's weighted loss; ``.grad`` then holds the rank-averaged gradient.
