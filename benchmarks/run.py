@@ -36,11 +36,11 @@ from _timing import CLOCKS, load, machine  # noqa: E402
 
 #: Case name -> module (each has NAME, TITLE and run(Options) -> Result).
 CASES = {
-    "vae": "vae_pathwise",
-    "discrete": "discrete_vae",
-    "iwae": "iwae_scaling",
-    "gradient_samples": "gradient_samples",
-    "graph": "graph_overhead",
+    "vae": "case_vae",
+    "discrete": "case_discrete",
+    "iwae": "case_iwae",
+    "gradient_samples": "case_gradient_samples",
+    "graph": "case_graph",
 }
 
 

@@ -19,7 +19,7 @@ All draw ε with one ``torch.randn``-equivalent call of shape ``[B, L]``, so aft
 same seed they see the same noise: the check compares objective values (and the
 gradients of scg and hand-written, and Pyro's ``differentiable_loss`` gradient).
 
-Run alone: ``python benchmarks/vae_pathwise.py [--quick]`` (or through ``run.py``).
+Run alone: ``python benchmarks/case_vae.py [--quick]`` (or through ``run.py``).
 """
 
 from __future__ import annotations

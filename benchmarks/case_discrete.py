@@ -23,7 +23,7 @@ binarised training digits; one sample; loss = batch mean of the negative ELBO
   ``∇ log q`` of the entropy: another unbiased estimator of the same gradient, so
   only the objective *values* are compared (same seed: same b).
 
-Run alone: ``python benchmarks/discrete_vae.py [--quick]`` (or through ``run.py``).
+Run alone: ``python benchmarks/case_discrete.py [--quick]`` (or through ``run.py``).
 """
 
 from __future__ import annotations
