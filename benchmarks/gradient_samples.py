@@ -11,12 +11,13 @@ a VAE's negative ELBO with a fixed (not trained) linear Bernoulli decoder 16 →
   copied into a preallocated ``[num, P]`` tensor;
 * ``gradient_samples``: ``scg.diagnostics.gradient_samples(fn, params, num)``.
 
-They are run interleaved after a warm-up, ``--repeats`` times; medians and the
-ratio are printed. Both draw the same estimator (not the same noise): the check
+They are run interleaved (the order rotated every round) after one warm-up run each,
+``--repeats`` times, for each ``--threads`` setting; medians and the ratio are printed. Both draw the same estimator (not the same noise): the check
 compares their means parameter by parameter (z-test, Bonferroni over P at 1e-3)
 and their total variances.
 
-Run: ``python benchmarks/gradient_samples.py [--num 1000] [--repeats 5] [--batch 16]``.
+Run: ``python benchmarks/gradient_samples.py [--num 1000] [--repeats 5] [--batch 16]
+[--threads 1,2] [--clock wall|cpu] [--chunk-size K]``.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from torch.func import functional_call
 import scg
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _timing import interleaved, machine, medians, report  # noqa: E402
+from _timing import blocks, machine, medians, report  # noqa: E402
 
 LATENT = 16
 
@@ -121,12 +122,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--threads", default="1,2", help="comma-separated torch intra-op thread counts to run (default 1,2)"
     )
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall: perf_counter; cpu: this process's CPU time (robust to other processes on a shared "
+        "machine; meaningful with --threads 1)",
+    )
     args = parser.parse_args(argv)
 
     x, encoder, decoder, neg_elbo = build(args.batch)
     P = sum(p.numel() for p in encoder.parameters())
     print(machine())
-    print(f"load average: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    print(f"load average: {' '.join(f'{v:.2f}' for v in os.getloadavg())}; clock: {args.clock}")
     print(f"encoder 64-128-2x{LATENT}: P = {P} parameters; batch {args.batch}; {args.num} estimates per run; "
           f"chunk_size {args.chunk_size}; {args.repeats} interleaved repeats after 1 warm-up")
 
@@ -146,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     for threads in [int(t) for t in args.threads.split(",")]:
         torch.set_num_threads(threads)
         print(f"\n### torch threads = {threads}\n")
-        times = interleaved({k: keep(k, f) for k, f in candidates.items()}, repeats=args.repeats)
+        times = blocks({k: keep(k, f) for k, f in candidates.items()}, rounds=args.repeats, clock=args.clock)
         print(report(times, baseline="loop of backward()"))
         med = medians(times)
         ratio = med["loop of backward()"] / med["gradient_samples"]

@@ -163,14 +163,20 @@ def gradient_samples(
         return out
 
     batched = torch.func.vmap(torch.func.grad(scalar), in_dims=(None, 0), randomness="different")
-    ref = leaves[0]
-    chunks = []
+    dtype = leaves[0].dtype
+    for t in leaves[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    device = leaves[0].device
+    out = torch.empty(num, total, dtype=dtype, device=device)
     for start in range(0, num, chunk_size):
         size = min(chunk_size, num - start)
-        grads = batched(structure, torch.zeros(size, device=ref.device))
-        flat = grads.values() if isinstance(grads, Mapping) else grads
-        chunks.append(torch.cat([g.reshape(size, -1) for g in flat], dim=1))
-    return chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=0)
+        grads = batched(structure, torch.zeros(size, device=device))
+        offset = 0
+        for g in grads.values() if isinstance(grads, Mapping) else grads:
+            n = g.numel() // size
+            out[start : start + size, offset : offset + n] = g.reshape(size, n)
+            offset += n
+    return out
 
 
 class Summary(NamedTuple):
