@@ -35,12 +35,12 @@ def _data():
     return torch.rand(60, 8, generator=g), torch.rand(20, 8, generator=g)
 
 
-def _model():
+def _model(flow: bool = True):
     torch.manual_seed(0)
     enc = GaussianEncoder(8, 2, (6,))
     est = scg.ScoreFunction(baseline=scg.baselines.MovingAverage())  # stateful estimator: must be checkpointed
-    return VAE(FlowPosterior(enc, flow_layers("iaf", 2, 1, hidden=(4,))), BernoulliDecoder(2, 8, (6,)),
-               estimator=est, kl="mc", warmup=10)
+    q = FlowPosterior(enc, flow_layers("iaf", 2, 1, hidden=(4,))) if flow else enc
+    return VAE(q, BernoulliDecoder(2, 8, (6,)), estimator=est, kl="mc", warmup=10)
 
 
 def _state(m):
@@ -128,3 +128,49 @@ def test_smoke_vae_iwae_flows_on_tiny_digits(kind, length, gradient):
     ll = log_likelihood(m, d.test[:10], num_samples=20, chunk_size=8)
     assert ll.shape == (10,) and torch.isfinite(ll).all()
     assert 0 <= active_units(q, d.test[:10])[0] <= 3
+
+
+_KILLABLE = r"""
+import sys, torch
+torch.set_num_threads(1)
+sys.path.insert(0, {tests!r})
+from test_models_train import _data, _model
+from scg.models import fit, TrainConfig
+from scg.models.data import binarize
+train, val = _data()
+fit(_model(flow=False), train, val, config=TrainConfig(epochs={epochs}, batch_size=16, seed=3, progress=False),
+    out_dir={out!r}, transform=binarize)
+"""
+
+
+def test_killed_process_resumes_to_the_uninterrupted_result(tmp_path):
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    epochs = 25
+    out = tmp_path / "killed"
+    code = _KILLABLE.format(tests=str(Path(__file__).parent), epochs=epochs, out=str(out))
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            h = out / "history.json"
+            if h.exists() and len(json.loads(h.read_text())["epochs"]) >= 2:
+                break
+            time.sleep(0.05)
+    finally:
+        proc.kill()  # SIGKILL: no clean-up in the child
+        proc.wait()
+    finished = len(torch.load(out / "last.pt", weights_only=False)["history"]["epochs"])
+    assert 2 <= finished
+    train, val = _data()
+    cfg = TrainConfig(epochs=epochs, batch_size=16, seed=3, progress=False)
+    resumed = _model(flow=False)
+    h = fit(resumed, train, val, config=cfg, out_dir=out, transform=binarize)
+    reference = _model(flow=False)
+    fit(reference, train, val, config=cfg, transform=binarize)
+    assert len(h.epochs) == epochs
+    for k, v in reference.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
