@@ -59,7 +59,12 @@ class Graph:
       is assumed to depend on them (unbiased, more variance than necessary).
     * Score-function samples are returned as ``z + 0`` with a zero leaf that
       requires grad; ``loss.backward()`` then also back-propagates the costs to
-      these samples (``torch.autograd.grad(loss, params)`` prunes that work).
+      these samples (e.g. the input gradient of a decoder's first layer).
+      ``loss.backward(inputs=params)`` or ``torch.autograd.grad(loss, params)``
+      prunes that work. ``benchmarks/graph_overhead.py`` measures both.
+    * The walk is Python: a fixed cost per node and cost (tens of µs), plus the
+      autograd nodes between the first graph node and each cost. Under
+      ``torch.compile`` the walk runs eagerly (graph breaks); results are the same.
 
     Shapes: one sample dimension S = ``num_samples`` (dim 0) is shared by the whole
     graph — sample s of every node and cost is one joint draw of the graph, so
@@ -377,7 +382,8 @@ class Graph:
         return marker
 
     def _check_finite(self, total: Tensor) -> None:
-        if under_transform(total) or bool(torch.isfinite(total)):
+        # On accelerators the check would synchronise the device every step: skipped there.
+        if total.device.type != "cpu" or under_transform(total) or bool(torch.isfinite(total)):
             return
         for c in self._costs.values():
             if not bool(torch.isfinite(c.value).all()):

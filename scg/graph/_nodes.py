@@ -29,7 +29,7 @@ from scg.baselines.base import ControlVariate, SignalContext, score_sq_norm
 from scg.estimators import GumbelSoftmax, Pathwise, ScoreFunction, StraightThrough
 from scg.estimators.base import Estimator
 from scg.estimators.pathwise import reparameterize
-from scg.laws import FromDistribution, law_like
+from scg.laws import FromDistribution, StandardNormal, law_like
 
 __all__ = ["Node", "Cost", "SUPPORTED", "default_estimator", "check_estimator", "draw", "context_for"]
 
@@ -168,7 +168,10 @@ def draw(
         else:
             params = parameters_of(base)
             ref = next(iter(params.values())) if params else base.mean
-            eps = law_like(law_cls, shape, ref).sample()
+            if law_cls is StandardNormal:  # the common case, without constructing the law object
+                eps = torch.randn(shape, dtype=ref.dtype, device=ref.device)
+            else:
+                eps = law_like(law_cls, shape, ref).sample()
         return sample(eps), {"eps": eps}
     # Relaxations: let the estimator build its sample and capture what it feeds to f.
     n = 1 if child else num_samples
