@@ -147,11 +147,14 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=30)
     parser.add_argument("--inner", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--validate", action="store_true",
+                        help="keep torch.distributions argument validation on (off by default, as in run.py)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    torch.distributions.Distribution.set_default_validate_args(args.validate)
     sizes = list(SIZES) if args.size == "all" else [args.size]
-    print(f"torch {torch.__version__}, {args.threads} thread(s), CPU time per step, fastest of {args.reps} blocks x "
-          f"{args.inner} steps (ratio of medians in the last column)")
+    print(f"torch {torch.__version__}, {args.threads} thread(s), validate_args={args.validate}, CPU time per step, "
+          f"fastest of {args.reps} blocks x {args.inner} steps (ratio of medians in the last column)")
     print(f"{'size':>7} {'S':>3} {'B':>4} {'D':>4} {'H':>4} | {'mode':>8} {'graph ms':>9} {'DiCE ms':>9} {'ratio':>6} "
           f"{'overhead us':>12} {'median ratio':>13}")
     for size in sizes:
