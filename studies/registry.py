@@ -9,7 +9,13 @@ from scg.studies.base import Study
 __all__ = ["STUDIES", "get_study", "study_names"]
 
 #: name -> "module:Class" (imported lazily so ``scg-study list`` stays fast).
-STUDIES: dict[str, str] = {}
+STUDIES: dict[str, str] = {
+    "gaussian": "scg.studies.gaussian:Gaussian",
+    "blr": "scg.studies.blr:BLR",
+    "doubly-stochastic": "scg.studies.doubly_stochastic:DoublyStochastic",
+    "discrete-vae": "scg.studies.discrete_vae:DiscreteVAEStudy",
+    "flows-2d": "scg.studies.flows_2d:Flows2D",
+}
 
 
 def study_names() -> list[str]:
