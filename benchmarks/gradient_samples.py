@@ -12,9 +12,10 @@ a VAE's negative ELBO with a fixed (not trained) linear Bernoulli decoder 16 →
 * ``gradient_samples``: ``scg.diagnostics.gradient_samples(fn, params, num)``.
 
 They are run interleaved (the order rotated every round) after one warm-up run each,
-``--repeats`` times, for each ``--threads`` setting; medians and the ratio are printed. Both draw the same estimator (not the same noise): the check
-compares their means parameter by parameter (z-test, Bonferroni over P at 1e-3)
-and their total variances.
+``--repeats`` times, for each ``--threads`` setting; medians and the ratio are
+printed. Both draw the same estimator (not the same noise): the check compares
+their means parameter by parameter (z-test, Bonferroni over P at 1e-3) and their
+total variances. Results and a profile: ``docs/benchmarks.md``.
 
 Run: ``python benchmarks/gradient_samples.py [--num 1000] [--repeats 5] [--batch 16]
 [--threads 1,2] [--clock wall|cpu] [--chunk-size K]``.

@@ -27,6 +27,12 @@ Params = Union[Mapping[str, Tensor], Sequence[Tensor]]
 DEFAULT_CHUNK_ELEMENTS: int = 2**24
 
 
+def _floating(leaves: list[Tensor], labels: list[str]) -> None:
+    for t, label in zip(leaves, labels):
+        if not (t.is_floating_point() or t.is_complex()):
+            raise TypeError(f"`params` must be floating-point tensors; got dtype {t.dtype} for {label}.")
+
+
 def _leaves(params: Params) -> tuple[Any, list[Tensor]]:
     """Validate ``params``; return a detached copy of the same structure and its tensors in order."""
     if isinstance(params, Tensor):
@@ -41,6 +47,7 @@ def _leaves(params: Params) -> tuple[Any, list[Tensor]]:
         for name, value in items:
             if not isinstance(value, Tensor):
                 raise TypeError(f"`params` values must be tensors; got {type(value).__name__} for {name!r}.")
+        _floating([v for _, v in items], [repr(name) for name, _ in items])
         detached: Any = {name: value.detach() for name, value in items}
         return detached, list(detached.values())
     if isinstance(params, Sequence) and not isinstance(params, (str, bytes)):
@@ -50,6 +57,7 @@ def _leaves(params: Params) -> tuple[Any, list[Tensor]]:
         for i, value in enumerate(values):
             if not isinstance(value, Tensor):
                 raise TypeError(f"`params` elements must be tensors; got {type(value).__name__} at index {i}.")
+        _floating(values, [f"index {i}" for i in range(len(values))])
         detached = [value.detach() for value in values]
         return (tuple(detached) if isinstance(params, tuple) else detached), detached
     raise TypeError(
@@ -186,7 +194,8 @@ class Summary(NamedTuple):
         mean: sample mean of the estimates.
         variance: unbiased sample variance (ddof = 1) of one estimate.
         std_error: standard error of ``mean``, ``sqrt(variance / num)``.
-        snr: signal-to-noise ratio ``|mean| / sqrt(variance)`` of one estimate.
+        snr: signal-to-noise ratio ``|mean| / sqrt(variance)`` of one estimate
+            (inf where only the variance is 0, nan where both are).
         z: bias z-score ``(mean − reference) / std_error`` or ``None`` without a
             reference (0 where both the error and the standard error are 0, ±inf
             where only the standard error is 0).

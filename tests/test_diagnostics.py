@@ -191,6 +191,8 @@ def _fn(p) -> Tensor:
         ({"params": []}, ValueError, r"`params` must not be empty; got an empty sequence"),
         ({"params": {"w": 1.0}}, TypeError, r"`params` values must be tensors; got float for 'w'"),
         ({"params": [torch.ones(1), 2]}, TypeError, r"`params` elements must be tensors; got int at index 1"),
+        ({"params": {"w": torch.ones(2, dtype=torch.long)}}, TypeError, r"floating-point .* torch.int64 for 'w'"),
+        ({"params": [torch.ones(2, dtype=torch.long)]}, TypeError, r"floating-point .* torch.int64 for index 0"),
         ({"params": torch.ones(2)}, TypeError, r"`params` must be a dict .* got a single Tensor"),
         ({"params": 3}, TypeError, r"`params` must be a dict name -> tensor or a sequence of tensors; got int"),
         ({"fn": 3}, TypeError, r"`fn` must be callable; got int"),
