@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 from torch.distributions import Bernoulli, Independent, Normal
@@ -12,7 +13,15 @@ from torch.distributions import Bernoulli, Independent, Normal
 import scg
 from scg import baselines as B
 
-torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def _float64():
+    """This module works in float64; the default dtype is restored after each test."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 def test_moving_average_is_bias_corrected_and_uses_only_earlier_draws():

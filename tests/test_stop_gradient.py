@@ -22,7 +22,15 @@ from torch.distributions import (
 
 import scg
 
-torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def _float64():
+    """This module works in float64; the default dtype is restored after each test."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 class ModuleAffine(Transform, nn.Module):
