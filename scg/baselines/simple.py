@@ -75,18 +75,23 @@ class MovingAverage(ControlVariate):
         return self.numerator / self.denominator
 
     def forward(self, signal: Tensor, ctx: SignalContext) -> tuple[Tensor, Optional[Tensor]]:
-        num, den = self.numerator.to(signal), self.denominator.to(signal)
-        b = torch.where(den > 0, num / den.clamp_min(torch.finfo(signal.dtype).tiny), torch.zeros_like(num))
+        num, den = self.numerator, self.denominator
+        if num.dtype != signal.dtype or num.device != signal.device:
+            num, den = num.to(signal), den.to(signal)
+        # num = 0 whenever den = 0 (both start at 0; den > 0 after an update with any weight),
+        # so the clamp makes b = 0 before the first update without a branch.
+        b = num / den.clamp_min(torch.finfo(signal.dtype).tiny)
         if self.updating(signal):
-            with torch.no_grad():
+            with torch.no_grad():  # few in-place ops: this runs every step
                 a = signal.detach()
                 if self.optimal:
                     w = ctx.score_sq_norm()
                     new_num, new_den = (a * w).mean(), w.mean()
                 else:
-                    new_num, new_den = a.mean(), torch.ones_like(num)
-                self.numerator.copy_(self.decay * num + (1 - self.decay) * new_num)
-                self.denominator.copy_(self.decay * den + (1 - self.decay) * new_den)
+                    new_num, new_den = a.mean(), 1.0
+                self.numerator.mul_(self.decay).add_(new_num.to(self.numerator), alpha=1 - self.decay)
+                self.denominator.mul_(self.decay).add_(new_den if isinstance(new_den, float)
+                                                       else new_den.to(self.denominator), alpha=1 - self.decay)
         return signal - b, None
 
     def extra_repr(self) -> str:
