@@ -67,20 +67,19 @@ def walk(roots: Iterable[Optional[Any]], boundaries: Mapping[int, str], floor: i
         return found
     seen: set[Any] = set()
     stack = [r for r in roots if r is not None]
+    pop, push, mark, name_of = stack.pop, stack.append, seen.add, boundaries.get
     while stack:
-        fn = stack.pop()
+        fn = pop()
         if fn in seen:
             continue
-        seen.add(fn)
-        name = boundaries.get(id(fn))
+        mark(fn)
+        name = name_of(id(fn))
         if name is not None:
             found.add(name)
-            continue
-        if fn._sequence_nr() < floor:
-            continue
-        for nxt, _ in fn.next_functions:
-            if nxt is not None:
-                stack.append(nxt)
+        elif fn._sequence_nr() >= floor:
+            for nxt, _ in fn.next_functions:
+                if nxt is not None:
+                    push(nxt)
     return found
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Mapping, Optional, Sequence
 
 import torch
@@ -383,7 +384,7 @@ class Graph:
 
     def _check_finite(self, total: Tensor) -> None:
         # On accelerators the check would synchronise the device every step: skipped there.
-        if total.device.type != "cpu" or under_transform(total) or bool(torch.isfinite(total)):
+        if total.device.type != "cpu" or under_transform(total) or math.isfinite(total.item()):
             return
         for c in self._costs.values():
             if not bool(torch.isfinite(c.value).all()):

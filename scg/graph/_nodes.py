@@ -149,7 +149,8 @@ def draw(
         else:
             with torch.no_grad():
                 z = dist.sample(lead)
-        z = z.detach()
+        if z.requires_grad:  # pragma: no cover - samples never carry gradient
+            z = z.detach()
         return z, {"z": z}
     if isinstance(estimator, Pathwise):
         rep = reparameterize(dist)
