@@ -14,7 +14,7 @@ from scg._dist import magic_box
 from scg.estimators import ScoreFunction
 from scg.estimators.base import Estimator
 from scg.graph._dataflow import align, aligned_shape, autograd_node, is_tracked, tensors_of, walk
-from scg.graph._nodes import Cost, Node, check_estimator, context_for, default_estimator, draw
+from scg.graph._nodes import Cost, Node, baseline_term, check_estimator, default_estimator, draw
 
 __all__ = ["Graph"]
 
@@ -41,6 +41,13 @@ class Graph:
     * ``Pathwise``: the sample is reparameterised and gradients flow through it;
       a pathwise node between score-function nodes passes their terms through.
     * ``GumbelSoftmax``/``StraightThrough``: relaxed samples (biased), as above.
+
+    Requires: every node's estimator applies to its distribution; data flow from
+    nodes to costs visible to autograd or declared (below). Properties: unbiased
+    (first and higher order, in the model's parameters) when every node's estimator and control variate is
+    unbiased; a cost adds variance only to the nodes upstream of it; one evaluation
+    of the model per graph sample, plus one Python walk of the autograd graph per
+    node and cost.
 
     Data flow is read from autograd, without wrapping tensors: a cost depends on a
     node when the node's returned value is an ancestor of the cost in the autograd
@@ -90,7 +97,7 @@ class Graph:
     say it is a root).
 
     Args:
-        num_samples: S ≥ 1, the shared sample dimension (keyword-only).
+        num_samples: S ≥ 1, the shared sample dimension.
         draws: replay the random inputs of earlier draws, ``{node name: draws}`` as
             returned by :attr:`draws` (common random numbers across estimators,
             exact checks by enumeration/quadrature). Score-function nodes take
@@ -336,24 +343,9 @@ class Graph:
                 est = node.estimator
                 if node.log_prob is None or not isinstance(est, ScoreFunction) or est.baseline is None:
                     continue
-                total = total + self._baseline_term(node, est)  # type: ignore[operator]
+                total = total + baseline_term(node, est, self._costs.values())  # type: ignore[operator]
         self._check_finite(total)  # type: ignore[arg-type]
         return total  # type: ignore[return-value]
-
-    def _baseline_term(self, node: Node, est: ScoreFunction) -> Tensor:
-        lp = node.log_prob
-        shape = tuple(lp.shape)  # type: ignore[union-attr]
-        signal: Optional[Tensor] = None
-        for c in self._costs.values():
-            if node.name in c.deps:
-                part = align(c.value if c.scale == 1.0 else c.value * c.scale, shape).expand(shape)
-                signal = part if signal is None else signal + part
-        if signal is None:  # no cost depends on this node: its score term is zero anyway
-            return lp.new_zeros(())  # type: ignore[union-attr]
-        new, extra = est.baseline(signal, context_for(node))  # type: ignore[misc]
-        b = (signal - new).detach()
-        out = ((1.0 - magic_box(lp)) * b).mean(0).sum()  # type: ignore[arg-type]
-        return out if extra is None else out + extra.sum()
 
     # ------------------------------------------------------------ inspection
     @property

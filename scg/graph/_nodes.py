@@ -17,21 +17,22 @@ Supported estimators and what the node's value is:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 import torch
 from torch import Tensor
 from torch.distributions import Distribution, OneHotCategorical, TransformedDistribution
 
-from scg._dist import parameters_of, unwrap
+from scg._dist import magic_box, parameters_of, unwrap
 from scg.baselines import Delta, LeaveOneOut
 from scg.baselines.base import ControlVariate, SignalContext, score_sq_norm
 from scg.estimators import GumbelSoftmax, Pathwise, ScoreFunction, StraightThrough
 from scg.estimators.base import Estimator
 from scg.estimators.pathwise import reparameterize
+from scg.graph._dataflow import align
 from scg.laws import FromDistribution, StandardNormal, law_like
 
-__all__ = ["Node", "Cost", "SUPPORTED", "default_estimator", "check_estimator", "draw", "context_for"]
+__all__ = ["Node", "Cost", "SUPPORTED", "default_estimator", "check_estimator", "draw", "context_for", "baseline_term"]
 
 #: Estimators a graph node accepts (exact types: subclasses may change the surrogate).
 SUPPORTED: tuple[type[Estimator], ...] = (Pathwise, ScoreFunction, GumbelSoftmax, StraightThrough)
@@ -227,3 +228,26 @@ def context_for(node: Node) -> SignalContext:
         f=_no_cost_function,
         context=node.context,
     )
+
+
+def baseline_term(node: Node, estimator: ScoreFunction, costs: Iterable[Cost]) -> Tensor:
+    r"""Node w's control-variate term :math:`Σ_{\text{batch}} \mathrm{mean}_S (1 − □(\log p(w)))\, b_w` (+ extras).
+
+    The learning signal :math:`A_w = Σ_{c ∋ w} s_c\, c` (costs brought to w's shape)
+    goes through the node's control variate; what it subtracts, :math:`b_w = A_w − A'_w`
+    (detached), enters DiCE-style (Mao et al. 2019): zero in value, :math:`−b_w ∇\log p(w)`
+    in gradient. A control variate's extra term (``Learned``'s regression) is added.
+    """
+    lp = node.log_prob
+    shape = tuple(lp.shape)  # type: ignore[union-attr]
+    signal: Optional[Tensor] = None
+    for c in costs:
+        if node.name in c.deps:
+            part = align(c.value if c.scale == 1.0 else c.value * c.scale, shape).expand(shape)
+            signal = part if signal is None else signal + part
+    if signal is None:  # no cost depends on this node: its score term is zero anyway
+        return lp.new_zeros(())  # type: ignore[union-attr]
+    new, extra = estimator.baseline(signal, context_for(node))  # type: ignore[misc]
+    b = (signal - new).detach()
+    out = ((1.0 - magic_box(lp)) * b).mean(0).sum()  # type: ignore[arg-type]
+    return out if extra is None else out + extra.sum()
