@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Optional
 
+import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
-from scg._dist import evaluate, magic_box
+from scg._dist import evaluate
 from scg.baselines.base import ControlVariate, SignalContext
 from scg.estimators.base import Cost, Estimator
 from scg.laws import FromDistribution, Law
@@ -84,7 +85,9 @@ class ScoreFunction(Estimator):
         if self.baseline is not None:
             ctx = SignalContext(dist=dist, samples=z, log_prob=log_q, f=f, context=context)
             signal, extra = self.baseline(cost, ctx)
-        out = (cost + (magic_box(log_q) - 1.0) * signal).mean(0)
+        # □(log q) − 1 as expm1(τ − stop(τ)): exactly 0 in value, the same derivatives of every
+        # order (d expm1 = exp), one op fewer forward and backward than magic_box(log_q) − 1.
+        out = (cost + torch.expm1(log_q - log_q.detach()) * signal).mean(0)
         return out if extra is None else out + extra
 
 
