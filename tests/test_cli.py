@@ -277,9 +277,11 @@ def test_plot_redraws_figure_from_results(tmp_path: Path) -> None:
     assert exc.value.code == 2
 
 
-def test_run_is_not_yet_available(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["run", "anything"]) == 2
-    assert "not yet available" in capsys.readouterr().err
+def test_run_unknown_study_lists_valid_ones(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["run", "anything"])
+    assert exc.value.code == 2
+    assert "unknown study 'anything'; valid studies:" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- registry and pieces
