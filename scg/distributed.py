@@ -158,7 +158,7 @@ def sync_buffers(module: nn.Module, *, group: Optional[dist.ProcessGroup] = None
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"`module` must be a torch.nn.Module; got {type(module).__name__}.")
-    rank, world = rank_and_world(group)
+    world = rank_and_world(group)[1]
     if world == 1:
         return
     src = _source(group)

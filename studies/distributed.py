@@ -132,8 +132,7 @@ def barrier() -> None:
     ``torchrun`` stops this rank; a rank that hangs is given up after
     ``SCG_DIST_TIMEOUT`` seconds.
     """
-    rank, world = rank_and_world()
-    if world > 1:
+    if rank_and_world()[1] > 1:
         dist.barrier()
 
 
