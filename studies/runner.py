@@ -133,6 +133,10 @@ def run_study(
         result.ran.append(key)
         bar.update(1)
     bar.close()
+    if world > 1:
+        from scg.studies.distributed import barrier
+
+        barrier()  # every rank has written its cells before rank 0 merges them
     if rank != 0:
         return result
     rows = merge_cells(study, cfg, out)
