@@ -158,7 +158,7 @@ class BLR(Study):
                 m.eval()
                 batches = [torch.randperm(m.n, generator=ctx.generator)[: cfg.batch_size].to(ctx.device)
                            for _ in range(cfg.grad_batches)]
-                g = torch.stack([_gradients(m, cfg.grad_per_batch, b) for b in batches])  # [K, J, 2D]
+                g = torch.stack([_gradients(m, cfg.grad_per_batch, b) for b in batches]).double()  # [K, J, 2D]
                 m.train()
                 v_mc, v_sub = anova(g)
                 mean = g.mean((0, 1))

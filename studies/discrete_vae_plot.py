@@ -45,10 +45,12 @@ def plot_discrete(rows: Sequence[Mapping[str, Any]], cfg: Any, out: Path) -> lis
     for ax in axes:
         ax.set_xlabel("training step")
         ax.grid(alpha=0.3, which="both")
-    lo = [r["train_elbo"] for r in rows if r.get("kind") == "elbo"]
-    if lo:
-        top = max(lo)
-        axes[2].set_ylim(max(min(lo), top - 40), top + 2)
+    elbos = [r for r in rows if r.get("kind") == "elbo"]
+    if elbos:  # zoom on the last three quarters of training, where the estimators differ
+        last = max(r["step"] for r in elbos)
+        late = [r["train_elbo"] for r in elbos if r["step"] >= last / 4]
+        top, bottom = max(late), min(late)
+        axes[2].set_ylim(bottom - 0.3 * (top - bottom) - 0.1, top + 0.2 * (top - bottom) + 0.1)
     axes[0].legend(fontsize=7)
     axes[2].legend(fontsize=7)
     arch = "linear" if not cfg.hidden else "-".join(map(str, cfg.hidden))

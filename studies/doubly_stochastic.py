@@ -215,7 +215,7 @@ class DoublyStochastic(Study):
 
     def smoke(self) -> DoublyStochasticConfig:
         return DoublyStochasticConfig(batch_sizes=(1, 569), num_samples=(1, 4), grad_estimates=200,
-                                      precise_samples=5000, quadrature_nodes=1201, fit_steps=50)
+                                      precise_samples=5000, quadrature_nodes=1201, fit_steps=20)
 
     def cells(self, cfg: DoublyStochasticConfig) -> list[dict[str, Any]]:
         for name, values, valid in (("estimators", cfg.estimators, ESTIMATORS), ("points", cfg.points, POINTS)):

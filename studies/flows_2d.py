@@ -133,8 +133,8 @@ class Flows2DConfig:
     potentials: tuple[str, ...] = tuple(POTENTIALS)
     kinds: tuple[str, ...] = KINDS
     lengths: tuple[int, ...] = (2, 8, 32)
-    steps: int = 600
-    anneal_steps: int = 300
+    steps: int = 400
+    anneal_steps: int = 200
     num_samples: int = 256
     lr: float = 5e-3
     coupling_hidden: int = 64
@@ -153,7 +153,7 @@ class Flows2D(Study):
     name = "flows-2d"
     description = "planar/radial/coupling flows on the 2-D potentials U1-U4: density pictures and KL on [-4,4]^2"
     reproduces = "Rezende & Mohamed 2015 Fig. 3: longer flows fit U1-U4 better (KL falls with K)"
-    time = {"smoke": "3 s", "full": "~6 min default on 2 CPU cores (600 steps); GPU for steps=20000"}
+    time = {"smoke": "3 s", "full": "~5 min default on 2 CPU cores (400 steps); GPU for steps=20000"}
     Config = Flows2DConfig
 
     def smoke(self) -> Flows2DConfig:

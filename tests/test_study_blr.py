@@ -1,0 +1,63 @@
+"""``scg-study run blr``: the smoke run, the analysis of variance, and the variance ordering at the start.
+
+The smoke run has a fixed seed, so its numbers are deterministic; the ordering check
+below holds by a factor of ~100 in the default run (docs/studies/blr/README.md), so a
+factor of 10 has a negligible false-failure rate (< 1e-3) had the seed been random.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+import torch
+
+from scg.studies import cli
+from scg.studies.blr import ESTIMATORS, anova, ordering
+
+
+def test_anova_is_exact_on_constructed_groups():
+    # J estimates at each of K batches: within-batch spread 0 -> all variance is between batches
+    means = torch.tensor([[1.0, -2.0], [3.0, 0.0], [5.0, 2.0]], dtype=torch.float64)  # [K, P]
+    g = means.unsqueeze(1).expand(3, 4, 2)
+    within, between = anova(g)
+    torch.testing.assert_close(within, torch.zeros(2, dtype=torch.float64))
+    torch.testing.assert_close(between, means.var(0))
+    # identical batches, spread within: the between part is −within/J + var of means = 0 here
+    noise = torch.tensor([-1.0, 1.0, -1.0, 1.0], dtype=torch.float64)
+    g = noise.view(1, 4, 1).expand(3, 4, 1)
+    within, between = anova(g)
+    torch.testing.assert_close(within, torch.tensor([4.0 / 3.0], dtype=torch.float64))
+    torch.testing.assert_close(between, torch.tensor([-1.0 / 3.0], dtype=torch.float64))
+
+
+def test_smoke_run(tmp_path):
+    assert cli.main(["run", "blr", "--smoke", "--out", str(tmp_path), "-q"]) == 0
+    for name in ("manifest.json", "results.csv", "blr_elbo.png", "blr_variance_steps.png", "blr_variance_dims.png"):
+        assert (tmp_path / name).is_file(), name
+    assert json.loads((tmp_path / "manifest.json").read_text())["config"]["steps"] == 10
+    rows = list(csv.DictReader(open(tmp_path / "results.csv")))
+    assert {r["estimator"] for r in rows} == set(ESTIMATORS)
+    var = [r for r in rows if r["kind"] == "variance"]
+    assert len(var) == len(ESTIMATORS) * 2 * 62  # 2 checkpoints × (31 μ + 31 ρ)
+    for r in var:
+        assert math.isclose(float(r["variance_total"]), float(r["variance_mc"]) + float(r["variance_subsampling"]),
+                            rel_tol=1e-9)
+        assert float(r["variance_mc"]) > 0
+    mvd = next(r for r in rows if r["kind"] == "elbo" and r["estimator"] == "measure_valued")
+    assert int(mvd["evaluations_per_step"]) == 4 * (1 + 4 * 31)  # S (1 + 4D) evaluations of f
+    for r in rows:
+        if r["step"]:
+            r["step"] = int(r["step"])
+    first = ordering(rows)[0]
+    rank = {e: v for e, v in first}
+    assert rank["score_function"] > 10 * rank["pathwise"]
+    assert rank["score_function"] > 10 * rank["measure_valued"]
+
+
+def test_unknown_estimator_lists_valid_ones(tmp_path, capsys):
+    code = cli.main(["run", "blr", "--smoke", "--set", "estimators=pathwise,magic", "--out", str(tmp_path), "-q"])
+    assert code == 2
+    assert "valid estimators: pathwise, score_function" in capsys.readouterr().err

@@ -1,0 +1,59 @@
+"""``scg-study run flows-2d``: potentials, the grid normaliser against log Z(U1), images, the smoke run."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from scg.studies import cli
+from scg.studies.flows_2d import LOG_Z_U1, POTENTIALS, decode_image, encode_image, grid_points, potential
+
+
+def test_potentials_at_known_points():
+    z = torch.tensor([[2.0, 0.0], [0.0, 0.0], [1.0, 1.0]], dtype=torch.float64)
+    # U1 on the ring at the mode: 0 − log(1 + e^{−½(4/0.6)²})
+    assert float(potential("U1")(z[:1])) == pytest.approx(-math.log1p(math.exp(-0.5 * (4 / 0.6) ** 2)), abs=1e-12)
+    assert float(potential("U2")(z[1:2])) == 0.0  # z2 = w1(0) = 0
+    # U2 at (1, 1): w1 = sin(π/2) = 1
+    assert float(potential("U2")(z[2:])) == pytest.approx(0.0, abs=1e-12)
+    for name in POTENTIALS:
+        assert torch.isfinite(potential(name)(torch.randn(50, 2, dtype=torch.float64) * 3)).all()
+    with pytest.raises(ValueError, match="valid potentials: U1, U2, U3, U4"):
+        potential("U5")
+
+
+@pytest.mark.parametrize("G", [64, 200])
+def test_grid_normaliser_of_u1_matches_the_exact_log_z(G):
+    pts, h = grid_points(G)
+    log_z = float(torch.logsumexp(-potential("U1")(pts), 0)) + 2 * math.log(h)
+    assert log_z == pytest.approx(LOG_Z_U1, abs=2e-6)  # 1.877502 is given to 6 decimals
+
+
+def test_image_round_trip():
+    a = np.outer(np.linspace(0, 1, 16), np.linspace(1, 2, 16))
+    b = decode_image(encode_image(a))
+    assert b.shape == (16, 16) and np.abs(b - a / a.max()).max() <= 0.5 / 255 + 1e-12
+
+
+def test_smoke_run(tmp_path):
+    assert cli.main(["run", "flows-2d", "--smoke", "--out", str(tmp_path), "-q"]) == 0
+    assert (tmp_path / "flows_2d.png").is_file() and (tmp_path / "flows_2d_kl.png").is_file()
+    rows = list(csv.DictReader(open(tmp_path / "results.csv")))
+    assert len(rows) == 2 * 3 * 2  # potentials × kinds × lengths
+    for r in rows:
+        assert r["status"] == "ok"
+        assert float(r["kl_box"]) >= 0.0
+        assert 0.0 < float(r["q_mass_box"]) <= 1.0 + 1e-3
+        if r["potential"] == "U1":  # a 32×32 grid already gives log Z(U1) to 1e-5
+            assert float(r["log_z_box"]) == pytest.approx(LOG_Z_U1, abs=1e-5)
+        assert decode_image(r["image"]).shape == (32, 32)
+
+
+def test_unknown_kind_lists_valid_ones(tmp_path, capsys):
+    code = cli.main(["run", "flows-2d", "--smoke", "--set", "kinds=planar,iaf", "--out", str(tmp_path), "-q"])
+    assert code == 2
+    assert "valid kinds: planar, radial, coupling" in capsys.readouterr().err
