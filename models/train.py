@@ -161,6 +161,13 @@ def fit(model: nn.Module, train: Tensor, val: Optional[Tensor] = None, *, config
         ckpt_path = out / "last.pt"
         if ckpt_path.exists():
             ckpt = torch.load(ckpt_path, map_location=dev, weights_only=False)
+            saved = ckpt.get("config", {})
+            for key in ("seed", "batch_size", "lr"):
+                if key in saved and saved[key] != getattr(config, key):
+                    raise ValueError(
+                        f"`config.{key}` must match the checkpoint in {str(out)!r} to resume "
+                        f"({saved[key]!r}); got {getattr(config, key)!r}. Use another `out_dir` to start afresh."
+                    )
             model.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
             torch.set_rng_state(ckpt["rng"])

@@ -174,3 +174,12 @@ def test_killed_process_resumes_to_the_uninterrupted_result(tmp_path):
     assert len(h.epochs) == epochs
     for k, v in reference.state_dict().items():
         assert torch.equal(v, resumed.state_dict()[k]), k
+
+
+def test_resume_refuses_a_different_config(tmp_path):
+    train, val = _data()
+    fit(_model(flow=False), train, val, config=TrainConfig(epochs=1, batch_size=30, seed=1, progress=False),
+        out_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"`config.seed` must match the checkpoint in .* \(1\); got 2"):
+        fit(_model(flow=False), train, val, config=TrainConfig(epochs=2, batch_size=30, seed=2, progress=False),
+            out_dir=tmp_path)
