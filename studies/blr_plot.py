@@ -34,16 +34,24 @@ def plot_blr(rows: Sequence[Mapping[str, Any]], cfg: Any, out: Path) -> list[Pat
     var = [r for r in rows if r.get("kind") == "variance"]
     paths = []
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    last = max([int(r["step"]) for r in elbo], default=0)
     for e in ests:
         rs = sorted((r for r in elbo if r["estimator"] == e), key=lambda r: r["step"])
-        ax.plot([r["step"] for r in rs], [r["elbo"] for r in rs], color=COLORS.get(e), label=LABELS.get(e, e))
-    ax.set_xlabel("SGD step")
-    ax.set_ylabel(f"full-data ELBO (nats, {cfg.elbo_samples} samples)")
-    ax.set_yscale("symlog", linthresh=100)
-    ax.set_title(f"BLR, breast cancer: B = {cfg.batch_size}, S = {cfg.num_samples}, lr {cfg.lr:g} cosine")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
+        for k, ax in enumerate(axes):
+            sel = [r for r in rs if k == 0 or r["step"] >= last / 10]
+            ax.plot([r["step"] for r in sel], [r["elbo"] for r in sel], color=COLORS.get(e),
+                    label=LABELS.get(e, e))
+    axes[0].set_yscale("symlog", linthresh=100)
+    axes[0].set_title(f"B = {cfg.batch_size}, S = {cfg.num_samples}, SGD lr {cfg.lr:g} with cosine decay",
+                      fontsize=10)
+    axes[1].set_title("zoom: after the first 10 % of steps", fontsize=10)
+    for ax in axes:
+        ax.set_xlabel("SGD step")
+        ax.set_ylabel(f"full-data ELBO (nats, {cfg.elbo_samples} samples)")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8)
+    fig.suptitle("Bayesian logistic regression, breast cancer (N = 569, D = 31)")
     fig.tight_layout()
     paths.append(save_figure(fig, out / "blr_elbo.png", dpi=110))
     plt.close(fig)
