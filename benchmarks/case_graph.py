@@ -67,8 +67,9 @@ def build(opts: Options, size: str) -> Case:
     setup = (f"size {size}: S = {S} graph samples, batch B = {B}, data D = {D}, hidden H = {H}; "
              f"a ~ Bernoulli (ScoreFunction), z ~ Normal (Pathwise), b ~ Bernoulli (ScoreFunction); "
              f"2 costs; Adam lr {LR}")
+    inner, rounds = {"small": (10, 30), "medium": (10, 30), "large": (3, 20)}[size]
     return Case(f"{NAME}-{size}", f"{TITLE}, {size} (training step)", setup, "hand-written DiCE", contenders,
-                inner=10, rounds=40, grad_groups=[[c.name for c in contenders]], rtol=1e-5)
+                inner=inner, rounds=rounds, grad_groups=[[c.name for c in contenders]], rtol=1e-5)
 
 
 def run(opts: Options) -> list[Result]:

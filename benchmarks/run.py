@@ -44,6 +44,22 @@ CASES = {
 }
 
 
+def revision() -> str:
+    """The git revision of the working tree, with the files that differ from it (they were measured too)."""
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "scg", "models"],
+                               cwd=root, capture_output=True, text=True, check=True).stdout.split("\n")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    changed = [line[3:] for line in dirty if line.strip()]
+    return rev + (f" + uncommitted changes in {', '.join(changed)}" if changed else "")
+
+
 def configure(opts: Options, *, validate: bool = False) -> None:
     """Process-wide settings every contender shares: threads, argument validation."""
     torch.set_num_threads(opts.threads)
@@ -110,6 +126,7 @@ def main(argv: Optional[list[str]] = None) -> list[Result]:
     header = [
         f"command: {command.strip()}",
         f"machine: {machine()}",
+        f"revision: {revision()}",
         f"torch threads: {torch.get_num_threads()}; clock: {clock}; device: {args.device}; "
         f"distribution argument validation: {'on' if args.validate else 'off'}",
         f"{load()} at start",
