@@ -17,9 +17,13 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping, Optional
 
+import torch
 from torch import Tensor
 from torch._C._functorch import get_unwrapped, is_functorch_wrapped_tensor
 from torch.distributions import Distribution, Transform
+
+#: The autograd node type of leaves (parameters): nothing to find behind it.
+_LEAF = type(torch.zeros((), requires_grad=True).view(()).grad_fn.next_functions[0][0])
 
 __all__ = ["autograd_node", "is_tracked", "walk", "tensors_of", "align", "aligned_shape"]
 
@@ -78,7 +82,7 @@ def walk(roots: Iterable[Optional[Any]], boundaries: Mapping[int, str], floor: i
             found.add(name)
         elif fn._sequence_nr() >= floor:
             for nxt, _ in fn.next_functions:
-                if nxt is not None:
+                if nxt is not None and type(nxt) is not _LEAF:
                     push(nxt)
     return found
 

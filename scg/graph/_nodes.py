@@ -21,7 +21,7 @@ from typing import Any, Iterable, Optional
 
 import torch
 from torch import Tensor
-from torch.distributions import Distribution, OneHotCategorical, TransformedDistribution
+from torch.distributions import Distribution, Independent, Normal, OneHotCategorical, TransformedDistribution
 
 from scg._dist import magic_box, parameters_of, unwrap
 from scg.baselines import Delta, LeaveOneOut
@@ -141,19 +141,24 @@ def draw(
     """
     lead = () if child else (num_samples,)
     if isinstance(estimator, ScoreFunction):
-        shape = (*lead, *dist.batch_shape, *dist.event_shape)
         if replay is not None:
+            shape = (*lead, *dist.batch_shape, *dist.event_shape)
             z = _check_replay(name, "z", _get(replay, name, "z"), shape)
         elif isinstance(unwrap(dist)[0], OneHotCategorical):  # scg's vmap-safe one-hot draw
+            shape = (*lead, *dist.batch_shape, *dist.event_shape)
             z = FromDistribution(shape=(1, *shape) if child else shape, dist=dist).sample()
             z = z.squeeze(0) if child else z
         else:
-            with torch.no_grad():
-                z = dist.sample(lead)
+            z = dist.sample(lead)  # torch draws without gradient
         if z.requires_grad:  # pragma: no cover - samples never carry gradient
             z = z.detach()
         return z, {"z": z}
     if isinstance(estimator, Pathwise):
+        normal = dist.base_dist if type(dist) is Independent else dist
+        if type(normal) is Normal and replay is None:  # fast path, as scg.estimators.pathwise's _normal
+            loc, scale = normal.loc, normal.scale
+            eps = torch.randn((*lead, *loc.shape), dtype=loc.dtype, device=loc.device)
+            return loc + scale * eps, {"eps": eps}
         rep = reparameterize(dist)
         if rep is None:  # implicit reparameterisation (Gamma, Beta, Dirichlet): no replayable noise
             if replay is not None:
