@@ -11,6 +11,8 @@ __all__ = ["STUDIES", "get_study", "study_names"]
 #: name -> "module:Class" (imported lazily so ``scg-study list`` stays fast).
 STUDIES: dict[str, str] = {
     "gaussian": "scg.studies.gaussian:Gaussian",
+    "bernoulli-toy": "scg.studies.bernoulli_toy:BernoulliToy",
+    "iwae-snr": "scg.studies.iwae_snr:IWAESNR",
     "blr": "scg.studies.blr:BLR",
     "doubly-stochastic": "scg.studies.doubly_stochastic:DoublyStochastic",
     "discrete-vae": "scg.studies.discrete_vae:DiscreteVAEStudy",

@@ -1,0 +1,272 @@
+r"""``iwae-snr``: Rainforth et al. (2018) — SNR of IWAE gradients vs K for IWAE, STL and DReG.
+
+Setup (REFERENCES.md): D = 20, :math:`p(z) = N(μ, I)`, :math:`p(x | z) = N(z, I)`, so
+:math:`p(x) = N(μ, 2I)` and :math:`p(z | x) = N((μ + x)/2, ½ I)`; the inference network
+:math:`q(z | x) = N(Ax + b, ⅔ I)` — **⅔ is the variance** (covariance ⅔ I, standard
+deviation √⅔ ≈ 0.816; fixed, not learned), following the :math:`N(\text{mean},
+\text{covariance})` notation of the paper. N = 1024 points :math:`x_n \sim N(μ_{true}, 2I)`,
+:math:`μ_{true} \sim N(0, I)`; the optimum :math:`μ^* = \bar x`, :math:`A^* = I/2`,
+:math:`b^* = μ^*/2`; every element of (A, b, μ) is perturbed by N(0, 0.01²). The data
+and the perturbation come from ``data_seed`` (the same for every cell).
+
+Gradient: of the IWAE bound summed over all N points,
+:math:`\sum_n \log \frac1K \sum_k w_{nk}`, built with :func:`scg.objectives.iwae`
+(``gradient="reparam"``; ``"stl"`` with ``log q`` from :func:`scg.stop_gradient`;
+``"dreg"`` with ``z``), M independent estimates by :func:`scg.diagnostics.gradient_samples`.
+Inference-network parameters: A and b (420 numbers); generative: μ (20). The generative
+gradient is the same estimator for all three methods (their rows differ by sampling
+noise only: each method is a cell with its own seed).
+
+SNR (Rainforth et al.): per parameter :math:`|E \hat g_p| / \mathrm{std}(\hat g_p)`, then
+**averaged over the parameters of the group** (column ``snr``). The mean of the IWAE
+(reparam) inference gradient is small (:math:`O(1/K)`) and its sample mean from M
+estimates is dominated by noise at large K (the plain ratio then stalls at the noise
+floor :math:`\sqrt{2/(πM)}`, column ``snr_direct``); so for that group :math:`E\hat g_p`
+is estimated by the mean of M DReG estimates — an unbiased estimator of the same
+gradient (Tucker et al. 2019) with a far higher SNR; i.e. the control variate
+:math:`\hat g_{IWAE} − \hat g_{DReG}`, whose mean is 0. The standard deviation is always the
+method's own. ``snr_direct`` and ``snr_floor`` are reported next to it.
+
+Fits: least squares of log SNR on log K over K ≥ ``fit_min_k`` (default 30: the
+O(1/K) transient of the signals has decayed) — rows with ``part = "fit"``; expected
+slopes −½ (IWAE inference), +½ (DReG inference, generative).
+
+References:
+    Rainforth et al., "Tighter Variational Bounds are Not Necessarily Better", ICML 2018.
+    https://arxiv.org/abs/1802.04537
+    Tucker, Lawson, Gu & Maddison, "Doubly Reparameterized Gradient Estimators for Monte
+    Carlo Objectives", ICLR 2019. https://arxiv.org/abs/1810.04152
+    Roeder, Wu & Duvenaud, "Sticking the Landing", NeurIPS 2017. https://arxiv.org/abs/1703.09194
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.distributions import Independent, Normal
+
+import scg
+from scg.studies.base import CellContext, Study
+
+__all__ = ["IWAESNRConfig", "IWAESNR", "setup", "EXPECTED_SLOPES", "fit_slope"]
+
+_METHODS = ("reparam", "stl", "dreg")
+#: (method, group) -> slope expected from Rainforth et al. 2018 / Tucker et al. 2019.
+EXPECTED_SLOPES: dict[tuple[str, str], float] = {
+    ("reparam", "inference"): -0.5, ("dreg", "inference"): 0.5,
+    ("reparam", "generative"): 0.5, ("stl", "generative"): 0.5, ("dreg", "generative"): 0.5,
+}
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+@dataclass(frozen=True)
+class IWAESNRConfig:
+    """Configuration of ``iwae-snr`` (defaults: the CPU default run; the paper's K = 1000 is GPU size).
+
+    Attributes:
+        dim: D, latent and data dimension.
+        num_points: N data points; the bound is summed over all of them.
+        ks: numbers of importance samples K.
+        methods: gradients among reparam (IWAE), stl, dreg.
+        num_estimates: M independent gradient estimates per (method, K).
+        perturbation: standard deviation of the perturbation of the optimum.
+        q_variance: variance of q(z | x) (⅔).
+        fit_min_k: slopes are fitted over K ≥ this.
+        data_seed: seed of the data and of the perturbation (shared by all cells).
+        bound_draws: draws of the bound (no gradient) for the bound-vs-log p(x) columns.
+        max_elements: estimates × points × K × D per vectorised call (memory bound).
+        dtype: ``float32`` or ``float64``.
+    """
+
+    dim: int = 20
+    num_points: int = 1024
+    ks: tuple[int, ...] = (1, 3, 10, 30, 100, 300)
+    methods: tuple[str, ...] = _METHODS
+    num_estimates: int = 64
+    perturbation: float = 0.01
+    q_variance: float = 2.0 / 3.0
+    fit_min_k: int = 30
+    data_seed: int = 0
+    bound_draws: int = 4
+    max_elements: int = 1 << 22
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        for name in ("dim", "num_points", "num_estimates", "fit_min_k", "bound_draws", "max_elements"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be an int >= 1; got {value!r}.")
+        if self.num_estimates < 2:
+            raise ValueError(f"`num_estimates` must be >= 2 to estimate a variance; got {self.num_estimates}.")
+        if not self.ks or any(int(k) < 1 for k in self.ks):
+            raise ValueError(f"`ks` must be integers >= 1; got {self.ks!r}.")
+        for m in self.methods:
+            if m not in _METHODS:
+                raise ValueError(f"unknown method {m!r}; valid methods: {', '.join(_METHODS)}.")
+        if not self.q_variance > 0 or not self.perturbation >= 0:
+            raise ValueError(f"`q_variance` must be positive and `perturbation` >= 0; got {self.q_variance!r}, "
+                             f"{self.perturbation!r}.")
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError(f"`dtype` must be float32 or float64; got {self.dtype!r}.")
+
+
+def setup(cfg: IWAESNRConfig, device: torch.device) -> tuple[Tensor, dict[str, Tensor]]:
+    """Data ``x [N, D]`` and the perturbed optimum ``{"A": [D, D], "b": [D], "mu": [D]}`` from ``data_seed``."""
+    g = torch.Generator().manual_seed(cfg.data_seed)
+    D, N = cfg.dim, cfg.num_points
+    dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
+    mu_true = torch.randn(D, generator=g, dtype=torch.float64)
+    x = mu_true + math.sqrt(2.0) * torch.randn(N, D, generator=g, dtype=torch.float64)
+    mu_star = x.mean(0)
+    eps = cfg.perturbation
+    params = {
+        "A": torch.eye(D, dtype=torch.float64) / 2 + eps * torch.randn(D, D, generator=g, dtype=torch.float64),
+        "b": mu_star / 2 + eps * torch.randn(D, generator=g, dtype=torch.float64),
+        "mu": mu_star + eps * torch.randn(D, generator=g, dtype=torch.float64),
+    }
+    return x.to(device=device, dtype=dtype), {k: v.to(device=device, dtype=dtype) for k, v in params.items()}
+
+
+def log_px(x: Tensor, mu: Tensor) -> float:
+    """Exact :math:`\\sum_n \\log N(x_n; μ, 2I)`."""
+    d = (x.double() - mu.double())
+    return float((-0.25 * (d * d).sum(-1) - 0.5 * x.shape[-1] * math.log(2 * math.pi * 2.0)).sum())
+
+
+def bound_fn(x: Tensor, K: int, method: str, std: float) -> Callable[[dict[str, Tensor]], Tensor]:
+    """``fn(params) -> Σ_n IWAE_K(x_n)``: a value-preserving surrogate whose gradient is ``method``'s."""
+
+    def fn(p: dict[str, Tensor]) -> Tensor:
+        m = x @ p["A"].T + p["b"]  # [B, D]
+        q = Independent(Normal(m, std, validate_args=False), 1, validate_args=False)
+        z = m + std * torch.randn((K, *m.shape), dtype=m.dtype, device=m.device)  # out of place: vmap-safe
+        D = m.shape[-1]
+        log_p = -0.5 * ((z - p["mu"]) ** 2).sum(-1) - 0.5 * ((x - z) ** 2).sum(-1) - 2 * D * _HALF_LOG_2PI
+        if method == "reparam":
+            return scg.objectives.iwae(log_p, q.log_prob(z)).sum()
+        log_q = scg.stop_gradient(q).log_prob(z)
+        if method == "stl":
+            return scg.objectives.iwae(log_p, log_q, gradient="stl").sum()
+        return scg.objectives.iwae(log_p, log_q, gradient="dreg", z=z).sum()
+
+    return fn
+
+
+def gradients(cfg: IWAESNRConfig, x: Tensor, params: dict[str, Tensor], K: int, method: str) -> Tensor:
+    """``[M, D² + 2D]`` independent estimates of the full-data gradient (A, b, μ), chunked over points."""
+    N, D, M = x.shape[0], x.shape[1], cfg.num_estimates
+    per_estimate = N * K * D
+    chunk = max(1, min(M, cfg.max_elements // per_estimate))
+    points = N if chunk > 1 else max(1, min(N, cfg.max_elements // (K * D)))
+    std = math.sqrt(cfg.q_variance)
+    parts = [  # draws are independent across points: the sum over point chunks is one estimate
+        scg.diagnostics.gradient_samples(bound_fn(x[start:start + points], K, method, std), params, M,
+                                         chunk_size=chunk)
+        for start in range(0, N, points)
+    ]
+    return torch.stack(parts).sum(0)
+
+
+def bound_estimate(cfg: IWAESNRConfig, x: Tensor, params: dict[str, Tensor], K: int) -> tuple[float, float]:
+    """Mean and standard error of the bound :math:`\\sum_n \\log \\frac1K \\sum_k w_{nk}` over ``bound_draws`` draws."""
+    std = math.sqrt(cfg.q_variance)
+    points = max(1, min(x.shape[0], cfg.max_elements // (K * x.shape[1])))
+    values = []
+    with torch.no_grad():
+        for _ in range(cfg.bound_draws):
+            values.append(sum(float(bound_fn(x[s:s + points], K, "reparam", std)(params))
+                              for s in range(0, x.shape[0], points)))
+    arr = np.asarray(values)
+    se = float(arr.std(ddof=1) / math.sqrt(len(arr))) if len(arr) > 1 else math.nan
+    return float(arr.mean()), se
+
+
+def _snr(mean: Tensor, std: Tensor) -> float:
+    ratio = mean.abs() / std
+    return float(ratio[torch.isfinite(ratio)].mean())
+
+
+def fit_slope(ks: Sequence[float], values: Sequence[float]) -> tuple[float, float]:
+    """Least-squares slope and intercept of log(value) on log(K)."""
+    lx, ly = np.log(np.asarray(ks, dtype=float)), np.log(np.asarray(values, dtype=float))
+    slope, intercept = np.polyfit(lx, ly, 1)
+    return float(slope), float(intercept)
+
+
+def _row(**values: Any) -> dict[str, Any]:
+    keys = ("part", "method", "K", "group", "num_estimates", "num_points", "snr", "snr_direct", "snr_floor",
+            "signal", "mean_abs_gradient", "mean_std", "bound_mean", "bound_std_error", "log_px_exact",
+            "slope", "intercept", "fit_min_k", "fit_num_k", "expected_slope", "within_0.1", "note")
+    row: dict[str, Any] = {k: None for k in keys}
+    row.update(values)
+    return row
+
+
+class IWAESNR(Study):
+    """Rainforth et al. 2018: inference/generative gradient SNR vs K for IWAE, STL and DReG."""
+
+    name = "iwae-snr"
+    description = "Rainforth et al. 2018 linear-Gaussian: SNR of inference/generative gradients vs K (IWAE, STL, DReG)"
+    reproduces = "Rainforth et al. 2018 Fig. 2 (SNR slopes -1/2, +1/2); Tucker et al. 2019 (DReG +1/2)"
+    time = {"smoke": "5 s", "full": "10-40 min on 2 CPU cores (default, K <= 300); GPU for K = 1000"}
+    Config = IWAESNRConfig
+
+    def smoke(self) -> IWAESNRConfig:
+        return IWAESNRConfig(num_points=32, ks=(3, 10, 30), num_estimates=16, fit_min_k=3, bound_draws=2)
+
+    def cells(self, cfg: IWAESNRConfig) -> list[dict[str, Any]]:
+        return [{"method": m} for m in cfg.methods]
+
+    def run_cell(self, cfg: IWAESNRConfig, cell: Mapping[str, Any], ctx: CellContext) -> list[dict[str, Any]]:
+        method = str(cell["method"])
+        x, params = setup(cfg, ctx.device)
+        P_inf = cfg.dim * cfg.dim + cfg.dim
+        groups = {"inference": slice(0, P_inf), "generative": slice(P_inf, P_inf + cfg.dim)}
+        exact = log_px(x, params["mu"])
+        floor = math.sqrt(2 / (math.pi * cfg.num_estimates))
+        rows: list[dict[str, Any]] = []
+        for K in sorted(int(k) for k in cfg.ks):
+            seed = (ctx.seed * 1_000_003 + K) % (2 ** 31)
+            torch.manual_seed(seed)
+            G = gradients(cfg, x, params, K, method).double()
+            mean, std = G.mean(0), G.std(0)
+            signal = {"inference": mean, "generative": mean}
+            source = {"inference": "own mean", "generative": "own mean"}
+            if method == "reparam":  # E[g_IWAE] = E[g_DReG] for the inference network: the precise mean
+                torch.manual_seed(seed)
+                signal["inference"] = gradients(cfg, x, params, K, "dreg").double().mean(0)
+                source["inference"] = "mean of M DReG estimates (control variate g_IWAE - g_DReG)"
+            torch.manual_seed(seed + 1)
+            bound, bound_se = bound_estimate(cfg, x, params, K)
+            for group, sl in groups.items():
+                rows.append(_row(part="snr", method=method, K=K, group=group, num_estimates=cfg.num_estimates,
+                                 num_points=cfg.num_points, snr=_snr(signal[group][sl], std[sl]),
+                                 snr_direct=_snr(mean[sl], std[sl]), snr_floor=floor, signal=source[group],
+                                 mean_abs_gradient=float(signal[group][sl].abs().mean()),
+                                 mean_std=float(std[sl].mean()), bound_mean=bound, bound_std_error=bound_se,
+                                 log_px_exact=exact))
+            ctx.progress(1)
+        for group in groups:
+            pts = [(r["K"], r["snr"]) for r in rows if r["group"] == group and r["K"] >= cfg.fit_min_k
+                   and r["snr"] and r["snr"] > 0]
+            expected = EXPECTED_SLOPES.get((method, group))
+            if len(pts) < 2:
+                rows.append(_row(part="fit", method=method, group=group, fit_min_k=cfg.fit_min_k,
+                                 fit_num_k=len(pts), expected_slope=expected, note="fewer than 2 K values to fit"))
+                continue
+            slope, intercept = fit_slope([p[0] for p in pts], [p[1] for p in pts])
+            rows.append(_row(part="fit", method=method, group=group, slope=slope, intercept=intercept,
+                             fit_min_k=cfg.fit_min_k, fit_num_k=len(pts), expected_slope=expected,
+                             **{"within_0.1": None if expected is None else abs(slope - expected) <= 0.1}))
+        return rows
+
+    def plot(self, rows: Sequence[Mapping[str, Any]], cfg: IWAESNRConfig, out_dir: Path) -> list[Path]:
+        from scg.studies.iwae_snr_plot import plot_snr
+
+        return [plot_snr(rows, cfg, Path(out_dir) / "iwae_snr.png")]

@@ -1,0 +1,155 @@
+"""The ``gaussian`` study: smoke run through the CLI, exact columns vs REFERENCES.md, sampled vs exact.
+
+Statistical checks use the run's fixed seed, so they are deterministic; thresholds are
+z·SE with z for a false-failure rate of 1e-3 (Bonferroni over the rows checked) had
+the seed been random. The SE of a sampled variance comes from the sample's fourth
+moment, which is itself noisy for the heavy-tailed score function — so the 2 % check
+is applied only to rows whose SE reached the smoke target (``rel_se``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from scg.studies import cli
+from scg.studies.gaussian import REFERENCE, Gaussian, GaussianConfig, Moments
+from scg.studies.sampling import statistics
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "studies" / "gaussian" / "results.csv"
+
+
+def _f(row: dict, key: str) -> float:
+    value = row.get(key)
+    return math.nan if value in (None, "") else float(value)
+
+
+def _close_to_table(exact: float, published: float) -> bool:
+    """The table has 4 significant digits (e.g. 0.0126 for 0.012568)."""
+    digits = 4 if published >= 1 else 3
+    return abs(exact - published) <= 0.51 * 10 ** (math.floor(math.log10(abs(published))) - digits + 1) + 1e-9
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]:
+    out = tmp_path_factory.mktemp("gaussian") / "run"
+    assert cli.main(["run", "gaussian", "--smoke", "--out", str(out), "-q", "--device", "cpu"]) == 0
+    with open(out / "results.csv", newline="") as fh:
+        return out, list(csv.DictReader(fh))
+
+
+def test_smoke_writes_manifest_results_and_figures(smoke):
+    out, rows = smoke
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["study"] == "gaussian" and man["config"]["square_k"] == [0.0, 3.0]
+    for name in ("gaussian_variance.png", "gaussian_dimension.png"):
+        assert (out / name).stat().st_size > 10_000
+    assert {r["status"] for r in rows} == {"ok"}
+    cost = [r for r in rows if r["part"] == "cost"]
+    assert len(cost) == 4 * 4 * 2  # 4 table rows x 4 estimators x (mu, sigma)
+
+
+def test_exact_columns_match_the_table_of_references(smoke):
+    _, rows = smoke
+    checked = 0
+    for r in rows:
+        if r["part"] != "cost":
+            continue
+        published = REFERENCE[(r["family"], float(r["k"]))][r["parameter"]][r["estimator"]]
+        assert _f(r, "reference_variance") == pytest.approx(published)
+        assert _close_to_table(_f(r, "exact_variance"), published), r
+        assert _f(r, "exact_mean") == pytest.approx(_f(r, "exact_gradient"), abs=1e-8)
+        checked += 1
+    assert checked == 32
+
+
+def test_dimension_rows_carry_the_closed_forms(smoke):
+    _, rows = smoke
+    dims = [r for r in rows if r["part"] == "dimension"]
+    assert len(dims) == 6
+    for r in dims:
+        D = int(r["D"])
+        expected = {"score_function": (D + 2) * (D + 4), "score_function_baseline": 2 * D + 8, "pathwise": 4}
+        assert _f(r, "exact_variance") == expected[r["estimator"]]
+
+
+def test_sampled_variances_agree_with_exact_ones(smoke):
+    _, rows = smoke
+    # |z| <= z*: Bonferroni over all rows for a 1e-3 false-failure rate.
+    from scipy.stats import norm
+
+    z_max = norm.isf(1e-3 / (2 * len(rows)))
+    for r in rows:
+        assert abs(_f(r, "variance_z")) <= z_max, r
+        assert abs(_f(r, "bias_z")) <= z_max, r
+    # Rows whose SE reached the smoke target (0.5 %) must be within 2 % of the exact value (4 SE).
+    cfg = Gaussian().smoke()
+    precise = [r for r in rows if _f(r, "variance_std_error") <= cfg.rel_se * _f(r, "variance")]
+    assert len(precise) >= 8
+    for r in precise:
+        assert abs(_f(r, "variance_rel_error")) <= 0.02, r
+
+
+@pytest.mark.skipif(not DOCS.is_file(), reason="docs/studies/gaussian/results.csv not generated yet")
+def test_documented_default_run_matches_the_table_within_2_percent():
+    with open(DOCS, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    table = [r for r in rows if r["part"] == "cost" and r["reference_variance"] not in ("", None)]
+    assert len(table) == 32
+    for r in table:
+        assert abs(_f(r, "variance") / _f(r, "reference_variance") - 1) <= 0.02, r
+
+
+def test_moments_match_batch_statistics():
+    g = torch.Generator().manual_seed(0)
+    G = torch.randn(5000, 3, generator=g, dtype=torch.float64) ** 3 + 2.0
+    m = Moments(torch.full((3,), 2.0, dtype=torch.float64))
+    for part in G.split(1234):
+        m.update(part)
+    for p in range(3):
+        ours = m.stats(p, 2.0, 15.0)
+        ref = statistics(G[:, p].numpy(), 2.0, 15.0)
+        for key in ("mean", "variance", "variance_std_error", "variance_z", "bias_z"):
+            assert ours[key] == pytest.approx(ref[key], rel=1e-9), key
+
+
+def test_constant_estimates_have_zero_variance():
+    m = Moments(torch.zeros(1, dtype=torch.float64))
+    m.update(torch.full((10, 1), 0.1, dtype=torch.float64))
+    stats = m.stats(0, 0.1, 0.0)
+    assert stats["variance"] == 0.0 and stats["variance_rel_error"] == 0.0 and stats["variance_z"] == 0.0
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [({"max_estimates": 1}, "`max_estimates` must be an int >= 2; got 1"),
+     ({"rel_se": 0.0}, "`rel_se` must be positive"),
+     ({"dtype": "half"}, "`dtype` must be float64 or float32"),
+     ({"estimators": ("nope",)}, "unknown estimator 'nope'; valid estimators: score_function"),
+     ({"dims": (0,)}, "`dims` must be >= 1")],
+)
+def test_config_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        GaussianConfig(**kwargs)
+
+
+def test_unknown_set_key_lists_the_valid_keys(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["run", "gaussian", "--smoke", "--set", "bogus=1", "--out", str(tmp_path)])
+    assert "valid keys: square_k, bump_k" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_cell_runs(tmp_path):  # pragma: no cover - no GPU on CI
+    study = Gaussian()
+    cfg = study.smoke()
+    from scg.studies.runner import run_study
+
+    res = run_study(study, cfg, tmp_path, device="cuda", progress=False, plot=False)
+    assert all(r["status"] == "ok" for r in res.rows)
