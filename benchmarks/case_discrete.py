@@ -155,8 +155,8 @@ class Hand:
 
             q = Independent(Bernoulli(logits=logits, validate_args=False), 1)
             b = q.sample((1,))
-            _, log_pb, log_px = log_densities(self.m, logits, b, x)
-            f = log_densities(self.m, logits, b, x)[0] - log_pb - log_px
+            log_q_f, log_pb, log_px = log_densities(self.m, logits, b, x)
+            f = log_q_f - log_pb - log_px
             log_q = q.log_prob(b)  # computed again for the score, as f is a black box to scg
         else:
             b = torch.bernoulli(torch.sigmoid(logits.detach()).expand(1, *logits.shape))  # [1, B, Z]
