@@ -114,7 +114,7 @@ def decode_image(text: str) -> np.ndarray:
 @dataclass(frozen=True)
 class Flows2DConfig:
     """Configuration; defaults are the CPU size. Paper-like full size (GPU):
-    ``--set steps=20000,anneal_steps=10000,num_samples=512,lr=0.001,grid=512``.
+    ``--set steps=20000 --set anneal_steps=10000 --set num_samples=512 --set lr=0.001 --set grid=512``.
 
     Attributes:
         potentials: subset of U1–U4.
@@ -123,7 +123,9 @@ class Flows2DConfig:
         steps: Adam steps.
         anneal_steps: :math:`T_β` of the schedule :math:`β_t = \\min(1, 0.01 + t/T_β)`.
         num_samples: samples of q per step.
-        lr: Adam learning rate.
+        lr: Adam learning rate of planar and radial flows (few parameters).
+        lr_coupling: Adam learning rate of affine-coupling flows (MLPs; 5e-3 diverges at K = 32).
+        clip_norm: gradient-norm clipping (the box wall gives rare huge gradients); ``inf`` disables.
         coupling_hidden: hidden units of each coupling layer's net.
         grid: G, the evaluation grid is G×G on [−4, 4]² (images are 2×2-pooled when G > 128).
         mc_samples: samples for the Monte Carlo free energy.
@@ -137,6 +139,8 @@ class Flows2DConfig:
     anneal_steps: int = 200
     num_samples: int = 256
     lr: float = 5e-3
+    lr_coupling: float = 1e-3
+    clip_norm: float = 10.0
     coupling_hidden: int = 64
     grid: int = 256
     mc_samples: int = 4096
@@ -177,7 +181,7 @@ class Flows2D(Study):
         layers = flow_layers(kind, 2, K, hidden=(cfg.coupling_hidden,)).to(dev)
         zero = torch.zeros(2, device=dev)
         base = Independent(Normal(zero, torch.ones_like(zero), validate_args=False), 1, validate_args=False)
-        opt = torch.optim.Adam(layers.parameters(), lr=cfg.lr)
+        opt = torch.optim.Adam(layers.parameters(), lr=cfg.lr_coupling if kind == "coupling" else cfg.lr)
         est = scg.Pathwise()
         last = math.nan
 
@@ -193,6 +197,7 @@ class Flows2D(Study):
             loss = scg.expectation(lambda z: q.log_prob(z) + beta * energy(z), q, est, num_samples=cfg.num_samples)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            torch.nn.utils.clip_grad_norm_(layers.parameters(), cfg.clip_norm)
             opt.step()
             last = float(loss.detach())
         with torch.no_grad():

@@ -11,7 +11,6 @@ import csv
 import json
 import math
 
-import pytest
 import torch
 
 from scg.studies import cli

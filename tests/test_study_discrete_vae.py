@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 
-import pytest
 
 from scg.models import DISCRETE_ESTIMATORS
 from scg.studies import cli
