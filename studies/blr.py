@@ -156,7 +156,7 @@ class BLR(Study):
                              "lr": opt.param_groups[0]["lr"], "evaluations_per_step": evals})
             if t in var_at:
                 m.eval()
-                batches = [torch.randperm(m.n, generator=ctx.generator)[: cfg.batch_size].to(ctx.device)
+                batches = [torch.randperm(m.n, generator=ctx.generator, device=ctx.device)[: cfg.batch_size]
                            for _ in range(cfg.grad_batches)]
                 g = torch.stack([_gradients(m, cfg.grad_per_batch, b) for b in batches]).double()  # [K, J, 2D]
                 m.train()

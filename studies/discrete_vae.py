@@ -171,7 +171,7 @@ class DiscreteVAEStudy(Study):
         base = {"estimator": name, "status": "ok", "evaluations": cfg.evaluations, "num_samples": m.num_samples,
                 "unbiased": bool(getattr(m.estimator, "unbiased", True))}
         rows: list[dict[str, Any]] = []
-        step, perm = 0, torch.randperm(train.shape[0], generator=ctx.generator).to(dev)
+        step, perm = 0, torch.randperm(train.shape[0], generator=ctx.generator, device=dev)
         while True:
             if step in elbo_at:
                 m.eval()
@@ -194,7 +194,7 @@ class DiscreteVAEStudy(Study):
                 break
             b = step % per_epoch
             if b == 0 and step > 0:
-                perm = torch.randperm(train.shape[0], generator=ctx.generator).to(dev)
+                perm = torch.randperm(train.shape[0], generator=ctx.generator, device=dev)
             xb = train[perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]]
             opt.zero_grad(set_to_none=True)
             m.loss(xb, step=step).backward()
