@@ -77,7 +77,7 @@ class Target:
 
     def __str__(self) -> str:
         verdict = "met" if self.met else "MISSED"
-        return f"{self.what} = {self.measured:.3g} (target {self.op} {self.bound:g}): {verdict}"
+        return f"{self.what} = {self.measured:.3f} (target {self.op} {self.bound:g}): {verdict}"
 
 
 @dataclass

@@ -98,7 +98,7 @@ def summary(results: list[Result]) -> str:
     lines = ["| case | target | measured | met |", "|---|---|---|---|"]
     for r in results:
         for t in r.targets:
-            lines.append(f"| {r.title} | {t.what} {t.op} {t.bound:g} | {t.measured:.3g} | {'yes' if t.met else 'NO'} |")
+            lines.append(f"| {r.title} | {t.what} {t.op} {t.bound:g} | {t.measured:.3f} | {'yes' if t.met else 'NO'} |")
         for s in r.skipped:
             lines.append(f"| {r.title} | {s.split(':')[0]} | skipped | – |")
     return "\n".join(lines)
