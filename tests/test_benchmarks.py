@@ -115,3 +115,11 @@ def test_targets():
     assert Target("r", 1.0, "<=", 1.05).met and not Target("r", 1.2, "<=", 1.05).met
     assert Target("r", 3.5, ">=", 3).met and not Target("r", float("nan"), ">=", 3).met
     assert "MISSED" in str(Target("r", 1.2, "<=", 1.05))
+
+
+def test_case_without_pyro_skips_and_says_so(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pyro", None)  # import pyro -> ImportError, as when not installed
+    (result,) = runner.run_case("vae", QUICK)
+    assert not [row for row in result.rows if row.name.startswith("pyro")]
+    assert result.skipped and "not installed" in result.skipped[0]
+    assert "skipped" in runner.summary([result]) and "SKIPPED" in runner.render(result)
