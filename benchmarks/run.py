@@ -77,7 +77,11 @@ def run_case(name: str, opts: Options) -> list[Result]:
     if name not in CASES:
         raise ValueError(f"`case` must be one of {list(CASES)}; got {name!r}.")
     module = importlib.import_module(CASES[name])
-    out = module.run(opts)
+    if torch.device(opts.device).type == "cpu":
+        out = module.run(opts)
+    else:  # factory calls without a device (e.g. in the reused scripts) follow --device; not on CPU, where
+        with torch.device(opts.device):  # the mode would add a Python call to every torch function
+            out = module.run(opts)
     return out if isinstance(out, list) else [out]
 
 
