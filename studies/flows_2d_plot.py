@@ -44,7 +44,7 @@ def plot_flows(rows: Sequence[Mapping[str, Any]], cfg: Any, out: Path) -> list[P
         for ax in axes[i]:
             ax.set_xticks([])
             ax.set_yticks([])
-    axes[0][0].set_title("e^{-U(z)}", fontsize=8)
+    axes[0][0].set_title("target exp(−U(z))", fontsize=8)
     for j, (k, n) in enumerate(cols, start=1):
         axes[0][j].set_title(f"{NAMES.get(k, k)} K={n}", fontsize=8)
     fig.suptitle(f"Flows fitted by reverse KL (pathwise), {cfg.steps} Adam steps, {cfg.num_samples} samples/step; "
