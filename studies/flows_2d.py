@@ -157,7 +157,7 @@ class Flows2D(Study):
     name = "flows-2d"
     description = "planar/radial/coupling flows on the 2-D potentials U1-U4: density pictures and KL on [-4,4]^2"
     reproduces = "Rezende & Mohamed 2015 Fig. 3: longer flows fit U1-U4 better (KL falls with K)"
-    time = {"smoke": "3 s", "full": "~5 min default on 2 CPU cores (400 steps); GPU for steps=20000"}
+    time = {"smoke": "5 s", "full": "~8 min default on 1 CPU core (400 steps; 2 shards halve it); GPU for steps=20000"}
     Config = Flows2DConfig
 
     def smoke(self) -> Flows2DConfig:
