@@ -116,6 +116,9 @@ def plot_training(rows: Sequence[Mapping[str, Any]], cfg: Any, path: Path) -> Pa
             ax.plot(steps, mean, style, color=COLORS[name], lw=1.8 if name == "exact" else 1.3, label=LABELS[name])
             if name != "exact":
                 ax.fill_between(steps, lo, hi, color=COLORS[name], alpha=0.12)
+        ax.axhline(cfg.converged_p, color="gray", ls=":", lw=1)
+        ax.text(steps[-1] if tr else 0, cfg.converged_p * 1.15, f"converged: P ≤ {cfg.converged_p:g}", ha="right",
+                va="bottom", fontsize=7, color="gray")
         ax.set_yscale("log")
         ax.set_ylim(1e-6, 1.5)
         ax.set_xlabel("Adam step")

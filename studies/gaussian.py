@@ -171,8 +171,11 @@ class Moments:
         """Sample variance (ddof 1) and its standard error, ``[P]`` each (CPU float64).
 
         The SE is :math:`\\sqrt{(m_4 − \\frac{N−3}{N−1} s^4)/N}` (m₄ the fourth central
-        moment), as in :func:`scg.studies.sampling.statistics`. A parameter whose
-        estimates are all equal has variance exactly 0.
+        moment), as in :func:`scg.studies.sampling.statistics`, but at least
+        :math:`s^2 \\sqrt{2/(N(N−1))}` — the exact SD of :math:`s^2` for a symmetric two-point
+        law, and a lower bound for every law (:math:`μ_4 ≥ σ^4`); the plug-in formula loses that
+        second-order term and is ~0 for such laws (e.g. RLOO on one Bernoulli). A parameter
+        whose estimates are all equal has variance exactly 0.
         """
         n = self.n
         s1, s2, s3, s4 = (x.cpu() for x in self.sums / n)
@@ -180,6 +183,7 @@ class Moments:
         m4 = (s4 - 4 * s1 * s3 + 6 * s1 * s1 * s2 - 3 * s1 ** 4).clamp_min(0.0)
         var = var_b * n / (n - 1)
         se = ((m4 - (n - 3) / (n - 1) * var * var).clamp_min(0.0) / n).sqrt()
+        se = torch.maximum(se, var * math.sqrt(2.0 / (n * (n - 1))))
         constant = (self.high == self.low).cpu()
         return torch.where(constant, 0.0, var), torch.where(constant, 0.0, se)
 

@@ -59,8 +59,8 @@ def _draw(ax: Any, rows: Sequence[Mapping[str, Any]], xkey: str, estimators: Seq
         color = COLORS.get(name, "black")
         ex_pts = [(a, b) for a, b in zip(x, ex) if b is not None and b > 0]
         if ex_pts:
-            ax.plot([a for a, _ in ex_pts], [b for _, b in ex_pts], "-", color=color, lw=1.6, alpha=0.8,
-                    label=f"{_LABELS.get(name, name)}: exact")
+            ax.plot([a for a, _ in ex_pts], [b for _, b in ex_pts], "-", marker="_", ms=14, mew=2, color=color,
+                    lw=1.6, alpha=0.8, label=f"{_LABELS.get(name, name)}: exact")
         pts = [(a, b, c) for a, b, c in zip(x, v, se) if b is not None and b > 0]
         if pts:
             xs = [a for a, _, _ in pts]
@@ -109,6 +109,13 @@ def plot_dimension(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
                   if any(r.get("estimator") == e for r in dim_rows)]
     fig, ax = plt.subplots(figsize=(6.0, 4.6))
     _draw(ax, dim_rows, "D", estimators, log_x=True)
+    dims = sorted({int(float(r["D"])) for r in dim_rows if r.get("D") not in (None, "")})
+    if dims:
+        from matplotlib.ticker import FixedLocator, NullLocator
+
+        ax.xaxis.set_major_locator(FixedLocator(dims))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xticklabels([str(d) for d in dims])
     ax.set_xlabel("dimension D")
     ax.set_ylabel("variance of one estimate of $\\nabla_{\\mu_1} E\\|x\\|^2$")
     ax.set_title("$f(x) = \\|x\\|^2$, $x \\sim N(0, I_D)$: SF $(D+2)(D+4)$, SF with baseline $2D+8$, PW $4$",

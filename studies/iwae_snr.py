@@ -27,9 +27,13 @@ gradient (Tucker et al. 2019) with a far higher SNR; i.e. the control variate
 :math:`\hat g_{IWAE} − \hat g_{DReG}`, whose mean is 0. The standard deviation is always the
 method's own. ``snr_direct`` and ``snr_floor`` are reported next to it.
 
-Fits: least squares of log SNR on log K over K ≥ ``fit_min_k`` (default 30: the
-O(1/K) transient of the signals has decayed) — rows with ``part = "fit"``; expected
-slopes −½ (IWAE inference), +½ (DReG inference, generative).
+Fits: least squares of log SNR on log K over K ≥ ``fit_min_k`` — rows with
+``part = "fit"``; expected slopes −½ (IWAE inference), +½ (DReG inference, generative).
+The threshold (default 100) is where the signals are asymptotic: the mean generative
+gradient is :math:`-N δμ/2 + O(1/K)`, and the O(1/K) term is driven by the perturbation
+of the inference network, :math:`δA\,μ^* + δb`, about ten times larger than
+:math:`δμ/2` here (|μ*| ≈ √D), so the generative SNR climbs more slowly than √K until
+K ≈ 100 (local slope ≈ 0.3 between K = 30 and 100, ≈ 0.45 above).
 
 References:
     Rainforth et al., "Tighter Variational Bounds are Not Necessarily Better", ICML 2018.
@@ -86,12 +90,12 @@ class IWAESNRConfig:
 
     dim: int = 20
     num_points: int = 1024
-    ks: tuple[int, ...] = (1, 3, 10, 30, 100, 300)
+    ks: tuple[int, ...] = (1, 3, 10, 30, 100, 200, 300)
     methods: tuple[str, ...] = _METHODS
-    num_estimates: int = 64
+    num_estimates: int = 32
     perturbation: float = 0.01
     q_variance: float = 2.0 / 3.0
-    fit_min_k: int = 30
+    fit_min_k: int = 100
     data_seed: int = 0
     bound_draws: int = 4
     max_elements: int = 1 << 22

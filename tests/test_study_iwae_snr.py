@@ -1,0 +1,133 @@
+"""The ``iwae-snr`` study: smoke run (signs and shape only), setup, bound vs exact log p(x), fits.
+
+The smoke size (32 points, K ≤ 30, M = 16) is far too small for the slopes to be
+near ±½; it checks that the rows, fits and figure are there and that the IWAE
+inference SNR falls while DReG's rises. The slopes themselves are checked on the
+documented default run (docs/studies/iwae-snr/results.csv) when it is present.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from scg.studies import cli
+from scg.studies.iwae_snr import IWAESNRConfig, fit_slope, gradients, log_px, setup
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "studies" / "iwae-snr" / "results.csv"
+
+
+def _f(row: dict, key: str) -> float:
+    value = row.get(key)
+    return math.nan if value in (None, "") else float(value)
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]:
+    out = tmp_path_factory.mktemp("iwae") / "run"
+    assert cli.main(["run", "iwae-snr", "--smoke", "--out", str(out), "-q", "--device", "cpu"]) == 0
+    with open(out / "results.csv", newline="") as fh:
+        return out, list(csv.DictReader(fh))
+
+
+def test_smoke_rows_fits_and_figure(smoke):
+    out, rows = smoke
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["study"] == "iwae-snr" and man["config"]["q_variance"] == pytest.approx(2 / 3)
+    assert (out / "iwae_snr.png").stat().st_size > 10_000
+    snr = [r for r in rows if r["part"] == "snr"]
+    assert len(snr) == 3 * 3 * 2  # methods x K x groups
+    assert all(_f(r, "snr") > 0 and _f(r, "mean_std") > 0 for r in snr)
+    fits = {(r["method"], r["group"]): r for r in rows if r["part"] == "fit"}
+    assert len(fits) == 6 and all(math.isfinite(_f(r, "slope")) for r in fits.values())
+    # Signs only at this size: the IWAE inference SNR falls with K, DReG's rises.
+    assert _f(fits[("reparam", "inference")], "slope") < 0 < _f(fits[("dreg", "inference")], "slope")
+
+
+def test_bound_is_below_the_exact_log_marginal_and_tightens(smoke):
+    _, rows = smoke
+    sub = sorted((r for r in rows if r["part"] == "snr" and r["method"] == "reparam" and r["group"] == "inference"),
+                 key=lambda r: int(r["K"]))
+    exact = _f(sub[0], "log_px_exact")
+    for r in sub:  # a lower bound up to 4 standard errors of its estimate
+        assert _f(r, "bound_mean") <= exact + 4 * _f(r, "bound_std_error")
+    assert exact - _f(sub[-1], "bound_mean") < exact - _f(sub[0], "bound_mean")
+
+
+def test_setup_is_the_perturbed_optimum():
+    cfg = IWAESNRConfig(num_points=256, perturbation=0.0, dtype="float64")
+    x, p = setup(cfg, torch.device("cpu"))
+    assert x.shape == (256, 20)
+    assert torch.allclose(p["A"], torch.eye(20, dtype=torch.float64) / 2)
+    assert torch.allclose(p["mu"], x.mean(0)) and torch.allclose(p["b"], x.mean(0) / 2)
+    x2, p2 = setup(IWAESNRConfig(num_points=256, dtype="float64"), torch.device("cpu"))
+    assert torch.equal(x, x2)
+    assert 0.005 < float((p2["A"] - p["A"]).std()) < 0.015
+
+
+def test_gradient_mean_matches_the_exact_elbo_gradient_at_k1():
+    # K = 1 is the ELBO, whose reparameterised gradient has a closed form here:
+    # d/dm_n = mu + x_n - 2 m_n (the entropy of q does not depend on m); d/dmu = sum_n (m_n - mu).
+    cfg = IWAESNRConfig(num_points=8, num_estimates=4000, dtype="float64")
+    x, p = setup(cfg, torch.device("cpu"))
+    torch.manual_seed(0)
+    G = gradients(cfg, x, p, 1, "reparam")
+    m = x @ p["A"].T + p["b"]
+    g_m = p["mu"] + x - 2 * m
+    exact = torch.cat([(g_m.T @ x).reshape(-1), g_m.sum(0), (m - p["mu"]).sum(0)])
+    se = G.std(0) / math.sqrt(G.shape[0])
+    # 440 parameters, false-failure rate 1e-3: z = Phi^-1(1 - 1e-3 / 880) ~ 4.1
+    assert float(((G.mean(0) - exact) / se).abs().max()) < 4.1
+
+
+def test_chunking_over_points_gives_the_same_estimator():
+    cfg = IWAESNRConfig(num_points=16, num_estimates=3, dtype="float64")
+    small = IWAESNRConfig(num_points=16, num_estimates=3, dtype="float64", max_elements=3 * 20 * 4)
+    x, p = setup(cfg, torch.device("cpu"))
+    for method in ("reparam", "stl", "dreg"):
+        torch.manual_seed(1)
+        a = gradients(cfg, x, p, 3, method)
+        torch.manual_seed(1)
+        b = gradients(small, x, p, 3, method)
+        assert a.shape == b.shape == (3, 440)
+        assert torch.isfinite(b).all()
+        # different draws, same estimator: the K-averaged means agree in scale
+        assert float(b.abs().mean()) == pytest.approx(float(a.abs().mean()), rel=0.5)
+
+
+def test_log_px_closed_form():
+    x = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    mu = torch.zeros(2, dtype=torch.float64)
+    assert log_px(x, mu) == pytest.approx(-0.25 - math.log(4 * math.pi))
+
+
+def test_fit_slope_recovers_a_power_law():
+    ks = [1, 3, 10, 30]
+    slope, icpt = fit_slope(ks, [2.0 * k ** -0.5 for k in ks])
+    assert slope == pytest.approx(-0.5) and icpt == pytest.approx(math.log(2.0))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"methods": ("iwae",)}, "unknown method 'iwae'; valid methods: reparam, stl, dreg"),
+    ({"num_estimates": 1}, "`num_estimates` must be >= 2"),
+    ({"ks": (0,)}, "`ks` must be integers >= 1"),
+    ({"dtype": "half"}, "`dtype` must be float32 or float64"),
+])
+def test_config_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        IWAESNRConfig(**kwargs)
+
+
+@pytest.mark.skipif(not DOCS.is_file(), reason="docs/studies/iwae-snr/results.csv not generated yet")
+def test_documented_default_run_has_the_published_slopes():
+    with open(DOCS, newline="") as fh:
+        fits = {(r["method"], r["group"]): r for r in csv.DictReader(fh) if r["part"] == "fit"}
+    assert abs(_f(fits[("reparam", "inference")], "slope") + 0.5) <= 0.1
+    assert abs(_f(fits[("dreg", "inference")], "slope") - 0.5) <= 0.1
+    for method in ("reparam", "stl", "dreg"):
+        assert abs(_f(fits[(method, "generative")], "slope") - 0.5) <= 0.1
