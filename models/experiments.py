@@ -133,7 +133,7 @@ def linear_gaussian(args: argparse.Namespace) -> str:
             ["ELBO of the trained linear VAE (1000 samples)", f"{r['elbo']:.4f}"],
             ["exact log p(x) of the learned model (closed form)", f"{r['exact_log_px_model']:.4f}"],
             [f"IS estimate, K = {r['K']}", f"{r['is_log_px']:.4f}"],
-            ["|IS − exact|", f"{abs(r['is_log_px'] - r['exact_log_px_model']):.4f}"],
+            ["abs(IS − exact)", f"{abs(r['is_log_px'] - r['exact_log_px_model']):.4f}"],
             ["ELBO gap (exact − ELBO)", f"{r['exact_log_px_model'] - r['elbo']:.4f}"],
             ["exact log p(x) of the true model", f"{r['exact_log_px_true']:.4f}"],
         ]),
