@@ -15,7 +15,7 @@ is unbiased for the full-data ELBO gradient.
 
 References:
     Mohamed, Rosca, Figurnov & Mnih, "Monte Carlo Gradient Estimation in Machine
-    Learning", JMLR 2020, §8.3 (Bayesian logistic regression on breast cancer).
+    Learning", JMLR 2020, §8 (Bayesian logistic regression on breast cancer).
     https://arxiv.org/abs/1906.10652
     Titsias & Lázaro-Gredilla, "Doubly Stochastic Variational Bayes for non-Conjugate
     Inference", ICML 2014.
