@@ -28,9 +28,28 @@ def _k_axis(ax: Any, ks: Sequence[int]) -> None:
     from matplotlib.ticker import FixedLocator, NullLocator
 
     ax.set_xscale("log")
-    ax.xaxis.set_major_locator(FixedLocator(sorted(set(ks))))
+    values = sorted(set(ks))
+    labels, last = [], -math.inf
+    for k in values:  # skip labels that would overlap on the log axis (e.g. 200 next to 300)
+        keep = math.log10(k) - last >= 0.3 or k == values[-1]
+        if keep and labels and k == values[-1] and math.log10(k) - last < 0.3:
+            labels[-1] = ""
+        labels.append(str(k) if keep else "")
+        last = math.log10(k) if keep else last
+    ax.xaxis.set_major_locator(FixedLocator(values))
     ax.xaxis.set_minor_locator(NullLocator())
-    ax.set_xticklabels([str(k) for k in sorted(set(ks))])
+    ax.set_xticklabels(labels)
+
+
+def _y_labels(ax: Any) -> None:
+    """Label 1-1.5-2-3-5-7 ticks when a log axis spans less than two decades."""
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+
+    low, high = ax.get_ylim()
+    if low > 0 and high / low < 100:
+        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0)))
+        ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
 
 
 def plot_snr(rows: Sequence[Mapping[str, Any]], cfg: Any, path: Path) -> Path:
@@ -74,6 +93,7 @@ def plot_snr(rows: Sequence[Mapping[str, Any]], cfg: Any, path: Path) -> Path:
         ax.set_title(f"{what}; dashed: least-squares fit over K ≥ {cfg.fit_min_k}", fontsize=9)
         ax.grid(True, which="both", alpha=0.25)
         ax.legend(fontsize=7)
+        _y_labels(ax)
     ax = axes[2]
     sub = sorted((r for r in snr if r["method"] == methods[0] and r["group"] == "inference"),
                  key=lambda r: int(r["K"])) if methods else []
