@@ -37,6 +37,7 @@ References:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -143,6 +144,8 @@ class _Surrogate(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.net = nn.Sequential(nn.Linear(1, 16), nn.Tanh(), nn.Linear(16, 1))
+        nn.init.zeros_(self.net[2].weight)
+        nn.init.zeros_(self.net[2].bias)
 
     def forward(self, z: Tensor) -> Tensor:
         return self.net(z.unsqueeze(-1)).squeeze(-1)
@@ -157,13 +160,19 @@ def build_estimator(name: str, *, temperature: float = 0.5) -> tuple[scg.Estimat
     if name == "rloo":
         return scg.ScoreFunction(baseline=LeaveOneOut()), 2
     if name == "nvil":
-        return scg.ScoreFunction(baseline=chain(MovingAverage(0.9), Learned(nn.Linear(1, 1)), Normalize())), 1
+        net = nn.Linear(1, 1)
+        nn.init.zeros_(net.weight)
+        nn.init.zeros_(net.bias)
+        return scg.ScoreFunction(baseline=chain(MovingAverage(0.9), Learned(net), Normalize())), 1
     if name == "arm":
         return ARM(), 1
     if name == "disarm":
         return scg.DisARM(), 1
     if name == "relax":
-        return scg.RELAX(control_variate=NeuralControlVariate(_Surrogate())), 1
+        cv = NeuralControlVariate(_Surrogate())
+        with torch.no_grad():
+            cv.rebar.eta.zero_()  # start as REINFORCE: c(z) = 0
+        return scg.RELAX(control_variate=cv), 1
     if name == "gumbel_softmax":
         return scg.GumbelSoftmax(temperature=temperature), 1
     raise ValueError(f"unknown estimator {name!r}; valid estimators: {', '.join(ESTIMATORS)}.")
@@ -186,7 +195,12 @@ class BernoulliToyConfig:
         num_samples: S per estimate and per step (RLOO uses max(S, 2)).
         replicas: R independent φ's trained at once.
         steps: optimiser steps.
-        lr: Adam learning rate (φ and control-variate parameters).
+        lr: Adam learning rate of φ.
+        cv_lr: Adam learning rate of the control-variate parameters (NVIL's baseline network,
+            RELAX's η, λ and MLP).
+        schedule: ``cosine`` (both learning rates decay to 0 over ``steps``) or ``constant``.
+        cv_warmup: part 1: Adam steps that train RELAX's control variate at φ = 0 (its
+            variance objective) before its variance is measured.
         record_every: steps between recorded points of the curves.
         temperature: Gumbel-softmax temperature τ.
         converged_p: a replica counts as converged when P(b = 1) ≤ this (the optimum is 0).
@@ -202,6 +216,9 @@ class BernoulliToyConfig:
     replicas: int = 32
     steps: int = 4000
     lr: float = 0.1
+    cv_lr: float = 0.01
+    cv_warmup: int = 500
+    schedule: str = "cosine"
     record_every: int = 40
     temperature: float = 0.5
     converged_p: float = 0.05
@@ -212,6 +229,8 @@ class BernoulliToyConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be an int >= 1; got {value!r}.")
+        if isinstance(self.cv_warmup, bool) or not isinstance(self.cv_warmup, int) or self.cv_warmup < 0:
+            raise ValueError(f"`cv_warmup` must be an int >= 0; got {self.cv_warmup!r}.")
         if self.num_estimates < 2:
             raise ValueError(f"`num_estimates` must be >= 2 to estimate a variance; got {self.num_estimates}.")
         for t in self.targets:
@@ -223,10 +242,13 @@ class BernoulliToyConfig:
         if "nvil" in self.variance_estimators:
             raise ValueError("`variance_estimators` cannot include 'nvil' (its learned baseline is trained "
                              "during training only); use train_estimators.")
-        if not self.lr > 0 or not self.temperature > 0:
-            raise ValueError(f"`lr` and `temperature` must be positive; got {self.lr!r}, {self.temperature!r}.")
+        if not self.lr > 0 or not self.cv_lr > 0 or not self.temperature > 0:
+            raise ValueError(f"`lr`, `cv_lr` and `temperature` must be positive; got {self.lr!r}, {self.cv_lr!r}, "
+                             f"{self.temperature!r}.")
         if self.dtype not in ("float64", "float32"):
             raise ValueError(f"`dtype` must be float64 or float32; got {self.dtype!r}.")
+        if self.schedule not in ("cosine", "constant"):
+            raise ValueError(f"`schedule` must be cosine or constant; got {self.schedule!r}.")
 
 
 def _row(**values: Any) -> dict[str, Any]:
@@ -250,7 +272,7 @@ class BernoulliToy(Study):
 
     def smoke(self) -> BernoulliToyConfig:
         return BernoulliToyConfig(targets=(0.49, 0.499), num_estimates=1 << 13, replicas=4, steps=150,
-                                  record_every=50)
+                                  record_every=50, cv_warmup=20, schedule="constant")
 
     def cells(self, cfg: BernoulliToyConfig) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = [{"part": "variance", "t": float(t)} for t in cfg.targets]
@@ -303,8 +325,14 @@ class BernoulliToy(Study):
                     for _ in range(200):
                         est(f, Bernoulli(logits=torch.zeros(64, dtype=dtype, device=dev)), S)
                 note = f"baseline warmed up on 200 calls, frozen at {float(est.baseline.baseline()):.6g}"
-            if name == "relax":
-                note = "control variate at its initial values (eta=1, temperature=0.5, random MLP)"
+            if name == "relax":  # train the control variate at φ = 0 (φ itself is not stepped)
+                opt = torch.optim.Adam(est.parameters(), lr=cfg.cv_lr)
+                logits = torch.zeros(64, dtype=dtype, device=dev)
+                for _ in range(cfg.cv_warmup):
+                    opt.zero_grad(set_to_none=True)
+                    est(f, Bernoulli(logits=logits), S).sum().backward()
+                    opt.step()
+                note = f"control variate trained for {cfg.cv_warmup} Adam steps at phi = 0, then frozen"
             est.eval()
             exact = scg.testing.exact_moments(est, lambda l: Bernoulli(logits=l), (zero,), f, num_samples=S)
             exact_var = float(exact.variance[0])
@@ -338,7 +366,12 @@ class BernoulliToy(Study):
             est = est.to(device=dev, dtype=dtype).train()
             S, unbiased = max(cfg.num_samples, s_min), bool(est.unbiased)
             params = [phi, *est.parameters()]
-        opt = torch.optim.Adam(params, lr=cfg.lr)
+        groups = [{"params": [phi], "lr": cfg.lr}]
+        if len(params) > 1:
+            groups.append({"params": params[1:], "lr": cfg.cv_lr})
+        opt = torch.optim.Adam(groups)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda i: 0.5 * (1 + math.cos(math.pi * i / cfg.steps)) if cfg.schedule == "cosine" else 1.0)
         optimum = min(objective(torch.tensor(0.0), t), objective(torch.tensor(1.0), t))
         rows = []
         for step in range(cfg.steps + 1):
@@ -359,6 +392,7 @@ class BernoulliToy(Study):
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            sched.step()
         return rows
 
     def plot(self, rows: Sequence[Mapping[str, Any]], cfg: BernoulliToyConfig, out_dir: Path) -> list[Path]:
