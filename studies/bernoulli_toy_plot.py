@@ -126,8 +126,9 @@ def plot_training(rows: Sequence[Mapping[str, Any]], cfg: Any, path: Path) -> Pa
         ax.set_title(f"t = {t:g}: mean over {cfg.replicas} replicas, 10–90 % band", fontsize=10)
         ax.grid(True, which="both", alpha=0.25)
     axes[0][0].legend(fontsize=7, loc="lower left")
-    fig.suptitle(f"Minimising $E[(b-t)^2]$ from φ = 0 with Adam (lr {cfg.lr:g}, S = {cfg.num_samples}; RLOO S = 2)",
-                 fontsize=11)
+    sched = ", cosine decay" if getattr(cfg, "schedule", "constant") == "cosine" else ""
+    fig.suptitle(f"Minimising $E[(b-t)^2]$ from φ = 0 with Adam (lr {cfg.lr:g}{sched}; control variates lr "
+                 f"{getattr(cfg, 'cv_lr', cfg.lr):g}; S = {cfg.num_samples}, RLOO S = 2)", fontsize=11)
     fig.tight_layout()
     out = save_figure(fig, path, dpi=110)
     plt.close(fig)
