@@ -3,12 +3,13 @@ r"""``bernoulli-toy``: minimise :math:`E_{b \sim \mathrm{Bern}(σ(φ))}[(b − t
 The toy of Tucker et al. (2017), Grathwohl et al. (2018), Yin & Zhou (2019) and Dong
 et al. (2020). The exact gradient is :math:`σ(φ)(1 − σ(φ))(1 − 2t)`: tiny for t near ½,
 so only low-variance estimators see its sign. Since :math:`(1−t)^2 > t^2` for t < ½,
-the minimiser is :math:`σ(φ) → 0` (b = 0 always). (ARM's paper *maximises* the same
-objective, whose optimum is σ(φ) → 1; the variances are the same.)
+the minimiser is :math:`σ(φ) → 0` (b = 0 always). (Stated as a maximisation, as some
+papers do, the optimum is σ(φ) → 1; the variances are the same.)
 
 Part 1 (``part = "variance"``): single-estimate variance at φ = 0 for REINFORCE,
 REINFORCE with a moving-average baseline (warmed up on 200 calls, then frozen), RLOO
-(S = 2), ARM, DisARM, RELAX (control variate at its initial values) and
+(S = 2), ARM, DisARM, RELAX (control variate trained for ``cv_warmup`` steps at φ = 0,
+then frozen) and
 Gumbel-softmax (τ = 0.5, biased): exact values from :func:`scg.testing.exact_moments`
 next to N sampled estimates and REFERENCES.md's values. ARM is not a library
 estimator: :class:`ARM` below implements it as an :class:`scg.Estimator` (a uniform
@@ -16,14 +17,17 @@ law with its breakpoints), so the exact harness checks it too.
 
 Part 2 (``part = "train"``): R independent replicas φ ∈ ℝ^R (a batch dimension of
 ``Bernoulli(logits=φ)``: one surrogate, one backward per step for all replicas) trained
-with Adam (lr 0.1, 4000 steps) from φ = 0; also NVIL (``chain(MovingAverage(),
+with Adam from φ = 0 (lr 0.1 with a cosine decay over 4000 steps; with a constant lr,
+Adam's normalised steps stay ≈ lr while the true gradient vanishes and some RELAX replicas
+drifted back up late in training); also NVIL (``chain(MovingAverage(),
 Learned(nn.Linear), Normalize())``). RELAX uses RELAX's free-form control variate
 (:class:`scg.estimators.NeuralControlVariate`: REBAR's :math:`η f(σ(z/λ))` plus a 1-16-1 tanh
 MLP of z); REBAR's term alone (η, λ) raised the exact variance at φ = 0 above REINFORCE's
 on every point of a grid η ∈ {½, 1, 2}, λ ∈ {0.1, ½, 1, 2} (0.0223 at the initial η = 1,
-λ = ½, against 0.0156), and RELAX with it did not converge for t = 0.499. The
-control-variate parameters (NVIL's baseline, RELAX's η, λ and MLP) are stepped by the
-same optimiser. The ``exact`` rows follow Adam on the exact gradient. The figure
+λ = ½, against 0.0156), and RELAX with it did not converge for t = 0.499 in a first run.
+The control-variate parameters (NVIL's baseline, RELAX's η, λ and MLP) start at zero (NVIL
+starts as REINFORCE + moving average, RELAX as REINFORCE) and are stepped by the same
+optimiser with lr ``cv_lr`` = 0.01. The ``exact`` rows follow Adam on the exact gradient. The figure
 shows P(b = 1) = σ(φ) against the step: unbiased estimators go to 0; Gumbel-softmax
 minimises the relaxed objective instead and stays near σ(φ) ≈ ½.
 
