@@ -271,7 +271,7 @@ class BernoulliToy(Study):
     name = "bernoulli-toy"
     description = "E[(b-t)^2], t in {0.45, 0.49, 0.499}: variance at phi=0 (exact vs sampled), training curves"
     reproduces = "REFERENCES.md Bernoulli toy (Tucker 2017, Yin & Zhou 2019, Dong 2020)"
-    time = {"smoke": "5 s", "full": "10 min on 2 CPU cores (single-threaded: tiny tensors)"}
+    time = {"smoke": "10 s", "full": "8 min on 2 CPU cores (single-threaded: tiny tensors)"}
     Config = BernoulliToyConfig
 
     def smoke(self) -> BernoulliToyConfig:

@@ -324,7 +324,7 @@ class Gaussian(Study):
     name = "gaussian"
     description = "Mohamed et al. 2020 §3: variance of SF, SF*, PW, MVD on (x-k)^2, exp(-kx^2), cos kx; vs D"
     reproduces = "Mohamed et al. 2020, Fig. 3/4 and Table 3"
-    time = {"smoke": "5 s", "full": "3-6 min on 2 CPU cores (default); GPU for the 0.5 % size"}
+    time = {"smoke": "5 s", "full": "1 min on 2 idle CPU cores (default); GPU for the 0.5 % size"}
     Config = GaussianConfig
 
     def smoke(self) -> GaussianConfig:

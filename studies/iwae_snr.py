@@ -218,7 +218,7 @@ class IWAESNR(Study):
     name = "iwae-snr"
     description = "Rainforth et al. 2018 linear-Gaussian: SNR of inference/generative gradients vs K (IWAE, STL, DReG)"
     reproduces = "Rainforth et al. 2018 Fig. 2 (SNR slopes -1/2, +1/2); Tucker et al. 2019 (DReG +1/2)"
-    time = {"smoke": "5 s", "full": "10-40 min on 2 CPU cores (default, K <= 300); GPU for K = 1000"}
+    time = {"smoke": "5 s", "full": "10 min on 2 CPU cores (default, K <= 300); GPU for K = 1000"}
     Config = IWAESNRConfig
 
     def smoke(self) -> IWAESNRConfig:

@@ -149,3 +149,12 @@ def test_exact_harness_reproduces_the_reference_numbers_directly():
             est, S = build_estimator(name)
             var = float(exact_moments(est.double(), make, (zero,), f, num_samples=S).variance[0])
             assert var == pytest.approx(ref, rel=2e-4, abs=1e-30), (t, name)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_cells_run(tmp_path):  # pragma: no cover - no GPU on CI
+    from scg.studies.bernoulli_toy import BernoulliToy
+    from scg.studies.runner import run_study
+
+    res = run_study(BernoulliToy(), BernoulliToy().smoke(), tmp_path, device="cuda", progress=False, plot=False)
+    assert all(r["status"] == "ok" for r in res.rows)

@@ -131,3 +131,12 @@ def test_documented_default_run_has_the_published_slopes():
     assert abs(_f(fits[("dreg", "inference")], "slope") - 0.5) <= 0.1
     for method in ("reparam", "stl", "dreg"):
         assert abs(_f(fits[(method, "generative")], "slope") - 0.5) <= 0.1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_cells_run(tmp_path):  # pragma: no cover - no GPU on CI
+    from scg.studies.iwae_snr import IWAESNR
+    from scg.studies.runner import run_study
+
+    res = run_study(IWAESNR(), IWAESNR().smoke(), tmp_path, device="cuda", progress=False, plot=False)
+    assert all(math.isfinite(_f(r, "snr")) for r in res.rows if r["part"] == "snr")
