@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Sequence
 
 from scg.studies._io import save_figure
+from scg.studies._plotting import number, pyplot
 
 __all__ = ["plot_variance", "plot_training", "COLORS"]
 
@@ -21,28 +21,9 @@ LABELS: dict[str, str] = {
 }
 
 
-def _num(value: Any) -> Optional[float]:
-    if value is None or value == "":
-        return None
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(x) else x
-
-
-def _plt() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_variance(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
     """Per t: variance of one estimate at φ = 0 (log y; exact bars, sampled dots ± 2 SE), and mean / exact gradient."""
-    plt = _plt()
+    plt = pyplot()
     var_rows = [r for r in rows if r.get("part") == "variance" and r.get("status") == "ok"]
     targets = sorted({float(r["t"]) for r in var_rows})
     names = [n for n in LABELS if any(r.get("estimator") == n for r in var_rows)]
@@ -51,7 +32,7 @@ def plot_variance(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
     for j, t in enumerate(targets):
         ax, bx = axes[0][j], axes[1][j]
         sub = {r["estimator"]: r for r in var_rows if float(r["t"]) == t}
-        positive = [v for r in sub.values() for v in (_num(r.get("variance")), _num(r.get("exact_variance")))
+        positive = [v for r in sub.values() for v in (number(r.get("variance")), number(r.get("exact_variance")))
                     if v is not None and v > 0]
         floor = min(positive) / 30 if positive else 1e-12
         for i, name in enumerate(names):
@@ -59,8 +40,8 @@ def plot_variance(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
             if r is None:
                 continue
             color = COLORS[name]
-            ex, v, se = _num(r.get("exact_variance")), _num(r.get("variance")), _num(r.get("variance_std_error"))
-            ref = _num(r.get("reference_variance"))
+            ex, v, se = number(r.get("exact_variance")), number(r.get("variance")), number(r.get("variance_std_error"))
+            ref = number(r.get("reference_variance"))
             if ex is not None and ex > 0:
                 ax.bar(i, ex, color=color, alpha=0.35, width=0.7, label="exact (quadrature)" if i == 0 else None)
             elif ex is not None:
@@ -70,10 +51,10 @@ def plot_variance(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
                 ax.errorbar(i, v, yerr=[[lo], [2 * (se or 0.0)]], fmt="o", color=color, ms=5, capsize=3)
             if ref is not None and ref > 0:
                 ax.plot([i - 0.35, i + 0.35], [ref, ref], "k--", lw=1)
-            g, m, mse = _num(r.get("exact_gradient")), _num(r.get("mean")), _num(r.get("std_error"))
+            g, m, mse = number(r.get("exact_gradient")), number(r.get("mean")), number(r.get("std_error"))
             if g and m is not None:
                 bx.errorbar(i, m / g, yerr=2 * (mse or 0.0) / abs(g), fmt="o", color=color, ms=5, capsize=3)
-                em = _num(r.get("exact_mean"))
+                em = number(r.get("exact_mean"))
                 if em is not None:
                     bx.plot([i - 0.35, i + 0.35], [em / g, em / g], "-", color=color, lw=2, alpha=0.5)
         ax.set_yscale("log")
@@ -97,7 +78,7 @@ def plot_variance(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
 
 def plot_training(rows: Sequence[Mapping[str, Any]], cfg: Any, path: Path) -> Path:
     """P(b = 1) = σ(φ) vs step per t (log y): mean over replicas, 10–90 % band; the optimum is 0."""
-    plt = _plt()
+    plt = pyplot()
     tr = [r for r in rows if r.get("part") == "train"]
     targets = sorted({float(r["t"]) for r in tr})
     names = [n for n in LABELS if any(r.get("estimator") == n for r in tr)]

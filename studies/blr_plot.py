@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from scg.studies._io import save_figure
+from scg.studies._plotting import pyplot
 
 __all__ = ["plot_blr", "COLORS"]
 
@@ -17,18 +18,9 @@ LABELS = {"pathwise": "pathwise", "score_function": "score function", "score_fun
 DIMS = (0, 1, 2, 30)
 
 
-def _plt() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_blr(rows: Sequence[Mapping[str, Any]], cfg: Any, out: Path) -> list[Path]:
     """Three PNGs: ``blr_elbo.png``, ``blr_variance_steps.png``, ``blr_variance_dims.png``."""
-    plt = _plt()
+    plt = pyplot()
     ests = [e for e in cfg.estimators if any(r.get("estimator") == e and r.get("kind") == "elbo" for r in rows)]
     elbo = [r for r in rows if r.get("kind") == "elbo"]
     var = [r for r in rows if r.get("kind") == "variance"]

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from scg.studies._io import save_figure
+from scg.studies._plotting import pyplot
 
 __all__ = ["plot_discrete"]
 
@@ -15,10 +16,7 @@ LABELS = {"reinforce": "REINFORCE + MA", "nvil": "NVIL", "rloo": "RLOO", "vimco"
 
 def plot_discrete(rows: Sequence[Mapping[str, Any]], cfg: Any, out: Path) -> list[Path]:
     """``discrete_vae.png``: (a) Σ Var of the encoder gradient, (b) Var / ‖E g‖², (c) training ELBO; vs step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
     ests = [e for e in cfg.estimators if any(r.get("estimator") == e for r in rows)]

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from scg.studies._io import save_figure
+from scg.studies._plotting import pyplot
 
 __all__ = ["plot_decomposition"]
 
@@ -18,10 +19,7 @@ def plot_decomposition(rows: Sequence[Mapping[str, Any]], cfg: Any, out: Path) -
     the sampled total variance of the estimator. All are traces over the 62
     coordinates (μ and s).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = [r for r in rows if r.get("group") == "all" and r.get("status") == "ok"]
     points = [p for p in cfg.points if any(r["point"] == p for r in rows)]

@@ -8,6 +8,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from scg.studies._io import save_figure
+from scg.studies._plotting import pyplot
 
 __all__ = ["plot_flows"]
 
@@ -16,10 +17,7 @@ NAMES = {"planar": "planar", "radial": "radial", "coupling": "affine coupling"}
 
 def plot_flows(rows: Sequence[Mapping[str, Any]], cfg: Any, out: Path) -> list[Path]:
     """``flows_2d.png`` (rows = potentials; columns = target, then each kind at each length) and ``flows_2d_kl.png``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     from scg.studies.flows_2d import BOX, decode_image, grid_points, potential
 

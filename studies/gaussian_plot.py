@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Sequence
 
 from scg.studies._io import save_figure
+from scg.studies._plotting import number, pyplot
 
 __all__ = ["plot_cost", "plot_dimension", "COLORS"]
 
@@ -20,30 +20,11 @@ _TITLES = {"square": "$f(x) = (x-k)^2$", "bump": "$f(x) = e^{-kx^2}$", "cos": "$
 _PARAM = {"mu": "$\\nabla_\\mu$", "sigma": "$\\nabla_\\sigma$"}
 
 
-def _num(value: Any) -> Optional[float]:
-    if value is None or value == "":
-        return None
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(x) else x
-
-
-def _setup() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _series(rows: Sequence[Mapping[str, Any]], xkey: str) -> tuple[list[float], list[float], list[float], list[float]]:
     pts = []
     for r in rows:
-        x, v, se, ex = _num(r.get(xkey)), _num(r.get("variance")), _num(r.get("variance_std_error")), \
-            _num(r.get("exact_variance"))
+        x, v, se, ex = number(r.get(xkey)), number(r.get("variance")), number(r.get("variance_std_error")), \
+            number(r.get("exact_variance"))
         if x is not None:
             pts.append((x, v, se or 0.0, ex))
     pts.sort()
@@ -77,7 +58,7 @@ def _draw(ax: Any, rows: Sequence[Mapping[str, Any]], xkey: str, estimators: Seq
 
 def plot_cost(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
     """Variance of one estimate vs k: one panel per (cost family, parameter), log y; exact lines, sampled dots."""
-    plt = _setup()
+    plt = pyplot()
     cost_rows = [r for r in rows if r.get("part") == "cost"]
     families = [f for f in ("square", "bump", "cos") if any(r.get("family") == f for r in cost_rows)]
     estimators = [e for e in ("score_function", "score_function_optimal", "pathwise", "measure_valued")
@@ -103,7 +84,7 @@ def plot_cost(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
 
 def plot_dimension(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
     """Variance of the ∇μ₁ estimate of E‖x‖² vs dimension D (log-log): closed forms and sampled values."""
-    plt = _setup()
+    plt = pyplot()
     dim_rows = [r for r in rows if r.get("part") == "dimension"]
     estimators = [e for e in ("score_function", "score_function_baseline", "pathwise")
                   if any(r.get("estimator") == e for r in dim_rows)]

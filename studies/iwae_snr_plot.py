@@ -4,24 +4,15 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Sequence
 
 from scg.studies._io import save_figure
+from scg.studies._plotting import number, pyplot
 
 __all__ = ["plot_snr"]
 
 COLORS = {"reparam": "tab:blue", "stl": "tab:orange", "dreg": "tab:green"}
 LABELS = {"reparam": "IWAE (reparam)", "stl": "STL", "dreg": "DReG"}
-
-
-def _num(value: Any) -> Optional[float]:
-    if value is None or value == "":
-        return None
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(x) else x
 
 
 def _k_axis(ax: Any, ks: Sequence[int]) -> None:
@@ -54,10 +45,7 @@ def _y_labels(ax: Any) -> None:
 
 def plot_snr(rows: Sequence[Mapping[str, Any]], cfg: Any, path: Path) -> Path:
     """Inference and generative SNR vs K with the fitted lines (K ≥ fit_min_k), and log p(x) − bound vs K."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     snr = [r for r in rows if r.get("part") == "snr"]
     fits = {(r["method"], r["group"]): r for r in rows if r.get("part") == "fit"}
@@ -67,22 +55,22 @@ def plot_snr(rows: Sequence[Mapping[str, Any]], cfg: Any, path: Path) -> Path:
         for m in methods:
             sub = sorted((r for r in snr if r["method"] == m and r["group"] == group), key=lambda r: int(r["K"]))
             ks = [int(r["K"]) for r in sub]
-            ys = [_num(r["snr"]) for r in sub]
+            ys = [number(r["snr"]) for r in sub]
             fit = fits.get((m, group))
-            slope = _num(fit.get("slope")) if fit else None
+            slope = number(fit.get("slope")) if fit else None
             label = LABELS[m]
             if slope is not None:
                 label += f": slope {slope:+.2f}"
             ax.plot(ks, ys, "o-", color=COLORS[m], label=label)
             if slope is not None and fit is not None:
                 k0 = [k for k in ks if k >= int(fit["fit_min_k"])]
-                icpt = _num(fit.get("intercept")) or 0.0
+                icpt = number(fit.get("intercept")) or 0.0
                 ax.plot(k0, [math.exp(icpt) * k ** slope for k in k0], "--", color="gray", lw=2.5, alpha=0.6)
-            direct = [_num(r["snr_direct"]) for r in sub]
+            direct = [number(r["snr_direct"]) for r in sub]
             if any(a != b for a, b in zip(direct, ys)):
                 ax.plot(ks, direct, "x:", color=COLORS[m], alpha=0.6,
                         label=f"{LABELS[m]}: own sample mean (noise-floored)")
-        floor = _num(snr[0]["snr_floor"]) if snr else None
+        floor = number(snr[0]["snr_floor"]) if snr else None
         if floor and group == "inference":
             ax.axhline(floor, color="gray", lw=1, ls=":", label=f"noise floor √(2/(πM)), M = {cfg.num_estimates}")
         _k_axis(ax, [int(r["K"]) for r in snr])
@@ -98,8 +86,8 @@ def plot_snr(rows: Sequence[Mapping[str, Any]], cfg: Any, path: Path) -> Path:
     sub = sorted((r for r in snr if r["method"] == methods[0] and r["group"] == "inference"),
                  key=lambda r: int(r["K"])) if methods else []
     ks = [int(r["K"]) for r in sub]
-    gap = [(_num(r["log_px_exact"]) or 0.0) - (_num(r["bound_mean"]) or 0.0) for r in sub]
-    err = [2 * (_num(r["bound_std_error"]) or 0.0) for r in sub]
+    gap = [(number(r["log_px_exact"]) or 0.0) - (number(r["bound_mean"]) or 0.0) for r in sub]
+    err = [2 * (number(r["bound_std_error"]) or 0.0) for r in sub]
     pos = [(k, g, e) for k, g, e in zip(ks, gap, err) if g > 0]
     if pos:
         ax.errorbar([p[0] for p in pos], [p[1] for p in pos], yerr=[[min(p[2], 0.95 * p[1]) for p in pos],

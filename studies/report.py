@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from scg.studies._io import read_csv, save_figure, write_csv, write_json
+from scg.studies._plotting import pyplot
 
 __all__ = ["format_table", "plot_compare", "write_compare", "load_rows"]
 
@@ -114,10 +115,7 @@ def plot_compare(rows: Sequence[Mapping[str, Any]], path: str | Path, *, title: 
     1e-10 · gradient² counts as zero: float rounding) are drawn at the left edge and
     labelled "0" or "≈0". Written atomically to ``path``.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     import matplotlib.ticker
 
     ok = [r for r in rows if r["status"] == "ok"]
