@@ -1,4 +1,4 @@
-"""The study contract: a frozen config, independent cells, ``run_cell`` and ``plot``.
+"""The study contract: a frozen config in three sizes, independent cells, ``run_cell`` and ``plot``.
 
 A study is split into **cells** — independent units of work (one estimator at one
 setting, one seed, ...). The runner (:mod:`scg.studies.runner`) executes missing
@@ -9,32 +9,48 @@ resumable runs (an interrupted run skips finished cells), identical
 seed and its key, never from execution order), and sharding across
 ``torch.distributed`` ranks (cells are dealt to ranks).
 
+Sizes (:data:`PRESETS`; ``scg-study run NAME [--smoke | --full] [--set KEY=VALUE ...]``,
+the ``--set`` overrides applied on top of the chosen size):
+
+* ``smoke`` — :meth:`Study.smoke`: seconds; what the tests run;
+* ``default`` — :meth:`Study.default` = ``Config()``, the dataclass defaults: the CPU
+  size (minutes on 2 cores), the run behind ``docs/studies/NAME/``;
+* ``full`` — :meth:`Study.full`: the size at which the paper's claims are tested,
+  meant for a GPU (the base class returns ``Config()``, for studies whose default
+  already is the full size).
+
+The manifest of a run records the size it started from (``preset``) and the overrides.
+
 Subclass contract::
 
     @dataclasses.dataclass(frozen=True)
-    class GaussianConfig:          # defaults = full size; smoke() returns the tiny size
-        num_estimates: int = 100_000
+    class GaussianConfig:          # defaults = the CPU default size
+        rel_se: float = 0.02 / 3
         ...
 
     class Gaussian(Study):
         name = "gaussian"
         description = "Mohamed et al. 2020 §3: ..."
-        time = {"smoke": "2 s", "full": "3 min (2 CPU cores)"}
+        reproduces = "Mohamed et al. 2020, Fig. 3/4 and Table 3"
+        time = {"smoke": "5 s", "default": "1 min (2 CPU cores)", "full": "..."}  # wall time per size
         Config = GaussianConfig
-        def smoke(self) -> GaussianConfig: ...
+        def smoke(self) -> GaussianConfig: ...            # the tiny size
+        def full(self) -> GaussianConfig: ...             # the GPU size
         def cells(self, cfg) -> list[dict]: ...           # JSON-able, hashable keys, stable order
         def run_cell(self, cfg, cell, ctx) -> list[dict]: # rows for results.csv
         def plot(self, rows, cfg, out_dir) -> list[Path]: # PNG figures (labelled axes)
 
-``ctx`` (:class:`CellContext`) gives the device, a seeded ``torch.Generator`` and
-the cell's integer seed (``torch.manual_seed`` is already called with it), and a
-progress callback.
+``ctx`` (:class:`CellContext`) gives the device, a seeded ``torch.Generator`` on that
+device and the cell's integer seed (``torch.manual_seed`` is already called with
+it), and a progress callback. Nothing may assume the CPU: tensors and generators
+live on ``ctx.device``; results move to the CPU only to be written.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +58,7 @@ from typing import Any, Callable, ClassVar, Mapping, Optional, Sequence
 
 import torch
 
-__all__ = ["Study", "CellContext", "cell_key", "cell_seed", "config_to_dict", "apply_overrides", "resolve_device"]
+__all__ = ["Study", "CellContext", "PRESETS", "cell_key", "cell_seed", "config_to_dict", "apply_overrides", "resolve_device"]
 
 
 def resolve_device(device: str) -> torch.device:
@@ -71,45 +87,80 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
 
 
-def _coerce(text: str, current: Any, key: str, valid: Sequence[str]) -> Any:
-    def fail(kind: str) -> ValueError:
-        return ValueError(f"--set {key}={text!r}: expected {kind}; valid keys: {', '.join(valid)}.")
+#: The sizes of a study: ``--smoke``, the default (no flag) and ``--full`` of ``scg-study run``.
+PRESETS: tuple[str, ...] = ("smoke", "default", "full")
 
-    if isinstance(current, bool):
+_SCALARS: tuple[type, ...] = (bool, int, float, str)
+
+
+def _field_types(cfg: Any) -> dict[str, Any]:
+    """Resolved annotations of a dataclass config (``{}`` if they cannot be evaluated)."""
+    try:
+        return typing.get_type_hints(type(cfg))
+    except (NameError, TypeError):  # pragma: no cover - an annotation naming an unavailable type
+        return {}
+
+
+def _scalar(text: str, kind: type, key: str, valid: Sequence[str]) -> Any:
+    def fail(what: str) -> ValueError:
+        return ValueError(f"--set {key}={text!r}: expected {what}; valid keys: {', '.join(valid)}.")
+
+    if kind is bool:
         low = text.lower()
         if low in ("1", "true", "yes", "on"):
             return True
         if low in ("0", "false", "no", "off"):
             return False
         raise fail("a boolean (true/false)")
-    if isinstance(current, int):
+    if kind is int:
         try:
             return int(text)
         except ValueError:
             raise fail("an integer") from None
-    if isinstance(current, float):
+    if kind is float:
         try:
             return float(text)
         except ValueError:
             raise fail("a number") from None
-    if isinstance(current, tuple):
-        items = [t.strip() for t in text.split(",") if t.strip()]
-        if current:
-            return tuple(_coerce(t, current[0], key, valid) for t in items)
-        return tuple(items)
-    if current is None or isinstance(current, str):
+    return text
+
+
+def _coerce(text: str, current: Any, hint: Any, key: str, valid: Sequence[str]) -> Any:
+    """``text`` as a value of field ``key``: typed by its annotation ``hint``, else by its value ``current``.
+
+    Tuples are comma-separated and ``""`` is the empty tuple; items take the
+    annotation's item type (``tuple[int, ...]``), else the type of the current first item.
+    """
+    if hint is tuple or typing.get_origin(hint) is tuple or (hint is None and isinstance(current, tuple)):
+        args = typing.get_args(hint)
+        kind: type = str
+        if args and args[0] in _SCALARS:
+            kind = args[0]
+        elif isinstance(current, tuple) and current and type(current[0]) in _SCALARS:
+            kind = type(current[0])
+        return tuple(_scalar(t.strip(), kind, key, valid) for t in text.split(",") if t.strip())
+    if hint in _SCALARS:
+        return _scalar(text, hint, key, valid)
+    if isinstance(current, _SCALARS):
+        return _scalar(text, type(current), key, valid)
+    if current is None:
         return text
-    raise fail(f"a value of type {type(current).__name__}")
+    raise ValueError(f"--set {key}={text!r}: a value of type {type(current).__name__} cannot be set; "
+                     f"valid keys: {', '.join(valid)}.")
 
 
 def apply_overrides(cfg: Any, overrides: Sequence[str]) -> Any:
-    """Apply ``--set key=value`` strings to a frozen dataclass config (types from the defaults).
+    """Apply ``--set key=value`` strings to a frozen dataclass config (types from its annotations).
+
+    ``key=`` with nothing after ``=`` makes a tuple field empty (``--set dims=``); a
+    later item for the same key wins.
 
     Raises:
         ValueError: malformed item, unknown key (listing the valid keys) or a value
             of the wrong type (naming the expected type).
     """
     valid = [f.name for f in dataclasses.fields(cfg)]
+    hints = _field_types(cfg)
     changes: dict[str, Any] = {}
     for item in overrides:
         if "=" not in item:
@@ -118,7 +169,7 @@ def apply_overrides(cfg: Any, overrides: Sequence[str]) -> Any:
         key = key.strip()
         if key not in valid:
             raise ValueError(f"--set: unknown key {key!r}; valid keys: {', '.join(valid)}.")
-        changes[key] = _coerce(text.strip(), getattr(cfg, key), key, valid)
+        changes[key] = _coerce(text.strip(), getattr(cfg, key), hints.get(key), key, valid)
     return dataclasses.replace(cfg, **changes)
 
 
@@ -138,15 +189,31 @@ class Study:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     reproduces: ClassVar[str] = ""
-    time: ClassVar[dict[str, str]] = {"smoke": "?", "full": "?"}
+    #: wall time at each size of :data:`PRESETS` (shown by ``scg-study list``).
+    time: ClassVar[dict[str, str]] = {"smoke": "?", "default": "?", "full": "?"}
     Config: ClassVar[type] = object
 
     def default(self) -> Any:
-        """The full-size configuration."""
+        """The default (CPU) size: ``Config()``."""
         return self.Config()
 
     def smoke(self) -> Any:  # pragma: no cover - every study overrides
+        """The tiny size the tests run (seconds)."""
         raise NotImplementedError
+
+    def full(self) -> Any:
+        """The full (GPU) size; ``Config()`` unless the study overrides it."""
+        return self.Config()
+
+    def preset(self, name: str) -> Any:
+        """The config of size ``name``, one of :data:`PRESETS`.
+
+        Raises:
+            ValueError: ``name`` is not in :data:`PRESETS`.
+        """
+        if name not in PRESETS:
+            raise ValueError(f"`name` must be one of {', '.join(PRESETS)}; got {name!r}.")
+        return getattr(self, name)()
 
     def cells(self, cfg: Any) -> list[dict[str, Any]]:  # pragma: no cover
         raise NotImplementedError

@@ -115,15 +115,21 @@ def build_parser() -> argparse.ArgumentParser:
     p_run = sub.add_parser(
         "run", help="run a registered study by name (resumable; see `scg-study list`)",
         description="Run a study: writes manifest.json, cells/ (one file per finished cell), results.csv and "
-                    "PNG figures into --out. Re-running the same command resumes: finished cells are skipped.",
+                    "PNG figures into --out. Re-running the same command resumes: finished cells are skipped. "
+                    "Sizes: the default (CPU, minutes), --smoke (seconds, the tests) or --full (the GPU size); "
+                    "--set overrides apply on top of the chosen size.",
     )
     p_run.add_argument("name", help="study name (see `scg-study list`)")
     p_run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config field (repeatable); unknown keys list the valid ones")
-    p_run.add_argument("--smoke", action="store_true", help="tiny configuration (seconds; used by the tests)")
+    size = p_run.add_mutually_exclusive_group()
+    size.add_argument("--smoke", action="store_true", help="tiny configuration (seconds; used by the tests)")
+    size.add_argument("--full", action="store_true",
+                      help="full-size configuration (meant for a GPU; `scg-study list` gives the times)")
     p_run.add_argument("--seed", type=int, default=0, help="run seed (default 0); cells are seeded from it")
     p_run.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda[:N]")
-    p_run.add_argument("--out", default=None, help="output folder (default runs/NAME[-smoke])")
+    p_run.add_argument("--out", default=None, help="output folder (default runs/NAME, runs/NAME-smoke or "
+                                                   "runs/NAME-full)")
     p_run.add_argument("--no-plot", dest="plot", action="store_false", help="do not draw figures")
     p_run.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
@@ -153,18 +159,19 @@ def _cmd_list(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     print("\nEstimators:")
     for name, spec in ESTIMATORS.items():
         print(f"  {name:<{width}}  {spec.description}")
+    from scg.studies.base import PRESETS
     from scg.studies.registry import get_study, study_names
 
     names = study_names()
-    print("\nStudies (scg-study run NAME [--smoke]):")
+    print("\nStudies (scg-study run NAME [--smoke | --full]):")
     if not names:
         print("  (none registered)")
     for name in names:
         study = get_study(name)
         t = study.time
         print(f"  {name:<18} {study.description}")
-        print(f"  {'':<18} reproduces: {study.reproduces}; time: smoke {t.get('smoke', '?')}, "
-              f"full {t.get('full', '?')}")
+        times = ", ".join(f"{size} {t.get(size, '?')}" for size in PRESETS)
+        print(f"  {'':<18} reproduces: {study.reproduces}; time: {times}")
     return 0
 
 
@@ -173,17 +180,17 @@ def _cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: Se
     from scg.studies.registry import get_study
     from scg.studies.runner import run_study
 
+    preset = "smoke" if args.smoke else "full" if args.full else "default"
     try:
         study = get_study(args.name)
-        cfg = study.smoke() if args.smoke else study.default()
-        cfg = apply_overrides(cfg, args.overrides)
+        cfg = apply_overrides(study.preset(preset), args.overrides)
     except ValueError as exc:
         parser.error(str(exc))
-    out = Path(args.out or f"runs/{args.name}{'-smoke' if args.smoke else ''}")
+    out = Path(args.out or f"runs/{args.name}{'' if preset == 'default' else '-' + preset}")
     shard = _shard()
     try:
         result = run_study(study, cfg, out, seed=args.seed, device=args.device, argv=["run", *argv],
-                           progress=not args.quiet, shard=shard, plot=args.plot)
+                           progress=not args.quiet, shard=shard, plot=args.plot, preset=preset)
     except ValueError as exc:
         print(f"scg-study run: error: {exc}", file=sys.stderr)
         return 2

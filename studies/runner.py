@@ -2,7 +2,8 @@
 
 Layout of an output folder::
 
-    manifest.json   config, seed, versions, git revision, device, command line
+    manifest.json   config, seed, size it started from (preset), versions, git revision,
+                    device, command line
     cells/          one JSON file per finished cell (written atomically)
     results.csv     all cells' rows in the study's cell order (written atomically)
     *.png           the study's figures
@@ -24,7 +25,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from scg.studies import _io
-from scg.studies.base import CellContext, Study, cell_key, cell_seed, config_to_dict, resolve_device
+from scg.studies.base import PRESETS, CellContext, Study, cell_key, cell_seed, config_to_dict, resolve_device
 
 __all__ = ["run_study", "RunResult", "merge_cells", "cell_path"]
 
@@ -87,6 +88,7 @@ def run_study(
     progress: bool = True,
     shard: tuple[int, int] = (0, 1),
     plot: bool = True,
+    preset: Optional[str] = None,
 ) -> RunResult:
     """Run the missing cells of ``study`` (those of this shard), then merge and plot.
 
@@ -94,8 +96,17 @@ def run_study(
         shard: ``(rank, world_size)``: this process runs cells ``i`` with
             ``i % world_size == rank``. Merging and plotting happen when all cells
             are present (rank 0 in a distributed run, after a barrier).
+        preset: the size ``cfg`` started from (``smoke``, ``default`` or ``full``; see
+            :data:`scg.studies.base.PRESETS`), recorded in the manifest; ``None`` for a
+            config built otherwise. Not part of the config hash: the config itself is.
+
+    Raises:
+        ValueError: unknown device or ``preset``, or ``out`` holds a run with another
+            config or seed.
     """
     out = Path(out)
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"`preset` must be one of {', '.join(PRESETS)} or None; got {preset!r}.")
     dev = resolve_device(device)
     cfg_dict = config_to_dict(cfg)
     digest = _config_hash(study, cfg_dict, seed)
@@ -110,7 +121,8 @@ def run_study(
             )
     elif rank == 0:
         data = _io.manifest({**cfg_dict, "seed": seed}, device=str(dev), argv=argv,
-                            extra={"study": study.name, "config_hash": digest, "world_size": world})
+                            extra={"study": study.name, "preset": preset, "config_hash": digest,
+                                   "world_size": world})
         _io.write_json(man_path, data)
     result = RunResult(out=out)
     cells = study.cells(cfg)
