@@ -32,7 +32,7 @@ Subclass contract::
         name = "gaussian"
         description = "Mohamed et al. 2020 §3: ..."
         reproduces = "Mohamed et al. 2020, Fig. 3/4 and Table 3"
-        time = {"smoke": "5 s", "default": "1 min (2 CPU cores)", "full": "..."}  # wall time per size
+        time = {"smoke": "5 s", "default": "1 min (2 CPU cores)", "full": "GPU"}  # wall time per size
         Config = GaussianConfig
         def smoke(self) -> GaussianConfig: ...            # the tiny size
         def full(self) -> GaussianConfig: ...             # the GPU size
@@ -58,7 +58,8 @@ from typing import Any, Callable, ClassVar, Mapping, Optional, Sequence
 
 import torch
 
-__all__ = ["Study", "CellContext", "PRESETS", "cell_key", "cell_seed", "config_to_dict", "apply_overrides", "resolve_device"]
+__all__ = ["Study", "CellContext", "PRESETS", "cell_key", "cell_seed", "config_to_dict", "apply_overrides",
+           "resolve_device"]
 
 
 def resolve_device(device: str) -> torch.device:
@@ -138,7 +139,14 @@ def _coerce(text: str, current: Any, hint: Any, key: str, valid: Sequence[str]) 
             kind = args[0]
         elif isinstance(current, tuple) and current and type(current[0]) in _SCALARS:
             kind = type(current[0])
-        return tuple(_scalar(t.strip(), kind, key, valid) for t in text.split(",") if t.strip())
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        for item in items:
+            try:
+                _scalar(item, kind, key, valid)
+            except ValueError:
+                raise ValueError(f"--set {key}={text!r}: expected comma-separated values of type {kind.__name__} "
+                                 f"({item!r} is not); valid keys: {', '.join(valid)}.") from None
+        return tuple(_scalar(item, kind, key, valid) for item in items)
     if hint in _SCALARS:
         return _scalar(text, hint, key, valid)
     if isinstance(current, _SCALARS):

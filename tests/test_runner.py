@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from scg.studies import registry
-from scg.studies.base import Study, apply_overrides, cell_seed
+from scg.studies.base import PRESETS, Study, apply_overrides, cell_seed
 from scg.studies.cli import main
 from scg.studies.runner import run_study
 
@@ -30,12 +30,15 @@ class ToyStudy(Study):
     name = "toy"
     description = "a toy study for runner tests"
     reproduces = "nothing"
-    time = {"smoke": "0 s", "full": "0 s"}
+    time = {"smoke": "1 s", "default": "2 s", "full": "3 s"}
     Config = ToyConfig
     calls: list = []
 
     def smoke(self) -> ToyConfig:
         return ToyConfig(sizes=(1, 2))
+
+    def full(self) -> ToyConfig:
+        return ToyConfig(sizes=(1, 2, 3, 4), repeats=1, label="full")
 
     def cells(self, cfg):
         return [{"size": s, "rep": r} for s in cfg.sizes for r in range(cfg.repeats)]
@@ -145,7 +148,117 @@ def test_plot_dir_redraws_from_cells(tmp_path):
     assert (tmp_path / "toy.txt").read_text() == "4"
 
 
-def test_list_shows_studies(capsys):
+def test_list_shows_studies_and_their_time_at_each_size(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert "toy" in out and "a toy study for runner tests" in out
+    assert "time: smoke 1 s, default 2 s, full 3 s" in out
+
+
+def _manifest(out: Path) -> dict:
+    return json.loads((out / "manifest.json").read_text())
+
+
+def test_full_and_smoke_together_fail_with_a_clear_message(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "toy", "--smoke", "--full", "--out", str(tmp_path), "-q"])
+    assert exc.value.code == 2
+    assert "argument --full: not allowed with argument --smoke" in capsys.readouterr().err
+    assert not tmp_path.joinpath("manifest.json").exists()
+
+
+@pytest.mark.parametrize("flags, preset", [([], "default"), (["--smoke"], "smoke"), (["--full"], "full")])
+def test_manifest_records_the_preset_and_its_config(tmp_path, flags, preset):
+    out = tmp_path / preset
+    assert main(["run", "toy", *flags, "--out", str(out), "-q", "--no-plot", "--device", "cpu"]) == 0
+    man = _manifest(out)
+    assert man["preset"] == preset
+    want = dataclasses.asdict(ToyStudy().preset(preset))
+    assert {k: man["config"][k] for k in want} == {k: list(v) if isinstance(v, tuple) else v
+                                                   for k, v in want.items()}
+    assert len((out / "results.csv").read_text().strip().splitlines()) == 1 + len(ToyStudy().cells(
+        ToyStudy().preset(preset)))
+
+
+def test_set_applies_on_top_of_the_full_preset(tmp_path):
+    out = tmp_path / "f"
+    assert main(["run", "toy", "--full", "--set", "repeats=2", "--set", "sizes=", "--set", "sizes=7",
+                 "--out", str(out), "-q", "--no-plot", "--device", "cpu"]) == 0
+    man = _manifest(out)
+    assert man["preset"] == "full" and man["config"]["label"] == "full"  # from full(), not the default
+    assert man["config"]["repeats"] == 2 and man["config"]["sizes"] == [7]  # later --set wins
+    assert ToyStudy.calls == [{"size": 7, "rep": 0}, {"size": 7, "rep": 1}]
+
+
+def test_default_output_folder_names_the_preset(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "toy", "--full", "-q", "--no-plot", "--device", "cpu"]) == 0
+    assert main(["run", "toy", "--smoke", "-q", "--no-plot", "--device", "cpu"]) == 0
+    assert _manifest(tmp_path / "runs" / "toy-full")["preset"] == "full"
+    assert _manifest(tmp_path / "runs" / "toy-smoke")["preset"] == "smoke"
+
+
+def test_run_study_records_no_preset_for_a_hand_made_config_and_rejects_unknown_ones(tmp_path):
+    study = ToyStudy()
+    run_study(study, ToyConfig(sizes=(1,)), tmp_path / "a", device="cpu", progress=False, plot=False)
+    assert _manifest(tmp_path / "a")["preset"] is None
+    with pytest.raises(ValueError, match=r"`preset` must be one of smoke, default, full or None; got 'huge'"):
+        run_study(study, ToyConfig(), tmp_path / "b", device="cpu", progress=False, preset="huge")
+    with pytest.raises(ValueError, match=r"`name` must be one of smoke, default, full; got 'huge'"):
+        study.preset("huge")
+
+
+def test_base_class_full_is_the_default():
+    class Plain(Study):
+        Config = ToyConfig
+
+    assert PRESETS == ("smoke", "default", "full")
+    assert Plain().full() == Plain().default() == ToyConfig()
+
+
+@dataclasses.dataclass(frozen=True)
+class TypedConfig:
+    dims: tuple[int, ...] = (1, 2)
+    hidden: tuple[int, ...] = ()
+    ks: tuple[float, ...] = ()
+    scale: float = 1  # an int default of a float field
+
+
+def test_set_types_come_from_annotations_and_empty_text_is_the_empty_tuple():
+    cfg = apply_overrides(TypedConfig(), ["dims=", "hidden=64, 32", "ks=0.5", "scale=0.25"])
+    assert cfg == TypedConfig(dims=(), hidden=(64, 32), ks=(0.5,), scale=0.25)
+    assert type(cfg.hidden[0]) is int and type(cfg.ks[0]) is float
+    with pytest.raises(ValueError, match=r"--set hidden='64,x': expected comma-separated values of type int \('x' is not\); valid keys: dims"):
+        apply_overrides(TypedConfig(), ["hidden=64,x"])
+
+
+_MINE = ("gaussian", "iwae-snr", "blr", "doubly-stochastic", "discrete-vae", "flows-2d")
+_DOCS = Path(__file__).resolve().parents[1] / "docs" / "studies"
+
+
+@pytest.mark.parametrize("name", registry.study_names())
+def test_full_flag_hands_the_study_its_full_config(name, tmp_path, monkeypatch):
+    """Through the CLI's parsing only: run_study is replaced, no full-size study runs."""
+    import scg.studies.runner as runner
+
+    seen = {}
+
+    def fake_run_study(study, cfg, out, **kwargs):
+        seen.update(study=study.name, cfg=cfg, preset=kwargs["preset"])
+        return runner.RunResult(out=Path(out))
+
+    monkeypatch.setattr(runner, "run_study", fake_run_study)
+    assert main(["run", name, "--full", "--out", str(tmp_path), "-q"]) == 0
+    study = registry.get_study(name)
+    assert seen == {"study": name, "cfg": study.full(), "preset": "full"}
+    assert study.cells(study.full())  # the full config is valid (cells() validates it)
+    assert set(study.time) >= {"smoke", "full"}
+
+
+@pytest.mark.parametrize("name", _MINE)
+def test_full_size_differs_from_the_default_and_its_readme_uses_the_flag(name):
+    study = registry.get_study(name)
+    assert study.full() != study.default() and study.smoke() != study.default()
+    assert set(study.time) == set(PRESETS)
+    readme = (_DOCS / name / "README.md").read_text()
+    assert f"scg-study run {name} --full" in readme or f"scg-study run {name} --device cuda --full" in readme

@@ -22,6 +22,7 @@ from scg.studies.gaussian import REFERENCE, Gaussian, GaussianConfig, Moments
 from scg.studies.sampling import statistics
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "studies" / "gaussian" / "results.csv"
+DOCS_FULL = DOCS.with_name("results_full.csv")
 
 
 def _f(row: dict, key: str) -> float:
@@ -103,6 +104,39 @@ def test_documented_default_run_matches_the_table_within_2_percent():
     assert len(table) == 32
     for r in table:
         assert abs(_f(r, "variance") / _f(r, "reference_variance") - 1) <= 0.02, r
+
+
+@pytest.mark.skipif(not DOCS_FULL.is_file(), reason="docs/studies/gaussian/results_full.csv not generated yet")
+def test_documented_full_size_table_rows_match_within_half_a_percent():
+    with open(DOCS_FULL, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    man = json.loads(DOCS_FULL.with_name("manifest_full.json").read_text())
+    assert man["preset"] == "full" and man["config"]["rel_se"] == Gaussian().full().rel_se
+    table = [r for r in rows if r["part"] == "cost" and r["reference_variance"] not in ("", None)]
+    assert len(table) == 32 == len(rows)
+    for r in table:
+        assert _f(r, "variance_std_error") <= 0.0016 * _f(r, "variance"), r  # the run reached its precision
+        assert abs(_f(r, "variance") / _f(r, "reference_variance") - 1) <= 0.005, r
+        assert abs(_f(r, "variance") / _f(r, "exact_variance") - 1) <= 0.005, r
+
+
+def test_full_preset_through_the_cli_targets_half_a_percent(tmp_path, monkeypatch):
+    """The parsed config only (run_study replaced): ``--full`` gives full() with ``--set`` on top."""
+    import scg.studies.runner as runner
+
+    seen = {}
+    monkeypatch.setattr(runner, "run_study", lambda study, cfg, out, **kw: seen.update(cfg=cfg, **kw)
+                        or runner.RunResult(out=Path(out)))
+    assert cli.main(["run", "gaussian", "--full", "--set", "square_k=0,3", "--set", "bump_k=1", "--set", "cos_k=5",
+                     "--set", "dims=", "--out", str(tmp_path), "-q"]) == 0
+    cfg, full = seen["cfg"], Gaussian().full()
+    assert seen["preset"] == "full"
+    assert cfg == GaussianConfig(square_k=(0.0, 3.0), bump_k=(1.0,), cos_k=(5.0,), dims=(), rel_se=full.rel_se,
+                                 max_estimates=full.max_estimates, chunk=full.chunk)
+    assert 3 * full.rel_se <= 0.005 and full.max_estimates >= 2 * 290 / full.rel_se ** 2  # SF ∇σ: kurtosis ≈ 290
+    assert {0.0, 3.0} <= set(full.square_k) and 1.0 in full.bump_k and 5.0 in full.cos_k
+    assert Gaussian().cells(cfg) == [{"part": "cost", "family": f, "k": k}
+                                     for f, k in (("square", 0.0), ("square", 3.0), ("bump", 1.0), ("cos", 5.0))]
 
 
 def test_moments_match_batch_statistics():
