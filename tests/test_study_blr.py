@@ -11,6 +11,7 @@ import csv
 import json
 import math
 
+import pytest
 import torch
 
 from scg.studies import cli
@@ -60,3 +61,14 @@ def test_unknown_estimator_lists_valid_ones(tmp_path, capsys):
     code = cli.main(["run", "blr", "--smoke", "--set", "estimators=pathwise,magic", "--out", str(tmp_path), "-q"])
     assert code == 2
     assert "valid estimators: pathwise, score_function" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_smoke_run(tmp_path):  # pragma: no cover - no GPU on CI
+    """Nothing assumes the CPU: the smoke size runs with tensors and generators on the GPU."""
+    from scg.studies.blr import BLR
+    from scg.studies.runner import run_study
+
+    res = run_study(BLR(), BLR().smoke(), tmp_path, device="cuda", progress=False, plot=False, preset="smoke")
+    assert res.rows and all(r["status"] == "ok" for r in res.rows)
+    assert json.loads((tmp_path / "manifest.json").read_text())["device"].startswith("cuda")

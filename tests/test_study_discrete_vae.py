@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 
+import pytest
+import torch
 
 from scg.models import DISCRETE_ESTIMATORS
 from scg.studies import cli
@@ -41,3 +43,14 @@ def test_unknown_estimator_lists_valid_ones(tmp_path, capsys):
                      "-q"])
     assert code == 2
     assert "valid estimators: reinforce, nvil, rloo" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_smoke_run(tmp_path):  # pragma: no cover - no GPU on CI
+    """Nothing assumes the CPU: the smoke size runs with tensors and generators on the GPU."""
+    from scg.studies.discrete_vae import DiscreteVAEStudy
+    from scg.studies.runner import run_study
+
+    res = run_study(DiscreteVAEStudy(), DiscreteVAEStudy().smoke(), tmp_path, device="cuda", progress=False, plot=False, preset="smoke")
+    assert res.rows and all(r["status"] == "ok" for r in res.rows)
+    assert json.loads((tmp_path / "manifest.json").read_text())["device"].startswith("cuda")

@@ -85,3 +85,14 @@ def test_bad_config_lists_valid_names(tmp_path, capsys):
                      "-q"])
     assert code == 2
     assert "valid points: prior, fitted" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_smoke_run(tmp_path):  # pragma: no cover - no GPU on CI
+    """Nothing assumes the CPU: the smoke size runs with tensors and generators on the GPU."""
+    from scg.studies.doubly_stochastic import DoublyStochastic
+    from scg.studies.runner import run_study
+
+    res = run_study(DoublyStochastic(), DoublyStochastic().smoke(), tmp_path, device="cuda", progress=False, plot=False, preset="smoke")
+    assert res.rows and all(r["status"] == "ok" for r in res.rows)
+    assert json.loads((tmp_path / "manifest.json").read_text())["device"].startswith("cuda")

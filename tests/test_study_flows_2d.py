@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 
 import numpy as np
@@ -57,3 +58,14 @@ def test_unknown_kind_lists_valid_ones(tmp_path, capsys):
     code = cli.main(["run", "flows-2d", "--smoke", "--set", "kinds=planar,iaf", "--out", str(tmp_path), "-q"])
     assert code == 2
     assert "valid kinds: planar, radial, coupling" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_smoke_run(tmp_path):  # pragma: no cover - no GPU on CI
+    """Nothing assumes the CPU: the smoke size runs with tensors and generators on the GPU."""
+    from scg.studies.flows_2d import Flows2D
+    from scg.studies.runner import run_study
+
+    res = run_study(Flows2D(), Flows2D().smoke(), tmp_path, device="cuda", progress=False, plot=False, preset="smoke")
+    assert res.rows and all(r["status"] == "ok" for r in res.rows)
+    assert json.loads((tmp_path / "manifest.json").read_text())["device"].startswith("cuda")
