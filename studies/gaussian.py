@@ -324,7 +324,8 @@ class Gaussian(Study):
     name = "gaussian"
     description = "Mohamed et al. 2020 §3: variance of SF, SF*, PW, MVD on (x-k)^2, exp(-kx^2), cos kx; vs D"
     reproduces = "Mohamed et al. 2020, Fig. 3/4 and Table 3"
-    time = {"smoke": "5 s", "default": "1 min on 2 idle CPU cores", "full": "~30 min on 1 CPU thread (extrapolated; its 4 table rows: 3.3 min)"}
+    time = {"smoke": "5 s", "default": "1 min on 2 idle CPU cores",
+            "full": "~30 min on 1 CPU thread (extrapolated; its 4 table rows: 3.3 min)"}
     Config = GaussianConfig
 
     def smoke(self) -> GaussianConfig:
