@@ -228,7 +228,8 @@ def test_set_types_come_from_annotations_and_empty_text_is_the_empty_tuple():
     cfg = apply_overrides(TypedConfig(), ["dims=", "hidden=64, 32", "ks=0.5", "scale=0.25"])
     assert cfg == TypedConfig(dims=(), hidden=(64, 32), ks=(0.5,), scale=0.25)
     assert type(cfg.hidden[0]) is int and type(cfg.ks[0]) is float
-    with pytest.raises(ValueError, match=r"--set hidden='64,x': expected comma-separated values of type int \('x' is not\); valid keys: dims"):
+    msg = r"--set hidden='64,x': expected comma-separated values of type int \('x' is not\); valid keys: dims"
+    with pytest.raises(ValueError, match=msg):
         apply_overrides(TypedConfig(), ["hidden=64,x"])
 
 

@@ -51,6 +51,7 @@ def test_cuda_smoke_run(tmp_path):  # pragma: no cover - no GPU on CI
     from scg.studies.discrete_vae import DiscreteVAEStudy
     from scg.studies.runner import run_study
 
-    res = run_study(DiscreteVAEStudy(), DiscreteVAEStudy().smoke(), tmp_path, device="cuda", progress=False, plot=False, preset="smoke")
+    study = DiscreteVAEStudy()
+    res = run_study(study, study.smoke(), tmp_path, device="cuda", progress=False, plot=False, preset="smoke")
     assert res.rows and all(r["status"] == "ok" for r in res.rows)
     assert json.loads((tmp_path / "manifest.json").read_text())["device"].startswith("cuda")

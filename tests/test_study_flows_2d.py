@@ -66,6 +66,7 @@ def test_cuda_smoke_run(tmp_path):  # pragma: no cover - no GPU on CI
     from scg.studies.flows_2d import Flows2D
     from scg.studies.runner import run_study
 
-    res = run_study(Flows2D(), Flows2D().smoke(), tmp_path, device="cuda", progress=False, plot=False, preset="smoke")
+    study = Flows2D()
+    res = run_study(study, study.smoke(), tmp_path, device="cuda", progress=False, plot=False, preset="smoke")
     assert res.rows and all(r["status"] == "ok" for r in res.rows)
     assert json.loads((tmp_path / "manifest.json").read_text())["device"].startswith("cuda")
