@@ -151,8 +151,8 @@ class DiscreteVAE(nn.Module):
             b = q.sample((self.num_samples,)) if draws is None else draws["z"]
             return -scg.objectives.vimco(self.log_joint(x, b), q.log_prob(b))
 
-        def cost(b: Tensor) -> Tensor:
-            return q.log_prob(b) - self.log_joint(x, b)
+        def cost(b: Tensor) -> Tensor:  # scg.log_prob: log q(b|x) shared with the estimator's score
+            return scg.log_prob(q, b) - self.log_joint(x, b)
 
         if draws is not None:
             return self.estimator.surrogate(cost, q, draws, context=x)

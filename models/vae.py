@@ -138,7 +138,7 @@ class VAE(nn.Module):
             return expect(cost) + beta * kl
 
         def cost_mc(z: Tensor) -> Tensor:
-            log_ratio = q.log_prob(z) - self.prior(z.shape[:-1]).log_prob(z)
+            log_ratio = scg.log_prob(q, z) - self.prior(z.shape[:-1]).log_prob(z)
             return -self.decoder(z).log_prob(x) + beta * log_ratio
 
         return expect(cost_mc)

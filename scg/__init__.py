@@ -20,6 +20,7 @@ from scg.estimators import (
 )
 from scg import objectives
 from scg.graph import Graph
+from scg._log_prob import log_prob
 from scg.stop_gradient import stop_gradient
 from scg import testing
 
@@ -38,6 +39,7 @@ __all__ = [
     "baselines",
     "laws",
     "Graph",
+    "log_prob",
     "objectives",
     "stop_gradient",
     "testing",

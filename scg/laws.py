@@ -32,6 +32,7 @@ __all__ = [
     "Rayleigh",
     "DoubleSidedMaxwell",
     "FromDistribution",
+    "sample_from",
 ]
 
 
@@ -152,15 +153,20 @@ class FromDistribution(Law):
                 "`generator` is not supported for FromDistribution draws (torch distributions "
                 "sample from the global generator); seed with torch.manual_seed instead."
             )
-        with torch.no_grad():
-            base = self.dist
-            while isinstance(base, Independent):
-                base = base.base_dist
-            if isinstance(base, OneHotCategorical):  # torch's one_hot is not vmap-compatible
-                index = Categorical(logits=base.logits).sample(self.shape[:1])
-                k = base.logits.shape[-1]
-                return one_hot(index, k, base.logits.dtype)
-            return self.dist.sample(self.shape[:1])
+        return sample_from(self.dist, self.shape[0])
+
+
+def sample_from(dist: Distribution, num_samples: int) -> Tensor:
+    """``num_samples`` draws of ``dist`` (no gradient), ``[S, *batch_shape, *event_shape]``, vmap-safe."""
+    with torch.no_grad():
+        base = dist
+        while isinstance(base, Independent):
+            base = base.base_dist
+        if isinstance(base, OneHotCategorical):  # torch's one_hot is not vmap-compatible
+            index = Categorical(logits=base.logits).sample((num_samples,))
+            k = base.logits.shape[-1]
+            return one_hot(index, k, base.logits.dtype)
+        return dist.sample((num_samples,))
 
 
 def one_hot(index: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:

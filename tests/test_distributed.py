@@ -192,7 +192,7 @@ def _sampled(rank: int, world: int, steps: int = 200) -> dict:
         stepper.backward(data[idx[local_slice(n, rank, world)]], total=n)
         grads.append(model.theta.grad.clone())
         if t == steps - 1:
-            before = model.estimator.baseline.numerator.clone()
+            before = model.estimator.baseline.value.clone()
         stepper.sync()
     g = torch.stack(grads)
     gathered = [torch.zeros(4) for _ in range(world)]
@@ -200,7 +200,7 @@ def _sampled(rank: int, world: int, steps: int = 200) -> dict:
     nums = [torch.zeros((), dtype=before.dtype) for _ in range(world)]
     torch.distributed.all_gather(nums, before)
     after = [torch.zeros((), dtype=before.dtype) for _ in range(world)]
-    torch.distributed.all_gather(after, model.estimator.baseline.numerator.clone())
+    torch.distributed.all_gather(after, model.estimator.baseline.value.clone())
     return {"mean": g.mean(0).tolist(), "se": (g.std(0) / math.sqrt(steps)).tolist(), "exact": exact.tolist(),
             "steps": steps, "draws_differ": not torch.equal(gathered[0], gathered[1]),
             "buffers_before": [float(v) for v in nums], "buffers_after": [float(v) for v in after]}
@@ -226,7 +226,7 @@ def _fit_runs(tmp: Path, rank: int, world: int) -> dict:
     torch.distributed.all_gather_object(states, {k: v.clone() for k, v in sb.items()})
     return {"resume_equal": all(torch.equal(sa[k], sb[k]) for k in sa), "epochs": len(hb.epochs),
             "ranks_equal": all(torch.equal(states[0][k], s[k]) for s in states for k in sa),
-            "has_buffer": "estimator.baseline.numerator" in sa}
+            "has_buffer": "estimator.baseline.value" in sa}
 
 
 def _worker(mode: str, tmp: Path) -> int:

@@ -226,8 +226,8 @@ def test_moving_average_and_learned_baselines_exact():
     net = nn.Linear(2, 1)
     x = t(0.5, -1.0)
     ma = B.MovingAverage(0.9)
-    ma.numerator.fill_(0.8)  # a fitted baseline state (from earlier draws)
-    ma.denominator.fill_(1.0)
+    ma.value.fill_(0.8)  # a fitted baseline state (from earlier draws)
+    ma.steps = 5
     ma.eval()  # freeze the state during the enumeration
     nvil = scg.ScoreFunction(B.chain(B.Learned(net)))
 
@@ -590,7 +590,7 @@ def test_no_grad_gives_the_value_only():
         g.cost("f", a + b)
         out = g.surrogate()
     assert b.shape == (3,) and torch.equal(out, (a + b).mean(0).sum())
-    assert float(ma.baseline.denominator) == 0.0  # control variates untouched
+    assert ma.baseline.steps == 0  # control variates untouched
 
 
 # --------------------------------------------------------------------- errors

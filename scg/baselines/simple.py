@@ -7,6 +7,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from scg._checks import under_transform
 from scg.baselines.base import ControlVariate, SignalContext
 
 __all__ = ["Constant", "MovingAverage", "LeaveOneOut", "Normalize"]
@@ -42,14 +43,22 @@ class Constant(ControlVariate):
 class MovingAverage(ControlVariate):
     r"""Exponential moving average of past learning signals as the baseline.
 
-    .. math:: b_t = \frac{c_t}{1 − β^t}, \quad c_{t+1} = β c_t + (1 − β)\,\bar A_t
+    .. math::
+        b_t = \frac{c_t}{1 − β^t}, \quad c_{t+1} = β c_t + (1 − β)\,\bar A_t
+        \quad\Longleftrightarrow\quad
+        b_{t+1} = b_t + w_t (\bar A_t − b_t),\; w_t = \frac{1 − β}{1 − β^{t+1}}
 
-    (bias-corrected like Adam; :math:`b_1 = 0`). With ``optimal=True`` the average
-    is weighted by the squared score norm, estimating the variance-optimal constant
-    :math:`b^* = E[A‖∇\log q‖²] / E[‖∇\log q‖²]`.
+    (bias-corrected like Adam; :math:`b_0 = 0`, so the first estimate uses no
+    baseline and :math:`b_1 = \bar A_0`). The bias-corrected average is kept
+    directly (buffer ``value``, the update count is saved as extra state), so a step
+    costs one subtraction, one mean and one in-place ``lerp``. With ``optimal=True``
+    the average is weighted by the squared score norm, estimating the
+    variance-optimal constant :math:`b^* = E[A‖∇\log q‖²] / E[‖∇\log q‖²]` as the
+    ratio of two averages (buffers ``numerator``, ``denominator``).
 
     Properties: unbiased — :math:`b_t` uses only earlier draws. One scalar for all
-    batch elements (NVIL's ``c``).
+    batch elements (NVIL's ``c``). State updates in training mode and outside
+    ``torch.func`` transforms.
 
     Args:
         decay: β ∈ [0, 1).
@@ -65,34 +74,53 @@ class MovingAverage(ControlVariate):
         super().__init__()
         self.decay = _check_decay(decay)
         self.optimal = bool(optimal)
-        self.register_buffer("numerator", torch.zeros(()))
-        self.register_buffer("denominator", torch.zeros(()))
+        #: Number of updates so far (saved in ``state_dict`` as extra state).
+        self.steps = 0
+        if self.optimal:
+            self.register_buffer("numerator", torch.zeros(()))
+            self.register_buffer("denominator", torch.zeros(()))
+        else:
+            self.register_buffer("value", torch.zeros(()))
 
     def baseline(self) -> Tensor:
         """The current baseline value (0 before the first update)."""
+        if not self.optimal:
+            return self.value.clone()
         if float(self.denominator) == 0.0:
             return torch.zeros_like(self.numerator)
         return self.numerator / self.denominator
 
     def forward(self, signal: Tensor, ctx: SignalContext) -> tuple[Tensor, Optional[Tensor]]:
-        num, den = self.numerator, self.denominator
-        if num.dtype != signal.dtype or num.device != signal.device:
-            num, den = num.to(signal), den.to(signal)
+        if self.optimal:
+            return self._forward_optimal(signal, ctx)
+        b = self._buffers["value"]
+        out = signal - (b if b.dtype == signal.dtype and b.device == signal.device else b.to(signal))
+        if self.training and not under_transform(signal):
+            # In-place update of a buffer from detached values: records no graph, and ``out``
+            # (a subtraction saves no inputs) is unaffected.
+            self.steps += 1
+            w = (1.0 - self.decay) / (1.0 - self.decay ** self.steps)
+            b.lerp_(signal.detach().mean().to(b), w)
+        return out, None
+
+    def _forward_optimal(self, signal: Tensor, ctx: SignalContext) -> tuple[Tensor, Optional[Tensor]]:
+        num, den = self.numerator.to(signal), self.denominator.to(signal)
         # num = 0 whenever den = 0 (both start at 0; den > 0 after an update with any weight),
         # so the clamp makes b = 0 before the first update without a branch.
         b = num / den.clamp_min(torch.finfo(signal.dtype).tiny)
-        if self.updating(signal):
-            with torch.no_grad():  # few in-place ops: this runs every step
-                a = signal.detach()
-                if self.optimal:
-                    w = ctx.score_sq_norm()
-                    new_num, new_den = (a * w).mean(), w.mean()
-                else:
-                    new_num, new_den = a.mean(), 1.0
-                self.numerator.mul_(self.decay).add_(new_num.to(self.numerator), alpha=1 - self.decay)
-                self.denominator.mul_(self.decay).add_(new_den if isinstance(new_den, float)
-                                                       else new_den.to(self.denominator), alpha=1 - self.decay)
+        if self.training and not under_transform(signal):
+            self.steps += 1
+            weight = ctx.score_sq_norm().detach()
+            w = 1.0 - self.decay
+            self.numerator.lerp_((signal.detach() * weight).mean().to(self.numerator), w)
+            self.denominator.lerp_(weight.mean().to(self.denominator), w)
         return signal - b, None
+
+    def get_extra_state(self) -> Tensor:
+        return torch.tensor(self.steps, dtype=torch.long)  # a tensor: state_dict stays all tensors
+
+    def set_extra_state(self, state: Tensor) -> None:
+        self.steps = int(state)
 
     def extra_repr(self) -> str:
         return f"decay={self.decay}, optimal={self.optimal}"
@@ -143,21 +171,26 @@ class Normalize(ControlVariate):
         super().__init__()
         self.decay = _check_decay(decay)
         self.register_buffer("variance", torch.zeros(()))
-        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        #: Number of updates so far (saved in ``state_dict`` as extra state).
+        self.steps = 0
 
     def forward(self, signal: Tensor, ctx: SignalContext) -> tuple[Tensor, Optional[Tensor]]:
-        var = self.variance.to(signal)
-        scale = var.sqrt().clamp_min(1.0)
-        if self.updating(signal):
-            with torch.no_grad():
-                a = signal.detach()
-                new = a.var(unbiased=False) if a.numel() > 1 else torch.zeros_like(var)
-                if int(self.steps) == 0:
-                    self.variance.copy_(new)
-                else:
-                    self.variance.copy_(self.decay * var + (1 - self.decay) * new)
-                self.steps += 1
-        return signal / scale, None
+        var = self._buffers["variance"]
+        scale = (var if var.dtype == signal.dtype and var.device == signal.device else var.to(signal))
+        out = signal / scale.sqrt().clamp_min(1.0)
+        if self.training and not under_transform(signal):
+            a = signal.detach()
+            new = a.var(unbiased=False) if a.numel() > 1 else torch.zeros_like(var)
+            # the first update takes the batch variance; later ones average exponentially
+            var.lerp_(new.to(var), 1.0 if self.steps == 0 else 1.0 - self.decay)
+            self.steps += 1
+        return out, None
+
+    def get_extra_state(self) -> Tensor:
+        return torch.tensor(self.steps, dtype=torch.long)
+
+    def set_extra_state(self, state: Tensor) -> None:
+        self.steps = int(state)
 
     def extra_repr(self) -> str:
         return f"decay={self.decay}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Callable, Optional
 
 import torch
@@ -11,6 +12,7 @@ from torch.distributions import (
     Cauchy,
     Distribution,
     Exponential,
+    Independent,
     Laplace,
     MultivariateNormal,
     Normal,
@@ -18,7 +20,8 @@ from torch.distributions import (
     Uniform,
 )
 
-from scg._dist import evaluate, unwrap
+from scg._checks import check_positive_int
+from scg._dist import evaluate
 from scg.estimators.base import Cost, Estimator
 from scg.laws import Law, StandardNormal, StandardUniform, law_like
 
@@ -63,6 +66,37 @@ _REGISTRY: dict[type, _Reparam] = {
 }
 
 
+def _reparameterize(dist: Distribution) -> Optional[tuple[type[Law], Callable[[Tensor], Tensor], Distribution]]:
+    """``(law class, noise -> sample, innermost distribution)`` or ``None`` (one walk of the wrappers)."""
+    inner = dist
+    transforms: list = []
+    while True:
+        if isinstance(inner, Independent):
+            inner = inner.base_dist
+        elif isinstance(inner, TransformedDistribution):
+            transforms = list(inner.transforms) + transforms
+            inner = inner.base_dist
+        else:
+            break
+    entry = _REGISTRY.get(type(inner))
+    if entry is None:
+        entry = next((_REGISTRY[c] for c in type(inner).__mro__ if c in _REGISTRY), None)
+        if entry is None:
+            return None
+    law_cls, fn = entry
+    base = inner
+    if not transforms:
+        return law_cls, partial(fn, base), base
+
+    def sample(noise: Tensor) -> Tensor:
+        z = fn(base, noise)
+        for t in transforms:
+            z = t(z)
+        return z
+
+    return law_cls, sample, base
+
+
 def reparameterize(dist: Distribution) -> Optional[tuple[type[Law], Callable[[Tensor], Tensor]]]:
     """Explicit noise for ``dist``: ``(law class, noise -> sample)``, or ``None``.
 
@@ -70,24 +104,8 @@ def reparameterize(dist: Distribution) -> Optional[tuple[type[Law], Callable[[Te
     Gumbel, flows) around the families in the registry. The noise has the shape of
     the *base* samples ``[S, *base.batch_shape, *base.event_shape]``.
     """
-    inner, _ = unwrap(dist)
-    transforms = []
-    while isinstance(inner, TransformedDistribution):
-        transforms = list(inner.transforms) + transforms
-        inner, _ = unwrap(inner.base_dist)
-    for cls in type(inner).__mro__:
-        if cls in _REGISTRY:
-            law_cls, fn = _REGISTRY[cls]
-            base = inner
-
-            def sample(noise: Tensor) -> Tensor:
-                z = fn(base, noise)
-                for t in transforms:
-                    z = t(z)
-                return z
-
-            return law_cls, sample
-    return None
+    rep = _reparameterize(dist)
+    return None if rep is None else (rep[0], rep[1])
 
 
 class Pathwise(Estimator):
@@ -125,20 +143,10 @@ class Pathwise(Estimator):
 
     def laws(self, dist: Distribution, num_samples: int) -> dict[str, Law]:
         self.check(dist)
-        rep = reparameterize(dist)
+        rep = _reparameterize(dist)
         if rep is None:
             return {}
-        law_cls, _ = rep
-        base = dist
-        while True:
-            base, _ = unwrap(base)
-            if isinstance(base, TransformedDistribution):
-                base = base.base_dist
-                continue
-            break
-        shape = (num_samples, *base.batch_shape, *base.event_shape)
-        ref = base.mean
-        return {"eps": law_like(law_cls, shape, ref)}
+        return {"eps": _noise_law(rep, num_samples)}
 
     def draw(self, dist, num_samples=1, *, generator=None):  # type: ignore[override]
         draws = super().draw(dist, num_samples, generator=generator)
@@ -150,7 +158,7 @@ class Pathwise(Estimator):
         self, f: Cost, dist: Distribution, draws: dict[str, Tensor], *, context: Optional[Tensor] = None
     ) -> Tensor:
         if "eps" in draws:
-            rep = reparameterize(dist)
+            rep = _reparameterize(dist)
             if rep is None:
                 raise TypeError(f"`dist` {type(dist).__name__} has no explicit noise for Pathwise draws.")
             z = rep[1](draws["eps"])
@@ -160,3 +168,21 @@ class Pathwise(Estimator):
             S = int(draws["num_samples"])
             z = dist.rsample((S,))
         return evaluate(f, z, dist, S).mean(0)
+
+    def forward(
+        self, f: Cost, dist: Distribution, num_samples: int = 1, *, context: Optional[Tensor] = None
+    ) -> Tensor:
+        # draw() then surrogate(), with one walk of the distribution's wrappers.
+        self.check(dist)
+        check_positive_int("num_samples", num_samples)
+        rep = _reparameterize(dist)
+        if rep is None:
+            z = dist.rsample((num_samples,))
+        else:
+            z = rep[1](_noise_law(rep, num_samples).sample())
+        return evaluate(f, z, dist, num_samples).mean(0)
+
+
+def _noise_law(rep: tuple[type[Law], Callable[[Tensor], Tensor], Distribution], num_samples: int) -> Law:
+    law_cls, _, base = rep
+    return law_like(law_cls, (num_samples, *base.batch_shape, *base.event_shape), base.mean)

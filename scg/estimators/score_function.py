@@ -8,10 +8,12 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
-from scg._dist import evaluate
+from scg._checks import check_positive_int
+from scg._dist import evaluate, parameters_of
 from scg.baselines.base import ControlVariate, SignalContext
 from scg.estimators.base import Cost, Estimator
-from scg.laws import FromDistribution, Law
+from scg.laws import FromDistribution, Law, sample_from
+from scg._log_prob import share, unshare
 
 __all__ = ["ScoreFunction"]
 
@@ -64,34 +66,45 @@ class ScoreFunction(Estimator):
         self.unbiased = baseline is None or baseline.unbiased
 
     def laws(self, dist: Distribution, num_samples: int) -> dict[str, Law]:
-        if self.baseline is not None and num_samples < self.baseline.min_samples:
-            raise ValueError(
-                f"`num_samples` must be >= {self.baseline.min_samples} for "
-                f"{type(self.baseline).__name__}; got {num_samples}."
-            )
+        self._check_samples(num_samples)
         shape = (num_samples, *dist.batch_shape, *dist.event_shape)
-        ref = next(iter(_tensors(dist)), None)
+        ref = next(iter(parameters_of(dist).values()), None)
         kw = {} if ref is None else {"dtype": ref.dtype, "device": ref.device}
         return {"z": FromDistribution(shape=shape, dist=dist, **kw)}
 
     def surrogate(
         self, f: Cost, dist: Distribution, draws: dict[str, Tensor], *, context: Optional[Tensor] = None
     ) -> Tensor:
-        z = draws["z"].detach()
-        S = z.shape[0]
-        cost = evaluate(f, z, dist, S)
+        return self._surrogate(f, dist, draws["z"], context)
+
+    def forward(
+        self, f: Cost, dist: Distribution, num_samples: int = 1, *, context: Optional[Tensor] = None
+    ) -> Tensor:
+        # draw() then surrogate(), without building the law objects.
+        self.check(dist)
+        check_positive_int("num_samples", num_samples)
+        self._check_samples(num_samples)
+        return self._surrogate(f, dist, sample_from(dist, num_samples), context)
+
+    def _check_samples(self, num_samples: int) -> None:
+        if self.baseline is not None and num_samples < self.baseline.min_samples:
+            raise ValueError(
+                f"`num_samples` must be >= {self.baseline.min_samples} for "
+                f"{type(self.baseline).__name__}; got {num_samples}."
+            )
+
+    def _surrogate(self, f: Cost, dist: Distribution, z: Tensor, context: Optional[Tensor]) -> Tensor:
+        z = z.detach()
         log_q = dist.log_prob(z)
+        token = share(dist, z, log_q)  # scg.log_prob(dist, z) inside f returns log_q
+        try:
+            cost = evaluate(f, z, dist, z.shape[0])
+        finally:
+            unshare(token)
         signal, extra = cost, None
         if self.baseline is not None:
-            ctx = SignalContext(dist=dist, samples=z, log_prob=log_q, f=f, context=context)
-            signal, extra = self.baseline(cost, ctx)
+            signal, extra = self.baseline(cost, SignalContext(dist, z, log_q, f, context))
         # □(log q) − 1 as expm1(τ − stop(τ)): exactly 0 in value, the same derivatives of every
         # order (d expm1 = exp), one op fewer forward and backward than magic_box(log_q) − 1.
         out = (cost + torch.expm1(log_q - log_q.detach()) * signal).mean(0)
         return out if extra is None else out + extra
-
-
-def _tensors(dist: Distribution):
-    from scg._dist import parameters_of
-
-    return iter(parameters_of(dist).values())
