@@ -55,7 +55,6 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
@@ -65,7 +64,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from scg.distributed import init_from_env, rank_and_world, rank_seed, sync_buffers
-from scg.models.train import History, TrainConfig, atomic_save, resolve_device
+from scg.models.train import History, TrainConfig, _Steps, _train, resolve_device
 
 __all__ = ["local_slice", "DataParallelStep", "fit_distributed"]
 
@@ -160,12 +159,12 @@ class DataParallelStep:
         sync_buffers(self.model, group=self.group)
 
 
-def _all_sum(values: list[float], dev: torch.device, world: int) -> list[float]:
+def _all_sum(value: float, dev: torch.device, world: int) -> float:
     if world == 1:
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=dev)
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=dev)
     dist.all_reduce(t)
-    return t.tolist()
+    return t.tolist()[0]
 
 
 def _broadcast(obj: Any, world: int, dev: torch.device) -> Any:
@@ -184,17 +183,58 @@ def _gather(obj: Any, world: int) -> list[Any]:
     return out
 
 
-@torch.no_grad()
-def _validate(model: nn.Module, x: Tensor, chunk: int, num_samples: int, rank: int, world: int) -> float:
-    part = x[local_slice(x.shape[0], rank, world)]
-    model.eval()
-    try:
-        total = 0.0
-        for start in range(0, part.shape[0], chunk):
-            total += float(model.bound(part[start:start + chunk], num_samples=num_samples).sum())
-    finally:
-        model.train()
-    return _all_sum([total], x.device, world)[0] / x.shape[0]
+class _DataParallelSteps(_Steps):
+    """Rank r's part in :func:`scg.models.fit`'s loop (see the module docstring for the why)."""
+
+    def __init__(self, device: torch.device, rank: int, world: int, find_unused_parameters: bool) -> None:
+        super().__init__(device)
+        self.rank, self.world, self.find_unused = rank, world, find_unused_parameters
+        self.stepper: Optional[DataParallelStep] = None
+
+    @property
+    def desc(self) -> str:
+        return f"train ({self.world} ranks)"
+
+    def seed(self, seed: int) -> int:
+        return rank_seed(seed, self.rank)
+
+    def part(self, n: int) -> slice:
+        return local_slice(n, self.rank, self.world)
+
+    def load(self, path: Path) -> Any:
+        """Rank 0 reads ``path`` (on the CPU) and broadcasts it: no shared file system needed."""
+        obj = None
+        if self.rank == 0 and path.exists():
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+        return _broadcast(obj, self.world, self.device)
+
+    def restore(self, ckpt: dict, out: Path) -> None:
+        saved = int(ckpt.get("world_size", 1))
+        if saved != self.world:
+            raise ValueError(f"`out_dir` {out} holds a checkpoint of a {saved}-process run; resume it with "
+                             f"{saved} processes (torchrun --nproc_per_node ...); got {self.world}.")
+        torch.set_rng_state(ckpt["rank_rng"][self.rank] if "rank_rng" in ckpt else ckpt["rng"])
+        if self.device.type == "cuda" and ckpt.get("rank_cuda_rng") is not None:  # pragma: no cover
+            torch.cuda.set_rng_state(ckpt["rank_cuda_rng"][self.rank], self.device)
+
+    def state(self) -> dict[str, Any]:
+        rngs = _gather(torch.get_rng_state(), self.world)
+        cuda = _gather(torch.cuda.get_rng_state(self.device), self.world) if self.device.type == "cuda" else None
+        return {"rng": rngs[0], "rank_rng": rngs, "cuda_rng": None, "rank_cuda_rng": cuda,
+                "world_size": self.world}
+
+    def prepare(self, model: nn.Module) -> None:
+        self.stepper = DataParallelStep(model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                                        find_unused_parameters=self.find_unused)
+
+    def backward(self, model: nn.Module, x: Tensor, *, total: int, step: int) -> Tensor:
+        return self.stepper.backward(x, total=total, step=step)
+
+    def after_step(self, model: nn.Module) -> None:
+        self.stepper.sync()
+
+    def all_sum(self, value: float) -> float:
+        return _all_sum(value, self.device, self.world)
 
 
 def _device(device: Union[str, torch.device]) -> torch.device:
@@ -215,7 +255,8 @@ def fit_distributed(model: nn.Module, train: Tensor, val: Optional[Tensor] = Non
 
     Initialises the process group from ``torchrun``'s environment when needed
     (gloo on the CPU, NCCL on CUDA). With one process (no ``torchrun``) it is
-    :func:`scg.models.fit` — same draws, same parameters.
+    :func:`scg.models.fit` — same draws, same parameters. The epoch/batch loop,
+    resume and early stopping are :func:`scg.models.fit`'s own.
 
     Args:
         model: module with ``loss(x, *, step)`` and ``bound(x, *, num_samples)``; built
@@ -235,107 +276,9 @@ def fit_distributed(model: nn.Module, train: Tensor, val: Optional[Tensor] = Non
     """
     dev = _device(device)
     rank, world = init_from_env(backend="nccl" if dev.type == "cuda" else "gloo")
-    model.to(dev)
-    model.train()
-    train = train.to(dev)
-    val = None if val is None else val.to(dev)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    torch.manual_seed(rank_seed(config.seed, rank))
-    order_gen = torch.Generator().manual_seed(config.seed)
-    history, step, start_epoch = History(), 0, 0
-    out = None if out_dir is None else Path(out_dir)
-    ckpt = None
-    if out is not None and rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        if (out / "last.pt").exists():
-            ckpt = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
-    ckpt = _broadcast(ckpt, world, dev)
-    if ckpt is not None:
-        saved = int(ckpt.get("world_size", 1))
-        if saved != world:
-            raise ValueError(f"`out_dir` {out} holds a checkpoint of a {saved}-process run; resume it with "
-                             f"{saved} processes (torchrun --nproc_per_node ...); got {world}.")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        torch.set_rng_state(ckpt["rank_rng"][rank] if "rank_rng" in ckpt else ckpt["rng"])
-        if dev.type == "cuda" and ckpt.get("rank_cuda_rng") is not None:  # pragma: no cover
-            torch.cuda.set_rng_state(ckpt["rank_cuda_rng"][rank], dev)
-        order_gen.set_state(ckpt["order_rng"])
-        history = History(**ckpt["history"])
-        step, start_epoch = ckpt["step"], ckpt["epoch"]
-    stepper = DataParallelStep(model, device_ids=[dev.index] if dev.type == "cuda" else None,
-                               find_unused_parameters=find_unused_parameters)
-    n, per_step = train.shape[0], config.batch_size * world
-    batches = math.ceil(n / per_step)
-    end_epoch = config.epochs if stop_after is None else min(config.epochs, stop_after)
-    bar, best_state = None, None
-    if config.progress and rank == 0 and start_epoch < end_epoch and not history.stopped_early:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=(end_epoch - start_epoch) * batches, desc=f"train ({world} ranks)", leave=False)
-    try:
-        for epoch in range(start_epoch, end_epoch):
-            if history.stopped_early:
-                break
-            t0 = time.perf_counter()
-            perm = torch.randperm(n, generator=order_gen).to(dev)
-            total = 0.0
-            for b in range(batches):
-                idx = perm[b * per_step:(b + 1) * per_step]
-                xb = train[idx[local_slice(idx.shape[0], rank, world)]]
-                if transform is not None and xb.shape[0]:
-                    xb = transform(xb)
-                optimizer.zero_grad(set_to_none=True)
-                loss = stepper.backward(xb, total=idx.shape[0], step=step)
-                optimizer.step()
-                stepper.sync()
-                step += 1
-                if xb.shape[0]:
-                    total += float(loss) * xb.shape[0]
-                if bar is not None:
-                    bar.update(1)
-            record = {"epoch": epoch + 1, "step": step, "train_loss": _all_sum([total], dev, world)[0] / n,
-                      "val_bound": math.nan, "seconds": time.perf_counter() - t0}
-            if val is not None:
-                record["val_bound"] = _validate(model, val, max(config.batch_size, 500), config.val_samples,
-                                                rank, world)
-                if record["val_bound"] > history.best_val:
-                    history.best_val, history.best_epoch = record["val_bound"], epoch + 1
-                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                    if out is not None and rank == 0:
-                        atomic_save(best_state, out / "best.pt")
-                elif config.patience is not None and epoch + 1 - history.best_epoch >= config.patience:
-                    history.stopped_early = True
-            history.epochs.append(record)
-            if bar is not None:
-                bar.set_postfix(loss=f"{record['train_loss']:.3f}", val=f"{record['val_bound']:.3f}")
-            if out is not None:
-                rngs = _gather(torch.get_rng_state(), world)
-                cuda_rngs = _gather(torch.cuda.get_rng_state(dev), world) if dev.type == "cuda" else None
-                if rank == 0:
-                    atomic_save({
-                        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "epoch": epoch + 1, "step": step, "history": asdict(history),
-                        "rng": rngs[0], "rank_rng": rngs, "order_rng": order_gen.get_state(),
-                        "cuda_rng": None, "rank_cuda_rng": cuda_rngs,
-                        "config": asdict(config), "world_size": world,
-                    }, out / "last.pt")
-                    tmp = out / "history.json.tmp"
-                    tmp.write_text(json.dumps(asdict(history), indent=1))
-                    os.replace(tmp, out / "history.json")
-    finally:
-        if bar is not None:
-            bar.close()
-    done = history.stopped_early or len(history.epochs) >= config.epochs
-    if done and config.restore_best:
-        if best_state is None and out is not None:
-            loaded = None
-            if rank == 0 and (out / "best.pt").exists():
-                loaded = torch.load(out / "best.pt", map_location="cpu", weights_only=False)
-            best_state = _broadcast(loaded, world, dev)
-        if best_state is not None:
-            model.load_state_dict(best_state)
-    return history
+    steps = _DataParallelSteps(dev, rank, world, find_unused_parameters)
+    return _train(steps, model, train, val, config=config, out_dir=out_dir, transform=transform,
+                  stop_after=stop_after)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

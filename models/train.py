@@ -23,14 +23,14 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import torch
 from torch import Tensor, nn
 
 from scg._checks import check_positive, check_positive_int
 
-__all__ = ["resolve_device", "TrainConfig", "History", "fit", "atomic_save"]
+__all__ = ["resolve_device", "TrainConfig", "History", "fit", "atomic_save", "atomic_save_json"]
 
 
 def resolve_device(device: Union[str, torch.device] = "auto") -> torch.device:
@@ -106,22 +106,86 @@ def atomic_save(obj: object, path: Union[str, os.PathLike]) -> None:
     os.replace(tmp, path)
 
 
-def _atomic_json(obj: object, path: Path) -> None:
+def atomic_save_json(obj: object, path: Union[str, os.PathLike]) -> None:
+    """JSON (indent 1) to a temporary file in the same folder, then ``os.replace``."""
+    path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=1))
     os.replace(tmp, path)
 
 
+class _Steps:
+    """This process's part in the training loop of :func:`fit`: one process, the whole batch.
+
+    The loop (epochs, batches, validation, early stopping, checkpoints, resume) is
+    :func:`_train`; :func:`scg.models.distributed.fit_distributed` supplies a subclass
+    that slices every global batch per rank, weights and averages the gradients, syncs
+    buffers after the optimiser step, sums statistics over the ranks and lets rank 0
+    alone write checkpoints. Every method is called on every rank (some are collective).
+    """
+
+    rank, world = 0, 1
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    @property
+    def desc(self) -> str:
+        """Label of the progress bar."""
+        return "train"
+
+    def seed(self, seed: int) -> int:
+        """The seed of this process's global torch RNG (its Monte Carlo draws)."""
+        return seed
+
+    def part(self, n: int) -> slice:
+        """This process's positions in a global batch of ``n``."""
+        return slice(0, n)
+
+    def load(self, path: Path) -> Any:
+        """``torch.load(path)`` (``None`` if it does not exist), on this process's device."""
+        return torch.load(path, map_location=self.device, weights_only=False) if path.exists() else None
+
+    def restore(self, ckpt: dict, out: Path) -> None:
+        """Check that ``ckpt`` can be resumed here and restore this process's RNG state."""
+        torch.set_rng_state(ckpt["rng"])
+        if self.device.type == "cuda" and ckpt.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
+
+    def state(self) -> dict[str, Any]:
+        """Checkpoint entries of this process (RNG states)."""
+        return {"rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None}
+
+    def prepare(self, model: nn.Module) -> None:
+        """Called once the model is on its device and resumed, before the first step."""
+
+    def backward(self, model: nn.Module, x: Tensor, *, total: int, step: int) -> Tensor:
+        """Back-propagate the loss of this process's part ``x`` of a global batch of ``total``; the loss."""
+        loss = model.loss(x, step=step)
+        loss.backward()
+        return loss.detach()
+
+    def after_step(self, model: nn.Module) -> None:
+        """Called after every optimiser step."""
+
+    def all_sum(self, value: float) -> float:
+        """The sum of ``value`` over the processes."""
+        return value
+
+
 @torch.no_grad()
-def _validate(model: nn.Module, x: Tensor, batch_size: int, num_samples: int) -> float:
+def _validate(model: nn.Module, x: Tensor, chunk: int, num_samples: int, steps: _Steps) -> float:
+    """Mean bound over ``x``; every process evaluates its part."""
+    part = x[steps.part(x.shape[0])]
     model.eval()
     try:
         total = 0.0
-        for start in range(0, x.shape[0], batch_size):
-            total += float(model.bound(x[start:start + batch_size], num_samples=num_samples).sum())
-        return total / x.shape[0]
+        for start in range(0, part.shape[0], chunk):
+            total += float(model.bound(part[start:start + chunk], num_samples=num_samples).sum())
     finally:
         model.train()
+    return steps.all_sum(total) / x.shape[0]
 
 
 def fit(model: nn.Module, train: Tensor, val: Optional[Tensor] = None, *, config: TrainConfig = TrainConfig(),
@@ -146,44 +210,50 @@ def fit(model: nn.Module, train: Tensor, val: Optional[Tensor] = None, *, config
     Returns:
         :class:`History` of all epochs (including resumed ones).
     """
-    dev = resolve_device(device)
+    return _train(_Steps(resolve_device(device)), model, train, val, config=config, out_dir=out_dir,
+                  transform=transform, stop_after=stop_after)
+
+
+def _train(steps: _Steps, model: nn.Module, train: Tensor, val: Optional[Tensor], *, config: TrainConfig,
+           out_dir: Optional[Union[str, os.PathLike]], transform: Optional[Callable[[Tensor], Tensor]],
+           stop_after: Optional[int]) -> History:
+    """The loop of :func:`fit` and :func:`scg.models.distributed.fit_distributed` (``steps``: the process's part)."""
+    dev = steps.device
     model.to(dev)
     model.train()
     train = train.to(dev)
     val = None if val is None else val.to(dev)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    torch.manual_seed(config.seed)
+    torch.manual_seed(steps.seed(config.seed))
     order_gen = torch.Generator().manual_seed(config.seed)
     history, step, start_epoch = History(), 0, 0
     out = None if out_dir is None else Path(out_dir)
-    if out is not None:
+    if out is not None and steps.rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        ckpt_path = out / "last.pt"
-        if ckpt_path.exists():
-            ckpt = torch.load(ckpt_path, map_location=dev, weights_only=False)
-            saved = ckpt.get("config", {})
-            for key in ("seed", "batch_size", "lr"):
-                if key in saved and saved[key] != getattr(config, key):
-                    raise ValueError(
-                        f"`config.{key}` must match the checkpoint in {str(out)!r} to resume "
-                        f"({saved[key]!r}); got {getattr(config, key)!r}. Use another `out_dir` to start afresh."
-                    )
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            torch.set_rng_state(ckpt["rng"])
-            if dev.type == "cuda" and ckpt.get("cuda_rng") is not None:
-                torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
-            order_gen.set_state(ckpt["order_rng"])
-            history = History(**ckpt["history"])
-            step, start_epoch = ckpt["step"], ckpt["epoch"]
-    n = train.shape[0]
-    batches = math.ceil(n / config.batch_size)
+    ckpt = None if out is None else steps.load(out / "last.pt")
+    if ckpt is not None:
+        saved = ckpt.get("config", {})
+        for key in ("seed", "batch_size", "lr"):
+            if key in saved and saved[key] != getattr(config, key):
+                raise ValueError(
+                    f"`config.{key}` must match the checkpoint in {str(out)!r} to resume "
+                    f"({saved[key]!r}); got {getattr(config, key)!r}. Use another `out_dir` to start afresh."
+                )
+        steps.restore(ckpt, out)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        order_gen.set_state(ckpt["order_rng"])
+        history = History(**ckpt["history"])
+        step, start_epoch = ckpt["step"], ckpt["epoch"]
+    steps.prepare(model)
+    n, per_step = train.shape[0], config.batch_size * steps.world
+    batches = math.ceil(n / per_step)
     end_epoch = config.epochs if stop_after is None else min(config.epochs, stop_after)
     bar, best_state = None, None
-    if config.progress and start_epoch < end_epoch and not history.stopped_early:
+    if config.progress and steps.rank == 0 and start_epoch < end_epoch and not history.stopped_early:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=(end_epoch - start_epoch) * batches, desc="train", leave=False)
+        bar = tqdm(total=(end_epoch - start_epoch) * batches, desc=steps.desc, leave=False)
     try:
         for epoch in range(start_epoch, end_epoch):
             if history.stopped_early:
@@ -192,25 +262,27 @@ def fit(model: nn.Module, train: Tensor, val: Optional[Tensor] = None, *, config
             perm = torch.randperm(n, generator=order_gen).to(dev)
             total = 0.0
             for b in range(batches):
-                xb = train[perm[b * config.batch_size:(b + 1) * config.batch_size]]
-                if transform is not None:
+                idx = perm[b * per_step:(b + 1) * per_step]
+                xb = train[idx[steps.part(idx.shape[0])]]
+                if transform is not None and xb.shape[0]:
                     xb = transform(xb)
                 optimizer.zero_grad(set_to_none=True)
-                loss = model.loss(xb, step=step)
-                loss.backward()
+                loss = steps.backward(model, xb, total=idx.shape[0], step=step)
                 optimizer.step()
+                steps.after_step(model)
                 step += 1
-                total += float(loss.detach()) * xb.shape[0]
+                if xb.shape[0]:
+                    total += float(loss) * xb.shape[0]
                 if bar is not None:
                     bar.update(1)
-            record = {"epoch": epoch + 1, "step": step, "train_loss": total / n,
+            record = {"epoch": epoch + 1, "step": step, "train_loss": steps.all_sum(total) / n,
                       "val_bound": math.nan, "seconds": time.perf_counter() - t0}
             if val is not None:
-                record["val_bound"] = _validate(model, val, max(config.batch_size, 500), config.val_samples)
+                record["val_bound"] = _validate(model, val, max(config.batch_size, 500), config.val_samples, steps)
                 if record["val_bound"] > history.best_val:
                     history.best_val, history.best_epoch = record["val_bound"], epoch + 1
                     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                    if out is not None:
+                    if out is not None and steps.rank == 0:
                         atomic_save(best_state, out / "best.pt")
                 elif config.patience is not None and epoch + 1 - history.best_epoch >= config.patience:
                     history.stopped_early = True
@@ -218,21 +290,21 @@ def fit(model: nn.Module, train: Tensor, val: Optional[Tensor] = None, *, config
             if bar is not None:
                 bar.set_postfix(loss=f"{record['train_loss']:.3f}", val=f"{record['val_bound']:.3f}")
             if out is not None:
-                atomic_save({
-                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "epoch": epoch + 1, "step": step, "history": asdict(history),
-                    "rng": torch.get_rng_state(), "order_rng": order_gen.get_state(),
-                    "cuda_rng": torch.cuda.get_rng_state_all() if dev.type == "cuda" else None,
-                    "config": asdict(config),
-                }, out / "last.pt")
-                _atomic_json(asdict(history), out / "history.json")
+                state = steps.state()  # collective: every rank
+                if steps.rank == 0:
+                    atomic_save({
+                        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "epoch": epoch + 1, "step": step, "history": asdict(history),
+                        "order_rng": order_gen.get_state(), "config": asdict(config), **state,
+                    }, out / "last.pt")
+                    atomic_save_json(asdict(history), out / "history.json")
     finally:
         if bar is not None:
             bar.close()
     done = history.stopped_early or len(history.epochs) >= config.epochs
     if done and config.restore_best:
-        if best_state is None and out is not None and (out / "best.pt").exists():
-            best_state = torch.load(out / "best.pt", map_location=dev, weights_only=False)
+        if best_state is None and out is not None:
+            best_state = steps.load(out / "best.pt")
         if best_state is not None:
             model.load_state_dict(best_state)
     return history
