@@ -120,6 +120,41 @@ def test_quadrature_errors():
         Q.double_exponential(5, 0.0, 1.0, log_density=lambda v: np.full_like(v, -np.inf))
 
 
+def test_cached_rules_are_read_only_and_callers_get_copies():
+    from scg.laws import Rayleigh, StandardNormal
+    from scg.testing import _rules
+
+    for make in (lambda: Q.gauss_hermite(7), lambda: Q.maxwell_rule(7), lambda: Q.gauss_legendre(7, -1.0, 2.0)):
+        x, w = make()
+        expected = (x.copy(), w.copy())
+        x[:], w[:] = 0.0, 0.0  # a caller mutating its rule ...
+        again = make()  # ... does not reach the cache
+        assert np.array_equal(again[0], expected[0]) and np.array_equal(again[1], expected[1])
+    spec = _rules.law_specs("w", Rayleigh((1,), dtype=D64), np.array([[1.0]]))[0]  # Gauss rules on 2 pieces
+    assert spec.shared and spec.kind == "gauss"
+    first = _rules.rule(spec, 9)
+    assert _rules.rule(spec, 9)[0] is first[0] and not first[0].flags.writeable and not first[1].flags.writeable
+    with pytest.raises(ValueError, match="read-only"):
+        first[1][0] = 0.0
+    fresh = spec.make(9)  # the cached rule is the rule, bit for bit
+    assert np.array_equal(first[0], fresh[0]) and np.array_equal(first[1], fresh[1])
+
+    class Shifted(StandardNormal):  # a user-defined law: its density is not fixed by scg, so not shared
+        def log_density(self, x):
+            return super().log_density(x - 1.0)
+
+    assert not _rules.law_specs("eps", Shifted((1,)))[0].shared
+    d = Normal(t(0.5), t(1.5))
+    assert _rules.distribution_specs("z", d, (1,), None)[0].shared
+    assert not _rules.distribution_specs("z", type("MyNormal", (Normal,), {})(t(0.5), t(1.5)), (1,), None)[0].shared
+    # Repeated harness calls (rules from the cache) give the very same moments as a cold cache.
+    _rules._CACHE.clear()
+    cold = exact_moments(scg.ScoreFunction(), normal, (t(0.5), t(1.5)), costs.threshold(0.2), breakpoints=0.2)
+    assert len(_rules._CACHE) > 0
+    warm = exact_moments(scg.ScoreFunction(), normal, (t(0.5), t(1.5)), costs.threshold(0.2), breakpoints=0.2)
+    assert all(torch.equal(a, b) for a, b in zip(cold, warm))
+
+
 # ----------------------------------------------------------------------------- exact gradients
 
 

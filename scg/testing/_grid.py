@@ -17,9 +17,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from scg.testing._rules import Spec
+from scg.testing._rules import Spec, rule
 
-__all__ = ["Variable", "Grid", "choose_nodes", "build", "freeze", "batch_groups", "fill_values"]
+__all__ = ["Variable", "Grid", "choose_nodes", "build", "make_grid", "chunk_size", "freeze", "batch_groups",
+           "fill_values"]
 
 # (n_max, n_comfortable, n_min) nodes per piece, by rule kind. Counts start at n_max, are
 # lowered to n_comfortable while the grid exceeds _TARGET points, then to n_min while it
@@ -93,15 +94,16 @@ def choose_nodes(specs: list[Spec], max_points: int, nodes: Union[None, int, dic
 
 
 def build(specs: list[Spec], counts: list[int], dtypes: dict[str, torch.dtype], device: torch.device) -> list[Variable]:
-    """Make every variable's rule (identical keys share one computation)."""
+    """Make every variable's rule (identical keys share one computation; see :func:`._rules.rule`)."""
     cache: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
     out = []
     for spec, n in zip(specs, counts):
         key = spec.key + (n,)
         if key not in cache:
-            cache[key] = spec.make(n)
+            cache[key] = rule(spec, n)
         values, weights = cache[key]
-        values = np.asarray(values, dtype=np.float64)
+        values = np.array(values, dtype=np.float64)  # a copy: cached rules are read-only
+        weights = np.array(weights, dtype=np.float64)
         if values.ndim == 1:
             values = values[:, None]
         if spec.edges is None or values.shape[1] != 1:
@@ -116,6 +118,19 @@ def build(specs: list[Spec], counts: list[int], dtypes: dict[str, torch.dtype], 
             torch.as_tensor(piece, dtype=torch.long, device=device),
         ))
     return out
+
+
+def make_grid(specs: list[Spec], shapes: dict[str, tuple[int, ...]], dtypes: dict[str, torch.dtype],
+              device: torch.device, max_points: int, nodes: Union[None, int, dict[str, int]],
+              fill: Optional[dict[str, Tensor]] = None) -> "Grid":
+    """The grid of ``specs`` with node counts from :func:`choose_nodes`."""
+    return Grid(build(specs, choose_nodes(specs, max_points, nodes), dtypes, device), shapes, dtypes, device, fill)
+
+
+def chunk_size(shapes: dict[str, tuple[int, ...]]) -> int:
+    """Grid points per chunk: about 2¹⁷ law elements, between 64 and 8192 points."""
+    elements = sum(int(np.prod(s)) if s else 1 for s in shapes.values())
+    return int(min(8192, max(64, 2**17 // max(1, elements))))
 
 
 # ----------------------------------------------------------------------------- the grid

@@ -16,11 +16,16 @@ Exponential → Gauss rules of the density on pieces (Laplace split at its loc);
 Uniform samples → Gauss–Legendre; Beta, Gamma and other continuous samples →
 double-exponential (their scores are log-singular at the ends); discrete samples
 → enumeration (Poisson, Geometric truncated where the tail mass < 1e-16).
+
+Rules are pure functions of their spec's key and node count; :func:`rule` keeps the
+rules of scg's own laws and of torch's distributions in a bounded cache shared by all
+calls (read-only arrays), so repeated harness calls do not rebuild them.
 """
 
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 from typing import Callable, Optional, Sequence
 
@@ -45,7 +50,7 @@ from scg._dist import unwrap
 from scg.laws import DoubleSidedMaxwell, FromDistribution, Law, Rayleigh, StandardNormal, StandardUniform
 from scg.testing import quadrature as Q
 
-__all__ = ["Spec", "law_specs", "distribution_specs", "element_dist", "piece_edges", "TAIL"]
+__all__ = ["Spec", "rule", "law_specs", "distribution_specs", "element_dist", "piece_edges", "sample_dtype", "TAIL"]
 
 Rule = tuple[np.ndarray, np.ndarray]
 
@@ -65,6 +70,37 @@ class Spec:
     kind: str = "fixed"  # "fixed" (enumeration) or a rule kind ("hermite", "de", ...)
     size: int = 0  # number of values when kind == "fixed"
     edges: Optional[tuple[float, ...]] = None  # piece edges (continuous variables)
+    shared: bool = False  # the key determines the rule completely: cache it across calls
+
+
+#: Rules of shared specs, by ``key + (n,)``, least recently used first.
+_CACHE: OrderedDict[tuple, Rule] = OrderedDict()
+_CACHE_SIZE = 4096
+
+
+def rule(spec: Spec, n: int) -> Rule:
+    """``spec.make(n)``; for shared specs from a cache across calls (read-only arrays)."""
+    if not spec.shared:
+        return spec.make(n)
+    key = spec.key + (n,)
+    hit = _CACHE.get(key)
+    if hit is not None:
+        _CACHE.move_to_end(key)
+        return hit
+    x, w = (np.array(a, dtype=np.float64) for a in spec.make(n))
+    x.flags.writeable = w.flags.writeable = False
+    _CACHE[key] = (x, w)
+    if len(_CACHE) > _CACHE_SIZE:
+        _CACHE.popitem(last=False)
+    return x, w
+
+
+def sample_dtype(law: Law) -> torch.dtype:
+    """The dtype of the law's draws (Categorical samples are integers), without touching the RNG."""
+    if isinstance(law, FromDistribution) and law.dist is not None:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            return law.dist.sample().dtype
+    return law.dtype
 
 
 def element_dist(base: Distribution, index: int) -> Distribution:
@@ -136,6 +172,7 @@ def _continuous_spec(
     key: tuple,
     center: float = 0.0,
     scale: float = 1.0,
+    shared: bool = False,
 ) -> Spec:
     pieces = len(edges) - 1
     if kind == "hermite" and pieces > 1:
@@ -152,7 +189,7 @@ def _continuous_spec(
     else:
         def make(n: int) -> Rule:
             return _pieces_rule(kind, edges, n, log_density, center, scale)
-    return Spec(law, positions, make, key + (kind, tuple(edges)), pieces, kind, edges=tuple(edges))
+    return Spec(law, positions, make, key + (kind, tuple(edges)), pieces, kind, edges=tuple(edges), shared=shared)
 
 
 def _fixed_spec(law: str, positions: np.ndarray, values: np.ndarray, probs: np.ndarray, key: tuple) -> Spec:
@@ -251,9 +288,8 @@ def distribution_specs(
             kind = "gauss"  # Gauss rules of the discretised density (scores polynomial on pieces)
         else:
             kind = "de"  # Beta, Gamma, others: scores may be log-singular at the ends
-        key = _key(d)
-        per_element.append(_continuous_spec(law, np.array([j]), kind, edges, _np_log_prob(d, dtype), key,
-                                            center, scale))
+        per_element.append(_continuous_spec(law, np.array([j]), kind, edges, _np_log_prob(d, dtype), _key(d),
+                                            center, scale, shared=type(d).__module__.startswith("torch.")))
     for s in range(S):
         for j, spec in enumerate(per_element):
             specs.append(replace(spec, positions=np.array([s * M + j])))
@@ -261,7 +297,7 @@ def distribution_specs(
 
 
 def _key(d: Distribution) -> tuple:
-    """Cache key of a scalar distribution: its type and parameter values."""
+    """Cache key of a scalar distribution: its type and parameters' dtypes and values."""
     values = []
     for name in sorted(d.arg_constraints):
         try:
@@ -269,8 +305,8 @@ def _key(d: Distribution) -> tuple:
         except Exception:  # noqa: BLE001 - a lazily derived parameter that cannot be computed
             continue
         if isinstance(v, Tensor):
-            values.append((name, tuple(v.detach().double().reshape(-1).tolist())))
-    return (type(d).__name__, tuple(values))
+            values.append((name, str(v.dtype), tuple(v.detach().double().reshape(-1).tolist())))
+    return (type(d), tuple(values))
 
 
 def law_specs(name: str, law: Law, points: Optional[np.ndarray] = None) -> list[Spec]:
@@ -312,12 +348,16 @@ def law_specs(name: str, law: Law, points: Optional[np.ndarray] = None) -> list[
             cuts += list(points[i])
         edges = piece_edges(lo, hi, cuts)
         dens = None if isinstance(law, StandardUniform) else log_density
-        spec = _continuous_spec(name, np.array([i]), kind, edges, dens, (type(law).__name__,),
-                                center=1.25 if isinstance(law, Rayleigh) else 0.0)
+        spec = _continuous_spec(name, np.array([i]), kind, edges, dens, (type(law),),
+                                center=1.25 if isinstance(law, Rayleigh) else 0.0, shared=type(law) in _OWN_LAWS)
         if isinstance(law, StandardUniform):
             spec.make = _clipped(spec.make)
         specs.append(spec)
     return specs
+
+
+#: scg's laws: densities fixed by the type (user-defined laws are not cached across calls).
+_OWN_LAWS = (StandardNormal, StandardUniform, Rayleigh, DoubleSidedMaxwell)
 
 
 def _clipped(make: Callable[[int], Rule]) -> Callable[[int], Rule]:

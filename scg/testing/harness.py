@@ -1,31 +1,25 @@
-"""Exact moments of an estimator's gradient, and the exact gradient of ``E[f]``.
+"""Exact moments of an estimator's gradient, and the check that its mean is the exact gradient.
 
 Nothing here samples. :func:`exact_moments` integrates the estimator's gradient
 over the laws it declares (``Estimator.laws``) on a tensor-product quadrature
-grid; :func:`exact_gradient` integrates ``f`` against the distribution itself;
-:func:`assert_unbiased` compares the two.
+grid; :func:`exact_gradient` (in :mod:`scg.testing._gradient`) integrates ``f``
+against the distribution itself; :func:`assert_unbiased` compares the two.
 """
 
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Callable, NamedTuple, Optional, Sequence, Union
 
-import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.distributions import Distribution, Uniform
 
-from scg._dist import evaluate, magic_box, unwrap
-from scg.laws import FromDistribution, Law
 from scg.testing import _grid, _rules
-from scg.testing._breakpoints import Breakpoints, law_points, z_points
+from scg.testing._breakpoints import Breakpoints, law_points
+from scg.testing._gradient import MakeDist, exact_gradient
 from scg.testing._util import as_params, check_int, check_nodes, flat, frozen, labels, no_validation
 
 __all__ = ["ExactMoments", "exact_moments", "exact_gradient", "assert_unbiased"]
-
-MakeDist = Callable[..., Distribution]
 
 
 class ExactMoments(NamedTuple):
@@ -40,29 +34,6 @@ class ExactMoments(NamedTuple):
     mean: Tensor
     second_moment: Tensor
     variance: Tensor
-
-
-# ----------------------------------------------------------------------------- helpers
-
-
-def _sample_dtype(law: Law) -> torch.dtype:
-    """The dtype of the law's draws (Categorical samples are integers), without touching the RNG."""
-    if isinstance(law, FromDistribution) and law.dist is not None:
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            return law.dist.sample().dtype
-    return law.dtype
-
-
-def _chunk_size(shapes: dict[str, tuple[int, ...]]) -> int:
-    elements = sum(int(np.prod(s)) if s else 1 for s in shapes.values())
-    return int(min(8192, max(64, 2**17 // max(1, elements))))
-
-
-def _grid_for(specs: list[_rules.Spec], shapes: dict, dtypes: dict, device: torch.device,
-              max_points: int, nodes: Union[None, int, dict[str, int]],
-              fill: Optional[dict[str, Tensor]] = None) -> _grid.Grid:
-    counts = _grid.choose_nodes(specs, max_points, nodes)
-    return _grid.Grid(_grid.build(specs, counts, dtypes, device), shapes, dtypes, device, fill)
 
 
 # ----------------------------------------------------------------------------- public API
@@ -168,7 +139,7 @@ def exact_moments(
         for name, law in laws.items():
             specs += _rules.law_specs(name, law, law_points(estimator, dist0, name, law, breakpoints))
         shapes = {name: tuple(law.shape) for name, law in laws.items()}
-        dtypes = {name: _sample_dtype(law) for name, law in laws.items()}
+        dtypes = {name: _rules.sample_dtype(law) for name, law in laws.items()}
         device = ps[0].device
 
         groups = _grid.batch_groups(specs, shapes, tuple(dist0.batch_shape))
@@ -187,9 +158,9 @@ def exact_moments(
             batched = torch.func.vmap(torch.func.grad(total), in_dims=(None, 0))
             sub = _simplify(
                 [specs[i] for i in members], lambda d: flat(batched(ps, d), len(next(iter(d.values())))),
-                lambda sp: _grid_for(sp, shapes, dtypes, device, 2**62, nodes, fill),
+                lambda sp: _grid.make_grid(sp, shapes, dtypes, device, 2**62, nodes, fill),
             )
-            grid = _grid_for(sub, shapes, dtypes, device, max_points, nodes, fill)
+            grid = _grid.make_grid(sub, shapes, dtypes, device, max_points, nodes, fill)
             m, v = _integrate(grid, total, batched, ps, estimator, state)
             mean, variance = mean + m, variance + v  # independent batch elements
     return ExactMoments(mean, variance + mean**2, variance)
@@ -203,7 +174,7 @@ def _integrate(grid: _grid.Grid, total: Callable, batched: Callable, ps: tuple[T
     s1 = torch.zeros(P, dtype=torch.float64, device=ps[0].device)
     s2 = torch.zeros(P, dtype=torch.float64, device=ps[0].device)
     shift: Optional[Tensor] = None
-    for draws, w in grid.chunks(_chunk_size(grid.shapes)):
+    for draws, w in grid.chunks(_grid.chunk_size(grid.shapes)):
         G = None
         if state["vmap"]:
             try:
@@ -263,104 +234,6 @@ def _loop_grad(total: Callable, ps: tuple[Tensor, ...], draws: dict[str, Tensor]
     out = total(leaves, draws)
     grads = torch.autograd.grad(out, leaves, allow_unused=True)
     return flat([torch.zeros_like(p) if g is None else g for p, g in zip(leaves, grads)])
-
-
-def exact_gradient(
-    make_dist: MakeDist,
-    params: Union[Tensor, Sequence[Tensor]],
-    f: Callable[[Tensor], Tensor],
-    *,
-    breakpoints: Breakpoints = None,
-    nodes: Union[None, int, dict[str, int]] = None,
-    max_points: int = 2_000_000,
-) -> Tensor:
-    r"""Exact :math:`∇_θ \sum_b E_{q_θ}[f(z)]_b` by quadrature over ``q`` itself (no estimator).
-
-    .. math::
-        E[f] = \sum_i w_i(θ) f(z_i), \qquad
-        w_i(θ) = w_i(θ_0)\, \frac{q_θ(z_i)}{q_{θ_0}(z_i)} \quad (\text{value unchanged at } θ = θ_0)
-
-    so the gradient is :math:`\sum_i w_i(θ_0)\,[∇f(z_i) + f(z_i) ∇\log q_θ(z_i)] = ∫ (∇f)\, q + f\, ∇q`,
-    per batch element. For discrete distributions :math:`w_i` are the (differentiable)
-    probabilities of the enumerated support; for continuous ones the nodes are fixed
-    at the detached parameters and ``breakpoints`` split the support where ``f`` jumps
-    (so it is valid for discontinuous f). Uniform distributions add the boundary
-    terms of their parameter-dependent support (Leibniz rule).
-
-    Args:
-        make_dist, params, f, breakpoints, nodes, max_points: as in :func:`exact_moments`.
-
-    Returns:
-        ``[P]`` float64 tensor.
-    """
-    check_nodes(nodes)
-    check_int("max_points", max_points)
-    ps = as_params(params)
-    with no_validation():
-        dist0 = make_dist(*ps)
-        base, _ = unwrap(dist0)
-        shape = (1, *dist0.batch_shape, *dist0.event_shape)
-        law = FromDistribution(shape=shape, dist=dist0)
-        specs = _rules.distribution_specs("z", dist0, shape, z_points(breakpoints, dist0))
-        shapes, dtypes, device = {"z": shape}, {"z": _sample_dtype(law)}, ps[0].device
-        groups = _grid.batch_groups(specs, shapes, tuple(dist0.batch_shape))
-        fill = None
-        if len(groups) > 1:  # batch elements one at a time (∇ is linear), the others held fixed
-            fill = _grid.fill_values(_grid.build(specs, [1] * len(specs), dtypes, device), shapes, dtypes, device)
-        leaves = tuple(p.clone().requires_grad_(True) for p in ps)
-        total = [torch.zeros_like(p, dtype=torch.float64) for p in ps]
-
-        def accumulate(g: _grid.Grid, term: Callable[[Distribution, Tensor, Tensor], Tensor]) -> None:
-            for draws, w in g.chunks(_chunk_size(shapes)):
-                z = draws["z"].reshape(len(w), *shape[1:])
-                dist = make_dist(*leaves)
-                cost = evaluate(f, z, dist, len(w))
-                obj = (w * term(dist, z, cost.double().reshape(len(w), -1))).sum()
-                grads = torch.autograd.grad(obj, leaves, allow_unused=True)
-                for acc, gr in zip(total, grads):
-                    if gr is not None:
-                        acc += gr.double()
-
-        for b, members in enumerate(groups):
-            sub = [specs[i] for i in members]
-            variables = _grid.build(sub, _grid.choose_nodes(sub, max_points, nodes), dtypes, device)
-
-            def score_term(d: Distribution, z: Tensor, c: Tensor, b: int = b) -> Tensor:
-                out = c * magic_box(d.log_prob(z).double().reshape(len(c), -1))
-                return out[:, b] if len(groups) > 1 else out.sum(1)
-
-            accumulate(_grid.Grid(variables, shapes, dtypes, device, fill), score_term)
-            if isinstance(base, Uniform):
-                _uniform_boundaries(accumulate, base, variables, dist0, shapes, dtypes, device, fill)
-    return flat(total)
-
-
-def _uniform_boundaries(accumulate: Callable, base: Uniform, variables: list[_grid.Variable],
-                        dist0: Distribution, shapes: dict, dtypes: dict, device: torch.device,
-                        fill: Optional[dict[str, Tensor]]) -> None:
-    """Add ``±q(bound) E[f | z_j = bound] ∇bound`` for every element j of a Uniform (Leibniz)."""
-    batch = tuple(base.batch_shape)
-    M = int(np.prod(batch)) if batch else 1
-    per_batch = M // max(1, int(np.prod(dist0.batch_shape)) if dist0.batch_shape else 1)
-    low = base.low.detach().expand(batch).reshape(-1)
-    high = base.high.detach().expand(batch).reshape(-1)
-    for i, var in enumerate(variables):
-        j = int(var.positions[0])  # one sample: the position is the element
-        for name, sign in (("high", 1.0), ("low", -1.0)):
-            value = (high if name == "high" else low)[j]
-            fixed = _grid.Variable("z", var.positions, value.reshape(1, 1).to(dtypes["z"]),
-                                   torch.ones(1, dtype=torch.float64, device=device),
-                                   torch.zeros(1, dtype=torch.long, device=device))
-            grid = _grid.Grid([fixed if k == i else v for k, v in enumerate(variables)], shapes, dtypes, device, fill)
-            density = 1.0 / float(high[j] - low[j])
-
-            def term(d: Distribution, z: Tensor, c: Tensor, j: int = j, b: int = j // per_batch,
-                     name: str = name, sign: float = sign, density: float = density) -> Tensor:
-                inner, _ = unwrap(d)
-                bound = getattr(inner, name).expand(batch).reshape(-1)[j]
-                return sign * density * c[:, b] * (bound - bound.detach()).double()
-
-            accumulate(grid, term)
 
 
 def assert_unbiased(

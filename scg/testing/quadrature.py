@@ -1,7 +1,9 @@
 """One-dimensional quadrature rules (float64 numpy) used by the exact harness.
 
 Every rule returns ``(nodes, weights)`` as float64 arrays such that
-``sum(weights * g(nodes)) ≈ ∫ g(x) μ(dx)`` for the rule's measure μ:
+``sum(weights * g(nodes)) ≈ ∫ g(x) μ(dx)`` for the rule's measure μ (fresh arrays:
+the Gauss–Hermite, Gauss–Legendre and Maxwell rules are built once per n and cached
+read-only; callers get copies):
 
 * :func:`gauss_hermite` — μ = N(0, 1); exact for polynomials of degree ≤ 2n − 1.
 * :func:`gauss_legendre` — Lebesgue measure on ``[a, b]``; exact to degree 2n − 1.
@@ -25,6 +27,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable
 
@@ -60,15 +63,41 @@ def _check_n(n: int) -> int:
     return int(n)
 
 
+def _read_only(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+    for a in arrays:
+        a.flags.writeable = False
+    return arrays
+
+
+@functools.lru_cache(maxsize=None)
+def _hermite(n: int) -> Rule:
+    x, w = hermegauss(n)
+    return _read_only(x, w / w.sum())
+
+
+@functools.lru_cache(maxsize=None)
+def _legendre(n: int) -> Rule:
+    return _read_only(*leggauss(n))
+
+
+@functools.lru_cache(maxsize=None)
+def _maxwell(n: int) -> Rule:
+    x, w = hermegauss(n + 1)
+    w = w * x * x
+    keep = w > 0
+    x, w = x[keep], w[keep]
+    return _read_only(x, w / w.sum())
+
+
 def gauss_hermite(n: int) -> Rule:
     """Probabilists' Gauss–Hermite rule for N(0, 1) (weights sum to 1)."""
-    x, w = hermegauss(_check_n(n))
-    return x, w / w.sum()
+    x, w = _hermite(_check_n(n))
+    return x.copy(), w.copy()
 
 
 def gauss_legendre(n: int, a: float = 0.0, b: float = 1.0) -> Rule:
     """Gauss–Legendre rule for Lebesgue measure on ``[a, b]`` (weights sum to b − a)."""
-    x, w = leggauss(_check_n(n))
+    x, w = _legendre(_check_n(n))
     half = 0.5 * (b - a)
     return a + half * (x + 1.0), half * w
 
@@ -79,11 +108,8 @@ def maxwell_rule(n: int) -> Rule:
     Gauss–Hermite with weights multiplied by ``x²``: exact for polynomials of
     degree ≤ 2n − 3. The zero node (odd n) carries no weight and is dropped.
     """
-    x, w = hermegauss(_check_n(n) + 1)
-    w = w * x * x
-    keep = w > 0
-    x, w = x[keep], w[keep]
-    return x, w / w.sum()
+    x, w = _maxwell(_check_n(n))
+    return x.copy(), w.copy()
 
 
 def _de_map(t: np.ndarray, a: float, b: float, center: float, scale: float) -> Rule:
