@@ -319,7 +319,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     seconds = time.perf_counter() - t0
     rank, world = rank_and_world()
     result = {"world_size": world, "batch_per_rank": args.batch_size, "global_batch": world * args.batch_size,
-              "seed": args.seed, "init_seed": args.init_seed, "epochs": args.epochs, "final_val_elbo": round(history.val_bound[-1], 4),
+              "seed": args.seed, "init_seed": args.init_seed, "epochs": args.epochs,
+              "final_val_elbo": round(history.val_bound[-1], 4),
               "best_val_elbo": round(history.best_val, 4), "seconds": round(seconds, 1)}
     if rank == 0:
         torch.manual_seed(10_000)  # the same evaluation draws for every run (common random numbers)

@@ -18,11 +18,12 @@ gradient w.r.t. :math:`μ_1`: SF variance :math:`(D+2)(D+4)`, SF with the baseli
 
 Sampling. N independent estimates are drawn with the batch engine of
 :mod:`scg.studies.sampling` (N copies of the problem as a batch dimension, one
-backward pass per chunk) and reduced to streaming moments, so N can reach 10⁸
-on a GPU without holding the estimates. N adapts per estimator: chunks are added
-until the standard error of the sampled variance (from the sample's fourth
-central moment) is at most ``rel_se`` of the variance, or ``max_estimates`` is
-reached. The score function on :math:`(x − k)^2` is heavy-tailed (kurtosis of the
+backward pass per chunk) and reduced to streaming moments
+(:class:`~scg.studies.sampling.Moments`), so N can reach 10⁸ on a GPU without
+holding the estimates. N adapts per estimator (:func:`~scg.studies.sampling.sample_until`):
+chunks are added until the standard error of the sampled variance (from the
+sample's fourth central moment) is at most ``rel_se`` of the variance, or
+``max_estimates`` is reached. The score function on :math:`(x − k)^2` is heavy-tailed (kurtosis of the
 σ-estimate up to ≈ 300), so it needs N ≈ 6·10⁶ for a 0.67 % standard error (2 %
 at 3 SE) and N ≈ 10⁸ for 0.17 % (0.5 % at 3 SE); light-tailed estimators stop
 after 10⁴–10⁵ estimates. Within a cell every estimator starts from the same random
@@ -41,7 +42,6 @@ References:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -54,9 +54,9 @@ import scg
 from scg.baselines import Constant
 from scg.studies.base import CellContext, Study
 from scg.studies.problems import Problem
-from scg.studies.sampling import sample_gradients
+from scg.studies.sampling import Moments, sample_until
 
-__all__ = ["GaussianConfig", "Gaussian", "Moments", "cost", "REFERENCE", "ESTIMATOR_LABELS"]
+__all__ = ["GaussianConfig", "Gaussian", "Moments", "sample_until", "cost", "REFERENCE", "ESTIMATOR_LABELS"]
 
 #: Mohamed et al. 2020, Table 3 (REFERENCES.md): (family, k) -> parameter -> estimator -> variance.
 REFERENCE: dict[tuple[str, float], dict[str, dict[str, float]]] = {
@@ -142,111 +142,6 @@ class GaussianConfig:
                              f"{', '.join(REFERENCE[('square', 0.0)]['mu'])}.")
         if any(int(d) < 1 for d in self.dims):
             raise ValueError(f"`dims` must be >= 1; got {self.dims!r}.")
-
-
-class Moments:
-    """Streaming moments of estimates ``[n, P]``: power sums of ``G − shift`` in float64.
-
-    ``shift`` (the exact gradient) keeps the sums well conditioned, so the
-    variance and the fourth central moment are accurate for N up to 10⁹.
-    """
-
-    def __init__(self, shift: Tensor) -> None:
-        self.shift = shift.detach().double().reshape(-1)
-        self.sums = torch.zeros(4, self.shift.numel(), dtype=torch.float64, device=self.shift.device)
-        self.low = torch.full_like(self.shift, math.inf)
-        self.high = torch.full_like(self.shift, -math.inf)
-        self.n = 0
-
-    def update(self, G: Tensor) -> None:
-        """Add estimates ``G [n, P]``."""
-        if G.device.type == "cpu":  # small reductions: one thread (parallel regions cost ms on a busy CPU)
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)
-            try:
-                self._update(G)
-            finally:
-                torch.set_num_threads(threads)
-        else:
-            self._update(G)
-        self.n += G.shape[0]
-
-    def _update(self, G: Tensor) -> None:
-        g = G.detach().double().T.contiguous()  # [P, n]: reduce along contiguous memory
-        d = g - self.shift[:, None]
-        d2 = d * d
-        self.sums += torch.stack([d.sum(1), d2.sum(1), (d2 * d).sum(1), (d2 * d2).sum(1)])
-        low, high = torch.aminmax(g, dim=1)
-        self.low = torch.minimum(self.low, low)
-        self.high = torch.maximum(self.high, high)
-
-    def variance(self) -> tuple[Tensor, Tensor]:
-        """Sample variance (ddof 1) and its standard error, ``[P]`` each (CPU float64).
-
-        The SE is :math:`\\sqrt{(m_4 − \\frac{N−3}{N−1} s^4)/N}` (m₄ the fourth central
-        moment), as in :func:`scg.studies.sampling.statistics`, but at least
-        :math:`s^2 \\sqrt{2/(N(N−1))}` — the exact SD of :math:`s^2` for a symmetric two-point
-        law, and a lower bound for every law (:math:`μ_4 ≥ σ^4`); the plug-in formula loses that
-        second-order term and is ~0 for such laws (e.g. RLOO on one Bernoulli). A parameter
-        whose estimates are all equal has variance exactly 0.
-        """
-        n = self.n
-        s1, s2, s3, s4 = (x.cpu() for x in self.sums / n)
-        var_b = (s2 - s1 * s1).clamp_min(0.0)
-        m4 = (s4 - 4 * s1 * s3 + 6 * s1 * s1 * s2 - 3 * s1 ** 4).clamp_min(0.0)
-        var = var_b * n / (n - 1)
-        se = ((m4 - (n - 3) / (n - 1) * var * var).clamp_min(0.0) / n).sqrt()
-        se = torch.maximum(se, var * math.sqrt(2.0 / (n * (n - 1))))
-        constant = (self.high == self.low).cpu()
-        return torch.where(constant, 0.0, var), torch.where(constant, 0.0, se)
-
-    def stats(self, p: int, exact_gradient: float, exact_variance: float) -> dict[str, float]:
-        """Mean, SE, bias z, variance, its SE, relative error and z against the exact variance, SNR."""
-        var_all, se_all = self.variance()
-        var, var_se = float(var_all[p]), float(se_all[p])
-        mean = float(self.shift[p].cpu() + self.sums[0, p].cpu() / self.n)
-        se = math.sqrt(var / self.n)
-
-        def z(err: float, scale: float) -> float:
-            if math.isnan(err):
-                return math.nan
-            if err == 0.0:
-                return 0.0
-            return err / scale if scale > 0 else math.copysign(math.inf, err)
-
-        rel = var_z = math.nan
-        if not math.isnan(exact_variance):
-            scale = max(exact_gradient ** 2, abs(exact_variance), var)
-            if abs(var - exact_variance) <= 1e-12 * scale:  # equal up to rounding (a zero variance)
-                rel, var_z = 0.0, 0.0
-            else:
-                var_z = z(var - exact_variance, var_se)
-                rel = var / exact_variance - 1.0 if exact_variance > 0 else math.nan
-        return {
-            "mean": mean, "std_error": se, "bias_z": z(mean - exact_gradient, se),
-            "variance": var, "variance_std_error": var_se, "variance_rel_error": rel, "variance_z": var_z,
-            "snr": abs(mean) / math.sqrt(var) if var > 0 else math.inf,
-        }
-
-    def done(self, rows: Sequence[int], rel_se: float) -> bool:
-        """Whether every parameter in ``rows`` has ``SE(variance) <= rel_se · variance`` (or variance 0)."""
-        var, se = self.variance()
-        return all(bool(var[p] == 0) or bool(se[p] <= rel_se * var[p]) for p in rows)
-
-
-def sample_until(estimator: scg.Estimator, problem: Problem, params: list[Tensor], rows: Sequence[int],
-                 shift: Tensor, *, rel_se: float, min_estimates: int, max_estimates: int, chunk: int,
-                 num_samples: int = 1) -> Moments:
-    """Estimates in chunks (batch engine of :mod:`scg.studies.sampling`) until the variances of
-    ``rows`` have a relative SE ≤ ``rel_se`` (once ``min_estimates`` are drawn) or ``max_estimates``."""
-    moments = Moments(shift)
-    while moments.n < max_estimates:
-        n = min(chunk, max_estimates - moments.n)
-        G, _ = sample_gradients(estimator, problem, params, num_samples, n, engine="batch")
-        moments.update(G)
-        if moments.n >= min_estimates and moments.done(rows, rel_se):
-            break
-    return moments
 
 
 def _budget(cfg: GaussianConfig, chunk: Optional[int] = None) -> dict[str, Any]:

@@ -152,6 +152,71 @@ def test_moments_match_batch_statistics():
             assert ours[key] == pytest.approx(ref[key], rel=1e-9), key
 
 
+def _central_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """m2, m4 (divisor N) of every row of ``x [points, N]``."""
+    c = x - x.mean(1, keepdim=True)
+    return (c ** 2).mean(1), (c ** 4).mean(1)
+
+
+@pytest.mark.parametrize("N", [4, 5, 6])
+def test_variance_of_the_sample_variance_is_exact_for_normal_draws(N):
+    """E over N iid N(μ, σ²) draws by Gauss–Hermite product quadrature (the estimate is a degree-4
+    polynomial of the draws: 3 nodes per draw are exact): E[estimate] = Var(s²) = 2σ⁴/(N − 1)."""
+    from scg.studies.sampling import sample_variance_variance
+    from scg.testing.quadrature import gauss_hermite
+
+    mu, sigma = 0.7, 1.7
+    x, w = (torch.tensor(a) for a in gauss_hermite(3))
+    draws = torch.cartesian_prod(*[mu + sigma * x] * N)
+    weights = torch.cartesian_prod(*[w] * N).prod(1)
+    m2, m4 = _central_moments(draws)
+    exact = 2 * sigma ** 4 / (N - 1)
+    assert float((weights * sample_variance_variance(N, m2, m4)).sum()) == pytest.approx(exact, rel=1e-12)
+    s2 = m2 * N / (N - 1)  # plugging in m4 and s⁴ instead is biased low by far more than rounding
+    plug_in = float((weights * (m4 - (N - 3) / (N - 1) * s2 * s2) / N).sum())
+    assert plug_in < 0.8 * exact
+
+
+@pytest.mark.parametrize("N", [4, 5])
+def test_variance_of_the_sample_variance_is_unbiased_for_a_skewed_discrete_law(N):
+    """Enumeration of {0, 1, 3}^N: E[estimate] = Var(s²) = E[s⁴] − E[s²]² exactly."""
+    from scg.studies.sampling import sample_variance_variance
+
+    values = torch.tensor([0.0, 1.0, 3.0], dtype=torch.float64)
+    probs = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)
+    draws = torch.cartesian_prod(*[values] * N)
+    weights = torch.cartesian_prod(*[probs] * N).prod(1)
+    m2, m4 = _central_moments(draws)
+    s2 = m2 * N / (N - 1)
+    exact = float((weights * s2 ** 2).sum() - (weights * s2).sum() ** 2)
+    assert float((weights * sample_variance_variance(N, m2, m4)).sum()) == pytest.approx(exact, rel=1e-12)
+
+
+def test_variance_std_error_of_statistics_and_moments():
+    from scg.studies.sampling import sample_variance_variance, variance_std_error
+
+    # A two-point sample (kurtosis 1): the estimate is negative; the SE is the floor s² √(2 / (N(N − 1))).
+    two = torch.tensor([1.0, -1.0] * 4, dtype=torch.float64)
+    m2, m4 = _central_moments(two[None])
+    assert float(sample_variance_variance(8, m2, m4)) < 0
+    floor = 8 / 7 * math.sqrt(2 / (8 * 7))
+    assert statistics(two.numpy(), 0.0, 1.0)["variance_std_error"] == pytest.approx(floor, rel=1e-14)
+    # Heavy tails: the SE is the square root of the unbiased estimate, the same in both reductions.
+    g = torch.randn(1000, generator=torch.Generator().manual_seed(1), dtype=torch.float64) ** 3
+    m2, m4 = _central_moments(g[None])
+    se = math.sqrt(float(sample_variance_variance(1000, m2, m4)))
+    assert statistics(g.numpy(), 0.0, 15.0)["variance_std_error"] == pytest.approx(se, rel=1e-12)
+    moments = Moments(torch.zeros(1, dtype=torch.float64))
+    moments.update(g[:, None])
+    assert moments.stats(0, 0.0, 15.0)["variance_std_error"] == pytest.approx(se, rel=1e-9)
+    # N = 3: the plug-in formula m4 / 3 (no unbiased estimate from m2, m4) is always below the floor,
+    # since a sample of 3 has m4 <= 1.5 m2² < 2.25 m2² = s⁴.
+    m2, m4 = _central_moments(torch.tensor([[0.0, 1.0, 5.0]], dtype=torch.float64))
+    s2 = float(m2) * 1.5
+    assert float(sample_variance_variance(3, m2, m4)) == pytest.approx(float(m4) / 3, rel=1e-14)
+    assert float(variance_std_error(3, m2, m4)) == pytest.approx(s2 * math.sqrt(2 / 6), rel=1e-14)
+
+
 def test_constant_estimates_have_zero_variance():
     m = Moments(torch.zeros(1, dtype=torch.float64))
     m.update(torch.full((10, 1), 0.1, dtype=torch.float64))
