@@ -10,6 +10,8 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
+from scg._checks import check_positive_int as check_int
+
 __all__ = ["no_validation", "frozen", "as_params", "check_int", "check_nodes", "flat", "labels"]
 
 
@@ -47,14 +49,6 @@ def as_params(params: Union[Tensor, Sequence[Tensor]]) -> tuple[Tensor, ...]:
             raise TypeError(f"`params[{i}]` must be a floating-point tensor; got {type(p).__name__}.")
         out.append(p.detach().clone())
     return tuple(out)
-
-
-def check_int(name: str, value: object, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"`{name}` must be an int; got {type(value).__name__} ({value!r}).")
-    if value < minimum:
-        raise ValueError(f"`{name}` must be >= {minimum}; got {value}.")
-    return value
 
 
 def check_nodes(nodes: object) -> None:
