@@ -13,6 +13,11 @@ data-order generator's state) atomically (write to a temporary file, then
 after the last finished epoch, so a killed run restarted with the same seed ends
 with the same parameters as an uninterrupted one (on the same device and torch
 build), without redoing finished epochs.
+
+The loop is shared with :func:`scg.models.distributed.fit_distributed`: what differs
+per process (which part of a batch it takes, how its gradient is weighted and
+averaged, buffer syncing, RNG state, who writes checkpoints) is a small strategy
+object (``_Steps``; the data-parallel one lives in :mod:`scg.models.distributed`).
 """
 
 from __future__ import annotations
