@@ -9,27 +9,29 @@ papers do, the optimum is σ(φ) → 1; the variances are the same.)
 Part 1 (``part = "variance"``): single-estimate variance at φ = 0 for REINFORCE,
 REINFORCE with a moving-average baseline (warmed up on 200 calls, then frozen), RLOO
 (S = 2), ARM, DisARM, RELAX (control variate trained for ``cv_warmup`` steps at φ = 0,
-then frozen) and
-Gumbel-softmax (τ = 0.5, biased): exact values from :func:`scg.testing.exact_moments`
-next to N sampled estimates and REFERENCES.md's values. ARM is not a library
-estimator: :class:`ARM` below implements it as an :class:`scg.Estimator` (a uniform
-law with its breakpoints), so the exact harness checks it too.
+then frozen) and Gumbel-softmax (τ = 0.5, biased): exact values from
+:func:`scg.testing.exact_moments` next to N sampled estimates and REFERENCES.md's values.
+ARM is not a library estimator: :class:`ARM` below implements it as an
+:class:`scg.Estimator` (a uniform law with its breakpoints), so the harness checks it too.
 
-Part 2 (``part = "train"``): R independent replicas φ ∈ ℝ^R (a batch dimension of
-``Bernoulli(logits=φ)``: one surrogate, one backward per step for all replicas) trained
-with Adam from φ = 0 (lr 0.1 with a cosine decay over 4000 steps; with a constant lr,
-Adam's normalised steps stay ≈ lr while the true gradient vanishes and some RELAX replicas
-drifted back up late in training); also NVIL (``chain(MovingAverage(),
-Learned(nn.Linear), Normalize())``). RELAX uses RELAX's free-form control variate
+Part 2 (``part = "train"``, :mod:`scg.studies.bernoulli_toy_train`): R = 32 replicas of
+φ (a batch dimension of ``Bernoulli(logits=φ)``) trained from φ = 0 with Adam (lr 0.2,
+cosine decay over 1000 steps: with a constant lr Adam's normalised steps stay ≈ lr while
+the gradient vanishes, and replicas drift back) at each **budget** K of evaluations of f
+per replica and step, the same for every estimator (S = K, K/2 for ARM and DisARM, K/3
+for RELAX); also NVIL (``chain(MovingAverage(), Learned(nn.Linear), Normalize())``). A
+replica has *converged to the right answer* when its final P(b = 1) = σ(φ) ≤ 0.05 (the
+loss within 5 % of its range from the optimum); a run converges when ≥ 95 % of its
+replicas have. REINFORCE's signal-to-noise ratio at φ = 0 is ≈ 2(1 − 2t)√K (0.004 √K at
+t = 0.499): at K = 6 it does not converge at t = 0.499, at K = 3072 it does (last of the
+unbiased estimators); Gumbel-softmax minimises the relaxed objective and stays near
+σ(φ) ≈ ½ at every K. RELAX uses RELAX's free-form control variate
 (:class:`scg.estimators.NeuralControlVariate`: REBAR's :math:`η f(σ(z/λ))` plus a 1-16-1 tanh
-MLP of z); REBAR's term alone (η, λ) raised the exact variance at φ = 0 above REINFORCE's
-on every point of a grid η ∈ {½, 1, 2}, λ ∈ {0.1, ½, 1, 2} (0.0223 at the initial η = 1,
-λ = ½, against 0.0156), and RELAX with it did not converge for t = 0.499 in a first run.
-The control-variate parameters (NVIL's baseline, RELAX's η, λ and MLP) start at zero (NVIL
-starts as REINFORCE + moving average, RELAX as REINFORCE) and are stepped by the same
-optimiser with lr ``cv_lr`` = 0.01. The ``exact`` rows follow Adam on the exact gradient. The figure
-shows P(b = 1) = σ(φ) against the step: unbiased estimators go to 0; Gumbel-softmax
-minimises the relaxed objective instead and stays near σ(φ) ≈ ½.
+MLP of z); REBAR's term alone raised the exact variance at φ = 0 above REINFORCE's on a grid
+η ∈ {½, 1, 2}, λ ∈ {0.1, ½, 1, 2} (0.0223 at η = 1, λ = ½, against 0.0156). The
+control-variate parameters (NVIL's baseline, RELAX's η, λ and MLP) start at zero (NVIL
+starts as REINFORCE + moving average, RELAX as REINFORCE), lr ``cv_lr`` = 0.01. The
+``exact`` rows follow Adam on the exact gradient.
 
 References:
     Tucker et al., "REBAR", NeurIPS 2017. https://arxiv.org/abs/1703.07370
@@ -41,7 +43,6 @@ References:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -56,6 +57,7 @@ from scg.estimators import NeuralControlVariate
 from scg.laws import Law, StandardUniform
 from scg.studies.base import CellContext, Study
 from scg.studies.gaussian import sample_until
+from scg.studies.bernoulli_toy_train import samples_for_budget, train_replicas
 from scg.studies.problems import Problem
 
 __all__ = ["ARM", "BernoulliToyConfig", "BernoulliToy", "REFERENCE", "build_estimator", "ESTIMATORS"]
@@ -135,11 +137,6 @@ class ARM(scg.Estimator):
 #: Estimator names in figure order; ``build_estimator`` makes them.
 ESTIMATORS: tuple[str, ...] = ("reinforce", "moving_average", "rloo", "nvil", "arm", "disarm", "relax",
                                "gumbel_softmax")
-LABELS: dict[str, str] = {
-    "reinforce": "REINFORCE", "moving_average": "REINFORCE + moving average", "rloo": "RLOO",
-    "nvil": "NVIL", "arm": "ARM", "disarm": "DisARM", "relax": "RELAX", "gumbel_softmax": "Gumbel-softmax (τ=0.5)",
-    "exact": "exact gradient",
-}
 
 
 class _Surrogate(nn.Module):
@@ -182,11 +179,6 @@ def build_estimator(name: str, *, temperature: float = 0.5) -> tuple[scg.Estimat
     raise ValueError(f"unknown estimator {name!r}; valid estimators: {', '.join(ESTIMATORS)}.")
 
 
-def objective(p: Tensor, t: float) -> Tensor:
-    """Exact :math:`E[(b − t)^2] = t^2 + p (1 − 2t)` at P(b = 1) = p."""
-    return t * t + p * (1 - 2 * t)
-
-
 @dataclass(frozen=True)
 class BernoulliToyConfig:
     """Configuration of ``bernoulli-toy`` (defaults: the CPU default run).
@@ -196,7 +188,9 @@ class BernoulliToyConfig:
         variance_estimators: part 1 (variance at φ = 0); ``nvil`` is training-only.
         train_estimators: part 2 (training curves).
         num_estimates: N single estimates per variance row.
-        num_samples: S per estimate and per step (RLOO uses max(S, 2)).
+        num_samples: part 1: S per estimate (RLOO uses max(S, 2)).
+        budgets: part 2: evaluations K of f per replica and step, each a multiple of 6 so
+            that every estimator (1, 2 or 3 evaluations per sample) spends exactly K.
         replicas: R independent φ's trained at once.
         steps: optimiser steps.
         lr: Adam learning rate of φ.
@@ -207,8 +201,11 @@ class BernoulliToyConfig:
             variance objective) before its variance is measured.
         record_every: steps between recorded points of the curves.
         temperature: Gumbel-softmax temperature τ.
-        converged_p: a replica counts as converged when P(b = 1) ≤ this (the optimum is 0).
-        dtype: ``float64`` or ``float32``.
+        converged_p: a replica has converged when its final P(b = 1) ≤ this (the optimum is 0).
+        converged_share: a run has converged when this fraction of its replicas have.
+        dtype: part 1's floating type, ``float64`` or ``float32``.
+        train_dtype: part 2's: ``float32`` runs 2.5× faster on the CPU and its rounding of f
+            (≈ 10⁻⁸) is far below the signal f(1) − f(0) = 1 − 2t ≥ 0.002.
     """
 
     targets: tuple[float, ...] = (0.45, 0.49, 0.499)
@@ -217,16 +214,19 @@ class BernoulliToyConfig:
     train_estimators: tuple[str, ...] = ESTIMATORS
     num_estimates: int = 1 << 18
     num_samples: int = 1
+    budgets: tuple[int, ...] = (6, 3072)
     replicas: int = 32
-    steps: int = 4000
-    lr: float = 0.1
+    steps: int = 1000
+    lr: float = 0.2
     cv_lr: float = 0.01
     cv_warmup: int = 500
     schedule: str = "cosine"
     record_every: int = 40
     temperature: float = 0.5
     converged_p: float = 0.05
+    converged_share: float = 0.95
     dtype: str = "float64"
+    train_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         for name in ("num_estimates", "num_samples", "replicas", "steps", "record_every"):
@@ -237,6 +237,10 @@ class BernoulliToyConfig:
             raise ValueError(f"`cv_warmup` must be an int >= 0; got {self.cv_warmup!r}.")
         if self.num_estimates < 2:
             raise ValueError(f"`num_estimates` must be >= 2 to estimate a variance; got {self.num_estimates}.")
+        for k in self.budgets:
+            if isinstance(k, bool) or not isinstance(k, int) or k < 6 or k % 6:
+                raise ValueError(f"`budgets` must hold multiples of 6 (>= 6) so that every estimator spends "
+                                 f"exactly K evaluations of f; got {k!r}.")
         for t in self.targets:
             if not 0.0 < t < 1.0:
                 raise ValueError(f"`targets` must lie in (0, 1); got {t!r}.")
@@ -249,17 +253,21 @@ class BernoulliToyConfig:
         if not self.lr > 0 or not self.cv_lr > 0 or not self.temperature > 0:
             raise ValueError(f"`lr`, `cv_lr` and `temperature` must be positive; got {self.lr!r}, {self.cv_lr!r}, "
                              f"{self.temperature!r}.")
-        if self.dtype not in ("float64", "float32"):
-            raise ValueError(f"`dtype` must be float64 or float32; got {self.dtype!r}.")
+        if not 0.0 < self.converged_p < 1.0 or not 0.0 < self.converged_share <= 1.0:
+            raise ValueError(f"`converged_p` must lie in (0, 1) and `converged_share` in (0, 1]; got "
+                             f"{self.converged_p!r}, {self.converged_share!r}.")
+        for name in ("dtype", "train_dtype"):
+            if getattr(self, name) not in ("float64", "float32"):
+                raise ValueError(f"`{name}` must be float64 or float32; got {getattr(self, name)!r}.")
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"`schedule` must be cosine or constant; got {self.schedule!r}.")
 
 
 def _row(**values: Any) -> dict[str, Any]:
-    keys = ("part", "t", "estimator", "status", "num_samples", "evaluations", "unbiased", "num_estimates",
+    keys = ("part", "t", "estimator", "status", "budget", "num_samples", "evaluations", "unbiased", "num_estimates",
             "exact_gradient", "exact_mean", "mean", "std_error", "bias_z", "variance", "variance_std_error",
             "exact_variance", "reference_variance", "variance_rel_error", "variance_z", "step", "p_mean", "p_q10",
-            "p_q90", "objective_gap", "converged_fraction", "note")
+            "p_median", "p_q90", "p_max", "objective_gap", "converged_fraction", "converged", "note")
     row: dict[str, Any] = {k: None for k in keys}
     row.update(values)
     return row
@@ -271,17 +279,24 @@ class BernoulliToy(Study):
     name = "bernoulli-toy"
     description = "E[(b-t)^2], t in {0.45, 0.49, 0.499}: variance at phi=0 (exact vs sampled), training curves"
     reproduces = "REFERENCES.md Bernoulli toy (Tucker 2017, Yin & Zhou 2019, Dong 2020)"
-    time = {"smoke": "10 s", "full": "8 min on 2 CPU cores (single-threaded: tiny tensors)"}
+    time = {"smoke": "10 s", "default": "6-8 min on 2 CPU cores (cells single-threaded; RELAX at K = 3072: 40 %)",
+            "full": "GPU (1024 replicas, budgets 6 / 48 / 384 / 3072; not timed: no GPU here)"}
     Config = BernoulliToyConfig
 
     def smoke(self) -> BernoulliToyConfig:
-        return BernoulliToyConfig(targets=(0.49, 0.499), num_estimates=1 << 13, replicas=4, steps=150,
-                                  record_every=50, cv_warmup=20, schedule="constant")
+        return BernoulliToyConfig(targets=(0.49, 0.499), num_estimates=1 << 13, budgets=(6,), replicas=4,
+                                  steps=60, record_every=20, cv_warmup=20, schedule="constant")
+
+    def full(self) -> BernoulliToyConfig:
+        """The GPU size: 1024 replicas (the converged fraction to ±1.5 %), four budgets, N = 2²² estimates."""
+        return BernoulliToyConfig(num_estimates=1 << 22, budgets=(6, 48, 384, 3072), replicas=1024)
 
     def cells(self, cfg: BernoulliToyConfig) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = [{"part": "variance", "t": float(t)} for t in cfg.targets]
         for t in cfg.targets:
-            out += [{"part": "train", "t": float(t), "estimator": e} for e in ("exact", *cfg.train_estimators)]
+            out.append({"part": "train", "t": float(t), "estimator": "exact"})
+            out += [{"part": "train", "t": float(t), "budget": int(k), "estimator": e}
+                    for k in cfg.budgets for e in cfg.train_estimators]
         return out
 
     def run_cell(self, cfg: BernoulliToyConfig, cell: Mapping[str, Any], ctx: CellContext) -> list[dict[str, Any]]:
@@ -292,7 +307,7 @@ class BernoulliToy(Study):
         try:
             if cell["part"] == "variance":
                 return self._variance(cfg, float(cell["t"]), ctx)
-            return self._train(cfg, float(cell["t"]), str(cell["estimator"]), ctx)
+            return self._train(cfg, float(cell["t"]), str(cell["estimator"]), cell.get("budget"), ctx)
         finally:
             torch.set_num_threads(threads)
 
@@ -353,58 +368,33 @@ class BernoulliToy(Study):
                              exact_variance=exact_var, note=note, **stats))
         return rows
 
-    def _train(self, cfg: BernoulliToyConfig, t: float, name: str, ctx: CellContext) -> list[dict[str, Any]]:
-        dev = ctx.device
-        dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
-        R = cfg.replicas
-        phi = torch.zeros(R, dtype=dtype, device=dev, requires_grad=True)
-
-        def f(b: Tensor) -> Tensor:
-            return (b - t) ** 2
-
+    def _train(self, cfg: BernoulliToyConfig, t: float, name: str, budget: Optional[int],
+               ctx: CellContext) -> list[dict[str, Any]]:
+        dtype = torch.float64 if cfg.train_dtype == "float64" else torch.float32
         if name == "exact":
             est, S, unbiased = None, 0, True
-            params: list[Tensor] = [phi]
         else:
             est, s_min = build_estimator(name, temperature=cfg.temperature)
-            est = est.to(device=dev, dtype=dtype).train()
-            S, unbiased = max(cfg.num_samples, s_min), bool(est.unbiased)
-            params = [phi, *est.parameters()]
-        groups = [{"params": [phi], "lr": cfg.lr}]
-        if len(params) > 1:
-            groups.append({"params": params[1:], "lr": cfg.cv_lr})
-        opt = torch.optim.Adam(groups)
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda i: 0.5 * (1 + math.cos(math.pi * i / cfg.steps)) if cfg.schedule == "cosine" else 1.0)
-        optimum = min(objective(torch.tensor(0.0), t), objective(torch.tensor(1.0), t))
+            S = samples_for_budget(est, int(budget), min_samples=s_min)
+            est, unbiased = est.to(device=ctx.device, dtype=dtype).train(), bool(est.unbiased)
+        points = train_replicas(est, t=t, num_samples=S, replicas=cfg.replicas, steps=cfg.steps, lr=cfg.lr,
+                                cv_lr=cfg.cv_lr, schedule=cfg.schedule, record_every=cfg.record_every,
+                                converged_p=cfg.converged_p, dtype=dtype, device=ctx.device)
         rows = []
-        for step in range(cfg.steps + 1):
-            if step % cfg.record_every == 0 or step == cfg.steps:
-                with torch.no_grad():
-                    p = torch.sigmoid(phi.detach()).double().cpu()
-                    q10, q90 = torch.quantile(p, torch.tensor([0.1, 0.9], dtype=torch.float64)).tolist()
-                    rows.append(_row(part="train", t=t, estimator=name, status="ok", num_samples=S,
-                                     unbiased=unbiased, step=step, p_mean=float(p.mean()), p_q10=q10, p_q90=q90,
-                                     objective_gap=float((objective(p, t) - optimum).mean()),
-                                     converged_fraction=float((p <= cfg.converged_p).double().mean())))
-            if step == cfg.steps:
-                break
-            if est is None:
-                loss = objective(torch.sigmoid(phi), t).sum()
-            else:
-                loss = scg.expectation(f, Bernoulli(logits=phi), est, num_samples=S).sum()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+        for point in points:
+            last = point["step"] == cfg.steps
+            converged = point["converged_fraction"] >= cfg.converged_share if last else None
+            rows.append(_row(part="train", t=t, estimator=name, status="ok", budget=budget, num_samples=S,
+                             evaluations=budget, unbiased=unbiased, converged=converged, **point))
         return rows
 
     def plot(self, rows: Sequence[Mapping[str, Any]], cfg: BernoulliToyConfig, out_dir: Path) -> list[Path]:
-        from scg.studies.bernoulli_toy_plot import plot_training, plot_variance
+        from scg.studies.bernoulli_toy_plot import plot_convergence, plot_training, plot_variance
 
         paths = []
         if any(r["part"] == "variance" for r in rows):
             paths.append(plot_variance(rows, Path(out_dir) / "bernoulli_variance.png"))
         if any(r["part"] == "train" for r in rows):
             paths.append(plot_training(rows, cfg, Path(out_dir) / "bernoulli_training.png"))
+            paths.append(plot_convergence(rows, cfg, Path(out_dir) / "bernoulli_convergence.png"))
         return paths

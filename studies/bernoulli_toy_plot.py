@@ -1,14 +1,14 @@
-"""Figures of the ``bernoulli-toy`` study: variance at φ = 0 (exact vs sampled) and training curves."""
+"""Figures of ``bernoulli-toy``: variance at φ = 0 (exact vs sampled), training curves, converged fractions."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 from scg.studies._io import save_figure
 from scg.studies._plotting import number, pyplot
 
-__all__ = ["plot_variance", "plot_training", "COLORS"]
+__all__ = ["plot_variance", "plot_training", "plot_convergence", "COLORS"]
 
 COLORS: dict[str, str] = {
     "reinforce": "tab:blue", "moving_average": "tab:cyan", "rloo": "tab:orange", "nvil": "tab:olive",
@@ -16,13 +16,17 @@ COLORS: dict[str, str] = {
     "exact": "black",
 }
 LABELS: dict[str, str] = {
-    "reinforce": "REINFORCE", "moving_average": "REINFORCE + MA", "rloo": "RLOO (S=2)", "nvil": "NVIL",
+    "reinforce": "REINFORCE", "moving_average": "REINFORCE + MA", "rloo": "RLOO", "nvil": "NVIL",
     "arm": "ARM", "disarm": "DisARM", "relax": "RELAX", "gumbel_softmax": "Gumbel-softmax", "exact": "exact gradient",
 }
 
 
+def _variance_label(name: str) -> str:
+    return "RLOO (S=2)" if name == "rloo" else LABELS[name]
+
+
 def plot_variance(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
-    """Per t: variance of one estimate at φ = 0 (log y; exact bars, sampled dots ± 2 SE), and mean / exact gradient."""
+    """Per t: variance of one estimate at φ = 0 (log y; exact bars, sampled dots ± 2 SE), mean / exact gradient."""
     plt = pyplot()
     var_rows = [r for r in rows if r.get("part") == "variance" and r.get("status") == "ok"]
     targets = sorted({float(r["t"]) for r in var_rows})
@@ -60,13 +64,13 @@ def plot_variance(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
         ax.set_yscale("log")
         ax.set_ylim(bottom=floor)
         ax.set_xticks(range(len(names)))
-        ax.set_xticklabels([LABELS[n] for n in names], rotation=40, ha="right", fontsize=8)
+        ax.set_xticklabels([_variance_label(n) for n in names], rotation=40, ha="right", fontsize=8)
         ax.set_ylabel("variance of one estimate at φ = 0")
         ax.set_title(f"t = {t:g}: exact bars, sampled dots ± 2 SE, REFERENCES.md dashed", fontsize=9)
         ax.grid(True, axis="y", which="both", alpha=0.25)
         bx.axhline(1.0, color="gray", lw=1)
         bx.set_xticks(range(len(names)))
-        bx.set_xticklabels([LABELS[n] for n in names], rotation=40, ha="right", fontsize=8)
+        bx.set_xticklabels([_variance_label(n) for n in names], rotation=40, ha="right", fontsize=8)
         bx.set_ylabel("E[estimate] / true gradient")
         bx.set_title("bias: 1 = unbiased (line exact, dot sampled ± 2 SE)", fontsize=9)
     fig.suptitle("Bernoulli toy $E[(b-t)^2]$, $b \\sim$ Bern$(\\sigma(\\phi))$ at $\\phi = 0$", fontsize=11)
@@ -76,40 +80,102 @@ def plot_variance(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
     return out
 
 
+def _final(rows: Sequence[Mapping[str, Any]]) -> dict[tuple[float, Optional[int], str], Mapping[str, Any]]:
+    """The last recorded row of every training curve, keyed by (t, budget, estimator)."""
+    out: dict[tuple[float, Optional[int], str], Mapping[str, Any]] = {}
+    for r in rows:
+        if r.get("part") != "train":
+            continue
+        b = number(r.get("budget"))
+        key = (float(r["t"]), None if b is None else int(b), str(r["estimator"]))
+        if key not in out or int(r["step"]) > int(out[key]["step"]):
+            out[key] = r
+    return out
+
+
+def _budgets(rows: Sequence[Mapping[str, Any]]) -> list[int]:
+    return sorted({int(b) for r in rows if r.get("part") == "train" for b in [number(r.get("budget"))]
+                   if b is not None})
+
+
 def plot_training(rows: Sequence[Mapping[str, Any]], cfg: Any, path: Path) -> Path:
-    """P(b = 1) = σ(φ) vs step per t (log y): mean over replicas, 10–90 % band; the optimum is 0."""
+    """P(b = 1) = σ(φ) vs step, one row per budget K and one column per t (log y).
+
+    Mean over replicas with the 10–90 % band; the legend gives each estimator's converged
+    fraction; the exact-gradient curve (no budget) is drawn in every row.
+    """
     plt = pyplot()
     tr = [r for r in rows if r.get("part") == "train"]
     targets = sorted({float(r["t"]) for r in tr})
+    budgets = _budgets(tr) or [None]
     names = [n for n in LABELS if any(r.get("estimator") == n for r in tr)]
-    fig, axes = plt.subplots(1, len(targets), figsize=(5.0 * len(targets), 4.6), squeeze=False)
-    for j, t in enumerate(targets):
-        ax = axes[0][j]
-        for name in names:
-            sub = sorted((r for r in tr if float(r["t"]) == t and r["estimator"] == name), key=lambda r: int(r["step"]))
-            if not sub:
-                continue
-            steps = [int(r["step"]) for r in sub]
-            mean = [max(float(r["p_mean"]), 1e-12) for r in sub]
-            lo = [max(float(r["p_q10"]), 1e-12) for r in sub]
-            hi = [max(float(r["p_q90"]), 1e-12) for r in sub]
-            style = "--" if name == "exact" else "-"
-            ax.plot(steps, mean, style, color=COLORS[name], lw=1.8 if name == "exact" else 1.3, label=LABELS[name])
-            if name != "exact":
-                ax.fill_between(steps, lo, hi, color=COLORS[name], alpha=0.12)
-        ax.axhline(cfg.converged_p, color="gray", ls=":", lw=1)
-        ax.text(steps[-1] if tr else 0, cfg.converged_p * 1.15, f"converged: P ≤ {cfg.converged_p:g}", ha="right",
-                va="bottom", fontsize=7, color="gray")
-        ax.set_yscale("log")
-        ax.set_ylim(1e-6, 1.5)
-        ax.set_xlabel("Adam step")
-        ax.set_ylabel("P(b = 1) = σ(φ)  (optimum: 0)")
-        ax.set_title(f"t = {t:g}: mean over {cfg.replicas} replicas, 10–90 % band", fontsize=10)
-        ax.grid(True, which="both", alpha=0.25)
-    axes[0][0].legend(fontsize=7, loc="lower left")
+    final = _final(tr)
+    fig, axes = plt.subplots(len(budgets), len(targets), figsize=(5.2 * len(targets), 4.4 * len(budgets)),
+                             squeeze=False)
+    for i, k in enumerate(budgets):
+        for j, t in enumerate(targets):
+            ax = axes[i][j]
+            for name in names:
+                kk = None if name == "exact" else k
+                sub = sorted((r for r in tr if float(r["t"]) == t and r["estimator"] == name
+                              and number(r.get("budget")) == kk), key=lambda r: int(r["step"]))
+                if not sub:
+                    continue
+                steps = [int(r["step"]) for r in sub]
+                mean = [max(float(r["p_mean"]), 1e-12) for r in sub]
+                frac = number(final[(t, kk, name)].get("converged_fraction"))
+                label = f"{LABELS[name]} ({100 * frac:.0f} %)" if frac is not None else LABELS[name]
+                style = "--" if name == "exact" else "-"
+                ax.plot(steps, mean, style, color=COLORS[name], lw=1.8 if name == "exact" else 1.3, label=label)
+                if name != "exact":
+                    lo = [max(float(r["p_q10"]), 1e-12) for r in sub]
+                    hi = [max(float(r["p_q90"]), 1e-12) for r in sub]
+                    ax.fill_between(steps, lo, hi, color=COLORS[name], alpha=0.12)
+            ax.axhline(cfg.converged_p, color="gray", ls=":", lw=1)
+            ax.set_yscale("log")
+            ax.set_ylim(1e-6, 1.5)
+            ax.set_xlabel("Adam step")
+            ax.set_ylabel("P(b = 1) = σ(φ)  (optimum: 0)")
+            what = f"K = {k} evaluations of f / step" if k is not None else ""
+            ax.set_title(f"t = {t:g}, {what}", fontsize=10)
+            ax.grid(True, which="both", alpha=0.25)
+            ax.legend(fontsize=6.5, loc="lower left", title="(converged %)", title_fontsize=6.5)
     sched = ", cosine decay" if getattr(cfg, "schedule", "constant") == "cosine" else ""
-    fig.suptitle(f"Minimising $E[(b-t)^2]$ from φ = 0 with Adam (lr {cfg.lr:g}{sched}; control variates lr "
-                 f"{getattr(cfg, 'cv_lr', cfg.lr):g}; S = {cfg.num_samples}, RLOO S = 2)", fontsize=11)
+    fig.suptitle(f"Minimising $E[(b-t)^2]$ from φ = 0: {cfg.replicas} replicas, Adam lr {cfg.lr:g}{sched}, "
+                 f"mean and 10–90 % band; dotted: P = {cfg.converged_p:g}, converged below", fontsize=11)
+    fig.tight_layout()
+    out = save_figure(fig, path, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def plot_convergence(rows: Sequence[Mapping[str, Any]], cfg: Any, path: Path) -> Path:
+    """Table of converged fractions: estimators × (budget, t); bold where ≥ ``cfg.converged_share``."""
+    plt = pyplot()
+    final = _final(rows)
+    targets = sorted({k[0] for k in final})
+    budgets = _budgets(rows)
+    names = [n for n in LABELS if n != "exact" and any(k[2] == n for k in final)]
+    cols = [(k, t) for k in budgets for t in targets]
+    fig, ax = plt.subplots(figsize=(1.1 * len(cols) + 2.6, 0.42 * (len(names) + 1) + 1.4))
+    grid = [[number(final[(t, k, n)].get("converged_fraction")) if (t, k, n) in final else None for k, t in cols]
+            for n in [*names, "exact"]]
+    exact = [number(final[(t, None, "exact")].get("converged_fraction")) if (t, None, "exact") in final else None
+             for _, t in cols]
+    grid[-1] = exact
+    values = [[float("nan") if v is None else v for v in row] for row in grid]
+    ax.imshow(values, cmap="RdYlGn", vmin=0.0, vmax=1.0, aspect="auto", alpha=0.6)
+    for i, row in enumerate(grid):
+        for j, v in enumerate(row):
+            if v is not None:
+                ax.text(j, i, f"{100 * v:.0f}", ha="center", va="center", fontsize=8,
+                        fontweight="bold" if v >= cfg.converged_share else "normal")
+    ax.set_xticks(range(len(cols)))
+    ax.set_xticklabels([f"K={k}\nt={t:g}" for k, t in cols], fontsize=8)
+    ax.set_yticks(range(len(names) + 1))
+    ax.set_yticklabels([LABELS[n] for n in [*names, "exact"]], fontsize=8)
+    ax.set_title(f"% of {cfg.replicas} replicas with final P(b = 1) ≤ {cfg.converged_p:g} after {cfg.steps} steps\n"
+                 f"(bold: ≥ {100 * cfg.converged_share:g} %: converged); K = evaluations of f per step", fontsize=9)
     fig.tight_layout()
     out = save_figure(fig, path, dpi=110)
     plt.close(fig)
