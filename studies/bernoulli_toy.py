@@ -279,7 +279,7 @@ class BernoulliToy(Study):
     name = "bernoulli-toy"
     description = "E[(b-t)^2], t in {0.45, 0.49, 0.499}: variance at phi=0 (exact vs sampled), training curves"
     reproduces = "REFERENCES.md Bernoulli toy (Tucker 2017, Yin & Zhou 2019, Dong 2020)"
-    time = {"smoke": "10 s", "default": "6-8 min on 2 CPU cores (cells single-threaded; RELAX at K = 3072: 40 %)",
+    time = {"smoke": "15 s", "default": "8 min on 2 shared CPU cores (5.5 CPU-min, single-threaded)",
             "full": "GPU (1024 replicas, budgets 6 / 48 / 384 / 3072; not timed: no GPU here)"}
     Config = BernoulliToyConfig
 
