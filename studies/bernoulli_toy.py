@@ -277,7 +277,8 @@ class BernoulliToy(Study):
     """The Bernoulli toy: exact vs sampled variances at φ = 0, and training curves per estimator."""
 
     name = "bernoulli-toy"
-    description = "E[(b-t)^2], t in {0.45, 0.49, 0.499}: variance at phi=0 (exact vs sampled), training curves"
+    description = ("E[(b-t)^2], t in {0.45, 0.49, 0.499}: variance at phi=0 (exact vs sampled), convergence "
+                   "at equal budgets of K f-evaluations per step")
     reproduces = "REFERENCES.md Bernoulli toy (Tucker 2017, Yin & Zhou 2019, Dong 2020)"
     time = {"smoke": "15 s", "default": "8 min on 2 shared CPU cores (5.5 CPU-min, single-threaded)",
             "full": "GPU (1024 replicas, budgets 6 / 48 / 384 / 3072; not timed: no GPU here)"}
