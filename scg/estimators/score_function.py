@@ -94,7 +94,8 @@ class ScoreFunction(Estimator):
             )
 
     def _surrogate(self, f: Cost, dist: Distribution, z: Tensor, context: Optional[Tensor]) -> Tensor:
-        z = z.detach()
+        if z.requires_grad:  # replayed draws may be attached; the score function needs z fixed
+            z = z.detach()
         log_q = dist.log_prob(z)
         token = share(dist, z, log_q)  # scg.log_prob(dist, z) inside f returns log_q
         try:
@@ -105,6 +106,7 @@ class ScoreFunction(Estimator):
         if self.baseline is not None:
             signal, extra = self.baseline(cost, SignalContext(dist, z, log_q, f, context))
         # □(log q) − 1 as expm1(τ − stop(τ)): exactly 0 in value, the same derivatives of every
-        # order (d expm1 = exp), one op fewer forward and backward than magic_box(log_q) − 1.
-        out = (cost + torch.expm1(log_q - log_q.detach()) * signal).mean(0)
+        # order (d expm1 = exp), one op fewer forward and backward than magic_box(log_q) − 1;
+        # cost + (□ − 1)·signal as one fused addcmul (value: cost + 0·signal = cost exactly).
+        out = torch.addcmul(cost, torch.expm1(log_q - log_q.detach()), signal).mean(0)
         return out if extra is None else out + extra
