@@ -1,16 +1,34 @@
 """Data flow between graph nodes and costs, read from the autograd graph.
 
 scg never wraps or patches tensors. Instead every node's returned value is an
-ordinary tensor whose *autograd node* (``grad_fn``) the graph remembers; a cost
-depends on a graph node when that autograd node is an ancestor of the cost's own
-``grad_fn``. Score-function samples carry no gradient of their own, so they are
-returned as ``z.detach() + zero`` with a fresh zero leaf that requires grad: the
-value is unchanged and the addition is a recognisable autograd node.
+ordinary tensor whose *autograd node* the graph remembers (:class:`Tracker`); a
+cost depends on a graph node when that autograd node is an ancestor of the cost's
+own ``grad_fn`` (:func:`walk`). A node whose value has no autograd history of its
+own — a score-function sample, or a pathwise sample of constant parameters — is
+handed out as a *leaf that requires grad* (``z.detach().requires_grad_()``), and
+its autograd node is the leaf's gradient accumulator. Inside ``torch.func``
+transforms, where ``requires_grad_`` is not allowed, it is ``z.detach() + zero``
+with a zero leaf that requires grad instead; same value, and the addition is the
+recognisable autograd node.
+
+Either way the sample takes part in back-propagation: ``loss.backward()`` also
+computes the gradient with respect to it (the input gradient of the first
+operation that reads it), which ``loss.backward(inputs=params)`` and
+``torch.autograd.grad(loss, params)`` prune. No autograd node can exist without
+that: PyTorch records an operation only when one of its inputs requires grad, and
+then back-propagates to that input. The leaf form adds nothing else (no copy of
+the sample, no reduction to the marker in the backward pass).
 
 Under ``torch.func`` transforms the Python-visible tensor may be a functorch
 wrapper without ``grad_fn`` (e.g. inside ``vmap`` alone); :func:`autograd_node`
 then looks through the wrappers to the level that records autograd, so the same
 walk works in eager mode, under ``grad``, ``vmap`` and ``vmap(grad(...))``.
+
+The walk is Python (well under a microsecond per autograd node visited) and
+visits only the autograd nodes created between the first graph node and the
+tensor it starts from. Nothing is cached between walks, so a data flow that
+changes from one step to the next (a branch taken on some steps only) is always
+read as it is.
 """
 
 from __future__ import annotations
@@ -19,13 +37,99 @@ from typing import Any, Iterable, Mapping, Optional
 
 import torch
 from torch import Tensor
-from torch._C._functorch import get_unwrapped, is_functorch_wrapped_tensor
+from torch._C._autograd import _get_sequence_nr as _next_sequence_nr
+from torch._C._functorch import get_unwrapped, is_functorch_wrapped_tensor, peek_interpreter_stack
 from torch.distributions import Distribution, Transform
 
-#: The autograd node type of leaves (parameters): nothing to find behind it.
+#: The autograd node type of leaves (parameters, leaf samples): their gradient accumulator.
 _LEAF = type(torch.zeros((), requires_grad=True).view(()).grad_fn.next_functions[0][0])
+_CONTAINERS = (Distribution, Transform)
+#: What _roots_of does with an attribute of a type: 1 tensor, 2 recurse, 0 skip (torch.Size, numbers, ...).
+_KINDS: dict[type, int] = {}
 
-__all__ = ["autograd_node", "is_tracked", "walk", "tensors_of", "align", "aligned_shape"]
+__all__ = ["Tracker", "autograd_node", "is_tracked", "walk", "align", "aligned_shape"]
+
+
+class Tracker:
+    """The autograd nodes of one graph's node values, and how to hand values out.
+
+    Attributes:
+        boundaries: ``autograd node -> graph node name`` for values with autograd
+            history. The tracker keeps the autograd node objects alive, so their
+            Python objects (hashed by identity) are the ones ``next_functions``
+            returns.
+        leaves: ``id(value) -> graph node name`` for values handed out as leaves
+            (the tracker keeps the values alive, so the ids stay theirs).
+        floor: an autograd sequence number no later than that of any autograd
+            node that reads a graph node (the first graph node's, or the next one
+            when the first is a leaf).
+    """
+
+    __slots__ = ("boundaries", "leaves", "floor", "_values", "_markers")
+
+    def __init__(self) -> None:
+        self.boundaries: dict[Any, str] = {}
+        self.leaves: dict[int, str] = {}
+        self.floor = -1  # no graph node yet
+        self._values: list[Tensor] = []
+        self._markers: dict[tuple[torch.dtype, torch.device], Tensor] = {}
+
+    def track(self, name: str, value: Tensor) -> Tensor:
+        """Register node ``name``'s value; return it as the graph hands it out.
+
+        A value with autograd history is returned as is (its ``grad_fn`` is the
+        boundary). One without — a sample drawn without gradient, or from
+        constant parameters — becomes a leaf that requires grad (eager mode) or
+        ``value + zero`` (inside ``torch.func`` transforms, which forbid
+        ``requires_grad_``).
+        """
+        fn = value.grad_fn
+        if fn is None:
+            fn = autograd_node(value)
+        if fn is None and peek_interpreter_stack() is None:
+            value = value.detach().requires_grad_()  # a new tensor: the caller's (and draws') keep no gradient
+            self.leaves[id(value)] = name
+            self._values.append(value)
+            if self.floor < 0:
+                self.floor = _next_sequence_nr()  # every reader of the leaf is created from now on
+            return value
+        if fn is None:
+            value = value + self._marker(value)
+            fn = autograd_node(value)
+        if self.floor < 0:
+            self.floor = fn._sequence_nr()
+        self.boundaries[fn] = name
+        return value
+
+    def __bool__(self) -> bool:
+        return self.floor >= 0
+
+    def parents(self, dist: Distribution) -> set[str]:
+        """Names of the graph nodes that ``dist``'s parameters were computed from (see :func:`walk`)."""
+        roots: list[Any] = []
+        found: set[str] = set()
+        _roots_of(dist, roots, found, self.leaves, 0)
+        if roots:
+            found |= walk(roots, self.boundaries, self.floor, self.leaves)
+        return found
+
+    def sources(self, t: Tensor) -> set[str]:
+        """Names of the graph nodes that ``t`` was computed from (see :func:`walk`)."""
+        fn = t.grad_fn
+        if fn is None:
+            if not is_functorch_wrapped_tensor(t):
+                name = self.leaves.get(id(t))
+                return set() if name is None else {name}
+            fn = autograd_node(t)
+        return walk((fn,), self.boundaries, self.floor, self.leaves)
+
+    def _marker(self, like: Tensor) -> Tensor:
+        """A zero leaf that requires grad: ``z + marker`` is z, with an autograd node to recognise."""
+        key = (like.dtype, like.device)
+        marker = self._markers.get(key)
+        if marker is None:
+            marker = self._markers[key] = torch.zeros((), dtype=like.dtype, device=like.device, requires_grad=True)
+        return marker
 
 
 def autograd_node(t: Tensor) -> Optional[Any]:
@@ -51,54 +155,88 @@ def is_tracked(t: Tensor) -> bool:
         t = get_unwrapped(t)
 
 
-def walk(roots: Iterable[Optional[Any]], boundaries: Mapping[int, str], floor: int = 0) -> set[str]:
-    """Names of the graph nodes whose autograd nodes are ancestors of ``roots``.
+def walk(
+    roots: Iterable[Optional[Any]],
+    boundaries: Mapping[Any, str],
+    floor: int = 0,
+    leaves: Optional[Mapping[int, str]] = None,
+) -> set[str]:
+    """Names of the graph nodes whose autograd nodes are ancestors of ``roots`` (or are roots).
 
     The walk stops at graph nodes (their own ancestors are known already), at
-    leaves, and at autograd nodes created before the first graph node (autograd
-    numbers nodes in creation order per thread, ``_sequence_nr``; an older node
-    cannot descend from a newer one). So it visits only the operations between the
-    first graph node and the cost — not, e.g., an encoder run before sampling.
+    leaves (a leaf is a graph node if ``leaves`` names its tensor), and at
+    autograd nodes created before the first graph node (autograd numbers nodes in
+    creation order per thread, ``_sequence_nr``; an older node cannot descend
+    from a newer one). So it visits only the operations between the first graph
+    node and the cost — not, e.g., an encoder run before sampling.
 
     Args:
         roots: autograd nodes to start from (``None`` entries are skipped).
-        boundaries: ``id(autograd node) -> graph node name``; the graph keeps the
-            autograd node objects alive, so ids are stable.
-        floor: sequence number of the first graph node's autograd node.
+        boundaries: ``autograd node -> graph node name`` (see :class:`Tracker`).
+        floor: see :attr:`Tracker.floor`.
+        leaves: ``id(leaf tensor) -> graph node name`` (see :class:`Tracker`).
     """
     found: set[str] = set()
-    if not boundaries:
-        return found
     seen: set[Any] = set()
-    stack = [r for r in roots if r is not None]
-    pop, push, mark, name_of = stack.pop, stack.append, seen.add, boundaries.get
+    stack: list[Any] = []
+    for r in roots:
+        if r is not None and r not in seen:
+            seen.add(r)
+            stack.append(r)
+    pop, push, mark, name_of, add, leaf = stack.pop, stack.append, seen.add, boundaries.get, found.add, _LEAF
+    leaf_name = leaves.get if leaves else None
     while stack:
         fn = pop()
-        if fn in seen:
-            continue
-        mark(fn)
-        name = name_of(id(fn))
+        name = name_of(fn)
         if name is not None:
-            found.add(name)
+            add(name)
         elif fn._sequence_nr() >= floor:
             for nxt, _ in fn.next_functions:
-                if nxt is not None and type(nxt) is not _LEAF:
+                if nxt is None:
+                    continue
+                if type(nxt) is leaf:
+                    if leaf_name is not None:
+                        name = leaf_name(id(nxt.variable))
+                        if name is not None:
+                            add(name)
+                elif nxt not in seen:
+                    mark(nxt)
                     push(nxt)
     return found
 
 
-def tensors_of(obj: Any, _depth: int = 0) -> list[Tensor]:
-    """Tensors a distribution was built from, recursively (base distributions, transforms)."""
-    out: list[Tensor] = []
-    if _depth > 8:  # distributions are shallow; stop on pathological cycles
-        return out
-    items = vars(obj).values() if isinstance(obj, (Distribution, Transform)) else obj
-    for value in items:
-        if isinstance(value, Tensor):
-            out.append(value)
-        elif isinstance(value, (Distribution, Transform)) or type(value) in (list, tuple):  # not torch.Size
-            out.extend(tensors_of(value, _depth + 1))
-    return out
+def _kind(tp: type) -> int:
+    kind = _KINDS[tp] = 1 if issubclass(tp, Tensor) else 2 if issubclass(tp, _CONTAINERS) or tp in (list, tuple) else 0
+    return kind
+
+
+def _roots_of(obj: Any, roots: list[Any], found: set[str], leaves: Mapping[int, str], depth: int) -> None:
+    """Collect the autograd nodes of the tensors a distribution was built from.
+
+    Recurses into base distributions, transforms and lists of them (``torch.Size``,
+    a tuple subclass, is skipped). Leaves that are graph nodes' values go to
+    ``found`` directly; other tensors without autograd history are skipped.
+    """
+    if depth > 8:  # distributions are shallow; stop on pathological cycles
+        return
+    kinds = _KINDS
+    for value in vars(obj).values() if isinstance(obj, _CONTAINERS) else obj:
+        tp = type(value)
+        kind = kinds.get(tp)
+        if kind is None:
+            kind = _kind(tp)
+        if kind == 1:
+            fn = value.grad_fn
+            if fn is not None:
+                roots.append(fn)
+            elif is_functorch_wrapped_tensor(value):
+                roots.append(autograd_node(value))
+            else:
+                name = leaves.get(id(value))
+                if name is not None:
+                    found.add(name)
+        elif kind == 2:
+            _roots_of(value, roots, found, leaves, depth + 1)
 
 
 def aligned_shape(source: tuple[int, ...], target: tuple[int, ...]) -> Optional[tuple[int, ...]]:
@@ -122,8 +260,11 @@ def align(x: Tensor, target: tuple[int, ...]) -> Tensor:
     added as size 1, and dimensions where ``target`` has size 1 are summed (keepdim).
     Used both ways: a node's log-probability brought to a cost's shape (the cost
     depends on every element it covers) and a cost brought to a node's shape (the
-    node's element receives the costs it affects).
+    node's element receives the costs it affects). Returns ``x`` itself when it
+    already has the target's shape.
     """
+    if x.shape == target:
+        return x
     rank = len(target)
     if x.dim() > rank:
         x = x.sum(dim=tuple(range(rank, x.dim())))

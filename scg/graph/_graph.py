@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import math
-from typing import Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
-from scg._checks import check_positive, check_positive_int, under_transform
-from scg._dist import magic_box
+from scg._checks import check_positive, check_positive_int
 from scg.estimators import ScoreFunction
 from scg.estimators.base import Estimator
-from scg.graph._dataflow import align, aligned_shape, autograd_node, is_tracked, tensors_of, walk
-from scg.graph._nodes import Cost, Node, baseline_term, check_estimator, default_estimator, draw
+from scg.graph._dataflow import Tracker, aligned_shape, is_tracked
+from scg.graph._nodes import Cost, Node, check_estimator, default_estimator, draw
+from scg.graph._surrogate import surrogate
 
 __all__ = ["Graph"]
 
@@ -65,11 +64,15 @@ class Graph:
     * Integer-valued samples (``Categorical``) cannot carry autograd history; they
       are treated conservatively: every later cost and node without ``depends_on``
       is assumed to depend on them (unbiased, more variance than necessary).
-    * Score-function samples are returned as ``z + 0`` with a zero leaf that
-      requires grad; ``loss.backward()`` then also back-propagates the costs to
-      these samples (e.g. the input gradient of a decoder's first layer).
+    * Score-function samples (and samples of constant parameters) are returned as
+      leaves that require grad, ``z.detach().requires_grad_()`` (inside
+      ``torch.func`` transforms: ``z + 0`` with a zero leaf that requires grad), so
+      that autograd records who reads them. Consequences: ``loss.backward()`` also
+      back-propagates the costs to these samples (the input gradient of the first
+      layer that reads them; their ``.grad`` is filled and unused) —
       ``loss.backward(inputs=params)`` or ``torch.autograd.grad(loss, params)``
-      prunes that work. ``benchmarks/graph_overhead.py`` measures both.
+      prunes that work, ``benchmarks/graph_overhead.py`` measures both; and
+      in-place edits of such a sample raise (edit a copy: ``z.clone()``).
     * The walk is Python: a fixed cost per node and cost (tens of µs), plus the
       autograd nodes between the first graph node and each cost. Under
       ``torch.compile`` the walk runs eagerly (graph breaks); results are the same.
@@ -139,10 +142,11 @@ class Graph:
         self._replay = {k: dict(v) for k, v in draws.items()} if draws is not None else {}
         self._nodes: dict[str, Node] = {}
         self._costs: dict[str, Cost] = {}
-        self._boundaries: dict[int, str] = {}
+        self._rank: dict[str, int] = {}  # node name -> sampling order
+        self._flow = Tracker()  # the nodes' values in the autograd graph
         self._opaque: set[str] = set()  # integer-valued nodes (invisible to autograd)
-        self._markers: dict[tuple[torch.dtype, torch.device], Tensor] = {}
-        self._floor = 0  # autograd sequence number of the first node's autograd node
+        self._baselined: list[Node] = []  # score-function nodes with a control variate
+        self._aligned: set[tuple[tuple[int, ...], tuple[int, ...]]] = set()  # (log-prob, cost) shapes checked
         self._done = False
 
     # ------------------------------------------------------------------ nodes
@@ -176,8 +180,11 @@ class Graph:
             ``[*batch_shape, *event_shape]`` (child, batch starting with S). Use it
             like any tensor; score-function samples carry no gradient.
         """
-        self._check_open("sample")
-        self._check_name(name)
+        if self._done:
+            self._check_open("sample")
+        nodes = self._nodes
+        if type(name) is not str or not name or name in nodes or name in self._costs:
+            self._check_name(name)
         if not isinstance(dist, Distribution):
             raise TypeError(
                 f"`dist` of node {name!r} must be a torch.distributions.Distribution; got {type(dist).__name__}."
@@ -186,16 +193,15 @@ class Graph:
         if estimator is None:
             estimator = default_estimator(dist, S)
         check_estimator(name, estimator, dist, S)
-        explicit = self._resolve(depends_on, "depends_on")
+        parents = set() if depends_on is None else self._resolve(depends_on, "depends_on")
         tracking = torch.is_grad_enabled()
-        parents = set(explicit)
-        if tracking and self._boundaries:
-            roots = [autograd_node(t) for t in tensors_of(dist)]
-            parents |= walk(roots, self._boundaries, self._floor)
-        starts_with_s = tuple(dist.batch_shape[:1]) == (S,)
+        flow = self._flow
+        if tracking and flow:
+            parents |= flow.parents(dist)
+        starts_with_s = dist.batch_shape[:1] == (S,)
         child = bool(parents)
         if depends_on is None and not child and starts_with_s:
-            hidden = self._opaque if tracking else set(self._nodes)
+            hidden = self._opaque if tracking else set(nodes)
             if hidden:  # integer-valued (or untracked) earlier nodes: assume they feed this one
                 child = True
                 parents |= hidden
@@ -206,43 +212,28 @@ class Graph:
                 f"batch_shape {list(dist.batch_shape)}. Build it from the parents' samples, or check the "
                 "graph's num_samples."
             )
-        if depends_on is None:
+        if depends_on is None and self._opaque:
             parents |= self._opaque
         ancestors = set(parents)
         for p in parents:
-            ancestors |= self._nodes[p].ancestors
+            ancestors |= nodes[p].ancestors
 
-        replay = self._replay.get(name)
-        value, draws = draw(name, dist, estimator, S, child, replay)
-        log_prob = None
+        value, draws = draw(name, dist, estimator, S, child, self._replay.get(name) if self._replay else None)
         opaque = not (value.is_floating_point() or value.is_complex())
-        if isinstance(estimator, ScoreFunction) and tracking:
-            log_prob = dist.log_prob(value)  # [S, *batch]
-        boundary = None
-        if tracking and not opaque:
-            if isinstance(estimator, ScoreFunction) or autograd_node(value) is None:
-                value = value + self._marker(value)
-            boundary = autograd_node(value)
-            if boundary is not None:
-                if not self._boundaries:
-                    self._floor = boundary._sequence_nr()
-                self._boundaries[id(boundary)] = name
-        self._nodes[name] = Node(
-            name=name,
-            dist=dist,
-            estimator=estimator,
-            value=value,
-            draws=draws,
-            child=child,
-            ancestors=frozenset(ancestors),
-            order=len(self._nodes),
-            log_prob=log_prob,
-            opaque=opaque,
-            context=context,
-            boundary=boundary,
+        log_prob = None
+        if tracking:
+            if type(estimator) is ScoreFunction:  # exact types only (check_estimator)
+                log_prob = dist.log_prob(value)  # [S, *batch]
+            if not opaque:
+                value = flow.track(name, value)
+        self._rank[name] = len(nodes)
+        node = nodes[name] = Node(
+            name, dist, estimator, value, draws, child, frozenset(ancestors), len(nodes), log_prob, opaque, context
         )
         if opaque:
             self._opaque.add(name)
+        elif log_prob is not None and estimator.baseline is not None:  # type: ignore[attr-defined]
+            self._baselined.append(node)
         return value
 
     # ------------------------------------------------------------------ costs
@@ -264,45 +255,55 @@ class Graph:
             depends_on: names of nodes the cost depends on in ways autograd cannot
                 see (keyword-only); added to the detected ones.
         """
-        self._check_open("cost")
-        self._check_name(name)
+        if self._done:
+            self._check_open("cost")
+        nodes = self._nodes
+        if type(name) is not str or not name or name in nodes or name in self._costs:
+            self._check_name(name)
         if not isinstance(value, Tensor):
             raise TypeError(f"`value` of cost {name!r} must be a torch.Tensor; got {type(value).__name__}.")
         if not value.is_floating_point():
             raise TypeError(f"`value` of cost {name!r} must be a floating-point tensor; got dtype {value.dtype}.")
         S = self.num_samples
-        if value.dim() == 0 or value.shape[0] != S:
+        shape = value.shape
+        if not shape or shape[0] != S:
             raise ValueError(
                 f"`value` of cost {name!r} must have shape [S, *batch] with S = num_samples = {S} on dim 0; "
-                f"got shape {list(value.shape)} (sample dims do not match)."
+                f"got shape {list(shape)} (sample dims do not match)."
             )
-        scale = check_positive("scale", scale)
-        explicit = self._resolve(depends_on, "depends_on")
-        found: set[str] = set(explicit)
+        if type(scale) is not float or scale != 1.0:
+            scale = check_positive("scale", scale)
+        found = set() if depends_on is None else self._resolve(depends_on, "depends_on")
         if torch.is_grad_enabled():
-            hidden = set(self._opaque) if depends_on is None else set()
-            if not is_tracked(value) and depends_on is None and not hidden:
-                raise ValueError(
-                    f"cost {name!r} depends on no node and no parameter (its value has no autograd history). "
-                    "If it depends on a node through non-differentiable operations (comparisons, casts, "
-                    "indexing), pass depends_on=[...]; otherwise it is a constant — leave it out."
-                )
-            found |= walk([autograd_node(value)], self._boundaries, self._floor) | hidden
+            if depends_on is None:
+                if not self._opaque and not is_tracked(value):
+                    raise ValueError(
+                        f"cost {name!r} depends on no node and no parameter (its value has no autograd history). "
+                        "If it depends on a node through non-differentiable operations (comparisons, casts, "
+                        "indexing), pass depends_on=[...]; otherwise it is a constant — leave it out."
+                    )
+                found |= self._opaque
+            flow = self._flow
+            if flow:
+                found |= flow.sources(value)
         else:
-            found |= set(self._nodes)
+            found.update(nodes)
         deps = set(found)
         for n in found:
-            deps |= self._nodes[n].ancestors
-        scored = tuple(n for n in self._order(deps) if self._nodes[n].log_prob is not None)
+            deps |= nodes[n].ancestors
+        scored = tuple(n for n in self._order(deps) if nodes[n].log_prob is not None)
+        aligned = self._aligned
         for n in scored:
-            node = self._nodes[n]
-            if aligned_shape(tuple(node.log_prob.shape), tuple(value.shape)) is None:  # type: ignore[union-attr]
-                raise ValueError(
-                    f"sample dims do not match: cost {name!r} has shape {list(value.shape)} and depends on node "
-                    f"{n!r} whose log-probability has shape {list(node.log_prob.shape)}; they must agree on "  # type: ignore[union-attr]
-                    "[S, *batch] from the left (extra node dims are summed, size-1 dims broadcast)."
-                )
-        self._costs[name] = Cost(name=name, value=value, scale=scale, deps=frozenset(deps), scored=scored)
+            lp_shape = nodes[n].log_prob.shape  # type: ignore[union-attr]
+            if (lp_shape, shape) not in aligned:
+                if aligned_shape(tuple(lp_shape), tuple(shape)) is None:
+                    raise ValueError(
+                        f"sample dims do not match: cost {name!r} has shape {list(shape)} and depends on node "
+                        f"{n!r} whose log-probability has shape {list(lp_shape)}; they must agree on "
+                        "[S, *batch] from the left (extra node dims are summed, size-1 dims broadcast)."
+                    )
+                aligned.add((lp_shape, shape))
+        self._costs[name] = Cost(name, value, scale, frozenset(deps), scored)
 
     # -------------------------------------------------------------- surrogate
     def surrogate(self) -> Tensor:
@@ -313,39 +314,12 @@ class Graph:
             Monte Carlo estimate of the total expected cost. Control variates update
             their running state here (training mode, outside ``torch.func``).
         """
-        self._check_open("surrogate")
+        if self._done:
+            self._check_open("surrogate")
         self._done = True
         if not self._costs:
             raise ValueError("a Graph needs at least one cost before surrogate(); call g.cost(name, value).")
-        nodes = self._nodes
-        grad = torch.is_grad_enabled()
-        box_cache: dict[tuple[tuple[str, ...], tuple[int, ...]], Tensor] = {}
-        total: Optional[Tensor] = None
-        for c in self._costs.values():
-            term = c.value
-            if grad and c.scored:
-                shape = tuple(term.shape)
-                key = (c.scored, shape)
-                box = box_cache.get(key)
-                if box is None:
-                    tau = None
-                    for n in c.scored:
-                        lp = align(nodes[n].log_prob, shape)  # type: ignore[arg-type]
-                        tau = lp if tau is None else tau + lp
-                    box = box_cache[key] = magic_box(tau)  # type: ignore[arg-type]
-                term = box * term
-            t = term.mean(0).sum()
-            if c.scale != 1.0:
-                t = t * c.scale
-            total = t if total is None else total + t
-        if grad:
-            for node in nodes.values():
-                est = node.estimator
-                if node.log_prob is None or not isinstance(est, ScoreFunction) or est.baseline is None:
-                    continue
-                total = total + baseline_term(node, est, self._costs.values())  # type: ignore[operator]
-        self._check_finite(total)  # type: ignore[arg-type]
-        return total  # type: ignore[return-value]
+        return surrogate(self._nodes, list(self._costs.values()), self._baselined, torch.is_grad_enabled())
 
     # ------------------------------------------------------------ inspection
     @property
@@ -366,25 +340,8 @@ class Graph:
         return f"Graph(num_samples={self.num_samples}, nodes={list(self._nodes)}, costs={list(self._costs)})"
 
     # --------------------------------------------------------------- helpers
-    def _marker(self, like: Tensor) -> Tensor:
-        """A zero leaf that requires grad: ``z + marker`` is z, with an autograd node to recognise."""
-        key = (like.dtype, like.device)
-        marker = self._markers.get(key)
-        if marker is None:
-            marker = self._markers[key] = torch.zeros((), dtype=like.dtype, device=like.device, requires_grad=True)
-        return marker
-
-    def _check_finite(self, total: Tensor) -> None:
-        # On accelerators the check would synchronise the device every step: skipped there.
-        if total.device.type != "cpu" or under_transform(total) or math.isfinite(total.item()):
-            return
-        for c in self._costs.values():
-            if not bool(torch.isfinite(c.value).all()):
-                raise ValueError(f"`value` of cost {c.name!r} must be finite; got inf or nan.")
-        raise ValueError("the surrogate is not finite (inf or nan): check the control variates' inputs.")
-
     def _order(self, names: frozenset[str] | set[str]) -> tuple[str, ...]:
-        return tuple(sorted(names, key=lambda n: self._nodes[n].order))
+        return tuple(sorted(names, key=self._rank.__getitem__))
 
     def _ordered(self, names: set[str]) -> list[str]:
         return list(self._order(names))

@@ -16,60 +16,87 @@ Supported estimators and what the node's value is:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Iterable, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor
 from torch.distributions import Distribution, Independent, Normal, OneHotCategorical, TransformedDistribution
 
-from scg._dist import magic_box, parameters_of, unwrap
+from scg._dist import parameters_of, unwrap
 from scg.baselines import Delta, LeaveOneOut
-from scg.baselines.base import ControlVariate, SignalContext, score_sq_norm
+from scg.baselines.base import ControlVariate
 from scg.estimators import GumbelSoftmax, Pathwise, ScoreFunction, StraightThrough
 from scg.estimators.base import Estimator
 from scg.estimators.pathwise import reparameterize
-from scg.graph._dataflow import align
 from scg.laws import FromDistribution, StandardNormal, law_like
 
-__all__ = ["Node", "Cost", "SUPPORTED", "default_estimator", "check_estimator", "draw", "context_for", "baseline_term"]
+__all__ = ["Node", "Cost", "SUPPORTED", "default_estimator", "check_estimator", "draw"]
 
 #: Estimators a graph node accepts (exact types: subclasses may change the surrogate).
 SUPPORTED: tuple[type[Estimator], ...] = (Pathwise, ScoreFunction, GumbelSoftmax, StraightThrough)
-_RELAXED = (GumbelSoftmax, StraightThrough)
 
 
-@dataclass(eq=False)
 class Node:
-    """A stochastic node: its distribution, estimator, value and dependencies."""
+    """A stochastic node: its distribution, estimator, value and dependencies.
 
-    name: str
-    dist: Distribution
-    estimator: Estimator
-    value: Tensor
-    draws: dict[str, Tensor]
-    child: bool
-    ancestors: frozenset[str]
-    order: int
-    log_prob: Optional[Tensor] = None  # score-function nodes (attached), ``[S, *batch]``
-    opaque: bool = False  # integer-valued sample: invisible to autograd
-    context: Optional[Tensor] = None
-    boundary: Any = field(default=None, repr=False)  # autograd node kept alive for the walk
+    ``log_prob`` (``[S, *batch]``, attached) is set for score-function nodes while
+    gradients are tracked.
+    """
+
+    __slots__ = ("name", "dist", "estimator", "value", "draws", "child", "ancestors", "order", "log_prob",
+                 "opaque", "context")
+
+    def __init__(
+        self,
+        name: str,
+        dist: Distribution,
+        estimator: Estimator,
+        value: Tensor,
+        draws: dict[str, Tensor],
+        child: bool,
+        ancestors: frozenset[str],
+        order: int,
+        log_prob: Optional[Tensor] = None,
+        opaque: bool = False,
+        context: Optional[Tensor] = None,
+    ) -> None:
+        self.name = name
+        self.dist = dist
+        self.estimator = estimator
+        self.value = value
+        self.draws = draws
+        self.child = child
+        self.ancestors = ancestors
+        self.order = order
+        self.log_prob = log_prob
+        self.opaque = opaque  # integer-valued sample: invisible to autograd
+        self.context = context
 
     @property
     def score(self) -> bool:
         return self.log_prob is not None
 
+    def __repr__(self) -> str:
+        return f"Node({self.name!r}, {type(self.estimator).__name__}, ancestors={sorted(self.ancestors)})"
 
-@dataclass(eq=False)
+
 class Cost:
-    """A registered cost ``[S, *batch]`` with its minibatch scale and the nodes it depends on."""
+    """A registered cost ``[S, *batch]`` with its minibatch scale and the nodes it depends on.
 
-    name: str
-    value: Tensor
-    scale: float
-    deps: frozenset[str]
-    scored: tuple[str, ...] = ()  # score-function nodes among deps, in sampling order
+    ``scored``: the score-function nodes among ``deps``, in sampling order.
+    """
+
+    __slots__ = ("name", "value", "scale", "deps", "scored")
+
+    def __init__(self, name: str, value: Tensor, scale: float, deps: frozenset[str], scored: tuple[str, ...] = ()) -> None:
+        self.name = name
+        self.value = value
+        self.scale = scale
+        self.deps = deps
+        self.scored = scored
+
+    def __repr__(self) -> str:
+        return f"Cost({self.name!r}, deps={sorted(self.deps)}, scale={self.scale})"
 
 
 def default_estimator(dist: Distribution, num_samples: int) -> Estimator:
@@ -205,54 +232,3 @@ def _get(replay: dict[str, Tensor], name: str, key: str) -> Tensor:
     if key not in replay:
         raise ValueError(f"`draws[{name!r}]` must contain {key!r} for this node's estimator; got keys {sorted(replay)}.")
     return replay[key]
-
-
-def _no_cost_function(z: Tensor) -> Tensor:
-    raise TypeError(
-        "this control variate needs the cost as a function of the node's sample, which a Graph "
-        "does not have (its costs are tensors)."
-    )
-
-
-class _PerSampleContext(SignalContext):
-    """Signal context of a child node: its distribution has one element per graph sample."""
-
-    def score_sq_norm(self) -> Tensor:
-        if self._score_sq is None:
-            self._score_sq = score_sq_norm(self.dist, self.samples.unsqueeze(0)).squeeze(0)
-        return self._score_sq
-
-
-def context_for(node: Node) -> SignalContext:
-    """The :class:`~scg.baselines.SignalContext` of a score-function node's control variate."""
-    cls = _PerSampleContext if node.child else SignalContext
-    return cls(
-        dist=node.dist,
-        samples=node.draws["z"],
-        log_prob=node.log_prob,  # type: ignore[arg-type]  # score-function nodes only
-        f=_no_cost_function,
-        context=node.context,
-    )
-
-
-def baseline_term(node: Node, estimator: ScoreFunction, costs: Iterable[Cost]) -> Tensor:
-    r"""Node w's control-variate term :math:`Σ_{\text{batch}} \mathrm{mean}_S (1 − □(\log p(w)))\, b_w` (+ extras).
-
-    The learning signal :math:`A_w = Σ_{c ∋ w} s_c\, c` (costs brought to w's shape)
-    goes through the node's control variate; what it subtracts, :math:`b_w = A_w − A'_w`
-    (detached), enters DiCE-style (Mao et al. 2019): zero in value, :math:`−b_w ∇\log p(w)`
-    in gradient. A control variate's extra term (``Learned``'s regression) is added.
-    """
-    lp = node.log_prob
-    shape = tuple(lp.shape)  # type: ignore[union-attr]
-    signal: Optional[Tensor] = None
-    for c in costs:
-        if node.name in c.deps:
-            part = align(c.value if c.scale == 1.0 else c.value * c.scale, shape).expand(shape)
-            signal = part if signal is None else signal + part
-    if signal is None:  # no cost depends on this node: its score term is zero anyway
-        return lp.new_zeros(())  # type: ignore[union-attr]
-    new, extra = estimator.baseline(signal, context_for(node))  # type: ignore[misc]
-    b = (signal - new).detach()
-    out = ((1.0 - magic_box(lp)) * b).mean(0).sum()  # type: ignore[arg-type]
-    return out if extra is None else out + extra.sum()
