@@ -84,25 +84,22 @@ class Tracker:
         ``requires_grad_``).
         """
         fn = value.grad_fn
-        if fn is None:
+        if fn is None and is_functorch_wrapped_tensor(value):
             fn = autograd_node(value)
-        if fn is None and peek_interpreter_stack() is None:
-            value = value.detach().requires_grad_()  # a new tensor: the caller's (and draws') keep no gradient
-            self.leaves[id(value)] = name
-            self._values.append(value)
-            if self.floor < 0:
-                self.floor = _next_sequence_nr()  # every reader of the leaf is created from now on
-            return value
         if fn is None:
-            value = value + self._marker(value)
+            if peek_interpreter_stack() is None:  # eager mode
+                value = value.detach().requires_grad_()  # a new tensor: the caller's (and draws') keep no gradient
+                self.leaves[id(value)] = name
+                self._values.append(value)
+                if self.floor < 0:
+                    self.floor = _next_sequence_nr()  # every reader of the leaf is created from now on
+                return value
+            value = value + self._marker(value)  # torch.func transforms forbid requires_grad_
             fn = autograd_node(value)
         if self.floor < 0:
             self.floor = fn._sequence_nr()
         self.boundaries[fn] = name
         return value
-
-    def __bool__(self) -> bool:
-        return self.floor >= 0
 
     def parents(self, dist: Distribution) -> set[str]:
         """Names of the graph nodes that ``dist``'s parameters were computed from (see :func:`walk`)."""

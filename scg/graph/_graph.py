@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -130,19 +130,25 @@ class Graph:
         Mohamed et al., "Monte Carlo Gradient Estimation in Machine Learning", JMLR 2020, §4–5.
     """
 
+    __slots__ = ("num_samples", "_replay", "_nodes", "_costs", "_rank", "_scoring", "_flow", "_opaque",
+                 "_baselined", "_aligned", "_done")
+
     def __init__(
         self,
         num_samples: int = 1,
         *,
         draws: Optional[Mapping[str, Mapping[str, Tensor]]] = None,
     ) -> None:
-        self.num_samples = check_positive_int("num_samples", num_samples)
+        if type(num_samples) is not int or num_samples < 1:
+            check_positive_int("num_samples", num_samples)
+        self.num_samples = num_samples
         if draws is not None and not isinstance(draws, Mapping):
             raise TypeError(f"`draws` must be a mapping node name -> draws; got {type(draws).__name__}.")
-        self._replay = {k: dict(v) for k, v in draws.items()} if draws is not None else {}
+        self._replay = {k: dict(v) for k, v in draws.items()} if draws else None
         self._nodes: dict[str, Node] = {}
         self._costs: dict[str, Cost] = {}
         self._rank: dict[str, int] = {}  # node name -> sampling order
+        self._scoring: list[str] = []  # score-function nodes with a log-probability, in sampling order
         self._flow = Tracker()  # the nodes' values in the autograd graph
         self._opaque: set[str] = set()  # integer-valued nodes (invisible to autograd)
         self._baselined: list[Node] = []  # score-function nodes with a control variate
@@ -180,11 +186,9 @@ class Graph:
             ``[*batch_shape, *event_shape]`` (child, batch starting with S). Use it
             like any tensor; score-function samples carry no gradient.
         """
-        if self._done:
-            self._check_open("sample")
         nodes = self._nodes
-        if type(name) is not str or not name or name in nodes or name in self._costs:
-            self._check_name(name)
+        if self._done or type(name) is not str or not name or name in nodes or name in self._costs:
+            self._check_new("sample", name)
         if not isinstance(dist, Distribution):
             raise TypeError(
                 f"`dist` of node {name!r} must be a torch.distributions.Distribution; got {type(dist).__name__}."
@@ -193,27 +197,28 @@ class Graph:
         if estimator is None:
             estimator = default_estimator(dist, S)
         check_estimator(name, estimator, dist, S)
-        parents = set() if depends_on is None else self._resolve(depends_on, "depends_on")
         tracking = torch.is_grad_enabled()
         flow = self._flow
-        if tracking and flow:
-            parents |= flow.parents(dist)
+        parents = flow.parents(dist) if tracking and flow.floor >= 0 else set()
+        if depends_on is not None:
+            parents |= self._resolve(depends_on)
         starts_with_s = dist.batch_shape[:1] == (S,)
         child = bool(parents)
+        opaque_nodes = self._opaque
         if depends_on is None and not child and starts_with_s:
-            hidden = self._opaque if tracking else set(nodes)
+            hidden = opaque_nodes if tracking else set(nodes)
             if hidden:  # integer-valued (or untracked) earlier nodes: assume they feed this one
                 child = True
                 parents |= hidden
         if child and not starts_with_s:
             raise ValueError(
                 f"`dist` of node {name!r} must have batch_shape starting with num_samples={S} because it "
-                f"depends on node(s) {self._ordered(parents)} (one distribution per graph sample); got "
+                f"depends on node(s) {list(self._order(parents))} (one distribution per graph sample); got "
                 f"batch_shape {list(dist.batch_shape)}. Build it from the parents' samples, or check the "
                 "graph's num_samples."
             )
-        if depends_on is None and self._opaque:
-            parents |= self._opaque
+        if depends_on is None and opaque_nodes:
+            parents |= opaque_nodes
         ancestors = set(parents)
         for p in parents:
             ancestors |= nodes[p].ancestors
@@ -226,14 +231,16 @@ class Graph:
                 log_prob = dist.log_prob(value)  # [S, *batch]
             if not opaque:
                 value = flow.track(name, value)
-        self._rank[name] = len(nodes)
+        self._rank[name] = order = len(nodes)
         node = nodes[name] = Node(
-            name, dist, estimator, value, draws, child, frozenset(ancestors), len(nodes), log_prob, opaque, context
+            name, dist, estimator, value, draws, child, frozenset(ancestors), order, log_prob, opaque, context
         )
         if opaque:
-            self._opaque.add(name)
-        elif log_prob is not None and estimator.baseline is not None:  # type: ignore[attr-defined]
-            self._baselined.append(node)
+            opaque_nodes.add(name)
+        if log_prob is not None:
+            self._scoring.append(name)
+            if estimator.baseline is not None:  # type: ignore[attr-defined]
+                self._baselined.append(node)
         return value
 
     # ------------------------------------------------------------------ costs
@@ -255,11 +262,9 @@ class Graph:
             depends_on: names of nodes the cost depends on in ways autograd cannot
                 see (keyword-only); added to the detected ones.
         """
-        if self._done:
-            self._check_open("cost")
         nodes = self._nodes
-        if type(name) is not str or not name or name in nodes or name in self._costs:
-            self._check_name(name)
+        if self._done or type(name) is not str or not name or name in nodes or name in self._costs:
+            self._check_new("cost", name)
         if not isinstance(value, Tensor):
             raise TypeError(f"`value` of cost {name!r} must be a torch.Tensor; got {type(value).__name__}.")
         if not value.is_floating_point():
@@ -271,27 +276,35 @@ class Graph:
                 f"`value` of cost {name!r} must have shape [S, *batch] with S = num_samples = {S} on dim 0; "
                 f"got shape {list(shape)} (sample dims do not match)."
             )
-        if type(scale) is not float or scale != 1.0:
+        if scale != 1.0 or type(scale) is not float:
             scale = check_positive("scale", scale)
-        found = set() if depends_on is None else self._resolve(depends_on, "depends_on")
         if torch.is_grad_enabled():
+            flow = self._flow
+            found = flow.sources(value) if flow.floor >= 0 else set()
             if depends_on is None:
-                if not self._opaque and not is_tracked(value):
+                opaque = self._opaque
+                if opaque:
+                    found |= opaque
+                elif not found and not is_tracked(value):
                     raise ValueError(
                         f"cost {name!r} depends on no node and no parameter (its value has no autograd history). "
                         "If it depends on a node through non-differentiable operations (comparisons, casts, "
                         "indexing), pass depends_on=[...]; otherwise it is a constant — leave it out."
                     )
-                found |= self._opaque
-            flow = self._flow
-            if flow:
-                found |= flow.sources(value)
+            else:
+                found |= self._resolve(depends_on)
         else:
-            found.update(nodes)
+            found = set(nodes)
+            if depends_on is not None:
+                self._resolve(depends_on)
         deps = set(found)
         for n in found:
             deps |= nodes[n].ancestors
-        scored = tuple(n for n in self._order(deps) if nodes[n].log_prob is not None)
+        scoring = self._scoring
+        if len(deps) * 4 >= len(scoring):
+            scored = tuple([n for n in scoring if n in deps])
+        else:  # a few dependencies among many score-function nodes
+            scored = tuple([n for n in self._order(deps) if nodes[n].log_prob is not None])
         aligned = self._aligned
         for n in scored:
             lp_shape = nodes[n].log_prob.shape  # type: ignore[union-attr]
@@ -315,11 +328,11 @@ class Graph:
             their running state here (training mode, outside ``torch.func``).
         """
         if self._done:
-            self._check_open("surrogate")
+            self._check_new("surrogate")
         self._done = True
         if not self._costs:
             raise ValueError("a Graph needs at least one cost before surrogate(); call g.cost(name, value).")
-        return surrogate(self._nodes, list(self._costs.values()), self._baselined, torch.is_grad_enabled())
+        return surrogate(self._nodes, self._costs.values(), self._baselined, torch.is_grad_enabled())
 
     # ------------------------------------------------------------ inspection
     @property
@@ -343,29 +356,25 @@ class Graph:
     def _order(self, names: frozenset[str] | set[str]) -> tuple[str, ...]:
         return tuple(sorted(names, key=self._rank.__getitem__))
 
-    def _ordered(self, names: set[str]) -> list[str]:
-        return list(self._order(names))
-
-    def _check_open(self, what: str) -> None:
+    def _check_new(self, what: str, name: Optional[str] = None) -> None:
+        """Raise the error for ``what(name)``: the graph is used up, or ``name`` is not a new non-empty str."""
         if self._done:
             raise ValueError(
                 f"cannot call {what}(): this Graph already produced its surrogate(); a Graph is used once — "
                 "create a new scg.Graph for each step."
             )
-
-    def _check_name(self, name: str) -> None:
+        if what == "surrogate":
+            return
         if not isinstance(name, str) or not name:
             raise TypeError(f"`name` must be a non-empty str; got {name!r}.")
         if name in self._nodes or name in self._costs:
             kind = "node" if name in self._nodes else "cost"
             raise ValueError(f"`name` must be unique in the graph; {name!r} is already a {kind}.")
 
-    def _resolve(self, names: Optional[Sequence[str]], arg: str) -> set[str]:
-        if names is None:
-            return set()
+    def _resolve(self, names: Sequence[str]) -> set[str]:
         if isinstance(names, str) or not isinstance(names, Sequence):
-            raise TypeError(f"`{arg}` must be a sequence of node names; got {type(names).__name__} ({names!r}).")
+            raise TypeError(f"`depends_on` must be a sequence of node names; got {type(names).__name__} ({names!r}).")
         for n in names:
             if n not in self._nodes:
-                raise ValueError(f"`{arg}` must name earlier nodes; got {n!r} (nodes: {list(self._nodes)}).")
+                raise ValueError(f"`depends_on` must name earlier nodes; got {n!r} (nodes: {list(self._nodes)}).")
         return set(names)

@@ -21,7 +21,7 @@ References:
 from __future__ import annotations
 
 import math
-from typing import Iterable, Mapping, Optional, Sequence
+from typing import Collection, Iterable, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -36,7 +36,7 @@ from scg.graph._nodes import Cost, Node
 __all__ = ["surrogate", "cost_terms", "baseline_term", "context_for", "check_finite"]
 
 
-def surrogate(nodes: Mapping[str, Node], costs: Sequence[Cost], baselined: Sequence[Node], grad: bool) -> Tensor:
+def surrogate(nodes: Mapping[str, Node], costs: Collection[Cost], baselined: Sequence[Node], grad: bool) -> Tensor:
     """The graph's scalar surrogate: :func:`cost_terms` plus each baselined node's :func:`baseline_term`.
 
     Args:
@@ -44,12 +44,16 @@ def surrogate(nodes: Mapping[str, Node], costs: Sequence[Cost], baselined: Seque
         costs: the registered costs, in registration order (at least one).
         baselined: score-function nodes whose estimator has a control variate.
         grad: whether gradients are tracked; if not, only the value is computed.
+
+    Raises:
+        ValueError: the surrogate is not finite (see :func:`check_finite`).
     """
     total = cost_terms(nodes, costs, grad)
     if grad:
         for node in baselined:
             total = total + baseline_term(node, node.estimator, costs)  # type: ignore[arg-type]
-    check_finite(total, costs)
+    if not is_functorch_wrapped_tensor(total) and total.is_cpu and not math.isfinite(total.item()):
+        check_finite(total, costs)  # raises, naming the cost
     return total
 
 
@@ -63,16 +67,19 @@ def cost_terms(nodes: Mapping[str, Node], costs: Iterable[Cost], grad: bool) -> 
     total: Optional[Tensor] = None
     for c in costs:
         term = c.value
-        if grad and c.scored:
+        scored = c.scored
+        if grad and scored:
             shape = term.shape
-            key = (c.scored, shape)
+            key = (scored, shape)
             box = boxes.get(key)
             if box is None:
                 tau: Optional[Tensor] = None
-                for n in c.scored:
-                    lp = align(nodes[n].log_prob, shape)  # type: ignore[arg-type]
+                for n in scored:
+                    lp = nodes[n].log_prob
+                    if lp.shape != shape:  # type: ignore[union-attr]
+                        lp = align(lp, shape)  # type: ignore[arg-type]
                     tau = lp if tau is None else tau + lp
-                box = boxes[key] = magic_box(tau)  # type: ignore[arg-type]
+                box = boxes[key] = torch.exp(tau - tau.detach())  # type: ignore[operator,union-attr]  # □(τ)
             term = box * term
         t = term.mean(0).sum()
         if c.scale != 1.0:
@@ -138,7 +145,7 @@ def check_finite(total: Tensor, costs: Iterable[Cost]) -> None:
     One host read of the scalar on the CPU; skipped on accelerators (it would
     synchronise the device every step) and inside ``torch.func`` transforms.
     """
-    if is_functorch_wrapped_tensor(total) or total.device.type != "cpu" or math.isfinite(total.item()):
+    if is_functorch_wrapped_tensor(total) or not total.is_cpu or math.isfinite(total.item()):
         return
     for c in costs:
         if not bool(torch.isfinite(c.value).all()):
