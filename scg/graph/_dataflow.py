@@ -33,7 +33,7 @@ read as it is.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -63,26 +63,32 @@ class Tracker:
         floor: an autograd sequence number no later than that of any autograd
             node that reads a graph node (the first graph node's, or the next one
             when the first is a leaf).
+        closures: ``name -> {name} ∪ its tracked ancestors``, in tracking order:
+            a walk that has found nodes whose closures cover every tracked node
+            can stop (:func:`walk`).
     """
 
-    __slots__ = ("boundaries", "leaves", "floor", "_values", "_markers")
+    __slots__ = ("boundaries", "leaves", "floor", "closures", "_values", "_markers")
 
     def __init__(self) -> None:
         self.boundaries: dict[Any, str] = {}
         self.leaves: dict[int, str] = {}
         self.floor = -1  # no graph node yet
+        self.closures: dict[str, frozenset[str]] = {}
         self._values: list[Tensor] = []
         self._markers: dict[tuple[torch.dtype, torch.device], Tensor] = {}
 
-    def track(self, name: str, value: Tensor) -> Tensor:
+    def track(self, name: str, value: Tensor, ancestors: Iterable[str] = ()) -> Tensor:
         """Register node ``name``'s value; return it as the graph hands it out.
 
         A value with autograd history is returned as is (its ``grad_fn`` is the
         boundary). One without — a sample drawn without gradient, or from
         constant parameters — becomes a leaf that requires grad (eager mode) or
         ``value + zero`` (inside ``torch.func`` transforms, which forbid
-        ``requires_grad_``).
+        ``requires_grad_``). ``ancestors``: the node's ancestors (any order).
         """
+        closures = self.closures
+        closures[name] = frozenset([name, *[a for a in ancestors if a in closures]])
         fn = value.grad_fn
         if fn is None and is_functorch_wrapped_tensor(value):
             fn = autograd_node(value)
@@ -107,18 +113,25 @@ class Tracker:
         found: set[str] = set()
         _roots_of(dist, roots, found, self.leaves, 0)
         if roots:
-            found |= walk(roots, self.boundaries, self.floor, self.leaves)
+            found |= walk(roots, self.boundaries, self.floor, self.leaves, self.closures, len(self.closures))
         return found
 
-    def sources(self, t: Tensor) -> set[str]:
-        """Names of the graph nodes that ``t`` was computed from (see :func:`walk`)."""
+    def origin(self, t: Tensor) -> tuple[Optional[Any], Optional[str]]:
+        """Where ``t`` comes from: ``(autograd node, None)``, ``(None, name)`` if ``t`` is node ``name``'s leaf, or ``(None, None)``."""
         fn = t.grad_fn
-        if fn is None:
-            if not is_functorch_wrapped_tensor(t):
-                name = self.leaves.get(id(t))
-                return set() if name is None else {name}
-            fn = autograd_node(t)
-        return walk((fn,), self.boundaries, self.floor, self.leaves)
+        if fn is not None:
+            return fn, None
+        if is_functorch_wrapped_tensor(t):
+            return autograd_node(t), None
+        return None, self.leaves.get(id(t))
+
+    def reads(self, root: Any, tracked: int) -> set[str]:
+        """Names of the graph nodes that the autograd node ``root`` reads (see :func:`walk`).
+
+        ``tracked``: how many nodes were tracked when ``root`` was created (later
+        ones cannot be read by it).
+        """
+        return walk((root,), self.boundaries, self.floor, self.leaves, self.closures, tracked)
 
     def _marker(self, like: Tensor) -> Tensor:
         """A zero leaf that requires grad: ``z + marker`` is z, with an autograd node to recognise."""
@@ -153,10 +166,12 @@ def is_tracked(t: Tensor) -> bool:
 
 
 def walk(
-    roots: Iterable[Optional[Any]],
+    roots: Sequence[Optional[Any]],
     boundaries: Mapping[Any, str],
     floor: int = 0,
     leaves: Optional[Mapping[int, str]] = None,
+    closures: Optional[Mapping[str, frozenset[str]]] = None,
+    tracked: int = 0,
 ) -> set[str]:
     """Names of the graph nodes whose autograd nodes are ancestors of ``roots`` (or are roots).
 
@@ -165,40 +180,59 @@ def walk(
     autograd nodes created before the first graph node (autograd numbers nodes in
     creation order per thread, ``_sequence_nr``; an older node cannot descend
     from a newer one). So it visits only the operations between the first graph
-    node and the cost — not, e.g., an encoder run before sampling.
+    node and the cost — not, e.g., an encoder run before sampling. It also stops
+    as soon as the nodes found and their ancestors (``closures``) cover all
+    ``tracked`` nodes: whatever else it would find adds no dependency. Inputs
+    are explored first-to-last (an operation's data input before its weights).
 
     Args:
         roots: autograd nodes to start from (``None`` entries are skipped).
         boundaries: ``autograd node -> graph node name`` (see :class:`Tracker`).
         floor: see :attr:`Tracker.floor`.
         leaves: ``id(leaf tensor) -> graph node name`` (see :class:`Tracker`).
+        closures: ``name -> {name} ∪ tracked ancestors`` (see :class:`Tracker`).
+        tracked: the number of graph nodes that may be found (the first
+            ``tracked`` of ``closures``).
     """
     found: set[str] = set()
+    covered: set[str] = set()
     seen: set[Any] = set()
     stack: list[Any] = []
-    for r in roots:
+    for r in reversed(roots):
         if r is not None and r not in seen:
             seen.add(r)
             stack.append(r)
-    pop, push, mark, name_of, add, leaf = stack.pop, stack.append, seen.add, boundaries.get, found.add, _LEAF
+    pop, push, mark, name_of, leaf = stack.pop, stack.append, seen.add, boundaries.get, _LEAF
     leaf_name = leaves.get if leaves else None
     while stack:
         fn = pop()
         name = name_of(fn)
         if name is not None:
-            add(name)
-        elif fn._sequence_nr() >= floor:
-            for nxt, _ in fn.next_functions:
-                if nxt is None:
-                    continue
-                if type(nxt) is leaf:
-                    if leaf_name is not None:
-                        name = leaf_name(id(nxt.variable))
-                        if name is not None:
-                            add(name)
-                elif nxt not in seen:
+            found.add(name)
+            if closures is not None:
+                covered |= closures[name]
+                if len(covered) >= tracked:
+                    break
+            continue
+        if fn._sequence_nr() < floor:
+            continue
+        hit = False
+        for nxt, _ in reversed(fn.next_functions):
+            if nxt is None:
+                continue
+            if type(nxt) is not leaf:
+                if nxt not in seen:
                     mark(nxt)
                     push(nxt)
+            elif leaf_name is not None:
+                name = leaf_name(id(nxt.variable))
+                if name is not None:
+                    found.add(name)
+                    hit = True
+                    if closures is not None:
+                        covered |= closures[name]
+        if hit and closures is not None and len(covered) >= tracked:
+            break
     return found
 
 

@@ -9,7 +9,7 @@ from torch import Tensor
 from torch.distributions import Distribution
 
 from scg._checks import check_positive, check_positive_int
-from scg.estimators import ScoreFunction
+from scg.estimators import Pathwise, ScoreFunction
 from scg.estimators.base import Estimator
 from scg.graph._dataflow import Tracker, aligned_shape, is_tracked
 from scg.graph._nodes import Cost, Node, check_estimator, default_estimator, draw
@@ -131,7 +131,7 @@ class Graph:
     """
 
     __slots__ = ("num_samples", "_replay", "_nodes", "_costs", "_rank", "_scoring", "_flow", "_opaque",
-                 "_baselined", "_aligned", "_done")
+                 "_baselined", "_lp_shapes", "_aligned", "_done")
 
     def __init__(
         self,
@@ -152,7 +152,8 @@ class Graph:
         self._flow = Tracker()  # the nodes' values in the autograd graph
         self._opaque: set[str] = set()  # integer-valued nodes (invisible to autograd)
         self._baselined: list[Node] = []  # score-function nodes with a control variate
-        self._aligned: set[tuple[tuple[int, ...], tuple[int, ...]]] = set()  # (log-prob, cost) shapes checked
+        self._lp_shapes: set[torch.Size] = set()  # shapes of the score-function nodes' log-probabilities
+        self._aligned: dict[tuple[torch.Size, torch.Size], bool] = {}  # (log-prob, cost) shape -> aligns
         self._done = False
 
     # ------------------------------------------------------------------ nodes
@@ -196,7 +197,9 @@ class Graph:
         S = self.num_samples
         if estimator is None:
             estimator = default_estimator(dist, S)
-        check_estimator(name, estimator, dist, S)
+        kind = type(estimator)
+        if not (kind is ScoreFunction and estimator.baseline is None or kind is Pathwise and dist.has_rsample):
+            check_estimator(name, estimator, dist, S)  # (the two fast cases pass it: nothing else to check)
         tracking = torch.is_grad_enabled()
         flow = self._flow
         parents = flow.parents(dist) if tracking and flow.floor >= 0 else set()
@@ -230,7 +233,7 @@ class Graph:
             if type(estimator) is ScoreFunction:  # exact types only (check_estimator)
                 log_prob = dist.log_prob(value)  # [S, *batch]
             if not opaque:
-                value = flow.track(name, value)
+                value = flow.track(name, value, ancestors)
         self._rank[name] = order = len(nodes)
         node = nodes[name] = Node(
             name, dist, estimator, value, draws, child, frozenset(ancestors), order, log_prob, opaque, context
@@ -239,6 +242,7 @@ class Graph:
             opaque_nodes.add(name)
         if log_prob is not None:
             self._scoring.append(name)
+            self._lp_shapes.add(log_prob.shape)
             if estimator.baseline is not None:  # type: ignore[attr-defined]
                 self._baselined.append(node)
         return value
@@ -278,45 +282,32 @@ class Graph:
             )
         if scale != 1.0 or type(scale) is not float:
             scale = check_positive("scale", scale)
+        root = leaf = None
         if torch.is_grad_enabled():
-            flow = self._flow
-            found = flow.sources(value) if flow.floor >= 0 else set()
+            if self._flow.floor >= 0:
+                root, leaf = self._flow.origin(value)
+            known = set() if leaf is None else {leaf}
             if depends_on is None:
-                opaque = self._opaque
-                if opaque:
-                    found |= opaque
-                elif not found and not is_tracked(value):
+                if self._opaque:
+                    known |= self._opaque
+                elif root is None and leaf is None and not is_tracked(value):
                     raise ValueError(
                         f"cost {name!r} depends on no node and no parameter (its value has no autograd history). "
                         "If it depends on a node through non-differentiable operations (comparisons, casts, "
                         "indexing), pass depends_on=[...]; otherwise it is a constant — leave it out."
                     )
             else:
-                found |= self._resolve(depends_on)
+                known |= self._resolve(depends_on)
         else:
-            found = set(nodes)
+            known = set(nodes)
             if depends_on is not None:
                 self._resolve(depends_on)
-        deps = set(found)
-        for n in found:
-            deps |= nodes[n].ancestors
-        scoring = self._scoring
-        if len(deps) * 4 >= len(scoring):
-            scored = tuple([n for n in scoring if n in deps])
-        else:  # a few dependencies among many score-function nodes
-            scored = tuple([n for n in self._order(deps) if nodes[n].log_prob is not None])
-        aligned = self._aligned
-        for n in scored:
-            lp_shape = nodes[n].log_prob.shape  # type: ignore[union-attr]
-            if (lp_shape, shape) not in aligned:
-                if aligned_shape(tuple(lp_shape), tuple(shape)) is None:
-                    raise ValueError(
-                        f"sample dims do not match: cost {name!r} has shape {list(shape)} and depends on node "
-                        f"{n!r} whose log-probability has shape {list(lp_shape)}; they must agree on "
-                        "[S, *batch] from the left (extra node dims are summed, size-1 dims broadcast)."
-                    )
-                aligned.add((lp_shape, shape))
-        self._costs[name] = Cost(name, value, scale, frozenset(deps), scored)
+        cost = Cost(name, value, scale, root, known, len(self._flow.closures))
+        for lp_shape in self._lp_shapes:
+            if lp_shape != shape and not self._aligns(lp_shape, shape):
+                self._settle(cost, check=True)  # raises here if the cost depends on such a node
+                break
+        self._costs[name] = cost
 
     # -------------------------------------------------------------- surrogate
     def surrogate(self) -> Tensor:
@@ -332,6 +323,9 @@ class Graph:
         self._done = True
         if not self._costs:
             raise ValueError("a Graph needs at least one cost before surrogate(); call g.cost(name, value).")
+        for c in self._costs.values():
+            if c.deps is None:
+                self._settle(c)
         return surrogate(self._nodes, self._costs.values(), self._baselined, torch.is_grad_enabled())
 
     # ------------------------------------------------------------ inspection
@@ -347,7 +341,10 @@ class Graph:
 
     def dependencies(self) -> dict[str, tuple[str, ...]]:
         """For each cost, the nodes it depends on (found by data flow, plus ``depends_on``)."""
-        return {name: self._order(c.deps) for name, c in self._costs.items()}
+        for c in self._costs.values():
+            if c.deps is None:
+                self._settle(c)
+        return {name: self._order(c.deps) for name, c in self._costs.items()}  # type: ignore[arg-type]
 
     def __repr__(self) -> str:
         return f"Graph(num_samples={self.num_samples}, nodes={list(self._nodes)}, costs={list(self._costs)})"
@@ -355,6 +352,43 @@ class Graph:
     # --------------------------------------------------------------- helpers
     def _order(self, names: frozenset[str] | set[str]) -> tuple[str, ...]:
         return tuple(sorted(names, key=self._rank.__getitem__))
+
+    def _settle(self, c: Cost, check: bool = False) -> None:
+        """Find cost ``c``'s dependencies (walk from its autograd node) and its score-function nodes.
+
+        With ``check``, raise ``ValueError`` if ``c`` depends on a node whose
+        log-probability does not align with it. :meth:`cost` settles (and checks)
+        a cost at once when such a node exists; otherwise no check can fail and the
+        walk waits for :meth:`surrogate`.
+        """
+        nodes = self._nodes
+        found = c.known if c.root is None else c.known | self._flow.reads(c.root, c.tracked)
+        deps = set(found)
+        for n in found:
+            deps |= nodes[n].ancestors
+        scoring = self._scoring
+        if len(deps) * 4 >= len(scoring):
+            scored = tuple([n for n in scoring if n in deps])
+        else:  # a few dependencies among many score-function nodes
+            scored = tuple([n for n in self._order(deps) if nodes[n].log_prob is not None])
+        if check:
+            shape = c.value.shape
+            for n in scored:
+                lp_shape = nodes[n].log_prob.shape  # type: ignore[union-attr]
+                if lp_shape != shape and not self._aligns(lp_shape, shape):
+                    raise ValueError(
+                        f"sample dims do not match: cost {c.name!r} has shape {list(shape)} and depends on node "
+                        f"{n!r} whose log-probability has shape {list(lp_shape)}; they must agree on "
+                        "[S, *batch] from the left (extra node dims are summed, size-1 dims broadcast)."
+                    )
+        c.deps, c.scored, c.root = frozenset(deps), scored, None
+
+    def _aligns(self, lp_shape: torch.Size, shape: torch.Size) -> bool:
+        key = (lp_shape, shape)
+        ok = self._aligned.get(key)
+        if ok is None:
+            ok = self._aligned[key] = aligned_shape(tuple(lp_shape), tuple(shape)) is not None
+        return ok
 
     def _check_new(self, what: str, name: Optional[str] = None) -> None:
         """Raise the error for ``what(name)``: the graph is used up, or ``name`` is not a new non-empty str."""

@@ -83,20 +83,33 @@ class Node:
 class Cost:
     """A registered cost ``[S, *batch]`` with its minibatch scale and the nodes it depends on.
 
-    ``scored``: the score-function nodes among ``deps``, in sampling order.
+    Its dependencies are settled when first needed (:meth:`Graph._settle`): until
+    then ``deps`` is ``None`` and ``root`` (the autograd node of ``value``, captured
+    when the cost was registered — autograd nodes never change their inputs, so a
+    later walk from it reads the same data flow) and ``known`` (nodes named
+    directly: ``depends_on``, integer-valued nodes, the value itself being a
+    node's leaf) say where to find them, among the first ``tracked`` tracked
+    nodes. ``scored``: the score-function nodes
+    among ``deps``, in sampling order.
     """
 
-    __slots__ = ("name", "value", "scale", "deps", "scored")
+    __slots__ = ("name", "value", "scale", "deps", "scored", "root", "known", "tracked")
 
-    def __init__(self, name: str, value: Tensor, scale: float, deps: frozenset[str], scored: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, name: str, value: Tensor, scale: float, root: Optional[object], known: set[str], tracked: int
+    ) -> None:
         self.name = name
         self.value = value
         self.scale = scale
-        self.deps = deps
-        self.scored = scored
+        self.deps: Optional[frozenset[str]] = None
+        self.scored: tuple[str, ...] = ()
+        self.root = root
+        self.known = known
+        self.tracked = tracked  # nodes tracked when the cost was registered (the walk can find no later one)
 
     def __repr__(self) -> str:
-        return f"Cost({self.name!r}, deps={sorted(self.deps)}, scale={self.scale})"
+        deps = "pending" if self.deps is None else sorted(self.deps)
+        return f"Cost({self.name!r}, deps={deps}, scale={self.scale})"
 
 
 def default_estimator(dist: Distribution, num_samples: int) -> Estimator:
