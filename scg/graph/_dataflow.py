@@ -63,9 +63,9 @@ class Tracker:
         floor: an autograd sequence number no later than that of any autograd
             node that reads a graph node (the first graph node's, or the next one
             when the first is a leaf).
-        closures: ``name -> {name} ∪ its tracked ancestors``, in tracking order:
-            a walk that has found nodes whose closures cover every tracked node
-            can stop (:func:`walk`).
+        closures: ``name -> {name} ∪ its ancestors`` for the tracked nodes: a
+            walk that has found nodes whose closures cover every earlier graph
+            node can stop (:func:`walk`).
     """
 
     __slots__ = ("boundaries", "leaves", "floor", "closures", "_values", "_markers")
@@ -78,17 +78,16 @@ class Tracker:
         self._values: list[Tensor] = []
         self._markers: dict[tuple[torch.dtype, torch.device], Tensor] = {}
 
-    def track(self, name: str, value: Tensor, ancestors: Iterable[str] = ()) -> Tensor:
+    def track(self, name: str, value: Tensor, ancestors: frozenset[str] = frozenset()) -> Tensor:
         """Register node ``name``'s value; return it as the graph hands it out.
 
         A value with autograd history is returned as is (its ``grad_fn`` is the
         boundary). One without — a sample drawn without gradient, or from
         constant parameters — becomes a leaf that requires grad (eager mode) or
         ``value + zero`` (inside ``torch.func`` transforms, which forbid
-        ``requires_grad_``). ``ancestors``: the node's ancestors (any order).
+        ``requires_grad_``). ``ancestors``: the node's ancestors.
         """
-        closures = self.closures
-        closures[name] = frozenset([name, *[a for a in ancestors if a in closures]])
+        self.closures[name] = ancestors.union((name,))
         fn = value.grad_fn
         if fn is None and is_functorch_wrapped_tensor(value):
             fn = autograd_node(value)
@@ -107,13 +106,16 @@ class Tracker:
         self.boundaries[fn] = name
         return value
 
-    def parents(self, dist: Distribution) -> set[str]:
-        """Names of the graph nodes that ``dist``'s parameters were computed from (see :func:`walk`)."""
+    def parents(self, dist: Distribution, nodes: int) -> set[str]:
+        """Names of the graph nodes that ``dist``'s parameters were computed from (see :func:`walk`).
+
+        ``nodes``: how many graph nodes there are (tracked or not).
+        """
         roots: list[Any] = []
         found: set[str] = set()
         _roots_of(dist, roots, found, self.leaves, 0)
         if roots:
-            found |= walk(roots, self.boundaries, self.floor, self.leaves, self.closures, len(self.closures))
+            found |= walk(roots, self.boundaries, self.floor, self.leaves, self.closures, nodes)
         return found
 
     def origin(self, t: Tensor) -> tuple[Optional[Any], Optional[str]]:
@@ -125,13 +127,13 @@ class Tracker:
             return autograd_node(t), None
         return None, self.leaves.get(id(t))
 
-    def reads(self, root: Any, tracked: int) -> set[str]:
+    def reads(self, root: Any, nodes: int) -> set[str]:
         """Names of the graph nodes that the autograd node ``root`` reads (see :func:`walk`).
 
-        ``tracked``: how many nodes were tracked when ``root`` was created (later
-        ones cannot be read by it).
+        ``nodes``: how many graph nodes there were when ``root`` was created
+        (later ones cannot be read by it).
         """
-        return walk((root,), self.boundaries, self.floor, self.leaves, self.closures, tracked)
+        return walk((root,), self.boundaries, self.floor, self.leaves, self.closures, nodes)
 
     def _marker(self, like: Tensor) -> Tensor:
         """A zero leaf that requires grad: ``z + marker`` is z, with an autograd node to recognise."""
@@ -171,7 +173,7 @@ def walk(
     floor: int = 0,
     leaves: Optional[Mapping[int, str]] = None,
     closures: Optional[Mapping[str, frozenset[str]]] = None,
-    tracked: int = 0,
+    nodes: int = 0,
 ) -> set[str]:
     """Names of the graph nodes whose autograd nodes are ancestors of ``roots`` (or are roots).
 
@@ -181,18 +183,18 @@ def walk(
     creation order per thread, ``_sequence_nr``; an older node cannot descend
     from a newer one). So it visits only the operations between the first graph
     node and the cost — not, e.g., an encoder run before sampling. It also stops
-    as soon as the nodes found and their ancestors (``closures``) cover all
-    ``tracked`` nodes: whatever else it would find adds no dependency. Inputs
-    are explored first-to-last (an operation's data input before its weights).
+    as soon as the nodes found and their ancestors (``closures``) are all the
+    ``nodes`` graph nodes: whatever else it would find adds no dependency.
+    Inputs are explored first-to-last (an operation's data input before its
+    weights).
 
     Args:
         roots: autograd nodes to start from (``None`` entries are skipped).
         boundaries: ``autograd node -> graph node name`` (see :class:`Tracker`).
         floor: see :attr:`Tracker.floor`.
         leaves: ``id(leaf tensor) -> graph node name`` (see :class:`Tracker`).
-        closures: ``name -> {name} ∪ tracked ancestors`` (see :class:`Tracker`).
-        tracked: the number of graph nodes that may be found (the first
-            ``tracked`` of ``closures``).
+        closures: ``name -> {name} ∪ ancestors`` (see :class:`Tracker`).
+        nodes: the number of graph nodes the roots may read (tracked or not).
     """
     found: set[str] = set()
     covered: set[str] = set()
@@ -211,7 +213,7 @@ def walk(
             found.add(name)
             if closures is not None:
                 covered |= closures[name]
-                if len(covered) >= tracked:
+                if len(covered) >= nodes:
                     break
             continue
         if fn._sequence_nr() < floor:
@@ -231,7 +233,7 @@ def walk(
                     hit = True
                     if closures is not None:
                         covered |= closures[name]
-        if hit and closures is not None and len(covered) >= tracked:
+        if hit and closures is not None and len(covered) >= nodes:
             break
     return found
 

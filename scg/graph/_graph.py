@@ -202,10 +202,11 @@ class Graph:
             check_estimator(name, estimator, dist, S)  # (the two fast cases pass it: nothing else to check)
         tracking = torch.is_grad_enabled()
         flow = self._flow
-        parents = flow.parents(dist) if tracking and flow.floor >= 0 else set()
+        parents = flow.parents(dist, len(nodes)) if tracking and flow.floor >= 0 else set()
         if depends_on is not None:
             parents |= self._resolve(depends_on)
-        starts_with_s = dist.batch_shape[:1] == (S,)
+        batch_shape = dist.batch_shape
+        starts_with_s = len(batch_shape) > 0 and batch_shape[0] == S
         child = bool(parents)
         opaque_nodes = self._opaque
         if depends_on is None and not child and starts_with_s:
@@ -217,7 +218,7 @@ class Graph:
             raise ValueError(
                 f"`dist` of node {name!r} must have batch_shape starting with num_samples={S} because it "
                 f"depends on node(s) {list(self._order(parents))} (one distribution per graph sample); got "
-                f"batch_shape {list(dist.batch_shape)}. Build it from the parents' samples, or check the "
+                f"batch_shape {list(batch_shape)}. Build it from the parents' samples, or check the "
                 "graph's num_samples."
             )
         if depends_on is None and opaque_nodes:
@@ -225,6 +226,7 @@ class Graph:
         ancestors = set(parents)
         for p in parents:
             ancestors |= nodes[p].ancestors
+        ancestors = frozenset(ancestors)  # type: ignore[assignment]
 
         value, draws = draw(name, dist, estimator, S, child, self._replay.get(name) if self._replay else None)
         opaque = not (value.is_floating_point() or value.is_complex())
@@ -236,7 +238,7 @@ class Graph:
                 value = flow.track(name, value, ancestors)
         self._rank[name] = order = len(nodes)
         node = nodes[name] = Node(
-            name, dist, estimator, value, draws, child, frozenset(ancestors), order, log_prob, opaque, context
+            name, dist, estimator, value, draws, child, ancestors, order, log_prob, opaque, context
         )
         if opaque:
             opaque_nodes.add(name)
@@ -302,7 +304,7 @@ class Graph:
             known = set(nodes)
             if depends_on is not None:
                 self._resolve(depends_on)
-        cost = Cost(name, value, scale, root, known, len(self._flow.closures))
+        cost = Cost(name, value, scale, root, known, len(nodes))
         for lp_shape in self._lp_shapes:
             if lp_shape != shape and not self._aligns(lp_shape, shape):
                 self._settle(cost, check=True)  # raises here if the cost depends on such a node

@@ -88,7 +88,7 @@ class Cost:
     when the cost was registered — autograd nodes never change their inputs, so a
     later walk from it reads the same data flow) and ``known`` (nodes named
     directly: ``depends_on``, integer-valued nodes, the value itself being a
-    node's leaf) say where to find them, among the first ``tracked`` tracked
+    node's leaf) say where to find them, among the first ``tracked`` graph
     nodes. ``scored``: the score-function nodes
     among ``deps``, in sampling order.
     """
@@ -105,7 +105,7 @@ class Cost:
         self.scored: tuple[str, ...] = ()
         self.root = root
         self.known = known
-        self.tracked = tracked  # nodes tracked when the cost was registered (the walk can find no later one)
+        self.tracked = tracked  # graph nodes when the cost was registered (the walk can find no later one)
 
     def __repr__(self) -> str:
         deps = "pending" if self.deps is None else sorted(self.deps)
@@ -180,17 +180,20 @@ def draw(
         a child; ``draws`` can be replayed with ``Graph(draws=...)``.
     """
     lead = () if child else (num_samples,)
-    if isinstance(estimator, ScoreFunction):
+    if type(estimator) is ScoreFunction:
+        base = dist
+        while isinstance(base, Independent):
+            base = base.base_dist
         if replay is not None:
             shape = (*lead, *dist.batch_shape, *dist.event_shape)
             z = _check_replay(name, "z", _get(replay, name, "z"), shape)
-        elif isinstance(unwrap(dist)[0], OneHotCategorical):  # scg's vmap-safe one-hot draw
+        elif isinstance(base, OneHotCategorical):  # scg's vmap-safe one-hot draw
             shape = (*lead, *dist.batch_shape, *dist.event_shape)
             z = FromDistribution(shape=(1, *shape) if child else shape, dist=dist).sample()
             z = z.squeeze(0) if child else z
         else:
             z = dist.sample(lead)  # torch draws without gradient
-        if z.requires_grad:  # pragma: no cover - samples never carry gradient
+        if z.requires_grad:  # a replayed sample that carries gradient; samples never do
             z = z.detach()
         return z, {"z": z}
     if isinstance(estimator, Pathwise):
