@@ -11,7 +11,8 @@ from torch.distributions import Distribution
 from scg._checks import check_positive, check_positive_int
 from scg.estimators import Pathwise, ScoreFunction
 from scg.estimators.base import Estimator
-from scg.graph._dataflow import Tracker, aligned_shape, is_tracked
+from scg.graph._credit import Alignment, settle
+from scg.graph._dataflow import Tracker, is_tracked
 from scg.graph._nodes import Cost, Node, check_estimator, default_estimator, draw
 from scg.graph._surrogate import surrogate
 
@@ -153,7 +154,7 @@ class Graph:
         self._opaque: set[str] = set()  # integer-valued nodes (invisible to autograd)
         self._baselined: list[Node] = []  # score-function nodes with a control variate
         self._lp_shapes: set[torch.Size] = set()  # shapes of the score-function nodes' log-probabilities
-        self._aligned: dict[tuple[torch.Size, torch.Size], bool] = {}  # (log-prob, cost) shape -> aligns
+        self._aligned = Alignment()  # which (log-prob, cost) shapes align
         self._done = False
 
     # ------------------------------------------------------------------ nodes
@@ -305,10 +306,8 @@ class Graph:
             if depends_on is not None:
                 self._resolve(depends_on)
         cost = Cost(name, value, scale, root, known, len(nodes))
-        for lp_shape in self._lp_shapes:
-            if lp_shape != shape and not self._aligns(lp_shape, shape):
-                self._settle(cost, check=True)  # raises here if the cost depends on such a node
-                break
+        if not self._aligned.all(self._lp_shapes, shape):
+            self._settle(cost, check=True)  # raises here if the cost depends on such a node
         self._costs[name] = cost
 
     # -------------------------------------------------------------- surrogate
@@ -356,41 +355,7 @@ class Graph:
         return tuple(sorted(names, key=self._rank.__getitem__))
 
     def _settle(self, c: Cost, check: bool = False) -> None:
-        """Find cost ``c``'s dependencies (walk from its autograd node) and its score-function nodes.
-
-        With ``check``, raise ``ValueError`` if ``c`` depends on a node whose
-        log-probability does not align with it. :meth:`cost` settles (and checks)
-        a cost at once when such a node exists; otherwise no check can fail and the
-        walk waits for :meth:`surrogate`.
-        """
-        nodes = self._nodes
-        found = c.known if c.root is None else c.known | self._flow.reads(c.root, c.tracked)
-        deps = set(found)
-        for n in found:
-            deps |= nodes[n].ancestors
-        scoring = self._scoring
-        if len(deps) * 4 >= len(scoring):
-            scored = tuple([n for n in scoring if n in deps])
-        else:  # a few dependencies among many score-function nodes
-            scored = tuple([n for n in self._order(deps) if nodes[n].log_prob is not None])
-        if check:
-            shape = c.value.shape
-            for n in scored:
-                lp_shape = nodes[n].log_prob.shape  # type: ignore[union-attr]
-                if lp_shape != shape and not self._aligns(lp_shape, shape):
-                    raise ValueError(
-                        f"sample dims do not match: cost {c.name!r} has shape {list(shape)} and depends on node "
-                        f"{n!r} whose log-probability has shape {list(lp_shape)}; they must agree on "
-                        "[S, *batch] from the left (extra node dims are summed, size-1 dims broadcast)."
-                    )
-        c.deps, c.scored, c.root = frozenset(deps), scored, None
-
-    def _aligns(self, lp_shape: torch.Size, shape: torch.Size) -> bool:
-        key = (lp_shape, shape)
-        ok = self._aligned.get(key)
-        if ok is None:
-            ok = self._aligned[key] = aligned_shape(tuple(lp_shape), tuple(shape)) is not None
-        return ok
+        settle(c, self._nodes, self._scoring, self._rank, self._flow, self._aligned if check else None)
 
     def _check_new(self, what: str, name: Optional[str] = None) -> None:
         """Raise the error for ``what(name)``: the graph is used up, or ``name`` is not a new non-empty str."""

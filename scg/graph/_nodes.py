@@ -83,20 +83,20 @@ class Node:
 class Cost:
     """A registered cost ``[S, *batch]`` with its minibatch scale and the nodes it depends on.
 
-    Its dependencies are settled when first needed (:meth:`Graph._settle`): until
+    Its dependencies are settled when first needed (:func:`~scg.graph._credit.settle`): until
     then ``deps`` is ``None`` and ``root`` (the autograd node of ``value``, captured
     when the cost was registered — autograd nodes never change their inputs, so a
     later walk from it reads the same data flow) and ``known`` (nodes named
     directly: ``depends_on``, integer-valued nodes, the value itself being a
-    node's leaf) say where to find them, among the first ``tracked`` graph
+    node's leaf) say where to find them, among the first ``horizon`` graph
     nodes. ``scored``: the score-function nodes
     among ``deps``, in sampling order.
     """
 
-    __slots__ = ("name", "value", "scale", "deps", "scored", "root", "known", "tracked")
+    __slots__ = ("name", "value", "scale", "deps", "scored", "root", "known", "horizon")
 
     def __init__(
-        self, name: str, value: Tensor, scale: float, root: Optional[object], known: set[str], tracked: int
+        self, name: str, value: Tensor, scale: float, root: Optional[object], known: set[str], horizon: int
     ) -> None:
         self.name = name
         self.value = value
@@ -105,7 +105,7 @@ class Cost:
         self.scored: tuple[str, ...] = ()
         self.root = root
         self.known = known
-        self.tracked = tracked  # graph nodes when the cost was registered (the walk can find no later one)
+        self.horizon = horizon  # graph nodes when the cost was registered (the walk can find no later one)
 
     def __repr__(self) -> str:
         deps = "pending" if self.deps is None else sorted(self.deps)

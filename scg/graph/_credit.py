@@ -1,0 +1,96 @@
+"""Credit assignment: the nodes each cost depends on, settled when first needed.
+
+A cost depends on the graph nodes its value was computed from — found by walking
+the autograd graph from the cost (:mod:`scg.graph._dataflow`) — and on their
+ancestors; its score terms are those of the score-function nodes among them
+(Schulman et al. 2015: a cost adds variance only to the nodes upstream of it).
+
+:meth:`Graph.cost` only records where to look (the cost's autograd node, which
+never changes its inputs afterwards, so a later walk reads the same data flow);
+:func:`settle` walks when the dependencies are first needed (``surrogate()``,
+``dependencies()``), one walk after another instead of between the model's
+tensor operations. A cost that could fail the shape check — some score-function
+node's log-probability does not align with it — is settled at once, so that the
+error is raised by ``g.cost``.
+
+References:
+    Schulman, Heess, Weber & Abbeel, "Gradient Estimation Using Stochastic Computation
+    Graphs", NeurIPS 2015. https://arxiv.org/abs/1506.05254
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import torch
+
+from scg.graph._dataflow import Tracker, aligned_shape
+from scg.graph._nodes import Cost, Node
+
+__all__ = ["Alignment", "settle"]
+
+
+class Alignment:
+    """Which log-probability shapes ``[S, *b_w]`` align with which cost shapes ``[S, *b_c]`` (cached)."""
+
+    __slots__ = ("_known",)
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[torch.Size, torch.Size], bool] = {}
+
+    def aligns(self, lp_shape: torch.Size, shape: torch.Size) -> bool:
+        """Whether a log-probability of ``lp_shape`` aligns with a cost of ``shape`` (see ``aligned_shape``)."""
+        if lp_shape == shape:
+            return True
+        key = (lp_shape, shape)
+        ok = self._known.get(key)
+        if ok is None:
+            ok = self._known[key] = aligned_shape(tuple(lp_shape), tuple(shape)) is not None
+        return ok
+
+    def all(self, lp_shapes: Sequence[torch.Size] | set[torch.Size], shape: torch.Size) -> bool:
+        """Whether every one of ``lp_shapes`` aligns with ``shape``."""
+        for lp_shape in lp_shapes:
+            if not self.aligns(lp_shape, shape):
+                return False
+        return True
+
+
+def settle(
+    c: Cost,
+    nodes: Mapping[str, Node],
+    scoring: Sequence[str],
+    rank: Mapping[str, int],
+    flow: Tracker,
+    check: Alignment | None = None,
+) -> None:
+    """Set ``c.deps`` (nodes found from ``c``'s autograd node, named directly, and their ancestors) and ``c.scored``.
+
+    Args:
+        c: a cost whose dependencies are pending.
+        nodes: the graph's nodes by name.
+        scoring: the score-function nodes with a log-probability, in sampling order.
+        rank: node name -> sampling order.
+        flow: the graph's :class:`~scg.graph._dataflow.Tracker`.
+        check: if given, raise ``ValueError`` when ``c`` depends on a node whose
+            log-probability does not align with it.
+    """
+    found = c.known if c.root is None else c.known | flow.reads(c.root, c.horizon)
+    deps = set(found)
+    for n in found:
+        deps |= nodes[n].ancestors
+    if len(deps) * 4 >= len(scoring):
+        scored = tuple([n for n in scoring if n in deps])
+    else:  # a few dependencies among many score-function nodes
+        scored = tuple(sorted([n for n in deps if nodes[n].log_prob is not None], key=rank.__getitem__))
+    if check is not None:
+        shape = c.value.shape
+        for n in scored:
+            lp_shape = nodes[n].log_prob.shape  # type: ignore[union-attr]
+            if not check.aligns(lp_shape, shape):
+                raise ValueError(
+                    f"sample dims do not match: cost {c.name!r} has shape {list(shape)} and depends on node "
+                    f"{n!r} whose log-probability has shape {list(lp_shape)}; they must agree on "
+                    "[S, *batch] from the left (extra node dims are summed, size-1 dims broadcast)."
+                )
+    c.deps, c.scored, c.root = frozenset(deps), scored, None
