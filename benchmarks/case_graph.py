@@ -9,7 +9,8 @@ step (lr 1e-3) on the model's parameters.
 
 Contenders: ``scg.Graph`` with ``loss.backward()`` (what a user writes);
 ``scg.Graph`` with ``loss.backward(inputs=params)`` (prunes the back-propagation to
-the graph's zero leaves of the score-function samples, see ``scg.Graph``'s docstring);
+the score-function samples, which the graph hands out as leaves that require grad,
+see ``scg.Graph``'s docstring);
 the hand-written DiCE surrogate with ``loss.backward()``. Sizes ``medium`` (S = 8,
 B = 64, D = 64, H = 32) and ``large`` (S = 16, B = 128, D = 256, H = 128).
 
