@@ -189,3 +189,28 @@ def test_walk_does_not_stop_while_a_node_is_uncovered():
     g.cost("f", c * b + a)
     g.cost("g", c)
     assert g.dependencies() == {"f": ("a", "b", "c"), "g": ("a", "c")}
+
+
+class _Stored(Bernoulli):
+    """A distribution whose ``sample`` returns a tensor it keeps (legal, if unusual)."""
+
+    def __init__(self, logits: torch.Tensor, stored: torch.Tensor) -> None:
+        super().__init__(logits=logits)
+        self.stored = stored
+
+    def sample(self, sample_shape=torch.Size()):
+        return self.stored
+
+
+def test_a_sample_the_distribution_keeps_is_not_modified():
+    p = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+    stored = t(1.0, 0.0, 1.0)
+    g = scg.Graph(num_samples=3)
+    a = g.sample("a", _Stored(p, stored), scg.ScoreFunction())
+    assert a.requires_grad and not stored.requires_grad and a is not stored  # the graph's leaf is a detached alias
+    replay = {"a": {"z": t(0.0, 1.0, 1.0)}}
+    g2 = scg.Graph(num_samples=3, draws=replay)
+    b = g2.sample("a", Bernoulli(logits=p), scg.ScoreFunction())
+    assert b.requires_grad and not replay["a"]["z"].requires_grad  # nor is a replayed draw
+    g.cost("f", a * p)
+    assert g.dependencies() == {"f": ("a",)}

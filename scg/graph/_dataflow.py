@@ -78,14 +78,16 @@ class Tracker:
         self._values: list[Tensor] = []
         self._markers: dict[tuple[torch.dtype, torch.device], Tensor] = {}
 
-    def track(self, name: str, value: Tensor, ancestors: frozenset[str] = frozenset()) -> Tensor:
+    def track(self, name: str, value: Tensor, ancestors: frozenset[str] = frozenset(), owned: bool = False) -> Tensor:
         """Register node ``name``'s value; return it as the graph hands it out.
 
         A value with autograd history is returned as is (its ``grad_fn`` is the
         boundary). One without — a sample drawn without gradient, or from
         constant parameters — becomes a leaf that requires grad (eager mode) or
         ``value + zero`` (inside ``torch.func`` transforms, which forbid
-        ``requires_grad_``). ``ancestors``: the node's ancestors.
+        ``requires_grad_``). ``ancestors``: the node's ancestors. ``owned``: nothing
+        else refers to ``value``, so it may become the leaf itself (else the leaf
+        is ``value.detach()``, and ``value`` keeps no gradient).
         """
         self.closures[name] = ancestors.union((name,))
         fn = value.grad_fn
@@ -93,7 +95,7 @@ class Tracker:
             fn = autograd_node(value)
         if fn is None:
             if peek_interpreter_stack() is None:  # eager mode
-                value = value.detach().requires_grad_()  # a new tensor: the caller's (and draws') keep no gradient
+                value = (value if owned else value.detach()).requires_grad_()
                 self.leaves[id(value)] = name
                 self._values.append(value)
                 if self.floor < 0:

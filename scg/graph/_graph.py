@@ -229,14 +229,14 @@ class Graph:
             ancestors |= nodes[p].ancestors
         ancestors = frozenset(ancestors)  # type: ignore[assignment]
 
-        value, draws = draw(name, dist, estimator, S, child, self._replay.get(name) if self._replay else None)
+        value, draws, owned = draw(name, dist, estimator, S, child, self._replay.get(name) if self._replay else None)
         opaque = not (value.is_floating_point() or value.is_complex())
         log_prob = None
         if tracking:
             if type(estimator) is ScoreFunction:  # exact types only (check_estimator)
                 log_prob = dist.log_prob(value)  # [S, *batch]
             if not opaque:
-                value = flow.track(name, value, ancestors)
+                value = flow.track(name, value, ancestors, owned)
         self._rank[name] = order = len(nodes)
         node = nodes[name] = Node(
             name, dist, estimator, value, draws, child, ancestors, order, log_prob, opaque, context
@@ -333,7 +333,7 @@ class Graph:
     @property
     def draws(self) -> dict[str, dict[str, Tensor]]:
         """The random inputs drawn per node (detached), replayable with ``Graph(draws=...)``."""
-        return {name: dict(node.draws) for name, node in self._nodes.items()}
+        return {name: {k: v.detach() for k, v in node.draws.items()} for name, node in self._nodes.items()}
 
     @property
     def nodes(self) -> tuple[str, ...]:

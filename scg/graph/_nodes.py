@@ -16,6 +16,7 @@ Supported estimators and what the node's value is:
 
 from __future__ import annotations
 
+import sys
 from typing import Optional
 
 import torch
@@ -171,13 +172,16 @@ def draw(
     num_samples: int,
     child: bool,
     replay: Optional[dict[str, Tensor]],
-) -> tuple[Tensor, dict[str, Tensor]]:
+) -> tuple[Tensor, dict[str, Tensor], bool]:
     """The node's value (attached as its estimator requires) and the draws that made it.
 
     Returns:
-        ``(value, draws)``; ``value`` has shape ``[S, *batch_shape, *event_shape]``
+        ``(value, draws, owned)``; ``value`` has shape ``[S, *batch_shape, *event_shape]``
         for a root and ``dist.batch_shape + dist.event_shape`` (starting with S) for
-        a child; ``draws`` can be replayed with ``Graph(draws=...)``.
+        a child; ``draws`` can be replayed with ``Graph(draws=...)``; ``owned``:
+        ``value`` is a tensor object that nothing but the graph refers to (a new
+        sample — not a replayed or otherwise shared tensor), so the graph may set
+        its ``requires_grad`` in place.
     """
     lead = () if child else (num_samples,)
     if type(estimator) is ScoreFunction:
@@ -193,15 +197,17 @@ def draw(
             z = z.squeeze(0) if child else z
         else:
             z = dist.sample(lead)  # torch draws without gradient
+        # Owned: a new Python object that only this frame holds (a distribution could return a tensor it keeps).
+        owned = replay is None and sys.getrefcount(z) == 2
         if z.requires_grad:  # a replayed sample that carries gradient; samples never do
-            z = z.detach()
-        return z, {"z": z}
+            z, owned = z.detach(), False
+        return z, {"z": z}, owned
     if isinstance(estimator, Pathwise):
         normal = dist.base_dist if type(dist) is Independent else dist
         if type(normal) is Normal and replay is None:  # fast path, as scg.estimators.pathwise's _normal
             loc, scale = normal.loc, normal.scale
             eps = torch.randn((*lead, *loc.shape), dtype=loc.dtype, device=loc.device)
-            return loc + scale * eps, {"eps": eps}
+            return loc + scale * eps, {"eps": eps}, True
         rep = reparameterize(dist)
         if rep is None:  # implicit reparameterisation (Gamma, Beta, Dirichlet): no replayable noise
             if replay is not None:
@@ -209,7 +215,7 @@ def draw(
                     f"`draws[{name!r}]` cannot be replayed: {type(dist).__name__} has no explicit "
                     "reparameterisation noise in scg (it samples with dist.rsample)."
                 )
-            return dist.rsample(lead), {}
+            return dist.rsample(lead), {}, False
         law_cls, sample = rep
         base = _base_of(dist)
         shape = (*lead, *base.batch_shape, *base.event_shape)
@@ -222,7 +228,7 @@ def draw(
                 eps = torch.randn(shape, dtype=ref.dtype, device=ref.device)
             else:
                 eps = law_like(law_cls, shape, ref).sample()
-        return sample(eps), {"eps": eps}
+        return sample(eps), {"eps": eps}, False
     # Relaxations: let the estimator build its sample and capture what it feeds to f.
     n = 1 if child else num_samples
     laws = estimator.laws(dist, n)
@@ -241,7 +247,7 @@ def draw(
 
     estimator.surrogate(capture, dist, {"u": u.unsqueeze(0) if child else u})
     y = captured[0]
-    return (y.squeeze(0) if child else y), {"u": u}
+    return (y.squeeze(0) if child else y), {"u": u}, False
 
 
 def _get(replay: dict[str, Tensor], name: str, key: str) -> Tensor:

@@ -109,7 +109,7 @@ def context_for(node: Node) -> SignalContext:
     cls = _PerSampleContext if node.child else SignalContext
     return cls(
         dist=node.dist,
-        samples=node.draws["z"],
+        samples=node.draws["z"].detach(),  # the node's value itself when it is the graph's leaf
         log_prob=node.log_prob,  # type: ignore[arg-type]  # score-function nodes only
         f=_no_cost_function,
         context=node.context,
