@@ -214,3 +214,23 @@ def test_a_sample_the_distribution_keeps_is_not_modified():
     assert b.requires_grad and not replay["a"]["z"].requires_grad  # nor is a replayed draw
     g.cost("f", a * p)
     assert g.dependencies() == {"f": ("a",)}
+
+
+def test_credit_with_a_few_dependencies_among_many_nodes_keeps_sampling_order():
+    p = torch.linspace(-1.0, 1.0, 9, dtype=torch.float64).requires_grad_()
+    g = scg.Graph(num_samples=2)
+    xs = [g.sample(f"n{i}", Bernoulli(logits=p[i]), scg.ScoreFunction()) for i in range(9)]
+    g.cost("late", xs[7] * p[0] + xs[2])  # 2 of 9 score-function nodes: found out of order, sorted back
+    g.cost("all", sum(xs) * p[1])
+    s = g.surrogate()
+    assert g.dependencies()["late"] == ("n2", "n7") and g._costs["late"].scored == ("n2", "n7")
+    assert g._costs["all"].scored == tuple(f"n{i}" for i in range(9))
+    d = g.draws
+    lps = [Bernoulli(logits=p[i]).log_prob(d[f"n{i}"]["z"]) for i in range(9)]
+    zs = [d[f"n{i}"]["z"] for i in range(9)]
+    tau_all = lps[0]
+    for lp in lps[1:]:
+        tau_all = tau_all + lp
+    ref = (box(lps[2] + lps[7]) * (zs[7] * p[0] + zs[2])).mean(0).sum() + (box(tau_all) * sum(zs) * p[1]).mean(0).sum()
+    assert torch.equal(s, ref)
+    torch.testing.assert_close(torch.autograd.grad(s, p)[0], torch.autograd.grad(ref, p)[0], atol=1e-12, rtol=0)

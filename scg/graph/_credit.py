@@ -27,13 +27,14 @@ import torch
 from scg.graph._dataflow import Tracker, aligned_shape
 from scg.graph._nodes import Cost, Node
 
-__all__ = ["Alignment", "settle"]
+__all__ = ["Alignment", "ALIGNMENT", "settle"]
 
 
 class Alignment:
-    """Which log-probability shapes ``[S, *b_w]`` align with which cost shapes ``[S, *b_c]`` (cached)."""
+    """Which log-probability shapes ``[S, *b_w]`` align with which cost shapes ``[S, *b_c]`` (a bounded cache)."""
 
     __slots__ = ("_known",)
+    LIMIT = 4096  # distinct shape pairs kept (shapes that change every step would grow it without bound)
 
     def __init__(self) -> None:
         self._known: dict[tuple[torch.Size, torch.Size], bool] = {}
@@ -45,24 +46,22 @@ class Alignment:
         key = (lp_shape, shape)
         ok = self._known.get(key)
         if ok is None:
+            if len(self._known) >= self.LIMIT:
+                self._known.clear()
             ok = self._known[key] = aligned_shape(tuple(lp_shape), tuple(shape)) is not None
         return ok
 
-    def all(self, lp_shapes: Sequence[torch.Size] | set[torch.Size], shape: torch.Size) -> bool:
-        """Whether every one of ``lp_shapes`` aligns with ``shape``."""
-        for lp_shape in lp_shapes:
-            if not self.aligns(lp_shape, shape):
-                return False
-        return True
+
+#: Shared by all graphs: alignment depends on the shapes only.
+ALIGNMENT = Alignment()
 
 
 def settle(
     c: Cost,
     nodes: Mapping[str, Node],
     scoring: Sequence[str],
-    rank: Mapping[str, int],
     flow: Tracker,
-    check: Alignment | None = None,
+    check: bool = False,
 ) -> None:
     """Set ``c.deps`` (nodes found from ``c``'s autograd node, named directly, and their ancestors) and ``c.scored``.
 
@@ -70,9 +69,8 @@ def settle(
         c: a cost whose dependencies are pending.
         nodes: the graph's nodes by name.
         scoring: the score-function nodes with a log-probability, in sampling order.
-        rank: node name -> sampling order.
         flow: the graph's :class:`~scg.graph._dataflow.Tracker`.
-        check: if given, raise ``ValueError`` when ``c`` depends on a node whose
+        check: raise ``ValueError`` if ``c`` depends on a node whose
             log-probability does not align with it.
     """
     found = c.known if c.root is None else c.known | flow.reads(c.root, c.horizon)
@@ -82,12 +80,12 @@ def settle(
     if len(deps) * 4 >= len(scoring):
         scored = tuple([n for n in scoring if n in deps])
     else:  # a few dependencies among many score-function nodes
-        scored = tuple(sorted([n for n in deps if nodes[n].log_prob is not None], key=rank.__getitem__))
-    if check is not None:
+        scored = tuple(sorted([n for n in deps if nodes[n].log_prob is not None], key=lambda n: nodes[n].order))
+    if check:
         shape = c.value.shape
         for n in scored:
             lp_shape = nodes[n].log_prob.shape  # type: ignore[union-attr]
-            if not check.aligns(lp_shape, shape):
+            if not ALIGNMENT.aligns(lp_shape, shape):
                 raise ValueError(
                     f"sample dims do not match: cost {c.name!r} has shape {list(shape)} and depends on node "
                     f"{n!r} whose log-probability has shape {list(lp_shape)}; they must agree on "

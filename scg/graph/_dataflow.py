@@ -68,15 +68,14 @@ class Tracker:
             node can stop (:func:`walk`).
     """
 
-    __slots__ = ("boundaries", "leaves", "floor", "closures", "_values", "_markers")
+    __slots__ = ("boundaries", "leaves", "floor", "closures", "_marker")
 
     def __init__(self) -> None:
         self.boundaries: dict[Any, str] = {}
         self.leaves: dict[int, str] = {}
         self.floor = -1  # no graph node yet
         self.closures: dict[str, frozenset[str]] = {}
-        self._values: list[Tensor] = []
-        self._markers: dict[tuple[torch.dtype, torch.device], Tensor] = {}
+        self._marker: Optional[Tensor] = None
 
     def track(self, name: str, value: Tensor, ancestors: frozenset[str] = frozenset(), owned: bool = False) -> Tensor:
         """Register node ``name``'s value; return it as the graph hands it out.
@@ -91,18 +90,20 @@ class Tracker:
         """
         self.closures[name] = ancestors.union((name,))
         fn = value.grad_fn
-        if fn is None and is_functorch_wrapped_tensor(value):
-            fn = autograd_node(value)
         if fn is None:
-            if peek_interpreter_stack() is None:  # eager mode
+            if peek_interpreter_stack() is None:  # eager mode: the value becomes a leaf that requires grad
                 value = (value if owned else value.detach()).requires_grad_()
-                self.leaves[id(value)] = name
-                self._values.append(value)
+                self.leaves[id(value)] = name  # the graph's node keeps the value alive: the id stays its own
                 if self.floor < 0:
                     self.floor = _next_sequence_nr()  # every reader of the leaf is created from now on
                 return value
-            value = value + self._marker(value)  # torch.func transforms forbid requires_grad_
-            fn = autograd_node(value)
+            fn = autograd_node(value)  # under torch.func: look through the wrappers
+            if fn is None:  # the transforms forbid requires_grad_: value + 0 with a zero leaf
+                marker = self._marker
+                if marker is None or marker.dtype != value.dtype or marker.device != value.device:
+                    marker = self._marker = torch.zeros((), dtype=value.dtype, device=value.device, requires_grad=True)
+                value = value + marker
+                fn = autograd_node(value)
         if self.floor < 0:
             self.floor = fn._sequence_nr()
         self.boundaries[fn] = name
@@ -136,14 +137,6 @@ class Tracker:
         (later ones cannot be read by it).
         """
         return walk((root,), self.boundaries, self.floor, self.leaves, self.closures, nodes)
-
-    def _marker(self, like: Tensor) -> Tensor:
-        """A zero leaf that requires grad: ``z + marker`` is z, with an autograd node to recognise."""
-        key = (like.dtype, like.device)
-        marker = self._markers.get(key)
-        if marker is None:
-            marker = self._markers[key] = torch.zeros((), dtype=like.dtype, device=like.device, requires_grad=True)
-        return marker
 
 
 def autograd_node(t: Tensor) -> Optional[Any]:

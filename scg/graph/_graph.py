@@ -11,7 +11,7 @@ from torch.distributions import Distribution
 from scg._checks import check_positive, check_positive_int
 from scg.estimators import Pathwise, ScoreFunction
 from scg.estimators.base import Estimator
-from scg.graph._credit import Alignment, settle
+from scg.graph._credit import ALIGNMENT, settle
 from scg.graph._dataflow import Tracker, is_tracked
 from scg.graph._nodes import Cost, Node, check_estimator, default_estimator, draw
 from scg.graph._surrogate import surrogate
@@ -131,8 +131,8 @@ class Graph:
         Mohamed et al., "Monte Carlo Gradient Estimation in Machine Learning", JMLR 2020, §4–5.
     """
 
-    __slots__ = ("num_samples", "_replay", "_nodes", "_costs", "_rank", "_scoring", "_flow", "_opaque",
-                 "_baselined", "_lp_shapes", "_aligned", "_done")
+    __slots__ = ("num_samples", "_replay", "_nodes", "_costs", "_scoring", "_flow", "_opaque",
+                 "_baselined", "_lp_shapes", "_done")
 
     def __init__(
         self,
@@ -148,13 +148,11 @@ class Graph:
         self._replay = {k: dict(v) for k, v in draws.items()} if draws else None
         self._nodes: dict[str, Node] = {}
         self._costs: dict[str, Cost] = {}
-        self._rank: dict[str, int] = {}  # node name -> sampling order
         self._scoring: list[str] = []  # score-function nodes with a log-probability, in sampling order
         self._flow = Tracker()  # the nodes' values in the autograd graph
         self._opaque: set[str] = set()  # integer-valued nodes (invisible to autograd)
         self._baselined: list[Node] = []  # score-function nodes with a control variate
         self._lp_shapes: set[torch.Size] = set()  # shapes of the score-function nodes' log-probabilities
-        self._aligned = Alignment()  # which (log-prob, cost) shapes align
         self._done = False
 
     # ------------------------------------------------------------------ nodes
@@ -237,7 +235,7 @@ class Graph:
                 log_prob = dist.log_prob(value)  # [S, *batch]
             if not opaque:
                 value = flow.track(name, value, ancestors, owned)
-        self._rank[name] = order = len(nodes)
+        order = len(nodes)
         node = nodes[name] = Node(
             name, dist, estimator, value, draws, child, ancestors, order, log_prob, opaque, context
         )
@@ -288,7 +286,9 @@ class Graph:
         root = leaf = None
         if torch.is_grad_enabled():
             if self._flow.floor >= 0:
-                root, leaf = self._flow.origin(value)
+                root = value.grad_fn
+                if root is None:
+                    root, leaf = self._flow.origin(value)
             known = set() if leaf is None else {leaf}
             if depends_on is None:
                 if self._opaque:
@@ -306,8 +306,10 @@ class Graph:
             if depends_on is not None:
                 self._resolve(depends_on)
         cost = Cost(name, value, scale, root, known, len(nodes))
-        if not self._aligned.all(self._lp_shapes, shape):
-            self._settle(cost, check=True)  # raises here if the cost depends on such a node
+        for lp_shape in self._lp_shapes:
+            if lp_shape != shape and not ALIGNMENT.aligns(lp_shape, shape):
+                self._settle(cost, check=True)  # raises here if the cost depends on such a node
+                break
         self._costs[name] = cost
 
     # -------------------------------------------------------------- surrogate
@@ -352,10 +354,11 @@ class Graph:
 
     # --------------------------------------------------------------- helpers
     def _order(self, names: frozenset[str] | set[str]) -> tuple[str, ...]:
-        return tuple(sorted(names, key=self._rank.__getitem__))
+        nodes = self._nodes
+        return tuple(sorted(names, key=lambda n: nodes[n].order))
 
     def _settle(self, c: Cost, check: bool = False) -> None:
-        settle(c, self._nodes, self._scoring, self._rank, self._flow, self._aligned if check else None)
+        settle(c, self._nodes, self._scoring, self._flow, check)
 
     def _check_new(self, what: str, name: Optional[str] = None) -> None:
         """Raise the error for ``what(name)``: the graph is used up, or ``name`` is not a new non-empty str."""
