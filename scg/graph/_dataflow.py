@@ -1,34 +1,38 @@
 """Data flow between graph nodes and costs, read from the autograd graph.
 
 scg never wraps or patches tensors. Instead every node's returned value is an
-ordinary tensor whose *autograd node* the graph remembers (:class:`Tracker`); a
-cost depends on a graph node when that autograd node is an ancestor of the cost's
-own ``grad_fn`` (:func:`walk`). A node whose value has no autograd history of its
-own — a score-function sample, or a pathwise sample of constant parameters — is
-handed out as a *leaf that requires grad* (``z.detach().requires_grad_()``), and
-its autograd node is the leaf's gradient accumulator. Inside ``torch.func``
-transforms, where ``requires_grad_`` is not allowed, it is ``z.detach() + zero``
-with a zero leaf that requires grad instead; same value, and the addition is the
-recognisable autograd node.
+ordinary tensor that the graph recognises in the autograd graph
+(:class:`Tracker`); a cost depends on a graph node when that value is an
+ancestor of the cost's own ``grad_fn`` (:func:`walk`). A value with autograd
+history (a pathwise or relaxed sample) is recognised by its ``grad_fn``. A value
+without — a score-function sample, or a pathwise sample of constant parameters —
+is handed out as a *leaf that requires grad* (the new sample itself, or
+``z.detach()`` when something else may hold ``z``) and recognised as the
+variable of the gradient accumulator that its readers point to. Inside
+``torch.func`` transforms, where ``requires_grad_`` is not allowed, it is
+``z + zero`` with a zero leaf that requires grad instead: same value, and the
+addition is the recognisable autograd node.
 
 Either way the sample takes part in back-propagation: ``loss.backward()`` also
 computes the gradient with respect to it (the input gradient of the first
-operation that reads it), which ``loss.backward(inputs=params)`` and
-``torch.autograd.grad(loss, params)`` prune. No autograd node can exist without
-that: PyTorch records an operation only when one of its inputs requires grad, and
-then back-propagates to that input. The leaf form adds nothing else (no copy of
-the sample, no reduction to the marker in the backward pass).
+operation that reads it; the leaf's ``.grad`` is filled), which
+``loss.backward(inputs=params)`` and ``torch.autograd.grad(loss, params)`` prune.
+No autograd node can exist without that: PyTorch records an operation only when
+one of its inputs requires grad, and then back-propagates to that input. The
+leaf form adds nothing else (no copy of the sample, no reduction to a marker in
+the backward pass).
 
 Under ``torch.func`` transforms the Python-visible tensor may be a functorch
 wrapper without ``grad_fn`` (e.g. inside ``vmap`` alone); :func:`autograd_node`
 then looks through the wrappers to the level that records autograd, so the same
 walk works in eager mode, under ``grad``, ``vmap`` and ``vmap(grad(...))``.
 
-The walk is Python (well under a microsecond per autograd node visited) and
-visits only the autograd nodes created between the first graph node and the
-tensor it starts from. Nothing is cached between walks, so a data flow that
-changes from one step to the next (a branch taken on some steps only) is always
-read as it is.
+The walk is Python: per autograd node visited, about 0.5 µs with warm caches and
+several µs between a model's tensor operations (PyTorch creates a Python object
+for every node it returns from ``next_functions``). It visits only the autograd
+nodes created after the first graph node, and stops once every node is
+accounted for. Nothing is cached between walks, so a data flow that changes from
+one step to the next (a branch taken on some steps only) is always read as it is.
 """
 
 from __future__ import annotations
@@ -59,7 +63,7 @@ class Tracker:
             Python objects (hashed by identity) are the ones ``next_functions``
             returns.
         leaves: ``id(value) -> graph node name`` for values handed out as leaves
-            (the tracker keeps the values alive, so the ids stay theirs).
+            (the graph keeps the values alive, so the ids stay theirs).
         floor: an autograd sequence number no later than that of any autograd
             node that reads a graph node (the first graph node's, or the next one
             when the first is a leaf).

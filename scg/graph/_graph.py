@@ -74,9 +74,13 @@ class Graph:
       ``loss.backward(inputs=params)`` or ``torch.autograd.grad(loss, params)``
       prunes that work, ``benchmarks/graph_overhead.py`` measures both; and
       in-place edits of such a sample raise (edit a copy: ``z.clone()``).
-    * The walk is Python: a fixed cost per node and cost (tens of µs), plus the
-      autograd nodes between the first graph node and each cost. Under
-      ``torch.compile`` the walk runs eagerly (graph breaks); results are the same.
+    * The walk is Python: a fixed cost per node and cost, plus a few µs per
+      autograd node between it and the nodes it reads (it stops at the first
+      graph node's operations and once every node is accounted for). A cost's
+      walk waits for :meth:`surrogate` (the data flow it reads was fixed when the
+      cost was registered). ``benchmarks/graph_overhead.py`` measures the total
+      against hand-written DiCE. Under ``torch.compile`` the walk runs eagerly
+      (graph breaks); results are the same.
 
     Shapes: one sample dimension S = ``num_samples`` (dim 0) is shared by the whole
     graph — sample s of every node and cost is one joint draw of the graph, so
