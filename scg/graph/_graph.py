@@ -135,9 +135,6 @@ class Graph:
         Mohamed et al., "Monte Carlo Gradient Estimation in Machine Learning", JMLR 2020, §4–5.
     """
 
-    __slots__ = ("num_samples", "_replay", "_nodes", "_costs", "_scoring", "_flow", "_opaque",
-                 "_baselined", "_lp_shapes", "_done")
-
     def __init__(
         self,
         num_samples: int = 1,
