@@ -21,7 +21,7 @@ from typing import Optional
 
 import torch
 from torch import Tensor
-from torch.distributions import Distribution, Independent, Normal, OneHotCategorical, TransformedDistribution
+from torch.distributions import Distribution, Independent, Normal, TransformedDistribution
 
 from scg._dist import parameters_of, unwrap
 from scg.baselines import Delta, LeaveOneOut
@@ -29,7 +29,8 @@ from scg.baselines.base import ControlVariate
 from scg.estimators import GumbelSoftmax, Pathwise, ScoreFunction, StraightThrough
 from scg.estimators.base import Estimator
 from scg.estimators.pathwise import reparameterize
-from scg.laws import FromDistribution, StandardNormal, law_like
+from scg.laws import StandardNormal, law_like
+from scg.laws import draw as draw_from
 
 __all__ = ["Node", "Cost", "SUPPORTED", "default_estimator", "check_estimator", "draw"]
 
@@ -185,18 +186,11 @@ def draw(
     """
     lead = () if child else (num_samples,)
     if type(estimator) is ScoreFunction:
-        base = dist
-        while isinstance(base, Independent):
-            base = base.base_dist
         if replay is not None:
             shape = (*lead, *dist.batch_shape, *dist.event_shape)
             z = _check_replay(name, "z", _get(replay, name, "z"), shape)
-        elif isinstance(base, OneHotCategorical):  # scg's vmap-safe one-hot draw
-            shape = (*lead, *dist.batch_shape, *dist.event_shape)
-            z = FromDistribution(shape=(1, *shape) if child else shape, dist=dist).sample()
-            z = z.squeeze(0) if child else z
         else:
-            z = dist.sample(lead)  # torch draws without gradient
+            z = draw_from(dist, lead)  # without gradient; fast Bernoulli, vmap-safe one-hot
         # Owned: a new Python object that only this frame holds (a distribution could return a tensor it keeps).
         owned = replay is None and sys.getrefcount(z) == 2
         if z.requires_grad:  # a replayed sample that carries gradient; samples never do
