@@ -15,13 +15,8 @@ from scg import baselines as B
 
 
 
-@pytest.fixture(autouse=True)
-def _float64():
-    """This module works in float64; the default dtype is restored after each test."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+# This module works in float64; the default dtype is restored after each test.
+pytestmark = pytest.mark.usefixtures("float64")  # tests/conftest.py
 
 
 def test_moving_average_is_bias_corrected_and_uses_only_earlier_draws():

@@ -22,13 +22,8 @@ from scg.objectives import _log_sum_exp_others, elbo, iwae, log_mean_exp, vimco
 
 
 
-@pytest.fixture(autouse=True)
-def _float64():
-    """This module works in float64; the default dtype is restored after each test."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+# This module works in float64; the default dtype is restored after each test.
+pytestmark = pytest.mark.usefixtures("float64")  # tests/conftest.py
 
 X = 1.3
 HALF = math.sqrt(0.5)

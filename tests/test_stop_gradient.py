@@ -24,13 +24,8 @@ import scg
 
 
 
-@pytest.fixture(autouse=True)
-def _float64():
-    """This module works in float64; the default dtype is restored after each test."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+# This module works in float64; the default dtype is restored after each test.
+pytestmark = pytest.mark.usefixtures("float64")  # tests/conftest.py
 
 
 class ModuleAffine(Transform, nn.Module):

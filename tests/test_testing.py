@@ -40,14 +40,7 @@ def t(*values: float) -> torch.Tensor:
     return torch.tensor(values if len(values) != 1 else values[0], dtype=D64)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: the grids are many tiny ops, which two threads on a shared,
-    busy machine slow down a hundredfold (spin-waiting). Restored afterwards."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def normal(mu, sigma):

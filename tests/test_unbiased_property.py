@@ -26,13 +26,7 @@ from scg.testing import assert_unbiased, costs
 D64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: the grids are many tiny ops (see tests/test_testing.py)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread_module")  # tests/conftest.py
 
 
 def number(lo: float, hi: float) -> st.SearchStrategy[float]:
