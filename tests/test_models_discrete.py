@@ -18,17 +18,14 @@ import scg
 from scg.models import DISCRETE_ESTIMATORS, DiscreteVAE, fit, TrainConfig, make_estimator
 from scg.testing import assert_unbiased
 
+from _helpers import central_difference
+
 DT = torch.float64
 X = torch.tensor([[1.0, 0.0, 1.0]], dtype=DT)
 CONFIGS = torch.tensor(list(itertools.product([0.0, 1.0], repeat=2)), dtype=DT)  # [4, 2]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread_module")  # tests/conftest.py
 
 
 def _model(name, evaluations=6, hidden=()):
@@ -130,17 +127,8 @@ def test_gumbel_gradient_is_the_derivative_of_the_relaxed_objective():
     g = _grad(m, f())
     params = _model_params(m)
     d = [torch.randn_like(p) for p in params]
-    h = 1e-6
-    with torch.no_grad():
-        for p, v in zip(params, d):
-            p.add_(h * v)
-        up = f()
-        for p, v in zip(params, d):
-            p.sub_(2 * h * v)
-        down = f()
-        for p, v in zip(params, d):
-            p.add_(h * v)
-    assert float(g @ torch.cat([v.reshape(-1) for v in d])) == pytest.approx(float((up - down) / (2 * h)), rel=1e-6)
+    fd = central_difference(f, params, d, h=1e-6)
+    assert float(g @ torch.cat([v.reshape(-1) for v in d])) == pytest.approx(float(fd), rel=1e-6)
 
 
 @pytest.mark.parametrize("name", list(DISCRETE_ESTIMATORS))

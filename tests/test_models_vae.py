@@ -28,15 +28,12 @@ from scg.models import (
 )
 from scg.models.iwae import rsample_from_noise
 
+from _helpers import central_difference
+
 DT = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread_module")  # tests/conftest.py
 
 
 def _gh(n: int, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,17 +106,7 @@ def test_vae_bernoulli_decoder_pathwise_gradient_is_the_derivative_of_the_estima
     g = _grads(vae, f())
     params = [p for p in vae.parameters()]
     direction = [torch.randn_like(p) for p in params]
-    h = 1e-6
-    with torch.no_grad():
-        for p, d in zip(params, direction):
-            p.add_(h * d)
-        up = f()
-        for p, d in zip(params, direction):
-            p.sub_(2 * h * d)
-        down = f()
-        for p, d in zip(params, direction):
-            p.add_(h * d)
-    fd = (up - down) / (2 * h)
+    fd = central_difference(f, params, direction, h=1e-6)
     assert float(g @ torch.cat([d.reshape(-1) for d in direction])) == pytest.approx(float(fd), rel=1e-6)
 
 
