@@ -8,40 +8,27 @@ checked) had the seed been random.
 
 from __future__ import annotations
 
-import csv
-import json
-from pathlib import Path
-
 import pytest
 import torch
 from torch.distributions import Bernoulli, Independent, Normal
 
 import scg
-from scg.studies import cli
 from scg.studies.base import CellContext
 from scg.studies.bernoulli_toy import ARM, ESTIMATORS, REFERENCE, BernoulliToy, BernoulliToyConfig, build_estimator
 from scg.studies.bernoulli_toy_train import curve_point, objective, samples_for_budget
 from scg.testing import assert_unbiased, exact_moments
 
+from _study_helpers import manifest, num, smoke_fixture
+
 Z = 4.0  # Phi^-1(1 - 1e-3 / (2 * 14 rows)) ~ 3.8, rounded up
 
 
-def _f(row: dict, key: str) -> float:
-    value = row.get(key)
-    return float("nan") if value in (None, "") else float(value)
-
-
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]:
-    out = tmp_path_factory.mktemp("bernoulli") / "run"
-    assert cli.main(["run", "bernoulli-toy", "--smoke", "--out", str(out), "-q", "--device", "cpu"]) == 0
-    with open(out / "results.csv", newline="") as fh:
-        return out, list(csv.DictReader(fh))
+smoke = smoke_fixture("bernoulli-toy")  # module scope: (out, rows) of one CPU smoke run
 
 
 def test_smoke_writes_files(smoke):
     out, rows = smoke
-    assert json.loads((out / "manifest.json").read_text())["study"] == "bernoulli-toy"
+    assert manifest(out)["study"] == "bernoulli-toy"
     for name in ("bernoulli_variance.png", "bernoulli_training.png"):
         assert (out / name).stat().st_size > 10_000
     assert {r["status"] for r in rows} == {"ok"}
@@ -53,11 +40,11 @@ def test_exact_variances_match_references(smoke):
     for r in rows:
         if r["part"] != "variance":
             continue
-        assert _f(r, "exact_mean") == pytest.approx(_f(r, "exact_gradient"), rel=1e-9) or r["unbiased"] == "false"
+        assert num(r, "exact_mean") == pytest.approx(num(r, "exact_gradient"), rel=1e-9) or r["unbiased"] == "false"
         ref = REFERENCE.get(float(r["t"]), {}).get(r["estimator"])
         if ref is None:
             continue
-        assert _f(r, "exact_variance") == pytest.approx(ref, rel=2e-4, abs=1e-30), r
+        assert num(r, "exact_variance") == pytest.approx(ref, rel=2e-4, abs=1e-30), r
         checked += 1
     assert checked == 8  # REINFORCE, RLOO, ARM, DisARM at t = 0.49 and 0.499
 
@@ -66,20 +53,20 @@ def test_sampled_variances_match_exact_ones(smoke):
     _, rows = smoke
     var = [r for r in rows if r["part"] == "variance"]
     for r in var:
-        assert abs(_f(r, "variance_z")) <= Z, r
-        if _f(r, "exact_variance") > 0:  # N = 8192 bounded estimates: relative SE <= 2 %
-            assert abs(_f(r, "variance_rel_error")) <= 0.1, r
+        assert abs(num(r, "variance_z")) <= Z, r
+        if num(r, "exact_variance") > 0:  # N = 8192 bounded estimates: relative SE <= 2 %
+            assert abs(num(r, "variance_rel_error")) <= 0.1, r
         if r["unbiased"] == "true":
-            assert abs(_f(r, "bias_z")) <= Z, r
+            assert abs(num(r, "bias_z")) <= Z, r
     disarm = [r for r in var if r["estimator"] == "disarm"]
-    assert all(_f(r, "variance") == 0.0 and _f(r, "exact_variance") == 0.0 for r in disarm)
+    assert all(num(r, "variance") == 0.0 and num(r, "exact_variance") == 0.0 for r in disarm)
 
 
 def test_gumbel_softmax_is_biased_exactly(smoke):
     _, rows = smoke
     for r in rows:
         if r["part"] == "variance" and r["estimator"] == "gumbel_softmax":
-            assert abs(_f(r, "exact_mean") / _f(r, "exact_gradient") - 1) > 0.1
+            assert abs(num(r, "exact_mean") / num(r, "exact_gradient") - 1) > 0.1
 
 
 def test_smoke_training_rows_and_one_sample_regime(smoke):
@@ -92,11 +79,11 @@ def test_smoke_training_rows_and_one_sample_regime(smoke):
     for (t, name), r in final.items():
         if name != "exact":  # every estimator spends exactly K = 6 evaluations of f per step
             assert int(r["budget"]) == 6 and int(r["evaluations"]) == 6, r
-        assert (r["converged"] == "true") == (_f(r, "converged_fraction") >= 0.95), r
+        assert (r["converged"] == "true") == (num(r, "converged_fraction") >= 0.95), r
     # at K = 6 the antithetic / leave-one-out estimators and the exact gradient converge at t = 0.499
     for name in ("exact", "rloo", "arm", "disarm"):
         assert final[("0.499", name)]["converged"] == "true", final[("0.499", name)]
-    assert _f(final[("0.499", "gumbel_softmax")], "converged_fraction") == 0.0
+    assert num(final[("0.499", "gumbel_softmax")], "converged_fraction") == 0.0
 
 
 def test_equal_budget_rule():

@@ -7,15 +7,14 @@ factor of 10 has a negligible false-failure rate (< 1e-3) had the seed been rand
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 
 import pytest
 import torch
 
-from scg.studies import cli
 from scg.studies.blr import ESTIMATORS, anova, ordering
+
+from _study_helpers import assert_cuda_smoke_run, manifest, run_rejected, run_smoke
 
 
 def test_anova_is_exact_on_constructed_groups():
@@ -34,11 +33,10 @@ def test_anova_is_exact_on_constructed_groups():
 
 
 def test_smoke_run(tmp_path):
-    assert cli.main(["run", "blr", "--smoke", "--out", str(tmp_path), "-q"]) == 0
+    rows = run_smoke("blr", tmp_path)
     for name in ("manifest.json", "results.csv", "blr_elbo.png", "blr_variance_steps.png", "blr_variance_dims.png"):
         assert (tmp_path / name).is_file(), name
-    assert json.loads((tmp_path / "manifest.json").read_text())["config"]["steps"] == 10
-    rows = list(csv.DictReader(open(tmp_path / "results.csv")))
+    assert manifest(tmp_path)["config"]["steps"] == 10
     assert {r["estimator"] for r in rows} == set(ESTIMATORS)
     var = [r for r in rows if r["kind"] == "variance"]
     assert len(var) == len(ESTIMATORS) * 2 * 62  # 2 checkpoints × (31 μ + 31 ρ)
@@ -58,8 +56,7 @@ def test_smoke_run(tmp_path):
 
 
 def test_unknown_estimator_lists_valid_ones(tmp_path, capsys):
-    code = cli.main(["run", "blr", "--smoke", "--set", "estimators=pathwise,magic", "--out", str(tmp_path), "-q"])
-    assert code == 2
+    assert run_rejected("blr", tmp_path, "estimators=pathwise,magic") == 2
     assert "valid estimators: pathwise, score_function" in capsys.readouterr().err
 
 
@@ -67,9 +64,5 @@ def test_unknown_estimator_lists_valid_ones(tmp_path, capsys):
 def test_cuda_smoke_run(tmp_path):  # pragma: no cover - no GPU on CI
     """Nothing assumes the CPU: the smoke size runs with tensors and generators on the GPU."""
     from scg.studies.blr import BLR
-    from scg.studies.runner import run_study
 
-    study = BLR()
-    res = run_study(study, study.smoke(), tmp_path, device="cuda", progress=False, plot=False, preset="smoke")
-    assert res.rows and all(r["status"] == "ok" for r in res.rows)
-    assert json.loads((tmp_path / "manifest.json").read_text())["device"].startswith("cuda")
+    assert_cuda_smoke_run(BLR(), tmp_path)

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import csv
-import json
-
 import pytest
 import torch
 
 from scg.models import DISCRETE_ESTIMATORS
-from scg.studies import cli
+
+from _study_helpers import assert_cuda_smoke_run, manifest, run_rejected, run_smoke
 
 
 def test_smoke_run(tmp_path):
-    assert cli.main(["run", "discrete-vae", "--smoke", "--out", str(tmp_path), "-q"]) == 0
+    rows = run_smoke("discrete-vae", tmp_path)
     assert (tmp_path / "discrete_vae.png").is_file() and (tmp_path / "manifest.json").is_file()
-    assert json.loads((tmp_path / "manifest.json").read_text())["study"] == "discrete-vae"
-    rows = list(csv.DictReader(open(tmp_path / "results.csv")))
+    assert manifest(tmp_path)["study"] == "discrete-vae"
     assert {r["estimator"] for r in rows} == set(DISCRETE_ESTIMATORS)
     for r in rows:  # equal cost: S × (evaluations of f per sample) = E for every estimator
         assert int(r["num_samples"]) * DISCRETE_ESTIMATORS[r["estimator"]] == int(r["evaluations"]) == 6
@@ -33,15 +30,12 @@ def test_smoke_run(tmp_path):
 
 
 def test_evaluations_must_be_a_multiple_of_six(tmp_path, capsys):
-    code = cli.main(["run", "discrete-vae", "--smoke", "--set", "evaluations=4", "--out", str(tmp_path), "-q"])
-    assert code == 2
+    assert run_rejected("discrete-vae", tmp_path, "evaluations=4") == 2
     assert "`evaluations` must be a positive multiple of 6" in capsys.readouterr().err
 
 
 def test_unknown_estimator_lists_valid_ones(tmp_path, capsys):
-    code = cli.main(["run", "discrete-vae", "--smoke", "--set", "estimators=rloo,pathwise", "--out", str(tmp_path),
-                     "-q"])
-    assert code == 2
+    assert run_rejected("discrete-vae", tmp_path, "estimators=rloo,pathwise") == 2
     assert "valid estimators: reinforce, nvil, rloo" in capsys.readouterr().err
 
 
@@ -49,9 +43,5 @@ def test_unknown_estimator_lists_valid_ones(tmp_path, capsys):
 def test_cuda_smoke_run(tmp_path):  # pragma: no cover - no GPU on CI
     """Nothing assumes the CPU: the smoke size runs with tensors and generators on the GPU."""
     from scg.studies.discrete_vae import DiscreteVAEStudy
-    from scg.studies.runner import run_study
 
-    study = DiscreteVAEStudy()
-    res = run_study(study, study.smoke(), tmp_path, device="cuda", progress=False, plot=False, preset="smoke")
-    assert res.rows and all(r["status"] == "ok" for r in res.rows)
-    assert json.loads((tmp_path / "manifest.json").read_text())["device"].startswith("cuda")
+    assert_cuda_smoke_run(DiscreteVAEStudy(), tmp_path)

@@ -7,17 +7,16 @@ seed been random.
 
 from __future__ import annotations
 
-import csv
 import itertools
-import json
 import math
 
 import pytest
 import torch
 
 from scg.models.data import breast_cancer
-from scg.studies import cli
 from scg.studies.doubly_stochastic import _per_datum_moments, decomposition, posterior
+
+from _study_helpers import assert_cuda_smoke_run, manifest, run_rejected, run_smoke
 
 
 def test_decomposition_matches_enumeration_of_batches_and_noise():
@@ -55,10 +54,9 @@ def test_pathwise_and_score_function_exact_means_agree(point):
 
 
 def test_smoke_run(tmp_path):
-    assert cli.main(["run", "doubly-stochastic", "--smoke", "--out", str(tmp_path), "-q"]) == 0
+    rows = run_smoke("doubly-stochastic", tmp_path)
     assert (tmp_path / "manifest.json").is_file() and (tmp_path / "doubly_stochastic.png").is_file()
-    assert json.loads((tmp_path / "manifest.json").read_text())["study"] == "doubly-stochastic"
-    rows = list(csv.DictReader(open(tmp_path / "results.csv")))
+    assert manifest(tmp_path)["study"] == "doubly-stochastic"
     assert {r["estimator"] for r in rows} == {"pathwise", "score_function"}
     total = [r for r in rows if r["group"] == "all"]
     for r in rows:
@@ -78,12 +76,9 @@ def test_smoke_run(tmp_path):
 
 
 def test_bad_config_lists_valid_names(tmp_path, capsys):
-    code = cli.main(["run", "doubly-stochastic", "--smoke", "--set", "estimators=bogus", "--out", str(tmp_path), "-q"])
-    assert code == 2
+    assert run_rejected("doubly-stochastic", tmp_path, "estimators=bogus") == 2
     assert "valid estimators: pathwise, score_function" in capsys.readouterr().err
-    code = cli.main(["run", "doubly-stochastic", "--smoke", "--set", "points=middle", "--out", str(tmp_path / "b"),
-                     "-q"])
-    assert code == 2
+    assert run_rejected("doubly-stochastic", tmp_path / "b", "points=middle") == 2
     assert "valid points: prior, fitted" in capsys.readouterr().err
 
 
@@ -91,9 +86,5 @@ def test_bad_config_lists_valid_names(tmp_path, capsys):
 def test_cuda_smoke_run(tmp_path):  # pragma: no cover - no GPU on CI
     """Nothing assumes the CPU: the smoke size runs with tensors and generators on the GPU."""
     from scg.studies.doubly_stochastic import DoublyStochastic
-    from scg.studies.runner import run_study
 
-    study = DoublyStochastic()
-    res = run_study(study, study.smoke(), tmp_path, device="cuda", progress=False, plot=False, preset="smoke")
-    assert res.rows and all(r["status"] == "ok" for r in res.rows)
-    assert json.loads((tmp_path / "manifest.json").read_text())["device"].startswith("cuda")
+    assert_cuda_smoke_run(DoublyStochastic(), tmp_path)

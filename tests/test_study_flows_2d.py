@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from scg.studies import cli
 from scg.studies.flows_2d import LOG_Z_U1, POTENTIALS, decode_image, encode_image, grid_points, potential
+
+from _study_helpers import assert_cuda_smoke_run, run_rejected, run_smoke
 
 
 def test_potentials_at_known_points():
@@ -41,9 +40,8 @@ def test_image_round_trip():
 
 
 def test_smoke_run(tmp_path):
-    assert cli.main(["run", "flows-2d", "--smoke", "--out", str(tmp_path), "-q"]) == 0
+    rows = run_smoke("flows-2d", tmp_path)
     assert (tmp_path / "flows_2d.png").is_file() and (tmp_path / "flows_2d_kl.png").is_file()
-    rows = list(csv.DictReader(open(tmp_path / "results.csv")))
     assert len(rows) == 2 * 3 * 2  # potentials × kinds × lengths
     for r in rows:
         assert r["status"] == "ok"
@@ -55,8 +53,7 @@ def test_smoke_run(tmp_path):
 
 
 def test_unknown_kind_lists_valid_ones(tmp_path, capsys):
-    code = cli.main(["run", "flows-2d", "--smoke", "--set", "kinds=planar,iaf", "--out", str(tmp_path), "-q"])
-    assert code == 2
+    assert run_rejected("flows-2d", tmp_path, "kinds=planar,iaf") == 2
     assert "valid kinds: planar, radial, coupling" in capsys.readouterr().err
 
 
@@ -64,9 +61,5 @@ def test_unknown_kind_lists_valid_ones(tmp_path, capsys):
 def test_cuda_smoke_run(tmp_path):  # pragma: no cover - no GPU on CI
     """Nothing assumes the CPU: the smoke size runs with tensors and generators on the GPU."""
     from scg.studies.flows_2d import Flows2D
-    from scg.studies.runner import run_study
 
-    study = Flows2D()
-    res = run_study(study, study.smoke(), tmp_path, device="cuda", progress=False, plot=False, preset="smoke")
-    assert res.rows and all(r["status"] == "ok" for r in res.rows)
-    assert json.loads((tmp_path / "manifest.json").read_text())["device"].startswith("cuda")
+    assert_cuda_smoke_run(Flows2D(), tmp_path)

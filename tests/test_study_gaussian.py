@@ -21,13 +21,10 @@ from scg.studies import cli
 from scg.studies.gaussian import REFERENCE, Gaussian, GaussianConfig, Moments
 from scg.studies.sampling import statistics
 
+from _study_helpers import manifest, num, smoke_fixture
+
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "studies" / "gaussian" / "results.csv"
 DOCS_FULL = DOCS.with_name("results_full.csv")
-
-
-def _f(row: dict, key: str) -> float:
-    value = row.get(key)
-    return math.nan if value in (None, "") else float(value)
 
 
 def _close_to_table(exact: float, published: float) -> bool:
@@ -36,17 +33,12 @@ def _close_to_table(exact: float, published: float) -> bool:
     return abs(exact - published) <= 0.51 * 10 ** (math.floor(math.log10(abs(published))) - digits + 1) + 1e-9
 
 
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]:
-    out = tmp_path_factory.mktemp("gaussian") / "run"
-    assert cli.main(["run", "gaussian", "--smoke", "--out", str(out), "-q", "--device", "cpu"]) == 0
-    with open(out / "results.csv", newline="") as fh:
-        return out, list(csv.DictReader(fh))
+smoke = smoke_fixture("gaussian")  # module scope: (out, rows) of one CPU smoke run
 
 
 def test_smoke_writes_manifest_results_and_figures(smoke):
     out, rows = smoke
-    man = json.loads((out / "manifest.json").read_text())
+    man = manifest(out)
     assert man["study"] == "gaussian" and man["config"]["square_k"] == [0.0, 3.0]
     for name in ("gaussian_variance.png", "gaussian_dimension.png"):
         assert (out / name).stat().st_size > 10_000
@@ -62,9 +54,9 @@ def test_exact_columns_match_the_table_of_references(smoke):
         if r["part"] != "cost":
             continue
         published = REFERENCE[(r["family"], float(r["k"]))][r["parameter"]][r["estimator"]]
-        assert _f(r, "reference_variance") == pytest.approx(published)
-        assert _close_to_table(_f(r, "exact_variance"), published), r
-        assert _f(r, "exact_mean") == pytest.approx(_f(r, "exact_gradient"), abs=1e-8)
+        assert num(r, "reference_variance") == pytest.approx(published)
+        assert _close_to_table(num(r, "exact_variance"), published), r
+        assert num(r, "exact_mean") == pytest.approx(num(r, "exact_gradient"), abs=1e-8)
         checked += 1
     assert checked == 32
 
@@ -76,7 +68,7 @@ def test_dimension_rows_carry_the_closed_forms(smoke):
     for r in dims:
         D = int(r["D"])
         expected = {"score_function": (D + 2) * (D + 4), "score_function_baseline": 2 * D + 8, "pathwise": 4}
-        assert _f(r, "exact_variance") == expected[r["estimator"]]
+        assert num(r, "exact_variance") == expected[r["estimator"]]
 
 
 def test_sampled_variances_agree_with_exact_ones(smoke):
@@ -86,14 +78,14 @@ def test_sampled_variances_agree_with_exact_ones(smoke):
 
     z_max = norm.isf(1e-3 / (2 * len(rows)))
     for r in rows:
-        assert abs(_f(r, "variance_z")) <= z_max, r
-        assert abs(_f(r, "bias_z")) <= z_max, r
+        assert abs(num(r, "variance_z")) <= z_max, r
+        assert abs(num(r, "bias_z")) <= z_max, r
     # Rows whose SE reached the smoke target (0.5 %) must be within 2 % of the exact value (4 SE).
     cfg = Gaussian().smoke()
-    precise = [r for r in rows if _f(r, "variance_std_error") <= cfg.rel_se * _f(r, "variance")]
+    precise = [r for r in rows if num(r, "variance_std_error") <= cfg.rel_se * num(r, "variance")]
     assert len(precise) >= 5  # deterministic for the smoke seed: the light-tailed rows reach 0.5 %
     for r in precise:
-        assert abs(_f(r, "variance_rel_error")) <= 0.02, r
+        assert abs(num(r, "variance_rel_error")) <= 0.02, r
 
 
 @pytest.mark.skipif(not DOCS.is_file(), reason="docs/studies/gaussian/results.csv not generated yet")
@@ -103,7 +95,7 @@ def test_documented_default_run_matches_the_table_within_2_percent():
     table = [r for r in rows if r["part"] == "cost" and r["reference_variance"] not in ("", None)]
     assert len(table) == 32
     for r in table:
-        assert abs(_f(r, "variance") / _f(r, "reference_variance") - 1) <= 0.02, r
+        assert abs(num(r, "variance") / num(r, "reference_variance") - 1) <= 0.02, r
 
 
 @pytest.mark.skipif(not DOCS_FULL.is_file(), reason="docs/studies/gaussian/results_full.csv not generated yet")
@@ -115,9 +107,9 @@ def test_documented_full_size_table_rows_match_within_half_a_percent():
     table = [r for r in rows if r["part"] == "cost" and r["reference_variance"] not in ("", None)]
     assert len(table) == 32 == len(rows)
     for r in table:
-        assert _f(r, "variance_std_error") <= 0.0016 * _f(r, "variance"), r  # the run reached its precision
-        assert abs(_f(r, "variance") / _f(r, "reference_variance") - 1) <= 0.005, r
-        assert abs(_f(r, "variance") / _f(r, "exact_variance") - 1) <= 0.005, r
+        assert num(r, "variance_std_error") <= 0.0016 * num(r, "variance"), r  # the run reached its precision
+        assert abs(num(r, "variance") / num(r, "reference_variance") - 1) <= 0.005, r
+        assert abs(num(r, "variance") / num(r, "exact_variance") - 1) <= 0.005, r
 
 
 def test_full_preset_through_the_cli_targets_half_a_percent(tmp_path, monkeypatch):

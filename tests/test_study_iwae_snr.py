@@ -9,54 +9,44 @@ documented default run (docs/studies/iwae-snr/results.csv) when it is present.
 from __future__ import annotations
 
 import csv
-import json
 import math
 from pathlib import Path
 
 import pytest
 import torch
 
-from scg.studies import cli
 from scg.studies.iwae_snr import IWAESNRConfig, fit_slope, gradients, log_px, setup
+
+from _study_helpers import manifest, num, smoke_fixture
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "studies" / "iwae-snr" / "results.csv"
 
 
-def _f(row: dict, key: str) -> float:
-    value = row.get(key)
-    return math.nan if value in (None, "") else float(value)
-
-
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]:
-    out = tmp_path_factory.mktemp("iwae") / "run"
-    assert cli.main(["run", "iwae-snr", "--smoke", "--out", str(out), "-q", "--device", "cpu"]) == 0
-    with open(out / "results.csv", newline="") as fh:
-        return out, list(csv.DictReader(fh))
+smoke = smoke_fixture("iwae-snr")  # module scope: (out, rows) of one CPU smoke run
 
 
 def test_smoke_rows_fits_and_figure(smoke):
     out, rows = smoke
-    man = json.loads((out / "manifest.json").read_text())
+    man = manifest(out)
     assert man["study"] == "iwae-snr" and man["config"]["q_variance"] == pytest.approx(2 / 3)
     assert (out / "iwae_snr.png").stat().st_size > 10_000
     snr = [r for r in rows if r["part"] == "snr"]
     assert len(snr) == 3 * 3 * 2  # methods x K x groups
-    assert all(_f(r, "snr") > 0 and _f(r, "mean_std") > 0 for r in snr)
+    assert all(num(r, "snr") > 0 and num(r, "mean_std") > 0 for r in snr)
     fits = {(r["method"], r["group"]): r for r in rows if r["part"] == "fit"}
-    assert len(fits) == 6 and all(math.isfinite(_f(r, "slope")) for r in fits.values())
+    assert len(fits) == 6 and all(math.isfinite(num(r, "slope")) for r in fits.values())
     # Signs only at this size: the IWAE inference SNR falls with K, DReG's rises.
-    assert _f(fits[("reparam", "inference")], "slope") < 0 < _f(fits[("dreg", "inference")], "slope")
+    assert num(fits[("reparam", "inference")], "slope") < 0 < num(fits[("dreg", "inference")], "slope")
 
 
 def test_bound_is_below_the_exact_log_marginal_and_tightens(smoke):
     _, rows = smoke
     sub = sorted((r for r in rows if r["part"] == "snr" and r["method"] == "reparam" and r["group"] == "inference"),
                  key=lambda r: int(r["K"]))
-    exact = _f(sub[0], "log_px_exact")
+    exact = num(sub[0], "log_px_exact")
     for r in sub:  # a lower bound up to 4 standard errors of its estimate
-        assert _f(r, "bound_mean") <= exact + 4 * _f(r, "bound_std_error")
-    assert exact - _f(sub[-1], "bound_mean") < exact - _f(sub[0], "bound_mean")
+        assert num(r, "bound_mean") <= exact + 4 * num(r, "bound_std_error")
+    assert exact - num(sub[-1], "bound_mean") < exact - num(sub[0], "bound_mean")
 
 
 def test_setup_is_the_perturbed_optimum():
@@ -127,10 +117,10 @@ def test_config_errors(kwargs, match):
 def test_documented_default_run_has_the_published_slopes():
     with open(DOCS, newline="") as fh:
         fits = {(r["method"], r["group"]): r for r in csv.DictReader(fh) if r["part"] == "fit"}
-    assert abs(_f(fits[("reparam", "inference")], "slope") + 0.5) <= 0.1
-    assert abs(_f(fits[("dreg", "inference")], "slope") - 0.5) <= 0.1
+    assert abs(num(fits[("reparam", "inference")], "slope") + 0.5) <= 0.1
+    assert abs(num(fits[("dreg", "inference")], "slope") - 0.5) <= 0.1
     for method in ("reparam", "stl", "dreg"):
-        assert abs(_f(fits[(method, "generative")], "slope") - 0.5) <= 0.1
+        assert abs(num(fits[(method, "generative")], "slope") - 0.5) <= 0.1
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -139,4 +129,4 @@ def test_cuda_cells_run(tmp_path):  # pragma: no cover - no GPU on CI
     from scg.studies.runner import run_study
 
     res = run_study(IWAESNR(), IWAESNR().smoke(), tmp_path, device="cuda", progress=False, plot=False)
-    assert all(math.isfinite(_f(r, "snr")) for r in res.rows if r["part"] == "snr")
+    assert all(math.isfinite(num(r, "snr")) for r in res.rows if r["part"] == "snr")
