@@ -25,6 +25,14 @@ def _variance_label(name: str) -> str:
     return "RLOO (S=2)" if name == "rloo" else LABELS[name]
 
 
+def _save(plt: Any, fig: Any, path: Path, dpi: int) -> Path:
+    """Lay ``fig`` out tightly, save it to ``path`` at ``dpi`` and close it; the saved path."""
+    fig.tight_layout()
+    out = save_figure(fig, path, dpi=dpi)
+    plt.close(fig)
+    return out
+
+
 def plot_variance(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
     """Per t: variance of one estimate at φ = 0 (log y; exact bars, sampled dots ± 2 SE), mean / exact gradient."""
     plt = pyplot()
@@ -74,10 +82,7 @@ def plot_variance(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
         bx.set_ylabel("E[estimate] / true gradient")
         bx.set_title("bias: 1 = unbiased (line exact, dot sampled ± 2 SE)", fontsize=9)
     fig.suptitle("Bernoulli toy $E[(b-t)^2]$, $b \\sim$ Bern$(\\sigma(\\phi))$ at $\\phi = 0$", fontsize=11)
-    fig.tight_layout()
-    out = save_figure(fig, path, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, path, dpi=110)
 
 
 def _final(rows: Sequence[Mapping[str, Any]]) -> dict[tuple[float, Optional[int], str], Mapping[str, Any]]:
@@ -143,10 +148,7 @@ def plot_training(rows: Sequence[Mapping[str, Any]], cfg: Any, path: Path) -> Pa
     sched = ", cosine decay" if getattr(cfg, "schedule", "constant") == "cosine" else ""
     fig.suptitle(f"Minimising $E[(b-t)^2]$ from φ = 0: {cfg.replicas} replicas, Adam lr {cfg.lr:g}{sched}, "
                  f"mean and 10–90 % band; dotted: P = {cfg.converged_p:g}, converged below", fontsize=11)
-    fig.tight_layout()
-    out = save_figure(fig, path, dpi=100)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, path, dpi=100)
 
 
 def plot_convergence(rows: Sequence[Mapping[str, Any]], cfg: Any, path: Path) -> Path:
@@ -176,7 +178,4 @@ def plot_convergence(rows: Sequence[Mapping[str, Any]], cfg: Any, path: Path) ->
     ax.set_yticklabels([LABELS[n] for n in [*names, "exact"]], fontsize=8)
     ax.set_title(f"% of {cfg.replicas} replicas with final P(b = 1) ≤ {cfg.converged_p:g} after {cfg.steps} steps\n"
                  f"(bold: ≥ {100 * cfg.converged_share:g} %: converged); K = evaluations of f per step", fontsize=9)
-    fig.tight_layout()
-    out = save_figure(fig, path, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, path, dpi=110)
