@@ -15,7 +15,7 @@ from torch import Tensor
 from torch.distributions import Distribution, Independent
 from torch.distributions.utils import lazy_property
 
-__all__ = ["unwrap", "expected_cost_shape", "parameters_of", "evaluate"]
+__all__ = ["unwrap", "expected_cost_shape", "parameters_of", "evaluate", "sample_mean"]
 
 
 def unwrap(dist: Distribution) -> tuple[Distribution, int]:
@@ -73,6 +73,15 @@ def evaluate(f: Callable[[Tensor], Tensor], z: Tensor, dist: Distribution, num_s
             "torch.distributions.Independent(dist, k)."
         )
     return check_cost(value, expected, hint=hint)
+
+
+def sample_mean(x: Tensor) -> Tensor:
+    """Mean over the sample dim 0; for one sample the same values as a view (no reduction op).
+
+    ``x.mean(0)`` of a ``[1, ...]`` tensor is ``x[0] / 1`` — exactly ``x[0]`` — so the
+    squeeze changes no value and saves a reduction forward and backward.
+    """
+    return x.squeeze(0) if x.shape[0] == 1 else x.mean(0)
 
 
 def magic_box(log_prob: Tensor) -> Tensor:

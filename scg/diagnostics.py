@@ -23,8 +23,10 @@ __all__ = ["gradient_samples", "summary", "Summary", "DEFAULT_CHUNK_ELEMENTS"]
 Params = Union[Mapping[str, Tensor], Sequence[Tensor]]
 
 #: Default memory budget of one chunk, in gradient elements (``chunk_size · P``):
-#: 2**24 elements = 64 MiB in float32.
-DEFAULT_CHUNK_ELEMENTS: int = 2**24
+#: 2**22 elements = 16 MiB in float32. Kept under glibc's largest mmap threshold
+#: (32 MiB): a larger buffer is mapped fresh by every call and page-faults on first
+#: write, which cost more than the per-chunk overhead here (``docs/benchmarks.md``, case 4).
+DEFAULT_CHUNK_ELEMENTS: int = 2**22
 
 
 def _floating(leaves: list[Tensor], labels: list[str]) -> None:
@@ -111,7 +113,7 @@ def gradient_samples(
             used detached; the result does not require grad).
         num: number of estimates N ≥ 1.
         chunk_size: estimates per vectorised call (keyword-only). ``None`` picks
-            ``min(num, max(1, 2**24 // P))`` — at most 64 MiB of float32 gradients
+            ``min(num, max(1, 2**22 // P))`` — at most 16 MiB of float32 gradients
             per chunk; lower it when ``fn``'s own activations are large.
 
     Returns:

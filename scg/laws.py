@@ -182,7 +182,8 @@ def draw(dist: Distribution, sample_shape: tuple[int, ...]) -> Tensor:
         while isinstance(base, Independent):
             base = base.base_dist
         if type(base) is Bernoulli:
-            probs = base.probs
+            # probs as given, else σ(logits) here (no grad): base.probs would cache an attached copy
+            probs = base.__dict__["probs"] if "probs" in base.__dict__ else torch.sigmoid(base.logits)
             if probs.device.type == "cpu" and probs.dtype in (torch.float32, torch.float64):
                 shape = (*sample_shape, *base.batch_shape)
                 return (torch.rand(shape, dtype=probs.dtype) < probs).to(probs.dtype)

@@ -21,7 +21,7 @@ from torch.distributions import (
 )
 
 from scg._checks import check_positive_int
-from scg._dist import evaluate
+from scg._dist import evaluate, sample_mean
 from scg.estimators.base import Cost, Estimator
 from scg.laws import Law, StandardNormal, StandardUniform, law_like
 
@@ -167,7 +167,7 @@ class Pathwise(Estimator):
             self.check(dist)
             S = int(draws["num_samples"])
             z = dist.rsample((S,))
-        return evaluate(f, z, dist, S).mean(0)
+        return sample_mean(evaluate(f, z, dist, S))
 
     def forward(
         self, f: Cost, dist: Distribution, num_samples: int = 1, *, context: Optional[Tensor] = None
@@ -178,9 +178,14 @@ class Pathwise(Estimator):
         rep = _reparameterize(dist)
         if rep is None:
             z = dist.rsample((num_samples,))
+        elif rep[0] is StandardNormal:  # the common case, without building the law object
+            base = rep[2]
+            loc = base.mean
+            shape = (num_samples, *base.batch_shape, *base.event_shape)
+            z = rep[1](torch.randn(shape, dtype=loc.dtype, device=loc.device))
         else:
             z = rep[1](_noise_law(rep, num_samples).sample())
-        return evaluate(f, z, dist, num_samples).mean(0)
+        return sample_mean(evaluate(f, z, dist, num_samples))
 
 
 def _noise_law(rep: tuple[type[Law], Callable[[Tensor], Tensor], Distribution], num_samples: int) -> Law:

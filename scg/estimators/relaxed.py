@@ -9,7 +9,7 @@ from torch import Tensor
 from torch.distributions import Bernoulli, Categorical, Distribution, OneHotCategorical
 
 from scg._checks import check_positive
-from scg._dist import evaluate, unwrap
+from scg._dist import evaluate, sample_mean, unwrap
 from scg.estimators.base import Cost, Estimator
 from scg.laws import Law, StandardUniform, one_hot
 
@@ -116,7 +116,7 @@ class GumbelSoftmax(_Relaxation):
             if self.hard:
                 hard = one_hot(y.argmax(-1), y.shape[-1], y.dtype)
                 y = hard + (y - y.detach())
-        return evaluate(f, y, dist, S).mean(0)
+        return sample_mean(evaluate(f, y, dist, S))
 
     def _jump(self, p: Tensor) -> Optional[Tensor]:
         return 1 - p if self.hard else None
@@ -161,7 +161,7 @@ class StraightThrough(_Relaxation):
             probs = torch.softmax(alpha, dim=-1)
             hard = one_hot((alpha.detach() + _gumbel(u)).argmax(-1), u.shape[-1], u.dtype)
             y = hard + (probs - probs.detach())
-        return evaluate(f, y, dist, S).mean(0)
+        return sample_mean(evaluate(f, y, dist, S))
 
     def _jump(self, p: Tensor) -> Optional[Tensor]:
         return p

@@ -9,7 +9,7 @@ from torch import Tensor
 from torch.distributions import Distribution
 
 from scg._checks import check_positive_int
-from scg._dist import evaluate, parameters_of
+from scg._dist import evaluate, parameters_of, sample_mean
 from scg.baselines.base import ControlVariate, SignalContext
 from scg.estimators.base import Cost, Estimator
 from scg.laws import FromDistribution, Law, sample_from
@@ -108,5 +108,5 @@ class ScoreFunction(Estimator):
         # □(log q) − 1 as expm1(τ − stop(τ)): exactly 0 in value, the same derivatives of every
         # order (d expm1 = exp), one op fewer forward and backward than magic_box(log_q) − 1;
         # cost + (□ − 1)·signal as one fused addcmul (value: cost + 0·signal = cost exactly).
-        out = torch.addcmul(cost, torch.expm1(log_q - log_q.detach()), signal).mean(0)
+        out = sample_mean(torch.addcmul(cost, torch.expm1(log_q - log_q.detach()), signal))
         return out if extra is None else out + extra
