@@ -22,13 +22,7 @@ from scg import baselines as B
 
 
 
-@pytest.fixture(autouse=True)
-def _float64():
-    """This module works in float64; the default dtype is restored after each test."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64")  # tests/conftest.py
 
 
 def _normal(D: int = 2):
