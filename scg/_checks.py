@@ -2,7 +2,8 @@
 
 Every message follows ``"`name` must ...; got ..."`` (see STYLE.md). Checks that
 need a value on the host (finiteness) are skipped inside ``torch.func``
-transforms, where data-dependent control flow is not allowed.
+transforms, where data-dependent control flow is not allowed, and for tensors
+off the CPU, where a host read per call would stall the device's queue.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def check_cost(value: object, expected: Sequence[int], *, hint: str = "") -> Ten
         )
     if not value.is_floating_point():
         raise TypeError(f"`f` must return a floating-point tensor; got dtype {value.dtype}.")
-    if not under_transform(value) and not all_finite(value):
+    if not under_transform(value) and value.is_cpu and not all_finite(value):
         raise ValueError(
             "`f` must return finite costs; got non-finite values (inf or nan) — "
             "check f for overflow or log(0)."
