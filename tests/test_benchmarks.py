@@ -123,3 +123,12 @@ def test_case_without_pyro_skips_and_says_so(monkeypatch):
     assert not [row for row in result.rows if row.name.startswith("pyro")]
     assert result.skipped and "not installed" in result.skipped[0]
     assert "skipped" in runner.summary([result]) and "SKIPPED" in runner.render(result)
+
+
+def test_bernoulli_draw_benchmark_runs_and_samples_agree(capsys):
+    import bernoulli_draw
+
+    bernoulli_draw.main(["--shape", "4,3", "--samples", "2", "--rounds", "1", "--inner", "2"])
+    out = capsys.readouterr().out
+    assert "same samples after the same seed: True" in out
+    assert "ratio torch.bernoulli / scg.laws.draw" in out
