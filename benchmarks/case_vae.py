@@ -15,6 +15,9 @@ estimator); Adam, lr 1e-3.
 * ``scg.models.VAE``: the packaged model, ``VAE(..., kl="mc").loss(x)``, whose
   log-densities are ``torch.distributions`` objects (as in Pyro);
 * ``hand-written``: the same ``cost_fn`` at ``z = μ + σ·ε``, no scg.
+* ``hand-written, torch.distributions``: the same, with z from
+  ``Independent(Normal(μ, σ), 1).rsample()``: separates what the API implies (a
+  Distribution object) from what scg's own code costs.
 * ``pyro``: model/guide with ``pyro.plate`` and ``poutine.scale(1/B)`` (batch mean),
   ``SVI(model, guide, pyro.optim.Adam, Trace_ELBO()).step(x)`` (Pyro's Adam is one
   ``torch.optim.Adam`` per parameter: the same update).
@@ -114,6 +117,15 @@ def hand_loss(enc: nn.Module, dec: nn.Module, x: Tensor) -> Tensor:
     return cost_fn(loc, scale, dec, x)(loc + scale * eps).mean(0).mean()
 
 
+def hand_dists_loss(enc: nn.Module, dec: nn.Module, x: Tensor) -> Tensor:
+    """The same, but z from an ``Independent(Normal)`` object's ``rsample`` — what the API implies, without scg."""
+    from torch.distributions import Independent, Normal
+
+    loc, scale, _ = enc.params(x)
+    z = Independent(Normal(loc, scale), 1).rsample((1,))  # loc + ε·scale, ε from the same generator call
+    return cost_fn(loc, scale, dec, x)(z).mean(0).mean()
+
+
 def make_loss_contender(name: str, loss, enc: nn.Module, dec: nn.Module, x: Tensor) -> Contender:
     params = list(enc.parameters()) + list(dec.parameters())
     opt = torch.optim.Adam(params, lr=LR)
@@ -182,6 +194,7 @@ def build(opts: Options) -> Case:
         make_loss_contender("scg.expectation", lambda e, d, x: scg_loss(e, d, x, pathwise), *copies(), x),
         make_models_vae(*copies(), x),
         make_loss_contender("hand-written", hand_loss, *copies(), x),
+        make_loss_contender("hand-written, torch.distributions", hand_dists_loss, *copies(), x),
     ]
     pyro = peer("pyro", skipped, "pyro Trace_ELBO")
     if pyro is not None:
@@ -204,6 +217,10 @@ def run(opts: Options) -> Result:
     result.notes.append(
         f"scg.models.VAE / hand-written = {ratio(result.rows, 'scg.models.VAE', 'hand-written'):.3f} "
         "(torch.distributions log-densities in the model code, not scg's machinery)")
+    hd = "hand-written, torch.distributions"
+    result.notes.append(
+        f"scg.expectation / {hd} = {ratio(result.rows, 'scg.expectation', hd):.3f} (scg's own machinery); "
+        f"{hd} / hand-written = {ratio(result.rows, hd, 'hand-written'):.3f} (a Distribution object to sample from)")
     if not case.skipped:
         result.targets.append(
             Target("pyro / scg.models.VAE", ratio(result.rows, "pyro Trace_ELBO", "scg.models.VAE"), ">=", 1.5))
