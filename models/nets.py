@@ -164,10 +164,13 @@ class StandardNormalPrior(nn.Module):
         super().__init__()
         self.z_dim = z_dim
         self.register_buffer("zero", torch.zeros(()))
+        self.register_buffer("one", torch.ones(()), persistent=False)  # state_dict keys unchanged
 
     def forward(self, batch_shape: Sequence[int] = ()) -> Distribution:
-        loc = self.zero.expand(*batch_shape, self.z_dim)
-        return Independent(Normal(loc, torch.ones_like(loc)), 1)
+        # Expanded constant buffers (no allocation per call); no argument validation: the
+        # parameters are these constants, valid by construction.
+        shape = (*batch_shape, self.z_dim)
+        return Independent(Normal(self.zero.expand(shape), self.one.expand(shape), validate_args=False), 1)
 
 
 class BernoulliPrior(nn.Module):
