@@ -34,6 +34,7 @@ __all__ = [
     "FromDistribution",
     "sample_from",
     "draw",
+    "noise_like",
 ]
 
 
@@ -197,6 +198,18 @@ def one_hot(index: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
     """One-hot vectors ``[..., K]`` from indices, written with comparisons (vmap-compatible)."""
     classes = torch.arange(num_classes, device=index.device)
     return (index.unsqueeze(-1) == classes).to(dtype)
+
+
+def noise_like(cls: type[Law], shape: tuple[int, ...], ref: Tensor) -> Tensor:
+    """Draws of the parameter-free law ``cls`` of ``shape``, dtype/device of ``ref``.
+
+    ``law_like(cls, shape, ref).sample()``; standard normals are drawn directly
+    (``torch.randn``, the same draws) without building the law object — the common
+    case of a pathwise estimator's hot path.
+    """
+    if cls is StandardNormal:
+        return torch.randn(shape, dtype=ref.dtype, device=ref.device)
+    return law_like(cls, shape, ref).sample()
 
 
 def law_like(cls: type[Law], shape: tuple[int, ...], ref: Tensor, **kwargs: object) -> Law:

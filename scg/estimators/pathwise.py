@@ -23,7 +23,7 @@ from torch.distributions import (
 from scg._checks import check_positive_int
 from scg._dist import evaluate, sample_mean
 from scg.estimators.base import Cost, Estimator
-from scg.laws import Law, StandardNormal, StandardUniform, law_like
+from scg.laws import Law, StandardNormal, StandardUniform, law_like, noise_like
 
 __all__ = ["Pathwise", "reparameterize"]
 
@@ -178,13 +178,9 @@ class Pathwise(Estimator):
         rep = _reparameterize(dist)
         if rep is None:
             z = dist.rsample((num_samples,))
-        elif rep[0] is StandardNormal:  # the common case, without building the law object
-            base = rep[2]
-            loc = base.mean
-            shape = (num_samples, *base.batch_shape, *base.event_shape)
-            z = rep[1](torch.randn(shape, dtype=loc.dtype, device=loc.device))
         else:
-            z = rep[1](_noise_law(rep, num_samples).sample())
+            law_cls, sample, base = rep
+            z = sample(noise_like(law_cls, (num_samples, *base.batch_shape, *base.event_shape), base.mean))
         return sample_mean(evaluate(f, z, dist, num_samples))
 
 

@@ -29,7 +29,7 @@ from scg.baselines.base import ControlVariate
 from scg.estimators import GumbelSoftmax, Pathwise, ScoreFunction, StraightThrough
 from scg.estimators.base import Estimator
 from scg.estimators.pathwise import reparameterize
-from scg.laws import StandardNormal, law_like
+from scg.laws import noise_like
 from scg.laws import draw as draw_from
 
 __all__ = ["Node", "Cost", "SUPPORTED", "default_estimator", "check_estimator", "draw"]
@@ -218,10 +218,7 @@ def draw(
         else:
             params = parameters_of(base)
             ref = next(iter(params.values())) if params else base.mean
-            if law_cls is StandardNormal:  # the common case, without constructing the law object
-                eps = torch.randn(shape, dtype=ref.dtype, device=ref.device)
-            else:
-                eps = law_like(law_cls, shape, ref).sample()
+            eps = noise_like(law_cls, shape, ref)
         return sample(eps), {"eps": eps}, False
     # Relaxations: let the estimator build its sample and capture what it feeds to f.
     n = 1 if child else num_samples
