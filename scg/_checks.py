@@ -17,6 +17,7 @@ from torch._C._functorch import is_functorch_wrapped_tensor
 
 __all__ = [
     "under_transform",
+    "host_checkable",
     "check_positive_int",
     "check_positive",
     "check_cost",
@@ -27,6 +28,11 @@ __all__ = [
 def under_transform(x: Tensor) -> bool:
     """True when ``x`` is being traced by a ``torch.func`` transform (vmap, grad, ...)."""
     return bool(is_functorch_wrapped_tensor(x))
+
+
+def host_checkable(x: Tensor) -> bool:
+    """Whether a check that reads ``x``'s values on the host runs: on the CPU, outside ``torch.func``."""
+    return x.is_cpu and not is_functorch_wrapped_tensor(x)
 
 
 def check_positive_int(name: str, value: object, minimum: int = 1) -> int:
@@ -63,7 +69,7 @@ def check_cost(value: object, expected: Sequence[int], *, hint: str = "") -> Ten
         )
     if not value.is_floating_point():
         raise TypeError(f"`f` must return a floating-point tensor; got dtype {value.dtype}.")
-    if not under_transform(value) and value.is_cpu and not all_finite(value):
+    if host_checkable(value) and not all_finite(value):
         raise ValueError(
             "`f` must return finite costs; got non-finite values (inf or nan) — "
             "check f for overflow or log(0)."

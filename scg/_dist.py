@@ -64,12 +64,12 @@ def evaluate(f: Callable[[Tensor], Tensor], z: Tensor, dist: Distribution, num_s
     :class:`scg.Graph`'s): on an accelerator it would stall the device's queue on every
     call. There a non-finite cost shows in the returned estimate (its mean is not finite).
     """
-    from scg._checks import all_finite, check_cost, under_transform
+    from scg._checks import all_finite, check_cost, host_checkable
 
     value = f(z)
     expected = (num_samples, *dist.batch_shape)
     if (isinstance(value, Tensor) and value.shape == expected and value.is_floating_point()
-            and (under_transform(value) or not value.is_cpu or all_finite(value))):
+            and (not host_checkable(value) or all_finite(value))):
         return value  # the common case, without building the error hint
     hint = ""
     if dist.event_shape == () and len(dist.batch_shape) > 0:

@@ -25,8 +25,8 @@ from typing import Collection, Iterable, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor
-from torch._C._functorch import is_functorch_wrapped_tensor
 
+from scg._checks import host_checkable
 from scg._dist import magic_box
 from scg.baselines.base import SignalContext, score_sq_norm
 from scg.estimators import ScoreFunction
@@ -52,8 +52,7 @@ def surrogate(nodes: Mapping[str, Node], costs: Collection[Cost], baselined: Seq
     if grad:
         for node in baselined:
             total = total + baseline_term(node, node.estimator, costs)  # type: ignore[arg-type]
-    if not is_functorch_wrapped_tensor(total) and total.is_cpu and not math.isfinite(total.item()):
-        check_finite(total, costs)  # raises, naming the cost
+    check_finite(total, costs)  # raises, naming the cost
     return total
 
 
@@ -145,7 +144,7 @@ def check_finite(total: Tensor, costs: Iterable[Cost]) -> None:
     One host read of the scalar on the CPU; skipped on accelerators (it would
     synchronise the device every step) and inside ``torch.func`` transforms.
     """
-    if is_functorch_wrapped_tensor(total) or not total.is_cpu or math.isfinite(total.item()):
+    if not host_checkable(total) or math.isfinite(total.item()):
         return
     for c in costs:
         if not bool(torch.isfinite(c.value).all()):
