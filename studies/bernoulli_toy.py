@@ -49,14 +49,15 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Bernoulli, Distribution, Independent
+from torch.distributions import Bernoulli, Distribution
 
 import scg
 from scg.baselines import LeaveOneOut, Learned, MovingAverage, Normalize, chain
 from scg.estimators import NeuralControlVariate
+from scg.estimators.disarm import bernoulli_base
 from scg.laws import Law, StandardUniform
 from scg.studies.base import CellContext, Study
-from scg.studies.gaussian import sample_until
+from scg.studies.sampling import sample_until
 from scg.studies.bernoulli_toy_train import samples_for_budget, train_replicas
 from scg.studies.problems import Problem
 
@@ -67,17 +68,6 @@ REFERENCE: dict[float, dict[str, float]] = {
     0.49: {"reinforce": 1.5638e-2, "rloo": 2.5e-5, "arm": 8.333e-6, "disarm": 0.0},
     0.499: {"reinforce": 1.5625e-2, "rloo": 2.5e-7, "arm": 8.333e-8, "disarm": 0.0},
 }
-
-
-def _bernoulli(dist: Distribution, name: str) -> Bernoulli:
-    if not isinstance(dist, Distribution):
-        raise TypeError(f"`dist` must be a torch.distributions.Distribution; got {type(dist).__name__}.")
-    base = dist
-    while isinstance(base, Independent):
-        base = base.base_dist
-    if not isinstance(base, Bernoulli):
-        raise TypeError(f"`dist` must be Bernoulli (optionally Independent) for {name}; got {type(base).__name__}.")
-    return base
 
 
 class ARM(scg.Estimator):
@@ -100,13 +90,13 @@ class ARM(scg.Estimator):
     """
 
     def check(self, dist: Distribution) -> None:
-        _bernoulli(dist, "ARM")
+        bernoulli_base(dist, "ARM")[0]
 
     def evaluations(self, dist: Distribution, num_samples: int) -> int:
         return 2 * num_samples
 
     def laws(self, dist: Distribution, num_samples: int) -> dict[str, Law]:
-        base = _bernoulli(dist, "ARM")
+        base = bernoulli_base(dist, "ARM")[0]
         shape = (num_samples, *dist.batch_shape, *dist.event_shape)
         theta = torch.sigmoid(base.logits.detach()).expand(shape)
         points = torch.stack([torch.minimum(theta, 1 - theta), torch.maximum(theta, 1 - theta)], dim=-1)
@@ -114,7 +104,7 @@ class ARM(scg.Estimator):
 
     def surrogate(self, f: Callable[[Tensor], Tensor], dist: Distribution, draws: dict[str, Tensor], *,
                   context: Optional[Tensor] = None) -> Tensor:
-        base = _bernoulli(dist, "ARM")
+        base = bernoulli_base(dist, "ARM")[0]
         u = draws["u"]
         S = u.shape[0]
         event_dims = tuple(range(-len(dist.event_shape), 0))
