@@ -6,7 +6,6 @@ Part of ``python -m scg.models.experiments`` (see :mod:`scg.models.experiments`)
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 from pathlib import Path
 from typing import Callable
@@ -14,6 +13,7 @@ from typing import Callable
 import torch
 
 from scg.models import data as datasets
+from scg.models._io import atomic_write
 from scg.models.evaluate import active_units, log_likelihood
 from scg.models.experiments_cells import cell, mean_std, table
 from scg.models.train import TrainConfig, fit, resolve_device
@@ -177,7 +177,5 @@ def _plot_curves(results: dict[str, list[dict]], path: Path, *, title: str) -> N
         ax.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=90)
+    atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=90))
     plt.close(fig)
-    os.replace(tmp, path)

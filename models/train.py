@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from scg._checks import check_positive, check_positive_int
+from scg.models._io import atomic_write, atomic_write_text
 
 __all__ = ["resolve_device", "TrainConfig", "History", "fit", "atomic_save", "atomic_save_json"]
 
@@ -104,19 +105,13 @@ class History:
 
 
 def atomic_save(obj: object, path: Union[str, os.PathLike]) -> None:
-    """``torch.save`` to a temporary file in the same folder, then ``os.replace`` (never a half-written file)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """``torch.save`` atomically (never a half-written file; :mod:`scg.models._io`)."""
+    atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
 def atomic_save_json(obj: object, path: Union[str, os.PathLike]) -> None:
-    """JSON (indent 1) to a temporary file in the same folder, then ``os.replace``."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+    """JSON (indent 1), written atomically."""
+    atomic_write_text(path, json.dumps(obj, indent=1))
 
 
 class _Steps:

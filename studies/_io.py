@@ -1,8 +1,8 @@
 """Atomic file writes, CSV round trips and the run manifest for ``scg-study``.
 
-Every file is written to a temporary file in the destination folder and moved
-into place with ``os.replace`` (atomic on POSIX), so an interrupted run never
-leaves a half-written results.csv, manifest.json or figure behind.
+Every file is written atomically with :mod:`scg.models._io` (temporary file in the
+destination folder, then ``os.replace``), so an interrupted run never leaves a
+half-written results.csv, manifest.json or figure behind.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+
+from scg.models._io import atomic_write, atomic_write_bytes, atomic_write_text
 
 __all__ = [
     "atomic_write_bytes",
@@ -34,35 +35,10 @@ __all__ = [
 PathLike = Union[str, os.PathLike]
 
 
-def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temp file in the same folder + ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def atomic_write_text(path: PathLike, text: str) -> Path:
-    """Write UTF-8 ``text`` to ``path`` atomically."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
-
-
 def save_figure(fig: Any, path: PathLike, **kwargs: Any) -> Path:
     """Save a matplotlib figure atomically; the format comes from the suffix of ``path``."""
-    buf = io.BytesIO()
     fmt = Path(path).suffix.lstrip(".") or "png"
-    fig.savefig(buf, format=fmt, **kwargs)
-    return atomic_write_bytes(path, buf.getvalue())
+    return atomic_write(path, lambda fh: fig.savefig(fh, format=fmt, **kwargs))
 
 
 def _cell(value: Any) -> str:
