@@ -15,7 +15,7 @@ from torch import Tensor
 from torch.distributions import Distribution, Independent
 from torch.distributions.utils import lazy_property
 
-__all__ = ["unwrap", "expected_cost_shape", "parameters_of", "evaluate", "sample_mean"]
+__all__ = ["unwrap", "base_of_kind", "expected_cost_shape", "parameters_of", "evaluate", "sample_mean"]
 
 
 def unwrap(dist: Distribution) -> tuple[Distribution, int]:
@@ -30,6 +30,20 @@ def unwrap(dist: Distribution) -> tuple[Distribution, int]:
         k += dist.reinterpreted_batch_ndims
         dist = dist.base_dist
     return dist, k
+
+
+def base_of_kind(
+    dist: Distribution, kinds: tuple[type, ...], name: str, kind: str, hint: str = ""
+) -> tuple[Distribution, int]:
+    """``unwrap(dist)`` if its base is one of ``kinds``; else a TypeError naming ``name`` and the ``kind`` it needs."""
+    if not isinstance(dist, Distribution):
+        raise TypeError(f"`dist` must be a torch.distributions.Distribution; got {type(dist).__name__}.")
+    base, k = unwrap(dist)
+    if not isinstance(base, kinds):
+        raise TypeError(
+            f"`dist` must be {kind} (optionally Independent) for {name}; got {type(base).__name__}.{hint}"
+        )
+    return base, k
 
 
 def expected_cost_shape(dist: Distribution, num_samples: int) -> tuple[int, ...]:

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Bernoulli, Distribution
 
-from scg._dist import evaluate, unwrap
+from scg._dist import base_of_kind, evaluate
 from scg.estimators.base import Cost, Estimator
 from scg.laws import Law, StandardUniform
 
@@ -17,15 +17,9 @@ __all__ = ["DisARM"]
 
 def bernoulli_base(dist: Distribution, name: str) -> tuple[Bernoulli, int]:
     """The Bernoulli inside ``dist`` (peeling ``Independent``), or a TypeError naming ``name``."""
-    if not isinstance(dist, Distribution):
-        raise TypeError(f"`dist` must be a torch.distributions.Distribution; got {type(dist).__name__}.")
-    base, k = unwrap(dist)
-    if not isinstance(base, Bernoulli):
-        raise TypeError(
-            f"`dist` must be Bernoulli (optionally Independent) for {name}; got {type(base).__name__}. "
-            "Use ScoreFunction or MeasureValued for other discrete distributions."
-        )
-    return base, k
+    return base_of_kind(  # type: ignore[return-value]
+        dist, (Bernoulli,), name, "Bernoulli",
+        " Use ScoreFunction or MeasureValued for other discrete distributions.")
 
 
 class DisARM(Estimator):

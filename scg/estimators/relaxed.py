@@ -9,7 +9,7 @@ from torch import Tensor
 from torch.distributions import Bernoulli, Categorical, Distribution, OneHotCategorical
 
 from scg._checks import check_positive
-from scg._dist import evaluate, sample_mean, unwrap
+from scg._dist import base_of_kind, evaluate, sample_mean
 from scg.estimators.base import Cost, Estimator
 from scg.laws import Law, StandardUniform, one_hot
 
@@ -19,15 +19,7 @@ _KINDS = (Bernoulli, Categorical, OneHotCategorical)
 
 
 def _discrete_base(dist: Distribution, name: str) -> Distribution:
-    if not isinstance(dist, Distribution):
-        raise TypeError(f"`dist` must be a torch.distributions.Distribution; got {type(dist).__name__}.")
-    base, _ = unwrap(dist)
-    if not isinstance(base, _KINDS):
-        raise TypeError(
-            f"`dist` must be Bernoulli, Categorical or OneHotCategorical (optionally Independent) "
-            f"for {name}; got {type(base).__name__}."
-        )
-    return base
+    return base_of_kind(dist, _KINDS, name, "Bernoulli, Categorical or OneHotCategorical")[0]
 
 
 def _noise_shape(dist: Distribution, base: Distribution, num_samples: int) -> tuple[int, ...]:
