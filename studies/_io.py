@@ -24,6 +24,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "save_figure",
+    "row",
     "write_csv",
     "read_csv",
     "write_json",
@@ -33,6 +34,11 @@ __all__ = [
 ]
 
 PathLike = Union[str, os.PathLike]
+
+
+def row(columns: Sequence[str], **values: Any) -> dict[str, Any]:
+    """A results row: every one of ``columns`` (``None`` where not given), then ``values``."""
+    return {**dict.fromkeys(columns), **values}
 
 
 def save_figure(fig: Any, path: PathLike, **kwargs: Any) -> Path:

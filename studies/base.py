@@ -54,7 +54,7 @@ import typing
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Mapping, Optional, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import torch
 

@@ -56,6 +56,7 @@ from scg.baselines import LeaveOneOut, Learned, MovingAverage, Normalize, chain
 from scg.estimators import NeuralControlVariate
 from scg.estimators.disarm import bernoulli_base
 from scg.laws import Law, StandardUniform
+from scg.studies._io import row
 from scg.studies.base import CellContext, Study
 from scg.studies.sampling import sample_until
 from scg.studies.bernoulli_toy_train import samples_for_budget, train_replicas
@@ -253,14 +254,14 @@ class BernoulliToyConfig:
             raise ValueError(f"`schedule` must be cosine or constant; got {self.schedule!r}.")
 
 
-def _row(**values: Any) -> dict[str, Any]:
-    keys = ("part", "t", "estimator", "status", "budget", "num_samples", "evaluations", "unbiased", "num_estimates",
+_COLUMNS = ("part", "t", "estimator", "status", "budget", "num_samples", "evaluations", "unbiased", "num_estimates",
             "exact_gradient", "exact_mean", "mean", "std_error", "bias_z", "variance", "variance_std_error",
             "exact_variance", "reference_variance", "variance_rel_error", "variance_z", "step", "p_mean", "p_q10",
             "p_median", "p_q90", "p_max", "objective_gap", "converged_fraction", "converged", "note")
-    row: dict[str, Any] = {k: None for k in keys}
-    row.update(values)
-    return row
+
+
+def _row(**values: Any) -> dict[str, Any]:
+    return row(_COLUMNS, **values)
 
 
 class BernoulliToy(Study):

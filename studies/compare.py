@@ -45,6 +45,7 @@ from torch import Tensor
 
 from scg.baselines import Constant, Delta, MovingAverage, Normalize
 from scg.estimators.base import Estimator
+from scg.studies._io import row
 from scg.studies.estimators import ESTIMATORS, Unavailable, Variant, estimator_names
 from scg.studies.problems import Problem, resolve_problems
 from scg.studies.sampling import sample_gradients, statistics
@@ -233,10 +234,7 @@ def _to(device: torch.device, est: Estimator) -> Estimator:
 
 
 def _row(problem: Problem, name: str, label: str, **values: Any) -> dict[str, Any]:
-    row = {c: None for c in COLUMNS}
-    row.update(problem=problem.name, estimator=name, parameter=label, num_estimates=None)
-    row.update(values)
-    return row
+    return row(COLUMNS, **{"problem": problem.name, "estimator": name, "parameter": label, **values})
 
 
 def _run_variant(ctx: _Context, problem: Problem, name: str, index: int, variant: Variant,

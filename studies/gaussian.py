@@ -52,6 +52,7 @@ from torch.distributions import Distribution, Independent, Normal
 
 import scg
 from scg.baselines import Constant
+from scg.studies._io import row
 from scg.studies.base import CellContext, Study
 from scg.studies.problems import Problem
 from scg.studies.sampling import Moments, sample_until
@@ -204,13 +205,13 @@ def score_function_moments(f: Callable[[Tensor], Tensor], nodes: Optional[int],
             "variance_star": star}
 
 
-def _row(**values: Any) -> dict[str, Any]:
-    keys = ("part", "family", "k", "D", "estimator", "parameter", "status", "num_estimates", "baseline", "mean",
+_COLUMNS = ("part", "family", "k", "D", "estimator", "parameter", "status", "num_estimates", "baseline", "mean",
             "exact_gradient", "exact_mean", "std_error", "bias_z", "variance", "variance_std_error",
             "exact_variance", "reference_variance", "variance_rel_error", "variance_z", "snr", "note")
-    row: dict[str, Any] = {k: None for k in keys}
-    row.update(values)
-    return row
+
+
+def _row(**values: Any) -> dict[str, Any]:
+    return row(_COLUMNS, **values)
 
 
 class Gaussian(Study):

@@ -56,6 +56,7 @@ from torch import Tensor
 from torch.distributions import Independent, Normal
 
 import scg
+from scg.studies._io import row
 from scg.studies.base import CellContext, Study
 
 __all__ = ["IWAESNRConfig", "IWAESNR", "setup", "EXPECTED_SLOPES", "fit_slope"]
@@ -203,13 +204,13 @@ def fit_slope(ks: Sequence[float], values: Sequence[float]) -> tuple[float, floa
     return float(slope), float(intercept)
 
 
-def _row(**values: Any) -> dict[str, Any]:
-    keys = ("part", "method", "K", "group", "num_estimates", "num_points", "snr", "snr_direct", "snr_floor",
+_COLUMNS = ("part", "method", "K", "group", "num_estimates", "num_points", "snr", "snr_direct", "snr_floor",
             "signal", "mean_abs_gradient", "mean_std", "bound_mean", "bound_std_error", "log_px_exact",
             "slope", "intercept", "fit_min_k", "fit_num_k", "expected_slope", "within_0.1", "note")
-    row: dict[str, Any] = {k: None for k in keys}
-    row.update(values)
-    return row
+
+
+def _row(**values: Any) -> dict[str, Any]:
+    return row(_COLUMNS, **values)
 
 
 class IWAESNR(Study):
