@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Bernoulli, Categorical, Distribution, Normal, OneHotCategorical, Poisson
 
-from scg._dist import evaluate, unwrap
+from scg._dist import evaluate, sample_mean, unwrap
 from scg.estimators._elements import event_size, replace_each, split_event
 from scg.estimators.base import Cost, Estimator
 from scg.laws import DoubleSidedMaxwell, FromDistribution, Law, Rayleigh, StandardNormal, StandardUniform
@@ -138,7 +138,7 @@ class MeasureValued(Estimator):
             value = values[0]
             g = values[1:].reshape(K, E, S, *batch).permute(2, *range(3, 3 + nb), 1, 0)  # [S,*batch,E,K]
             term = ((probs - probs.detach()) * g).sum((-1, -2))
-        return (value + term).mean(0)
+        return sample_mean(value + term)
 
     def _normal(self, f: Cost, dist: Distribution, base: Normal, k: int, draws: dict[str, Tensor]) -> Tensor:
         batch = tuple(dist.batch_shape)
@@ -174,4 +174,4 @@ class MeasureValued(Estimator):
         loc_e = split_event(loc.unsqueeze(0), nb, k).squeeze(0)
         scale_e = split_event(scale.unsqueeze(0), nb, k).squeeze(0)
         term = ((loc_e - loc_e.detach()) * g_mu + (scale_e - scale_e.detach()) * g_sd).sum(-1)
-        return (value + term).mean(0)
+        return sample_mean(value + term)

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from scg._checks import check_positive
-from scg._dist import evaluate
+from scg._dist import evaluate, sample_mean
 from scg.estimators.base import Cost, Estimator
 from scg.estimators.disarm import bernoulli_base
 from scg.laws import Law, StandardUniform
@@ -177,4 +177,4 @@ class RELAX(Estimator):
         term = (phi - phi.detach()) * g.detach()
         if event_dims:
             term = term.sum(event_dims)
-        return (f_b + term).mean(0) + extra
+        return sample_mean(f_b + term) + extra
