@@ -67,12 +67,28 @@ def _leaves(params: Params) -> tuple[Any, list[Tensor]]:
     )
 
 
+def _check_out(out: object, shape: tuple[int, int], dtype: torch.dtype, device: torch.device) -> None:
+    if not isinstance(out, Tensor):
+        raise TypeError(f"`out` must be a torch.Tensor or None; got {type(out).__name__}.")
+    if tuple(out.shape) != shape:
+        raise ValueError(f"`out` must have shape [num, P] = {list(shape)}; got {list(out.shape)}.")
+    if out.dtype != dtype:
+        raise TypeError(f"`out` must have the dtype of the gradients, {dtype}; got {out.dtype}.")
+    if out.device != device:
+        raise ValueError(f"`out` must be on the device of `params`, {device}; got {out.device}.")
+    if not out.is_contiguous():
+        raise ValueError("`out` must be contiguous; got a non-contiguous tensor (pass out.contiguous()).")
+    if out.requires_grad:
+        raise ValueError("`out` must not require grad; got a tensor with requires_grad=True.")
+
+
 def gradient_samples(
     fn: Callable[[Any], Tensor],
     params: Params,
     num: int,
     *,
     chunk_size: Optional[int] = None,
+    out: Optional[Tensor] = None,
 ) -> Tensor:
     r"""``num`` independent gradient estimates of a stochastic scalar objective, ``[num, P]``.
 
@@ -104,7 +120,12 @@ def gradient_samples(
     is reproducible for the same ``num`` and ``chunk_size`` (a different chunking
     draws the same *distribution* of estimates, not necessarily the same values).
     Memory: one chunk holds ``chunk_size`` copies of the gradient and of ``fn``'s
-    intermediate tensors; the result itself is ``num · P`` elements.
+    intermediate tensors; the result itself is ``num · P`` elements. A fresh result
+    of that size is mapped from the operating system and page-faults on first write
+    (on the benchmark machine a 50 MB result costs 20–40 ms, a third of the call,
+    ``docs/benchmarks.md`` case 4): when estimating repeatedly (e.g. at every
+    checkpoint of a training run), pass the previous result as ``out`` to write
+    into it instead.
 
     Args:
         fn: ``fn(params) -> Tensor`` of shape ``[]`` (a scalar), stochastic. It
@@ -115,17 +136,23 @@ def gradient_samples(
         chunk_size: estimates per vectorised call (keyword-only). ``None`` picks
             ``min(num, max(1, 2**22 // P))`` — at most 16 MiB of float32 gradients
             per chunk; lower it when ``fn``'s own activations are large.
+        out: optional preallocated result (keyword-only): a contiguous tensor of
+            shape ``[num, P]`` with the dtype and device of the result (the
+            promoted dtype of ``params``, the device of the first). It is
+            overwritten and returned.
 
     Returns:
-        Tensor ``[num, P]``, P the total number of elements of ``params``; row n is
-        the n-th estimate, parameters flattened and concatenated in the order of
-        ``params`` (dict insertion order).
+        Tensor ``[num, P]`` (``out`` when given), P the total number of elements of
+        ``params``; row n is the n-th estimate, parameters flattened and
+        concatenated in the order of ``params`` (dict insertion order).
 
     Raises:
         TypeError: ``params`` is not a dict/sequence of tensors, ``fn`` is not
-            callable or does not return a tensor.
-        ValueError: ``num < 1``, ``chunk_size < 1``, empty ``params``, or ``fn``
-            does not return a scalar.
+            callable or does not return a tensor, ``out`` is not a tensor or has
+            the wrong dtype.
+        ValueError: ``num < 1``, ``chunk_size < 1``, empty ``params``, ``fn``
+            does not return a scalar, or ``out`` has the wrong shape or device or is
+            not contiguous.
 
     Example:
         >>> import torch, scg
@@ -177,7 +204,10 @@ def gradient_samples(
     for t in leaves[1:]:
         dtype = torch.promote_types(dtype, t.dtype)
     device = leaves[0].device
-    out = torch.empty(num, total, dtype=dtype, device=device)
+    if out is None:
+        out = torch.empty(num, total, dtype=dtype, device=device)
+    else:
+        _check_out(out, (num, total), dtype, device)
     for start in range(0, num, chunk_size):
         size = min(chunk_size, num - start)
         grads = batched(structure, torch.zeros(size, device=device))

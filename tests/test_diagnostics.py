@@ -98,6 +98,21 @@ def test_same_seed_same_chunk_size_reproduces() -> None:
     assert torch.equal(a, b) and not torch.equal(b, c)
 
 
+def test_out_is_filled_and_returned() -> None:
+    """``out=`` is overwritten in place with exactly what a fresh call returns (same seed)."""
+
+    def fn(p: dict[str, Tensor]) -> Tensor:
+        return (p["w"] * torch.randn(3)).sum() + (p["b"] ** 2 * torch.randn(())).sum()
+
+    params = {"w": torch.zeros(3), "b": torch.ones(2, 1)}
+    torch.manual_seed(2)
+    fresh = gradient_samples(fn, params, 20, chunk_size=6)
+    buffer = torch.full((20, 5), float("nan"))
+    torch.manual_seed(2)
+    got = gradient_samples(fn, params, 20, chunk_size=6, out=buffer)
+    assert got is buffer and torch.equal(buffer, fresh)
+
+
 def _quadratic(estimator: scg.Estimator, num_samples: int, k: float = 0.5):
     """fn(p) = surrogate of E_{N(μ, σ²)}[Σ_d (z_d − k)²]; exact ∇μ = 2(μ − k), ∇σ = 2σ."""
 
@@ -198,13 +213,19 @@ def _fn(p) -> Tensor:
         ({"fn": 3}, TypeError, r"`fn` must be callable; got int"),
         ({"fn": lambda p: p["w"] * 2}, ValueError, r"`fn` must return a scalar \(shape \[\]\); got shape \[2\]"),
         ({"fn": lambda p: 1.0}, TypeError, r"`fn` must return a torch.Tensor; got float"),
+        ({"out": [0.0]}, TypeError, r"`out` must be a torch.Tensor or None; got list"),
+        ({"out": torch.empty(3, 3)}, ValueError, r"`out` must have shape \[num, P\] = \[3, 2\]; got \[3, 3\]"),
+        ({"out": torch.empty(3, 2, dtype=torch.float64)}, TypeError, r"`out` must have the dtype of the gradients, torch.float32; got torch.float64"),
+        ({"out": torch.empty(2, 3).t()}, ValueError, r"`out` must be contiguous"),
+        ({"out": torch.empty(3, 2, requires_grad=True)}, ValueError, r"`out` must not require grad"),
     ],
 )
 def test_gradient_samples_errors(kwargs: dict, exc: type, match: str) -> None:
     args = {"fn": _fn, "params": {"w": torch.ones(2)}, "num": 3} | kwargs
     chunk = args.pop("chunk_size", None)
+    out = args.pop("out", None)
     with pytest.raises(exc, match=match):
-        gradient_samples(args["fn"], args["params"], args["num"], chunk_size=chunk)
+        gradient_samples(args["fn"], args["params"], args["num"], chunk_size=chunk, out=out)
 
 
 # ----------------------------------------------------------------------------- summary
