@@ -172,11 +172,13 @@ class Pathwise(Estimator):
     def forward(
         self, f: Cost, dist: Distribution, num_samples: int = 1, *, context: Optional[Tensor] = None
     ) -> Tensor:
-        # draw() then surrogate(), with one walk of the distribution's wrappers.
-        self.check(dist)
+        # draw() then surrogate(), with one walk of the distribution's wrappers. A
+        # distribution found in the registry is reparameterisable (every family there
+        # has rsample), so check() runs only for the others (and non-Distributions).
         check_positive_int("num_samples", num_samples)
         rep = _reparameterize(dist)
         if rep is None:
+            self.check(dist)
             z = dist.rsample((num_samples,))
         else:
             law_cls, sample, base = rep
