@@ -9,7 +9,7 @@ from torch import Tensor
 from torch.distributions import Distribution
 
 from scg._checks import check_positive_int
-from scg._dist import evaluate, parameters_of, sample_mean
+from scg._dist import evaluate, parameters_of, sample_log_prob, sample_mean
 from scg.baselines.base import ControlVariate, SignalContext
 from scg.estimators.base import Cost, Estimator
 from scg.laws import FromDistribution, Law, sample_from
@@ -96,7 +96,7 @@ class ScoreFunction(Estimator):
     def _surrogate(self, f: Cost, dist: Distribution, z: Tensor, context: Optional[Tensor]) -> Tensor:
         if z.requires_grad:  # replayed draws may be attached; the score function needs z fixed
             z = z.detach()
-        log_q = dist.log_prob(z)
+        log_q = sample_log_prob(dist, z)
         token = share(dist, z, log_q)  # scg.log_prob(dist, z) inside f returns log_q
         try:
             cost = evaluate(f, z, dist, z.shape[0])

@@ -9,6 +9,7 @@ from torch import Tensor
 from torch.distributions import Distribution
 
 from scg._checks import check_positive, check_positive_int
+from scg._dist import sample_log_prob
 from scg.estimators import Pathwise, ScoreFunction
 from scg.estimators.base import Estimator
 from scg.graph._credit import ALIGNMENT, settle
@@ -233,7 +234,7 @@ class Graph:
         log_prob = None
         if tracking:
             if type(estimator) is ScoreFunction:  # exact types only (check_estimator)
-                log_prob = dist.log_prob(value)  # [S, *batch]
+                log_prob = sample_log_prob(dist, value)  # [S, *batch]: dist.log_prob(value)
             if not opaque:
                 value = flow.track(name, value, ancestors, owned)
         order = len(nodes)
