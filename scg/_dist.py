@@ -11,13 +11,13 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch._C._functorch import is_functorch_wrapped_tensor
-import torch.nn.functional as F
 from torch.distributions import Bernoulli, Distribution, Independent
 from torch.distributions.utils import lazy_property
 
-from scg._checks import all_finite, check_cost, host_checkable
+from scg._checks import all_finite, check_cost
 
 __all__ = [
     "unwrap", "base_of_kind", "expected_cost_shape", "parameters_of", "evaluate", "sample_mean", "sample_log_prob",
@@ -107,7 +107,7 @@ def sample_log_prob(dist: Distribution, z: Tensor) -> Tensor:
     ``torch.distributions`` runs, without ``broadcast_all``'s second view and the two
     ``log_prob`` methods' Python — one score per step of every score-function
     estimator and graph node (≈ 35 µs of a 3 ms step, ``docs/benchmarks.md`` case 2).
-    Identical values and derivatives (``tests/test_dist.py``); anything else —
+    Identical values and derivatives (``tests/test_log_prob.py``); anything else —
     validation on, other shapes or dtypes, other families — calls ``dist.log_prob``.
     """
     base = dist.base_dist if type(dist) is Independent and dist.reinterpreted_batch_ndims == 1 else dist
