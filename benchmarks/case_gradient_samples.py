@@ -39,9 +39,11 @@ from gradient_samples import (  # noqa: E402
     LATENT,
     REUSED_LOOP,
     REUSED_VECTORISED,
+    backward_loop,
     build,
     check_same_estimator,
     hand_loop_estimates,
+    hand_loss,
     loop_estimates,
     vectorised_estimates,
 )
@@ -75,16 +77,6 @@ def pyro_loss(pyro, encoder: nn.Module, decoder: nn.Module, x: Tensor):
     return lambda p=None: elbo.differentiable_loss(model, guide_with(p), x)
 
 
-def pyro_loop_estimates(encoder: nn.Module, loss, num: int) -> Tensor:
-    params = list(encoder.parameters())
-    out = torch.empty(num, sum(p.numel() for p in params), device=params[0].device)
-    for n in range(num):
-        encoder.zero_grad(set_to_none=True)
-        loss().backward()
-        torch.cat([p.grad.reshape(-1) for p in params], out=out[n])
-    return out
-
-
 def run(opts: Options) -> Result:
     """Case 4 of ``run.py``: the contenders above (+ Pyro), interleaved; target loop / vectorised >= 20."""
     num, batch = (20, 4) if opts.quick else (1000, 16)
@@ -107,18 +99,14 @@ def run(opts: Options) -> Result:
     torch.manual_seed(opts.seed)
     values["scg"] = float(neg_elbo(encoder(x)).detach())
     torch.manual_seed(opts.seed)
-    loc, log_scale = encoder(x).chunk(2, -1)
-    z = loc + log_scale.exp() * torch.randn_like(loc)
-    rec = nn.functional.binary_cross_entropy_with_logits(decoder(z), x, reduction="none").sum(-1)
-    kl = 0.5 * (loc**2 + (2 * log_scale).exp() - 2 * log_scale - 1).sum(-1)
-    values["hand-written"] = float((rec + kl).sum().detach())
+    values["hand-written"] = float(hand_loss(encoder, decoder, x).detach())
     notes = []
     pyro = peer("pyro", skipped, "pyro loop of backward()")
     if pyro is not None:
         loss = pyro_loss(pyro, encoder, decoder, x)
         torch.manual_seed(opts.seed)
         values["pyro"] = float(loss().detach())
-        candidates["pyro loop of backward()"] = lambda: pyro_loop_estimates(encoder, loss, num)
+        candidates["pyro loop of backward()"] = lambda: backward_loop(encoder, loss, num)
         try:
             params = {k: v.detach() for k, v in encoder.named_parameters()}
             scg.diagnostics.gradient_samples(lambda p: loss(p), params, 2)

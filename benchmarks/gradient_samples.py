@@ -73,31 +73,36 @@ def build(batch: int, seed: int = 0):
     return x, encoder, decoder, neg_elbo
 
 
-def loop_estimates(encoder: nn.Module, x: Tensor, neg_elbo, num: int, out: Tensor | None = None) -> Tensor:
-    """``num`` times ``zero_grad(); backward()``, rows written into ``out`` (a fresh ``[num, P]`` if None)."""
-    params = list(encoder.parameters())
+def backward_loop(module: nn.Module, loss, num: int, out: Tensor | None = None) -> Tensor:
+    """``num`` times ``zero_grad(); loss().backward()``, ``module``'s gradients flattened into the rows of
+    ``out`` (a fresh ``[num, P]`` on the parameters' device if None)."""
+    params = list(module.parameters())
     if out is None:
-        out = torch.empty(num, sum(p.numel() for p in params), device=x.device)
+        out = torch.empty(num, sum(p.numel() for p in params), device=params[0].device)
     for n in range(num):
-        encoder.zero_grad(set_to_none=True)
-        neg_elbo(encoder(x)).backward()
+        module.zero_grad(set_to_none=True)
+        loss().backward()
         torch.cat([p.grad.reshape(-1) for p in params], out=out[n])
     return out
+
+
+def loop_estimates(encoder: nn.Module, x: Tensor, neg_elbo, num: int, out: Tensor | None = None) -> Tensor:
+    """The loop of ``backward()`` through scg's loss."""
+    return backward_loop(encoder, lambda: neg_elbo(encoder(x)), num, out)
+
+
+def hand_loss(encoder: nn.Module, decoder: nn.Module, x: Tensor) -> Tensor:
+    """The same negative ELBO written by hand without scg (z = loc + scale·ε)."""
+    loc, log_scale = encoder(x).chunk(2, -1)
+    z = loc + log_scale.exp() * torch.randn_like(loc)
+    rec = nn.functional.binary_cross_entropy_with_logits(decoder(z), x, reduction="none").sum(-1)
+    kl = 0.5 * (loc**2 + (2 * log_scale).exp() - 2 * log_scale - 1).sum(-1)
+    return (rec + kl).sum()
 
 
 def hand_loop_estimates(encoder: nn.Module, x: Tensor, decoder: nn.Module, num: int) -> Tensor:
-    """The same estimator written by hand without scg (z = loc + scale·ε), for reference."""
-    params = list(encoder.parameters())
-    out = torch.empty(num, sum(p.numel() for p in params), device=x.device)
-    for n in range(num):
-        encoder.zero_grad(set_to_none=True)
-        loc, log_scale = encoder(x).chunk(2, -1)
-        z = loc + log_scale.exp() * torch.randn_like(loc)
-        rec = nn.functional.binary_cross_entropy_with_logits(decoder(z), x, reduction="none").sum(-1)
-        kl = 0.5 * (loc**2 + (2 * log_scale).exp() - 2 * log_scale - 1).sum(-1)
-        (rec + kl).sum().backward()
-        torch.cat([p.grad.reshape(-1) for p in params], out=out[n])
-    return out
+    """The same estimator written by hand without scg, for reference."""
+    return backward_loop(encoder, lambda: hand_loss(encoder, decoder, x), num)
 
 
 def vectorised_estimates(

@@ -13,11 +13,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch._C._functorch import is_functorch_wrapped_tensor
 from torch.distributions import Bernoulli, Distribution, Independent
 from torch.distributions.utils import lazy_property
 
-from scg._checks import all_finite, check_cost
+from scg._checks import all_finite, check_cost, host_checkable
 
 __all__ = [
     "unwrap", "base_of_kind", "expected_cost_shape", "parameters_of", "evaluate", "sample_mean", "sample_log_prob",
@@ -87,8 +86,8 @@ def evaluate(f: Callable[[Tensor], Tensor], z: Tensor, dist: Distribution, num_s
     value = f(z)
     expected = (num_samples, *dist.batch_shape)
     if (isinstance(value, Tensor) and value.shape == expected and value.is_floating_point()
-            and (not value.is_cpu or is_functorch_wrapped_tensor(value) or all_finite(value))):
-        return value  # the common case (host_checkable inlined), without building the error hint
+            and (not host_checkable(value) or all_finite(value))):
+        return value  # the common case, without building the error hint
     hint = ""
     if dist.event_shape == () and len(dist.batch_shape) > 0:
         hint = (

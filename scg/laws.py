@@ -23,8 +23,9 @@ from typing import Optional
 
 import torch
 from torch import Tensor
-from torch._C._functorch import is_functorch_wrapped_tensor
 from torch.distributions import Bernoulli, Categorical, Distribution, Independent, OneHotCategorical
+
+from scg._checks import under_transform
 
 __all__ = [
     "Law",
@@ -189,7 +190,7 @@ def draw(dist: Distribution, sample_shape: tuple[int, ...]) -> Tensor:
             probs = base.__dict__["probs"] if "probs" in base.__dict__ else torch.sigmoid(base.logits)
             if probs.device.type == "cpu" and probs.dtype in (torch.float32, torch.float64):
                 u = torch.rand((*sample_shape, *base.batch_shape), dtype=probs.dtype)
-                if is_functorch_wrapped_tensor(u) or is_functorch_wrapped_tensor(probs):
+                if under_transform(u) or under_transform(probs):
                     return (u < probs).to(probs.dtype)  # torch.func has no batching rule for lt_
                 return u.lt_(probs)  # 1.0 where u < p, else 0.0, written into u (one kernel fewer)
         elif isinstance(base, OneHotCategorical):
