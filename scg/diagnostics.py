@@ -10,6 +10,8 @@ given the exact gradient — a bias z-score.
 from __future__ import annotations
 
 import math
+import platform
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable, NamedTuple, Optional, Union
 
@@ -27,6 +29,42 @@ Params = Union[Mapping[str, Tensor], Sequence[Tensor]]
 #: (32 MiB): a larger buffer is mapped fresh by every call and page-faults on first
 #: write, which cost more than the per-chunk overhead here (``docs/benchmarks.md``, case 4).
 DEFAULT_CHUNK_ELEMENTS: int = 2**22
+
+
+#: glibc's ceiling on its dynamic mmap threshold on 64-bit systems (``DEFAULT_MMAP_THRESHOLD_MAX``,
+#: ``4 MiB · sizeof(long)``; mallopt(3)).
+_GLIBC_MMAP_THRESHOLD_MAX: int = 32 << 20
+_allocator_settled: bool = False
+
+
+def _settle_allocator(device: torch.device) -> bool:
+    """Let glibc keep a chunk's freed intermediates in the heap; once per process, CPU only.
+
+    glibc malloc serves a block of at least its *mmap threshold* (initially 128 KiB) with a
+    fresh ``mmap`` and returns it to the OS on free; it raises the threshold to the size of
+    each freed mmapped block up to 32 MiB, and trims the heap whenever more than twice the
+    threshold lies free at its top (mallopt(3), "dynamic mmap threshold"). Between two
+    chunks of :func:`gradient_samples` the chunk's intermediates (tens of MB) are freed, so
+    with the threshold a chunk's largest tensor sets (≈ 11 MB in case 4 of
+    ``docs/benchmarks.md``) glibc trims them and every chunk page-faults its memory in again
+    (3,000–7,500 faults per 1000 estimates; at 2–4 µs a fault on a VM, a quarter of the
+    call). Allocating and freeing one block just under the 32 MiB ceiling moves the
+    threshold to the ceiling by glibc's own rule — as freeing any 32 MB tensor in the
+    process would — so blocks up to 32 MiB come from the heap and up to 64 MiB of freed
+    memory stays resident for reuse. No setting is changed (``mallopt`` is not called, the
+    threshold stays dynamic); the cost is that resident memory. Does nothing on another C
+    library, on a 32-bit build or for a non-CPU device. Returns whether the block was freed
+    now.
+    """
+    global _allocator_settled
+    if _allocator_settled or device.type != "cpu":
+        return False
+    _allocator_settled = True
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc" or sys.maxsize <= 2**32:
+        return False
+    block = torch.empty(_GLIBC_MMAP_THRESHOLD_MAX - (64 << 10), dtype=torch.uint8)
+    del block
+    return True
 
 
 def _floating(leaves: list[Tensor], labels: list[str]) -> None:
@@ -125,7 +163,10 @@ def gradient_samples(
     (on the benchmark machine a 50 MB result costs 20–40 ms, a third of the call,
     ``docs/benchmarks.md`` case 4): when estimating repeatedly (e.g. at every
     checkpoint of a training run), pass the previous result as ``out`` to write
-    into it instead.
+    into it instead. On glibc, the first call on a CPU device lets malloc keep freed
+    blocks up to 32 MiB in the heap (glibc's own dynamic-threshold rule, see
+    ``_settle_allocator``), so chunks reuse each other's memory instead of faulting it
+    in again; the process may then hold up to 64 MiB of freed memory for reuse.
 
     Args:
         fn: ``fn(params) -> Tensor`` of shape ``[]`` (a scalar), stochastic. It
@@ -204,6 +245,7 @@ def gradient_samples(
     for t in leaves[1:]:
         dtype = torch.promote_types(dtype, t.dtype)
     device = leaves[0].device
+    _settle_allocator(device)
     if out is None:
         out = torch.empty(num, total, dtype=dtype, device=device)
     else:
