@@ -132,3 +132,11 @@ def test_bernoulli_draw_benchmark_runs_and_samples_agree(capsys):
     out = capsys.readouterr().out
     assert "same samples after the same seed: True" in out
     assert "ratio torch.bernoulli / scg.laws.draw" in out
+
+
+def test_gradient_samples_faults_benchmark_runs(capsys):
+    import gradient_samples_faults
+
+    gradient_samples_faults.main(["--repeats", "1", "--chunk-sizes", "500"])
+    out = capsys.readouterr().out
+    assert "| 500 |" in out and "first touch of a fresh" in out
