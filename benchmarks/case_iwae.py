@@ -10,6 +10,9 @@ training digits (Burda et al.'s batch size); Adam, lr 1e-3. For each K:
 * evaluation: ``scg.models.log_likelihood(model, test, num_samples=K, chunk_size=500,
   batch_size=100)`` on the 447 test digits (importance-sampled log p(x), chunks of 500
   samples × 100 digits combined by a running log-sum-exp);
+* minor page faults per training step (CPU; ``_timing.minor_faults``): memory the
+  step obtains fresh from the OS — at large K the activations exceed glibc's 32 MiB
+  mmap ceiling and are mapped and faulted in on every step;
 * peak memory of one training step and of one evaluation, measured separately from
   the timings (``_timing.peak_memory``: the ``torch.profiler`` memory timeline on CPU,
   the CUDA allocator's peak on a GPU).
@@ -34,7 +37,7 @@ from torch import Tensor, nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _case import Contender, Mismatch, Options, Result, Target, close  # noqa: E402
-from _timing import blocks, peak_memory, summarise  # noqa: E402
+from _timing import blocks, minor_faults, peak_memory, summarise  # noqa: E402
 
 NAME = "iwae"
 TITLE = "3. IWAE: time and memory against K"
@@ -124,6 +127,7 @@ def run(opts: Options) -> Result:
         times = blocks({c.name: c.step for c in cs}, rounds=rounds, inner=inner, warmup=1, clock=opts.clock,
                        device=device)
         summary = {r.name: r for r in summarise(times, "hand-written")}
+        faults = {c.name: minor_faults(c.step) for c in cs} if device.type == "cpu" else {}
         mem = peak_memory(cs[0].step, device=device)
         hand_mem = peak_memory(cs[1].step, device=device)
         evaluate = lambda: log_likelihood(model, test, num_samples=K, chunk_size=cfg["chunk"],  # noqa: E731
@@ -144,6 +148,8 @@ def run(opts: Options) -> Result:
         result.notes.append(
             f"K={K}: bound scg {values['scg']:.6g} = hand-written {values['hand-written']:.6g}; "
             f"{rounds} rounds x {inner} steps; evaluation {ev_rounds} rounds"
+            + ("; minor page faults per step: " + ", ".join(f"{k} {v}" for k, v in faults.items())
+               if faults and None not in faults.values() else "")
         )
         print(rows[-1], flush=True)
     header = [
