@@ -135,7 +135,8 @@ def run(opts: Options) -> Result:
             raise Mismatch(f"{name} returned shape {list(out.shape)}; expected {[num, P]}.")
     notes.append(check_same_estimator(results["loop of backward()"], results["gradient_samples"]))
     notes.append(f"'{REUSED_LOOP}' and '{REUSED_VECTORISED}' write into a [num, P] buffer kept across calls "
-                 "(gradient_samples(..., out=buffer)); the others allocate a fresh result per call")
+                 "(gradient_samples(..., out=buffer)); the loops allocate a fresh result per call, 'gradient_samples' "
+                 "(no out=) reuses the memory of a result dropped since (from its third call)")
     notes.append(f"{rounds} interleaved rounds of {num} estimates per contender after 1 warm-up")
     setup = (f"encoder MLP 64-128-2x{LATENT} ({P} parameters), fixed linear Bernoulli decoder, batch {batch} digits "
              f"(intensities), negative ELBO with analytic KL summed over the batch, scg.Pathwise; "

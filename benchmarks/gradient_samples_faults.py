@@ -11,9 +11,10 @@ interpreters side by side:
 * ``unsettled`` — the same with that step skipped (``_allocator_settled = True`` before
   the first call), i.e. glibc's threshold set by the chunks' own largest freed block.
 
-It also times first-touching a fresh ``[1000, 12448]`` float32 result (what a call
-without ``out=`` pays; ``torch.zeros`` of that shape) — the part no allocator setting
-removes, since glibc always maps blocks above 32 MiB fresh.
+It also times first-touching a fresh ``[1000, 12448]`` float32 result (``torch.zeros`` of
+that shape) — what no allocator setting removes, since glibc always maps blocks above
+32 MiB fresh; ``gradient_samples`` without ``out=`` pays it on its first two calls only,
+then reuses a dropped result's memory (``scg.diagnostics._result``).
 
 Run: ``python benchmarks/gradient_samples_faults.py [--threads 1] [--repeats 7]
 [--chunk-sizes 100,200,336,500,1000]``. Results: ``docs/benchmarks.md``.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import platform
 import sys
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable, NamedTuple, Optional, Union
 
@@ -65,6 +66,91 @@ def _settle_allocator(device: torch.device) -> bool:
     block = torch.empty(_GLIBC_MMAP_THRESHOLD_MAX - (64 << 10), dtype=torch.uint8)
     del block
     return True
+
+
+#: Results of :func:`gradient_samples` whose memory is kept for reuse: CPU results of at
+#: least this many bytes (below it glibc's heap already keeps freed blocks, see above).
+_POOL_MIN_BYTES: int = _GLIBC_MMAP_THRESHOLD_MAX
+#: At most this many such results are tracked: two, so that ``g = gradient_samples(...)`` in
+#: a loop — the previous ``g`` still alive during the call — alternates between two buffers.
+_POOL_SIZE: int = 2
+_pool: list["_Pooled"] = []  # oldest first
+_pool_lock = threading.Lock()
+_storage_use_count: Optional[Callable[[int], int]] = getattr(torch._C, "_storage_Use_Count", None)
+
+
+class _Pooled:
+    """One tracked result buffer: its storage and what it looked like when the pool took it.
+
+    Whether anything outside refers to the buffer is read from two counts: the C++ use count
+    of the storage (tensors and views on it; the pool's storage object holds one) must be 1,
+    and the Python reference count of that storage object — torch keeps one Python object per
+    storage, so a caller holding ``g.untyped_storage()`` holds the pool's object — must be
+    that of a storage nothing else refers to, measured once on a throwaway storage by the
+    same method (:func:`_free_refs`).
+    """
+
+    __slots__ = ("storage", "ptr", "nbytes")
+
+    def __init__(self, storage: torch.UntypedStorage) -> None:
+        self.storage = storage
+        self.ptr = storage.data_ptr()
+        self.nbytes = storage.nbytes()
+
+    def python_refs(self) -> int:
+        return sys.getrefcount(self.storage)
+
+    def intact(self) -> bool:
+        """Still the memory it was: not resized or swapped, not moved to shared memory."""
+        s = self.storage
+        return s.data_ptr() == self.ptr and s.nbytes() == self.nbytes and not s.is_shared()
+
+    def unused(self) -> bool:
+        """Nothing but the pool refers to it (no tensor, view, storage or NumPy array alive)."""
+        assert _storage_use_count is not None
+        return _storage_use_count(self.storage._cdata) == 1 and self.python_refs() == _free_refs()
+
+
+_free_refs_value: Optional[int] = None
+
+
+def _free_refs() -> int:
+    """:meth:`_Pooled.python_refs` of an entry whose storage nothing else refers to (measured once)."""
+    global _free_refs_value
+    if _free_refs_value is None:
+        probe = _Pooled(torch.empty(1).untyped_storage())
+        _free_refs_value = probe.python_refs()
+    return _free_refs_value
+
+
+def _result(shape: tuple[int, int], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """An uninitialised ``[num, P]`` result; on a CPU device, in a dropped earlier result's memory when possible.
+
+    A fresh CPU result above glibc's 32 MiB mmap ceiling is mapped from the operating system on
+    every call and page-faults on first write (≈ 25 ms for 50 MB on the benchmark machine,
+    ``docs/benchmarks.md`` case 4). The last :data:`_POOL_SIZE` results of at least
+    :data:`_POOL_MIN_BYTES` are tracked; one of exactly the size needed that nothing refers to
+    any more (:meth:`_Pooled.unused`) and that is still the memory it was (not resized, not
+    moved to shared memory) is handed out again, as a new tensor (not a view) on that
+    storage. Claiming happens under a lock, so concurrent calls never share a buffer. The
+    cost: up to :data:`_POOL_SIZE` dropped results' memory stays allocated for reuse. Other
+    devices (CUDA has its caching allocator) and smaller results get ``torch.empty``.
+    """
+    nbytes = shape[0] * shape[1] * dtype.itemsize
+    if device.type != "cpu" or nbytes < _POOL_MIN_BYTES or _storage_use_count is None:
+        return torch.empty(shape, dtype=dtype, device=device)
+    with _pool_lock:
+        _pool[:] = [e for e in _pool if e.intact()]
+        for i, entry in enumerate(_pool):
+            if entry.nbytes == nbytes and entry.unused():
+                _pool.append(_pool.pop(i))  # most recently used last
+                return torch.empty(0, dtype=dtype).set_(entry.storage, 0, shape)
+        result = torch.empty(shape, dtype=dtype)
+        _pool.append(_Pooled(result.untyped_storage()))
+        if len(_pool) > _POOL_SIZE:  # forget a dropped buffer first (frees it), else the oldest
+            unused = [i for i, e in enumerate(_pool[:-1]) if e.unused()]
+            del _pool[unused[0] if unused else 0]
+        return result
 
 
 def _floating(leaves: list[Tensor], labels: list[str]) -> None:
@@ -158,15 +244,19 @@ def gradient_samples(
     is reproducible for the same ``num`` and ``chunk_size`` (a different chunking
     draws the same *distribution* of estimates, not necessarily the same values).
     Memory: one chunk holds ``chunk_size`` copies of the gradient and of ``fn``'s
-    intermediate tensors; the result itself is ``num · P`` elements. A fresh result
-    of that size is mapped from the operating system and page-faults on first write
-    (on the benchmark machine a 50 MB result costs 20–40 ms, a third of the call,
-    ``docs/benchmarks.md`` case 4): when estimating repeatedly (e.g. at every
-    checkpoint of a training run), pass the previous result as ``out`` to write
-    into it instead. On glibc, the first call on a CPU device lets malloc keep freed
-    blocks up to 32 MiB in the heap (glibc's own dynamic-threshold rule, see
-    ``_settle_allocator``), so chunks reuse each other's memory instead of faulting it
-    in again; the process may then hold up to 64 MiB of freed memory for reuse.
+    intermediate tensors; the result itself is ``num · P`` elements. A fresh CPU result
+    above 32 MiB is mapped from the operating system and page-faults on first write (on
+    the benchmark machine a 50 MB result costs 15–40 ms, a third of the call,
+    ``docs/benchmarks.md`` case 4), so on a CPU device the memory of the last two such
+    results is kept and handed out again, to a call needing exactly that size, once
+    nothing refers to it (no tensor, view, storage or NumPy array of it alive, not moved to
+    shared memory): ``g = gradient_samples(...)`` in a loop alternates between two
+    buffers and faults nothing after its second call; the process then holds up to two
+    dropped results' memory. To choose the buffer yourself, pass ``out``. On glibc, the
+    first call on a CPU device also lets malloc keep freed blocks up to 32 MiB in the heap
+    (glibc's own dynamic-threshold rule, see ``_settle_allocator``), so chunks reuse each
+    other's memory instead of faulting it in again; the process may then hold up to
+    64 MiB of freed memory for reuse.
 
     Args:
         fn: ``fn(params) -> Tensor`` of shape ``[]`` (a scalar), stochastic. It
@@ -247,7 +337,7 @@ def gradient_samples(
     device = leaves[0].device
     _settle_allocator(device)
     if out is None:
-        out = torch.empty(num, total, dtype=dtype, device=device)
+        out = _result((num, total), dtype, device)
     else:
         _check_out(out, (num, total), dtype, device)
     for start in range(0, num, chunk_size):

@@ -347,3 +347,121 @@ def test_chunks_do_not_page_fault_their_intermediates_again() -> None:
     if unsettled < 1000:
         pytest.skip(f"this machine's glibc did not trim between chunks ({unsettled} faults unsettled)")
     assert settled < 0.2 * unsettled, (settled, unsettled)
+
+
+# ----------------------------------------------------------------------------- result memory reuse
+
+_POOL_P = 8400  # 1000 x 8400 float32 = 33.6 MB: above the 32 MiB pooling threshold
+
+
+def _pool_problem():
+    params = {"w": torch.zeros(_POOL_P)}
+    return (lambda p: (p["w"] * torch.randn(_POOL_P)).sum()), params
+
+
+@pytest.fixture
+def empty_pool():
+    import scg.diagnostics as d
+
+    d._pool.clear()
+    yield d
+    d._pool.clear()
+
+
+def test_dropped_result_memory_is_handed_out_again(empty_pool) -> None:
+    """Once the caller drops a large CPU result, the next call of that size writes into its memory."""
+    fn, params = _pool_problem()
+    torch.manual_seed(0)
+    first = gradient_samples(fn, params, 1000)
+    ptr = first.data_ptr()
+    del first
+    torch.manual_seed(1)
+    again = gradient_samples(fn, params, 1000)
+    torch.manual_seed(1)
+    fresh = gradient_samples(fn, params, 1000, out=torch.empty(1000, _POOL_P))
+    assert again.data_ptr() == ptr
+    assert again._base is None and again.is_contiguous() and not again.requires_grad
+    assert torch.equal(again, fresh)
+
+
+@pytest.mark.parametrize(
+    "hold",
+    [
+        pytest.param(lambda g: g, id="tensor"),
+        pytest.param(lambda g: g[3], id="view"),
+        pytest.param(lambda g: g.untyped_storage(), id="storage"),
+        pytest.param(lambda g: g.numpy(), id="numpy"),
+    ],
+)
+def test_result_still_referred_to_is_never_reused(empty_pool, hold) -> None:
+    """Any live reference to a result (tensor, view, storage, NumPy array) keeps its memory out of reuse."""
+    fn, params = _pool_problem()
+    results, kept = [], []
+    for _ in range(4):  # more calls than the pool tracks
+        g = gradient_samples(fn, params, 1000)
+        results.append((g.data_ptr(), g[:, 0].clone()))
+        kept.append(hold(g))
+        del g
+    assert len({ptr for ptr, _ in results}) == 4
+    for (ptr, column), k in zip(results, kept):  # nothing overwrote an earlier result
+        tensor = torch.as_tensor(k) if not isinstance(k, torch.UntypedStorage) else None
+        if tensor is not None and tensor.dim() == 2:
+            assert torch.equal(tensor[:, 0], column)
+    assert len(empty_pool._pool) <= empty_pool._POOL_SIZE
+
+
+def test_loop_alternates_between_two_buffers(empty_pool) -> None:
+    """``g = gradient_samples(...)`` in a loop (the previous g alive during the call) uses two buffers."""
+    fn, params = _pool_problem()
+    ptrs = []
+    g = None
+    for _ in range(6):
+        g = gradient_samples(fn, params, 1000)
+        ptrs.append(g.data_ptr())
+    assert len(set(ptrs)) == 2 and ptrs[2:] == ptrs[:4]
+
+
+def test_shared_or_resized_result_is_not_reused(empty_pool) -> None:
+    """A result moved to shared memory (another process may read it) or resized is dropped from the pool."""
+    fn, params = _pool_problem()
+    shared = gradient_samples(fn, params, 1000)
+    shared.share_memory_()
+    grown = gradient_samples(fn, params, 1000)
+    grown.resize_(2000, _POOL_P)  # a new allocation under the same storage
+    del shared, grown
+    later = [gradient_samples(fn, params, 1000) for _ in range(3)]
+    assert not any(g.is_shared() for g in later)  # the shared storage was never handed out
+    assert all(e.intact() for e in empty_pool._pool) and len(empty_pool._pool) == empty_pool._POOL_SIZE
+
+
+def test_small_and_other_size_results_are_not_pooled(empty_pool) -> None:
+    """Results under 32 MiB come from ``torch.empty``; a dropped buffer of another size is not handed out."""
+    fn, params = _pool_problem()
+    gradient_samples(fn, params, 10)
+    assert empty_pool._pool == []
+    big = gradient_samples(fn, params, 1000)
+    ptr = big.data_ptr()
+    del big
+    other = gradient_samples(fn, params, 1001)
+    assert other.shape == (1001, _POOL_P) and other.data_ptr() != ptr
+
+
+def test_concurrent_calls_never_share_a_buffer(empty_pool) -> None:
+    """Two threads calling at once each get their own memory (claiming is under a lock)."""
+    import threading
+
+    fn, params = _pool_problem()
+    gradient_samples(fn, params, 1000)  # one dropped buffer in the pool for both to race for
+    got: list[Tensor] = []
+    barrier = threading.Barrier(2)
+
+    def call() -> None:
+        barrier.wait()
+        got.append(gradient_samples(fn, params, 1000))
+
+    threads = [threading.Thread(target=call) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 2 and got[0].data_ptr() != got[1].data_ptr()
