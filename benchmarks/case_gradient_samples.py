@@ -14,6 +14,9 @@ fails under ``torch.func.vmap`` (``Normal.rsample`` draws in place), and
 ``vectorize_particles`` averages the particles' gradients instead of returning them —
 the run reports the vmap error.
 
+On a CPU the run also reports each contender's minor page faults per call
+(``_timing.minor_faults``): memory a call obtains fresh from the operating system.
+
 Check: one estimate's objective value with the same seed agrees across the scg loop,
 the hand-written loop and Pyro; the vectorised estimates are compared with the loop's
 statistically (``check_same_estimator``: z-test per parameter, Bonferroni at 1e-3).
@@ -34,7 +37,7 @@ import scg
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _case import Mismatch, Options, Result, Target, close, peer, step_table  # noqa: E402
-from _timing import blocks, summarise  # noqa: E402
+from _timing import blocks, minor_faults, summarise  # noqa: E402
 from gradient_samples import (  # noqa: E402
     LATENT,
     REUSED_LOOP,
@@ -130,6 +133,10 @@ def run(opts: Options) -> Result:
     times = blocks({k: keep(k, f) for k, f in candidates.items()}, rounds=rounds, inner=1, warmup=1,
                    clock=opts.clock, device=opts.torch_device)
     rows = summarise(times, "gradient_samples")
+    if opts.torch_device.type == "cpu":
+        faults = {k: minor_faults(f) for k, f in candidates.items()}
+        if None not in faults.values():
+            notes.append("minor page faults per call (median of 3): " + ", ".join(f"{k} {v}" for k, v in faults.items()))
     for name, out in results.items():
         if out.shape != (num, P):
             raise Mismatch(f"{name} returned shape {list(out.shape)}; expected {[num, P]}.")
