@@ -14,7 +14,9 @@ interpreters side by side:
 It also times first-touching a fresh ``[1000, 12448]`` float32 result (``torch.zeros`` of
 that shape) — what no allocator setting removes, since glibc always maps blocks above
 32 MiB fresh; ``gradient_samples`` without ``out=`` pays it on its first two calls only,
-then reuses a dropped result's memory (``scg.diagnostics._result``).
+then reuses a dropped result's memory (``scg.diagnostics._result``). Both are timed: the
+default call (``g = gradient_samples(...)`` with the previous ``g`` alive, default chunk)
+with that reuse switched off (a fresh result every call) and on.
 
 Run: ``python benchmarks/gradient_samples_faults.py [--threads 1] [--repeats 7]
 [--chunk-sizes 100,200,336,500,1000]``. Results: ``docs/benchmarks.md``.
@@ -59,13 +61,29 @@ def measure(mode: str, threads: int, repeats: int, chunk_sizes: list[int]) -> di
             times.append(time.perf_counter() - t0)
             faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
         rows[cs] = (1e3 * sorted(times)[repeats // 2], sorted(faults)[repeats // 2])
+    default = {}
+    for pooled in (False, True):  # the default call (no out=), the previous result alive: g = ...
+        scg.diagnostics._POOL_MIN_BYTES = (32 << 20) if pooled else 1 << 62
+        scg.diagnostics._pool.clear()
+        g = None
+        for _ in range(2):
+            g = vectorised_estimates(encoder, x, neg_elbo, 1000)
+        times, faults = [], []
+        for _ in range(repeats):
+            f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            t0 = time.perf_counter()
+            g = vectorised_estimates(encoder, x, neg_elbo, 1000)
+            times.append(time.perf_counter() - t0)
+            faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+        default["pooled" if pooled else "fresh"] = (1e3 * sorted(times)[repeats // 2], sorted(faults)[repeats // 2])
+    del g
     touch = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fresh = torch.zeros(1000, P)
         touch.append(time.perf_counter() - t0)
         del fresh
-    return {"rows": rows, "touch_ms": 1e3 * sorted(touch)[repeats // 2]}
+    return {"rows": rows, "default": default, "touch_ms": 1e3 * sorted(touch)[repeats // 2]}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -94,6 +112,11 @@ def main(argv: list[str] | None = None) -> None:
     for cs in sizes:
         u, s = results["unsettled"]["rows"][str(cs)], results["settled"]["rows"][str(cs)]
         print(f"| {cs} | {u[0]:.1f} | {u[1]} | {s[0]:.1f} | {s[1]} |")
+    for mode in ("unsettled", "settled"):
+        d = results[mode]["default"]
+        print(f"{mode}, default chunk, no out= (g = gradient_samples(...), the previous g alive): "
+              f"fresh result every call {d['fresh'][0]:.1f} ms ({d['fresh'][1]} faults), "
+              f"reusing a dropped result's memory (the default) {d['pooled'][0]:.1f} ms ({d['pooled'][1]} faults)")
     print(f"first touch of a fresh [1000, 12448] float32 result (torch.zeros): "
           f"{results['settled']['touch_ms']:.1f} ms")
 
