@@ -140,3 +140,4 @@ def test_gradient_samples_faults_benchmark_runs(capsys):
     gradient_samples_faults.main(["--repeats", "1", "--chunk-sizes", "500"])
     out = capsys.readouterr().out
     assert "| 500 |" in out and "first touch of a fresh" in out
+    assert "reusing a dropped result's memory (the default)" in out
