@@ -391,10 +391,13 @@ def test_dropped_result_memory_is_handed_out_again(empty_pool) -> None:
         pytest.param(lambda g: g[3], id="view"),
         pytest.param(lambda g: g.untyped_storage(), id="storage"),
         pytest.param(lambda g: g.numpy(), id="numpy"),
+        pytest.param(lambda g: torch.utils.dlpack.to_dlpack(g), id="dlpack"),
+        pytest.param(lambda g: nn.Parameter(g), id="parameter"),
     ],
 )
 def test_result_still_referred_to_is_never_reused(empty_pool, hold) -> None:
-    """Any live reference to a result (tensor, view, storage, NumPy array) keeps its memory out of reuse."""
+    """Any live reference to a result (tensor, view, storage, NumPy array, DLPack capsule, Parameter)
+    keeps its memory out of reuse."""
     fn, params = _pool_problem()
     results, kept = [], []
     for _ in range(4):  # more calls than the pool tracks
@@ -404,9 +407,8 @@ def test_result_still_referred_to_is_never_reused(empty_pool, hold) -> None:
         del g
     assert len({ptr for ptr, _ in results}) == 4
     for (ptr, column), k in zip(results, kept):  # nothing overwrote an earlier result
-        tensor = torch.as_tensor(k) if not isinstance(k, torch.UntypedStorage) else None
-        if tensor is not None and tensor.dim() == 2:
-            assert torch.equal(tensor[:, 0], column)
+        if isinstance(k, (Tensor, np.ndarray)) and k.ndim == 2:
+            assert torch.equal(torch.as_tensor(k)[:, 0], column)
     assert len(empty_pool._pool) <= empty_pool._POOL_SIZE
 
 
