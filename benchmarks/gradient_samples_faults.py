@@ -7,14 +7,14 @@ the median number of minor page faults per call (``getrusage``), in two fresh
 interpreters side by side:
 
 * ``settled`` — the library as it is: the first call frees one block just under glibc's
-  32 MiB mmap-threshold ceiling (``scg.diagnostics._settle_allocator``);
+  32 MiB mmap-threshold ceiling (``scg._memory._settle_allocator``);
 * ``unsettled`` — the same with that step skipped (``_allocator_settled = True`` before
   the first call), i.e. glibc's threshold set by the chunks' own largest freed block.
 
 It also times first-touching a fresh ``[1000, 12448]`` float32 result (``torch.zeros`` of
 that shape) — what no allocator setting removes, since glibc always maps blocks above
 32 MiB fresh; ``gradient_samples`` without ``out=`` pays it on its first two calls only,
-then reuses a dropped result's memory (``scg.diagnostics._result``). Both are timed: the
+then reuses a dropped result's memory (``scg._memory._result``). Both are timed: the
 default call (``g = gradient_samples(...)`` with the previous ``g`` alive, default chunk)
 with that reuse switched off (a fresh result every call) and on.
 
@@ -40,12 +40,12 @@ def measure(mode: str, threads: int, repeats: int, chunk_sizes: list[int]) -> di
     import torch
 
     sys.path.insert(0, HERE)
-    import scg.diagnostics
+    import scg._memory
     from gradient_samples import build, vectorised_estimates
 
     torch.set_num_threads(threads)
     if mode == "unsettled":
-        scg.diagnostics._allocator_settled = True
+        scg._memory._allocator_settled = True
     x, encoder, _, neg_elbo = build(16)
     P = sum(p.numel() for p in encoder.parameters())
     out = torch.empty(1000, P)
@@ -63,8 +63,8 @@ def measure(mode: str, threads: int, repeats: int, chunk_sizes: list[int]) -> di
         rows[cs] = (1e3 * sorted(times)[repeats // 2], sorted(faults)[repeats // 2])
     default = {}
     for pooled in (False, True):  # the default call (no out=), the previous result alive: g = ...
-        scg.diagnostics._POOL_MIN_BYTES = (32 << 20) if pooled else 1 << 62
-        scg.diagnostics._pool.clear()
+        scg._memory._POOL_MIN_BYTES = (32 << 20) if pooled else 1 << 62
+        scg._memory._pool.clear()
         g = None
         for _ in range(2):
             g = vectorised_estimates(encoder, x, neg_elbo, 1000)

@@ -294,7 +294,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 import scg
-import scg.diagnostics as d
+import scg._memory as d
 
 torch.set_num_threads(1)
 if sys.argv[1] == "unsettled":
@@ -311,11 +311,11 @@ def fn(p):
 
 out = torch.empty(1008, sum(v.numel() for v in params.values()))
 for _ in range(2):
-    d.gradient_samples(fn, params, 1008, out=out)  # 3 chunks of 336
+    scg.diagnostics.gradient_samples(fn, params, 1008, out=out)  # 3 chunks of 336
 faults = []
 for _ in range(9):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    d.gradient_samples(fn, params, 1008, out=out)
+    scg.diagnostics.gradient_samples(fn, params, 1008, out=out)
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 print(sorted(faults)[4])  # the median call
 
@@ -361,7 +361,7 @@ def _pool_problem():
 
 @pytest.fixture
 def empty_pool():
-    import scg.diagnostics as d
+    import scg._memory as d
 
     d._pool.clear()
     yield d
