@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, Transform, TransformedDistribution
 
 from scg._checks import check_positive_int
+from scg.models._densities import diagonal_normal
 from scg.models.flows import MADE, AffineCouplingTransform, IAFTransform, PlanarTransform, RadialTransform
 from scg.models.nets import GaussianEncoder, mlp
 
@@ -196,7 +197,7 @@ class FlowPosterior(nn.Module):
 
     def forward(self, x: Tensor) -> Distribution:
         loc, scale, h = self.encoder.params(x)
-        base = torch.distributions.Independent(torch.distributions.Normal(loc, scale), 1)
+        base = diagonal_normal(loc, scale)
         if len(self.layers) == 0:
             return base
         return TransformedDistribution(base, [layer.transform(h) for layer in self.layers], validate_args=False)

@@ -197,7 +197,9 @@ def draw(
             z, owned = z.detach(), False
         return z, {"z": z}, owned
     if isinstance(estimator, Pathwise):
-        normal = dist.base_dist if type(dist) is Independent else dist
+        # An Independent, or a subclass keeping its sampling (scg.models' DiagonalNormal changes only log_prob).
+        wrapped = isinstance(dist, Independent) and type(dist).rsample is Independent.rsample
+        normal = dist.base_dist if wrapped else dist
         if type(normal) is Normal and replay is None:  # fast path, as scg.estimators.pathwise's _normal
             loc, scale = normal.loc, normal.scale
             eps = torch.randn((*lead, *loc.shape), dtype=loc.dtype, device=loc.device)
