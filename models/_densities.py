@@ -1,4 +1,4 @@
-r"""A diagonal Gaussian whose log-density is one fused expression: what the models' encoders, priors return.
+r"""The models' distributions with fused log-densities: a diagonal Gaussian and a vector of Bernoullis.
 
 .. math::
     \log N(z; μ, \mathrm{diag}\,σ^2) = \sum_i \Big[-\tfrac12 \Big(\frac{z_i − μ_i}{σ_i}\Big)^2
@@ -16,8 +16,10 @@ two log-densities per step (posterior and prior, ``kl="mc"``) and their backward
 The prior :math:`N(0, I)` (``loc = 0``, ``scale = 1`` exactly) drops the two ops that
 would only subtract 0, divide by 1 and take ``log 1``: :math:`\sum_i -\tfrac12 z_i^2 − \tfrac12\log 2π`.
 
-Values and derivatives (of every order) equal those of ``Independent(Normal)`` up to
-float rounding (``tests/test_models_densities.py``); argument validation, when on,
+:class:`BernoulliVector` does the same for the Bernoulli decoders' likelihood (below).
+
+Values and derivatives (of every order) equal those of ``Independent(Normal)`` and
+``Independent(Bernoulli)`` up to float rounding (``tests/test_models_densities.py``); argument validation, when on,
 validates the sample as ``Normal.log_prob`` does.
 """
 
@@ -26,10 +28,12 @@ from __future__ import annotations
 import math
 
 from torch import Tensor
-from torch.distributions import Distribution, Independent, Normal
+import torch
+from torch.distributions import Bernoulli, Distribution, Independent, Normal
 from torch.distributions.utils import _sum_rightmost
+from torch.nn.functional import binary_cross_entropy_with_logits
 
-__all__ = ["DiagonalNormal", "diagonal_normal", "standard_normal"]
+__all__ = ["DiagonalNormal", "diagonal_normal", "standard_normal", "BernoulliVector", "bernoulli_vector"]
 
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -92,4 +96,45 @@ def standard_normal(zero: Tensor, one: Tensor) -> DiagonalNormal:
     """
     dist = diagonal_normal(zero, one, validate_args=False)
     dist._standard = True
+    return dist
+
+
+class BernoulliVector(Independent):
+    r"""``Independent(Bernoulli(logits=ℓ), 1)`` with a fused log-mass: the decoders' likelihood.
+
+    .. math:: \log p(x) = \sum_i \big[x_i ℓ_i − \log(1 + e^{ℓ_i})\big] = −\sum_i \mathrm{BCE}(ℓ_i, x_i)
+
+    ``binary_cross_entropy_with_logits`` on ``x`` expanded to the logits' shape (data ``[B, D]``
+    against logits ``[S, B, D]``), summed over the event: what ``Bernoulli.log_prob`` computes,
+    without ``broadcast_all`` and the two Python methods. A base that is not exactly a
+    ``Bernoulli`` given by logits falls back to ``Independent.log_prob``.
+    """
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        base = self.base_dist
+        if type(base) is not Bernoulli or "logits" not in base.__dict__:
+            return super().log_prob(value)
+        if base._validate_args:
+            base._validate_sample(value)
+        logits = base.logits
+        if value.shape != logits.shape:
+            shape = torch.broadcast_shapes(logits.shape, value.shape)
+            logits, value = logits.expand(shape), value.expand(shape)
+        nll = binary_cross_entropy_with_logits(logits, value, reduction="none")
+        return -_sum_rightmost(nll, self.reinterpreted_batch_ndims)
+
+
+def bernoulli_vector(logits: Tensor) -> BernoulliVector:
+    """``Independent(Bernoulli(logits=logits, validate_args=False), 1)`` as a :class:`BernoulliVector`.
+
+    No argument validation (any real logits are valid), as the models' Bernoulli modules always had.
+    """
+    if not isinstance(logits, Tensor) or logits.dim() < 1:
+        return BernoulliVector(Bernoulli(logits=logits, validate_args=False), 1, validate_args=False)
+    base = Bernoulli.__new__(Bernoulli)  # Bernoulli.__init__'s work for one tensor of logits
+    base.logits = base._param = logits
+    Distribution.__init__(base, logits.shape, validate_args=False)
+    dist = BernoulliVector.__new__(BernoulliVector)
+    dist.base_dist, dist.reinterpreted_batch_ndims = base, 1
+    Distribution.__init__(dist, logits.shape[:-1], logits.shape[-1:], validate_args=False)
     return dist

@@ -19,7 +19,7 @@ from torch.distributions import Bernoulli, Distribution, Independent
 from torch.nn.functional import softplus
 
 from scg._checks import check_positive, check_positive_int
-from scg.models._densities import diagonal_normal, standard_normal
+from scg.models._densities import bernoulli_vector, diagonal_normal, standard_normal
 
 __all__ = [
     "mlp",
@@ -127,7 +127,7 @@ class BernoulliDecoder(nn.Module):
         self.net = mlp([z_dim, *hidden, x_dim], activation)
 
     def forward(self, z: Tensor) -> Distribution:
-        return Independent(Bernoulli(logits=self.net(z), validate_args=False), 1)
+        return bernoulli_vector(self.net(z))
 
 
 class GaussianDecoder(nn.Module):

@@ -139,7 +139,8 @@ class VAE(nn.Module):
 
         def cost_mc(z: Tensor) -> Tensor:
             log_ratio = scg.log_prob(q, z) - self.prior(z.shape[:-1]).log_prob(z)
-            return -self.decoder(z).log_prob(x) + beta * log_ratio
+            # β log q/p − log p(x|z); at β = 1 without the multiply (the same values: −a + b == b − a)
+            return (log_ratio if beta == 1.0 else beta * log_ratio) - self.decoder(z).log_prob(x)
 
         return expect(cost_mc)
 

@@ -118,3 +118,40 @@ def test_construction_matches_independent_normal_including_broadcast_and_errors(
         diagonal_normal(torch.zeros(()), torch.ones(()))
     with pytest.raises(ValueError, match="scale"):
         diagonal_normal(torch.zeros(3), -torch.ones(3), validate_args=True)
+
+
+@pytest.mark.parametrize("logits_shape, x_shape", [((4, 6), (4, 6)), ((3, 4, 6), (4, 6)), ((4, 6), (2, 4, 6))])
+def test_bernoulli_vector_log_prob_equals_independent_bernoulli(logits_shape, x_shape):
+    from torch.distributions import Bernoulli
+
+    from scg.models._densities import BernoulliVector, bernoulli_vector
+
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(logits_shape, generator=g, dtype=torch.float64).requires_grad_()
+    x = torch.bernoulli(torch.full(x_shape, 0.4, dtype=torch.float64), generator=g)
+    ours, ref = bernoulli_vector(logits), Independent(Bernoulli(logits=logits), 1)
+    assert type(ours) is BernoulliVector
+    assert (ours.batch_shape, ours.event_shape) == (ref.batch_shape, ref.event_shape)
+    a, b = ours.log_prob(x), ref.log_prob(x)
+    assert a.shape == b.shape
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    ga, = torch.autograd.grad(a.sum(), logits, create_graph=True)
+    gb, = torch.autograd.grad(b.sum(), logits, create_graph=True)
+    torch.testing.assert_close(ga, gb)
+    torch.testing.assert_close(torch.autograd.grad(ga.sum(), logits)[0], torch.autograd.grad(gb.sum(), logits)[0])
+    torch.testing.assert_close(ours.mean, ref.mean)
+    torch.testing.assert_close(ours.entropy(), ref.entropy())
+    e = ours.expand((5, *ours.batch_shape))
+    assert type(e) is BernoulliVector and e.batch_shape == (5, *ref.batch_shape)
+
+
+def test_bernoulli_decoder_returns_the_fused_likelihood():
+    from scg.models import BernoulliDecoder
+    from scg.models._densities import BernoulliVector
+
+    dec = BernoulliDecoder(3, 8, (5,))
+    p = dec(torch.randn(2, 4, 3))
+    assert type(p) is BernoulliVector and p.batch_shape == (2, 4) and p.event_shape == (8,)
+    torch.manual_seed(0)
+    s = p.sample()
+    assert s.shape == (2, 4, 8) and set(s.unique().tolist()) <= {0.0, 1.0}
