@@ -31,7 +31,8 @@ from torch import Tensor
 import torch
 from torch.distributions import Bernoulli, Distribution, Independent, Normal
 from torch.distributions.utils import _sum_rightmost
-from torch.nn.functional import binary_cross_entropy_with_logits
+
+from scg._dist import bernoulli_nll
 
 __all__ = ["DiagonalNormal", "diagonal_normal", "standard_normal", "BernoulliVector", "bernoulli_vector"]
 
@@ -106,7 +107,8 @@ class BernoulliVector(Independent):
 
     ``binary_cross_entropy_with_logits`` on ``x`` expanded to the logits' shape (data ``[B, D]``
     against logits ``[S, B, D]``), summed over the event: what ``Bernoulli.log_prob`` computes,
-    without ``broadcast_all`` and the two Python methods. A base that is not exactly a
+    without ``broadcast_all`` and the two Python methods; under ``torch.func.vmap`` the
+    equal ``softplus(ℓ) − xℓ`` (``scg._dist.bernoulli_nll``), which vmap runs as batched kernels. A base that is not exactly a
     ``Bernoulli`` given by logits falls back to ``Independent.log_prob``.
     """
 
@@ -120,7 +122,7 @@ class BernoulliVector(Independent):
         if value.shape != logits.shape:
             shape = torch.broadcast_shapes(logits.shape, value.shape)
             logits, value = logits.expand(shape), value.expand(shape)
-        nll = binary_cross_entropy_with_logits(logits, value, reduction="none")
+        nll = bernoulli_nll(logits, value)
         return -_sum_rightmost(nll, self.reinterpreted_batch_ndims)
 
 

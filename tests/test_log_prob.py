@@ -168,3 +168,22 @@ def test_sample_log_prob_falls_back_for_other_families() -> None:
     assert torch.equal(sample_log_prob(q, z), q.log_prob(z))
     with pytest.raises(ValueError):  # validation stays on where the user asked for it
         sample_log_prob(Bernoulli(logits=torch.zeros(3), validate_args=True), torch.full((3,), 0.5))
+
+
+def test_bernoulli_nll_equals_bce_eagerly_and_under_vmap():
+    from scg._dist import bernoulli_nll
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(7, 5, generator=g, dtype=torch.float64) * 6
+    x = torch.bernoulli(torch.full((7, 5), 0.5, dtype=torch.float64), generator=g)
+    ref = torch.nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none")
+    torch.testing.assert_close(bernoulli_nll(logits, x), ref, rtol=0, atol=0)  # eager: the fused op itself
+    batched = torch.func.vmap(bernoulli_nll)(logits, x)  # softplus(l) - x l
+    torch.testing.assert_close(batched, ref, rtol=1e-12, atol=1e-12)
+    grad = torch.func.vmap(torch.func.grad(lambda ll, xx: bernoulli_nll(ll, xx).sum()))(logits, x)
+    torch.testing.assert_close(grad, torch.sigmoid(logits) - x, rtol=1e-12, atol=1e-12)
+    big = torch.tensor([[30.0, -30.0, 30.0]]), torch.tensor([[1.0, 0.0, 0.0]])  # stable at large |logits|
+    out = torch.func.vmap(bernoulli_nll)(*big)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, torch.nn.functional.binary_cross_entropy_with_logits(*big, reduction="none"),
+                               rtol=1e-6, atol=1e-6)
