@@ -7,7 +7,12 @@ a batch of 16 digits, the negative ELBO with analytic KL summed over the batch t
 ``scg.expectation`` with ``scg.Pathwise()``; each call computes 1000 independent
 gradient estimates ``[1000, P]``.
 
-When Pyro is installed, a fourth contender is a loop of ``backward()`` through Pyro's
+A floor, ``hand_vectorised_estimates``: the same estimates with the gradient derived by
+hand and batched over draws, no autograd, weight gradients written by ``bmm`` straight into
+the result — what vectorising this one model can reach in eager PyTorch; checked equal to
+``gradient_samples`` with the same seed (the draws come in the same order).
+
+When Pyro is installed, a further contender is a loop of ``backward()`` through Pyro's
 ``TraceMeanField_ELBO().differentiable_loss`` of the same model (analytic KL, fixed
 decoder). Pyro has no vectorised equivalent: ``gradient_samples`` over Pyro's loss
 fails under ``torch.func.vmap`` (``Normal.rsample`` draws in place), and

@@ -120,8 +120,11 @@ class BernoulliVector(Independent):
             base._validate_sample(value)
         logits = base.logits
         if value.shape != logits.shape:
-            shape = torch.broadcast_shapes(logits.shape, value.shape)
-            logits, value = logits.expand(shape), value.expand(shape)
+            if value.dim() <= logits.dim() and logits.shape[logits.dim() - value.dim():] == value.shape:
+                value = value.expand_as(logits)  # data [B, D] against logits [S, B, D]: the common case
+            else:
+                shape = torch.broadcast_shapes(logits.shape, value.shape)
+                logits, value = logits.expand(shape), value.expand(shape)
         nll = bernoulli_nll(logits, value)
         return -_sum_rightmost(nll, self.reinterpreted_batch_ndims)
 
