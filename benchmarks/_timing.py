@@ -84,10 +84,23 @@ def report(times: dict[str, list[float]], baseline: str) -> str:
     return "\n".join(lines)
 
 
+def cpu_model() -> str:
+    """The CPU's model name from ``/proc/cpuinfo`` (Linux), or ``"unknown CPU"``: ratios of
+    Python-bound loops to vectorised kernels move with it (``docs/benchmarks.md``, session 8)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
 def machine() -> str:
     """One line describing the machine and library versions (torch threads are reported by each run)."""
     return (
-        f"{platform.processor() or platform.machine()}, nproc={os.cpu_count()}, "
+        f"{platform.processor() or platform.machine()} ({cpu_model()}), nproc={os.cpu_count()}, "
         f"torch {torch.__version__}, Python {platform.python_version()}"
     )
 
