@@ -55,7 +55,10 @@ def _bce(args: tuple, kwargs: dict) -> Optional[Tensor]:
         return None
     if inp.shape != tgt.shape or inp.dtype != tgt.dtype or not inp.is_floating_point():
         return None
-    reduce = _REDUCE.get(bound.get("reduction", "mean"))
+    reduction = bound.get("reduction", "mean")
+    if isinstance(reduction, bool):  # True == 1 would pass as "mean": leave it to torch's own error
+        return None
+    reduce = _REDUCE.get(reduction)
     if reduce is None:
         return None
     return reduce(bernoulli_nll(inp, tgt))

@@ -42,6 +42,8 @@ def test_calls_the_rule_does_not_cover_run_unchanged():
     assert _bce((logits, target[0]), {}) is None  # broadcast target: torch's own shape rules and errors
     assert _bce((logits, target.float()), {}) is None
     assert _bce((logits, target), {"reduction": "bogus"}) is None
+    assert _bce((logits, target), {"reduction": True}) is None
+    assert _bce((logits, target), {"reduction": 2}) is not None  # torch.binary_cross_entropy_with_logits' enum
     assert _bce((logits, target), {"size_average": False}) is None
     assert _bce((logits, target, None, None, None, "sum"), {}) is None
     assert _bce((logits, target), {"reduction": "sum"}) is not None
