@@ -467,3 +467,11 @@ def test_concurrent_calls_never_share_a_buffer(empty_pool) -> None:
     for t in threads:
         t.join()
     assert len(got) == 2 and got[0].data_ptr() != got[1].data_ptr()
+
+
+def test_result_does_not_require_grad_when_fn_closes_over_tensors_that_do():
+    w = torch.randn(3, requires_grad=True)  # e.g. a baseline network's parameter, not in params
+    g = scg.diagnostics.gradient_samples(lambda p: (p[0] * w).sum() ** 2, [torch.ones(3)], 4)
+    assert not g.requires_grad and g.grad_fn is None
+    expected = 2 * (torch.ones(3) * w).sum() * w
+    torch.testing.assert_close(g, expected.detach().expand(4, 3))
