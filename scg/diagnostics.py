@@ -225,11 +225,12 @@ def gradient_samples(
         size = min(chunk_size, num - start)
         with VmapRules():
             grads = batched(structure, torch.zeros(size, device=device))
-        # One cat into the rows (contiguous): 18 % faster than a copy per parameter's columns.
-        per_param = grads.values() if isinstance(grads, Mapping) else grads
-        rows = [g.reshape(size, g.numel() // size) for g in per_param]
         with torch.no_grad():  # gradients of fn's closed-over tensors that require grad stay out of the result
-            torch.cat(rows, 1, out=out[start : start + size])
+            offset = 0
+            for g in grads.values() if isinstance(grads, Mapping) else grads:
+                n = g.numel() // size
+                out[start : start + size, offset : offset + n] = g.reshape(size, n)
+                offset += n
     return out
 
 
