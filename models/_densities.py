@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import math
 
-from torch import Tensor
 import torch
+from torch import Tensor
 from torch.distributions import Bernoulli, Distribution, Independent, Normal
 from torch.distributions.utils import _sum_rightmost
 
@@ -80,11 +80,15 @@ def _normal(loc: Tensor, scale: Tensor, validate_args: bool | None) -> Normal:
 
 def diagonal_normal(loc: Tensor, scale: Tensor, *, validate_args: bool | None = None) -> DiagonalNormal:
     """:math:`N(\\mathrm{loc}, \\mathrm{diag}\\,\\mathrm{scale}^2)` over the last dim (event ``[L]``)."""
-    base = _normal(loc, scale, validate_args)
+    return _independent(DiagonalNormal, _normal(loc, scale, validate_args), validate_args)
+
+
+def _independent(cls: type, base: Distribution, validate_args: bool | None) -> Independent:
+    """``cls(base, 1)``: ``Independent.__init__``'s work over the last batch dim, without its generic shape logic."""
     shape = base.batch_shape
     if len(shape) < 1:
-        return DiagonalNormal(base, 1, validate_args=validate_args)  # Independent's own error
-    dist = DiagonalNormal.__new__(DiagonalNormal)  # Independent.__init__'s work, without its generic shape logic
+        return cls(base, 1, validate_args=validate_args)  # Independent's own error
+    dist = cls.__new__(cls)
     dist.base_dist, dist.reinterpreted_batch_ndims = base, 1
     Distribution.__init__(dist, shape[:-1], shape[-1:], validate_args=validate_args)
     return dist
@@ -139,7 +143,4 @@ def bernoulli_vector(logits: Tensor) -> BernoulliVector:
     base = Bernoulli.__new__(Bernoulli)  # Bernoulli.__init__'s work for one tensor of logits
     base.logits = base._param = logits
     Distribution.__init__(base, logits.shape, validate_args=False)
-    dist = BernoulliVector.__new__(BernoulliVector)
-    dist.base_dist, dist.reinterpreted_batch_ndims = base, 1
-    Distribution.__init__(dist, logits.shape[:-1], logits.shape[-1:], validate_args=False)
-    return dist
+    return _independent(BernoulliVector, base, False)
