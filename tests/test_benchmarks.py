@@ -141,3 +141,15 @@ def test_gradient_samples_faults_benchmark_runs(capsys):
     out = capsys.readouterr().out
     assert "| 500 |" in out and "first touch of a fresh" in out
     assert "reusing a dropped result's memory (the default)" in out
+
+
+def test_gradient_samples_ops_benchmark_accounts_for_the_call(capsys):
+    import gradient_samples_ops
+
+    measured = gradient_samples_ops.main(["--num", "40", "--batch", "4", "--repeats", "2", "--top", "3"])
+    out = capsys.readouterr().out
+    assert "case 4's budget (loop / 20)" in out and "| aten.bmm |" in out
+    assert measured["budget"] == pytest.approx(measured["loop"] / 20)
+    for key in ("gradient_samples", "floor", "gradient_samples_fixed", "gradient_samples_kernels"):
+        assert measured[key] > 0
+    assert measured["gradient_samples_fixed"] < measured["gradient_samples"] * 1.5  # fixed cost is a part of a call
