@@ -17,10 +17,14 @@ Case 4's target is ``loop of backward() / gradient_samples ≥ 20``, so one call
   code or dispatch around the kernels can remove; the rest of the call is that overhead
   (tracing ``fn`` through ``vmap``/``grad`` once per chunk, autograd's graph).
 
-If the kernels alone exceed the budget, the target cannot be met at that thread count by
-any eager ``vmap(grad)`` of this model: only by computing fewer or cheaper kernels, as the
-floor does. The per-kernel timing adds about a microsecond per kernel (a few hundred per
-call). Results: ``docs/benchmarks.md``.
+The kernels' time is estimated twice, independently: as that sum (the mode's own Python
+runs between kernels, outside each timed interval, but may cool caches), and as the call
+minus its *fixed cost* — the same call with as many chunks of one estimate each, whose
+kernels are tiny, so what remains is what does not grow with the chunk (tracing ``fn``
+through ``vmap``/``grad``, autograd's graph, each kernel's launch). If the kernels alone
+exceed the budget, the target cannot be met at that thread count by any eager
+``vmap(grad)`` of this model: only by computing fewer or cheaper kernels, as the floor
+does. Results: ``docs/benchmarks.md``.
 
 Run: ``python benchmarks/gradient_samples_ops.py [--threads 1] [--num 1000] [--repeats 7] [--top 12]``.
 """
