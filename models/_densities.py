@@ -39,6 +39,12 @@ __all__ = ["DiagonalNormal", "diagonal_normal", "standard_normal", "BernoulliVec
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
+def _sum_event(t: Tensor, n: int) -> Tensor:
+    """Sum of the rightmost ``n`` dims: ``t.sum(-1)`` for the models' one event dim (no reshape and its
+    backward node, as ``_sum_rightmost`` adds), ``_sum_rightmost`` otherwise."""
+    return t.sum(-1) if n == 1 and t.dim() >= 1 else _sum_rightmost(t, n)
+
+
 class DiagonalNormal(Independent):
     """``Independent(Normal(loc, scale), n)`` with the fused log-density above.
 
@@ -60,7 +66,7 @@ class DiagonalNormal(Independent):
         else:
             e = (value - base.loc) / base.scale
             density = -0.5 * e * e - base.scale.log() - HALF_LOG_2PI
-        return _sum_rightmost(density, self.reinterpreted_batch_ndims)
+        return _sum_event(density, self.reinterpreted_batch_ndims)
 
     def expand(self, batch_shape, _instance=None):  # noqa: ANN001, ANN201 - torch's signature
         new = super().expand(batch_shape, _instance)
@@ -130,7 +136,7 @@ class BernoulliVector(Independent):
                 shape = torch.broadcast_shapes(logits.shape, value.shape)
                 logits, value = logits.expand(shape), value.expand(shape)
         nll = bernoulli_nll(logits, value)
-        return -_sum_rightmost(nll, self.reinterpreted_batch_ndims)
+        return _sum_event(nll, self.reinterpreted_batch_ndims).neg()
 
 
 def bernoulli_vector(logits: Tensor) -> BernoulliVector:
