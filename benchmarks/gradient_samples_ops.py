@@ -8,7 +8,7 @@ Case 4's target is ``loop of backward() / gradient_samples ≥ 20``, so one call
 
 * the loop of ``backward()`` (the case's baseline) and its budget, loop / 20;
 * ``gradient_samples(..., out=buffer)`` and the hand-vectorised floor (the gradient derived
-  by hand, no autograd) per call, wall clock, median of ``--repeats``;
+  by hand, no autograd) per call, wall clock, medians of ``--repeats`` interleaved rounds (``_timing.blocks``);
 * for both, every ATen kernel the call runs, timed one by one with a
   ``TorchDispatchMode``: under ``torch.func`` such a mode sits below the ``vmap`` and
   ``grad`` layers, so it sees the batched (physical) kernels that actually execute — the
@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import collections
 import os
-import statistics
 import sys
 import time
 from typing import Callable
@@ -43,7 +42,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _timing import machine  # noqa: E402
+from _timing import blocks, machine, medians  # noqa: E402
 from gradient_samples import build, hand_vectorised_estimates, loop_estimates, vectorised_estimates  # noqa: E402
 
 import scg  # noqa: E402
@@ -64,18 +63,6 @@ class KernelTimes(TorchDispatchMode):
         self.seconds[name] += time.perf_counter() - start
         self.calls[name] += 1
         return out
-
-
-def wall(f: Callable[[], object], repeats: int) -> float:
-    """Median wall-clock seconds of ``repeats`` calls after two warm-up calls."""
-    f()
-    f()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        f()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def kernels(f: Callable[[], object], repeats: int) -> KernelTimes:
@@ -137,10 +124,11 @@ def _measure(args: argparse.Namespace) -> dict[str, float]:
 
     print(machine())
     print(f"torch threads {args.threads}; P = {P}; {args.num} estimates per call in {chunks} chunks of {chunk}; "
-          f"median of {args.repeats} calls")
-    loop_ms = wall(loop, max(1, min(args.repeats, 3))) * 1e3
-    auto_ms, floor_ms = wall(auto, args.repeats) * 1e3, wall(floor, args.repeats) * 1e3
-    auto_fixed_ms, floor_fixed_ms = wall(auto_fixed, args.repeats) * 1e3, wall(floor_fixed, args.repeats) * 1e3
+          f"medians of {args.repeats} interleaved rounds (wall clock)")
+    timed = {"loop": loop, "auto": auto, "floor": floor, "auto_fixed": auto_fixed, "floor_fixed": floor_fixed}
+    ms = {k: v * 1e3 for k, v in medians(blocks(timed, rounds=args.repeats, warmup=2, clock="wall")).items()}
+    loop_ms, auto_ms, floor_ms = ms["loop"], ms["auto"], ms["floor"]
+    auto_fixed_ms, floor_fixed_ms = ms["auto_fixed"], ms["floor_fixed"]
     auto_k, floor_k = kernels(auto, args.repeats), kernels(floor, args.repeats)
     auto_kernels = sum(auto_k.seconds.values()) / args.repeats * 1e3
     floor_kernels = sum(floor_k.seconds.values()) / args.repeats * 1e3
