@@ -16,18 +16,13 @@ from typing import Any, Callable, NamedTuple, Optional, Union
 import torch
 from torch import Tensor
 
-from scg._checks import check_positive_int
-from scg._memory import _result, _settle_allocator
-from scg._vmap_rules import VmapRules
+from scg.checks import check_positive_int
 
 __all__ = ["gradient_samples", "summary", "Summary", "DEFAULT_CHUNK_ELEMENTS"]
 
 Params = Union[Mapping[str, Tensor], Sequence[Tensor]]
 
-#: Default memory budget of one chunk, in gradient elements (``chunk_size · P``):
-#: 2**22 elements = 16 MiB in float32. Kept under glibc's largest mmap threshold
-#: (32 MiB): a larger buffer is mapped fresh by every call and page-faults on first
-#: write, which cost more than the per-chunk overhead here (``docs/benchmarks.md``, case 4).
+#: Default memory budget of one chunk, in gradient elements (``chunk_size · P``): 16 MiB of float32.
 DEFAULT_CHUNK_ELEMENTS: int = 2**22
 
 
@@ -98,73 +93,55 @@ def gradient_samples(
         G_{n,:} = \operatorname{flatten}\big(∇_θ\, \mathrm{fn}(θ; ω_n)\big), \qquad
         ω_1, \dots, ω_{num} \text{ iid}
 
-    where :math:`ω_n` is all the randomness ``fn`` draws. Each row is one draw of
-    the estimator that ``loss = fn(params); loss.backward()`` would produce.
+    where :math:`ω_n` is all the randomness ``fn`` draws: each row is one draw of the
+    gradient that ``fn(params).backward()`` would produce. Computed as
+    ``torch.func.vmap(torch.func.grad(fn), randomness="different")``, ``chunk_size``
+    estimates per call, instead of a Python loop of ``backward()`` calls.
 
-    Computed as ``torch.func.vmap(torch.func.grad(fn), randomness="different")``
-    over a dummy batch dimension, ``chunk_size`` estimates per call: one
-    vectorised forward/backward per chunk instead of ``num`` Python-level
-    ``backward()`` calls (see ``docs/benchmarks.md``). Stacking estimates along a
-    leading dimension and differentiating them with a batched backward would cost
-    O(num²); this does not. While ``fn`` runs, ``binary_cross_entropy_with_logits`` calls
-    without weights are computed as the equal ``softplus(ℓ) − t·ℓ`` (``scg._vmap_rules``):
-    ``vmap`` has no batching rule for the fused loss, and its decomposition took 9 of 40 ms
-    of a call on the benchmark's VAE.
+    Requires: ``fn`` traceable by ``torch.func`` — no ``.item()`` or data-dependent
+    Python control flow, no ``.backward()`` inside; call modules with
+    ``torch.func.functional_call``.
 
-    Requires: ``fn`` traceable by ``torch.func``: no in-place random draws on
-    unbatched tensors (``Normal.rsample`` fails under vmap; ``torch.randn`` and
-    ``dist.sample`` work — every scg estimator draws out of place, so a closure
-    calling :func:`scg.expectation` works as it is), no ``.item()``/data-dependent
-    Python control flow, no ``.backward()`` inside. Modules are called
-    functionally with ``torch.func.functional_call``. Running statistics of
-    control variates (e.g. ``MovingAverage``) are frozen inside ``torch.func``,
-    so every row uses the same baseline state.
-
-    Properties: rows are independent and identically distributed. Randomness
-    comes from torch's global generator: after ``torch.manual_seed(s)`` the result
-    is reproducible for the same ``num`` and ``chunk_size`` (a different chunking
-    draws the same *distribution* of estimates, not necessarily the same values).
+    Properties: rows are iid. Randomness comes from torch's global generator: after
+    ``torch.manual_seed(s)`` the result is reproducible for the same ``num`` and
+    ``chunk_size``. Running statistics of control variates (e.g. ``MovingAverage``)
+    are frozen inside ``torch.func``, so every row sees the same baseline state.
     Memory: one chunk holds ``chunk_size`` copies of the gradient and of ``fn``'s
-    intermediate tensors; the result itself is ``num · P`` elements. A fresh CPU result
-    above 32 MiB is mapped from the operating system and page-faults on first write (on
-    the benchmark machine a 50 MB result costs 15–40 ms, a third of the call,
-    ``docs/benchmarks.md`` case 4), so on a CPU device the memory of the last two such
-    results is kept and handed out again, to a call needing exactly that size, once
-    nothing refers to it (no tensor, view, storage or NumPy array of it alive, not moved to
-    shared memory): ``g = gradient_samples(...)`` in a loop alternates between two
-    buffers and faults nothing after its second call; the process then holds up to two
-    dropped results' memory. To choose the buffer yourself, pass ``out``. On glibc, the
-    first call on a CPU device also lets malloc keep freed blocks up to 32 MiB in the heap
-    (glibc's own dynamic-threshold rule, see ``_settle_allocator``), so chunks reuse each
-    other's memory instead of faulting it in again; the process may then hold up to
-    64 MiB of freed memory for reuse.
+    intermediates, plus the ``num · P`` result.
+
+    Tips (torch limitations):
+        * ``Normal.rsample`` fails under vmap (it draws in place). Use scg's estimators,
+          which draw noise out of place, or write ``loc + scale * torch.randn(...)``.
+        * vmap has no batching rule for the fused ``F.binary_cross_entropy_with_logits``
+          and runs a slow decomposition; the Bernoulli negative log-likelihood written as
+          ``softplus(l) - t * l`` is equal and batches well.
+        * ``torch.func.hessian`` (and ``jacfwd``) of a stochastic function fails in vmap's
+          "randomness error mode": it vmaps over tangents, which must be told how to draw.
+          Use ``jacfwd(jacrev(f), randomness="same")``: one draw shared by every direction.
 
     Args:
-        fn: ``fn(params) -> Tensor`` of shape ``[]`` (a scalar), stochastic. It
-            receives ``params`` in the same structure (dict or sequence).
-        params: dict name -> tensor, or a sequence of tensors (their values are
-            used detached; the result does not require grad).
+        fn: ``fn(params) -> Tensor`` of shape ``[]``, stochastic; receives ``params`` in
+            the structure given (dict or sequence).
+        params: dict name -> tensor, or a sequence of tensors; their values are used
+            detached (the result does not require grad).
         num: number of estimates N ≥ 1.
         chunk_size: estimates per vectorised call (keyword-only). ``None`` picks
-            ``min(num, max(1, 2**22 // P))`` — at most 16 MiB of float32 gradients
-            per chunk; lower it when ``fn``'s own activations are large.
-        out: optional preallocated result (keyword-only): a contiguous tensor of
-            shape ``[num, P]`` with the dtype and device of the result (the
-            promoted dtype of ``params``, the device of the first). It is
-            overwritten and returned.
+            ``min(num, max(1, DEFAULT_CHUNK_ELEMENTS // P))``; lower it when ``fn``'s own
+            activations are large.
+        out: optional result buffer (keyword-only): contiguous, ``[num, P]``, with the
+            promoted dtype of ``params`` and the device of the first; overwritten and returned.
 
     Returns:
         Tensor ``[num, P]`` (``out`` when given), P the total number of elements of
-        ``params``; row n is the n-th estimate, parameters flattened and
-        concatenated in the order of ``params`` (dict insertion order).
+        ``params``; parameters flattened and concatenated in order (dict insertion order).
 
     Raises:
-        TypeError: ``params`` is not a dict/sequence of tensors, ``fn`` is not
-            callable or does not return a tensor, ``out`` is not a tensor or has
-            the wrong dtype.
-        ValueError: ``num < 1``, ``chunk_size < 1``, empty ``params``, ``fn``
-            does not return a scalar, or ``out`` has the wrong shape or device or is
-            not contiguous.
+        TypeError: ``params`` is not a dict/sequence of floating-point tensors, ``fn`` is
+            not callable or does not return a tensor, ``out`` is not a tensor or has the
+            wrong dtype.
+        ValueError: ``num < 1``, ``chunk_size < 1``, empty ``params``, ``fn`` does not
+            return a scalar, or ``out`` has the wrong shape or device, is not contiguous
+            or requires grad.
 
     Example:
         >>> import torch, scg
@@ -197,40 +174,35 @@ def gradient_samples(
     if chunk_size is None:
         chunk_size = min(num, max(1, DEFAULT_CHUNK_ELEMENTS // max(total, 1)))
     else:
-        check_positive_int("chunk_size", chunk_size)
-        chunk_size = min(chunk_size, num)
-
-    def scalar(p: Any, _: Tensor) -> Tensor:
-        out = fn(p)
-        if not isinstance(out, Tensor):
-            raise TypeError(f"`fn` must return a torch.Tensor; got {type(out).__name__}.")
-        if out.dim() != 0:
-            raise ValueError(
-                f"`fn` must return a scalar (shape []); got shape {list(out.shape)} — "
-                "reduce it, e.g. with .sum() or .mean()."
-            )
-        return out
-
-    batched = torch.func.vmap(torch.func.grad(scalar), in_dims=(None, 0), randomness="different")
+        chunk_size = min(check_positive_int("chunk_size", chunk_size), num)
     dtype = leaves[0].dtype
     for t in leaves[1:]:
         dtype = torch.promote_types(dtype, t.dtype)
     device = leaves[0].device
-    _settle_allocator(device)
     if out is None:
-        out = _result((num, total), dtype, device)
+        out = torch.empty(num, total, dtype=dtype, device=device)
     else:
         _check_out(out, (num, total), dtype, device)
+
+    def scalar(p: Any, _: Tensor) -> Tensor:
+        value = fn(p)
+        if not isinstance(value, Tensor):
+            raise TypeError(f"`fn` must return a torch.Tensor; got {type(value).__name__}.")
+        if value.dim() != 0:
+            raise ValueError(
+                f"`fn` must return a scalar (shape []); got shape {list(value.shape)} — "
+                "reduce it, e.g. with .sum() or .mean()."
+            )
+        return value
+
+    batched = torch.func.vmap(torch.func.grad(scalar), in_dims=(None, 0), randomness="different")
     for start in range(0, num, chunk_size):
         size = min(chunk_size, num - start)
-        with VmapRules():
-            grads = batched(structure, torch.zeros(size, device=device))
+        grads = batched(structure, torch.zeros(size, device=device))
+        grads = grads.values() if isinstance(grads, Mapping) else grads
+        flat = [g.reshape(size, t.numel()) for g, t in zip(grads, leaves)]
         with torch.no_grad():  # gradients of fn's closed-over tensors that require grad stay out of the result
-            offset = 0
-            for g in grads.values() if isinstance(grads, Mapping) else grads:
-                n = g.numel() // size
-                out[start : start + size, offset : offset + n] = g.reshape(size, n)
-                offset += n
+            torch.cat(flat, dim=1, out=out[start : start + size])
     return out
 
 
