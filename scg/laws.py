@@ -23,9 +23,7 @@ from typing import Optional
 
 import torch
 from torch import Tensor
-from torch.distributions import Bernoulli, Categorical, Distribution, Independent, OneHotCategorical
-
-from scg._checks import under_transform
+from torch.distributions import Categorical, Distribution, Independent, OneHotCategorical
 
 __all__ = [
     "Law",
@@ -166,34 +164,17 @@ def sample_from(dist: Distribution, num_samples: int) -> Tensor:
 
 
 def draw(dist: Distribution, sample_shape: tuple[int, ...]) -> Tensor:
-    r"""Draws of ``dist`` of shape ``[*sample_shape, *batch_shape, *event_shape]``, without gradient.
+    """Draws of ``dist`` of shape ``[*sample_shape, *batch_shape, *event_shape]``, without gradient.
 
-    ``dist.sample(sample_shape)``, except for two laws:
-
-    * ``Bernoulli`` (also inside ``Independent``) on the CPU: :math:`b = 1[u < p]`
-      with ``u = torch.rand(shape)``. torch's CPU ``bernoulli`` draws the very same
-      uniform per element and compares it with p, one element at a time; this draws
-      the uniforms in one vectorised call, so the samples are identical, bit for bit,
-      to ``dist.sample`` after the same seed (tested) — in less than half the time
-      (≈ 0.31 → 0.13 ms for 20,000 elements here, the comparison written into the
-      uniforms in place outside torch.func; ``python benchmarks/bernoulli_draw.py``).
-      Other devices use ``dist.sample`` (their kernels are fast and draw differently).
-    * ``OneHotCategorical``: a categorical index turned one-hot with comparisons
-      (torch's ``one_hot`` is not vmap-compatible).
+    ``dist.sample(sample_shape)`` under ``torch.no_grad()``, except for
+    ``OneHotCategorical`` (also inside ``Independent``): a categorical index turned
+    one-hot with comparisons (torch's ``one_hot`` is not vmap-compatible).
     """
     with torch.no_grad():
         base = dist
         while isinstance(base, Independent):
             base = base.base_dist
-        if type(base) is Bernoulli:
-            # probs as given, else σ(logits) here (no grad): base.probs would cache an attached copy
-            probs = base.__dict__["probs"] if "probs" in base.__dict__ else torch.sigmoid(base.logits)
-            if probs.device.type == "cpu" and probs.dtype in (torch.float32, torch.float64):
-                u = torch.rand((*sample_shape, *base.batch_shape), dtype=probs.dtype)
-                if under_transform(u) or under_transform(probs):
-                    return (u < probs).to(probs.dtype)  # torch.func has no batching rule for lt_
-                return u.lt_(probs)  # 1.0 where u < p, else 0.0, written into u (one kernel fewer)
-        elif isinstance(base, OneHotCategorical):
+        if isinstance(base, OneHotCategorical):
             index = Categorical(logits=base.logits).sample(sample_shape)
             return one_hot(index, base.logits.shape[-1], base.logits.dtype)
         return dist.sample(sample_shape)
