@@ -31,8 +31,7 @@ from torch.distributions import Distribution, Independent, Normal, kl_divergence
 from torch.nn.functional import softplus
 
 import scg
-from scg._checks import check_positive, check_positive_int
-from scg._dist import bernoulli_nll
+from scg.checks import check_positive, check_positive_int
 
 __all__ = ["BayesianLogisticRegression"]
 
@@ -101,7 +100,7 @@ class BayesianLogisticRegression(nn.Module):
     def nll(w: Tensor, x: Tensor, y: Tensor) -> Tensor:
         """Summed negative log-likelihood of the rows of (x, y) for weights w ``[S, D]`` → ``[S]``."""
         logits = w @ x.T
-        return bernoulli_nll(logits, y.expand_as(logits)).sum(-1)  # softplus(ℓ) − yℓ under vmap (fast)
+        return nn.functional.binary_cross_entropy_with_logits(logits, y.expand_as(logits), reduction="none").sum(-1)
 
     def objective(self, index: Optional[Tensor] = None, *, draws: Optional[dict[str, Tensor]] = None) -> Tensor:
         r"""Surrogate of the doubly stochastic :math:`−\mathrm{ELBO}` (a scalar).

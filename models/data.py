@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from scg._checks import check_positive, check_positive_int
+from scg.checks import check_positive, check_positive_int
 
 __all__ = [
     "Splits",

@@ -45,7 +45,7 @@ import torch
 from torch import Tensor, nn
 
 import scg
-from scg._checks import check_positive, check_positive_int
+from scg.checks import check_positive, check_positive_int
 from scg.models.nets import BernoulliDecoder, BernoulliEncoder, BernoulliPrior, mlp
 
 __all__ = ["DiscreteVAE", "DISCRETE_ESTIMATORS", "make_estimator"]

@@ -20,7 +20,7 @@ from typing import Optional, Protocol
 import torch
 from torch import Tensor
 
-from scg._checks import check_positive, check_positive_int
+from scg.checks import check_positive, check_positive_int
 
 __all__ = ["HasLogWeights", "log_likelihood", "active_units", "posterior_means"]
 

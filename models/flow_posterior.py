@@ -27,10 +27,9 @@ from typing import Optional, Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Distribution, Transform, TransformedDistribution
+from torch.distributions import Distribution, Independent, Normal, Transform, TransformedDistribution
 
-from scg._checks import check_positive_int
-from scg.models._densities import diagonal_normal
+from scg.checks import check_positive_int
 from scg.models.flows import MADE, AffineCouplingTransform, IAFTransform, PlanarTransform, RadialTransform
 from scg.models.nets import GaussianEncoder, mlp
 
@@ -197,7 +196,7 @@ class FlowPosterior(nn.Module):
 
     def forward(self, x: Tensor) -> Distribution:
         loc, scale, h = self.encoder.params(x)
-        base = diagonal_normal(loc, scale)
+        base = Independent(Normal(loc, scale), 1)
         if len(self.layers) == 0:
             return base
         return TransformedDistribution(base, [layer.transform(h) for layer in self.layers], validate_args=False)

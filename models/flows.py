@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from torch.distributions import Transform, constraints
 from torch.nn.functional import softplus
 
-from scg._checks import check_positive_int
+from scg.checks import check_positive_int
 
 __all__ = ["PlanarTransform", "RadialTransform", "MADE", "IAFTransform", "AffineCouplingTransform"]
 

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, Normal, TransformedDistribution
 
 import scg
-from scg._checks import check_positive_int
+from scg.checks import check_positive_int
 from scg.models.vae import VAE
 
 __all__ = ["IWAE", "IWAE_GRADIENTS", "base_noise", "rsample_from_noise"]

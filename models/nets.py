@@ -15,11 +15,10 @@ from typing import Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Bernoulli, Distribution, Independent
+from torch.distributions import Bernoulli, Distribution, Independent, Normal
 from torch.nn.functional import softplus
 
-from scg._checks import check_positive, check_positive_int
-from scg.models._densities import bernoulli_vector, diagonal_normal, standard_normal
+from scg.checks import check_positive, check_positive_int
 
 __all__ = [
     "mlp",
@@ -59,8 +58,7 @@ class GaussianEncoder(nn.Module):
         hidden: hidden layer sizes (``()`` for a linear encoder).
         activation: nonlinearity class.
 
-    Returns (forward): ``Independent(Normal(loc, scale), 1)`` (a ``DiagonalNormal``: the same
-    distribution with a fused ``log_prob``, ``scg.models._densities``), batch ``x.shape[:-1]``, event ``[z_dim]``.
+    Returns (forward): ``Independent(Normal(loc, scale), 1)``, batch ``x.shape[:-1]``, event ``[z_dim]``.
     ``features(x)`` returns h (``[..., hidden[-1]]``, or x when linear): the context of amortised flows.
     """
 
@@ -86,7 +84,7 @@ class GaussianEncoder(nn.Module):
 
     def forward(self, x: Tensor) -> Distribution:
         loc, scale, _ = self.params(x)
-        return diagonal_normal(loc, scale)
+        return Independent(Normal(loc, scale), 1)
 
 
 class BernoulliEncoder(nn.Module):
@@ -127,7 +125,7 @@ class BernoulliDecoder(nn.Module):
         self.net = mlp([z_dim, *hidden, x_dim], activation)
 
     def forward(self, z: Tensor) -> Distribution:
-        return bernoulli_vector(self.net(z))
+        return Independent(Bernoulli(logits=self.net(z), validate_args=False), 1, validate_args=False)
 
 
 class GaussianDecoder(nn.Module):
@@ -156,7 +154,7 @@ class GaussianDecoder(nn.Module):
 
     def forward(self, z: Tensor) -> Distribution:
         loc = self.net(z)
-        return diagonal_normal(loc, self.log_scale.exp().expand_as(loc))
+        return Independent(Normal(loc, self.log_scale.exp().expand_as(loc)), 1)
 
 
 class StandardNormalPrior(nn.Module):
@@ -172,7 +170,7 @@ class StandardNormalPrior(nn.Module):
         # Expanded constant buffers (no allocation per call); no argument validation: the
         # parameters are these constants, valid by construction.
         shape = (*batch_shape, self.z_dim)
-        return standard_normal(self.zero.expand(shape), self.one.expand(shape))
+        return Independent(Normal(self.zero.expand(shape), self.one.expand(shape), validate_args=False), 1)
 
 
 class BernoulliPrior(nn.Module):

@@ -33,7 +33,7 @@ from typing import Any, Callable, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from scg._checks import check_positive, check_positive_int
+from scg.checks import check_positive, check_positive_int
 from scg.models._io import atomic_write, atomic_write_text
 
 __all__ = ["resolve_device", "TrainConfig", "History", "fit", "atomic_save", "atomic_save_json"]

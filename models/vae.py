@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, kl_divergence
 
 import scg
-from scg._checks import check_positive_int
+from scg.checks import check_positive_int
 from scg.models.nets import StandardNormalPrior
 
 __all__ = ["LinearWarmup", "VAE"]

@@ -15,6 +15,8 @@ import torch
 from torch import Tensor
 from torch._C._functorch import is_functorch_wrapped_tensor
 
+from scg.checks import check_positive, check_positive_int
+
 __all__ = [
     "under_transform",
     "host_checkable",
@@ -33,24 +35,6 @@ def under_transform(x: Tensor) -> bool:
 def host_checkable(x: Tensor) -> bool:
     """Whether a check that reads ``x``'s values on the host runs: on the CPU, outside ``torch.func``."""
     return x.is_cpu and not is_functorch_wrapped_tensor(x)
-
-
-def check_positive_int(name: str, value: object, minimum: int = 1) -> int:
-    """Return ``value`` as an int if it is an integer ≥ ``minimum``; raise otherwise."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"`{name}` must be an int; got {type(value).__name__} ({value!r}).")
-    if value < minimum:
-        raise ValueError(f"`{name}` must be >= {minimum}; got {value}.")
-    return value
-
-
-def check_positive(name: str, value: float) -> float:
-    """Return ``value`` if it is a finite positive number; raise otherwise."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"`{name}` must be a positive float; got {type(value).__name__} ({value!r}).")
-    if not (value > 0) or value == float("inf"):
-        raise ValueError(f"`{name}` must be positive and finite; got {value}.")
-    return float(value)
 
 
 def check_cost(value: object, expected: Sequence[int], *, hint: str = "") -> Tensor:
