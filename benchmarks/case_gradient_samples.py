@@ -162,8 +162,7 @@ def run(opts: Options) -> Result:
             raise Mismatch(f"{name} returned shape {list(out.shape)}; expected {[num, P]}.")
     notes.append(check_same_estimator(results["loop of backward()"], results["gradient_samples"]))
     notes.append(f"'{REUSED_LOOP}' and '{REUSED_VECTORISED}' write into a [num, P] buffer kept across calls "
-                 "(gradient_samples(..., out=buffer)); the loops allocate a fresh result per call, 'gradient_samples' "
-                 "(no out=) reuses the memory of a result dropped since (from its third call)")
+                 "(gradient_samples(..., out=buffer)); the others allocate a fresh result per call")
     by_name = {r.name: r.median for r in rows}
     notes.append(f"'{HAND_VECTORISED}' writes into a buffer kept across calls; {REUSED_VECTORISED} / it = "
                  f"{by_name[REUSED_VECTORISED] / by_name[HAND_VECTORISED]:.2f}: the price of automatic differentiation "

@@ -13,8 +13,8 @@ estimator); Adam, lr 1e-3.
   expectation under ``Independent(Normal(μ, σ), 1)`` through ``scg.expectation`` with
   ``scg.Pathwise()`` — what scg's machinery costs over the hand-written step;
 * ``scg.models.VAE``: the packaged model, ``VAE(..., kl="mc").loss(x)``, whose
-  log-densities are ``Independent`` distributions with fused ``log_prob``
-  (``scg.models._densities``), built by the encoder, decoder and prior modules each step;
+  log-densities are ``torch.distributions.Independent`` distributions built by the
+  encoder, decoder and prior modules each step;
 * ``hand-written``: the same ``cost_fn`` at ``z = μ + σ·ε``, no scg.
 * ``hand-written, torch.distributions``: the same, with z from
   ``Independent(Normal(μ, σ), 1).rsample()``: separates what the API implies (a
@@ -218,7 +218,7 @@ def run(opts: Options) -> Result:
     result.notes.append(
         f"scg.models.VAE / hand-written = {ratio(result.rows, 'scg.models.VAE', 'hand-written'):.3f} "
         "(the model's modules build distribution objects each step: the posterior, the prior and the "
-        "likelihood, with fused log-densities, scg.models._densities)")
+        "likelihood)")
     hd = "hand-written, torch.distributions"
     result.notes.append(
         f"scg.expectation / {hd} = {ratio(result.rows, 'scg.expectation', hd):.3f} (scg's own machinery); "

@@ -10,11 +10,9 @@ a VAE's negative ELBO with a fixed (not trained) linear Bernoulli decoder 16 →
 * ``loop``: ``num`` times ``encoder.zero_grad(); loss().backward()``, gradients
   copied into a preallocated ``[num, P]`` tensor;
 * ``gradient_samples``: ``scg.diagnostics.gradient_samples(fn, params, num)``, the
-  default call: from its third call on it writes into the memory of a result dropped
-  since (``scg._memory._result``), where the loop's fresh 50 MB result page-faults
-  on first write (≈ 25 ms here, hidden in the loop's 700 ms);
+  default call (a fresh ``[num, P]`` result per call, as the loop's);
 * the same two writing into a ``[num, P]`` buffer kept across calls (the loop's
-  rows, ``gradient_samples(..., out=buffer)``): both with the same memory treatment.
+  rows, ``gradient_samples(..., out=buffer)``).
 
 They are run interleaved (the order rotated every round) after one warm-up run each,
 ``--repeats`` times, for each ``--threads`` setting; medians and the ratio are

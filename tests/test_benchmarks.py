@@ -123,33 +123,3 @@ def test_case_without_pyro_skips_and_says_so(monkeypatch):
     assert not [row for row in result.rows if row.name.startswith("pyro")]
     assert result.skipped and "not installed" in result.skipped[0]
     assert "skipped" in runner.summary([result]) and "SKIPPED" in runner.render(result)
-
-
-def test_bernoulli_draw_benchmark_runs_and_samples_agree(capsys):
-    import bernoulli_draw
-
-    bernoulli_draw.main(["--shape", "4,3", "--samples", "2", "--rounds", "1", "--inner", "2"])
-    out = capsys.readouterr().out
-    assert "same samples after the same seed: True" in out
-    assert "ratio torch.bernoulli / scg.laws.draw" in out
-
-
-def test_gradient_samples_faults_benchmark_runs(capsys):
-    import gradient_samples_faults
-
-    gradient_samples_faults.main(["--repeats", "1", "--chunk-sizes", "500"])
-    out = capsys.readouterr().out
-    assert "| 500 |" in out and "first touch of a fresh" in out
-    assert "reusing a dropped result's memory (the default)" in out
-
-
-def test_gradient_samples_ops_benchmark_accounts_for_the_call(capsys):
-    import gradient_samples_ops
-
-    measured = gradient_samples_ops.main(["--num", "40", "--batch", "4", "--repeats", "2", "--top", "3"])
-    out = capsys.readouterr().out
-    assert "case 4's budget (loop / 20)" in out and "| aten.bmm |" in out
-    assert measured["budget"] == pytest.approx(measured["loop"] / 20)
-    for key in ("gradient_samples", "floor", "gradient_samples_fixed", "gradient_samples_kernels"):
-        assert measured[key] > 0
-    assert measured["gradient_samples_fixed"] < measured["gradient_samples"] * 1.5  # fixed cost is a part of a call
