@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -132,3 +133,146 @@ def test_leave_one_out_reduces_variance_exactly_bernoulli_toy():
         m2 += 0.25 * float(logits.grad) ** 2
     assert abs(m1 - 0.25 * (1 - 2 * t)) < 1e-15
     assert abs((m2 - m1**2) - 2.5e-5) / 2.5e-5 < 1e-9
+
+
+# --- state follows the problem's dtype and device; the counter is a tensor --------------------
+
+
+@contextlib.contextmanager
+def _float32_default():
+    """Build modules as a float32 program would (this module's default dtype is float64)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def _stateful():
+    return {
+        "MovingAverage": lambda: B.MovingAverage(0.9),
+        "MovingAverage(optimal)": lambda: B.MovingAverage(0.9, optimal=True),
+        "Normalize": lambda: B.Normalize(0.8),
+        "Delta(optimal)": lambda: B.Delta("optimal"),
+    }
+
+
+def _step(cv, loc, num_samples=4):
+    f = lambda z: (z**2).sum(-1)
+    dist = Independent(Normal(loc, torch.ones_like(loc)), 1)
+    return scg.expectation(f, dist, scg.ScoreFunction(cv), num_samples=num_samples)
+
+
+@pytest.mark.parametrize("name", list(_stateful()))
+def test_buffers_adopt_the_signals_dtype_and_round_trip(name):
+    with _float32_default():
+        cv = _stateful()[name]()
+    floating = [k for k, v in cv.named_buffers() if v.is_floating_point()]
+    assert floating and all(getattr(cv, k).dtype == torch.float32 for k in floating)
+    loc = torch.tensor([0.3, -0.2], dtype=torch.float64, requires_grad=True)
+    _step(cv, loc)
+    _step(cv, loc)
+    assert all(getattr(cv, k).dtype == torch.float64 for k in floating)
+    state = cv.state_dict()
+    assert all(state[k].dtype == torch.float64 for k in floating)
+    if "steps" in state:
+        assert state["steps"].dtype == torch.long and int(state["steps"]) == 2
+    with _float32_default():
+        fresh = _stateful()[name]()
+    fresh.load_state_dict(state)
+    for k, v in state.items():
+        assert getattr(fresh, k).dtype == v.dtype and torch.equal(getattr(fresh, k), v), k
+
+
+def test_huge_float64_costs_give_finite_surrogates_and_gradients():
+    """Costs near 1e300: float32 state (max 3.4e38) would turn the surrogate into NaN."""
+    f = lambda b: 1e300 * (1.0 + b)
+    for make in (lambda: B.MovingAverage(0.9), lambda: B.Normalize(0.8),
+                 lambda: B.chain(B.MovingAverage(0.9), B.Normalize(0.8))):
+        with _float32_default():
+            est = scg.ScoreFunction(make())
+        logits = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+        for _ in range(5):
+            logits.grad = None
+            out = scg.expectation(f, Bernoulli(logits=logits), est, num_samples=4)
+            out.sum().backward()
+            assert torch.isfinite(out).all() and torch.isfinite(logits.grad).all()
+        assert all(torch.isfinite(b).all() for b in est.buffers())
+
+
+def test_normalize_saturates_a_variance_beyond_the_dtypes_range():
+    norm = B.Normalize(0.5)
+    big = torch.tensor([[-1e300], [1e300]], dtype=torch.float64)  # variance 1e600
+    for _ in range(3):
+        out, _ = norm(big, None)
+        assert torch.isfinite(out).all()
+    assert float(norm.variance) == torch.finfo(torch.float64).max
+
+
+def test_moving_average_matches_bias_corrected_oracle_over_five_steps():
+    """Oracle: c_t = β c_{t−1} + (1 − β) Ā_{t−1}, b_t = c_t / (1 − β^t); step t subtracts b_{t−1}."""
+    ma = B.MovingAverage(0.9)
+    signals = [torch.tensor([[0.3, -1.2], [2.5, 0.7], [1.1, -0.4]]) * (k + 1) ** 1.5 + k for k in range(5)]
+    c, b_prev = 0.0, 0.0
+    for t, a in enumerate(signals, start=1):
+        out, extra = ma(a, None)
+        assert extra is None
+        torch.testing.assert_close(out, a - b_prev, rtol=1e-12, atol=1e-12)
+        c = 0.9 * c + 0.1 * float(a.mean())
+        b_prev = c / (1.0 - 0.9**t)
+        assert abs(float(ma.baseline()) - b_prev) <= 1e-12 * abs(b_prev)
+        assert ma.steps.dtype == torch.long and int(ma.steps) == t
+
+
+def test_step_counter_is_a_tensor_buffer_updated_in_place():
+    ma = B.MovingAverage(0.9)
+    counter = ma.steps
+    ma(torch.ones(2, 1), None)
+    assert ma.steps is counter and int(counter) == 1  # same tensor, no Python int per step
+    ma.steps = 5  # an int sets the counter in place
+    assert ma.steps is counter and int(counter) == 5
+    ma.eval()
+    ma(torch.ones(2, 1), None)
+    assert int(ma.steps) == 5
+
+
+def test_checkpoints_with_the_counter_as_extra_state_still_load():
+    legacy = {"value": torch.tensor(0.75), "_extra_state": torch.tensor(3)}
+    ma = B.MovingAverage(0.9)
+    ma.load_state_dict(legacy)
+    assert int(ma.steps) == 3 and float(ma.value) == 0.75
+    norm = B.Normalize()
+    norm.load_state_dict({"variance": torch.tensor(2.0), "_extra_state": torch.tensor(4)})
+    assert int(norm.steps) == 4
+
+
+@pytest.mark.filterwarnings("ignore:Dynamo does not know how to trace")
+def test_compiled_moving_average_and_normalize_do_not_recompile_per_step():
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    for cv in (B.MovingAverage(0.9), B.Normalize(0.8)):
+        counter = CompileCounter()
+        step = torch.compile(lambda s, cv=cv: cv(s, None)[0], backend=counter)
+        counts = []
+        for k in range(6):
+            step(torch.full((4, 2), float(k)))
+            counts.append(counter.frame_count)
+        assert counts[2] == counts[-1], counts  # after warm-up (dtype adoption) nothing recompiles
+        assert int(cv.steps) == 6
+
+
+def test_constant_keeps_float64_and_rejects_non_finite_values():
+    b = B.Constant(1e300)
+    assert b.value.dtype == torch.float64
+    signal = torch.tensor([[2e300]], dtype=torch.float64)
+    assert torch.equal(b(signal, None)[0], signal - 1e300)
+    with _float32_default():
+        assert B.Constant(0.1).value.dtype == torch.float64
+    assert B.Constant(torch.tensor([1, 2])).value.dtype == torch.float64
+    for bad in (float("nan"), float("inf"), torch.tensor([0.0, float("-inf")])):
+        with pytest.raises(ValueError, match="`value` must be finite; got"):
+            B.Constant(bad)
+    with pytest.raises(TypeError, match="`value` must be a float or a tensor; got str"):
+        B.Constant("1.0")

@@ -9,12 +9,13 @@ from torch import Tensor
 from torch.distributions import Normal
 
 from scg._dist import unwrap
-from scg.baselines.base import ControlVariate, SignalContext
+from scg.baselines.base import SignalContext
+from scg.baselines.simple import _RunningState
 
 __all__ = ["Delta"]
 
 
-class Delta(ControlVariate):
+class Delta(_RunningState):
     r"""Second-order Taylor expansion of f around the mean, with its known expectation.
 
     For :math:`q = N(μ, \mathrm{diag}\,σ^2)` (``Normal``, possibly wrapped in
@@ -36,7 +37,8 @@ class Delta(ControlVariate):
     Properties: unbiased for any c fixed before the draw. ``coefficient="optimal"``
     uses :math:`c^* = \mathrm{Cov}(A ∇\log q, h ∇\log q)/\mathrm{Var}(h ∇\log q)`
     estimated by a moving average over *earlier* draws (c = 1 on the first call), so
-    the estimator stays unbiased.
+    the estimator stays unbiased. Its moments (buffers ``cov``, ``var``) take the
+    signal's dtype and device at their first update.
 
     Args:
         coefficient: a float c, or ``"optimal"``.
@@ -48,6 +50,8 @@ class Delta(ControlVariate):
         https://arxiv.org/abs/1906.10652
         Paisley, Blei & Jordan, "Variational Bayesian inference with stochastic search", 2012.
     """
+
+    _floating = ("cov", "var")
 
     def __init__(self, coefficient: Union[float, str] = 1.0, *, decay: float = 0.9) -> None:
         super().__init__()
@@ -109,6 +113,7 @@ class Delta(ControlVariate):
         expected_h = f0 + reduce(g * dmu) + 0.5 * reduce(h_diag * (dmu * dmu + sigma * sigma))
         extra = c * (expected_h - expected_h.detach())
         if self.coefficient == "optimal" and self.updating(signal):
+            self._follow_all(signal)
             with torch.no_grad():
                 # Scores of the Gaussian w.r.t. (μ, σ) summed over elements give a scalar
                 # projection; c* minimises Var(A s − c h s) per that projection.

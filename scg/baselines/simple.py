@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
 
-from scg._checks import under_transform
 from scg.baselines.base import ControlVariate, SignalContext
 
 __all__ = ["Constant", "MovingAverage", "LeaveOneOut", "Normalize"]
@@ -21,6 +20,57 @@ def _check_decay(decay: float) -> float:
     return float(decay)
 
 
+class _RunningState(ControlVariate):
+    """Base of control variates with running state that follows the learning signal.
+
+    Subclasses register their floating buffers (names in ``_floating``) and, if they
+    count updates, a ``long`` buffer ``steps``. Before an update, :meth:`_follow`
+    moves a buffer to the signal's dtype and device (re-registering it, so
+    ``state_dict`` carries the new dtype); loading a ``state_dict`` adopts the saved
+    dtypes, so a float64 checkpoint restores float64 state into a fresh module.
+    The counter is updated in place: no Python number changes from step to step, so
+    ``torch.compile`` guards nothing on it. ``module.steps = n`` with an int sets the
+    counter in place; checkpoints that saved it as extra state (``_extra_state``)
+    still load.
+    """
+
+    _floating: tuple[str, ...] = ()
+
+    def _follow(self, name: str, like: Tensor, dtype: Optional[torch.dtype] = None) -> Tensor:
+        """Buffer ``name`` on ``like``'s device, in ``dtype`` (default: ``like``'s dtype)."""
+        buf = self._buffers[name]
+        dtype = like.dtype if dtype is None else dtype
+        if buf.dtype != dtype or buf.device != like.device:
+            buf = buf.to(device=like.device, dtype=dtype)
+            self._buffers[name] = buf
+        return buf
+
+    def _follow_all(self, like: Tensor) -> None:
+        for name in self._floating:
+            self._follow(name, like)
+        if "steps" in self._buffers:
+            self._follow("steps", like, torch.long)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if (name == "steps" and isinstance(value, int) and not isinstance(value, bool)
+                and "steps" in self.__dict__.get("_buffers", {})):
+            self._buffers["steps"].fill_(value)
+            return
+        super().__setattr__(name, value)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
+        legacy = prefix + "_extra_state"
+        if "steps" in self._buffers and legacy in state_dict and prefix + "steps" not in state_dict:
+            state_dict = dict(state_dict)
+            state_dict[prefix + "steps"] = torch.as_tensor(state_dict.pop(legacy), dtype=torch.long)
+        for name in self._floating:
+            saved = state_dict.get(prefix + name)
+            buf = self._buffers.get(name)
+            if isinstance(saved, Tensor) and buf is not None and saved.dtype != buf.dtype:
+                self._buffers[name] = buf.to(saved.dtype)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
 class Constant(ControlVariate):
     r"""Fixed baseline: :math:`A_s = f(z_s) − b`.
 
@@ -29,18 +79,34 @@ class Constant(ControlVariate):
     "SF*" column of Mohamed et al. (2020), Table 3.
 
     Args:
-        value: the baseline b (float or tensor broadcastable to ``batch_shape``).
+        value: the baseline b (float or tensor broadcastable to ``batch_shape``),
+            finite. A Python number is kept in float64, a floating tensor in its own
+            dtype; b is cast to the signal's dtype when used.
     """
 
     def __init__(self, value: float | Tensor) -> None:
         super().__init__()
-        self.register_buffer("value", torch.as_tensor(value, dtype=torch.get_default_dtype()))
+        if isinstance(value, bool) or not isinstance(value, (int, float, Tensor)):
+            raise TypeError(f"`value` must be a float or a tensor; got {type(value).__name__}.")
+        if isinstance(value, Tensor):
+            b = value.detach().clone()
+            b = b if b.is_floating_point() else b.to(torch.float64)
+        else:
+            b = torch.tensor(float(value), dtype=torch.float64)
+        if not bool(torch.isfinite(b).all()):
+            shown = value if not isinstance(value, Tensor) else value.tolist()
+            raise ValueError(f"`value` must be finite; got {shown}.")
+        self.register_buffer("value", b)
 
     def forward(self, signal: Tensor, ctx: SignalContext) -> tuple[Tensor, Optional[Tensor]]:
-        return signal - self.value.to(signal), None
+        b = self._buffers["value"]
+        if b.device != signal.device:  # follow the problem's device once, keep b's precision
+            b = b.to(signal.device)
+            self._buffers["value"] = b
+        return signal - (b if b.dtype == signal.dtype else b.to(signal.dtype)), None
 
 
-class MovingAverage(ControlVariate):
+class MovingAverage(_RunningState):
     r"""Exponential moving average of past learning signals as the baseline.
 
     .. math::
@@ -50,15 +116,17 @@ class MovingAverage(ControlVariate):
 
     (bias-corrected like Adam; :math:`b_0 = 0`, so the first estimate uses no
     baseline and :math:`b_1 = \bar A_0`). The bias-corrected average is kept
-    directly (buffer ``value``, the update count is saved as extra state), so a step
-    costs one subtraction, one mean and one in-place ``lerp``. With ``optimal=True``
-    the average is weighted by the squared score norm, estimating the
-    variance-optimal constant :math:`b^* = E[A‖∇\log q‖²] / E[‖∇\log q‖²]` as the
-    ratio of two averages (buffers ``numerator``, ``denominator``).
+    directly (buffer ``value``; the update count t is the ``long`` buffer ``steps``),
+    so a step costs one subtraction, one mean and one in-place ``lerp``, all tensor
+    operations (no host read). With ``optimal=True`` the average is weighted by the
+    squared score norm, estimating the variance-optimal constant
+    :math:`b^* = E[A‖∇\log q‖²] / E[‖∇\log q‖²]` as the ratio of two averages
+    (buffers ``numerator``, ``denominator``).
 
     Properties: unbiased — :math:`b_t` uses only earlier draws. One scalar for all
     batch elements (NVIL's ``c``). State updates in training mode and outside
-    ``torch.func`` transforms.
+    ``torch.func`` transforms, and takes the signal's dtype and device at its first
+    update (a float64 problem keeps a float64 baseline).
 
     Args:
         decay: β ∈ [0, 1).
@@ -74,13 +142,11 @@ class MovingAverage(ControlVariate):
         super().__init__()
         self.decay = _check_decay(decay)
         self.optimal = bool(optimal)
-        #: Number of updates so far (saved in ``state_dict`` as extra state).
-        self.steps = 0
-        if self.optimal:
-            self.register_buffer("numerator", torch.zeros(()))
-            self.register_buffer("denominator", torch.zeros(()))
-        else:
-            self.register_buffer("value", torch.zeros(()))
+        self._floating = ("numerator", "denominator") if self.optimal else ("value",)
+        for name in self._floating:
+            self.register_buffer(name, torch.zeros(()))
+        #: Number of updates so far (a ``long`` buffer, saved in ``state_dict``).
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
 
     def baseline(self) -> Tensor:
         """The current baseline value (0 before the first update)."""
@@ -91,36 +157,35 @@ class MovingAverage(ControlVariate):
         return self.numerator / self.denominator
 
     def forward(self, signal: Tensor, ctx: SignalContext) -> tuple[Tensor, Optional[Tensor]]:
+        updating = self.updating(signal)
+        if updating:
+            self._follow_all(signal)
         if self.optimal:
-            return self._forward_optimal(signal, ctx)
+            return self._forward_optimal(signal, ctx, updating)
         b = self._buffers["value"]
         out = signal - (b if b.dtype == signal.dtype and b.device == signal.device else b.to(signal))
-        if self.training and not under_transform(signal):
-            # In-place update of a buffer from detached values: records no graph, and ``out``
+        if updating:
+            # In-place update of buffers from detached values: records no graph, and ``out``
             # (a subtraction saves no inputs) is unaffected.
-            self.steps += 1
-            w = (1.0 - self.decay) / (1.0 - self.decay ** self.steps)
-            b.lerp_(signal.detach().mean().to(b), w)
+            steps = self._buffers["steps"]
+            steps.add_(1)
+            w = (1.0 - self.decay) / (1.0 - torch.pow(self.decay, steps.to(b.dtype)))
+            b.lerp_(signal.detach().mean(), w)
         return out, None
 
-    def _forward_optimal(self, signal: Tensor, ctx: SignalContext) -> tuple[Tensor, Optional[Tensor]]:
+    def _forward_optimal(self, signal: Tensor, ctx: SignalContext,
+                         updating: bool) -> tuple[Tensor, Optional[Tensor]]:
         num, den = self.numerator.to(signal), self.denominator.to(signal)
         # num = 0 whenever den = 0 (both start at 0; den > 0 after an update with any weight),
         # so the clamp makes b = 0 before the first update without a branch.
         b = num / den.clamp_min(torch.finfo(signal.dtype).tiny)
-        if self.training and not under_transform(signal):
-            self.steps += 1
+        if updating:
+            self._buffers["steps"].add_(1)
             weight = ctx.score_sq_norm().detach()
             w = 1.0 - self.decay
             self.numerator.lerp_((signal.detach() * weight).mean().to(self.numerator), w)
             self.denominator.lerp_(weight.mean().to(self.denominator), w)
         return signal - b, None
-
-    def get_extra_state(self) -> Tensor:
-        return torch.tensor(self.steps, dtype=torch.long)  # a tensor: state_dict stays all tensors
-
-    def set_extra_state(self, state: Tensor) -> None:
-        self.steps = int(state)
 
     def extra_repr(self) -> str:
         return f"decay={self.decay}, optimal={self.optimal}"
@@ -152,10 +217,15 @@ class LeaveOneOut(ControlVariate):
         return signal - b, None
 
 
-class Normalize(ControlVariate):
+class Normalize(_RunningState):
     r"""NVIL's variance normalisation: divide the signal by a running standard deviation.
 
     .. math:: A'_s = A_s / \max(1, \sqrt{v_t}), \quad v_{t+1} = β v_t + (1 − β)\,\widehat{\mathrm{Var}}(A)
+
+    with :math:`v_1 = \widehat{\mathrm{Var}}(A_0)` (the first update takes the batch
+    variance). Buffers ``variance`` and ``steps`` (``long``) take the signal's dtype
+    and device at the first update; a batch variance beyond the dtype's range
+    saturates at its largest finite value instead of overflowing to ``inf``.
 
     Properties: the direction of the expected gradient is kept but its scale is
     divided by :math:`\max(1, \sqrt{v_t})` — so ``unbiased = False`` (unbiased up to
@@ -166,31 +236,31 @@ class Normalize(ControlVariate):
     """
 
     unbiased = False
+    _floating = ("variance",)
 
     def __init__(self, decay: float = 0.8) -> None:
         super().__init__()
         self.decay = _check_decay(decay)
         self.register_buffer("variance", torch.zeros(()))
-        #: Number of updates so far (saved in ``state_dict`` as extra state).
-        self.steps = 0
+        #: Number of updates so far (a ``long`` buffer, saved in ``state_dict``).
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
 
     def forward(self, signal: Tensor, ctx: SignalContext) -> tuple[Tensor, Optional[Tensor]]:
+        updating = self.updating(signal)
+        if updating:
+            self._follow_all(signal)
         var = self._buffers["variance"]
         scale = (var if var.dtype == signal.dtype and var.device == signal.device else var.to(signal))
         out = signal / scale.sqrt().clamp_min(1.0)
-        if self.training and not under_transform(signal):
+        if updating:
             a = signal.detach()
             new = a.var(unbiased=False) if a.numel() > 1 else torch.zeros_like(var)
-            # the first update takes the batch variance; later ones average exponentially
-            var.lerp_(new.to(var), 1.0 if self.steps == 0 else 1.0 - self.decay)
-            self.steps += 1
+            new = new.clamp_max(torch.finfo(var.dtype).max)  # finite, so lerp never meets inf − inf
+            steps = self._buffers["steps"]
+            w = torch.where(steps == 0, var.new_ones(()), var.new_full((), 1.0 - self.decay))
+            var.lerp_(new, w)
+            steps.add_(1)
         return out, None
-
-    def get_extra_state(self) -> Tensor:
-        return torch.tensor(self.steps, dtype=torch.long)
-
-    def set_extra_state(self, state: Tensor) -> None:
-        self.steps = int(state)
 
     def extra_repr(self) -> str:
         return f"decay={self.decay}"
