@@ -27,7 +27,6 @@ Run: ``python benchmarks/gradient_samples.py [--num 1000] [--repeats 5] [--batch
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 
