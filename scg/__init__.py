@@ -12,6 +12,7 @@ from scg.estimators import (
     DisARM,
     Estimator,
     GumbelSoftmax,
+    Parts,
     MeasureValued,
     Pathwise,
     ScoreFunction,
@@ -29,6 +30,7 @@ __version__ = "0.1.0"
 __all__ = [
     "expectation",
     "Estimator",
+    "Parts",
     "Pathwise",
     "ScoreFunction",
     "MeasureValued",

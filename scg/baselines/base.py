@@ -40,8 +40,11 @@ class SignalContext:
 
     Attributes:
         dist: the distribution (parameters attached).
-        samples: ``[S, *batch_shape, *event_shape]`` draws (detached).
-        log_prob: ``[S, *batch_shape]``, ``dist.log_prob(samples)`` (attached).
+        samples: ``[n, *batch_shape, *event_shape]`` draws (detached): ``n = S`` in
+            ``scg.expectation``; in a :class:`scg.Graph` a child node's distribution
+            carries the graph's sample dims in its batch shape and ``n = 1``.
+        log_prob: ``[N, *batch]``, ``dist.log_prob(samples)`` (attached) with every
+            sample dim flattened into the first (N rows), the layout of the signal.
         f: the cost function.
         context: user input for learned baselines (e.g. the data x), or ``None``.
     """
@@ -55,12 +58,12 @@ class SignalContext:
 
     @property
     def num_samples(self) -> int:
-        return int(self.samples.shape[0])
+        return int(self.log_prob.shape[0])
 
     def score_sq_norm(self) -> Tensor:
         """``‖∇_λ log q(z_s)‖²`` per sample and batch element, λ the distribution's parameters."""
         if self._score_sq is None:
-            self._score_sq = score_sq_norm(self.dist, self.samples)
+            self._score_sq = score_sq_norm(self.dist, self.samples).reshape(self.log_prob.shape)
         return self._score_sq
 
 
@@ -105,6 +108,9 @@ class ControlVariate(nn.Module):
     unbiased: bool = True
     #: Smallest number of samples the transform needs.
     min_samples: int = 1
+    #: Whether it evaluates the cost function itself (``ctx.f``); such a transform cannot
+    #: serve a :class:`scg.Graph` node, whose costs are tensors.
+    needs_cost_function: bool = False
 
     def forward(self, signal: Tensor, ctx: SignalContext) -> tuple[Tensor, Optional[Tensor]]:  # pragma: no cover
         raise NotImplementedError

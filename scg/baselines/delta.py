@@ -53,6 +53,9 @@ class Delta(_RunningState):
 
     _floating = ("cov", "var")
 
+    #: It differentiates the cost function itself, so it cannot serve a graph node.
+    needs_cost_function = True
+
     def __init__(self, coefficient: Union[float, str] = 1.0, *, decay: float = 0.9) -> None:
         super().__init__()
         if isinstance(coefficient, str):

@@ -1,6 +1,6 @@
 """Gradient estimators: one class each, behind the :class:`Estimator` contract."""
 
-from scg.estimators.base import Estimator, expectation
+from scg.estimators.base import Estimator, Parts, default_estimator, expectation
 from scg.estimators.disarm import DisARM
 from scg.estimators.measure_valued import MeasureValued
 from scg.estimators.pathwise import Pathwise
@@ -10,6 +10,8 @@ from scg.estimators.score_function import ScoreFunction
 
 __all__ = [
     "Estimator",
+    "Parts",
+    "default_estimator",
     "expectation",
     "Pathwise",
     "ScoreFunction",

@@ -8,8 +8,8 @@ import torch
 from torch import Tensor
 from torch.distributions import Bernoulli, Distribution
 
-from scg._dist import base_of_kind, evaluate
-from scg.estimators.base import Cost, Estimator
+from scg._dist import base_of_kind
+from scg.estimators.base import Cost, Estimator, Parts
 from scg.laws import Law, StandardUniform
 
 __all__ = ["DisARM"]
@@ -40,7 +40,18 @@ class DisARM(Estimator):
 
     Properties: unbiased; never higher variance than ARM; zero variance for D = 1
     (the estimate is exact); 2 evaluations of f per sample (the value is the mean of
-    f over all 2S draws, all of which are Bernoulli(σ(φ)) samples).
+    f over all 2S draws, all of which are Bernoulli(σ(φ)) samples). The pair is the
+    node's two copies (:class:`scg.Parts`), so in a :class:`scg.Graph` everything
+    downstream of the node is computed for both: its value gains a leading dim of
+    size 2.
+
+    Example:
+        >>> import torch, scg
+        >>> from torch.distributions import Bernoulli, Independent
+        >>> logits = torch.zeros(4, requires_grad=True)
+        >>> q = Independent(Bernoulli(logits=logits), 1)
+        >>> loss = scg.expectation(lambda b: (b - 0.45).pow(2).sum(-1), q, scg.DisARM(), num_samples=8)
+        >>> loss.backward()
 
     References:
         Dong, Mnih & Tucker, "DisARM: An Antithetic Gradient Estimator for Binary
@@ -61,24 +72,22 @@ class DisARM(Estimator):
         points = torch.stack([torch.minimum(theta, 1 - theta), torch.maximum(theta, 1 - theta)], dim=-1)
         return {"u": StandardUniform(shape=shape, dtype=theta.dtype, device=theta.device, points=points)}
 
-    def surrogate(
-        self, f: Cost, dist: Distribution, draws: dict[str, Tensor], *, context: Optional[Tensor] = None
-    ) -> Tensor:
+    def parts(self, dist: Distribution, draws: dict[str, Tensor], *, context: Optional[Tensor] = None) -> Parts:
         base, _ = bernoulli_base(dist, "DisARM")
         u = draws["u"]
-        S = u.shape[0]
         event_dims = tuple(range(-len(dist.event_shape), 0))
         phi = base.logits.expand(u.shape[1:])
         theta = torch.sigmoid(phi.detach())
         b = (u < theta).to(u.dtype)
         b_anti = (1 - u < theta).to(u.dtype)
-        values = evaluate(f, torch.cat([b, b_anti]), dist, 2 * S)
-        f_b, f_anti = values[:S], values[S:]
-        diff = 0.5 * (f_b - f_anti)
-        diff = diff.reshape(*diff.shape, *([1] * len(event_dims)))
-        sign = 1 - 2 * b_anti
-        coef = diff * sign * (b != b_anti).to(u.dtype) * torch.sigmoid(phi.detach().abs())
-        term = (phi - phi.detach()) * coef
-        if event_dims:
-            term = term.sum(event_dims)
-        return values.mean(0) + term.mean(0)
+        # (−1)^{b̃} 1[b ≠ b̃] σ(|φ|): the per-element factor of the pair's cost difference
+        factor = (1 - 2 * b_anti) * (b != b_anti).to(u.dtype) * torch.sigmoid(phi.detach().abs())
+
+        def term(signal: Tensor, f: Optional[Cost], sample_dims: int) -> tuple[Tensor, Optional[Tensor]]:
+            diff = 0.5 * (signal[0] - signal[1]).detach()  # [n, *batch]
+            diff = diff.reshape(*diff.shape, *([1] * len(event_dims)))
+            rows = (phi - phi.detach()) * (diff * factor)
+            return (rows.sum(event_dims) if event_dims else rows), None
+
+        copies = torch.tensor([0.5, 0.5], dtype=u.dtype, device=u.device)
+        return Parts(torch.stack([b, b_anti]), copies=copies, term=term)

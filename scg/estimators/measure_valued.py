@@ -9,9 +9,9 @@ import torch
 from torch import Tensor
 from torch.distributions import Bernoulli, Categorical, Distribution, Normal, OneHotCategorical, Poisson
 
-from scg._dist import evaluate, sample_mean, unwrap
+from scg._dist import unwrap
 from scg.estimators._elements import event_size, replace_each, split_event
-from scg.estimators.base import Cost, Estimator
+from scg.estimators.base import Cost, Estimator, Parts
 from scg.laws import DoubleSidedMaxwell, FromDistribution, Law, Rayleigh, StandardNormal, StandardUniform
 
 __all__ = ["MeasureValued"]
@@ -41,6 +41,12 @@ class MeasureValued(Estimator):
     Requires: a supported distribution (Normal, Bernoulli, Categorical,
     OneHotCategorical, Poisson, or ``Independent`` of these); f need not be
     differentiable.
+
+    The perturbed points are the node's copies (:class:`scg.Parts`) with weights
+    1, 0, …, 0: only the first copy, the draw itself, enters the value. In a
+    :class:`scg.Graph` everything downstream is computed for every copy, and the
+    costs must keep the node's batch elements apart (each perturbation changes one
+    event position of every batch element at once).
 
     Properties: unbiased; low variance, often the lowest for Gaussian μ; cost grows
     with the dimension: per sample, 1 evaluation of f for the value plus **2
@@ -87,45 +93,40 @@ class MeasureValued(Estimator):
         ref = base.probs if not isinstance(base, Poisson) else base.rate
         return {"z": FromDistribution(shape=shape, dist=dist, dtype=ref.dtype, device=ref.device)}
 
-    def surrogate(
-        self, f: Cost, dist: Distribution, draws: dict[str, Tensor], *, context: Optional[Tensor] = None
-    ) -> Tensor:
+    def parts(self, dist: Distribution, draws: dict[str, Tensor], *, context: Optional[Tensor] = None) -> Parts:
         self.check(dist)
         base, k = unwrap(dist)
         batch = tuple(dist.batch_shape)
         nb = len(batch)
         if isinstance(base, Normal):
-            return self._normal(f, dist, base, k, draws)
+            return self._normal(dist, base, k, draws)
         z = draws["z"].detach()
-        S = z.shape[0]
         full = z.shape
         trailing = 1 if isinstance(base, OneHotCategorical) else 0
-        zf = split_event(z, nb, k)  # [S, *batch, E, (K)]
-        E = zf.shape[1 + nb]
+        zf = split_event(z, nb, k)  # [n, *batch, E, (K)]
+        n, E = zf.shape[0], zf.shape[1 + nb]
 
-        def f_many(candidates: Tensor) -> Tensor:  # [n, S, *batch, E, (K)] -> [n, S, *batch]
-            n = candidates.shape[0]
-            flat = candidates.reshape(n * S, *full[1:])
-            return evaluate(f, flat, dist, n * S).reshape(n, S, *batch)
+        def copies_of(candidates: Tensor) -> Tensor:  # [C, n, *batch, E, (K)] -> [C, n, *batch, *event]
+            return candidates.reshape(candidates.shape[0], *full)
 
         if isinstance(base, Bernoulli):
-            p = base.probs.expand(tuple(batch) + tuple(full[1 + nb:]))
-            p = p.reshape(*batch, E)
+            p = base.probs.expand(tuple(batch) + tuple(full[1 + nb:])).reshape(*batch, E)
             ones, zeros = torch.ones_like(zf), torch.zeros_like(zf)
-            values = f_many(torch.cat([zf.unsqueeze(0), replace_each(zf, ones), replace_each(zf, zeros)]))
-            value, f1, f0 = values[0], values[1 : 1 + E], values[1 + E :]
-            g = (f1 - f0).movedim(0, -1)  # [S, *batch, E]
-            term = ((p - p.detach()) * g).sum(-1)
+            value = copies_of(torch.cat([zf.unsqueeze(0), replace_each(zf, ones), replace_each(zf, zeros)]))
+
+            def gradient(signal: Tensor) -> Tensor:
+                f1, f0 = signal[1 : 1 + E], signal[1 + E :]
+                return ((p - p.detach()) * (f1 - f0).detach().movedim(0, -1)).sum(-1)
         elif isinstance(base, Poisson):
             lam = base.rate.expand(tuple(batch) + tuple(full[1 + nb:])).reshape(*batch, E)
-            values = f_many(torch.cat([zf.unsqueeze(0), replace_each(zf, zf + 1)]))
-            value, fplus = values[0], values[1:]
-            g = (fplus - value.unsqueeze(0)).movedim(0, -1)
-            term = ((lam - lam.detach()) * g).sum(-1)
+            value = copies_of(torch.cat([zf.unsqueeze(0), replace_each(zf, zf + 1)]))
+
+            def gradient(signal: Tensor) -> Tensor:
+                g = (signal[1:] - signal[:1]).detach().movedim(0, -1)
+                return ((lam - lam.detach()) * g).sum(-1)
         else:  # Categorical / OneHotCategorical
-            probs = base.probs
-            K = probs.shape[-1]
-            probs = probs.expand(tuple(batch) + tuple(full[1 + nb: 1 + nb + k]) + (K,)).reshape(*batch, E, K)
+            K = base.probs.shape[-1]
+            probs = base.probs.expand(tuple(batch) + tuple(full[1 + nb: 1 + nb + k]) + (K,)).reshape(*batch, E, K)
             cands = [zf.unsqueeze(0)]
             for c in range(K):
                 if trailing:
@@ -134,23 +135,24 @@ class MeasureValued(Estimator):
                 else:
                     new = torch.full_like(zf, c)
                 cands.append(replace_each(zf, new, trailing))
-            values = f_many(torch.cat(cands))
-            value = values[0]
-            g = values[1:].reshape(K, E, S, *batch).permute(2, *range(3, 3 + nb), 1, 0)  # [S,*batch,E,K]
-            term = ((probs - probs.detach()) * g).sum((-1, -2))
-        return sample_mean(value + term)
+            value = copies_of(torch.cat(cands))
 
-    def _normal(self, f: Cost, dist: Distribution, base: Normal, k: int, draws: dict[str, Tensor]) -> Tensor:
+            def gradient(signal: Tensor) -> Tensor:
+                g = signal[1:].detach().reshape(K, E, n, *batch).permute(2, *range(3, 3 + nb), 1, 0)  # [n,*batch,E,K]
+                return ((probs - probs.detach()) * g).sum((-1, -2))
+
+        return Parts(value, copies=_first(value.shape[0], z), term=lambda signal, f, dims: (gradient(signal), None))
+
+    def _normal(self, dist: Distribution, base: Normal, k: int, draws: dict[str, Tensor]) -> Parts:
         batch = tuple(dist.batch_shape)
         nb = len(batch)
         eps, w, m, u = draws["eps"], draws["w"], draws["m"], draws["u"]
-        S = eps.shape[0]
         full = eps.shape
+        n = full[0]
         loc = base.loc.expand(full[1:])
         scale = base.scale.expand(full[1:])
         mu0, sd0 = loc.detach(), scale.detach()
-        z = mu0 + sd0 * eps
-        zf = split_event(z, nb, k)
+        zf = split_event(mu0 + sd0 * eps, nb, k)
         E = zf.shape[1 + nb]
 
         def flat(x: Tensor) -> Tensor:
@@ -164,14 +166,23 @@ class MeasureValued(Estimator):
             replace_each(zf, mu_f + sd_f * flat(m)),
             replace_each(zf, mu_f + sd_f * flat(m) * flat(u)),
         ])
-        n = cands.shape[0]
-        values = evaluate(f, cands.reshape(n * S, *full[1:]), dist, n * S).reshape(n, S, *batch)
-        value = values[0]
-        fw_p, fw_m, fm_p, fm_m = values[1:].reshape(4, E, S, *batch).movedim(1, -1)  # each [S, *batch, E]
+        value = cands.reshape(cands.shape[0], *full)
         sd_e = split_event(sd0.unsqueeze(0), nb, k).squeeze(0)  # [*batch, E]
-        g_mu = (fw_p - fw_m) / (sd_e * math.sqrt(2 * math.pi))
-        g_sd = (fm_p - fm_m) / sd_e
         loc_e = split_event(loc.unsqueeze(0), nb, k).squeeze(0)
         scale_e = split_event(scale.unsqueeze(0), nb, k).squeeze(0)
-        term = ((loc_e - loc_e.detach()) * g_mu + (scale_e - scale_e.detach()) * g_sd).sum(-1)
-        return sample_mean(value + term)
+
+        def term(signal: Tensor, f: Optional[Cost], sample_dims: int) -> tuple[Tensor, Optional[Tensor]]:
+            fw_p, fw_m, fm_p, fm_m = signal[1:].detach().reshape(4, E, n, *batch).movedim(1, -1)  # [n, *batch, E]
+            g_mu = (fw_p - fw_m) / (sd_e * math.sqrt(2 * math.pi))
+            g_sd = (fm_p - fm_m) / sd_e
+            return ((loc_e - loc_e.detach()) * g_mu + (scale_e - scale_e.detach()) * g_sd).sum(-1), None
+
+        return Parts(value, copies=_first(value.shape[0], eps), term=term)
+
+
+def _first(size: int, like: Tensor) -> Tensor:
+    """Copy weights ``[size]`` that keep only the first copy (the draw) in the value."""
+    weights = torch.zeros(size, dtype=like.dtype if like.is_floating_point() else torch.get_default_dtype(),
+                          device=like.device)
+    weights[0] = 1.0
+    return weights

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import partial
 from typing import Callable, Optional
 
@@ -20,12 +21,10 @@ from torch.distributions import (
     Uniform,
 )
 
-from scg._checks import check_positive_int
-from scg._dist import evaluate, sample_mean
-from scg.estimators.base import Cost, Estimator
-from scg.laws import Law, StandardNormal, StandardUniform, law_like, noise_like
+from scg.estimators.base import Estimator, Parts
+from scg.laws import Law, StandardNormal, StandardUniform, law_like
 
-__all__ = ["Pathwise", "reparameterize"]
+__all__ = ["Pathwise", "ImplicitSample", "reparameterize"]
 
 # A reparameterisation: (law class, function (dist, noise) -> sample attached to the parameters).
 _Reparam = tuple[type[Law], Callable[[Distribution, Tensor], Tensor]]
@@ -108,6 +107,29 @@ def reparameterize(dist: Distribution) -> Optional[tuple[type[Law], Callable[[Te
     return None if rep is None else (rep[0], rep[1])
 
 
+@dataclass(frozen=True, eq=False)
+class ImplicitSample(Law):
+    """``dist.rsample(shape[:1])``: a distribution's own implicitly reparameterised sample.
+
+    For Gamma, Beta, Dirichlet and other families whose ``rsample`` differentiates
+    the sampler implicitly (no explicit noise). Unlike the other laws its draw is
+    attached to the parameters, so the exact harness cannot integrate over it (it
+    refuses), and a graph cannot replay it.
+    """
+
+    dist: Optional[Distribution] = None
+
+    def sample(self, generator: Optional[torch.Generator] = None) -> Tensor:
+        if self.dist is None:  # pragma: no cover - constructed by Pathwise only
+            raise ValueError("`dist` must be given for ImplicitSample.")
+        if generator is not None:
+            raise ValueError(
+                "`generator` is not supported for implicit reparameterisation (torch distributions "
+                "sample from the global generator); seed with torch.manual_seed instead."
+            )
+        return self.dist.rsample(self.shape[:1])
+
+
 class Pathwise(Estimator):
     r"""Pathwise estimator (reparameterisation trick).
 
@@ -120,16 +142,27 @@ class Pathwise(Estimator):
     ``Independent``/``TransformedDistribution`` wrappers (LogNormal, Gumbel, flow
     posteriors) — these work under ``torch.func.vmap`` and in the exact harness.
     Other distributions with ``rsample`` (Gamma, Beta, Dirichlet: implicit
-    reparameterisation) fall back to ``dist.rsample``.
+    reparameterisation) draw with ``dist.rsample`` (law :class:`ImplicitSample`).
 
     Properties: unbiased; usually the lowest variance when f is smooth; variance
     independent of the dimension for many f; S evaluations of f (and one backward).
     Biased (gradient zero almost everywhere) for discontinuous f.
 
+    Example:
+        >>> import torch, scg
+        >>> from torch.distributions import Normal
+        >>> mu = torch.tensor(0.5, requires_grad=True)
+        >>> loss = scg.expectation(lambda z: z**2, Normal(mu, 1.0), scg.Pathwise(), num_samples=64)
+        >>> loss.backward()   # mu.grad ≈ 2 μ
+
     References:
         Kingma & Welling, "Auto-Encoding Variational Bayes", 2014. https://arxiv.org/abs/1312.6114
-        Rezende, Mohamed & Wierstra, "Stochastic Backpropagation...", 2014.
+        Rezende, Mohamed & Wierstra, "Stochastic Backpropagation and Approximate Inference in
+        Deep Generative Models", 2014. https://arxiv.org/abs/1401.4082
+        Figurnov, Mohamed & Mnih, "Implicit Reparameterization Gradients", 2018.
+        https://arxiv.org/abs/1805.08498
         Mohamed et al., "Monte Carlo Gradient Estimation in Machine Learning", JMLR 2020, §5.
+        https://arxiv.org/abs/1906.10652
     """
 
     def check(self, dist: Distribution) -> None:
@@ -145,47 +178,15 @@ class Pathwise(Estimator):
         self.check(dist)
         rep = _reparameterize(dist)
         if rep is None:
-            return {}
-        return {"eps": _noise_law(rep, num_samples)}
+            shape = (num_samples, *dist.batch_shape, *dist.event_shape)
+            return {"z": ImplicitSample(shape=shape, dist=dist)}
+        law_cls, _, base = rep
+        return {"eps": law_like(law_cls, (num_samples, *base.batch_shape, *base.event_shape), base.mean)}
 
-    def draw(self, dist, num_samples=1, *, generator=None):  # type: ignore[override]
-        draws = super().draw(dist, num_samples, generator=generator)
-        if not draws:  # implicit reparameterisation: the sample is drawn in surrogate()
-            draws = {"num_samples": torch.tensor(num_samples)}
-        return draws
-
-    def surrogate(
-        self, f: Cost, dist: Distribution, draws: dict[str, Tensor], *, context: Optional[Tensor] = None
-    ) -> Tensor:
-        if "eps" in draws:
-            rep = _reparameterize(dist)
-            if rep is None:
-                raise TypeError(f"`dist` {type(dist).__name__} has no explicit noise for Pathwise draws.")
-            z = rep[1](draws["eps"])
-            S = draws["eps"].shape[0]
-        else:
-            self.check(dist)
-            S = int(draws["num_samples"])
-            z = dist.rsample((S,))
-        return sample_mean(evaluate(f, z, dist, S))
-
-    def forward(
-        self, f: Cost, dist: Distribution, num_samples: int = 1, *, context: Optional[Tensor] = None
-    ) -> Tensor:
-        # draw() then surrogate(), with one walk of the distribution's wrappers. A
-        # distribution found in the registry is reparameterisable (every family there
-        # has rsample), so check() runs only for the others (and non-Distributions).
-        check_positive_int("num_samples", num_samples)
+    def parts(self, dist: Distribution, draws: dict[str, Tensor], *, context: Optional[Tensor] = None) -> Parts:
+        if "eps" not in draws:  # implicit reparameterisation: the draw is dist.rsample's own sample
+            return Parts(draws["z"])
         rep = _reparameterize(dist)
         if rep is None:
-            self.check(dist)
-            z = dist.rsample((num_samples,))
-        else:
-            law_cls, sample, base = rep
-            z = sample(noise_like(law_cls, (num_samples, *base.batch_shape, *base.event_shape), base.mean))
-        return sample_mean(evaluate(f, z, dist, num_samples))
-
-
-def _noise_law(rep: tuple[type[Law], Callable[[Tensor], Tensor], Distribution], num_samples: int) -> Law:
-    law_cls, _, base = rep
-    return law_like(law_cls, (num_samples, *base.batch_shape, *base.event_shape), base.mean)
+            raise TypeError(f"`dist` {type(dist).__name__} has no explicit noise for Pathwise draws.")
+        return Parts(rep[1](draws["eps"]))

@@ -9,9 +9,10 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
+import torch.nn.functional as F
+
 from scg._checks import check_positive
-from scg._dist import evaluate, sample_mean
-from scg.estimators.base import Cost, Estimator
+from scg.estimators.base import Cost, Estimator, Parts
 from scg.estimators.disarm import bernoulli_base
 from scg.laws import Law, StandardUniform
 
@@ -27,6 +28,9 @@ class REBARControlVariate(nn.Module):
         eta: initial scale η.
         temperature: initial relaxation temperature λ > 0 (learned as log λ).
     """
+
+    #: It evaluates the cost function, so it cannot serve a graph node (whose costs are tensors).
+    needs_cost_function = True
 
     def __init__(self, eta: float = 1.0, temperature: float = 0.5) -> None:
         super().__init__()
@@ -83,6 +87,21 @@ class RELAX(Estimator):
     Properties: unbiased for any ψ; 3 evaluations of f per sample (f(b), c(z),
     c(z̃)) plus their gradients; ψ's update costs a second-order pass.
 
+    In a :class:`scg.Graph` the learning signal f(b) is the sum of the costs
+    downstream of the node, which are tensors, not a function: the control variate
+    must be a function of the node's own relaxed sample (LAX-style),
+    ``RELAX(NeuralControlVariate(net, rebar=False))``; REBAR's ``f(σ(z/λ))`` is
+    refused there with an error saying so.
+
+    Example:
+        >>> import torch, scg
+        >>> from torch.distributions import Bernoulli, Independent
+        >>> logits = torch.zeros(4, requires_grad=True)
+        >>> q = Independent(Bernoulli(logits=logits), 1)
+        >>> est = scg.RELAX()                        # REBAR's control variate, η and λ learned
+        >>> loss = scg.expectation(lambda b: (b - 0.45).pow(2).sum(-1), q, est, num_samples=4)
+        >>> loss.backward()                          # logits.grad; est.parameters() hold ψ's gradient
+
     Args:
         control_variate: module called as ``cv(z, f) -> [S, *batch]``; default
             :class:`REBARControlVariate` (REBAR). Use :class:`NeuralControlVariate`
@@ -117,64 +136,67 @@ class RELAX(Estimator):
             "v": StandardUniform(shape=shape, **kw),
         }
 
-    def surrogate(
-        self, f: Cost, dist: Distribution, draws: dict[str, Tensor], *, context: Optional[Tensor] = None
-    ) -> Tensor:
+    def parts(self, dist: Distribution, draws: dict[str, Tensor], *, context: Optional[Tensor] = None) -> Parts:
         base, _ = bernoulli_base(dist, "RELAX")
         u, v = draws["u"], draws["v"]
-        S = u.shape[0]
         eps = torch.finfo(u.dtype).eps
         event_dims = tuple(range(-len(dist.event_shape), 0))
         phi = base.logits.expand(u.shape[1:])
         phi0 = phi.detach().expand(u.shape).clone()
         b = (phi0 + _logit(u) > 0).to(u.dtype)
-        f_b = evaluate(f, b, dist, S)
         cv = self.control_variate
-        names = [n for n, _ in cv.named_parameters()]
-        psi = {n: p for n, p in cv.named_parameters()}
 
-        def checked_cv(params: dict[str, Tensor], z: Tensor) -> Tensor:
-            out = torch.func.functional_call(cv, params, (z, f))
-            if tuple(out.shape) != tuple(f_b.shape):
-                raise ValueError(
-                    f"`control_variate` must return [S, *batch_shape] = {list(f_b.shape)}; got {list(out.shape)}."
-                )
-            return out
+        def term(signal: Tensor, f: Optional[Cost], sample_dims: int) -> tuple[Tensor, Optional[Tensor]]:
+            cost_fn = f if f is not None else _no_cost_function
+            f_b = signal.detach()
+            psi = dict(cv.named_parameters())
 
-        def relaxed(phi_: Tensor) -> tuple[Tensor, Tensor]:
-            theta = torch.sigmoid(phi_)
-            z = phi_ + _logit(u)
-            v_cond = v * (b - 1) * (theta - 1) + b * (v * theta + 1 - theta)
-            z_tilde = phi_ + _logit(v_cond.clamp(eps, 1 - eps))
-            return z, z_tilde
+            def checked_cv(params: dict[str, Tensor], z: Tensor) -> Tensor:
+                out = torch.func.functional_call(cv, params, (z, cost_fn))
+                if tuple(out.shape) != tuple(f_b.shape):
+                    raise ValueError(
+                        f"`control_variate` must return [S, *batch_shape] = {list(f_b.shape)}; got {list(out.shape)}."
+                    )
+                return out
 
-        def inner(phi_: Tensor, params: dict[str, Tensor]) -> Tensor:
-            z, z_tilde = relaxed(phi_)
-            c_z = checked_cv(params, z)
-            c_zt = checked_cv(params, z_tilde)
-            log_p = b * torch.nn.functional.logsigmoid(phi_) + (1 - b) * torch.nn.functional.logsigmoid(-phi_)
-            if event_dims:
-                log_p = log_p.sum(event_dims)
-            # The learning signal is a constant w.r.t. φ but not w.r.t. ψ: evaluate c at z̃(φ0)
-            # with φ0 a closure constant (no detach, which would also cut ψ's gradient).
-            signal = f_b.detach() - checked_cv(params, relaxed(phi0)[1])
-            return (signal * log_p + c_z - c_zt).sum()
+            def relaxed(phi_: Tensor) -> tuple[Tensor, Tensor]:
+                theta = torch.sigmoid(phi_)
+                z = phi_ + _logit(u)
+                v_cond = v * (b - 1) * (theta - 1) + b * (v * theta + 1 - theta)
+                return z, phi_ + _logit(v_cond.clamp(eps, 1 - eps))
 
-        def g_hat(params: dict[str, Tensor]) -> Tensor:
-            return torch.func.grad(inner)(phi0, params)  # [S, *batch, *event]: per-sample estimates
+            def inner(phi_: Tensor, params: dict[str, Tensor]) -> Tensor:
+                z, z_tilde = relaxed(phi_)
+                log_p = b * F.logsigmoid(phi_) + (1 - b) * F.logsigmoid(-phi_)
+                if event_dims:
+                    log_p = log_p.sum(event_dims)
+                # The learning signal is constant in φ but not in ψ: c at z̃(φ0), φ0 a closure constant.
+                signal_ = f_b - checked_cv(params, relaxed(phi0)[1])
+                return (signal_ * log_p + checked_cv(params, z) - checked_cv(params, z_tilde)).sum()
 
-        if psi:
-            def variance(params: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-                g = g_hat(params)
-                return (g * g).sum() / S, g
+            def g_hat(params: dict[str, Tensor]) -> Tensor:
+                return torch.func.grad(inner)(phi0, params)  # [n, *batch, *event]: per-row estimates
 
-            grad_psi, g = torch.func.grad(variance, has_aux=True)(psi)
-            n_batch = max(1, math.prod(dist.batch_shape))
-            extra = sum(((psi[n] - psi[n].detach()) * grad_psi[n].detach()).sum() for n in names) / n_batch
-        else:
-            g = g_hat({})
-            extra = 0.0
-        term = (phi - phi.detach()) * g.detach()
-        if event_dims:
-            term = term.sum(event_dims)
-        return sample_mean(f_b + term) + extra
+            extra = None
+            if psi:
+                def mean_square(params: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+                    g = g_hat(params)
+                    return (g * g).sum() / math.prod(f_b.shape[:sample_dims]), g
+
+                grad_psi, g = torch.func.grad(mean_square, has_aux=True)(psi)
+                total = sum(((p - p.detach()) * grad_psi[n].detach()).sum() for n, p in psi.items())
+                extra = (total / max(1, math.prod(f_b.shape[1:]))).expand(f_b.shape[1:])
+            else:
+                g = g_hat({})
+            rows = (phi - phi.detach()) * g.detach()
+            return (rows.sum(event_dims) if event_dims else rows), extra
+
+        return Parts(b, term=term)
+
+
+def _no_cost_function(z: Tensor) -> Tensor:
+    raise TypeError(
+        "REBAR's control variate needs the cost as a function of relaxed samples, f(σ(z/λ)), which a "
+        "scg.Graph does not have (its costs are tensors); in a Graph use "
+        "RELAX(NeuralControlVariate(net, rebar=False)), a control variate of the node's own relaxed sample."
+    )

@@ -9,8 +9,8 @@ from torch import Tensor
 from torch.distributions import Bernoulli, Categorical, Distribution, OneHotCategorical
 
 from scg._checks import check_positive
-from scg._dist import base_of_kind, evaluate, sample_mean
-from scg.estimators.base import Cost, Estimator
+from scg._dist import base_of_kind
+from scg.estimators.base import Estimator, Parts
 from scg.laws import Law, StandardUniform, one_hot
 
 __all__ = ["GumbelSoftmax", "StraightThrough"]
@@ -91,12 +91,9 @@ class GumbelSoftmax(_Relaxation):
         self.temperature = check_positive("temperature", temperature)
         self.hard = bool(hard)
 
-    def surrogate(
-        self, f: Cost, dist: Distribution, draws: dict[str, Tensor], *, context: Optional[Tensor] = None
-    ) -> Tensor:
+    def parts(self, dist: Distribution, draws: dict[str, Tensor], *, context: Optional[Tensor] = None) -> Parts:
         base = _discrete_base(dist, self.name)
         u = draws["u"]
-        S = u.shape[0]
         if isinstance(base, Bernoulli):
             phi = base.logits.expand(u.shape[1:])
             y = torch.sigmoid((phi + torch.log(u) - torch.log1p(-u)) / self.temperature)
@@ -108,7 +105,7 @@ class GumbelSoftmax(_Relaxation):
             if self.hard:
                 hard = one_hot(y.argmax(-1), y.shape[-1], y.dtype)
                 y = hard + (y - y.detach())
-        return sample_mean(evaluate(f, y, dist, S))
+        return Parts(y)
 
     def _jump(self, p: Tensor) -> Optional[Tensor]:
         return 1 - p if self.hard else None
@@ -138,12 +135,9 @@ class StraightThrough(_Relaxation):
 
     name = "StraightThrough"
 
-    def surrogate(
-        self, f: Cost, dist: Distribution, draws: dict[str, Tensor], *, context: Optional[Tensor] = None
-    ) -> Tensor:
+    def parts(self, dist: Distribution, draws: dict[str, Tensor], *, context: Optional[Tensor] = None) -> Parts:
         base = _discrete_base(dist, self.name)
         u = draws["u"]
-        S = u.shape[0]
         if isinstance(base, Bernoulli):
             p = torch.sigmoid(base.logits.expand(u.shape[1:]))
             b = (u < p.detach()).to(u.dtype)
@@ -153,7 +147,7 @@ class StraightThrough(_Relaxation):
             probs = torch.softmax(alpha, dim=-1)
             hard = one_hot((alpha.detach() + _gumbel(u)).argmax(-1), u.shape[-1], u.dtype)
             y = hard + (probs - probs.detach())
-        return sample_mean(evaluate(f, y, dist, S))
+        return Parts(y)
 
     def _jump(self, p: Tensor) -> Optional[Tensor]:
         return p

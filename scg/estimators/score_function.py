@@ -4,18 +4,24 @@ from __future__ import annotations
 
 from typing import Optional
 
-import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
-from scg._checks import check_positive_int
-from scg._dist import evaluate, parameters_of, sample_log_prob, sample_mean
+from scg._dice import baseline_rows
+from scg._dist import parameters_of
 from scg.baselines.base import ControlVariate, SignalContext
-from scg.estimators.base import Cost, Estimator
-from scg.laws import FromDistribution, Law, sample_from
-from scg._log_prob import share, unshare
+from scg.estimators.base import Cost, Estimator, Parts
+from scg.laws import FromDistribution, Law
 
 __all__ = ["ScoreFunction"]
+
+
+def _no_cost_function(z: Tensor) -> Tensor:
+    raise TypeError(
+        "this control variate needs the cost as a function of the node's sample (Delta), which a "
+        "scg.Graph does not have (its costs are tensors); use Constant, MovingAverage, LeaveOneOut, "
+        "Learned or Normalize in a Graph, or scg.expectation for Delta."
+    )
 
 
 class ScoreFunction(Estimator):
@@ -25,11 +31,12 @@ class ScoreFunction(Estimator):
         \hat g = \frac1S \sum_{s=1}^S A_s\, ∇_θ \log q_θ(z_s) + ∇_θ f(z_s), \qquad
         A_s = f(z_s) − b_s,\; z_s \sim q_θ
 
-    The surrogate is DiCE-form and value-preserving:
-    :math:`\frac1S\sum_s [f(z_s) + (□(\log q(z_s)) − 1)\,A_s] + \text{extra}` with
-    :math:`□(τ) = \exp(τ − \mathrm{stop}(τ))`, so its value is exactly the MC mean and
-    its derivatives of any order are those of DiCE (unbiased second order when the
-    baseline does not depend on the sample).
+    The surrogate is DiCE-form and value-preserving,
+    :math:`\frac1S\sum_s [□(\log q(z_s))\, f(z_s) + (1 − □(\log q(z_s)))\, b_s] + \text{extra}`
+    with :math:`□(τ) = \exp(τ − \mathrm{stop}(τ))`: its value is exactly the MC mean,
+    and its derivatives of every order are DiCE's (unbiased second order when the
+    baseline does not depend on the sample). In a :class:`scg.Graph` the same parts
+    give each node the costs downstream of it as its signal.
 
     Requires: ``log_prob`` differentiable in θ; any support (discrete or
     continuous); f need not be differentiable.
@@ -38,7 +45,8 @@ class ScoreFunction(Estimator):
     variance grows with the magnitude of f and the dimension of z; S evaluations of f.
 
     Args:
-        baseline: a control variate from :mod:`scg.baselines` (or ``None``).
+        baseline: a control variate from :mod:`scg.baselines` (or ``None``); it is
+            applied to the learning signal here and nowhere else.
 
     Example:
         >>> import torch, scg
@@ -51,9 +59,11 @@ class ScoreFunction(Estimator):
 
     References:
         Williams, "Simple statistical gradient-following algorithms for connectionist
-        reinforcement learning", 1992.
+        reinforcement learning", 1992. https://doi.org/10.1007/BF00992696
         Mohamed et al., "Monte Carlo Gradient Estimation in Machine Learning", JMLR 2020, §4.
+        https://arxiv.org/abs/1906.10652
         Foerster et al., "DiCE: The Infinitely Differentiable Monte Carlo Estimator", 2018.
+        https://arxiv.org/abs/1802.05098
     """
 
     def __init__(self, baseline: Optional[ControlVariate] = None) -> None:
@@ -66,47 +76,29 @@ class ScoreFunction(Estimator):
         self.unbiased = baseline is None or baseline.unbiased
 
     def laws(self, dist: Distribution, num_samples: int) -> dict[str, Law]:
-        self._check_samples(num_samples)
         shape = (num_samples, *dist.batch_shape, *dist.event_shape)
         ref = next(iter(parameters_of(dist).values()), None)
         kw = {} if ref is None else {"dtype": ref.dtype, "device": ref.device}
         return {"z": FromDistribution(shape=shape, dist=dist, **kw)}
 
-    def surrogate(
-        self, f: Cost, dist: Distribution, draws: dict[str, Tensor], *, context: Optional[Tensor] = None
-    ) -> Tensor:
-        return self._surrogate(f, dist, draws["z"], context)
+    def parts(self, dist: Distribution, draws: dict[str, Tensor], *, context: Optional[Tensor] = None) -> Parts:
+        z = draws["z"].detach()  # replayed draws may be attached; the score function needs z fixed
+        log_q = dist.log_prob(z)
+        baseline = self.baseline
+        if baseline is None:
+            return Parts(z, log_prob=log_q)
 
-    def forward(
-        self, f: Cost, dist: Distribution, num_samples: int = 1, *, context: Optional[Tensor] = None
-    ) -> Tensor:
-        # draw() then surrogate(), without building the law objects.
-        self.check(dist)
-        check_positive_int("num_samples", num_samples)
-        self._check_samples(num_samples)
-        return self._surrogate(f, dist, sample_from(dist, num_samples), context)
+        def term(signal: Tensor, f: Optional[Cost], sample_dims: int) -> tuple[Tensor, Optional[Tensor]]:
+            shape = signal.shape
+            rows = signal.reshape(-1, *shape[sample_dims:]) if sample_dims != 1 else signal
+            if rows.shape[0] < baseline.min_samples:
+                raise ValueError(
+                    f"`num_samples` must be >= {baseline.min_samples} for {type(baseline).__name__}; "
+                    f"got {rows.shape[0]}."
+                )
+            lp = log_q if sample_dims == 1 else log_q.reshape(rows.shape)
+            ctx = SignalContext(dist, z, lp, f if f is not None else _no_cost_function, context)
+            new, extra = baseline(rows, ctx)
+            return baseline_rows(lp, (rows - new).detach()).reshape(shape), extra
 
-    def _check_samples(self, num_samples: int) -> None:
-        if self.baseline is not None and num_samples < self.baseline.min_samples:
-            raise ValueError(
-                f"`num_samples` must be >= {self.baseline.min_samples} for "
-                f"{type(self.baseline).__name__}; got {num_samples}."
-            )
-
-    def _surrogate(self, f: Cost, dist: Distribution, z: Tensor, context: Optional[Tensor]) -> Tensor:
-        if z.requires_grad:  # replayed draws may be attached; the score function needs z fixed
-            z = z.detach()
-        log_q = sample_log_prob(dist, z)
-        token = share(dist, z, log_q)  # scg.log_prob(dist, z) inside f returns log_q
-        try:
-            cost = evaluate(f, z, dist, z.shape[0])
-        finally:
-            unshare(token)
-        signal, extra = cost, None
-        if self.baseline is not None:
-            signal, extra = self.baseline(cost, SignalContext(dist, z, log_q, f, context))
-        # □(log q) − 1 as expm1(τ − stop(τ)): exactly 0 in value, the same derivatives of every
-        # order (d expm1 = exp), one op fewer forward and backward than magic_box(log_q) − 1;
-        # cost + (□ − 1)·signal as one fused addcmul (value: cost + 0·signal = cost exactly).
-        out = sample_mean(torch.addcmul(cost, torch.expm1(log_q - log_q.detach()), signal))
-        return out if extra is None else out + extra
+        return Parts(z, log_prob=log_q, term=term)

@@ -7,6 +7,4 @@ derivatives of any order), per-node control variates. See :class:`Graph`.
 """
 
 from scg.graph._graph import Graph
-from scg.graph._nodes import SUPPORTED
-
-__all__ = ["Graph", "SUPPORTED"]
+__all__ = ["Graph"]

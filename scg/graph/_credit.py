@@ -61,17 +61,21 @@ def settle(
     nodes: Mapping[str, Node],
     scoring: Sequence[str],
     flow: Tracker,
-    check: bool = False,
+    sizes: Sequence[int],
 ) -> None:
-    """Set ``c.deps`` (nodes found from ``c``'s autograd node, named directly, and their ancestors) and ``c.scored``.
+    """Set ``c.deps`` (nodes found from ``c``'s autograd node, named directly, and their ancestors),
+    ``c.scored`` and ``c.rank``, and check that ``c`` lines up with the nodes it depends on.
 
     Args:
         c: a cost whose dependencies are pending.
         nodes: the graph's nodes by name.
         scoring: the score-function nodes with a log-probability, in sampling order.
         flow: the graph's :class:`~scg.graph._dataflow.Tracker`.
-        check: raise ``ValueError`` if ``c`` depends on a node whose
-            log-probability does not align with it.
+        sizes: the graph's sample dims from S outwards.
+
+    Raises:
+        ValueError: ``c``'s sample dims are not those of the nodes it depends on, or
+            a score-function node's log-probability does not align with it.
     """
     found = c.known if c.root is None else c.known | flow.reads(c.root, c.horizon)
     deps = set(found)
@@ -81,14 +85,24 @@ def settle(
         scored = tuple([n for n in scoring if n in deps])
     else:  # a few dependencies among many score-function nodes
         scored = tuple(sorted([n for n in deps if nodes[n].log_prob is not None], key=lambda n: nodes[n].order))
-    if check:
-        shape = c.value.shape
-        for n in scored:
-            lp_shape = nodes[n].log_prob.shape  # type: ignore[union-attr]
-            if not ALIGNMENT.aligns(lp_shape, shape):
-                raise ValueError(
-                    f"sample dims do not match: cost {c.name!r} has shape {list(shape)} and depends on node "
-                    f"{n!r} whose log-probability has shape {list(lp_shape)}; they must agree on "
-                    "[S, *batch] from the left (extra node dims are summed, size-1 dims broadcast)."
-                )
-    c.deps, c.scored, c.root = frozenset(deps), scored, None
+    rank = max([nodes[n].rank for n in deps], default=1)
+    shape = tuple(c.value.shape)
+    expected = tuple(reversed(sizes[:rank]))
+    if len(shape) < rank or shape[rank - 1] != sizes[0] or any(
+        d not in (1, e) for d, e in zip(shape[: rank - 1], expected[: rank - 1])
+    ):
+        raise ValueError(
+            f"sample dims do not match: cost {c.name!r} has shape {list(shape)} and depends on nodes "
+            f"{sorted(deps)} whose values have sample dims {list(expected)}; a cost must start with the "
+            "sample dims of the nodes it depends on (S last)."
+        )
+    for n in scored:
+        lp = nodes[n].log_prob
+        lifted = (1,) * (rank - nodes[n].rank) + tuple(lp.shape)  # type: ignore[union-attr]
+        if aligned_shape(lifted, shape, rank) is None:
+            raise ValueError(
+                f"sample dims do not match: cost {c.name!r} has shape {list(shape)} and depends on node "
+                f"{n!r} whose log-probability has shape {list(lp.shape)}; they must agree on "  # type: ignore[union-attr]
+                "[*sample dims, *batch] (batch dims from the left; extra node dims are summed, size-1 dims broadcast)."
+            )
+    c.deps, c.scored, c.root, c.rank = frozenset(deps), scored, None, rank

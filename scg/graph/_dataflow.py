@@ -81,22 +81,21 @@ class Tracker:
         self.closures: dict[str, frozenset[str]] = {}
         self._marker: Optional[Tensor] = None
 
-    def track(self, name: str, value: Tensor, ancestors: frozenset[str] = frozenset(), owned: bool = False) -> Tensor:
+    def track(self, name: str, value: Tensor, ancestors: frozenset[str] = frozenset()) -> Tensor:
         """Register node ``name``'s value; return it as the graph hands it out.
 
         A value with autograd history is returned as is (its ``grad_fn`` is the
         boundary). One without — a sample drawn without gradient, or from
         constant parameters — becomes a leaf that requires grad (eager mode) or
         ``value + zero`` (inside ``torch.func`` transforms, which forbid
-        ``requires_grad_``). ``ancestors``: the node's ancestors. ``owned``: nothing
-        else refers to ``value``, so it may become the leaf itself (else the leaf
-        is ``value.detach()``, and ``value`` keeps no gradient).
+        ``requires_grad_``); the leaf is ``value.detach()``, so ``value`` itself keeps
+        no gradient. ``ancestors``: the node's ancestors.
         """
         self.closures[name] = ancestors.union((name,))
         fn = value.grad_fn
         if fn is None:
             if peek_interpreter_stack() is None:  # eager mode: the value becomes a leaf that requires grad
-                value = (value if owned else value.detach()).requires_grad_()
+                value = value.detach().requires_grad_()
                 self.leaves[id(value)] = name  # the graph's node keeps the value alive: the id stays its own
                 if self.floor < 0:
                     self.floor = _next_sequence_nr()  # every reader of the leaf is created from now on
@@ -271,13 +270,18 @@ def _roots_of(obj: Any, roots: list[Any], found: set[str], leaves: Mapping[int, 
             _roots_of(value, roots, found, leaves, depth + 1)
 
 
-def aligned_shape(source: tuple[int, ...], target: tuple[int, ...]) -> Optional[tuple[int, ...]]:
-    """Shape of ``align(x, target)`` for ``x`` of shape ``source``, or ``None`` if they do not align."""
+def aligned_shape(
+    source: tuple[int, ...], target: tuple[int, ...], lead: int = 1
+) -> Optional[tuple[int, ...]]:
+    """Shape of ``align(x, target, lead)`` for ``x`` of shape ``source``, or ``None`` if they do not align."""
     rank = len(target)
-    shape = list(source[:rank]) if len(source) >= rank else list(source) + [1] * (rank - len(source))
-    if shape[:1] != list(target[:1]):
+    if len(source) < lead:
         return None
-    for i in range(1, rank):
+    shape = list(source[:rank]) if len(source) >= rank else list(source) + [1] * (rank - len(source))
+    for i in range(lead):
+        if shape[i] not in (1, target[i]) and target[i] != 1:
+            return None
+    for i in range(lead, rank):
         if target[i] == 1:
             shape[i] = 1
         elif shape[i] not in (1, target[i]):
@@ -285,15 +289,16 @@ def aligned_shape(source: tuple[int, ...], target: tuple[int, ...]) -> Optional[
     return tuple(shape)
 
 
-def align(x: Tensor, target: tuple[int, ...]) -> Tensor:
-    """Bring ``x`` ``[S, *a]`` to a tensor broadcastable to ``target`` ``[S, *b]`` (left-aligned).
+def align(x: Tensor, target: tuple[int, ...], lead: int = 1) -> Tensor:
+    """Bring ``x`` ``[*L, *a]`` to a tensor broadcastable to ``target`` ``[*L', *b]`` (batch dims left-aligned).
 
-    Dimensions of ``x`` beyond the rank of ``target`` are summed, missing ones are
-    added as size 1, and dimensions where ``target`` has size 1 are summed (keepdim).
-    Used both ways: a node's log-probability brought to a cost's shape (the cost
-    depends on every element it covers) and a cost brought to a node's shape (the
-    node's element receives the costs it affects). Returns ``x`` itself when it
-    already has the target's shape.
+    The first ``lead`` dims are sample dims, left as they are (they broadcast). Batch
+    dims of ``x`` beyond the rank of ``target`` are summed, missing ones are added as
+    size 1, and dims where ``target`` has size 1 are summed (keepdim). Used both ways:
+    a node's log-probability brought to a cost's shape (the cost depends on every
+    element it covers) and a cost brought to a node's shape (the node's element
+    receives the costs it affects). Returns ``x`` itself when it already has the
+    target's shape.
     """
     if x.shape == target:
         return x
@@ -302,7 +307,7 @@ def align(x: Tensor, target: tuple[int, ...]) -> Tensor:
         x = x.sum(dim=tuple(range(rank, x.dim())))
     elif x.dim() < rank:
         x = x.reshape(tuple(x.shape) + (1,) * (rank - x.dim()))
-    dims = tuple(i for i in range(1, rank) if target[i] == 1 and x.shape[i] != 1)
+    dims = tuple(i for i in range(lead, rank) if target[i] == 1 and x.shape[i] != 1)
     if dims:
         x = x.sum(dim=dims, keepdim=True)
     return x

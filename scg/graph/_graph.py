@@ -9,12 +9,10 @@ from torch import Tensor
 from torch.distributions import Distribution
 
 from scg._checks import check_positive, check_positive_int
-from scg._dist import sample_log_prob
-from scg.estimators import Pathwise, ScoreFunction
-from scg.estimators.base import Estimator
+from scg.estimators.base import Estimator, default_estimator
 from scg.graph._credit import ALIGNMENT, settle
 from scg.graph._dataflow import Tracker, is_tracked
-from scg.graph._nodes import Cost, Node, check_estimator, default_estimator, draw
+from scg.graph._nodes import Cost, Node, check_node_estimator, draw_parts
 from scg.graph._surrogate import surrogate
 
 __all__ = ["Graph"]
@@ -24,93 +22,82 @@ class Graph:
     r"""A stochastic computation graph: sample nodes, register costs, take one surrogate.
 
     .. math::
-        \hat L = \sum_c s_c \sum_{\text{batch}} \frac1S \sum_{s=1}^S
-            □\Big(\sum_{w ∈ \mathrm{deps}(c)} \log p(w_s)\Big)\, c_s
-          + \sum_w \sum_{\text{batch}} \frac1S \sum_{s=1}^S \big(1 − □(\log p(w_s))\big)\, b_{w,s}
+        \hat L = \sum_c s_c \sum_{\text{batch}} \operatorname{mean}_{rows}
+            □\Big(\sum_{w ∈ \mathrm{deps}(c)} \log p(w)\Big)\, c
+          + \sum_w \sum_{\text{batch}} \operatorname{mean}_{rows}\, T_w(A_w)
 
-    with :math:`□(τ) = \exp(τ − \mathrm{stop}(τ))` (DiCE), w ranging over
-    score-function nodes, :math:`s_c` a cost's scale (N/B for minibatches) and
-    :math:`b_w` the baseline that node w's control variate subtracts from its
-    learning signal :math:`A_w = \sum_{c ∋ w} s_c\, c` (the costs downstream of w).
-    The value of :math:`\hat L` is exactly :math:`\sum_c s_c \sum_{\text{batch}}
-    \mathrm{mean}_S(c)`; its gradient gives each node its own estimator:
+    with :math:`□(τ) = \exp(τ − \mathrm{stop}(τ))` (DiCE), the sum in □ over
+    score-function nodes, :math:`s_c` a cost's scale (N/B for minibatches),
+    :math:`A_w = \sum_{c ∋ w} s_c\, c` node w's learning signal — only the costs
+    that *depend* on w (credit assignment, Schulman et al. 2015) — and :math:`T_w`
+    the term its estimator adds (zero in value). The value of :math:`\hat L` is
+    exactly :math:`\sum_c s_c \sum_{\text{batch}} \mathrm{mean}(c)`.
 
-    * ``ScoreFunction(baseline=...)``: score term :math:`(A_w − b_w)∇\log p(w)`, where
-      :math:`A_w` sums only the costs that *depend* on w (credit assignment,
-      Schulman et al. 2015): a cost that w cannot influence adds no variance to w's
-      gradient. Derivatives of every order are DiCE's (unbiased Hessians).
-    * ``Pathwise``: the sample is reparameterised and gradients flow through it;
-      a pathwise node between score-function nodes passes their terms through.
-    * ``GumbelSoftmax``/``StraightThrough``: relaxed samples (biased), as above.
+    **Any estimator is a node** — every one of scg's and a user's own subclass —
+    through the method that also serves ``scg.expectation``,
+    :meth:`scg.Estimator.parts`: the node's value (what downstream code sees), its
+    log-probability for the DiCE box (score-function type), its copies and its term:
+
+    * ``ScoreFunction(baseline=...)``: detached sample, DiCE box, the control
+      variate applied to :math:`A_w` (Mao et al. 2019's baseline form); derivatives
+      of every order are DiCE's.
+    * ``Pathwise``, ``GumbelSoftmax``, ``StraightThrough``: the reparameterised (or
+      relaxed) sample; gradients flow through it.
+    * ``DisARM`` and ``MeasureValued`` need the downstream cost at several coupled
+      points (the antithetic pair; the perturbed points): the node's value gains a
+      leading **copy dim** (size 2, or 1 + perturbations), and everything computed
+      from it downstream carries that dim too, by broadcasting. Copy dims are the
+      graph's extra *sample dims*: a cost's value averages them with the copies'
+      weights (½, ½; 1, 0, …, 0), and a node upstream gets their average as its signal.
+    * ``RELAX``: detached sample and the RELAX term, with a control variate of the
+      node's own relaxed sample (``NeuralControlVariate(net, rebar=False)``, LAX-style).
 
     Requires: every node's estimator applies to its distribution; data flow from
-    nodes to costs visible to autograd or declared (below). Properties: unbiased
-    (first and higher order, in the model's parameters) when every node's estimator and control variate is
-    unbiased; a cost adds variance only to the nodes upstream of it; one evaluation
-    of the model per graph sample, plus one Python walk of the autograd graph per
-    node and cost.
+    nodes to costs visible to autograd or declared with ``depends_on``. Properties:
+    unbiased when every node's estimator and control variate is (higher orders too
+    for score-function and pathwise nodes); a cost adds variance only to the nodes
+    upstream of it. See ``docs/graph.md`` for how data flow is read and what it costs.
 
     Data flow is read from autograd, without wrapping tensors: a cost depends on a
-    node when the node's returned value is an ancestor of the cost in the autograd
-    graph, and on that node's own ancestors (transitively, also through the
-    distributions' parameters). The walk stops at earlier nodes, so it visits only
-    the operations between a cost and the nodes it reads; it works in eager mode and
-    under ``torch.func`` (``grad``, ``vmap``, ``vmap(grad)``), so
-    :func:`scg.diagnostics.gradient_samples` measures graph estimators.
+    node when the node's value is an ancestor of the cost in the autograd graph, and
+    on that node's ancestors. What it cannot see:
 
-    Trade-off of reading data flow from autograd — what it cannot see:
+    * non-differentiable uses of a sample (comparisons, ``.long()``, indexing with a
+      sample): declare them with ``depends_on=[...]``; ``g.dependencies()`` shows
+      what was found;
+    * integer-valued samples (``Categorical``) carry no autograd history: every later
+      cost and node without ``depends_on`` is assumed to depend on them (unbiased,
+      more variance than necessary) — pass ``depends_on=`` to narrow it, or use
+      ``OneHotCategorical``, whose float samples are tracked;
+    * detached samples are handed out as leaves that require grad (so autograd
+      records who reads them): ``loss.backward()`` also fills their ``.grad``
+      (``torch.autograd.grad(loss, params)`` skips that work), and in-place edits of
+      them raise (edit a copy).
 
-    * Non-differentiable uses of a sample (comparisons, ``.long()``, indexing with
-      a sample) cut the link. Declare them with ``depends_on=[...]`` (adds to what
-      autograd finds). ``g.dependencies()`` shows what was found.
-    * Integer-valued samples (``Categorical``) cannot carry autograd history; they
-      are treated conservatively: every later cost and node without ``depends_on``
-      is assumed to depend on them (unbiased, more variance than necessary).
-    * Score-function samples (and samples of constant parameters) are returned as
-      leaves that require grad, ``z.detach().requires_grad_()`` (inside
-      ``torch.func`` transforms: ``z + 0`` with a zero leaf that requires grad), so
-      that autograd records who reads them. Consequences: ``loss.backward()`` also
-      back-propagates the costs to these samples (the input gradient of the first
-      layer that reads them; their ``.grad`` is filled and unused) —
-      ``loss.backward(inputs=params)`` or ``torch.autograd.grad(loss, params)``
-      prunes that work, ``benchmarks/graph_overhead.py`` measures both; and
-      in-place edits of such a sample raise (edit a copy: ``z.clone()``).
-    * The walk is Python: a fixed cost per node and cost, plus a few µs per
-      autograd node between it and the nodes it reads (it stops at the first
-      graph node's operations and once every node is accounted for). A cost's
-      walk waits for :meth:`surrogate` (the data flow it reads was fixed when the
-      cost was registered). ``benchmarks/graph_overhead.py`` measures the total
-      against hand-written DiCE. Under ``torch.compile`` the walk runs eagerly
-      (graph breaks); results are the same.
+    Shapes: the graph's **sample dims** are S = ``num_samples`` plus one copy dim
+    per multi-point node, outermost first: ``[*copies, S]``. A *root* node (its
+    distribution depends on no earlier node) is drawn S times, value
+    ``[S, *batch_shape, *event_shape]`` (a multi-point root:
+    ``[K, 1, …, S, *batch_shape, *event_shape]``). A *child* node's distribution was
+    computed from earlier samples, so its ``batch_shape`` starts with its parents'
+    sample dims; it is drawn once per element. Costs are ``[*sample dims, *batch]``,
+    starting with the sample dims of the nodes they depend on; batch elements are
+    independent, and a node's log-probability and a cost are aligned from the left
+    after the sample dims (extra node dims are summed, missing ones broadcast).
 
-    Shapes: one sample dimension S = ``num_samples`` (dim 0) is shared by the whole
-    graph — sample s of every node and cost is one joint draw of the graph, so
-    leave-one-out baselines compare whole-graph samples. A *root* node (its
-    distribution depends on no earlier node) is drawn S times: value
-    ``[S, *batch_shape, *event_shape]``. A *child* node's distribution was computed
-    from earlier samples, so its ``batch_shape`` must start with S; it is drawn once
-    per element. Costs are ``[S, *batch]``; ``cost[s]`` may depend only on the graph's
-    s-th sample, and batch elements are independent (like ``scg.expectation``): a
-    node's log-probability ``[S, *b_w]`` and a cost ``[S, *b_c]`` are aligned from the
-    left — extra node dims are summed, missing ones broadcast (a global latent ``[S]``
-    credits every element of a per-datum cost ``[S, B]``).
-
-    A graph is used once: create one per step. ``sample``/``cost`` after
-    :meth:`surrogate`, or a second ``surrogate()``, raise ``ValueError``. Estimators
-    (and their control variates' state) live outside the graph — keep them in your
-    model and pass them to :meth:`sample` each step.
-
-    Under ``torch.no_grad()`` the graph only computes values: no data-flow walk, no
-    control variates (their state does not move); a node counts as a child when its
-    ``batch_shape`` starts with S and earlier nodes exist (pass ``depends_on=[]`` to
-    say it is a root).
+    A graph is used once: create one per step. Estimators (and their state) live
+    outside the graph — keep them in your model. Under ``torch.no_grad()`` the graph
+    computes values only (no data-flow walk, no node terms, no state updates); a
+    node counts as a child when its ``batch_shape`` starts with the sample dims and
+    earlier nodes exist, and a cost's sample dims are read from its shape.
 
     Args:
-        num_samples: S ≥ 1, the shared sample dimension.
+        num_samples: S ≥ 1.
         draws: replay the random inputs of earlier draws, ``{node name: draws}`` as
             returned by :attr:`draws` (common random numbers across estimators,
-            exact checks by enumeration/quadrature). Score-function nodes take
-            ``{"z": sample}``, pathwise nodes ``{"eps": noise}``, relaxations ``{"u": uniforms}``.
+            exact checks by enumeration/quadrature): the estimator's ``laws`` names
+            (``{"z": sample}`` for score-function nodes, ``{"eps": noise}`` pathwise,
+            ``{"u": uniforms}`` DisARM and relaxations).
 
     Example:
         >>> import torch, scg
@@ -120,9 +107,9 @@ class Graph:
         >>> g = scg.Graph(num_samples=8)
         >>> a = g.sample("a", Bernoulli(logits=theta[0]))                 # score function (RLOO)
         >>> z = g.sample("z", Normal(a + theta[1], 1.0))                  # pathwise, depends on a
-        >>> b = g.sample("b", Bernoulli(logits=z * theta[2]))            # score function, depends on z
-        >>> g.cost("fit", (z - 1.0) ** 2)                                # credited to a (through z)
-        >>> g.cost("bits", b)                                            # credited to b, z and a
+        >>> b = g.sample("b", Bernoulli(logits=z * theta[2]), scg.DisARM())  # antithetic pair: [2, 8]
+        >>> g.cost("fit", (z - 1.0) ** 2)                                # [8]: credited to a (through z)
+        >>> g.cost("bits", b)                                            # [2, 8]: credited to b, z and a
         >>> loss = g.surrogate()                                         # value: sum of the costs' MC means
         >>> loss.backward()
 
@@ -134,6 +121,7 @@ class Graph:
         Mao et al., "A Baseline for Any Order Gradient Estimation in Stochastic Computation
         Graphs", ICML 2019. https://arxiv.org/abs/1906.03391
         Mohamed et al., "Monte Carlo Gradient Estimation in Machine Learning", JMLR 2020, §4–5.
+        https://arxiv.org/abs/1906.10652
     """
 
     def __init__(
@@ -153,8 +141,9 @@ class Graph:
         self._scoring: list[str] = []  # score-function nodes with a log-probability, in sampling order
         self._flow = Tracker()  # the nodes' values in the autograd graph
         self._opaque: set[str] = set()  # integer-valued nodes (invisible to autograd)
-        self._baselined: list[Node] = []  # score-function nodes with a control variate
         self._lp_shapes: set[torch.Size] = set()  # shapes of the score-function nodes' log-probabilities
+        self._sizes: list[int] = [num_samples]  # sample dims from S outwards
+        self._axes: list[Optional[Tensor]] = [None]  # their weights (None: uniform)
         self._done = False
 
     # ------------------------------------------------------------------ nodes
@@ -172,12 +161,11 @@ class Graph:
         Args:
             name: unique name of the node in this graph.
             dist: a ``torch.distributions.Distribution``; batch shape ``[*batch]`` for
-                a root, ``[S, *batch]`` when its parameters come from earlier nodes.
-            estimator: ``Pathwise``, ``ScoreFunction`` (any control variate but
-                ``Delta``), ``GumbelSoftmax`` or ``StraightThrough``. ``None`` picks
-                ``Pathwise()`` when ``dist.has_rsample``, else
-                ``ScoreFunction(baseline=LeaveOneOut())`` for S ≥ 2 (stateless, so a
-                fresh one per step loses nothing) and ``ScoreFunction()`` for S = 1.
+                a root, ``[*sample dims, *batch]`` when its parameters come from earlier nodes.
+            estimator: any :class:`scg.Estimator` that implements ``parts``; ``None``
+                picks :func:`scg.estimators.default_estimator` (``Pathwise()`` when
+                ``dist.has_rsample``, else ``ScoreFunction(LeaveOneOut())`` for S ≥ 2,
+                ``ScoreFunction()`` for S = 1 — stateless, so a fresh one per step loses nothing).
             depends_on: names of earlier nodes the distribution depends on in ways
                 autograd cannot see (keyword-only); added to the detected ones.
             context: input of a ``Learned`` (NVIL) baseline, e.g. the data x or the
@@ -185,8 +173,8 @@ class Graph:
 
         Returns:
             The sample: ``[S, *batch_shape, *event_shape]`` (root) or
-            ``[*batch_shape, *event_shape]`` (child, batch starting with S). Use it
-            like any tensor; score-function samples carry no gradient.
+            ``[*batch_shape, *event_shape]`` (child), with a leading copy dim for
+            multi-point estimators (DisARM, MeasureValued). Score-function samples carry no gradient.
         """
         nodes = self._nodes
         if self._done or type(name) is not str or not name or name in nodes or name in self._costs:
@@ -198,56 +186,61 @@ class Graph:
         S = self.num_samples
         if estimator is None:
             estimator = default_estimator(dist, S)
-        kind = type(estimator)
-        if not (kind is ScoreFunction and estimator.baseline is None or kind is Pathwise and dist.has_rsample):
-            check_estimator(name, estimator, dist, S)  # (the two fast cases pass it: nothing else to check)
+        check_node_estimator(name, estimator, dist, S)
         tracking = torch.is_grad_enabled()
         flow = self._flow
         parents = flow.parents(dist, len(nodes)) if tracking and flow.floor >= 0 else set()
         if depends_on is not None:
             parents |= self._resolve(depends_on)
-        batch_shape = dist.batch_shape
-        starts_with_s = len(batch_shape) > 0 and batch_shape[0] == S
+        batch_shape = tuple(dist.batch_shape)
         child = bool(parents)
-        opaque_nodes = self._opaque
-        if depends_on is None and not child and starts_with_s:
-            hidden = opaque_nodes if tracking else set(nodes)
+        if depends_on is None and not child and self._prefix_rank(batch_shape):
+            hidden = self._opaque if tracking else set(nodes)
             if hidden:  # integer-valued (or untracked) earlier nodes: assume they feed this one
                 child = True
                 parents |= hidden
-        if child and not starts_with_s:
-            raise ValueError(
-                f"`dist` of node {name!r} must have batch_shape starting with num_samples={S} because it "
-                f"depends on node(s) {list(self._order(parents))} (one distribution per graph sample); got "
-                f"batch_shape {list(batch_shape)}. Build it from the parents' samples, or check the "
-                "graph's num_samples."
-            )
-        if depends_on is None and opaque_nodes:
-            parents |= opaque_nodes
+        if depends_on is None and self._opaque:
+            parents |= self._opaque
+        if child:
+            base_rank = self._prefix_rank(batch_shape) if not tracking else max(nodes[p].rank for p in parents)
+            self._check_prefix(name, batch_shape, base_rank, parents)
+            prefix = batch_shape[:base_rank]
+        else:
+            base_rank, prefix = 1, (S,)
         ancestors = set(parents)
         for p in parents:
             ancestors |= nodes[p].ancestors
-        ancestors = frozenset(ancestors)  # type: ignore[assignment]
-
-        value, draws, owned = draw(name, dist, estimator, S, child, self._replay.get(name) if self._replay else None)
-        opaque = not (value.is_floating_point() or value.is_complex())
-        log_prob = None
+        replay = self._replay.get(name) if self._replay else None
+        parts, draws = draw_parts(name, dist, estimator, 1 if child else S, child, replay, context)
+        rank, lift, sample_shape = base_rank, 0, prefix
+        if parts.copies is not None:
+            k = parts.value.shape[0]
+            if parts.copies.shape != (k,):
+                raise ValueError(
+                    f"`{type(estimator).__name__}.parts` must give `copies` of shape [{k}] (one weight per copy "
+                    f"of the value); got {list(parts.copies.shape)}."
+                )
+            lift = len(self._sizes) - base_rank
+            rank = len(self._sizes) + 1
+            sample_shape = (k, *([1] * lift), *prefix)
+            self._sizes.append(k)
+            self._axes.append(parts.copies)
+        node = Node(name, dist, estimator, parts, parts.value, draws, child, frozenset(ancestors), len(nodes),
+                    None, False, rank, base_rank, lift, tuple(sample_shape))
+        value = node.to_graph(parts.value)
+        node.opaque = opaque = not (value.is_floating_point() or value.is_complex())
         if tracking:
-            if type(estimator) is ScoreFunction:  # exact types only (check_estimator)
-                log_prob = sample_log_prob(dist, value)  # [S, *batch]: dist.log_prob(value)
+            if parts.log_prob is not None:
+                node.log_prob = parts.log_prob.squeeze(0) if child else parts.log_prob
             if not opaque:
-                value = flow.track(name, value, ancestors, owned)
-        order = len(nodes)
-        node = nodes[name] = Node(
-            name, dist, estimator, value, draws, child, ancestors, order, log_prob, opaque, context
-        )
+                value = flow.track(name, value, node.ancestors)
+        node.value = value
+        nodes[name] = node
         if opaque:
-            opaque_nodes.add(name)
-        if log_prob is not None:
+            self._opaque.add(name)
+        if node.log_prob is not None:
             self._scoring.append(name)
-            self._lp_shapes.add(log_prob.shape)
-            if estimator.baseline is not None:  # type: ignore[attr-defined]
-                self._baselined.append(node)
+            self._lp_shapes.add(node.log_prob.shape)
         return value
 
     # ------------------------------------------------------------------ costs
@@ -259,15 +252,17 @@ class Graph:
         scale: float = 1.0,
         depends_on: Optional[Sequence[str]] = None,
     ) -> None:
-        """Register a cost ``[S, *batch]`` (minimised); the surrogate adds ``scale · Σ_batch mean_S``.
+        """Register a cost ``[*sample dims, *batch]`` (minimised); the surrogate adds ``scale · Σ_batch mean``.
 
         Args:
             name: unique name in this graph.
-            value: ``[S, *batch]`` costs, dim 0 the graph's sample dimension.
+            value: costs whose leading dims are the sample dims of the nodes they
+                depend on (``[S, *batch]`` in a graph without copy dims).
             scale: positive factor, e.g. N/B when ``value`` covers a minibatch of B
                 of N data points (keyword-only); it scales the value and the credit.
             depends_on: names of nodes the cost depends on in ways autograd cannot
-                see (keyword-only); added to the detected ones.
+                see (keyword-only); added to the detected ones, and the cost is no
+                longer assumed to depend on integer-valued nodes it does not name.
         """
         nodes = self._nodes
         if self._done or type(name) is not str or not name or name in nodes or name in self._costs:
@@ -276,12 +271,12 @@ class Graph:
             raise TypeError(f"`value` of cost {name!r} must be a torch.Tensor; got {type(value).__name__}.")
         if not value.is_floating_point():
             raise TypeError(f"`value` of cost {name!r} must be a floating-point tensor; got dtype {value.dtype}.")
-        S = self.num_samples
         shape = value.shape
-        if not shape or shape[0] != S:
+        if not self._prefix_rank(tuple(shape)):
             raise ValueError(
-                f"`value` of cost {name!r} must have shape [S, *batch] with S = num_samples = {S} on dim 0; "
-                f"got shape {list(shape)} (sample dims do not match)."
+                f"`value` of cost {name!r} must have shape [*sample dims, *batch] with S = num_samples = "
+                f"{self.num_samples} last among the sample dims {list(reversed(self._sizes))}; got shape "
+                f"{list(shape)} (sample dims do not match)."
             )
         if scale != 1.0 or type(scale) is not float:
             scale = check_positive("scale", scale)
@@ -303,25 +298,26 @@ class Graph:
                     )
             else:
                 known |= self._resolve(depends_on)
+            cost = Cost(name, value, scale, root, known, len(nodes), depends_on is not None)
+            if len(self._sizes) > 1 or any(
+                lp != shape and not ALIGNMENT.aligns(lp, shape) for lp in self._lp_shapes
+            ):
+                self._settle(cost)  # raises here if the cost does not line up with its nodes
         else:
-            known = set(nodes)
             if depends_on is not None:
                 self._resolve(depends_on)
-        cost = Cost(name, value, scale, root, known, len(nodes))
-        for lp_shape in self._lp_shapes:
-            if lp_shape != shape and not ALIGNMENT.aligns(lp_shape, shape):
-                self._settle(cost, check=True)  # raises here if the cost depends on such a node
-                break
+            cost = Cost(name, value, scale, None, set(nodes), len(nodes), False)
+            cost.deps, cost.rank = frozenset(nodes), self._prefix_rank(tuple(shape))
         self._costs[name] = cost
 
     # -------------------------------------------------------------- surrogate
     def surrogate(self) -> Tensor:
-        """The scalar surrogate: value = Σ_c scale_c · Σ_batch mean_S(c), gradient = the graph's estimator.
+        """The scalar surrogate: value = Σ_c scale_c · Σ_batch mean(c), gradient = the graph's estimator.
 
         Returns:
             A 0-dim tensor. Back-propagate it (any order) or log it: its value is the
             Monte Carlo estimate of the total expected cost. Control variates update
-            their running state here (training mode, outside ``torch.func``).
+            their running state here (training mode, gradients enabled, outside ``torch.func``).
         """
         if self._done:
             self._check_new("surrogate")
@@ -331,13 +327,21 @@ class Graph:
         for c in self._costs.values():
             if c.deps is None:
                 self._settle(c)
-        return surrogate(self._nodes, self._costs.values(), self._baselined, torch.is_grad_enabled())
+        return surrogate(self._nodes, self._costs.values(), self._axes, torch.is_grad_enabled())
 
     # ------------------------------------------------------------ inspection
     @property
     def draws(self) -> dict[str, dict[str, Tensor]]:
-        """The random inputs drawn per node (detached), replayable with ``Graph(draws=...)``."""
-        return {name: {k: v.detach() for k, v in node.draws.items()} for name, node in self._nodes.items()}
+        """The random inputs drawn per node (detached), replayable with ``Graph(draws=...)``.
+
+        A root's draws have the shapes of its estimator's ``laws(dist, S)``; a child's
+        those of ``laws(dist, 1)`` without the leading 1 (its batch shape already
+        starts with the sample dims).
+        """
+        return {
+            name: {k: (v.squeeze(0) if node.child else v).detach() for k, v in node.draws.items()}
+            for name, node in self._nodes.items()
+        }
 
     @property
     def nodes(self) -> tuple[str, ...]:
@@ -359,8 +363,32 @@ class Graph:
         nodes = self._nodes
         return tuple(sorted(names, key=lambda n: nodes[n].order))
 
-    def _settle(self, c: Cost, check: bool = False) -> None:
-        settle(c, self._nodes, self._scoring, self._flow, check)
+    def _settle(self, c: Cost) -> None:
+        settle(c, self._nodes, self._scoring, self._flow, self._sizes)
+
+    def _prefix_rank(self, shape: tuple[int, ...]) -> int:
+        """The most sample dims ``shape`` starts with (S last, copies as 1 or their size), or 0."""
+        sizes = self._sizes
+        for r in range(len(sizes), 0, -1):
+            if len(shape) >= r and shape[r - 1] == sizes[0] and all(
+                d in (1, sizes[r - 1 - i]) for i, d in enumerate(shape[: r - 1])
+            ):
+                return r
+        return 0
+
+    def _check_prefix(self, name: str, batch_shape: tuple[int, ...], rank: int, parents: set[str]) -> None:
+        sizes = self._sizes
+        ok = rank > 0 and len(batch_shape) >= rank and batch_shape[rank - 1] == sizes[0] and all(
+            d in (1, sizes[rank - 1 - i]) for i, d in enumerate(batch_shape[: rank - 1])
+        )
+        if not ok:
+            want = list(reversed(sizes[: max(rank, 1)]))
+            raise ValueError(
+                f"`dist` of node {name!r} must have batch_shape starting with the sample dims {want} "
+                f"(num_samples={self.num_samples}) because it depends on node(s) {list(self._order(parents))} "
+                f"(one distribution per graph sample); got batch_shape {list(batch_shape)}. Build it from "
+                "the parents' samples, or check the graph's num_samples."
+            )
 
     def _check_new(self, what: str, name: Optional[str] = None) -> None:
         """Raise the error for ``what(name)``: the graph is used up, or ``name`` is not a new non-empty str."""

@@ -14,6 +14,7 @@ from typing import Callable, NamedTuple, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
+from scg.estimators.pathwise import ImplicitSample
 from scg.testing import _grid, _rules
 from scg.testing._breakpoints import Breakpoints, law_points
 from scg.testing._gradient import MakeDist, exact_gradient
@@ -123,11 +124,10 @@ def exact_moments(
     with no_validation(), frozen(estimator):
         dist0 = make_dist(*ps)
         laws = estimator.laws(dist0, S)
-        if not laws:
+        if not laws or any(isinstance(law, ImplicitSample) for law in laws.values()):
             raise ValueError(
                 f"`estimator` {type(estimator).__name__} declares no explicit noise for "
-                f"{type(dist0).__name__} (laws() is empty: implicit reparameterisation draws inside "
-                "surrogate()); the exact harness needs explicit noise — use a distribution with an "
+                f"{type(dist0).__name__} (implicit reparameterisation: the draw is dist.rsample's own); the exact harness needs explicit noise — use a distribution with an "
                 "explicit reparameterisation (Normal, Laplace, Exponential, Uniform, ...) or ScoreFunction."
             )
         if isinstance(breakpoints, dict) and not set(breakpoints) <= set(laws):
