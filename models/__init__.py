@@ -30,9 +30,13 @@ from scg.models.nets import (
 from scg.models.train import History, TrainConfig, fit, resolve_device
 from scg.models.iwae import IWAE, IWAE_GRADIENTS
 from scg.models.vae import VAE, LinearWarmup
+from scg.models.sbn import SBN_ESTIMATORS, SigmoidBeliefNet, sbn_estimators
 
 __all__ = [
     "data",
+    "SigmoidBeliefNet",
+    "sbn_estimators",
+    "SBN_ESTIMATORS",
     "mlp",
     "GaussianEncoder",
     "BernoulliEncoder",
