@@ -225,6 +225,14 @@ def test_moving_average_matches_bias_corrected_oracle_over_five_steps():
         assert ma.steps.dtype == torch.long and int(ma.steps) == t
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_first_moving_average_update_is_exactly_the_first_mean(dtype):
+    ma = B.MovingAverage(0.9)
+    a = torch.tensor([[0.3, -1.2], [2.5, 0.7]], dtype=dtype)
+    ma(a, None)
+    assert ma.value.dtype == dtype and torch.equal(ma.value, a.mean())  # b_1 = Ā_0: the weight is exactly 1
+
+
 def test_step_counter_is_a_tensor_buffer_updated_in_place():
     ma = B.MovingAverage(0.9)
     counter = ma.steps

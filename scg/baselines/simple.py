@@ -20,6 +20,12 @@ def _check_decay(decay: float) -> float:
     return float(decay)
 
 
+def _one_minus(decay: float) -> dict[torch.dtype, float]:
+    """1 − β as the floating dtypes round β: the bias correction's weight is then exactly 1 at t = 1."""
+    dtypes = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+    return {d: 1.0 - float(torch.tensor(decay, dtype=d)) for d in dtypes}
+
+
 class _RunningState(ControlVariate):
     """Base of control variates with running state that follows the learning signal.
 
@@ -117,8 +123,9 @@ class MovingAverage(_RunningState):
     (bias-corrected like Adam; :math:`b_0 = 0`, so the first estimate uses no
     baseline and :math:`b_1 = \bar A_0`). The bias-corrected average is kept
     directly (buffer ``value``; the update count t is the ``long`` buffer ``steps``),
-    so a step costs one subtraction, one mean and one in-place ``lerp``, all tensor
-    operations (no host read). With ``optimal=True`` the average is weighted by the
+    so a step costs one subtraction, one mean, five scalar ops for the weight and one
+    in-place ``lerp``, all tensor operations (no host read; ``torch.compile`` does not
+    recompile per step). With ``optimal=True`` the average is weighted by the
     squared score norm, estimating the variance-optimal constant
     :math:`b^* = E[A‖∇\log q‖²] / E[‖∇\log q‖²]` as the ratio of two averages
     (buffers ``numerator``, ``denominator``).
@@ -142,6 +149,7 @@ class MovingAverage(_RunningState):
         super().__init__()
         self.decay = _check_decay(decay)
         self.optimal = bool(optimal)
+        self._one_minus_decay = _one_minus(self.decay)
         self._floating = ("numerator", "denominator") if self.optimal else ("value",)
         for name in self._floating:
             self.register_buffer(name, torch.zeros(()))
@@ -169,7 +177,9 @@ class MovingAverage(_RunningState):
             # (a subtraction saves no inputs) is unaffected.
             steps = self._buffers["steps"]
             steps.add_(1)
-            w = (1.0 - self.decay) / (1.0 - torch.pow(self.decay, steps.to(b.dtype)))
+            # w = (1 − β) / (1 − β^t), in place on one temporary (few small ops, no host read)
+            one_minus = self._one_minus_decay.get(b.dtype, 1.0 - self.decay)
+            w = torch.full_like(b, self.decay).pow_(steps).sub_(1.0).div_(-one_minus).reciprocal_()
             b.lerp_(signal.detach().mean(), w)
         return out, None
 
@@ -257,8 +267,7 @@ class Normalize(_RunningState):
             new = a.var(unbiased=False) if a.numel() > 1 else torch.zeros_like(var)
             new = new.clamp_max(torch.finfo(var.dtype).max)  # finite, so lerp never meets inf − inf
             steps = self._buffers["steps"]
-            w = torch.where(steps == 0, var.new_ones(()), var.new_full((), 1.0 - self.decay))
-            var.lerp_(new, w)
+            var.lerp_(new, torch.full_like(var, 1.0 - self.decay).masked_fill_(steps == 0, 1.0))
             steps.add_(1)
         return out, None
 
