@@ -233,6 +233,14 @@ def test_first_moving_average_update_is_exactly_the_first_mean(dtype):
     assert ma.value.dtype == dtype and torch.equal(ma.value, a.mean())  # b_1 = Ā_0: the weight is exactly 1
 
 
+def test_buffers_follow_the_signals_device():
+    """The meta device stands in for an accelerator: state moves to the signal's device at its update."""
+    for cv in (B.MovingAverage(0.9), B.Normalize(), B.Constant(1.0)):
+        out, _ = cv(torch.ones(3, 2, device="meta"), None)
+        assert out.device.type == "meta"
+        assert all(b.device.type == "meta" for b in cv.buffers()), dict(cv.named_buffers())
+
+
 def test_step_counter_is_a_tensor_buffer_updated_in_place():
     ma = B.MovingAverage(0.9)
     counter = ma.steps
