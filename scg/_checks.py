@@ -13,7 +13,8 @@ from typing import Sequence
 
 import torch
 from torch import Tensor
-from torch._C._functorch import is_functorch_wrapped_tensor
+
+from scg._torch import is_wrapped
 
 from scg.checks import check_positive, check_positive_int
 
@@ -29,12 +30,12 @@ __all__ = [
 
 def under_transform(x: Tensor) -> bool:
     """True when ``x`` is being traced by a ``torch.func`` transform (vmap, grad, ...)."""
-    return bool(is_functorch_wrapped_tensor(x))
+    return bool(is_wrapped(x))
 
 
 def host_checkable(x: Tensor) -> bool:
     """Whether a check that reads ``x``'s values on the host runs: on the CPU, outside ``torch.func``."""
-    return x.is_cpu and not is_functorch_wrapped_tensor(x)
+    return x.is_cpu and not is_wrapped(x)
 
 
 def check_cost(value: object, expected: Sequence[int], *, hint: str = "") -> Tensor:

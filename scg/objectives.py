@@ -36,7 +36,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from scg._dist import magic_box
+from scg._dice import magic_box
 
 __all__ = ["elbo", "iwae", "vimco", "log_mean_exp"]
 

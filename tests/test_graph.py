@@ -714,3 +714,25 @@ def test_defaults_and_shapes():
     assert "Graph(num_samples=3" in repr(g) and g.nodes == ("a", "z", "r")
     g.surrogate().backward()
     assert bool(torch.isfinite(p.grad).all())
+
+
+def test_integer_categorical_credit_is_narrowed_by_depends_on_on_the_cost():
+    """An unrelated cost (scaled ×1000, on a later independent root) adds nothing to the
+    Categorical node's gradient once each cost names its nodes: the same gradient, bit for bit,
+    as without it (same seed)."""
+    logits = t(0.2, -0.4, 0.9).requires_grad_()
+    mu = t(0.3).requires_grad_()
+    table = t(1.0, -2.0, 0.5)
+
+    def grad(with_unrelated: bool) -> torch.Tensor:
+        torch.manual_seed(3)
+        g = scg.Graph(num_samples=6)
+        c = g.sample("c", Categorical(logits=logits), scg.ScoreFunction(B.LeaveOneOut()))
+        z = g.sample("z", Normal(mu, 1.0))
+        g.cost("f", table[c] * mu, depends_on=["c"])
+        if with_unrelated:
+            g.cost("g", 1000.0 * (z - 1.0) ** 2, depends_on=["z"])
+            assert g.dependencies() == {"f": ("c",), "g": ("z",)}
+        return torch.autograd.grad(g.surrogate(), logits)[0]
+
+    assert torch.equal(grad(True), grad(False))

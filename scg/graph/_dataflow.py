@@ -41,12 +41,11 @@ from typing import Any, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor
-from torch._C._autograd import _get_sequence_nr as _next_sequence_nr
-from torch._C._functorch import get_unwrapped, is_functorch_wrapped_tensor, peek_interpreter_stack
 from torch.distributions import Distribution, Transform
 
-#: The autograd node type of leaves (parameters, leaf samples): their gradient accumulator.
-_LEAF = type(torch.zeros((), requires_grad=True).view(()).grad_fn.next_functions[0][0])
+from scg._torch import LEAF as _LEAF
+from scg._torch import in_transform, inputs_of, is_wrapped, leaf_variable, next_sequence_nr, sequence_nr, unwrapped
+
 _CONTAINERS = (Distribution, Transform)
 #: What _roots_of does with an attribute of a type: 1 tensor, 2 recurse, 0 skip (torch.Size, numbers, ...).
 _KINDS: dict[type, int] = {}
@@ -94,11 +93,11 @@ class Tracker:
         self.closures[name] = ancestors.union((name,))
         fn = value.grad_fn
         if fn is None:
-            if peek_interpreter_stack() is None:  # eager mode: the value becomes a leaf that requires grad
+            if not in_transform():  # eager mode: the value becomes a leaf that requires grad
                 value = value.detach().requires_grad_()
                 self.leaves[id(value)] = name  # the graph's node keeps the value alive: the id stays its own
                 if self.floor < 0:
-                    self.floor = _next_sequence_nr()  # every reader of the leaf is created from now on
+                    self.floor = next_sequence_nr()  # every reader of the leaf is created from now on
                 return value
             fn = autograd_node(value)  # under torch.func: look through the wrappers
             if fn is None:  # the transforms forbid requires_grad_: value + 0 with a zero leaf
@@ -108,7 +107,7 @@ class Tracker:
                 value = value + marker
                 fn = autograd_node(value)
         if self.floor < 0:
-            self.floor = fn._sequence_nr()
+            self.floor = sequence_nr(fn)
         self.boundaries[fn] = name
         return value
 
@@ -129,7 +128,7 @@ class Tracker:
         fn = t.grad_fn
         if fn is not None:
             return fn, None
-        if is_functorch_wrapped_tensor(t):
+        if is_wrapped(t):
             return autograd_node(t), None
         return None, self.leaves.get(id(t))
 
@@ -150,9 +149,9 @@ def autograd_node(t: Tensor) -> Optional[Any]:
     """
     while True:
         fn = t.grad_fn
-        if fn is not None or not is_functorch_wrapped_tensor(t):
+        if fn is not None or not is_wrapped(t):
             return fn
-        t = get_unwrapped(t)
+        t = unwrapped(t)
 
 
 def is_tracked(t: Tensor) -> bool:
@@ -160,9 +159,9 @@ def is_tracked(t: Tensor) -> bool:
     while True:
         if t.grad_fn is not None or t.requires_grad:
             return True
-        if not is_functorch_wrapped_tensor(t):
+        if not is_wrapped(t):
             return False
-        t = get_unwrapped(t)
+        t = unwrapped(t)
 
 
 def walk(
@@ -214,10 +213,10 @@ def walk(
                 if len(covered) >= nodes:
                     break
             continue
-        if fn._sequence_nr() < floor:
+        if sequence_nr(fn) < floor:
             continue
         hit = False
-        for nxt, _ in reversed(fn.next_functions):
+        for nxt in reversed(tuple(inputs_of(fn))):
             if nxt is None:
                 continue
             if type(nxt) is not leaf:
@@ -225,7 +224,7 @@ def walk(
                     mark(nxt)
                     push(nxt)
             elif leaf_name is not None:
-                name = leaf_name(id(nxt.variable))
+                name = leaf_name(id(leaf_variable(nxt)))
                 if name is not None:
                     found.add(name)
                     hit = True
@@ -260,7 +259,7 @@ def _roots_of(obj: Any, roots: list[Any], found: set[str], leaves: Mapping[int, 
             fn = value.grad_fn
             if fn is not None:
                 roots.append(fn)
-            elif is_functorch_wrapped_tensor(value):
+            elif is_wrapped(value):
                 roots.append(autograd_node(value))
             else:
                 name = leaves.get(id(value))

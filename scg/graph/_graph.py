@@ -199,7 +199,7 @@ class Graph:
             if hidden:  # integer-valued (or untracked) earlier nodes: assume they feed this one
                 child = True
                 parents |= hidden
-        if depends_on is None and self._opaque:
+        if depends_on is None and child and self._opaque:  # a child may read integer samples unseen
             parents |= self._opaque
         if child:
             base_rank = self._prefix_rank(batch_shape) if not tracking else max(nodes[p].rank for p in parents)

@@ -16,7 +16,8 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution, Uniform
 
-from scg._dist import evaluate, magic_box, unwrap
+from scg._dice import magic_box
+from scg._dist import evaluate, unwrap
 from scg.laws import FromDistribution
 from scg.testing import _grid, _rules
 from scg.testing._breakpoints import Breakpoints, z_points
