@@ -227,7 +227,7 @@ def test_moving_average_and_learned_baselines_exact():
     x = t(0.5, -1.0)
     ma = B.MovingAverage(0.9)
     ma.value.fill_(0.8)  # a fitted baseline state (from earlier draws)
-    ma.steps = 5
+    ma.steps.fill_(5)
     ma.eval()  # freeze the state during the enumeration
     nvil = scg.ScoreFunction(B.chain(B.Learned(net)))
 

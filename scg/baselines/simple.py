@@ -35,9 +35,7 @@ class _RunningState(ControlVariate):
     ``state_dict`` carries the new dtype); loading a ``state_dict`` adopts the saved
     dtypes, so a float64 checkpoint restores float64 state into a fresh module.
     The counter is updated in place: no Python number changes from step to step, so
-    ``torch.compile`` guards nothing on it. ``module.steps = n`` with an int sets the
-    counter in place; checkpoints that saved it as extra state (``_extra_state``)
-    still load.
+    ``torch.compile`` guards nothing on it.
     """
 
     _floating: tuple[str, ...] = ()
@@ -57,18 +55,7 @@ class _RunningState(ControlVariate):
         if "steps" in self._buffers:
             self._follow("steps", like, torch.long)
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        if (name == "steps" and isinstance(value, int) and not isinstance(value, bool)
-                and "steps" in self.__dict__.get("_buffers", {})):
-            self._buffers["steps"].fill_(value)
-            return
-        super().__setattr__(name, value)
-
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
-        legacy = prefix + "_extra_state"
-        if "steps" in self._buffers and legacy in state_dict and prefix + "steps" not in state_dict:
-            state_dict = dict(state_dict)
-            state_dict[prefix + "steps"] = torch.as_tensor(state_dict.pop(legacy), dtype=torch.long)
         for name in self._floating:
             saved = state_dict.get(prefix + name)
             buf = self._buffers.get(name)

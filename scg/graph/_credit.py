@@ -22,38 +22,10 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-import torch
-
 from scg.graph._dataflow import Tracker, aligned_shape
 from scg.graph._nodes import Cost, Node
 
-__all__ = ["Alignment", "ALIGNMENT", "settle"]
-
-
-class Alignment:
-    """Which log-probability shapes ``[S, *b_w]`` align with which cost shapes ``[S, *b_c]`` (a bounded cache)."""
-
-    __slots__ = ("_known",)
-    LIMIT = 4096  # distinct shape pairs kept (shapes that change every step would grow it without bound)
-
-    def __init__(self) -> None:
-        self._known: dict[tuple[torch.Size, torch.Size], bool] = {}
-
-    def aligns(self, lp_shape: torch.Size, shape: torch.Size) -> bool:
-        """Whether a log-probability of ``lp_shape`` aligns with a cost of ``shape`` (see ``aligned_shape``)."""
-        if lp_shape == shape:
-            return True
-        key = (lp_shape, shape)
-        ok = self._known.get(key)
-        if ok is None:
-            if len(self._known) >= self.LIMIT:
-                self._known.clear()
-            ok = self._known[key] = aligned_shape(tuple(lp_shape), tuple(shape)) is not None
-        return ok
-
-
-#: Shared by all graphs: alignment depends on the shapes only.
-ALIGNMENT = Alignment()
+__all__ = ["settle"]
 
 
 def settle(

@@ -27,12 +27,10 @@ wrapper without ``grad_fn`` (e.g. inside ``vmap`` alone); :func:`autograd_node`
 then looks through the wrappers to the level that records autograd, so the same
 walk works in eager mode, under ``grad``, ``vmap`` and ``vmap(grad(...))``.
 
-The walk is Python: per autograd node visited, about 0.5 µs with warm caches and
-several µs between a model's tensor operations (PyTorch creates a Python object
-for every node it returns from ``next_functions``). It visits only the autograd
-nodes created after the first graph node, and stops once every node is
-accounted for. Nothing is cached between walks, so a data flow that changes from
-one step to the next (a branch taken on some steps only) is always read as it is.
+It visits only the autograd nodes created after the first graph node and stops
+once every node is accounted for; nothing is cached between walks, so a data flow
+that changes from one step to the next is always read as it is (costs:
+``docs/graph.md``).
 """
 
 from __future__ import annotations

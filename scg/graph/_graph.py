@@ -10,8 +10,8 @@ from torch.distributions import Distribution
 
 from scg._checks import check_positive, check_positive_int
 from scg.estimators.base import Estimator, default_estimator
-from scg.graph._credit import ALIGNMENT, settle
-from scg.graph._dataflow import Tracker, is_tracked
+from scg.graph._credit import settle
+from scg.graph._dataflow import Tracker, aligned_shape, is_tracked
 from scg.graph._nodes import Cost, Node, check_node_estimator, draw_parts
 from scg.graph._surrogate import surrogate
 
@@ -300,7 +300,7 @@ class Graph:
                 known |= self._resolve(depends_on)
             cost = Cost(name, value, scale, root, known, len(nodes), depends_on is not None)
             if len(self._sizes) > 1 or any(
-                lp != shape and not ALIGNMENT.aligns(lp, shape) for lp in self._lp_shapes
+                lp != shape and aligned_shape(tuple(lp), tuple(shape)) is None for lp in self._lp_shapes
             ):
                 self._settle(cost)  # raises here if the cost does not line up with its nodes
         else:
