@@ -34,6 +34,12 @@ class Delta(_RunningState):
     ``torch.func``-compatible ops (g and H come from ``torch.func``). Costs one
     gradient and E Hessian-vector products of f per call (E = event size).
 
+    Used by :class:`scg.ScoreFunction` (signal :math:`A_s − c\,h(z_s)`, h detached),
+    :class:`scg.Pathwise` (h attached through the reparameterised sample, so the
+    gradient is the pathwise gradient of :math:`f − c h` plus :math:`c\,∇E_q[h]`) and
+    :class:`scg.MeasureValued` (h at every perturbed point). ``h`` is attached only
+    through ``ctx.samples``: what it subtracts is detached whenever the samples are.
+
     Properties: unbiased for any c fixed before the draw. ``coefficient="optimal"``
     uses :math:`c^* = \mathrm{Cov}(A ∇\log q, h ∇\log q)/\mathrm{Var}(h ∇\log q)`
     estimated by a moving average over *earlier* draws (c = 1 on the first call), so
@@ -121,12 +127,15 @@ class Delta(_RunningState):
                 # Scores of the Gaussian w.r.t. (μ, σ) summed over elements give a scalar
                 # projection; c* minimises Var(A s − c h s) per that projection.
                 s = ctx.score_sq_norm().sqrt()
-                a_s, h_s = signal.detach() * s, h * s
+                a_s, h_s = signal.detach() * s, h.detach() * s
                 cov = ((a_s - a_s.mean(0)) * (h_s - h_s.mean(0))).mean()
                 var = ((h_s - h_s.mean(0)) ** 2).mean()
                 self.cov.copy_(self.decay * self.cov + (1 - self.decay) * cov)
                 self.var.copy_(self.decay * self.var + (1 - self.decay) * var)
-        return signal - c * h.detach(), extra
+        # h is attached only through ``ctx.samples``: detached for score-function estimators (their
+        # samples are detached), attached through the reparameterised sample for Pathwise, which
+        # then differentiates f − c h pathwise (Mohamed et al. 2020, §7.2).
+        return signal - c * h, extra
 
     def extra_repr(self) -> str:
         return f"coefficient={self.coefficient!r}"

@@ -21,7 +21,9 @@ from torch.distributions import (
     Uniform,
 )
 
-from scg.estimators.base import Estimator, Parts
+from scg.baselines.base import ControlVariate, SignalContext
+from scg.baselines.simple import Normalize
+from scg.estimators.base import Cost, Estimator, Parts
 from scg.laws import Law, StandardNormal, StandardUniform, law_like
 
 __all__ = ["Pathwise", "ImplicitSample", "reparameterize"]
@@ -131,10 +133,32 @@ class ImplicitSample(Law):
 
 
 class Pathwise(Estimator):
-    r"""Pathwise estimator (reparameterisation trick).
+    r"""Pathwise estimator (reparameterisation trick), with an optional control variate.
 
     .. math::
         z = g_θ(ε),\; ε \sim p(ε), \qquad \hat g = \frac1S\sum_s ∇_θ f(g_θ(ε_s))
+
+    With a control variate whose subtracted quantity depends on the sample (the
+    delta method, :class:`scg.baselines.Delta`: :math:`h` the second-order Taylor
+    expansion of f around the mean, with known :math:`E_q[h]`), the surrogate is
+
+    .. math::
+        \frac1S\sum_s f(z_s) − c\,\frac1S\sum_s \big(h(z_s) − \mathrm{stop}(h(z_s))\big)
+        + c\,\big(E_q[h] − \mathrm{stop}(E_q[h])\big), \qquad
+        \hat g = \frac1S\sum_s ∇_θ (f − c\,h)(g_θ(ε_s)) + c\,∇_θ E_q[h]
+
+    (value exactly the MC mean of f; h's coefficients are fixed at the detached mean,
+    and h is attached to θ through the reparameterised :math:`z_s`). For a quadratic
+    f with a diagonal Hessian, h = f and c = 1 give the exact gradient (zero variance).
+
+    A control variate that subtracts a quantity not depending on the sample
+    (:class:`~scg.baselines.Constant`, :class:`~scg.baselines.MovingAverage`,
+    :class:`~scg.baselines.LeaveOneOut`, :class:`~scg.baselines.Learned`) has zero
+    pathwise gradient: it is accepted and **changes nothing** in the gradient (a
+    Learned baseline's extra term still trains it). In general the term added is the
+    pathwise gradient of what the control variate subtracts, plus its ``extra``.
+    :class:`~scg.baselines.Normalize` rescales a score-function signal, which the
+    pathwise gradient does not have, and is refused (``ValueError``).
 
     Requires: a reparameterisable distribution (``has_rsample``) and f
     differentiable in z. The noise ε is drawn out of place by scg for Normal,
@@ -143,10 +167,21 @@ class Pathwise(Estimator):
     posteriors) — these work under ``torch.func.vmap`` and in the exact harness.
     Other distributions with ``rsample`` (Gamma, Beta, Dirichlet: implicit
     reparameterisation) draw with ``dist.rsample`` (law :class:`ImplicitSample`).
+    ``Delta`` additionally requires a Normal (optionally ``Independent``), f twice
+    differentiable with ``torch.func``-compatible ops, and the cost as a function:
+    it serves ``scg.expectation``, not a :class:`scg.Graph` node (refused there).
 
-    Properties: unbiased; usually the lowest variance when f is smooth; variance
-    independent of the dimension for many f; S evaluations of f (and one backward).
-    Biased (gradient zero almost everywhere) for discontinuous f.
+    Properties: unbiased (with a control variate whose ``unbiased`` is True); usually
+    the lowest variance when f is smooth; variance independent of the dimension for
+    many f; S evaluations of f (and one backward), plus Delta's gradient and E
+    Hessian-vector products of f at the mean. Biased (gradient zero almost
+    everywhere) for discontinuous f. ``Delta("optimal")`` estimates its coefficient
+    from the score-function criterion over earlier draws (training mode only): still
+    unbiased, but not the pathwise-variance-optimal coefficient.
+
+    Args:
+        baseline: a control variate from :mod:`scg.baselines` (or ``None``); it is
+            applied to the learning signal in the node's term and nowhere else.
 
     Example:
         >>> import torch, scg
@@ -154,6 +189,11 @@ class Pathwise(Estimator):
         >>> mu = torch.tensor(0.5, requires_grad=True)
         >>> loss = scg.expectation(lambda z: z**2, Normal(mu, 1.0), scg.Pathwise(), num_samples=64)
         >>> loss.backward()   # mu.grad ≈ 2 μ
+        >>> mu.grad = None
+        >>> est = scg.Pathwise(scg.baselines.Delta())  # h = f for a quadratic: exact gradient
+        >>> scg.expectation(lambda z: z**2, Normal(mu, 1.0), est, num_samples=1).backward()
+        >>> round(float(mu.grad), 6)
+        1.0
 
     References:
         Kingma & Welling, "Auto-Encoding Variational Bayes", 2014. https://arxiv.org/abs/1312.6114
@@ -161,9 +201,23 @@ class Pathwise(Estimator):
         Deep Generative Models", 2014. https://arxiv.org/abs/1401.4082
         Figurnov, Mohamed & Mnih, "Implicit Reparameterization Gradients", 2018.
         https://arxiv.org/abs/1805.08498
-        Mohamed et al., "Monte Carlo Gradient Estimation in Machine Learning", JMLR 2020, §5.
-        https://arxiv.org/abs/1906.10652
+        Mohamed et al., "Monte Carlo Gradient Estimation in Machine Learning", JMLR 2020, §5, and
+        §7 (control variates; §7.2 delta method). https://arxiv.org/abs/1906.10652
     """
+
+    def __init__(self, baseline: Optional[ControlVariate] = None) -> None:
+        super().__init__()
+        if baseline is not None and not isinstance(baseline, ControlVariate):
+            raise TypeError(
+                f"`baseline` must be a control variate from scg.baselines or None; got {type(baseline).__name__}."
+            )
+        if baseline is not None and any(isinstance(m, Normalize) for m in baseline.modules()):
+            raise ValueError(
+                "Normalize rescales a score-function learning signal; the pathwise gradient has none, so "
+                "Pathwise refuses it. Use Delta (a control variate whose expectation is known) or no baseline."
+            )
+        self.baseline = baseline
+        self.unbiased = baseline is None or baseline.unbiased
 
     def check(self, dist: Distribution) -> None:
         super().check(dist)
@@ -185,8 +239,37 @@ class Pathwise(Estimator):
 
     def parts(self, dist: Distribution, draws: dict[str, Tensor], *, context: Optional[Tensor] = None) -> Parts:
         if "eps" not in draws:  # implicit reparameterisation: the draw is dist.rsample's own sample
-            return Parts(draws["z"])
-        rep = _reparameterize(dist)
-        if rep is None:
-            raise TypeError(f"`dist` {type(dist).__name__} has no explicit noise for Pathwise draws.")
-        return Parts(rep[1](draws["eps"]))
+            z = draws["z"]
+        else:
+            rep = _reparameterize(dist)
+            if rep is None:
+                raise TypeError(f"`dist` {type(dist).__name__} has no explicit noise for Pathwise draws.")
+            z = rep[1](draws["eps"])
+        baseline = self.baseline
+        if baseline is None:
+            return Parts(z)
+
+        def term(signal: Tensor, f: Optional[Cost], sample_dims: int) -> tuple[Tensor, Optional[Tensor]]:
+            shape = signal.shape
+            rows = signal.reshape(-1, *shape[sample_dims:]) if sample_dims != 1 else signal
+            if rows.shape[0] < baseline.min_samples:
+                raise ValueError(
+                    f"`num_samples` must be >= {baseline.min_samples} for {type(baseline).__name__}; "
+                    f"got {rows.shape[0]}."
+                )
+            lp = dist.log_prob(z.detach()).detach().reshape(rows.shape)
+            # The samples stay attached to θ: a control variate of the sample (Delta) is then
+            # differentiated pathwise; one that does not depend on it subtracts a detached quantity.
+            ctx = SignalContext(dist, z, lp, f if f is not None else _no_cost_function, context)
+            new, extra = baseline(rows, ctx)
+            subtracted = rows - new  # c h(z_s) for Delta, attached through z_s only
+            return (subtracted.detach() - subtracted).reshape(shape), extra
+
+        return Parts(z, term=term)
+
+
+def _no_cost_function(z: Tensor) -> Tensor:
+    raise TypeError(
+        "this control variate needs the cost as a function of the node's sample (Delta), which a "
+        "scg.Graph does not have (its costs are tensors); use scg.expectation for Delta."
+    )
