@@ -196,8 +196,7 @@ def draw_parts(
                     f"`draws[{name!r}]` must contain {key!r} for this node's estimator; got keys {sorted(replay)}."
                 )
             draws[key] = _replayed(name, key, replay[key], tuple(law.shape), child)
-    with torch.enable_grad() if torch.is_grad_enabled() else torch.no_grad():
-        parts = estimator.parts(dist, draws, context=context)
+    parts = estimator.parts(dist, draws, context=context)
     if not isinstance(parts, Parts):
         raise TypeError(f"`{type(estimator).__name__}.parts` must return scg.Parts; got {type(parts).__name__}.")
     if parts.copies is not None and parts.log_prob is not None:
