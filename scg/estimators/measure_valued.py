@@ -18,7 +18,7 @@ from scg.laws import DoubleSidedMaxwell, FromDistribution, Law, Rayleigh, Standa
 
 __all__ = ["MeasureValued"]
 
-_SUPPORTED = (Normal, Bernoulli, Poisson, Categorical, OneHotCategorical)
+_FAMILIES = (Normal, Bernoulli, Poisson, Categorical, OneHotCategorical)
 
 
 class MeasureValued(Estimator):
@@ -123,7 +123,7 @@ class MeasureValued(Estimator):
     def check(self, dist: Distribution) -> None:
         super().check(dist)
         base, _ = unwrap(dist)
-        if not isinstance(base, _SUPPORTED):
+        if not isinstance(base, _FAMILIES):
             raise TypeError(
                 f"`dist` must be Normal, Bernoulli, Categorical, OneHotCategorical or Poisson "
                 f"(optionally Independent) for MeasureValued; got {type(base).__name__}."
