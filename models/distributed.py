@@ -64,7 +64,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from scg.distributed import init_from_env, rank_and_world, rank_seed, sync_buffers
-from scg.models.train import History, TrainConfig, _Steps, _train, resolve_device
+from scg.models.train import History, TrainConfig, _Steps, _train, load_checkpoint, resolve_device
 
 __all__ = ["local_slice", "DataParallelStep", "fit_distributed"]
 
@@ -205,7 +205,7 @@ class _DataParallelSteps(_Steps):
         """Rank 0 reads ``path`` (on the CPU) and broadcasts it: no shared file system needed."""
         obj = None
         if self.rank == 0 and path.exists():
-            obj = torch.load(path, map_location="cpu", weights_only=False)
+            obj = load_checkpoint(path)
         return _broadcast(obj, self.world, self.device)
 
     def restore(self, ckpt: dict, out: Path) -> None:

@@ -104,6 +104,23 @@ class History:
         return [e["val_bound"] for e in self.epochs]
 
 
+def load_checkpoint(path: Path, device: Union[str, torch.device] = "cpu") -> Any:
+    """Read a checkpoint written by :func:`fit` with ``torch.load(..., weights_only=True)``.
+
+    Checkpoints hold only tensors, numbers, strings and containers of them; nothing in
+    them is executed. A file that is not such a checkpoint (a pickled object, a truncated
+    or foreign file) is refused with a ``ValueError`` naming it.
+    """
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:  # UnpicklingError, EOFError, RuntimeError (zip), OSError ...
+        raise ValueError(
+            f"`out_dir` holds {path}, which is not a checkpoint of scg.models.fit that loads with "
+            f"weights_only=True ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+            "it was not run. Delete it to start afresh, or use another out_dir."
+        ) from None
+
+
 def atomic_save(obj: object, path: Union[str, os.PathLike]) -> None:
     """``torch.save`` atomically (never a half-written file; :mod:`scg.models._io`)."""
     atomic_write(path, lambda fh: torch.save(obj, fh))
@@ -143,8 +160,8 @@ class _Steps:
         return slice(0, n)
 
     def load(self, path: Path) -> Any:
-        """``torch.load(path)`` (``None`` if it does not exist), on this process's device."""
-        return torch.load(path, map_location=self.device, weights_only=False) if path.exists() else None
+        """``torch.load(path, weights_only=True)`` (``None`` if it does not exist), on this process's device."""
+        return load_checkpoint(path, self.device) if path.exists() else None
 
     def restore(self, ckpt: dict, out: Path) -> None:
         """Check that ``ckpt`` can be resumed here and restore this process's RNG state."""

@@ -178,3 +178,25 @@ def test_resume_refuses_a_different_config(tmp_path):
     with pytest.raises(ValueError, match=r"`config.seed` must match the checkpoint in .* \(1\); got 2"):
         fit(_model(flow=False), train, val, config=TrainConfig(epochs=2, batch_size=30, seed=2, progress=False),
             out_dir=tmp_path)
+
+
+class _Payload:
+    """A pickled object whose unpickling would create a file: the marker of code execution."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("name", ["last.pt", "best.pt"])
+def test_a_checkpoint_with_a_pickled_payload_is_refused_without_running_it(tmp_path, name):
+    train, val = _data()
+    cfg = TrainConfig(epochs=2, batch_size=16, seed=3, progress=False, restore_best=True)
+    fit(_model(), train, val, config=cfg, out_dir=tmp_path / "run")  # a finished run with both files
+    marker = tmp_path / "payload-ran"
+    torch.save({"model": _Payload(marker)}, tmp_path / "run" / name)
+    with pytest.raises(ValueError, match=rf"holds .*{name}, which is not a checkpoint .* weights_only=True.*it was not run"):
+        fit(_model(), train, val, config=cfg, out_dir=tmp_path / "run")
+    assert not marker.exists()
