@@ -22,7 +22,16 @@ parameter dimension (μ_d and ρ_d), the one-way analysis of variance
   unbiased for :math:`\mathrm{Var}_{\mathcal B}(E[\hat g | \mathcal B])`, common to all
   estimators (may come out slightly negative when it is small);
 * ``variance_total`` — their sum, the variance of the gradient the optimiser sees
-  (law of total variance; see the ``doubly-stochastic`` study for the exact split).
+  (law of total variance; see the ``doubly-stochastic`` study for the exact split);
+* ``variance_mc_se`` — the standard error of ``variance_mc`` over the K batches
+  (standard deviation of the K within-batch variances / √K);
+
+and, per checkpoint and estimator, one ``summary`` row: the median over the 2D
+coordinates of ``variance_mc`` (``median_variance_mc``, the upper median, as
+:func:`ordering`) and of ``variance_total``, each with a bootstrap standard error
+over the K batches (``bootstrap`` resamples; ``median_variance_mc_se``,
+``median_variance_total_se``). :func:`summary_table` writes the README's table from
+these rows, every checkpoint included.
 
 Paper claim (§8, Fig. 13–14): pathwise and measure-valued have the lowest variance,
 the score function the highest, control variates in between; pathwise/MVD train
@@ -45,7 +54,8 @@ from scg.models import BayesianLogisticRegression
 from scg.models.data import breast_cancer
 from scg.studies.base import CellContext, Study
 
-__all__ = ["BLRConfig", "BLR", "ESTIMATORS"]
+__all__ = ["BLRConfig", "BLR", "ESTIMATORS", "anova", "median_bootstrap", "ordering", "ordering_by_checkpoint",
+           "summary_table"]
 
 #: name -> (factory, description); the order is the order of the figures.
 ESTIMATORS: dict[str, tuple[Callable[[], scg.Estimator], str]] = {
@@ -75,6 +85,7 @@ class BLRConfig:
         variance_points: number of evenly spaced checkpoints for the gradient variance.
         grad_batches: K, minibatches per checkpoint.
         grad_per_batch: J, independent gradient estimates (MC draws) per minibatch.
+        bootstrap: resamples of the K batches for the standard error of the median over coordinates.
     """
 
     estimators: tuple[str, ...] = tuple(ESTIMATORS)
@@ -88,6 +99,7 @@ class BLRConfig:
     variance_points: int = 6
     grad_batches: int = 20
     grad_per_batch: int = 20
+    bootstrap: int = 500
 
 
 def _points(steps: int, n: int) -> list[int]:
@@ -109,6 +121,32 @@ def anova(g: Tensor) -> tuple[Tensor, Tensor]:
     return within, between
 
 
+def _upper_median(x: Tensor) -> Tensor:
+    """Median over the last dimension, the upper one for an even count (``sorted(v)[len(v) // 2]``)."""
+    return x.sort(-1).values[..., x.shape[-1] // 2]
+
+
+def median_bootstrap(g: Tensor, num: int, generator: torch.Generator) -> dict[str, float]:
+    """Medians over coordinates of the MC and total variance of ``g [K, J, P]``, with bootstrap SEs over batches.
+
+    Each resample draws K of the K batches with replacement and recomputes :func:`anova` and the medians;
+    the standard error is the standard deviation over ``num`` resamples.
+    """
+    K = g.shape[0]
+    v_mc, v_sub = anova(g)
+    out = {"median_variance_mc": float(_upper_median(v_mc)),
+           "median_variance_total": float(_upper_median(v_mc + v_sub))}
+    idx = torch.randint(K, (num, K), generator=generator, device=generator.device).to(g.device)
+    mc, tot = [], []
+    for i in range(num):
+        w, b = anova(g[idx[i]])
+        mc.append(_upper_median(w))
+        tot.append(_upper_median(w + b))
+    out["median_variance_mc_se"] = float(torch.stack(mc).std(correction=1))
+    out["median_variance_total_se"] = float(torch.stack(tot).std(correction=1))
+    return out
+
+
 class BLR(Study):
     """Bayesian logistic regression: ELBO vs step and per-dimension gradient variance per estimator."""
 
@@ -121,7 +159,7 @@ class BLR(Study):
 
     def smoke(self) -> BLRConfig:
         return BLRConfig(steps=10, num_samples=4, lr=1e-4, elbo_points=3, elbo_samples=100, variance_points=2,
-                         grad_batches=2, grad_per_batch=4)
+                         grad_batches=2, grad_per_batch=4, bootstrap=20)
 
     def full(self) -> BLRConfig:
         """The paper's length (Mohamed et al. 2020 §8.3): 5000 SGD steps; the rest as the default."""
@@ -166,6 +204,7 @@ class BLR(Study):
                 g = torch.stack([_gradients(m, cfg.grad_per_batch, b) for b in batches]).double()  # [K, J, 2D]
                 m.train()
                 v_mc, v_sub = anova(g)
+                v_mc_se = g.var(1, correction=1).std(0, correction=1) / math.sqrt(cfg.grad_batches)
                 mean = g.mean((0, 1))
                 for p in range(2 * D):
                     rows.append({"kind": "variance", "estimator": name, "status": "ok", "step": t,
@@ -173,7 +212,11 @@ class BLR(Study):
                                  "gradient_mean": float(mean[p]), "variance_mc": float(v_mc[p]),
                                  "variance_subsampling": float(v_sub[p]),
                                  "variance_total": float(v_mc[p] + v_sub[p]),
+                                 "variance_mc_se": float(v_mc_se[p]),
                                  "grad_estimates": cfg.grad_batches * cfg.grad_per_batch})
+                rows.append({"kind": "summary", "estimator": name, "status": "ok", "step": t,
+                             **median_bootstrap(g, cfg.bootstrap, ctx.generator),
+                             "grad_estimates": cfg.grad_batches * cfg.grad_per_batch})
             if t == cfg.steps:
                 break
             opt.zero_grad(set_to_none=True)
@@ -204,3 +247,44 @@ def ordering(rows: Sequence[Mapping[str, Any]], column: str = "variance_mc") -> 
         med = {e: sorted(v)[len(v) // 2] for e, v in per.items()}
         out[step] = sorted(med.items(), key=lambda kv: kv[1] if not math.isnan(kv[1]) else math.inf)
     return out
+
+
+#: column order of :func:`summary_table` (lowest variance first in the paper's claim).
+TABLE_ORDER = ("pathwise", "measure_valued", "score_function_delta", "score_function_ma", "score_function")
+TABLE_LABELS = {"pathwise": "pathwise", "measure_valued": "measure-valued", "score_function_delta": "SF + delta",
+                "score_function_ma": "SF + moving average", "score_function": "score function"}
+
+
+def _fmt(x: float) -> str:
+    """Three significant figures, as ``219``, ``0.944``, ``4.69e4``."""
+    if x == 0 or not math.isfinite(x):
+        return f"{x:g}"
+    if abs(x) >= 1e4 or abs(x) < 1e-2:
+        m, e = f"{x:.2e}".split("e")
+        return f"{m}e{int(e)}"
+    return f"{x:.{max(0, 2 - math.floor(math.log10(abs(x))))}f}"
+
+
+def summary_table(rows: Sequence[Mapping[str, Any]], column: str = "median_variance_mc") -> str:
+    """The README's markdown table: one line per checkpoint of ``rows``, ``median ± SE`` per estimator."""
+    summ = [r for r in rows if r.get("kind") == "summary"]
+    ests = [e for e in TABLE_ORDER if any(r["estimator"] == e for r in summ)]
+    ests += sorted({str(r["estimator"]) for r in summ} - set(ests))
+    cell = {(int(r["step"]), str(r["estimator"])): (float(r[column]), float(r[column + "_se"])) for r in summ}
+    steps = sorted({s for s, _ in cell})
+    lines = ["| step | " + " | ".join(TABLE_LABELS.get(e, e) for e in ests) + " |",
+             "|---|" + "---|" * len(ests)]
+    for t in steps:
+        vals = [f"{_fmt(cell[t, e][0])} ± {_fmt(cell[t, e][1])}" if (t, e) in cell else "–" for e in ests]
+        lines.append(f"| {t} | " + " | ".join(vals) + " |")
+    return "\n".join(lines)
+
+
+def ordering_by_checkpoint(rows: Sequence[Mapping[str, Any]],
+                           column: str = "median_variance_mc") -> dict[int, list[str]]:
+    """Per checkpoint: estimators sorted by the summary ``column`` (lowest first)."""
+    by: dict[int, dict[str, float]] = {}
+    for r in rows:
+        if r.get("kind") == "summary":
+            by.setdefault(int(r["step"]), {})[str(r["estimator"])] = float(r[column])
+    return {t: sorted(per, key=per.__getitem__) for t, per in sorted(by.items())}

@@ -58,8 +58,8 @@ def plot_blr(rows: Sequence[Mapping[str, Any]], cfg: Any, out: Path) -> list[Pat
                 rs = sorted((r for r in var if r["estimator"] == e and r["parameter"] == param and r["dim"] == d),
                             key=lambda r: r["step"])
                 steps = [r["step"] for r in rs]
-                ax.plot(steps, [r["variance_mc"] for r in rs], "o-", color=COLORS.get(e), ms=3,
-                        label=LABELS.get(e, e))
+                ax.errorbar(steps, [r["variance_mc"] for r in rs], yerr=[r.get("variance_mc_se", 0) or 0 for r in rs],
+                            fmt="o-", color=COLORS.get(e), ms=3, capsize=2, label=LABELS.get(e, e))
                 ax.plot(steps, [r["variance_total"] for r in rs], ":", color=COLORS.get(e), lw=1)
             ax.set_yscale("log")
             sym = "μ" if param == "loc" else "ρ"
@@ -69,8 +69,8 @@ def plot_blr(rows: Sequence[Mapping[str, Any]], cfg: Any, out: Path) -> list[Pat
             if j == 0:
                 ax.set_ylabel("variance of one gradient estimate")
     axes[0][0].legend(fontsize=7)
-    fig.suptitle("Per-dimension gradient variance: solid = Monte Carlo part E_B Var[g|B], "
-                 "dotted = total (MC + data subsampling)", fontsize=9)
+    fig.suptitle("Per-dimension gradient variance: solid = Monte Carlo part E_B Var[g|B] (bars: ± SE over "
+                 "batches), dotted = total (MC + data subsampling)", fontsize=9)
     fig.tight_layout()
     paths.append(save_figure(fig, out / "blr_variance_steps.png", dpi=110))
     plt.close(fig)

@@ -12,9 +12,14 @@ import math
 import pytest
 import torch
 
-from scg.studies.blr import ESTIMATORS, anova, ordering
+import csv
+from pathlib import Path
+
+from scg.studies.blr import ESTIMATORS, anova, median_bootstrap, ordering, summary_table
 
 from _study_helpers import assert_cuda_smoke_run, manifest, run_rejected, run_smoke
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "studies" / "blr"
 
 
 def test_anova_is_exact_on_constructed_groups():
@@ -44,6 +49,12 @@ def test_smoke_run(tmp_path):
         assert math.isclose(float(r["variance_total"]), float(r["variance_mc"]) + float(r["variance_subsampling"]),
                             rel_tol=1e-9)
         assert float(r["variance_mc"]) > 0
+        assert float(r["variance_mc_se"]) > 0
+    summ = [r for r in rows if r["kind"] == "summary"]
+    assert len(summ) == len(ESTIMATORS) * 2  # one per estimator and checkpoint
+    for r in summ:
+        assert float(r["median_variance_mc"]) > 0 and float(r["median_variance_mc_se"]) > 0
+        assert float(r["median_variance_total_se"]) > 0
     mvd = next(r for r in rows if r["kind"] == "elbo" and r["estimator"] == "measure_valued")
     assert int(mvd["evaluations_per_step"]) == 4 * (1 + 4 * 31)  # S (1 + 4D) evaluations of f
     for r in rows:
@@ -53,6 +64,28 @@ def test_smoke_run(tmp_path):
     rank = {e: v for e, v in first}
     assert rank["score_function"] > 10 * rank["pathwise"]
     assert rank["score_function"] > 10 * rank["measure_valued"]
+
+
+def test_median_bootstrap_se_is_zero_without_batch_spread_and_positive_with_it():
+    gen = torch.Generator().manual_seed(0)
+    g = torch.randn(1, 6, 5, generator=gen, dtype=torch.float64).expand(4, 6, 5)  # identical batches
+    out = median_bootstrap(g, 50, gen)
+    assert out["median_variance_mc_se"] == pytest.approx(0.0, abs=1e-12)
+    assert out["median_variance_mc"] == pytest.approx(float(g[0].var(0).sort().values[2]))
+    g = torch.randn(8, 6, 5, generator=gen, dtype=torch.float64)
+    assert median_bootstrap(g, 50, gen)["median_variance_mc_se"] > 0
+
+
+def test_readme_table_is_the_committed_csv_at_every_checkpoint():
+    """The README's table is :func:`summary_table` of results.csv: every checkpoint, every cell, with SEs."""
+    with open(DOCS / "results.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    table = summary_table(rows)
+    steps = sorted({int(r["step"]) for r in rows if r["kind"] == "variance"})
+    assert [int(line.split("|")[1]) for line in table.splitlines()[2:]] == steps
+    assert "±" in table
+    readme = (DOCS / "README.md").read_text()
+    assert table in readme
 
 
 def test_unknown_estimator_lists_valid_ones(tmp_path, capsys):
