@@ -26,6 +26,13 @@ Decisions, documented here and in the results:
   exact variances to ~1–2 %; the score function on (x − k)² is heavy-tailed (its
   relative SE of the variance is 5–10 % at N = 20000) and needs N ≈ 10⁶ for ~1 %.
   ``variance_std_error`` and ``variance_z`` say which deviations are sampling noise.
+* A problem's ``breakpoints`` (where f jumps) go to every harness call: the exact
+  gradient and every estimator's exact moments. Where the harness cannot place
+  the jumps in an estimator's noise (a continuous noise law that is neither z
+  itself nor the noise of ``Pathwise``, and no ``noise_breakpoints`` on the
+  estimator — e.g. ``MeasureValued`` on a Normal), its exact-moment columns are
+  left empty with the reason in ``note``, rather than filled with an inexact
+  quadrature; the exact gradient and ``bias_z`` are still reported.
 * An estimator that does not apply (``check`` raises ``TypeError``) is *skipped*
   with the reason; one that fails is an *error* row (exit code 1); a failure of the
   exact harness leaves the exact columns empty with the reason in ``note``.
@@ -176,7 +183,7 @@ class _Context:
             return [float(g) for g in problem.exact_gradient]
         if self.harness is None:
             return [math.nan] * P
-        g = self.harness[1](problem.make_dist, self.params(problem), problem.f)
+        g = self.harness[1](problem.make_dist, self.params(problem), problem.f, breakpoints=problem.breakpoints)
         return [float(v) for v in torch.as_tensor(g).reshape(-1).cpu()]
 
     def moments(self, estimator: Estimator, problem: Problem, S: int, *, label: str = "") -> Any:
@@ -221,6 +228,27 @@ class _Context:
             self.result.notes.append(f"{problem.name}: b* estimated from an independent pilot of {N} draws.")
         self._baselines[problem.name] = [float(v) for v in bstar.cpu()]
         return self._baselines[problem.name]
+
+
+def _unplaced_laws(est: Estimator, dist: Any, S: int, problem: Problem) -> list[str]:
+    """The estimator's continuous noise laws in which the harness cannot place the jumps of f.
+
+    The harness splits its quadrature at f's ``breakpoints`` only where it knows where
+    they fall: in laws that draw z itself (``FromDistribution``), in the noise of
+    :class:`scg.Pathwise` (mapped through its monotone noise map), and in any law an
+    estimator maps itself (``noise_breakpoints``). A discrete z has no jumps to place.
+    Elsewhere (e.g. the Rayleigh and Maxwell noise of :class:`scg.MeasureValued` on a
+    Normal) a jump inside a piece makes the quadrature inexact, so compare reports no
+    exact moments rather than wrong ones.
+    """
+    from scg.estimators.pathwise import Pathwise
+    from scg.laws import FromDistribution
+
+    if problem.breakpoints is None or torch.as_tensor(problem.breakpoints).numel() == 0 or dist.support.is_discrete:
+        return []
+    if isinstance(est, Pathwise) or callable(getattr(est, "noise_breakpoints", None)):
+        return []
+    return [n for n, law in est.laws(dist, S).items() if not isinstance(law, FromDistribution)]
 
 
 def _sf(b: float) -> Estimator:
@@ -278,7 +306,15 @@ def _run_variant(ctx: _Context, problem: Problem, name: str, index: int, variant
     G = G.double().cpu().numpy()
     exact_mean = exact_var = [math.nan] * len(labels)
     note = variant.note
-    if ctx.harness is not None:
+    unplaced = _unplaced_laws(est, dist, S, problem)
+    if ctx.harness is not None and unplaced:
+        points = torch.as_tensor(problem.breakpoints, dtype=torch.float64).reshape(-1).tolist()
+        reason = (f"exact moments omitted: f jumps (breakpoints {points}) but the harness "
+                  f"cannot place the jumps in {type(est).__name__}'s noise {', '.join(unplaced)} "
+                  "(no noise_breakpoints), so its quadrature would not be exact")
+        note = "; ".join(filter(None, [note, reason]))
+        ctx.result.notes.append(f"{problem.name} / {name}: {reason}")
+    elif ctx.harness is not None:
         try:
             m = ctx.moments(est, problem, S, label=name)
             exact_mean = [float(v) for v in torch.as_tensor(m.mean).reshape(-1).cpu()]
