@@ -23,9 +23,18 @@ from scg import objectives
 from scg.graph import Graph
 from scg._log_prob import log_prob
 from scg.stop_gradient import stop_gradient
-from scg import testing
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    # scg.testing (the exact harness) needs scipy: imported on first use, not by `import scg`.
+    if name == "testing":
+        import importlib
+
+        return importlib.import_module("scg.testing")
+    raise AttributeError(f"module 'scg' has no attribute {name!r}")
+
 
 __all__ = [
     "expectation",

@@ -285,11 +285,22 @@ def _plot_study(out: Path, data: dict, parser: argparse.ArgumentParser) -> int:
     return 0
 
 
+def _missing_extras() -> list[str]:
+    """The packages of the ``studies`` extra that cannot be imported."""
+    import importlib.util
+
+    return [name for name, module in (("matplotlib", "matplotlib"), ("scikit-learn", "sklearn"), ("tqdm", "tqdm"))
+            if importlib.util.find_spec(module) is None]
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``scg-study``; returns the exit code (argparse errors exit with 2)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    missing = _missing_extras()
+    if missing:
+        parser.exit(2, f"scg-study: needs {', '.join(missing)}, not installed: pip install 'scg-estimators[studies]'\n")
     if args.command == "list":
         return _cmd_list(args, parser)
     if args.command == "compare":

@@ -25,3 +25,20 @@ def test_every_package_folder_is_listed_in_pyproject():
 @pytest.mark.parametrize("module", ["scg.models", "scg.studies", "scg.studies.cli", "scg.testing", "scg.graph"])
 def test_namespace_imports(module):
     __import__(module)
+
+
+def test_import_scg_does_not_import_scipy_and_testing_loads_on_use():
+    import subprocess
+    import sys
+
+    code = ("import sys, scg; assert 'scipy' not in sys.modules, 'scipy imported by import scg'; "
+            "scg.testing.assert_unbiased; assert 'scipy' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_distribution_name_license_and_core_dependencies():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["name"] == "scg-estimators"  # "scg" on the package index is another project
+    assert project["license"] == "MIT"
+    assert sorted(d.split(">")[0] for d in project["dependencies"]) == ["numpy", "scipy", "torch"]
+    assert {"models", "studies", "test"} <= set(project["optional-dependencies"])
