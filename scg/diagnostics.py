@@ -216,8 +216,10 @@ class Summary(NamedTuple):
         snr: signal-to-noise ratio ``|mean| / sqrt(variance)`` of one estimate
             (inf where only the variance is 0, nan where both are).
         z: bias z-score ``(mean − reference) / std_error`` or ``None`` without a
-            reference (0 where both the error and the standard error are 0, ±inf
-            where only the standard error is 0).
+            reference. Where the standard error is 0 (all estimates equal): 0 if
+            ``|mean − reference| ≤ 8 · eps · max(|mean|, |reference|)``
+            (an exact estimate, equal up to float rounding; ``eps`` of the
+            samples' dtype), ±inf otherwise (a zero-variance but wrong estimate).
         num: number of estimates.
     """
 
@@ -266,6 +268,15 @@ def summary(samples: Tensor, reference: Optional[Tensor] = None) -> Summary:
     Bonferroni-corrected threshold, e.g. ``scipy.stats.norm.isf(1e-3 / (2 P))``
     for a false-alarm rate of 1e-3 over P parameters.
 
+    Zero variance: a parameter whose N estimates are all equal has that value as
+    its mean (not a sum's rounding of it) and variance, SE 0. Its z cannot be a
+    ratio: it is 0 when the mean equals the reference up to float rounding,
+    :math:`|\bar g − g^\star| ≤ 8\,ε \max(|\bar g|, |g^\star|)` with ε the machine
+    epsilon of the samples' dtype (a few ulps, room for the reference's own
+    rounding; e.g. DisARM on one Bernoulli at θ = ½, which is exact), and ±inf
+    otherwise (a zero-variance but wrong estimate, e.g. a pathwise gradient of a
+    step function).
+
     Args:
         samples: ``[N, P]`` estimates (e.g. from :func:`gradient_samples`), N ≥ 2.
         reference: optional exact gradient ``[P]``.
@@ -287,8 +298,9 @@ def summary(samples: Tensor, reference: Optional[Tensor] = None) -> Summary:
     if not samples.is_floating_point():
         samples = samples.to(torch.get_default_dtype())
     samples = samples.detach()
-    mean = samples.mean(0)
-    variance = samples.var(0, correction=1)
+    constant = (samples == samples[:1]).all(0)  # all N estimates equal: mean is that value, variance 0
+    mean = torch.where(constant, samples[0], samples.mean(0))
+    variance = torch.where(constant, torch.zeros_like(mean), samples.var(0, correction=1))
     std = variance.sqrt()
     std_error = std / math.sqrt(N)
     snr = mean.abs() / std
@@ -302,6 +314,8 @@ def summary(samples: Tensor, reference: Optional[Tensor] = None) -> Summary:
                 f"`reference` must have P = {samples.shape[1]} elements; got shape {list(reference.shape)}."
             )
         error = mean - reference
+        tolerance = 8 * torch.finfo(samples.dtype).eps * torch.maximum(mean.abs(), reference.abs())
+        exact = (error == 0) | ((std_error == 0) & (error.abs() <= tolerance))
         z = torch.where(std_error > 0, error / std_error, error * math.inf)
-        z = torch.where(error == 0, torch.zeros_like(z), z)
+        z = torch.where(exact, torch.zeros_like(z), z)
     return Summary(mean=mean, variance=variance, std_error=std_error, snr=snr, z=z, num=N)

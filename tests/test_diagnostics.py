@@ -255,6 +255,42 @@ def test_summary_z_score() -> None:
     assert float(s.z[3]) == math.inf  # nonzero error, zero SE
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_summary_exact_estimate_has_z_zero(dtype: torch.dtype) -> None:
+    # N equal estimates; the reference is the same number computed another way (off by rounding).
+    value = torch.tensor([0.1, 1.0 / 3.0, -2.5e-3, 0.0], dtype=torch.float64)
+    reference = torch.tensor([0.3 - 0.2, 1.0 - 2.0 / 3.0, -2.5e-3, 0.0], dtype=torch.float64)
+    assert not torch.equal(value[:2], reference[:2])  # a rounding difference
+    samples = value.to(dtype).expand(20000, 4)
+    s = summary(samples, reference.to(dtype))
+    assert torch.equal(s.mean, value.to(dtype))  # the common value, not a sum's rounding of it
+    assert torch.equal(s.variance, torch.zeros(4, dtype=dtype)) and torch.equal(s.std_error, s.variance)
+    assert torch.equal(s.z, torch.zeros(4, dtype=dtype))
+
+
+def test_summary_zero_variance_wrong_estimate_has_z_inf() -> None:
+    # off by 9 machine epsilons relative (just past the 8 ε tolerance), or by much more
+    eps = torch.finfo(torch.float64).eps
+    value = torch.tensor([1.0, 0.0, -1.0], dtype=torch.float64)
+    reference = torch.tensor([1.0 + 9 * eps, 1e-300, -1.0 + 0.25], dtype=torch.float64)
+    s = summary(value.expand(10, 3), reference)
+    assert s.z.tolist() == [-math.inf, -math.inf, -math.inf]
+    s = summary(-value.expand(10, 3), -reference)
+    assert s.z.tolist() == [math.inf, math.inf, math.inf]
+    # within 8 ε: exact
+    s = summary(value[:1].expand(10, 1), torch.tensor([1.0 + 8 * eps], dtype=torch.float64))
+    assert s.z.tolist() == [0.0]
+
+
+def test_summary_rounding_tolerance_only_applies_at_zero_variance() -> None:
+    # with a nonzero SE, a tiny error gives a tiny but nonzero z: the ratio, not a rounded 0
+    samples = torch.tensor([[1.0], [1.0 + 2**-40]], dtype=torch.float64)
+    ref = samples.mean(0) + 2 * torch.finfo(torch.float64).eps  # two ulps of 1 above the mean
+    s = summary(samples, ref)
+    expected = float(((s.mean - ref) / s.std_error)[0])
+    assert expected != 0.0 and float(s.z[0]) == expected
+
+
 def test_summary_table() -> None:
     s = summary(torch.tensor(ARRAY), torch.zeros(4, dtype=torch.float64))
     text = s.table(names=["a", "b", "c", "d"])
