@@ -38,9 +38,18 @@ class DisARM(Estimator):
     the logits φ (and flow upstream by the chain rule); f need not be
     differentiable.
 
-    Properties: unbiased; never higher variance than ARM; zero variance for D = 1
-    (the estimate is exact); 2 evaluations of f per sample (the value is the mean of
-    f over all 2S draws, all of which are Bernoulli(σ(φ)) samples). The pair is the
+    Properties: unbiased; never higher variance than ARM; 2 evaluations of f per
+    sample (the value is the mean of f over all 2S draws, all of which are
+    Bernoulli(σ(φ)) samples). For one unit (D = 1), with :math:`Δ = f(1) − f(0)`
+    and :math:`t = \min(θ, 1 − θ)`, :math:`θ = σ(φ)`, one draw's estimate is
+    :math:`\tfrac12 Δ (1 − t)` when :math:`b ≠ \tilde b` (probability 2t) and 0
+    otherwise, so over S draws
+
+    .. math::
+        \mathrm{Var}[\hat g_φ] = Δ^2\, t\,(\tfrac12 − t)\,(1 − t)^2 / S ,
+
+    which is zero only at θ = ½ (φ = 0, where every estimate equals the exact
+    gradient Δ/4) or for Δ = 0, and positive at every other θ in (0, 1). The pair is the
     node's two copies (:class:`scg.Parts`), so in a :class:`scg.Graph` everything
     downstream of the node is computed for both: its value gains a leading dim of
     size 2.
