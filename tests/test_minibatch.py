@@ -207,10 +207,8 @@ def _estimators() -> list:
             scg.ScoreFunction(baseline=scg.baselines.LeaveOneOut()), 1, 2, NODES, id="ScoreFunction-LOO-D1-S2"
         ),
     ]
-    mv = getattr(scg, "MeasureValued", None)
-    if mv is not None:
-        small = {StandardNormal: 8, Rayleigh: 30, DoubleSidedMaxwell: 20, StandardUniform: 12}
-        cases.append(pytest.param(mv(), 1, 1, small, id="MeasureValued-D1"))
+    small = {StandardNormal: 8, Rayleigh: 30, DoubleSidedMaxwell: 20, StandardUniform: 12}
+    cases.append(pytest.param(scg.MeasureValued(), 1, 1, small, id="MeasureValued-D1"))
     return cases
 
 
