@@ -14,7 +14,7 @@ from torch import Tensor
 from torch.distributions import Distribution, Independent
 from torch.distributions.utils import lazy_property
 
-from scg._checks import all_finite, check_cost, host_checkable
+from scg._checks import NON_FINITE_COST, all_finite, check_cost, compiling, host_checkable, queue_finite_check
 
 __all__ = ["unwrap", "base_of_kind", "parameters_of", "evaluate"]
 
@@ -57,7 +57,7 @@ def parameters_of(dist: Distribution) -> dict[str, Tensor]:
     base, _ = unwrap(dist)
     out: dict[str, Tensor] = {}
     for name in base.arg_constraints:
-        if isinstance(getattr(type(base), name, None), lazy_property):
+        if isinstance(_class_attribute(type(base), name), lazy_property):
             value = base.__dict__.get(name)  # set at construction, or a cached derived value
         else:
             value = getattr(base, name, None)  # plain attribute or property (e.g. Beta's concentrations)
@@ -68,18 +68,36 @@ def parameters_of(dist: Distribution) -> dict[str, Tensor]:
     return out
 
 
-def evaluate(f: Callable[[Tensor], Tensor], z: Tensor, dist: Distribution, num_samples: int) -> Tensor:
-    """Call ``f(z)`` and check it returned costs of shape ``[S, *batch_shape]``, finite on the CPU.
+def _class_attribute(cls: type, name: str) -> object:
+    """``name`` as defined on ``cls`` or a base class, without calling its descriptor.
 
-    The finiteness check reads a value on the host, so it runs on the CPU only (as
-    :class:`scg.Graph`'s): on an accelerator it would stall the device's queue on every
-    call. There a non-finite cost shows in the returned estimate (its mean is not finite).
+    ``getattr(cls, name)`` on a ``lazy_property`` builds a new wrapper object on every
+    access, which ``torch.compile`` cannot guard on; the class dicts hold the property itself.
+    """
+    for klass in cls.__mro__:
+        if name in klass.__dict__:
+            return klass.__dict__[name]
+    return None
+
+
+def evaluate(f: Callable[[Tensor], Tensor], z: Tensor, dist: Distribution, num_samples: int) -> Tensor:
+    """Call ``f(z)`` and check it returned costs of shape ``[S, *batch_shape]``, finite.
+
+    The finiteness check reads a value on the host in eager mode on the CPU (as
+    :class:`scg.Graph`'s), raising ``ValueError``. Under ``torch.compile`` it is queued
+    in the compiled graph instead (:func:`scg._checks.queue_finite_check`: no host read,
+    no graph break). Eager on an accelerator it is skipped — a host read would stall
+    the device's queue on every call; a non-finite cost then shows in the returned
+    estimate (its mean is not finite).
     """
     value = f(z)
     expected = (num_samples, *dist.batch_shape)
-    if (isinstance(value, Tensor) and value.shape == expected and value.is_floating_point()
-            and (not host_checkable(value) or all_finite(value))):
-        return value  # the common case, without building the error hint
+    if isinstance(value, Tensor) and value.shape == expected and value.is_floating_point():
+        if compiling():
+            queue_finite_check(value, NON_FINITE_COST)
+            return value
+        if not host_checkable(value) or all_finite(value):
+            return value  # the common case, without building the error hint
     hint = ""
     if dist.event_shape == () and len(dist.batch_shape) > 0:
         hint = (

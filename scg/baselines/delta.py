@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Union
 
 import torch
@@ -101,7 +102,7 @@ class Delta(_RunningState):
         f0 = f(mu0.unsqueeze(0)).squeeze(0).detach()
         grad_fn = torch.func.grad(total)
         g = grad_fn(mu0).detach()
-        n_event = max(1, int(torch.tensor(event).prod()) if event else 1)
+        n_event = max(1, math.prod(event))  # a Python int: no tensor, no host read under torch.compile
         basis = torch.eye(n_event, dtype=mu0.dtype, device=mu0.device).reshape(n_event, *([1] * len(batch)), *event)
         basis = basis.expand((n_event,) + batch + event).contiguous()
 

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
-from scg._checks import check_positive_int
+from scg._checks import check_positive_int, compiling
 from scg._dice import cost_term, reduce_rows
 from scg._dist import evaluate
 from scg._log_prob import share, unshare
@@ -219,7 +219,9 @@ def one_node(parts: Parts, f: Cost, dist: Distribution) -> Tensor:
     if log_prob is not None and copies is not None:
         raise ValueError("`Parts` must not have both `log_prob` and `copies`.")
     flat = value.reshape(-1, *value.shape[lead:]) if lead == 2 else value
-    token = share(dist, flat, log_prob) if log_prob is not None else None  # scg.log_prob inside f
+    # scg.log_prob inside f reads the shared log-density; a ContextVar cannot be traced by
+    # torch.compile, so while compiling nothing is shared (scg.log_prob computes it again).
+    token = share(dist, flat, log_prob) if log_prob is not None and not compiling() else None
     try:
         cost = evaluate(f, flat, dist, flat.shape[0])
     finally:

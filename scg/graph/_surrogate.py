@@ -19,7 +19,7 @@ from typing import Collection, Iterable, Mapping, Optional, Sequence
 import torch
 from torch import Tensor
 
-from scg._checks import host_checkable
+from scg._checks import compiling, host_checkable, queue_finite_check
 from scg._dice import cost_term, reduce_rows
 from scg.estimators import MeasureValued
 from scg.graph._dataflow import align
@@ -131,9 +131,16 @@ def surrogate(
 def check_finite(total: Tensor, costs: Iterable[Cost]) -> None:
     """Raise ``ValueError`` naming the first non-finite cost if ``total`` is inf or nan.
 
-    One host read of the scalar on the CPU; skipped on accelerators (it would
-    synchronise the device every step) and inside ``torch.func`` transforms.
+    One host read of the scalar, eager on the CPU; skipped eager on accelerators (it
+    would synchronise the device every step) and inside ``torch.func`` transforms.
+    While ``torch.compile`` traces, the check is queued in the compiled graph
+    (``torch._assert_async``: no host read, no graph break) and fails with a
+    ``RuntimeError`` that does not name the cost.
     """
+    if compiling():
+        queue_finite_check(total, "the surrogate must be finite; got inf or nan: check the costs' values "
+                                  "and the control variates' inputs.")
+        return
     if not host_checkable(total) or math.isfinite(total.item()):
         return
     for c in costs:
