@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         "compare",
         help="every applicable estimator on each problem: estimate, exact gradient, variance, SNR, bias z",
         description="Compare estimators on the embedded problems (Gaussian cost family and Bernoulli toy "
-                    "of REFERENCES.md) or your own; prints a table and writes results.csv, timings.csv, "
+                    "of docs/references.md) or your own; prints a table and writes results.csv, timings.csv, "
                     "manifest.json and compare.png into --out.",
         epilog="Examples:\n"
                "  scg-study compare                                   # all problems, all estimators, N = 20000\n"
@@ -277,7 +277,7 @@ def _plot_study(out: Path, data: dict, parser: argparse.ArgumentParser) -> int:
             values[key] = tuple(value) if isinstance(default, tuple) else value
     cfg = study.Config(**values)
     try:
-        rows = merge_cells(study, cfg, out)
+        rows = merge_cells(study, cfg, out, str(data.get("config_hash")))
     except ValueError as exc:
         parser.error(str(exc))
     for path in study.plot(rows, cfg, out):

@@ -4,19 +4,25 @@ Layout of an output folder::
 
     manifest.json   config, seed, size it started from (preset), versions, git revision,
                     device, command line
-    cells/          one JSON file per finished cell (written atomically)
+    cells/          one JSON file per finished cell (written atomically), named by the
+                    hash of the run's config and seed and of the cell
     results.csv     all cells' rows in the study's cell order (written atomically)
     *.png           the study's figures
 
 Resuming: running the same study with the same config and seed into the same
 folder skips every cell whose file exists. A folder holding a different config or
-seed is refused (choose another ``--out``) so results are never mixed.
+seed is refused (choose another ``--out``) so results are never mixed: the manifest
+is created atomically (two processes starting together into one fresh folder with
+different configs: one of them is refused; with the same config they share the
+work), and every cell file carries the config hash in its name and contents, so a
+deleted manifest or a changed config never lets a cell of another run be read back.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,28 +52,54 @@ def _config_hash(study: Study, cfg_dict: dict[str, Any], seed: int) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def cell_path(out: Path, index: int, cell: dict[str, Any]) -> Path:
-    """File of cell ``index``: ``cells/00012-<hash of key>.json``."""
+def cell_path(out: Path, index: int, cell: dict[str, Any], config_hash: str) -> Path:
+    """File of cell ``index`` of the run with ``config_hash``: ``cells/<config hash>-00012-<hash of key>.json``."""
     digest = hashlib.sha256(cell_key(cell).encode()).hexdigest()[:10]
-    return out / "cells" / f"{index:05d}-{digest}.json"
+    return out / "cells" / f"{config_hash}-{index:05d}-{digest}.json"
 
 
-def _load_cell(path: Path, key: str) -> Optional[list[dict[str, Any]]]:
+def _load_cell(path: Path, key: str, config_hash: str) -> Optional[list[dict[str, Any]]]:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    if data.get("key") != key:
+    if data.get("key") != key or data.get("config_hash") != config_hash:
         return None
     return list(data["rows"])
 
 
-def merge_cells(study: Study, cfg: Any, out: Path) -> list[dict[str, Any]]:
-    """Rows of all finished cells, in the study's cell order; ``ValueError`` if some are missing."""
+def _claim_manifest(path: Path, data: dict[str, Any]) -> Optional[dict[str, Any]]:
+    """Create ``path`` holding ``data`` unless it exists (atomic); return the existing manifest, or None."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.claim")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    try:
+        os.link(tmp, path)  # fails if the manifest exists: only one process creates it
+        return None
+    except FileExistsError:
+        return _read_manifest(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"`--out` holds {path}, which is not a readable manifest ({exc}); choose another "
+                         "--out, or delete the folder to start afresh.") from None
+
+
+def merge_cells(study: Study, cfg: Any, out: Path, config_hash: str) -> list[dict[str, Any]]:
+    """Rows of all finished cells of the run with ``config_hash``, in the study's cell order.
+
+    Raises:
+        ValueError: some cells are missing.
+    """
     rows: list[dict[str, Any]] = []
     missing = []
     for i, cell in enumerate(study.cells(cfg)):
-        got = _load_cell(cell_path(out, i, cell), cell_key(cell))
+        got = _load_cell(cell_path(out, i, cell, config_hash), cell_key(cell), config_hash)
         if got is None:
             missing.append(cell_key(cell))
         else:
@@ -112,26 +144,27 @@ def run_study(
     digest = _config_hash(study, cfg_dict, seed)
     rank, world = shard
     man_path = out / "manifest.json"
+    old = None
     if man_path.exists():
-        old = json.loads(man_path.read_text())
-        if old.get("config_hash") != digest:
-            raise ValueError(
-                f"`--out` {out} holds a run of {old.get('study')} with a different config or seed "
-                f"(hash {old.get('config_hash')} != {digest}); choose another --out to keep both."
-            )
+        old = _read_manifest(man_path)
     elif rank == 0:
         data = _io.manifest({**cfg_dict, "seed": seed}, device=str(dev), argv=argv,
                             extra={"study": study.name, "preset": preset, "config_hash": digest,
                                    "world_size": world})
-        _io.write_json(man_path, data)
+        old = _claim_manifest(man_path, data)
+    if old is not None and old.get("config_hash") != digest:
+        raise ValueError(
+            f"`--out` {out} holds a run of {old.get('study')} with a different config or seed "
+            f"(hash {old.get('config_hash')} != {digest}); choose another --out to keep both."
+        )
     result = RunResult(out=out)
     cells = study.cells(cfg)
     mine = [(i, c) for i, c in enumerate(cells) if i % world == rank]
     bar = _progress(len(mine), f"{study.name}", progress and rank == 0)
     for i, cell in mine:
         key = cell_key(cell)
-        path = cell_path(out, i, cell)
-        if _load_cell(path, key) is not None:
+        path = cell_path(out, i, cell, digest)
+        if _load_cell(path, key, digest) is not None:
             result.skipped.append(key)
             bar.update(1)
             continue
@@ -141,7 +174,7 @@ def run_study(
         gen.manual_seed(s)
         rows = study.run_cell(cfg, cell, CellContext(device=dev, seed=s, generator=gen))
         rows = [_jsonable(r) for r in rows]
-        _io.write_json(path, {"key": key, "rows": rows})
+        _io.write_json(path, {"key": key, "config_hash": digest, "rows": rows})
         result.ran.append(key)
         bar.update(1)
     bar.close()
@@ -151,7 +184,7 @@ def run_study(
         barrier()  # every rank has written its cells before rank 0 merges them
     if rank != 0:
         return result
-    rows = merge_cells(study, cfg, out)
+    rows = merge_cells(study, cfg, out, digest)
     result.rows = rows
     _io.write_csv(out / "results.csv", rows, study.columns(rows))
     if plot:

@@ -307,7 +307,8 @@ def test_resumed_sharded_study_redoes_only_the_missing_cells(launched):
     ran = _logged(tmp / "log-resume")
     cells = ToyDistStudy().cells(ToyConfig())
     done_before = set(launched["left"])
-    missing = [c for i, c in enumerate(cells) if cell_path(tmp, i, c).name not in done_before]
+    digest = json.loads((tmp / "resumed" / "manifest.json").read_text())["config_hash"]
+    missing = [c for i, c in enumerate(cells) if cell_path(tmp, i, c, digest).name not in done_before]
     key = lambda c: json.dumps(c, sort_keys=True)  # noqa: E731
     assert len(missing) >= 2 and sorted(map(key, ran)) == sorted(map(key, missing))
     assert (tmp / "resumed" / "results.csv").read_text() == launched["reference"]

@@ -263,3 +263,41 @@ def test_full_size_differs_from_the_default_and_its_readme_uses_the_flag(name):
     assert set(study.time) == set(PRESETS)
     readme = (_DOCS / name / "README.md").read_text()
     assert f"scg-study run {name} --full" in readme or f"scg-study run {name} --device cuda --full" in readme
+
+
+def test_a_deleted_manifest_and_a_changed_config_never_read_back_old_cells(tmp_path):
+    """`run A; rm manifest.json results.csv; run B` recomputes every cell of B (cells are keyed by config)."""
+    out = tmp_path / "x"
+    first = run_study(ToyStudy(), ToyConfig(scale=1.0), out, progress=False, plot=False)
+    (out / "manifest.json").unlink()
+    (out / "results.csv").unlink()
+    second = run_study(ToyStudy(), ToyConfig(scale=20.0), out, progress=False, plot=False)
+    assert second.skipped == [] and len(second.ran) == len(first.ran)
+    assert [r["value"] for r in second.rows] == pytest.approx([20.0 * r["value"] for r in first.rows], rel=1e-6)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["scale"] == 20.0
+
+
+def test_two_processes_with_different_configs_into_one_fresh_folder_never_mix(tmp_path):
+    """Started together, one of them is refused (the manifest is created atomically); the cells
+    and results.csv in the folder all belong to the one that ran."""
+    import subprocess
+
+    script = (
+        "import sys, dataclasses, json; sys.path.insert(0, {tests!r});"
+        "from test_runner import ToyStudy, ToyConfig; from scg.studies.runner import run_study\n"
+        "try:\n"
+        "    run_study(ToyStudy(), ToyConfig(scale=float(sys.argv[1]), repeats=3), {out!r}, progress=False, plot=False)\n"
+        "    print('ran')\n"
+        "except ValueError as e:\n"
+        "    print('refused', e)\n"
+    )
+    for trial in range(3):
+        out = tmp_path / f"race{trial}"
+        code = script.format(tests=str(Path(__file__).parent), out=str(out))
+        procs = [subprocess.Popen([sys.executable, "-c", code, s], stdout=subprocess.PIPE, text=True)
+                 for s in ("1.0", "5.0")]
+        outputs = [p.communicate(timeout=120)[0].strip() for p in procs]
+        assert sorted(o.split()[0] for o in outputs) == ["ran", "refused"], outputs
+        digest = json.loads((out / "manifest.json").read_text())["config_hash"]
+        assert all(p.name.startswith(digest) for p in (out / "cells").glob("*.json"))
