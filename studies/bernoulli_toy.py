@@ -10,7 +10,7 @@ Part 1 (``part = "variance"``): single-estimate variance at φ = 0 for REINFORCE
 REINFORCE with a moving-average baseline (warmed up on 200 calls, then frozen), RLOO
 (S = 2), ARM, DisARM, RELAX (control variate trained for ``cv_warmup`` steps at φ = 0,
 then frozen) and Gumbel-softmax (τ = 0.5, biased): exact values from
-:func:`scg.testing.exact_moments` next to N sampled estimates and REFERENCES.md's values.
+:func:`scg.testing.exact_moments` next to N sampled estimates and docs/references.md's values.
 ARM is not a library estimator: :class:`ARM` below implements it as an
 :class:`scg.Estimator` (a uniform law with its breakpoints), so the harness checks it too.
 
@@ -64,7 +64,7 @@ from scg.studies.problems import Problem
 
 __all__ = ["ARM", "BernoulliToyConfig", "BernoulliToy", "REFERENCE", "build_estimator", "ESTIMATORS"]
 
-#: REFERENCES.md: single-draw variances at φ = 0 (exact).
+#: docs/references.md: single-draw variances at φ = 0 (exact).
 REFERENCE: dict[float, dict[str, float]] = {
     0.49: {"reinforce": 1.5638e-2, "rloo": 2.5e-5, "arm": 8.333e-6, "disarm": 0.0},
     0.499: {"reinforce": 1.5625e-2, "rloo": 2.5e-7, "arm": 8.333e-8, "disarm": 0.0},
@@ -270,7 +270,7 @@ class BernoulliToy(Study):
     name = "bernoulli-toy"
     description = ("E[(b-t)^2], t in {0.45, 0.49, 0.499}: variance at phi=0 (exact vs sampled), convergence "
                    "at equal budgets of K f-evaluations per step")
-    reproduces = "REFERENCES.md Bernoulli toy (Tucker 2017, Yin & Zhou 2019, Dong 2020)"
+    reproduces = "docs/references.md Bernoulli toy (Tucker 2017, Yin & Zhou 2019, Dong 2020)"
     time = {"smoke": "15 s", "default": "8 min on 2 shared CPU cores (5.5 CPU-min, single-threaded)",
             "full": "GPU (1024 replicas, budgets 6 / 48 / 384 / 3072; not timed: no GPU here)"}
     Config = BernoulliToyConfig

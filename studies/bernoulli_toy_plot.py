@@ -74,7 +74,7 @@ def plot_variance(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
         ax.set_xticks(range(len(names)))
         ax.set_xticklabels([_variance_label(n) for n in names], rotation=40, ha="right", fontsize=8)
         ax.set_ylabel("variance of one estimate at φ = 0")
-        ax.set_title(f"t = {t:g}: exact bars, sampled dots ± 2 SE, REFERENCES.md dashed", fontsize=9)
+        ax.set_title(f"t = {t:g}: exact bars, sampled dots ± 2 SE, docs/references.md dashed", fontsize=9)
         ax.grid(True, axis="y", which="both", alpha=0.25)
         bx.axhline(1.0, color="gray", lw=1)
         bx.set_xticks(range(len(names)))

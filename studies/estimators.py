@@ -3,7 +3,7 @@
 A name can build several *variants* of an estimator: ``score_function_optimal``
 uses the variance-optimal constant baseline, which differs per parameter, so it
 builds one ``ScoreFunction(baseline=Constant(b*_p))`` per parameter p and each
-reports only its own parameter's row (the SF* columns of REFERENCES.md).
+reports only its own parameter's row (the SF* columns of docs/references.md).
 
 Estimators the installed scg does not provide are looked up with ``getattr`` and
 reported as skipped, never crashed on.

@@ -1,9 +1,9 @@
 """Registry of the problems ``scg-study compare`` runs estimators on.
 
 A :class:`Problem` is one expectation :math:`E_{q_θ(z)}[f(z)]` at one point θ,
-with a gradient to estimate. The embedded defaults are the anchors of
-REFERENCES.md (Mohamed et al. 2020, Table 3; the Bernoulli toy of Tucker et al.
-2017 / Dong et al. 2020), each with its exact gradient in closed form.
+with a gradient to estimate. The embedded defaults are the exact anchors of
+docs/references.md (the Gaussian costs of Mohamed et al. 2020, §3; the Bernoulli toy of
+Tucker et al. 2017 / Dong et al. 2020), each with its exact gradient in closed form.
 
 Users bring their own problem as ``module:function`` (``scg-study compare
 --problem mypkg.mod:make_problem``): a function of no arguments returning a
@@ -181,7 +181,7 @@ def _gaussian(name: str, f: Callable[[Tensor], Tensor], grad: Callable[..., tupl
         make_dist=_normal,
         params=(mu, sigma),
         f=f,
-        description=f"E[{f!r}], x ~ N(mu=1, sigma=1); gradient w.r.t. mu and sigma (REFERENCES.md table)",
+        description=f"E[{f!r}], x ~ N(mu=1, sigma=1); gradient w.r.t. mu and sigma (docs/references.md table)",
         param_names=("mu", "sigma"),
         exact_gradient=grad(mu, sigma, k),
     )

@@ -119,7 +119,7 @@ def test_optimal_moving_average_weights_by_squared_score_norm():
 
 
 def test_leave_one_out_reduces_variance_exactly_bernoulli_toy():
-    """Exact enumeration over the S=2 product space: RLOO variance 2.5e-5 at t=0.49 (REFERENCES)."""
+    """Exact enumeration over the S=2 product space: RLOO variance 2.5e-5 at t=0.49 (docs/references.md)."""
     t = 0.49
     logits = torch.zeros(1, requires_grad=True)
     est = scg.ScoreFunction(B.LeaveOneOut())

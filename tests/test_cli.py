@@ -38,7 +38,7 @@ needs_harness = pytest.mark.skipif(not HAVE_HARNESS, reason="scg.testing.exact_m
 # Two-sided normal quantile for a false-failure rate of 1e-3 over 4 checks (Bonferroni): Φ⁻¹(1 − 1e-3/8).
 Z4 = 3.66
 
-# Single-draw variances from REFERENCES.md (exact).
+# Single-draw variances from docs/references.md (exact).
 REF = {
     ("bernoulli-toy", "score_function", "phi"): 1.5638e-2,
     ("bernoulli-toy", "rloo", "phi"): 2.5e-5,
@@ -124,7 +124,7 @@ def test_skipped_estimator_is_reported_not_crashed(tmp_path: Path, capsys: pytes
 
 
 def test_sampled_variances_match_references(tmp_path: Path) -> None:
-    """Sampled single-estimate variances agree with the exact ones of REFERENCES.md within Z4·SE."""
+    """Sampled single-estimate variances agree with the exact ones of docs/references.md within Z4·SE."""
     code, out = _compare(tmp_path, "--problems", "bernoulli-toy,gaussian-square-k0",
                          "--estimators", "score_function,pathwise", "-N", "20000", "--seed", "0", "--no-plot")
     assert code == 0

@@ -144,7 +144,7 @@ def test_mean_matches_exact_gradient(estimator: scg.Estimator, num_samples: int,
 
 
 def test_pathwise_variance_matches_exact_anchor() -> None:
-    # REFERENCES.md anchor, N(1, 1), f = x²: single-sample pathwise variance 4 (μ) and 12 (σ).
+    # docs/references.md anchor, N(1, 1), f = x²: single-sample pathwise variance 4 (μ) and 12 (σ).
     # g_μ = 2(1 + ε), g_σ = 2(1 + ε)ε. SE of the sample variance from the 4th central
     # moment (Gauss–Hermite, exact for polynomials); 2 checks, Bonferroni, rate 1e-3.
     def fn(p: dict[str, Tensor]) -> Tensor:

@@ -1,4 +1,4 @@
-"""The ``bernoulli-toy`` study: smoke run, exact variances vs REFERENCES.md, ARM checked by the harness,
+"""The ``bernoulli-toy`` study: smoke run, exact variances vs docs/references.md, ARM checked by the harness,
 the equal-budget rule and the convergence criterion at t = 0.499.
 
 Exact checks (enumeration/quadrature) come first; sampled checks use the run's fixed

@@ -1,4 +1,4 @@
-"""The ``gaussian`` study: smoke run through the CLI, exact columns vs REFERENCES.md, sampled vs exact.
+"""The ``gaussian`` study: smoke run through the CLI, exact columns vs docs/references.md, sampled vs exact.
 
 Statistical checks use the run's fixed seed, so they are deterministic; thresholds are
 z·SE with z for a false-failure rate of 1e-3 (Bonferroni over the rows checked) had

@@ -344,7 +344,7 @@ def _close(value: float, printed: str) -> bool:
     return abs(value - ref) <= max(1e-3 * abs(ref), 0.5 * 10.0**-decimals + 1e-12)
 
 
-GAUSSIAN_TABLE = {  # f: (μ: SF, SF*, PW, MVD), (σ: SF, SF*, PW, MVD); REFERENCES.md, N(1, 1)
+GAUSSIAN_TABLE = {  # f: (μ: SF, SF*, PW, MVD), (σ: SF, SF*, PW, MVD); docs/references.md, N(1, 1)
     "(x-0)^2": (("30", "14", "4", "1.093"), ("136", "64", "12", "8")),
     "(x-3)^2": (("87", "38", "4", "4.372"), ("346", "184", "24", "20")),
     "cos 5x": (("0.5", "0.5", "12.5", "0.2957"), ("1.0", "1.0", "12.5", "1.0")),
