@@ -58,7 +58,7 @@ def blr(args: argparse.Namespace) -> str:
                 "evaluations_per_sample": m.estimator.evaluations(m.posterior(), 1)}
 
     results = {name: cell(out, name.replace(" ", "-").replace("(", "").replace(")", "") + f"-seed{args.seed}",
-                          lambda f, make=make: run(f, make)) for name, make in estimators.items()}
+                          lambda f, make=make: run(f, make), config=vars(args)) for name, make in estimators.items()}
     rows = []
     for name, r in results.items():
         var = r["variance"]

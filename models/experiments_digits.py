@@ -66,7 +66,8 @@ def iwae(args: argparse.Namespace) -> str:
                         return VAE(enc, dec, kl="mc", num_samples=k)
                     return IWAE(enc, dec, num_samples=k)
                 r = cell(out, f"{kind.lower()}-k{k}-seed{seed}",
-                         _vae_cell(sub, d, model_fn=make, epochs=epochs, encoder_of=lambda m: m.encoder))
+                         _vae_cell(sub, d, model_fn=make, epochs=epochs, encoder_of=lambda m: m.encoder),
+                         config={**vars(sub), "epochs": epochs})
                 results.setdefault((kind, k), []).append(r)
     rows = []
     for k in (1, 5, 50):
@@ -101,7 +102,8 @@ def flows(args: argparse.Namespace) -> str:
                 layers = flow_layers(kind, L, length, context_dim=H[-1], hidden=(64,)) if length else []
                 return VAE(FlowPosterior(enc, layers), BernoulliDecoder(L, 64, H), kl="mc")
             r = cell(out, f"{kind}-{length}-seed{seed}",
-                     _vae_cell(sub, d, model_fn=make, epochs=epochs, encoder_of=lambda m: m.encoder))
+                     _vae_cell(sub, d, model_fn=make, epochs=epochs, encoder_of=lambda m: m.encoder),
+                     config={**vars(sub), "epochs": epochs})
             results.setdefault((kind, length), []).append(r)
     base = mean_std([-r["test_log_px"] for r in results[("none", 0)]])
     rows = [[kind, base] + [mean_std([-r["test_log_px"] for r in results[(kind, n)]]) for n in (2, 8)]
@@ -142,7 +144,7 @@ def discrete(args: argparse.Namespace) -> str:
                 return {"train_elbo": train_elbo, "val_curve": h.val_bound, "train_curve": h.train_loss,
                         "test_elbo": test_elbo, "test_log_px": ll, "steps": h.epochs[-1]["step"],
                         "evaluations_per_step": E, "seconds_train": sum(e["seconds"] for e in h.epochs)}
-            results.setdefault(name, []).append(cell(out, f"{name}-seed{seed}", run))
+            results.setdefault(name, []).append(cell(out, f"{name}-seed{seed}", run, config={**vars(args), "seed": seed}))
     rows = []
     for name, rs in results.items():
         rows.append([name, mean_std([r["train_elbo"] for r in rs]), mean_std([r["val_curve"][-1] for r in rs]),

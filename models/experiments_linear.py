@@ -68,13 +68,14 @@ def linear_gaussian(args: argparse.Namespace) -> str:
         return run
 
     out = Path(args.out) / "linear-gaussian"
-    r = cell(out, f"linear-vae-seed{args.seed}", linear_vae)
+    r = cell(out, f"linear-vae-seed{args.seed}", linear_vae, config=vars(args))
     gap_mf_exact = truth.mean_field_gap()
     rows = [["mean-field (optimum, closed form)", "—", f"{gap_mf_exact:.4f}", "0%"]]
-    mf = cell(out, f"posterior-meanfield-seed{args.seed}", fixed_decoder_posterior(None, 0))
+    mf = cell(out, f"posterior-meanfield-seed{args.seed}", fixed_decoder_posterior(None, 0), config=vars(args))
     rows.append(["mean-field Gaussian (trained)", f"{mf['elbo']:.4f}", f"{mf['gap']:.4f}", "0%"])
     for kind, length in [("planar", 8), ("iaf", 2), ("coupling", 4)]:
-        fr = cell(out, f"posterior-{kind}{length}-seed{args.seed}", fixed_decoder_posterior(kind, length))
+        fr = cell(out, f"posterior-{kind}{length}-seed{args.seed}", fixed_decoder_posterior(kind, length),
+                  config=vars(args))
         closed = 1 - fr["gap"] / mf["gap"]
         rows.append([f"{kind} × {length}", f"{fr['elbo']:.4f}", f"{fr['gap']:.4f}", f"{100 * closed:.0f}%"])
     report = [
