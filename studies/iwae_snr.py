@@ -27,13 +27,20 @@ gradient (Tucker et al. 2019) with a far higher SNR; i.e. the control variate
 :math:`\hat g_{IWAE} − \hat g_{DReG}`, whose mean is 0. The standard deviation is always the
 method's own. ``snr_direct`` and ``snr_floor`` are reported next to it.
 
-Fits: least squares of log SNR on log K over K ≥ ``fit_min_k`` — rows with
-``part = "fit"``; expected slopes −½ (IWAE inference), +½ (DReG inference, generative).
-The threshold (default 100) is where the signals are asymptotic: the mean generative
-gradient is :math:`-N δμ/2 + O(1/K)`, and the O(1/K) term is driven by the perturbation
-of the inference network, :math:`δA\,μ^* + δb`, about ten times larger than
-:math:`δμ/2` here (|μ*| ≈ √D), so the generative SNR climbs more slowly than √K until
-K ≈ 100 (local slope ≈ 0.3 between K = 30 and 100, ≈ 0.45 above).
+Fits: least squares of log SNR on log K over K ≥ ``fit_min_k`` (default 30, so K = 30,
+100, 300, 1000 by default) — rows with ``part = "fit"``; expected slopes −½ (IWAE
+inference), +½ (DReG inference, generative). Each slope has two standard errors:
+``slope_se`` from a bootstrap over the M estimates (``bootstrap`` resamples of the M
+rows at every K, the same rows for the DReG signal of the IWAE inference SNR; the
+sampling noise of the SNRs), with its 95 % percentile interval ``slope_ci_low`` /
+``slope_ci_high``; and ``slope_se_ols``, the ordinary least-squares SE from the
+residuals (n − 2 degrees of freedom), which also counts the curvature of log SNR in
+log K (the law is only asymptotic). ``within_2se`` says whether the expected slope
+lies within 2 ``slope_se`` of the fit. The generative signal is asymptotic late: the
+mean generative gradient is :math:`-N δμ/2 + O(1/K)`, and the O(1/K) term is driven by
+the perturbation of the inference network, :math:`δA\,μ^* + δb`, about ten times
+larger than :math:`δμ/2` here (|μ*| ≈ √D), so the generative SNR falls from K = 1 to
+K ≈ 30 and climbs more slowly than √K until K ≈ 100.
 
 References:
     Rainforth et al., "Tighter Variational Bounds are Not Necessarily Better", ICML 2018.
@@ -59,7 +66,7 @@ import scg
 from scg.studies._io import row
 from scg.studies.base import CellContext, Study
 
-__all__ = ["IWAESNRConfig", "IWAESNR", "setup", "EXPECTED_SLOPES", "fit_slope"]
+__all__ = ["IWAESNRConfig", "IWAESNR", "setup", "EXPECTED_SLOPES", "fit_slope", "slope_se_ols", "bootstrap_snr"]
 
 _METHODS = ("reparam", "stl", "dreg")
 #: (method, group) -> slope expected from Rainforth et al. 2018 / Tucker et al. 2019.
@@ -72,7 +79,7 @@ _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 @dataclass(frozen=True)
 class IWAESNRConfig:
-    """Configuration of ``iwae-snr`` (defaults: the CPU default run; the paper's K = 1000 is GPU size).
+    """Configuration of ``iwae-snr`` (defaults: K up to 1000 as in the paper; M = 1024 is the GPU size).
 
     Attributes:
         dim: D, latent and data dimension.
@@ -83,6 +90,7 @@ class IWAESNRConfig:
         perturbation: standard deviation of the perturbation of the optimum.
         q_variance: variance of q(z | x) (⅔).
         fit_min_k: slopes are fitted over K ≥ this.
+        bootstrap: resamples of the M estimates for the standard error of each slope.
         data_seed: seed of the data and of the perturbation (shared by all cells).
         bound_draws: draws of the bound (no gradient) for the bound-vs-log p(x) columns.
         max_elements: estimates × points × K × D per vectorised call (memory bound).
@@ -91,19 +99,20 @@ class IWAESNRConfig:
 
     dim: int = 20
     num_points: int = 1024
-    ks: tuple[int, ...] = (1, 3, 10, 30, 100, 200, 300)
+    ks: tuple[int, ...] = (1, 3, 10, 30, 100, 300, 1000)
     methods: tuple[str, ...] = _METHODS
     num_estimates: int = 32
     perturbation: float = 0.01
     q_variance: float = 2.0 / 3.0
-    fit_min_k: int = 100
+    fit_min_k: int = 30
+    bootstrap: int = 200
     data_seed: int = 0
     bound_draws: int = 4
     max_elements: int = 1 << 22
     dtype: str = "float32"
 
     def __post_init__(self) -> None:
-        for name in ("dim", "num_points", "num_estimates", "fit_min_k", "bound_draws", "max_elements"):
+        for name in ("dim", "num_points", "num_estimates", "fit_min_k", "bound_draws", "max_elements", "bootstrap"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be an int >= 1; got {value!r}.")
@@ -204,9 +213,35 @@ def fit_slope(ks: Sequence[float], values: Sequence[float]) -> tuple[float, floa
     return float(slope), float(intercept)
 
 
-_COLUMNS = ("part", "method", "K", "group", "num_estimates", "num_points", "snr", "snr_direct", "snr_floor",
-            "signal", "mean_abs_gradient", "mean_std", "bound_mean", "bound_std_error", "log_px_exact",
-            "slope", "intercept", "fit_min_k", "fit_num_k", "expected_slope", "within_0.1", "note")
+def slope_se_ols(ks: Sequence[float], values: Sequence[float]) -> float:
+    """OLS standard error of the slope of log(value) on log(K): √(SSR / (n − 2) / Σ(log K − mean)²); nan if n < 3."""
+    lx, ly = np.log(np.asarray(ks, dtype=float)), np.log(np.asarray(values, dtype=float))
+    n = len(lx)
+    if n < 3:
+        return math.nan
+    slope, intercept = np.polyfit(lx, ly, 1)
+    ssr = float(((ly - (slope * lx + intercept)) ** 2).sum())
+    return math.sqrt(ssr / (n - 2) / float(((lx - lx.mean()) ** 2).sum()))
+
+
+def bootstrap_snr(G: Tensor, signal_rows: Tensor | None, idx: Tensor, sl: slice) -> np.ndarray:
+    """SNR of parameter group ``sl`` for each resample ``idx [B, M]`` of the rows of ``G [M, P]``.
+
+    The signal is the mean of the resampled rows of ``signal_rows`` (the same rows; the DReG
+    estimates for the IWAE inference SNR) or of ``G`` itself; the standard deviation is ``G``'s.
+    """
+    out = np.empty(idx.shape[0])
+    for b in range(idx.shape[0]):
+        g = G[idx[b]][:, sl]
+        sig = g.mean(0) if signal_rows is None else signal_rows[idx[b]][:, sl].mean(0)
+        out[b] = _snr(sig, g.std(0))
+    return out
+
+
+_COLUMNS = ("part", "method", "K", "group", "num_estimates", "num_points", "snr", "snr_se", "snr_direct",
+            "snr_floor", "signal", "mean_abs_gradient", "mean_std", "bound_mean", "bound_std_error", "log_px_exact",
+            "slope", "slope_se", "slope_ci_low", "slope_ci_high", "slope_se_ols", "bootstrap", "intercept",
+            "fit_min_k", "fit_num_k", "fit_ks", "expected_slope", "within_2se", "within_0.1", "note")
 
 
 def _row(**values: Any) -> dict[str, Any]:
@@ -219,11 +254,13 @@ class IWAESNR(Study):
     name = "iwae-snr"
     description = "Rainforth et al. 2018 linear-Gaussian: SNR of inference/generative gradients vs K (IWAE, STL, DReG)"
     reproduces = "Rainforth et al. 2018 Fig. 2 (SNR slopes -1/2, +1/2); Tucker et al. 2019 (DReG +1/2)"
-    time = {"smoke": "5 s", "default": "10 min on 2 CPU cores (K <= 300)", "full": "GPU (K <= 1000, M = 1024)"}
+    time = {"smoke": "5 s", "default": "~25 min on 2 CPU cores (N = 1024, K <= 1000); N = 256: ~6 min",
+            "full": "GPU (K <= 1000, M = 1024)"}
     Config = IWAESNRConfig
 
     def smoke(self) -> IWAESNRConfig:
-        return IWAESNRConfig(num_points=32, ks=(3, 10, 30), num_estimates=16, fit_min_k=3, bound_draws=2)
+        return IWAESNRConfig(num_points=32, ks=(3, 10, 30), num_estimates=16, fit_min_k=3, bound_draws=2,
+                             bootstrap=50)
 
     def full(self) -> IWAESNRConfig:
         """The paper's range (Rainforth et al. 2018, Fig. 2): K up to 1000, M = 1024 estimates per point."""
@@ -240,6 +277,8 @@ class IWAESNR(Study):
         exact = log_px(x, params["mu"])
         floor = math.sqrt(2 / (math.pi * cfg.num_estimates))
         rows: list[dict[str, Any]] = []
+        boot: dict[tuple[int, str], np.ndarray] = {}  # (K, group) -> bootstrap SNRs
+        rng = torch.Generator().manual_seed(ctx.seed)
         for K in sorted(int(k) for k in cfg.ks):
             seed = (ctx.seed * 1_000_003 + K) % (2 ** 31)
             torch.manual_seed(seed)
@@ -247,15 +286,21 @@ class IWAESNR(Study):
             mean, std = G.mean(0), G.std(0)
             signal = {"inference": mean, "generative": mean}
             source = {"inference": "own mean", "generative": "own mean"}
+            rows_of: dict[str, Tensor | None] = {"inference": None, "generative": None}
             if method == "reparam":  # E[g_IWAE] = E[g_DReG] for the inference network: the precise mean
                 torch.manual_seed(seed)
-                signal["inference"] = gradients(cfg, x, params, K, "dreg").double().mean(0)
+                rows_of["inference"] = gradients(cfg, x, params, K, "dreg").double()
+                signal["inference"] = rows_of["inference"].mean(0)
                 source["inference"] = "mean of M DReG estimates (control variate g_IWAE - g_DReG)"
+            idx = torch.randint(G.shape[0], (cfg.bootstrap, G.shape[0]), generator=rng).to(G.device)
+            for group, sl in groups.items():
+                boot[K, group] = bootstrap_snr(G, rows_of[group], idx, sl)
             torch.manual_seed(seed + 1)
             bound, bound_se = bound_estimate(cfg, x, params, K)
             for group, sl in groups.items():
                 rows.append(_row(part="snr", method=method, K=K, group=group, num_estimates=cfg.num_estimates,
                                  num_points=cfg.num_points, snr=_snr(signal[group][sl], std[sl]),
+                                 snr_se=float(boot[K, group].std(ddof=1)),
                                  snr_direct=_snr(mean[sl], std[sl]), snr_floor=floor, signal=source[group],
                                  mean_abs_gradient=float(signal[group][sl].abs().mean()),
                                  mean_std=float(std[sl].mean()), bound_mean=bound, bound_std_error=bound_se,
@@ -269,9 +314,18 @@ class IWAESNR(Study):
                 rows.append(_row(part="fit", method=method, group=group, fit_min_k=cfg.fit_min_k,
                                  fit_num_k=len(pts), expected_slope=expected, note="fewer than 2 K values to fit"))
                 continue
-            slope, intercept = fit_slope([p[0] for p in pts], [p[1] for p in pts])
-            rows.append(_row(part="fit", method=method, group=group, slope=slope, intercept=intercept,
-                             fit_min_k=cfg.fit_min_k, fit_num_k=len(pts), expected_slope=expected,
+            ks_fit = [p[0] for p in pts]
+            slope, intercept = fit_slope(ks_fit, [p[1] for p in pts])
+            bs = np.array([fit_slope(ks_fit, [boot[k, group][b] for k in ks_fit])[0]
+                           for b in range(cfg.bootstrap)
+                           if all(boot[k, group][b] > 0 for k in ks_fit)])
+            se = float(bs.std(ddof=1)) if len(bs) > 1 else math.nan
+            lo, hi = (float(np.percentile(bs, 2.5)), float(np.percentile(bs, 97.5))) if len(bs) > 1 else (math.nan,) * 2
+            rows.append(_row(part="fit", method=method, group=group, slope=slope, slope_se=se, slope_ci_low=lo,
+                             slope_ci_high=hi, slope_se_ols=slope_se_ols(ks_fit, [p[1] for p in pts]),
+                             bootstrap=len(bs), intercept=intercept, fit_min_k=cfg.fit_min_k, fit_num_k=len(pts),
+                             fit_ks=" ".join(map(str, ks_fit)), expected_slope=expected,
+                             within_2se=None if expected is None else abs(slope - expected) <= 2 * se,
                              **{"within_0.1": None if expected is None else abs(slope - expected) <= 0.1}))
         return rows
 

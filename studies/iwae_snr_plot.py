@@ -60,8 +60,10 @@ def plot_snr(rows: Sequence[Mapping[str, Any]], cfg: Any, path: Path) -> Path:
             slope = number(fit.get("slope")) if fit else None
             label = LABELS[m]
             if slope is not None:
-                label += f": slope {slope:+.2f}"
-            ax.plot(ks, ys, "o-", color=COLORS[m], label=label)
+                se = number(fit.get("slope_se")) if fit else None
+                label += f": slope {slope:+.2f}" + (f" ± {se:.2f}" if se is not None and se == se else "")
+            errs = [number(r.get("snr_se")) or 0.0 for r in sub]
+            ax.errorbar(ks, ys, yerr=errs, fmt="o-", color=COLORS[m], capsize=2, label=label)
             if slope is not None and fit is not None:
                 k0 = [k for k in ks if k >= int(fit["fit_min_k"])]
                 icpt = number(fit.get("intercept")) or 0.0
@@ -78,7 +80,7 @@ def plot_snr(rows: Sequence[Mapping[str, Any]], cfg: Any, path: Path) -> Path:
         ax.set_xlabel("K (importance samples)")
         ax.set_ylabel("SNR = mean over parameters of |E g| / std g")
         what = "inference network (A, b)" if group == "inference" else "generative network (μ): one estimator, 3 runs"
-        ax.set_title(f"{what}; dashed: least-squares fit over K ≥ {cfg.fit_min_k}", fontsize=9)
+        ax.set_title(f"{what}; dashed: least-squares fit over K ≥ {cfg.fit_min_k} (± bootstrap SE)", fontsize=9)
         ax.grid(True, which="both", alpha=0.25)
         ax.legend(fontsize=7)
         _y_labels(ax)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from scg.studies.iwae_snr import IWAESNRConfig, fit_slope, gradients, log_px, setup
+from scg.studies.iwae_snr import IWAESNRConfig, fit_slope, gradients, log_px, setup, slope_se_ols
 
 from _study_helpers import manifest, num, smoke_fixture
 
@@ -35,6 +35,10 @@ def test_smoke_rows_fits_and_figure(smoke):
     assert all(num(r, "snr") > 0 and num(r, "mean_std") > 0 for r in snr)
     fits = {(r["method"], r["group"]): r for r in rows if r["part"] == "fit"}
     assert len(fits) == 6 and all(math.isfinite(num(r, "slope")) for r in fits.values())
+    for r in fits.values():  # every slope has its standard errors (bootstrap over the M estimates, and OLS)
+        assert num(r, "slope_se") > 0 and num(r, "slope_se_ols") >= 0 and int(r["bootstrap"]) > 1
+        assert num(r, "slope_ci_low") <= num(r, "slope_ci_high")
+    assert all(num(r, "snr_se") > 0 for r in snr)
     # Signs only at this size: the IWAE inference SNR falls with K, DReG's rises.
     assert num(fits[("reparam", "inference")], "slope") < 0 < num(fits[("dreg", "inference")], "slope")
 
@@ -100,6 +104,19 @@ def test_fit_slope_recovers_a_power_law():
     ks = [1, 3, 10, 30]
     slope, icpt = fit_slope(ks, [2.0 * k ** -0.5 for k in ks])
     assert slope == pytest.approx(-0.5) and icpt == pytest.approx(math.log(2.0))
+
+
+def test_slope_se_ols_is_zero_on_a_power_law_and_matches_the_formula():
+    ks = [30, 100, 300, 1000]
+    assert slope_se_ols(ks, [2.0 * k ** 0.5 for k in ks]) == pytest.approx(0.0, abs=1e-12)
+    ys = [1.0, 2.5, 3.0, 7.0]
+    lx, ly = [math.log(k) for k in ks], [math.log(y) for y in ys]
+    n, mx, my = 4, sum(lx) / 4, sum(ly) / 4
+    sxx = sum((a - mx) ** 2 for a in lx)
+    b = sum((a - mx) * (c - my) for a, c in zip(lx, ly)) / sxx
+    ssr = sum((c - my - b * (a - mx)) ** 2 for a, c in zip(lx, ly))
+    assert slope_se_ols(ks, ys) == pytest.approx(math.sqrt(ssr / (n - 2) / sxx), rel=1e-10)
+    assert math.isnan(slope_se_ols(ks[:2], ys[:2]))
 
 
 @pytest.mark.parametrize("kwargs, match", [
