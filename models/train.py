@@ -14,6 +14,15 @@ after the last finished epoch, so a killed run restarted with the same seed ends
 with the same parameters as an uninterrupted one (on the same device and torch
 build), without redoing finished epochs.
 
+Trust and integrity: checkpoints hold only tensors, numbers, strings and containers
+of them and are read with ``torch.load(..., weights_only=True)``, so loading one runs
+no code (a file that needs more is refused). ``last.pt`` also records a hash of its
+own content (every tensor bit for bit) and a fingerprint of the run — every
+:class:`TrainConfig` field but ``epochs``, ``progress`` and ``restore_best``, the
+model's structure and its estimators' settings (``repr(model)``), and hashes of the
+training and validation data; resuming refuses, naming what differs, a corrupted
+checkpoint or one written by a different run.
+
 The loop is shared with :func:`scg.models.distributed.fit_distributed`: what differs
 per process (which part of a batch it takes, how its gradient is weighted and
 averaged, buffer syncing, RNG state, who writes checkpoints) is a small strategy
@@ -22,6 +31,7 @@ object (``_Steps``; the data-parallel one lives in :mod:`scg.models.distributed`
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -102,6 +112,67 @@ class History:
     @property
     def val_bound(self) -> list[float]:
         return [e["val_bound"] for e in self.epochs]
+
+
+#: Settings that may change between a run and its resumption: how long it runs and what it shows.
+_RESUMABLE_CHANGES = frozenset({"epochs", "progress", "restore_best"})
+
+
+def _digest(update: Callable[["hashlib._Hash"], None]) -> str:
+    h = hashlib.sha256()
+    update(h)
+    return h.hexdigest()[:16]
+
+
+def _tensor_bytes(h: "hashlib._Hash", obj: Any) -> None:
+    """Feed every tensor and number inside ``obj`` (dicts in key order) to ``h``."""
+    if isinstance(obj, Tensor):
+        h.update(str((tuple(obj.shape), str(obj.dtype))).encode())
+        h.update(obj.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if obj.numel() else b"")
+    elif isinstance(obj, dict):
+        for key in sorted(obj, key=str):
+            h.update(str(key).encode())
+            _tensor_bytes(h, obj[key])
+    elif isinstance(obj, (list, tuple)):
+        for item in obj:
+            _tensor_bytes(h, item)
+    else:
+        h.update(repr(obj).encode())
+
+
+def _content_hash(content: dict) -> str:
+    """Hash of a checkpoint's content (tensors bit for bit): its integrity check."""
+    return _digest(lambda h: _tensor_bytes(h, content))
+
+
+def _fingerprint(model: nn.Module, train: Tensor, val: Optional[Tensor], config: TrainConfig) -> dict:
+    """What a resumed run must share with the run that wrote the checkpoint."""
+    return {
+        "config": {k: v for k, v in asdict(config).items() if k not in _RESUMABLE_CHANGES},
+        "model": _digest(lambda h: h.update(repr(model).encode())),  # structure and estimator settings
+        "train": _digest(lambda h: _tensor_bytes(h, train)),
+        "val": None if val is None else _digest(lambda h: _tensor_bytes(h, val)),
+    }
+
+
+def _check_resumable(ckpt: dict, fingerprint: dict, path: Path) -> None:
+    """Raise ``ValueError`` if ``ckpt`` is corrupted or was written by a different run."""
+    content = {k: v for k, v in ckpt.items() if k not in ("fingerprint", "content_hash")}
+    if "content_hash" not in ckpt or ckpt["content_hash"] != _content_hash(content):
+        raise ValueError(f"`out_dir` holds {path}, whose content does not match its hash (corrupted or not "
+                         "written by scg.models.fit); delete it to start afresh, or use another out_dir.")
+    saved = ckpt.get("fingerprint", {})
+    for key, value in fingerprint["config"].items():
+        if saved.get("config", {}).get(key) != value:
+            raise ValueError(f"`config.{key}` must match the checkpoint in {path} to resume "
+                             f"({saved.get('config', {}).get(key)!r}); got {value!r}. Use another `out_dir` "
+                             "to start afresh.")
+    what = {"model": "`model` (its structure or its estimators' settings)", "train": "`train` (the data)",
+            "val": "`val` (the validation data)"}
+    for key, name in what.items():
+        if saved.get(key) != fingerprint[key]:
+            raise ValueError(f"{name} must be the same as when the checkpoint {path} was written, to resume; "
+                             "it differs. Use another `out_dir` to start afresh.")
 
 
 def load_checkpoint(path: Path, device: Union[str, torch.device] = "cpu") -> Any:
@@ -248,14 +319,9 @@ def _train(steps: _Steps, model: nn.Module, train: Tensor, val: Optional[Tensor]
     if out is not None and steps.rank == 0:
         out.mkdir(parents=True, exist_ok=True)
     ckpt = None if out is None else steps.load(out / "last.pt")
+    fingerprint = _fingerprint(model, train, val, config)
     if ckpt is not None:
-        saved = ckpt.get("config", {})
-        for key in ("seed", "batch_size", "lr"):
-            if key in saved and saved[key] != getattr(config, key):
-                raise ValueError(
-                    f"`config.{key}` must match the checkpoint in {str(out)!r} to resume "
-                    f"({saved[key]!r}); got {getattr(config, key)!r}. Use another `out_dir` to start afresh."
-                )
+        _check_resumable(ckpt, fingerprint, out / "last.pt")  # type: ignore[operator]
         steps.restore(ckpt, out)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -309,11 +375,13 @@ def _train(steps: _Steps, model: nn.Module, train: Tensor, val: Optional[Tensor]
             if out is not None:
                 state = steps.state()  # collective: every rank
                 if steps.rank == 0:
-                    atomic_save({
+                    content = {
                         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "epoch": epoch + 1, "step": step, "history": asdict(history),
                         "order_rng": order_gen.get_state(), "config": asdict(config), **state,
-                    }, out / "last.pt")
+                    }
+                    atomic_save({**content, "fingerprint": fingerprint, "content_hash": _content_hash(content)},
+                                out / "last.pt")
                     atomic_save_json(asdict(history), out / "history.json")
     finally:
         if bar is not None:

@@ -376,10 +376,14 @@ def test_resume_with_another_world_size_is_refused(tmp_path):
     x = torch.bernoulli(torch.full((12, 8), 0.4), generator=torch.Generator().manual_seed(1))
     cfg = TrainConfig(epochs=2, batch_size=4, progress=False)
     fit_distributed(_small_vae(), x, config=cfg, out_dir=tmp_path, stop_after=1)
-    ckpt = torch.load(tmp_path / "last.pt", weights_only=False)
+    ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
     assert ckpt["world_size"] == 1 and len(ckpt["rank_rng"]) == 1
-    ckpt["world_size"] = 2
-    torch.save(ckpt, tmp_path / "last.pt")
+    content = {k: v for k, v in ckpt.items() if k not in ("fingerprint", "content_hash")}
+    content["world_size"], content["rank_rng"] = 2, content["rank_rng"] * 2  # as a 2-process run writes it
+    from scg.models.train import _content_hash
+
+    torch.save({**content, "fingerprint": ckpt["fingerprint"], "content_hash": _content_hash(content)},
+               tmp_path / "last.pt")
     with pytest.raises(ValueError, match=r"checkpoint of a 2-process run; resume it with 2 processes .* got 1"):
         fit_distributed(_small_vae(), x, config=cfg, out_dir=tmp_path)
 

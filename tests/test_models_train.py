@@ -1,5 +1,6 @@
 """Trainer: exact resume, no redone epochs, early stopping, best restore, devices, smoke runs of every model."""
 
+import dataclasses
 import json
 
 import pytest
@@ -200,3 +201,32 @@ def test_a_checkpoint_with_a_pickled_payload_is_refused_without_running_it(tmp_p
     with pytest.raises(ValueError, match=rf"holds .*{name}, which is not a checkpoint .* weights_only=True.*it was not run"):
         fit(_model(), train, val, config=cfg, out_dir=tmp_path / "run")
     assert not marker.exists()
+
+
+def _vae_with_decay(decay: float):
+    torch.manual_seed(0)
+    enc = GaussianEncoder(8, 2, (6,))
+    est = scg.ScoreFunction(baseline=scg.baselines.MovingAverage(decay))
+    return VAE(enc, BernoulliDecoder(2, 8, (6,)), estimator=est, kl="mc", warmup=10)
+
+
+def test_resume_refuses_changed_settings_estimators_data_and_corrupted_checkpoints(tmp_path):
+    """Each change that would change the result is refused with a message naming it; so are flipped bits."""
+    train, val = _data()
+    cfg = TrainConfig(epochs=3, batch_size=30, seed=1, progress=False)
+    fit(_vae_with_decay(0.9), train, val, config=cfg, out_dir=tmp_path, stop_after=1)
+    with pytest.raises(ValueError, match=r"`config.val_samples` must match the checkpoint in .* \(1\); got 5"):
+        fit(_vae_with_decay(0.9), train, val, config=dataclasses.replace(cfg, val_samples=5), out_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"`model` \(its structure or its estimators' settings\) must be the same"):
+        fit(_vae_with_decay(0.8), train, val, config=cfg, out_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"`train` \(the data\) must be the same"):
+        fit(_vae_with_decay(0.9), train.flip(0), val, config=cfg, out_dir=tmp_path)
+    ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
+    weight = next(v for k, v in ckpt["model"].items() if k.endswith("weight"))
+    bits = weight.view(torch.int32)
+    bits.view(-1)[:16] ^= 1  # 16 flipped bits inside one tensor
+    torch.save(ckpt, tmp_path / "last.pt")
+    with pytest.raises(ValueError, match=r"whose content does not match its hash \(corrupted"):
+        fit(_vae_with_decay(0.9), train, val, config=cfg, out_dir=tmp_path)
+    h = fit(_vae_with_decay(0.9), train, val, config=cfg, out_dir=tmp_path / "fresh")  # the same settings train
+    assert len(h.epochs) == 3
