@@ -36,6 +36,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from scg._checks import host_checkable
 from scg._dice import magic_box
 
 __all__ = ["elbo", "iwae", "vimco", "log_mean_exp"]
@@ -57,6 +58,27 @@ def _check_pair(log_p: Tensor, log_q: Tensor, *, min_k: int = 1) -> None:
         )
     if log_p.shape[0] < min_k:
         raise ValueError(f"`log_p` must hold K >= {min_k} samples on dim 0; got K = {log_p.shape[0]}.")
+    _check_finite(log_p, log_q)
+
+
+def _check_finite(log_p: Tensor, log_q: Tensor) -> None:
+    """NaN or +inf anywhere, −inf in ``log_q``, or a batch element whose K ``log_p`` are all −inf: ``ValueError``.
+
+    A read on the host, so only on the CPU outside ``torch.func`` (as every finiteness check in scg).
+    """
+    if not (host_checkable(log_p) and host_checkable(log_q)):
+        return
+    lp, lq = log_p.detach(), log_q.detach()
+    if torch.isfinite(lp).all() and torch.isfinite(lq).all():
+        return
+    for name, t in (("log_p", lp), ("log_q", lq)):
+        if torch.isnan(t).any() or (t == math.inf).any():
+            raise ValueError(f"`{name}` must not hold NaN or +inf; got {int((torch.isnan(t) | (t == math.inf)).sum())} such values.")
+    if (lq == -math.inf).any():
+        raise ValueError("`log_q` must be finite (the log-density of the proposal's own samples); got -inf.")
+    if (lp == -math.inf).all(0).any():
+        raise ValueError("`log_p` must be finite for at least one of the K samples of every batch element; got "
+                         "-inf for all K of some element (the bound is -inf and its gradient undefined).")
 
 
 def log_mean_exp(x: Tensor, dim: int = 0) -> Tensor:

@@ -275,3 +275,25 @@ def test_errors():
         iwae(a, b, gradient="dreg", z=1.0)
     with pytest.raises(ValueError, match=r"`log_p` must hold K >= 2 samples on dim 0; got K = 1"):
         vimco(a[:1], b[:1])
+
+
+def test_non_finite_log_weights_are_refused_naming_the_argument():
+    import math
+
+    lp, lq = torch.zeros(4, 2), torch.zeros(4, 2)
+    bad = lp.clone()
+    bad[1, 0] = math.nan
+    for fn in (lambda a, b: scg.objectives.iwae(a, b), scg.objectives.vimco, scg.objectives.elbo):
+        with pytest.raises(ValueError, match=r"`log_p` must not hold NaN or \+inf; got 1"):
+            fn(bad, lq)
+    inf_q = lq.clone()
+    inf_q[0, 1] = -math.inf
+    with pytest.raises(ValueError, match=r"`log_q` must be finite"):
+        scg.objectives.iwae(lp, inf_q)
+    all_neg = lp.clone()
+    all_neg[:, 1] = -math.inf
+    with pytest.raises(ValueError, match=r"-inf for all K of some element"):
+        scg.objectives.vimco(all_neg, lq)
+    some_neg = lp.clone()
+    some_neg[0, 1] = -math.inf  # one sample of zero likelihood is fine
+    assert torch.isfinite(scg.objectives.iwae(some_neg, lq)).all()
