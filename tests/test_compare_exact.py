@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -99,13 +100,23 @@ def test_exact_moments_use_breakpoints(rows: dict[tuple[str, str], dict[str, str
         assert float(pw["bias_z"]) == -math.inf
 
 
-def test_inexact_quadrature_is_not_reported(rows: dict[tuple[str, str], dict[str, str]]) -> None:
-    """The harness cannot place the jump in MeasureValued's Rayleigh/Maxwell noise: no exact moments."""
+def test_measure_valued_exact_columns_are_right_or_empty(rows: dict[tuple[str, str], dict[str, str]]) -> None:
+    """The jump lies inside MeasureValued's Rayleigh / Maxwell / uniform noise: compare reports its exact
+    moments only where they are exact, else leaves them empty with the reason.
+
+    Closed forms (c > 0): ĝ_μ = 1[W > c] / (σ√(2π)) and ĝ_σ = (1[M > c] − 1[MU > c]) / σ, whose
+    squares have means ∂_μ / (σ√(2π)) and ∂_σ / σ (for indicators with 1[MU > c] ≤ 1[M > c]).
+    """
+    second = {"loc": GRAD["loc"] / (SIGMA * math.sqrt(2.0 * math.pi)), "scale": GRAD["scale"] / SIGMA}
     for p in ("loc", "scale"):
         mv = rows[("measure_valued", p)]
-        assert math.isnan(float(mv["exact_mean"])) and math.isnan(float(mv["exact_variance"]))
-        assert "cannot place the jumps" in mv["note"]
         assert float(mv["exact_gradient"]) == pytest.approx(GRAD[p], abs=1e-8)
+        if math.isnan(float(mv["exact_mean"])):
+            assert math.isnan(float(mv["exact_variance"]))
+            assert re.search(rf"exact moments of [^;]*\b{p}\b[^;]* omitted", mv["note"]), mv["note"]
+        else:
+            assert float(mv["exact_mean"]) == pytest.approx(GRAD[p], abs=1e-8)
+            assert float(mv["exact_variance"]) == pytest.approx(second[p] - GRAD[p] ** 2, abs=1e-8)
 
 
 def test_unbiased_estimators_have_small_bias_z(rows: dict[tuple[str, str], dict[str, str]]) -> None:
@@ -116,3 +127,14 @@ def test_unbiased_estimators_have_small_bias_z(rows: dict[tuple[str, str], dict[
             assert abs(z) < Z, (name, p, z)
             assert z == pytest.approx((float(r["mean"]) - GRAD[p]) / float(r["std_error"]), rel=1e-6)
 
+
+
+def test_exact_moments_are_kept_only_when_their_mean_is_the_gradient() -> None:
+    import scg
+    from scg.studies.compare import _mean_is_exact
+
+    mv, gumbel = scg.MeasureValued(), scg.GumbelSoftmax()
+    assert _mean_is_exact(mv, GRAD["loc"] + 1e-12, 1e-3, GRAD["loc"])
+    assert not _mean_is_exact(mv, GRAD["loc"] + 1e-6, 1e-3, GRAD["loc"])  # beyond 1e-8 · max(|∇|, sd)
+    assert not _mean_is_exact(mv, 0.26596, 1.5e-31, GRAD["loc"])  # a quadrature that missed the jump
+    assert not _mean_is_exact(gumbel, GRAD["loc"], 1e-3, GRAD["loc"])  # a biased estimator cannot be checked
