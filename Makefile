@@ -1,12 +1,14 @@
 # Two commands do all set-up on a fresh machine:
 #   make study   -- creates .venv if missing, installs scg, runs the main job
 #   make test    -- creates .venv if missing, installs scg + test deps, runs the tests
+#   make gpu     -- on a CUDA machine: CUDA tests, every study, the benchmarks, one report in runs/gpu
+#                   (without CUDA: the same pipeline at smoke size on the CPU, and the report says so)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: study test install clean
+.PHONY: study test gpu install clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +23,9 @@ study: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+gpu: $(STAMP)
+	$(BIN)/python benchmarks/gpu.py --out runs/gpu
 
 clean:
 	rm -rf $(VENV) runs

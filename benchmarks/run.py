@@ -41,6 +41,7 @@ CASES = {
     "iwae": "case_iwae",
     "gradient_samples": "case_gradient_samples",
     "graph": "case_graph",
+    "compiled": "case_compiled",
 }
 
 

@@ -123,3 +123,12 @@ def test_case_without_pyro_skips_and_says_so(monkeypatch):
     assert not [row for row in result.rows if row.name.startswith("pyro")]
     assert result.skipped and "not installed" in result.skipped[0]
     assert "skipped" in runner.summary([result]) and "SKIPPED" in runner.render(result)
+
+
+def test_compiled_case_runs_and_contenders_agree():
+    """Case 6 (--quick compiles with aot_eager): scg and hand-written, eager and compiled, agree."""
+    results = runner.run_case("compiled", QUICK)
+    _check(results, 1)
+    for r in results:
+        assert {"scg", "hand-written", "scg, compiled", "hand-written, compiled"} <= {row.name for row in r.rows}
+        assert any("compiled / eager speed-up" in n for n in r.notes)
