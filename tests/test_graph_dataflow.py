@@ -138,7 +138,7 @@ def test_shape_error_is_raised_by_cost_even_though_credit_is_assigned_later():
 # -------------------------------------------------------------------- the walk
 
 
-def _visits(roots, boundaries, floor, leaves, closures, nodes):
+def _visits(roots, boundaries, first_sequence_nr, leaves, closures, nodes):
     """The autograd nodes whose inputs :func:`walk` reads, by instrumenting ``next_functions`` access."""
     count = [0]
 
@@ -159,25 +159,25 @@ def _visits(roots, boundaries, floor, leaves, closures, nodes):
         def __eq__(self, other):
             return self.fn is getattr(other, "fn", other)
 
-    found = _dataflow.walk([Counting(r) for r in roots], boundaries, floor, leaves, closures, nodes)
+    found = _dataflow.walk([Counting(r) for r in roots], boundaries, first_sequence_nr, leaves, closures, nodes)
     return found, count[0]
 
 
 def test_walk_stops_once_every_node_is_covered_and_below_the_first_node():
     w = torch.randn(3, 3, dtype=torch.float64, requires_grad=True)
     x = torch.randn(3, dtype=torch.float64)
-    h = (x @ w).tanh().sin()  # an "encoder" before the first node: older than the floor, never walked
+    h = (x @ w).tanh().sin()  # an "encoder" before the first node: older than the first_sequence_nr, never walked
     g = scg.Graph(num_samples=5)
     a = g.sample("a", Bernoulli(logits=h[0]))  # [5]
     z = g.sample("z", Normal(a * h[1], 1.0))  # [5], child of a
     flow = g._flow
     cost = (z.exp() * h[2]).cos()
-    everything, full = _visits([cost.grad_fn], flow.boundaries, flow.floor, flow.leaves, None, 0)
-    early, stopped = _visits([cost.grad_fn], flow.boundaries, flow.floor, flow.leaves, flow.closures, 2)
+    everything, full = _visits([cost.grad_fn], flow.boundaries, flow.first_sequence_nr, flow.leaves, None, 0)
+    early, stopped = _visits([cost.grad_fn], flow.boundaries, flow.first_sequence_nr, flow.leaves, flow.closures, 2)
     assert everything == early == {"z"}  # z's ancestors include a: finding z covers every node
     assert stopped < full
     no_floor, unbounded = _visits([cost.grad_fn], flow.boundaries, 0, flow.leaves, None, 0)
-    assert no_floor == {"z"} and unbounded > full  # without the floor it walks into the encoder
+    assert no_floor == {"z"} and unbounded > full  # without the first_sequence_nr it walks into the encoder
 
 
 def test_walk_does_not_stop_while_a_node_is_uncovered():

@@ -7,7 +7,7 @@ ancestors; its score terms are those of the score-function nodes among them
 
 :meth:`Graph.cost` only records where to look (the cost's autograd node, which
 never changes its inputs afterwards, so a later walk reads the same data flow);
-:func:`settle` walks when the dependencies are first needed (``surrogate()``,
+:func:`resolve_dependencies` walks when the dependencies are first needed (``surrogate()``,
 ``dependencies()``), one walk after another instead of between the model's
 tensor operations. A cost that could fail the shape check — some score-function
 node's log-probability does not align with it — is settled at once, so that the
@@ -25,10 +25,10 @@ from typing import Mapping, Sequence
 from scg.graph._dataflow import Tracker, aligned_shape
 from scg.graph._nodes import Cost, Node
 
-__all__ = ["settle"]
+__all__ = ["resolve_dependencies"]
 
 
-def settle(
+def resolve_dependencies(
     c: Cost,
     nodes: Mapping[str, Node],
     scoring: Sequence[str],
@@ -49,7 +49,7 @@ def settle(
         ValueError: ``c``'s sample dims are not those of the nodes it depends on, or
             a score-function node's log-probability does not align with it.
     """
-    found = c.known if c.root is None else c.known | flow.reads(c.root, c.horizon)
+    found = c.known if c.root is None else c.known | flow.reads(c.root, c.nodes_before)
     deps = set(found)
     for n in found:
         deps |= nodes[n].ancestors

@@ -45,8 +45,6 @@ from scg._torch import LEAF as _LEAF
 from scg._torch import in_transform, inputs_of, is_wrapped, leaf_variable, next_sequence_nr, sequence_nr, unwrapped
 
 _CONTAINERS = (Distribution, Transform)
-#: What _roots_of does with an attribute of a type: 1 tensor, 2 recurse, 0 skip (torch.Size, numbers, ...).
-_KINDS: dict[type, int] = {}
 
 __all__ = ["Tracker", "autograd_node", "is_tracked", "walk", "align", "aligned_shape"]
 
@@ -61,7 +59,7 @@ class Tracker:
             returns.
         leaves: ``id(value) -> graph node name`` for values handed out as leaves
             (the graph keeps the values alive, so the ids stay theirs).
-        floor: an autograd sequence number no later than that of any autograd
+        first_sequence_nr: an autograd sequence number no later than that of any autograd
             node that reads a graph node (the first graph node's, or the next one
             when the first is a leaf).
         closures: ``name -> {name} ∪ its ancestors`` for the tracked nodes: a
@@ -69,12 +67,12 @@ class Tracker:
             node can stop (:func:`walk`).
     """
 
-    __slots__ = ("boundaries", "leaves", "floor", "closures", "_marker")
+    __slots__ = ("boundaries", "leaves", "first_sequence_nr", "closures", "_marker")
 
     def __init__(self) -> None:
         self.boundaries: dict[Any, str] = {}
         self.leaves: dict[int, str] = {}
-        self.floor = -1  # no graph node yet
+        self.first_sequence_nr = -1  # no graph node yet
         self.closures: dict[str, frozenset[str]] = {}
         self._marker: Optional[Tensor] = None
 
@@ -94,8 +92,8 @@ class Tracker:
             if not in_transform():  # eager mode: the value becomes a leaf that requires grad
                 value = value.detach().requires_grad_()
                 self.leaves[id(value)] = name  # the graph's node keeps the value alive: the id stays its own
-                if self.floor < 0:
-                    self.floor = next_sequence_nr()  # every reader of the leaf is created from now on
+                if self.first_sequence_nr < 0:
+                    self.first_sequence_nr = next_sequence_nr()  # every reader of the leaf is created from now on
                 return value
             fn = autograd_node(value)  # under torch.func: look through the wrappers
             if fn is None:  # the transforms forbid requires_grad_: value + 0 with a zero leaf
@@ -104,8 +102,8 @@ class Tracker:
                     marker = self._marker = torch.zeros((), dtype=value.dtype, device=value.device, requires_grad=True)
                 value = value + marker
                 fn = autograd_node(value)
-        if self.floor < 0:
-            self.floor = sequence_nr(fn)
+        if self.first_sequence_nr < 0:
+            self.first_sequence_nr = sequence_nr(fn)
         self.boundaries[fn] = name
         return value
 
@@ -118,7 +116,7 @@ class Tracker:
         found: set[str] = set()
         _roots_of(dist, roots, found, self.leaves, 0)
         if roots:
-            found |= walk(roots, self.boundaries, self.floor, self.leaves, self.closures, nodes)
+            found |= walk(roots, self.boundaries, self.first_sequence_nr, self.leaves, self.closures, nodes)
         return found
 
     def origin(self, t: Tensor) -> tuple[Optional[Any], Optional[str]]:
@@ -136,7 +134,7 @@ class Tracker:
         ``nodes``: how many graph nodes there were when ``root`` was created
         (later ones cannot be read by it).
         """
-        return walk((root,), self.boundaries, self.floor, self.leaves, self.closures, nodes)
+        return walk((root,), self.boundaries, self.first_sequence_nr, self.leaves, self.closures, nodes)
 
 
 def autograd_node(t: Tensor) -> Optional[Any]:
@@ -165,7 +163,7 @@ def is_tracked(t: Tensor) -> bool:
 def walk(
     roots: Sequence[Optional[Any]],
     boundaries: Mapping[Any, str],
-    floor: int = 0,
+    first_sequence_nr: int = 0,
     leaves: Optional[Mapping[int, str]] = None,
     closures: Optional[Mapping[str, frozenset[str]]] = None,
     nodes: int = 0,
@@ -186,7 +184,7 @@ def walk(
     Args:
         roots: autograd nodes to start from (``None`` entries are skipped).
         boundaries: ``autograd node -> graph node name`` (see :class:`Tracker`).
-        floor: see :attr:`Tracker.floor`.
+        first_sequence_nr: see :attr:`Tracker.first_sequence_nr`.
         leaves: ``id(leaf tensor) -> graph node name`` (see :class:`Tracker`).
         closures: ``name -> {name} ∪ ancestors`` (see :class:`Tracker`).
         nodes: the number of graph nodes the roots may read (tracked or not).
@@ -211,7 +209,7 @@ def walk(
                 if len(covered) >= nodes:
                     break
             continue
-        if sequence_nr(fn) < floor:
+        if sequence_nr(fn) < first_sequence_nr:
             continue
         hit = False
         for nxt in reversed(tuple(inputs_of(fn))):
@@ -233,27 +231,17 @@ def walk(
     return found
 
 
-def _kind(tp: type) -> int:
-    kind = _KINDS[tp] = 1 if issubclass(tp, Tensor) else 2 if issubclass(tp, _CONTAINERS) or tp in (list, tuple) else 0
-    return kind
-
-
 def _roots_of(obj: Any, roots: list[Any], found: set[str], leaves: Mapping[int, str], depth: int) -> None:
     """Collect the autograd nodes of the tensors a distribution was built from.
 
-    Recurses into base distributions, transforms and lists of them (``torch.Size``,
-    a tuple subclass, is skipped). Leaves that are graph nodes' values go to
-    ``found`` directly; other tensors without autograd history are skipped.
+    Recurses into base distributions, transforms and lists or tuples of them
+    (``torch.Size``, a tuple subclass, is skipped). Leaves that are graph nodes'
+    values go to ``found`` directly; other tensors without autograd history are skipped.
     """
     if depth > 8:  # distributions are shallow; stop on pathological cycles
         return
-    kinds = _KINDS
     for value in vars(obj).values() if isinstance(obj, _CONTAINERS) else obj:
-        tp = type(value)
-        kind = kinds.get(tp)
-        if kind is None:
-            kind = _kind(tp)
-        if kind == 1:
+        if isinstance(value, Tensor):
             fn = value.grad_fn
             if fn is not None:
                 roots.append(fn)
@@ -263,7 +251,7 @@ def _roots_of(obj: Any, roots: list[Any], found: set[str], leaves: Mapping[int, 
                 name = leaves.get(id(value))
                 if name is not None:
                     found.add(name)
-        elif kind == 2:
+        elif isinstance(value, _CONTAINERS) or type(value) in (list, tuple):
             _roots_of(value, roots, found, leaves, depth + 1)
 
 

@@ -10,7 +10,7 @@ from torch.distributions import Distribution
 
 from scg._checks import check_positive, check_positive_int
 from scg.estimators.base import Estimator, default_estimator
-from scg.graph._credit import settle
+from scg.graph._credit import resolve_dependencies
 from scg.graph._dataflow import Tracker, aligned_shape, is_tracked
 from scg.graph._nodes import Cost, Node, check_node_estimator, draw_parts
 from scg.graph._surrogate import surrogate
@@ -140,7 +140,7 @@ class Graph:
         self._costs: dict[str, Cost] = {}
         self._scoring: list[str] = []  # score-function nodes with a log-probability, in sampling order
         self._flow = Tracker()  # the nodes' values in the autograd graph
-        self._opaque: set[str] = set()  # integer-valued nodes (invisible to autograd)
+        self._integer_valued: set[str] = set()  # integer-valued nodes (invisible to autograd)
         self._lp_shapes: set[torch.Size] = set()  # shapes of the score-function nodes' log-probabilities
         self._sizes: list[int] = [num_samples]  # sample dims from S outwards
         self._axes: list[Optional[Tensor]] = [None]  # their weights (None: uniform)
@@ -189,18 +189,18 @@ class Graph:
         check_node_estimator(name, estimator, dist, S)
         tracking = torch.is_grad_enabled()
         flow = self._flow
-        parents = flow.parents(dist, len(nodes)) if tracking and flow.floor >= 0 else set()
+        parents = flow.parents(dist, len(nodes)) if tracking and flow.first_sequence_nr >= 0 else set()
         if depends_on is not None:
             parents |= self._resolve(depends_on)
         batch_shape = tuple(dist.batch_shape)
         child = bool(parents)
         if depends_on is None and not child and self._prefix_rank(batch_shape):
-            hidden = self._opaque if tracking else set(nodes)
+            hidden = self._integer_valued if tracking else set(nodes)
             if hidden:  # integer-valued (or untracked) earlier nodes: assume they feed this one
                 child = True
                 parents |= hidden
-        if depends_on is None and child and self._opaque:  # a child may read integer samples unseen
-            parents |= self._opaque
+        if depends_on is None and child and self._integer_valued:  # a child may read integer samples unseen
+            parents |= self._integer_valued
         if child:
             base_rank = self._prefix_rank(batch_shape) if not tracking else max(nodes[p].rank for p in parents)
             self._check_prefix(name, batch_shape, base_rank, parents)
@@ -228,16 +228,16 @@ class Graph:
         node = Node(name, dist, estimator, parts, parts.value, draws, child, frozenset(ancestors), len(nodes),
                     None, False, rank, base_rank, lift, tuple(sample_shape))
         value = node.to_graph(parts.value)
-        node.opaque = opaque = not (value.is_floating_point() or value.is_complex())
+        node.integer_valued = integer_valued = not (value.is_floating_point() or value.is_complex())
         if tracking:
             if parts.log_prob is not None:
                 node.log_prob = parts.log_prob.squeeze(0) if child else parts.log_prob
-            if not opaque:
+            if not integer_valued:
                 value = flow.track(name, value, node.ancestors)
         node.value = value
         nodes[name] = node
-        if opaque:
-            self._opaque.add(name)
+        if integer_valued:
+            self._integer_valued.add(name)
         if node.log_prob is not None:
             self._scoring.append(name)
             self._lp_shapes.add(node.log_prob.shape)
@@ -282,14 +282,14 @@ class Graph:
             scale = check_positive("scale", scale)
         root = leaf = None
         if torch.is_grad_enabled():
-            if self._flow.floor >= 0:
+            if self._flow.first_sequence_nr >= 0:
                 root = value.grad_fn
                 if root is None:
                     root, leaf = self._flow.origin(value)
             known = set() if leaf is None else {leaf}
             if depends_on is None:
-                if self._opaque:
-                    known |= self._opaque
+                if self._integer_valued:
+                    known |= self._integer_valued
                 elif root is None and leaf is None and not is_tracked(value):
                     raise ValueError(
                         f"cost {name!r} depends on no node and no parameter (its value has no autograd history). "
@@ -302,7 +302,7 @@ class Graph:
             if len(self._sizes) > 1 or any(
                 lp != shape and aligned_shape(tuple(lp), tuple(shape)) is None for lp in self._lp_shapes
             ):
-                self._settle(cost)  # raises here if the cost does not line up with its nodes
+                self._resolve_dependencies(cost)  # raises here if the cost does not line up with its nodes
         else:
             if depends_on is not None:
                 self._resolve(depends_on)
@@ -326,7 +326,7 @@ class Graph:
             raise ValueError("a Graph needs at least one cost before surrogate(); call g.cost(name, value).")
         for c in self._costs.values():
             if c.deps is None:
-                self._settle(c)
+                self._resolve_dependencies(c)
         return surrogate(self._nodes, self._costs.values(), self._axes, torch.is_grad_enabled())
 
     # ------------------------------------------------------------ inspection
@@ -352,7 +352,7 @@ class Graph:
         """For each cost, the nodes it depends on (found by data flow, plus ``depends_on``)."""
         for c in self._costs.values():
             if c.deps is None:
-                self._settle(c)
+                self._resolve_dependencies(c)
         return {name: self._order(c.deps) for name, c in self._costs.items()}  # type: ignore[arg-type]
 
     def __repr__(self) -> str:
@@ -363,8 +363,8 @@ class Graph:
         nodes = self._nodes
         return tuple(sorted(names, key=lambda n: nodes[n].order))
 
-    def _settle(self, c: Cost) -> None:
-        settle(c, self._nodes, self._scoring, self._flow, self._sizes)
+    def _resolve_dependencies(self, c: Cost) -> None:
+        resolve_dependencies(c, self._nodes, self._scoring, self._flow, self._sizes)
 
     def _prefix_rank(self, shape: tuple[int, ...]) -> int:
         """The most sample dims ``shape`` starts with (S last, copies as 1 or their size), or 0."""

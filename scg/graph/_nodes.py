@@ -42,11 +42,11 @@ class Node:
     """
 
     __slots__ = ("name", "dist", "estimator", "parts", "value", "draws", "child", "ancestors", "order",
-                 "log_prob", "opaque", "rank", "base_rank", "lift", "sample_shape")
+                 "log_prob", "integer_valued", "rank", "base_rank", "lift", "sample_shape")
 
     def __init__(self, name: str, dist: Distribution, estimator: Estimator, parts: Parts, value: Tensor,
                  draws: dict[str, Tensor], child: bool, ancestors: frozenset[str], order: int,
-                 log_prob: Optional[Tensor], opaque: bool, rank: int, base_rank: int, lift: int,
+                 log_prob: Optional[Tensor], integer_valued: bool, rank: int, base_rank: int, lift: int,
                  sample_shape: tuple[int, ...]) -> None:
         self.name = name
         self.dist = dist
@@ -58,7 +58,7 @@ class Node:
         self.ancestors = ancestors
         self.order = order
         self.log_prob = log_prob
-        self.opaque = opaque  # integer-valued sample: invisible to autograd
+        self.integer_valued = integer_valued  # integer-valued sample: invisible to autograd
         self.rank = rank
         self.base_rank = base_rank
         self.lift = lift
@@ -97,19 +97,19 @@ class Node:
 class Cost:
     """A registered cost ``[*sample dims, *batch]`` with its minibatch scale and the nodes it depends on.
 
-    Its dependencies are settled when first needed (:func:`~scg.graph._credit.settle`):
+    Its dependencies are settled when first needed (:func:`~scg.graph._credit.resolve_dependencies`):
     until then ``deps`` is ``None`` and ``root`` (the autograd node of ``value``,
     captured at registration — autograd nodes never change their inputs, so a later
     walk from it reads the same data flow) and ``known`` (nodes named directly:
     ``depends_on``, integer-valued nodes, the value itself being a node's leaf) say
-    where to find them among the first ``horizon`` graph nodes. ``scored``: the
+    where to find them among the first ``nodes_before`` graph nodes. ``scored``: the
     score-function nodes among ``deps``, in sampling order; ``rank``: its sample dims.
     """
 
-    __slots__ = ("name", "value", "scale", "deps", "scored", "root", "known", "horizon", "rank", "narrow")
+    __slots__ = ("name", "value", "scale", "deps", "scored", "root", "known", "nodes_before", "rank", "narrow")
 
     def __init__(self, name: str, value: Tensor, scale: float, root: Optional[object], known: set[str],
-                 horizon: int, narrow: bool) -> None:
+                 nodes_before: int, narrow: bool) -> None:
         self.name = name
         self.value = value
         self.scale = scale
@@ -117,7 +117,7 @@ class Cost:
         self.scored: tuple[str, ...] = ()
         self.root = root
         self.known = known
-        self.horizon = horizon  # graph nodes when the cost was registered (the walk can find no later one)
+        self.nodes_before = nodes_before  # graph nodes when the cost was registered (the walk can find no later one)
         self.rank = 1
         self.narrow = narrow  # depends_on given: assumed dependencies on integer-valued nodes are dropped
 
