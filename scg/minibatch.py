@@ -65,7 +65,8 @@ def subsample(
     Requires: 1 ≤ B ≤ N.
 
     Properties: every subset of size B is equally likely (a uniform random
-    permutation, truncated); each index is included with probability B/N, so the
+    permutation, truncated; for N above :data:`PERMUTATION_LIMIT` and 4 B, uniform draws
+    with repeats dropped, in memory O(B)); each index is included with probability B/N, so the
     scaled batch sum is unbiased for the full sum, and, composed with any unbiased
     scg estimator, the gradient is unbiased for the full-data gradient over both
     the data draw and the Monte Carlo draw (see the module docstring). B = N gives
@@ -93,8 +94,31 @@ def subsample(
         Inference", 2014. Hoffman et al., "Stochastic Variational Inference", 2013.
     """
     _check(n, batch_size)
-    indices = torch.randperm(n, generator=generator, device=device)[:batch_size]
+    if n <= max(PERMUTATION_LIMIT, 4 * batch_size):
+        indices = torch.randperm(n, generator=generator, device=device)[:batch_size]
+    else:  # n far larger than B: memory O(B), not O(N)
+        indices = _distinct_draws(n, batch_size, generator, device)
     return indices, n / batch_size
+
+
+#: Up to this N (or 4 B), indices are a truncated ``randperm`` (memory O(N)); above it,
+#: uniform draws with duplicates rejected (memory O(B)). Both give a uniformly random
+#: ordered sample without replacement.
+PERMUTATION_LIMIT: int = 1 << 24
+
+
+def _distinct_draws(n: int, b: int, generator: Optional[torch.Generator],
+                    device: Optional[Union[str, torch.device]]) -> Tensor:
+    """``b`` distinct uniform draws from ``[0, n)`` in order of first appearance (iid draws, repeats dropped)."""
+    kept = torch.empty(0, dtype=torch.long, device=device)
+    while kept.numel() < b:
+        draw = torch.randint(n, (2 * (b - kept.numel()) + 8,), generator=generator, device=device)
+        both = torch.cat([kept, draw])
+        _, inverse = torch.unique(both, return_inverse=True)
+        first = torch.full((int(inverse.max()) + 1,), both.numel(), dtype=torch.long, device=both.device)
+        first.scatter_reduce_(0, inverse, torch.arange(both.numel(), device=both.device), reduce="amin")
+        kept = both[first.sort().values]
+    return kept[:b]
 
 
 @dataclass(frozen=True)

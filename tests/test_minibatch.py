@@ -249,3 +249,28 @@ def test_minibatch_unbiased_with_scg_testing_harness(estimator, D: int, S: int, 
     torch.testing.assert_close(total, want, rtol=0, atol=1e-10)
     mine = full_data_gradient({"loc": loc, "scale": scale_})
     torch.testing.assert_close(want, torch.cat([mine["loc"], mine["scale"]]), rtol=0, atol=1e-10)
+
+
+def test_subsample_of_a_huge_data_set_takes_memory_of_the_batch_only():
+    idx, scale = scg.minibatch.subsample(10**12, 64, generator=torch.Generator().manual_seed(0))
+    assert idx.shape == (64,) and idx.unique().numel() == 64 and int(idx.min()) >= 0 and int(idx.max()) < 10**12
+    assert scale == 10**12 / 64
+
+
+def test_subsample_by_rejection_is_uniform_over_subsets():
+    """The O(B) path (on a small N) draws every 3-subset of 7 equally often: chi-square
+    test over the 35 subsets, 35,000 draws, false-failure rate 1e-4."""
+    from collections import Counter
+
+    from scipy.stats import chi2
+
+    gen = torch.Generator().manual_seed(1)
+    counts: Counter = Counter()
+    for _ in range(35_000):
+        idx = scg.minibatch._distinct_draws(7, 3, gen, None)
+        assert idx.unique().numel() == 3
+        counts[tuple(sorted(idx.tolist()))] += 1
+    assert len(counts) == 35
+    expected = 35_000 / 35
+    stat = sum((c - expected) ** 2 / expected for c in counts.values())
+    assert stat < chi2.isf(1e-4, df=34)
