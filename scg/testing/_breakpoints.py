@@ -6,6 +6,12 @@ into noise space by bisection through the (elementwise, monotone) noise map, and
 the noise map's own kink (Laplace: u = ½) is added. Any estimator may map them
 itself by defining ``noise_breakpoints(dist, num_samples, points) -> {law: [*shape, k]}``;
 a dict ``{law name: points}`` passes noise-space points directly.
+
+For :class:`scg.MeasureValued` on a Normal the candidate points are ``μ + σε`` (the
+value, and the other event positions), ``μ ± σW`` and ``μ + σM`` (breakpoint b maps to
+``(b − μ)/σ`` in ε and M and to ``±(b − μ)/σ`` in W) and ``μ + σMU``: there the jump in
+U lies at ``(b − μ)/(σM)``, which depends on M, so :func:`nested_points` asks for a
+nested rule of (M, U) (see :func:`scg.testing._rules.nested_uniform_spec`).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from torch.distributions import Cauchy, Distribution, Exponential, Laplace, Norm
 from scg._dist import unwrap
 from scg.laws import FromDistribution, Law, StandardUniform
 
-__all__ = ["Breakpoints", "z_points", "law_points"]
+__all__ = ["Breakpoints", "z_points", "law_points", "nested_points"]
 
 Breakpoints = Union[None, float, Sequence[float], Tensor, dict]
 
@@ -109,9 +115,36 @@ def law_points(estimator: nn.Module, dist: Distribution, name: str, law: Law,
     z = z_points(breakpoints, dist)
     if isinstance(law, FromDistribution):
         return z
+    standard = _measure_valued_normal(estimator, dist, law, z)
+    if standard is not None:
+        return {"eps": standard, "m": standard, "w": np.concatenate([standard, -standard], 1)}.get(name)
     hook = getattr(estimator, "noise_breakpoints", None)
     if callable(hook) and z is not None:  # an estimator may map z-space points into its own noise space
         mapped = hook(dist, int(law.shape[0]), torch.as_tensor(z)).get(name)
         return None if mapped is None else torch.as_tensor(mapped, dtype=torch.float64).reshape(
             int(np.prod(law.shape)), -1).numpy()
     return _pathwise_points(estimator, dist, law, z)
+
+
+def _measure_valued_normal(estimator: nn.Module, dist: Distribution, law: Law,
+                           z: Optional[np.ndarray]) -> Optional[np.ndarray]:
+    """``(b − μ)/σ`` per element of the law ``[numel, k]`` for MeasureValued on a Normal, else None."""
+    from scg.estimators.measure_valued import MeasureValued
+
+    base, _ = unwrap(dist)
+    if z is None or not isinstance(estimator, MeasureValued) or not isinstance(base, Normal):
+        return None
+    shape = (*dist.batch_shape, *dist.event_shape)
+    loc = base.loc.detach().double().expand(shape).reshape(-1, 1).cpu().numpy()
+    scale = base.scale.detach().double().expand(shape).reshape(-1, 1).cpu().numpy()
+    per_element = (z - loc) / scale
+    return np.tile(per_element, (int(np.prod(law.shape)) // len(per_element), 1))
+
+
+def nested_points(estimator: nn.Module, dist: Distribution, laws: dict[str, Law],
+                  breakpoints: Breakpoints) -> dict[str, tuple[str, np.ndarray]]:
+    """``{law: (outer law, cuts [numel, k])}``: laws whose jumps lie at ``cut / outer`` (nested rules)."""
+    if "m" not in laws or "u" not in laws or isinstance(breakpoints, dict):
+        return {}
+    standard = _measure_valued_normal(estimator, dist, laws["m"], z_points(breakpoints, dist))
+    return {} if standard is None else {"u": ("m", standard)}

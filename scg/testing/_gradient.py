@@ -21,7 +21,8 @@ from scg._dist import evaluate, unwrap
 from scg.laws import FromDistribution
 from scg.testing import _grid, _rules
 from scg.testing._breakpoints import Breakpoints, z_points
-from scg.testing._util import as_params, check_int, check_nodes, flat, no_validation
+from scg.testing._refine import refine
+from scg.testing._util import as_params, check_int, check_nodes, check_tolerance, flat, no_validation
 
 __all__ = ["exact_gradient", "MakeDist"]
 
@@ -36,8 +37,10 @@ def exact_gradient(
     breakpoints: Breakpoints = None,
     nodes: Union[None, int, dict[str, int]] = None,
     max_points: int = 2_000_000,
+    rtol: float = 1e-8,
+    atol: float = 1e-12,
 ) -> Tensor:
-    r"""Exact :math:`∇_θ \sum_b E_{q_θ}[f(z)]_b` by quadrature over ``q`` itself (no estimator).
+    r"""Exact :math:`∇_θ \sum_b E_{q_θ}[f(z)]_b` by quadrature over ``q`` itself (no estimator), to a tolerance.
 
     .. math::
         E[f] = \sum_i w_i(θ) f(z_i), \qquad
@@ -50,14 +53,20 @@ def exact_gradient(
     (so it is valid for discontinuous f). Uniform distributions add the boundary
     terms of their parameter-dependent support (Leibniz rule).
 
+    Accuracy: as in :func:`exact_moments` — every continuous variable's rule is
+    refined until doubling its nodes changes no component by more than
+    ``atol + rtol·|∇E[f]|`` in all (changes below 1e-13 of the chunk sums' size
+    count as rounding); otherwise a ``ValueError`` names the law and the accuracy reached.
+
     Args:
-        make_dist, params, f, breakpoints, nodes, max_points: as in :func:`exact_moments`.
+        make_dist, params, f, breakpoints, nodes, max_points, rtol, atol: as in :func:`exact_moments`.
 
     Returns:
         ``[P]`` float64 tensor.
     """
     check_nodes(nodes)
     check_int("max_points", max_points)
+    check_tolerance(rtol, atol)
     ps = as_params(params)
     with no_validation():
         dist0 = make_dist(*ps)
@@ -71,31 +80,45 @@ def exact_gradient(
         if len(groups) > 1:  # batch elements one at a time (∇ is linear), the others held fixed
             fill = _grid.fill_values(_grid.build(specs, [1] * len(specs), dtypes, device), shapes, dtypes, device)
         leaves = tuple(p.clone().requires_grad_(True) for p in ps)
-        total = [torch.zeros_like(p, dtype=torch.float64) for p in ps]
+        P = sum(p.numel() for p in ps)
 
-        def accumulate(g: _grid.Grid, term: Callable[[Distribution, Tensor, Tensor], Tensor]) -> None:
+        def accumulate(g: _grid.Grid, term: Callable[[Distribution, Tensor, Tensor], Tensor],
+                       out: tuple[Tensor, Tensor]) -> None:
+            """Add the gradient of ``Σ w·term`` over the grid to ``out[0]``, its chunks' sizes to ``out[1]``."""
             for draws, w in g.chunks(_grid.chunk_size(shapes)):
                 z = draws["z"].reshape(len(w), *shape[1:])
                 dist = make_dist(*leaves)
                 cost = evaluate(f, z, dist, len(w))
                 obj = (w * term(dist, z, cost.double().reshape(len(w), -1))).sum()
                 grads = torch.autograd.grad(obj, leaves, allow_unused=True)
-                for acc, gr in zip(total, grads):
-                    if gr is not None:
-                        acc += gr.double()
+                chunk = flat([torch.zeros_like(p) if gr is None else gr for p, gr in zip(leaves, grads)])
+                out[0].add_(chunk)
+                out[1].add_(chunk.abs())
 
+        total = torch.zeros(P, dtype=torch.float64, device=device)
         for b, members in enumerate(groups):
             sub = [specs[i] for i in members]
-            variables = _grid.build(sub, _grid.choose_nodes(sub, max_points, nodes), dtypes, device)
 
             def score_term(d: Distribution, z: Tensor, c: Tensor, b: int = b) -> Tensor:
                 out = c * magic_box(d.log_prob(z).double().reshape(len(c), -1))
                 return out[:, b] if len(groups) > 1 else out.sum(1)
 
-            accumulate(_grid.Grid(variables, shapes, dtypes, device, fill), score_term)
-            if isinstance(base, Uniform):
-                _uniform_boundaries(accumulate, base, variables, dist0, shapes, dtypes, device, fill)
-    return flat(total)
+            def gradient(counts: list[int], sub: list[_rules.Spec] = sub,
+                         score_term: Callable = score_term) -> tuple[Tensor, Tensor]:
+                out = (torch.zeros(P, dtype=torch.float64, device=device),
+                       torch.zeros(P, dtype=torch.float64, device=device))
+                variables = _grid.build(sub, counts, dtypes, device)
+                accumulate(_grid.Grid(variables, shapes, dtypes, device, fill), score_term, out)
+                if isinstance(base, Uniform):
+                    _uniform_boundaries(lambda g, term: accumulate(g, term, out), base, variables, dist0,
+                                        shapes, dtypes, device, fill)
+                return out[0][None], out[1][None]
+
+            start = _grid.choose_nodes(sub, max_points, nodes, headroom=2)
+            done = refine(sub, start, gradient, rtol=rtol, atol=atol, max_points=max_points,
+                          what="exact_gradient", rows=("gradient",))
+            total = total + done.value[0]
+    return total
 
 
 def _uniform_boundaries(accumulate: Callable, base: Uniform, variables: list[_grid.Variable],

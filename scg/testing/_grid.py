@@ -22,17 +22,18 @@ from scg.testing._rules import Spec, rule
 __all__ = ["Variable", "Grid", "choose_nodes", "build", "make_grid", "chunk_size", "freeze", "batch_groups",
            "fill_values"]
 
-# (n_max, n_comfortable, n_min) nodes per piece, by rule kind. Counts start at n_max, are
-# lowered to n_comfortable while the grid exceeds _TARGET points, then to n_min while it
-# exceeds max_points.
+# (n_start, n_comfortable, n_min) nodes per piece, by rule kind: the starting counts of
+# the error-controlled refinement (scg.testing._refine doubles them where needed). Counts
+# start at n_start, are lowered to n_comfortable while the grid exceeds _TARGET points,
+# then to n_min while it exceeds max_points.
 _LIMITS = {
-    "hermite": (96, 24, 5),
-    "maxwell": (96, 24, 6),
-    "gauss": (48, 16, 5),
-    "legendre": (48, 12, 3),
-    "de": (121, 33, 33),
+    "hermite": (16, 8, 5),
+    "maxwell": (16, 8, 6),
+    "gauss": (16, 8, 5),
+    "legendre": (12, 6, 3),
+    "de": (32, 24, 16),
 }
-_TARGET = 200_000
+_TARGET = 50_000
 
 
 @dataclass
@@ -41,9 +42,18 @@ class Variable:
 
     law: str
     positions: Tensor  # [width] long
-    values: Tensor  # [m, width]
+    values: Tensor  # [m, width (+ width of the partner)]
     weights: Tensor  # [m] float64
     piece: Tensor  # [m] long, the piece of every node (discrete values: one piece each)
+    partner: Optional[tuple[str, Tensor]] = None  # a second law's (name, positions) in a nested rule
+
+    def columns(self) -> list[tuple[str, Tensor, slice]]:
+        """``(law, positions, columns of values)`` for the law and its partner."""
+        width = len(self.positions)
+        out = [(self.law, self.positions, slice(0, width))]
+        if self.partner is not None:
+            out.append((self.partner[0], self.partner[1], slice(width, None)))
+        return out
 
 
 # ----------------------------------------------------------------------------- node counts
@@ -53,8 +63,9 @@ def _count(spec: Spec, n: int) -> int:
     return spec.size if spec.kind == "fixed" else spec.pieces * n
 
 
-def choose_nodes(specs: list[Spec], max_points: int, nodes: Union[None, int, dict[str, int]]) -> list[int]:
-    """Nodes per piece for every variable so that the grid has at most ``max_points`` points.
+def choose_nodes(specs: list[Spec], max_points: int, nodes: Union[None, int, dict[str, int]], *,
+                 headroom: int = 1) -> list[int]:
+    """Starting nodes per piece for every variable: a grid of at most ``max_points / headroom`` points.
 
     ``nodes`` (an int for every continuous variable, or ``{law name: int}`` for some
     laws) fixes counts; the others start from their rule kind's maximum and the
@@ -72,8 +83,9 @@ def choose_nodes(specs: list[Spec], max_points: int, nodes: Union[None, int, dic
     def log_total() -> float:
         return log_fixed + sum(math.log(_count(specs[i], counts[i])) for i in cont)
 
+    room = max(1, max_points // headroom)
     if len(given) < len(cont):
-        for limit, floor in ((min(_TARGET, max_points), 1), (max_points, 2)):
+        for limit, floor in ((min(_TARGET, room), 1), (room, 2)):
             while log_total() > math.log(limit) + 1e-9:
                 movable = [i for i in cont if i not in given and counts[i] > _LIMITS[specs[i].kind][floor]]
                 if not movable:
@@ -81,11 +93,12 @@ def choose_nodes(specs: list[Spec], max_points: int, nodes: Union[None, int, dic
                 i = max(movable, key=lambda i: counts[i] / _LIMITS[specs[i].kind][0])
                 n_floor = _LIMITS[specs[i].kind][floor]
                 counts[i] = max(n_floor, min(counts[i] - 1, int(counts[i] * 0.85)))
-    if log_total() > math.log(max_points) + 1e-9:
+    if log_total() > math.log(room) + 1e-9:
         pieces = sorted({specs[i].pieces for i in cont})
         how = f"`nodes` = {nodes!r} per piece" if nodes is not None else "the minimum nodes per piece"
         raise ValueError(
-            f"the exact grid needs about {math.exp(log_total()):.3g} points > `max_points` = {max_points}: "
+            f"the exact grid needs about {math.exp(log_total()):.3g} points > `max_points` = {max_points}"
+            f"{'' if headroom == 1 else f' / {headroom} (room to refine)'}: "
             f"{len(fixed)} discrete variables with {int(round(math.exp(log_fixed)))} joint values and "
             f"{len(cont)} continuous variables at {how} (pieces per variable: {pieces}). Reduce "
             "num_samples or the number of elements, pass a smaller `nodes`, or raise `max_points`."
@@ -110,12 +123,16 @@ def build(specs: list[Spec], counts: list[int], dtypes: dict[str, torch.dtype], 
             piece = np.arange(len(weights))
         else:
             piece = np.searchsorted(np.asarray(spec.edges[1:-1]), values[:, 0], side="right")
+        partner = None
+        if spec.partner is not None:
+            partner = (spec.partner[0], torch.as_tensor(spec.partner[1], dtype=torch.long, device=device))
         out.append(Variable(
             spec.law,
             torch.as_tensor(spec.positions, dtype=torch.long, device=device),
             torch.as_tensor(values, device=device).to(dtypes[spec.law]),
             torch.as_tensor(weights, dtype=torch.float64, device=device),
             torch.as_tensor(piece, dtype=torch.long, device=device),
+            partner,
         ))
     return out
 
@@ -173,10 +190,8 @@ class Grid:
         w = torch.ones(C, dtype=torch.float64, device=self.device)
         for i, v in enumerate(self.variables):
             digit = digits[:, i]
-            if len(v.positions) == 1:
-                flat[v.law][:, int(v.positions[0])] = v.values[digit, 0]
-            else:
-                flat[v.law][:, v.positions] = v.values[digit]
+            for law, positions, cols in v.columns():
+                flat[law][:, positions] = v.values[digit, cols].to(self.dtypes[law])
             w = w * v.weights[digit]
         return {name: x.reshape(C, *self.shapes[name]) for name, x in flat.items()}, w
 
@@ -185,43 +200,51 @@ class Grid:
         """Laws on which the gradient does not depend (``within=False``), or is constant
         on every piece between breakpoints (``within=True``), found by probing.
 
-        At ``probes`` random grid points each law's values are moved to other nodes —
-        anywhere, or within the same piece — and the law is reported if no gradient
-        changes by more than 1e-12 relative. Nodes are spread over all pieces, so
-        dependence through indicators is caught as well as smooth dependence.
+        At ``probes`` grid points drawn by their probability mass each law's values are
+        moved to other nodes, also drawn by mass: within the same piece, or (``within=False``)
+        into every piece in turn (up to 16 pieces), so that a piece of little mass is not
+        missed. A law is reported if no gradient changes by more than 1e-12 relative, and
+        never when every probed gradient is zero (that shows nothing).
         """
         gen = torch.Generator().manual_seed(0)
         if not self.variables:
             return []
-        digits = torch.stack([torch.randint(m, (probes,), generator=gen) for m in self.sizes], 1)
+        digits = torch.stack([torch.multinomial(v.weights.cpu(), probes, replacement=True, generator=gen)
+                              for v in self.variables], 1).to(self.device)
         G0 = gradients(self.at(digits)[0])
         found = []
         for law in self.shapes:
             idx = [i for i, v in enumerate(self.variables) if v.law == law]
-            moved = digits.clone()
-            for i in idx:
-                moved[:, i] = self._move(i, digits[:, i], within, gen)
-            if bool((moved == digits).all()):
+            if not idx:
                 continue
-            G1 = gradients(self.at(moved)[0])
-            if bool(((G1 - G0).abs() <= 1e-12 * (1.0 + G0.abs())).all()):
+            targets = [None] if within else range(min(16, max(int(self.variables[i].piece.max()) + 1 for i in idx)))
+            changed, informative, tried = False, bool((G0 != 0).any()), False
+            for target in targets:
+                moved = digits.clone()
+                for i in idx:
+                    moved[:, i] = self._move(i, digits[:, i], target, gen)
+                if bool((moved == digits).all()):
+                    continue
+                tried = True
+                G1 = gradients(self.at(moved)[0])
+                informative = informative or bool((G1 != 0).any())
+                changed = changed or not bool(((G1 - G0).abs() <= 1e-12 * (1.0 + G0.abs())).all())
+            if tried and informative and not changed:
                 found.append(law)
         return found
 
-    def _move(self, i: int, digit: Tensor, within: bool, gen: torch.Generator) -> Tensor:
-        """Other node indices of variable i (in the same piece if ``within``; nodes are sorted by piece)."""
-        piece = self.variables[i].piece
-        if within:
-            counts = torch.bincount(piece)
-            starts = torch.cumsum(counts, 0) - counts
-            p = piece[digit]
-            start, length = starts[p], counts[p]
-        else:
-            start = torch.zeros_like(digit)
-            length = torch.full_like(digit, self.sizes[i])
-        shift = (torch.rand(len(digit), generator=gen, dtype=torch.float64) * (length - 1).double()).long() + 1
-        moved = start + (digit - start + shift) % length.clamp_min(1)
-        return torch.where(length > 1, moved, digit)
+    def _move(self, i: int, digit: Tensor, target: Optional[int], gen: torch.Generator) -> Tensor:
+        """Other node indices of variable i drawn by weight: in piece ``target`` (the last
+        piece if it has fewer), or in the same piece as before if ``target`` is None."""
+        v = self.variables[i]
+        w, piece = v.weights.cpu(), v.piece.cpu()
+        out = digit.clone()
+        for k, d in enumerate(digit.tolist()):
+            allowed = piece == (piece[d] if target is None else min(target, int(piece.max())))
+            allowed[d] = False
+            if bool(allowed.any()):
+                out[k] = int(torch.multinomial(torch.where(allowed, w, torch.zeros_like(w)), 1, generator=gen))
+        return out
 
 
 def freeze(specs: list[Spec], variables: list[Variable], laws: Sequence[str], *, per_piece: bool) -> list[Spec]:
@@ -238,7 +261,8 @@ def freeze(specs: list[Spec], variables: list[Variable], laws: Sequence[str], *,
                 mass.append(float(v.weights[members].sum()))
             values, weights = np.stack(rows), np.asarray(mass)
             spec = Spec(spec.law, spec.positions, lambda n, x=values, w=weights: (x, w),
-                        ("frozen", tuple(values.reshape(-1).tolist())), 1, "fixed", len(weights))
+                        ("frozen", tuple(values.reshape(-1).tolist())), 1, "fixed", len(weights),
+                        partner=spec.partner)
         out.append(spec)
     return out
 
@@ -273,5 +297,6 @@ def fill_values(variables: list[Variable], shapes: dict[str, tuple[int, ...]],
     out = {name: torch.zeros(int(np.prod(shape)) if shape else 1, dtype=dtypes[name], device=device)
            for name, shape in shapes.items()}
     for v in variables:
-        out[v.law][v.positions] = v.values[int(torch.argmax(v.weights))]
+        for law, positions, cols in v.columns():
+            out[law][positions] = v.values[int(torch.argmax(v.weights)), cols].to(dtypes[law])
     return out

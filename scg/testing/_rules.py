@@ -50,12 +50,16 @@ from scg._dist import unwrap
 from scg.laws import DoubleSidedMaxwell, FromDistribution, Law, Rayleigh, StandardNormal, StandardUniform
 from scg.testing import quadrature as Q
 
-__all__ = ["Spec", "rule", "law_specs", "distribution_specs", "element_dist", "piece_edges", "sample_dtype", "TAIL"]
+__all__ = ["Spec", "rule", "law_specs", "nested_uniform_spec", "distribution_specs", "element_dist", "piece_edges",
+           "sample_dtype", "TAIL", "GAUSS_MAX"]
 
 Rule = tuple[np.ndarray, np.ndarray]
 
 #: Tail mass below which a discrete support (Poisson, Geometric) is truncated.
 TAIL = 1e-16
+#: Most nodes per piece of a Gauss rule of a density (Rayleigh, pieces of a Normal, Laplace,
+#: Exponential); finer rules are double-exponential with twice the nodes.
+GAUSS_MAX = 64
 
 
 @dataclass
@@ -71,6 +75,7 @@ class Spec:
     size: int = 0  # number of values when kind == "fixed"
     edges: Optional[tuple[float, ...]] = None  # piece edges (continuous variables)
     shared: bool = False  # the key determines the rule completely: cache it across calls
+    partner: Optional[tuple[str, np.ndarray]] = None  # (law, positions) of a nested second coordinate
 
 
 #: Rules of shared specs, by ``key + (n,)``, least recently used first.
@@ -153,6 +158,8 @@ def _pieces_rule(
                 w = w * np.exp(log_density(x))
         elif kind == "de":
             x, w = Q.double_exponential(n, a, b, center=center, scale=scale, log_density=log_density)
+        elif n > GAUSS_MAX:  # "gauss" beyond what the discretised Stieltjes procedure resolves
+            x, w = Q.double_exponential(2 * n, a, b, center=center, scale=scale, log_density=log_density)
         else:  # "gauss"
             if log_density is None:  # pragma: no cover - constructed with a density
                 raise ValueError("a Gauss rule on pieces needs the law's density.")
@@ -371,3 +378,27 @@ def _clipped(make: Callable[[int], Rule]) -> Callable[[int], Rule]:
     return clipped
 
 
+
+
+def nested_uniform_spec(outer: Spec, law: str, positions: np.ndarray, cuts: Sequence[float]) -> Spec:
+    """A nested rule for ``(x, u)``, x by ``outer``'s rule and u ~ U(0, 1) split at ``c / x``.
+
+    For a cost of ``a + b·x·u`` (measure-valued σ coupling ``μ + σMU``) that jumps where
+    ``x·u = c``, the jump's position in u depends on x: u's pieces are chosen per node of
+    x, which a tensor product cannot do. Values are ``[m, 2]`` (x, then u).
+    """
+    cuts = [float(c) for c in cuts if math.isfinite(float(c))]
+
+    def make(n: int) -> Rule:
+        xs, ws = (np.asarray(a, dtype=np.float64) for a in rule(outer, n))
+        xs = xs.reshape(len(ws), -1)[:, 0]
+        rows, weights = [], []
+        for x, w in zip(xs, ws):
+            edges = piece_edges(0.0, 1.0, [c / x for c in cuts] if x != 0 else [])
+            u, v = _clipped(lambda k: _pieces_rule("de", edges, k, None, 0.0, 1.0))(n)
+            rows.append(np.stack([np.full_like(u, x), u], 1))
+            weights.append(w * v)
+        return np.concatenate(rows), np.concatenate(weights)
+
+    return Spec(outer.law, outer.positions, make, outer.key + ("nested", law, tuple(cuts)),
+                outer.pieces * (len(cuts) + 1), outer.kind, edges=None, partner=(law, np.asarray(positions)))

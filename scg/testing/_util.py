@@ -12,7 +12,7 @@ from torch.distributions import Distribution
 
 from scg._checks import check_positive_int as check_int
 
-__all__ = ["no_validation", "frozen", "as_params", "check_int", "check_nodes", "flat", "labels"]
+__all__ = ["no_validation", "frozen", "as_params", "check_int", "check_nodes", "check_tolerance", "flat", "labels"]
 
 
 @contextlib.contextmanager
@@ -59,6 +59,14 @@ def check_nodes(nodes: object) -> None:
             check_int(f"nodes[{name!r}]", n)
         return
     check_int("nodes", nodes)
+
+
+def check_tolerance(rtol: float, atol: float) -> None:
+    for name, value in (("rtol", rtol), ("atol", atol)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 or value == float("inf"):
+            raise ValueError(f"`{name}` must be a finite number >= 0; got {value!r}.")
+    if rtol == 0 and atol == 0:
+        raise ValueError("`rtol` and `atol` must not both be 0 (no quadrature reaches zero error).")
 
 
 def flat(grads: Sequence[Tensor], C: Optional[int] = None) -> Tensor:

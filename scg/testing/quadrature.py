@@ -5,7 +5,9 @@ Every rule returns ``(nodes, weights)`` as float64 arrays such that
 the Gauss–Hermite, Gauss–Legendre and Maxwell rules are built once per n and cached
 read-only; callers get copies):
 
-* :func:`gauss_hermite` — μ = N(0, 1); exact for polynomials of degree ≤ 2n − 1.
+* :func:`gauss_hermite` — μ = N(0, 1); exact for polynomials of degree ≤ 2n − 1
+  (scipy's ``roots_hermitenorm``: stable at any n; weights are checked finite and
+  non-negative, and those that underflow to 0 are dropped).
 * :func:`gauss_legendre` — Lebesgue measure on ``[a, b]``; exact to degree 2n − 1.
 * :func:`maxwell_rule` — the double-sided Maxwell density ``m² φ(m)``.
 * :func:`double_exponential` — Lebesgue measure on a finite, half-infinite or
@@ -32,9 +34,8 @@ import math
 from typing import Callable
 
 import numpy as np
-from numpy.polynomial.hermite_e import hermegauss
-from numpy.polynomial.legendre import leggauss
 from scipy.linalg import eigh_tridiagonal
+from scipy.special import roots_hermitenorm, roots_legendre
 
 __all__ = [
     "gauss_hermite",
@@ -69,23 +70,30 @@ def _read_only(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
     return arrays
 
 
-@functools.lru_cache(maxsize=None)
+def _checked(name: str, n: int, x: np.ndarray, w: np.ndarray) -> Rule:
+    """Nodes and weights after the checks every Gauss rule must pass: finite nodes, finite
+    non-negative weights (weights that underflow to 0 in the far tails are dropped)."""
+    if not (np.isfinite(x).all() and np.isfinite(w).all() and (w >= 0).all() and w.sum() > 0):
+        raise ValueError(f"the {n}-node {name} rule has non-finite or negative weights; use fewer nodes.")
+    keep = w > 0
+    return x[keep], w[keep]
+
+
+@functools.lru_cache(maxsize=256)
 def _hermite(n: int) -> Rule:
-    x, w = hermegauss(n)
+    x, w = _checked("Gauss–Hermite", n, *roots_hermitenorm(n))  # Golub–Welsch / asymptotics: stable at any n
     return _read_only(x, w / w.sum())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=256)
 def _legendre(n: int) -> Rule:
-    return _read_only(*leggauss(n))
+    return _read_only(*_checked("Gauss–Legendre", n, *roots_legendre(n)))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=256)
 def _maxwell(n: int) -> Rule:
-    x, w = hermegauss(n + 1)
-    w = w * x * x
-    keep = w > 0
-    x, w = x[keep], w[keep]
+    x, w = roots_hermitenorm(n + 1)
+    x, w = _checked("Maxwell", n, x, w * x * x)  # also drops the zero node of odd n + 1
     return _read_only(x, w / w.sum())
 
 
@@ -105,8 +113,8 @@ def gauss_legendre(n: int, a: float = 0.0, b: float = 1.0) -> Rule:
 def maxwell_rule(n: int) -> Rule:
     """Gauss rule for the double-sided Maxwell density ``m² e^{−m²/2}/√(2π)``.
 
-    Gauss–Hermite with weights multiplied by ``x²``: exact for polynomials of
-    degree ≤ 2n − 3. The zero node (odd n) carries no weight and is dropped.
+    Gauss–Hermite with n + 1 nodes and weights multiplied by ``x²``: exact for
+    polynomials of degree ≤ 2n − 1. The zero node (even n) carries no weight and is dropped.
     """
     x, w = _maxwell(_check_n(n))
     return x.copy(), w.copy()
