@@ -35,6 +35,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -50,16 +51,24 @@ __all__ = ["resolve_device", "TrainConfig", "History", "fit", "atomic_save", "at
 
 
 def resolve_device(device: Union[str, torch.device] = "auto") -> torch.device:
-    """``"auto"`` → CUDA when available, else CPU; ``"cpu"``/``"cuda"`` as given (CUDA must be available)."""
+    """The device for ``--device``/``device=``: ``"auto"`` → CUDA when available, else CPU.
+
+    ``"cpu"``, ``"cuda"`` and ``"cuda:N"`` are taken as given; CUDA must then be available.
+    The one device rule of scg.models and scg.studies.
+
+    Raises:
+        ValueError: any other string, or CUDA requested where it is not available.
+    """
     if isinstance(device, torch.device):
         return device
-    if device == "auto":
+    text = str(device)
+    if text == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
-        raise ValueError(f'`device` must be "auto", "cpu" or "cuda"; got {device!r}.')
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError('`device` "cuda" was requested but CUDA is not available; use "auto" or "cpu".')
-    return torch.device(device)
+    if not (text in ("cpu", "cuda") or re.fullmatch(r"cuda:\d+", text)):
+        raise ValueError(f'`device` must be "auto", "cpu", "cuda" or "cuda:N"; got {device!r}.')
+    if text.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f'`device` {text!r} was requested but CUDA is not available; use "auto" or "cpu".')
+    return torch.device(text)
 
 
 @dataclass(frozen=True)

@@ -58,19 +58,10 @@ from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import torch
 
+from scg.models.train import resolve_device
+
 __all__ = ["Study", "CellContext", "PRESETS", "cell_key", "cell_seed", "config_to_dict", "apply_overrides",
            "resolve_device"]
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` → cuda when available, else cpu; ``cuda`` without a GPU → ``ValueError``."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"`device` {device!r} requested but CUDA is not available; use --device cpu or auto.")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise ValueError(f"`device` must be auto, cpu or cuda[:N]; got {device!r}.")
-    return torch.device(device)
 
 
 def cell_key(cell: Mapping[str, Any]) -> str:

@@ -58,6 +58,7 @@ from scg.studies._io import row
 from scg.studies.estimators import ESTIMATORS, Unavailable, Variant, estimator_names
 from scg.studies.problems import Problem, resolve_problems
 from scg.studies.sampling import sample_gradients, statistics
+from scg.models.train import resolve_device
 
 __all__ = [
     "CompareConfig",
@@ -132,15 +133,6 @@ class CompareResult:
     timings: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     device: str = "cpu"
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` → cuda when available, else cpu; ``cuda`` without a GPU → ``ValueError``."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"`device` {device!r} requested but CUDA is not available; use --device cpu or auto.")
-    return torch.device(device)
 
 
 def _cell_seed(seed: int, *parts: str) -> int:

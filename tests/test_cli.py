@@ -263,7 +263,13 @@ def test_failing_estimator_is_an_error_row_and_exit_1(tmp_path: Path, monkeypatc
 def test_cuda_without_gpu_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _ = _compare(tmp_path, "--device", "cuda", "--problems", "bernoulli-toy")
     assert code == 2
-    assert "CUDA is not available; use --device cpu or auto" in capsys.readouterr().err
+    assert "CUDA is not available; use \"auto\" or \"cpu\"" in capsys.readouterr().err
+
+
+def test_a_misspelt_device_is_named_not_blamed_on_cuda(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli.main(["run", "blr", "--smoke", "--no-plot", "--quiet", "--device", "cudax", "--out", str(tmp_path)])
+    assert code == 2
+    assert "`device` must be \"auto\", \"cpu\", \"cuda\" or \"cuda:N\"; got 'cudax'" in capsys.readouterr().err
 
 
 def test_plot_redraws_figure_from_results(tmp_path: Path) -> None:

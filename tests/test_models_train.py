@@ -97,8 +97,9 @@ def test_resolve_device_and_errors():
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device("auto").type in ("cpu", "cuda")
     assert resolve_device(torch.device("cpu")) == torch.device("cpu")
-    with pytest.raises(ValueError, match='`device` must be "auto", "cpu" or "cuda"; got \'tpu\''):
-        resolve_device("tpu")
+    for bad in ("tpu", "cudax", "cuda:x"):
+        with pytest.raises(ValueError, match=f'`device` must be "auto", "cpu", "cuda" or "cuda:N"; got \'{bad}\''):
+            resolve_device(bad)
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             resolve_device("cuda")
