@@ -22,6 +22,7 @@ blr                 Bayesian logistic regression: ELBO, accuracy, gradient varia
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Optional
 
 import torch
@@ -57,7 +58,12 @@ def main(argv: Optional[list[str]] = None) -> None:
     if args.lr is None:
         args.lr = {"blr": 1e-3, "discrete": 1e-3}.get(args.name, 1e-3)
     torch.set_num_threads(args.threads)
-    print(EXPERIMENTS[args.name](args))
+    try:
+        print(EXPERIMENTS[args.name](args))
+    except KeyboardInterrupt:
+        print(f"{args.name}: interrupted; finished cells and checkpoints are kept — run the same command again "
+              "to resume.", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

@@ -301,16 +301,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     missing = _missing_extras()
     if missing:
         parser.exit(2, f"scg-study: needs {', '.join(missing)}, not installed: pip install 'scg-estimators[studies]'\n")
-    if args.command == "list":
-        return _cmd_list(args, parser)
-    if args.command == "compare":
-        return _cmd_compare(args, parser, argv[1:])
-    if args.command == "plot":
-        return _cmd_plot(args, parser)
-    if args.command == "run":
-        return _cmd_run(args, parser, argv[1:])
-    parser.error(f"unknown command {args.command!r}")  # pragma: no cover - argparse rejects it first
-    return 2  # pragma: no cover
+    commands = {"list": lambda: _cmd_list(args, parser), "compare": lambda: _cmd_compare(args, parser, argv[1:]),
+                "plot": lambda: _cmd_plot(args, parser), "run": lambda: _cmd_run(args, parser, argv[1:])}
+    try:
+        return commands[args.command]()
+    except KeyboardInterrupt:
+        print(f"scg-study {args.command}: interrupted; finished cells are kept — run the same command again "
+              "to resume.", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -383,3 +383,17 @@ def test_console_script_subprocess(tmp_path: Path) -> None:
     assert "bernoulli-toy" in proc.stdout and "disarm" in proc.stdout
     assert "estimate" in proc.stdout and "exact grad" in proc.stdout
     assert (out / "results.csv").is_file() and (out / "manifest.json").is_file()
+
+
+def test_ctrl_c_says_the_run_can_be_resumed(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    def interrupt(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    import scg.studies.runner as runner
+
+    monkeypatch.setattr(runner, "run_study", interrupt)
+    code = cli.main(["run", "blr", "--smoke", "--no-plot", "--quiet", "--out", "/nonexistent/never-written"])
+    assert code == 130
+    err = capsys.readouterr().err
+    assert "interrupted; finished cells are kept — run the same command again to resume." in err
+    assert "Traceback" not in err
