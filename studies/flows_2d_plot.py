@@ -35,7 +35,8 @@ def plot_flows(rows: Sequence[Mapping[str, Any]], cfg: Any, out: Path) -> list[P
         axes[i][0].set_ylabel(u, fontsize=11)
         for j, (k, n) in enumerate(cols, start=1):
             ax = axes[i][j]
-            r = next((r for r in ok if r["potential"] == u and r["kind"] == k and int(r["length"]) == n), None)
+            r = next((r for r in ok if r["potential"] == u and r["kind"] == k and int(r["length"]) == n
+                      and int(r.get("seed", 0) or 0) == 0), None)
             if r is not None:
                 ax.imshow(decode_image(r["image"]), origin="lower", extent=ext, cmap="viridis")
                 ax.text(0.03, 0.04, f"KL {float(r['kl_box']):.2f}", transform=ax.transAxes, color="w", fontsize=6.5)
@@ -46,26 +47,34 @@ def plot_flows(rows: Sequence[Mapping[str, Any]], cfg: Any, out: Path) -> list[P
     for j, (k, n) in enumerate(cols, start=1):
         axes[0][j].set_title(f"{NAMES.get(k, k)} K={n}", fontsize=8)
     fig.suptitle(f"Flows fitted by reverse KL (pathwise), {cfg.steps} Adam steps, {cfg.num_samples} samples/step; "
-                 "box [-4, 4]², KL(q̄‖p̄) inside each panel", fontsize=9)
+                 "box [-4, 4]², KL(q̄‖p̄) inside each panel (seed 0)", fontsize=9)
     fig.tight_layout()
     paths = [save_figure(fig, out / "flows_2d.png", dpi=110)]
     plt.close(fig)
 
+    from scg.studies.flows_2d import summary
+
+    summ = summary(ok)
+    seeds = max([r["seeds"] for r in summ], default=1)
     fig, axes = plt.subplots(1, len(pots), figsize=(3.6 * len(pots), 3.4), squeeze=False)
     for i, u in enumerate(pots):
         ax = axes[0][i]
         for c, k in enumerate(cfg.kinds):
-            rs = sorted((r for r in ok if r["potential"] == u and r["kind"] == k), key=lambda r: int(r["length"]))
+            rs = sorted((r for r in summ if r["potential"] == u and r["kind"] == k), key=lambda r: r["length"])
             if rs:
-                ax.plot([int(r["length"]) for r in rs], [max(float(r["kl_box"]), 1e-4) for r in rs], "o-",
-                        color=f"C{c}", label=NAMES.get(k, k))
+                ax.errorbar([r["length"] for r in rs], [max(r["mean"], 1e-4) for r in rs],
+                            yerr=[0.0 if r["se"] != r["se"] else r["se"] for r in rs], fmt="o-", capsize=3,
+                            color=f"C{c}", label=NAMES.get(k, k))
+                each = [(int(r["length"]), max(float(r["kl_box"]), 1e-4)) for r in ok
+                        if r["potential"] == u and r["kind"] == k]
+                ax.plot([e[0] for e in each], [e[1] for e in each], ".", color=f"C{c}", alpha=0.4, ms=4)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xticks(list(cfg.lengths))
         ax.set_xticklabels([str(n) for n in cfg.lengths])
         ax.set_xlabel("flow length K")
         ax.set_ylabel("KL(q̄ ‖ p̄) on [-4, 4]² (nats)")
-        ax.set_title(u)
+        ax.set_title(f"{u}: mean ± SE over {seeds} seed(s), dots: each seed", fontsize=9)
         ax.grid(alpha=0.3, which="both")
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()

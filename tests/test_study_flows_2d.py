@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import csv
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from scg.studies.flows_2d import LOG_Z_U1, POTENTIALS, decode_image, encode_image, grid_points, potential
+from scg.studies.base import CellContext, cell_seed
+from scg.studies.flows_2d import (LOG_Z_U1, POTENTIALS, Flows2D, decode_image, encode_image, grid_points, potential,
+                                  summary, summary_table)
 
 from _study_helpers import assert_cuda_smoke_run, run_rejected, run_smoke
 
@@ -50,6 +54,48 @@ def test_smoke_run(tmp_path):
         if r["potential"] == "U1":  # a 32×32 grid already gives log Z(U1) to 1e-5
             assert float(r["log_z_box"]) == pytest.approx(LOG_Z_U1, abs=1e-5)
         assert decode_image(r["image"]).shape == (32, 32)
+
+
+def _cell(cfg, cell):
+    st = Flows2D()
+    s = cell_seed(0, cell, st.name)
+    torch.manual_seed(s)
+    return st.run_cell(cfg, cell, CellContext(device=torch.device("cpu"), seed=s, generator=torch.Generator()))[0]
+
+
+def test_a_cell_is_bit_identical_whatever_the_thread_setting_and_restores_it():
+    """The cause of the irreproducible planar numbers is chaos, so a cell must be bit-reproducible: fixed seed,
+    fixed thread count inside the cell (the caller's is restored), no dependence on execution order."""
+    cfg = Flows2D().smoke()
+    cell = {"potential": "U1", "kind": "planar", "length": 4, "seed": 0}
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        a = _cell(cfg, cell)
+        assert torch.get_num_threads() == 2
+        torch.set_num_threads(1)
+        _cell(cfg, {**cell, "seed": 1})  # another cell in between changes nothing
+        b = _cell(cfg, cell)
+    finally:
+        torch.set_num_threads(before)
+    assert a == b
+    assert _cell(cfg, {**cell, "seed": 1})["kl_box"] != a["kl_box"]  # seeds are independent fits
+
+
+def test_summary_is_mean_and_se_over_seeds():
+    rows = [{"status": "ok", "potential": "U1", "kind": "planar", "length": 32, "kl_box": v} for v in (1.0, 2.0, 4.0)]
+    (r,) = summary(rows)
+    assert r["seeds"] == 3 and r["mean"] == pytest.approx(7 / 3)
+    assert r["se"] == pytest.approx(math.sqrt(((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2 + (4 - 7 / 3) ** 2) / 2 / 3))
+    assert "2.33 ± 0.88 (1.00–4.00)" in summary_table(rows)
+
+
+def test_readme_table_is_the_committed_csv():
+    docs = Path(__file__).resolve().parents[1] / "docs" / "studies" / "flows-2d"
+    csv.field_size_limit(1 << 30)
+    with open(docs / "results.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert summary_table(rows) in (docs / "README.md").read_text()
 
 
 def test_unknown_kind_lists_valid_ones(tmp_path, capsys):
