@@ -10,6 +10,7 @@ arguments (unknown estimator or problem names list the valid ones).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -187,6 +188,7 @@ def _cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: Se
     except ValueError as exc:
         parser.error(str(exc))
     out = Path(args.out or f"runs/{args.name}{'' if preset == 'default' else '-' + preset}")
+    _check_out(out, parser)
     shard = _shard()
     try:
         result = run_study(study, cfg, out, seed=args.seed, device=args.device, argv=["run", *argv],
@@ -197,6 +199,19 @@ def _cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: Se
     print(f"{study.name}: ran {len(result.ran)} cell(s), skipped {len(result.skipped)} finished; "
           f"wrote {out}", file=sys.stderr)
     return 0
+
+
+def _check_out(out: Path, parser: argparse.ArgumentParser) -> None:
+    """Refuse, before any work, an ``--out`` that is a file or cannot be written."""
+    if out.exists() and not out.is_dir():
+        parser.error(f"`--out` must be a folder; {out} is a file.")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".scg-write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        parser.error(f"`--out` {out} cannot be written ({exc.strerror or exc}); choose another folder.")
 
 
 def _shard() -> tuple[int, int]:
@@ -226,6 +241,7 @@ def _cmd_compare(args: argparse.Namespace, parser: argparse.ArgumentParser, argv
         parser.error(str(exc))
     if not problems:
         parser.error("no problems selected; give --problems or --problem.")
+    _check_out(Path(args.out), parser)
     try:
         result = run_compare(cfg, progress=not args.quiet)
     except ValueError as exc:  # e.g. --device cuda without a GPU

@@ -143,6 +143,10 @@ def run_study(
     cfg_dict = config_to_dict(cfg)
     digest = _config_hash(study, cfg_dict, seed)
     rank, world = shard
+    cells = study.cells(cfg)
+    if not cells:
+        raise ValueError(f"the config of {study.name} selects no cells (an empty list, e.g. `--set estimators=`); "
+                         "nothing would be computed.")
     man_path = out / "manifest.json"
     old = None
     if man_path.exists():
@@ -158,7 +162,6 @@ def run_study(
             f"(hash {old.get('config_hash')} != {digest}); choose another --out to keep both."
         )
     result = RunResult(out=out)
-    cells = study.cells(cfg)
     mine = [(i, c) for i, c in enumerate(cells) if i % world == rank]
     bar = _progress(len(mine), f"{study.name}", progress and rank == 0)
     for i, cell in mine:

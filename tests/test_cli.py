@@ -397,3 +397,16 @@ def test_ctrl_c_says_the_run_can_be_resumed(monkeypatch: pytest.MonkeyPatch, cap
     err = capsys.readouterr().err
     assert "interrupted; finished cells are kept — run the same command again to resume." in err
     assert "Traceback" not in err
+
+
+def test_out_that_is_a_file_is_refused_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    target = tmp_path / "a-file"
+    target.write_text("x")
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["compare", "--problems", "bernoulli-toy", "--quiet", "--out", str(target)])
+    assert exc.value.code == 2 and f"`--out` must be a folder; {target} is a file." in capsys.readouterr().err
+
+
+def test_a_config_selecting_no_cells_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli.main(["run", "blr", "--smoke", "--no-plot", "--quiet", "--set", "estimators=", "--out", str(tmp_path)])
+    assert code == 2 and "selects no cells" in capsys.readouterr().err
