@@ -195,10 +195,15 @@ def plot_compare(rows: Sequence[Mapping[str, Any]], path: str | Path, *, title: 
 def write_compare(out: str | Path, rows: Sequence[Mapping[str, Any]], timings: Sequence[Mapping[str, Any]],
                   manifest: Mapping[str, Any], columns: Sequence[str], timing_columns: Sequence[str],
                   *, plot: bool = True) -> list[Path]:
-    """Write results.csv, timings.csv, manifest.json and compare.png into ``out`` (atomically)."""
+    """Write results.csv, timings.csv, manifest.json and compare.png into ``out`` (atomically).
+
+    With ``plot=False`` a ``compare.png`` already in ``out`` is removed: it showed other results.
+    """
     out = Path(out)
     paths = [write_csv(out / "results.csv", rows, columns), write_csv(out / "timings.csv", timings, timing_columns)]
     if plot:
         paths.append(plot_compare(rows, out / "compare.png"))
+    else:  # a figure of earlier results must not stand beside these
+        (out / "compare.png").unlink(missing_ok=True)
     paths.append(write_json(out / "manifest.json", manifest))
     return paths

@@ -410,3 +410,10 @@ def test_out_that_is_a_file_is_refused_before_any_work(tmp_path: Path, capsys: p
 def test_a_config_selecting_no_cells_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = cli.main(["run", "blr", "--smoke", "--no-plot", "--quiet", "--set", "estimators=", "--out", str(tmp_path)])
     assert code == 2 and "selects no cells" in capsys.readouterr().err
+
+
+def test_no_plot_removes_a_stale_figure_of_earlier_results(tmp_path: Path) -> None:
+    code, out = _compare(tmp_path, "--problems", "bernoulli-toy", "--estimators", "score_function", "-N", "200")
+    assert code == 0 and (out / "compare.png").exists()
+    code, out = _compare(tmp_path, "--problems", "bernoulli-toy", "--estimators", "disarm", "-N", "200", "--no-plot")
+    assert code == 0 and not (out / "compare.png").exists()
