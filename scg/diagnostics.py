@@ -140,8 +140,8 @@ def gradient_samples(
             not callable or does not return a tensor, ``out`` is not a tensor or has the
             wrong dtype.
         ValueError: ``num < 1``, ``chunk_size < 1``, empty ``params``, ``fn`` does not
-            return a scalar, or ``out`` has the wrong shape or device, is not contiguous
-            or requires grad.
+            return a scalar, ``out`` has the wrong shape or device, is not contiguous
+            or requires grad, or (on the CPU) some estimate is not finite.
 
     Example:
         >>> import torch, scg
@@ -203,6 +203,14 @@ def gradient_samples(
         flat = [g.reshape(size, t.numel()) for g, t in zip(grads, leaves)]
         with torch.no_grad():  # gradients of fn's closed-over tensors that require grad stay out of the result
             torch.cat(flat, dim=1, out=out[start : start + size])
+    if out.is_cpu:  # one reduction; on an accelerator the check would cost a host sync, so it is skipped
+        bad = ~torch.isfinite(out).all(1)
+        if bool(bad.any()):
+            rows = bad.nonzero().flatten().tolist()
+            raise ValueError(
+                f"`fn` must have finite gradients; {len(rows)} of {num} estimates are not (rows {rows[:5]}"
+                f"{', ...' if len(rows) > 5 else ''}): check fn for overflow, log(0) or a division by zero."
+            )
     return out
 
 

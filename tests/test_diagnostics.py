@@ -330,3 +330,15 @@ def test_result_does_not_require_grad_when_fn_closes_over_tensors_that_do():
     assert not g.requires_grad and g.grad_fn is None
     expected = 2 * (torch.ones(3) * w).sum() * w
     torch.testing.assert_close(g, expected.detach().expand(4, 3))
+
+
+def test_non_finite_estimates_are_refused_naming_the_rows():
+    theta = torch.tensor([0.5, -0.3])
+
+    def fn(p):
+        z = torch.randn(())
+        return (p[0] * z).sum() + torch.log(torch.relu(z)) * p[1].sum()  # log(0) for z <= 0: -inf gradients
+
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match=r"`fn` must have finite gradients; \d+ of 40 estimates are not \(rows \["):
+        scg.diagnostics.gradient_samples(fn, [theta[:1], theta[1:]], 40)
