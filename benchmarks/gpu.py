@@ -14,7 +14,8 @@ With CUDA (``torch.cuda.is_available()``):
    GPU): each study gets an equal share of what is left. A study still running at the
    end of its share is stopped; its finished cells stay in its folder (``scg-study``
    resumes them when the same command runs again) and the report says so. The sizes run
-   are in the report: nothing here has been timed on a GPU yet (docs/gpu.md);
+   are in the report: nothing here has been timed on a GPU yet (docs/gpu.md); a study
+   whose full size does not fit runs at a smaller one with ``--size NAME=default``;
 3. ``benchmarks/run.py --device cuda --clock wall`` (every case; ``--cases`` for a subset).
 
 Without CUDA the same pipeline runs at smoke size on the CPU (studies ``--smoke
@@ -41,6 +42,8 @@ from typing import Optional
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+#: study size -> scg-study flag ("default" is the CPU-minutes size, no flag)
+SIZES = {"full": ["--full"], "default": [], "smoke": ["--smoke"]}
 BIN = Path(sys.executable).parent
 
 
@@ -116,8 +119,17 @@ def main(argv: Optional[list[str]] = None) -> Path:
     parser.add_argument("--studies", default=None, help="comma-separated subset of `scg-study list` (default all)")
     parser.add_argument("--cases", default=None, help="comma-separated benchmark cases (default all)")
     parser.add_argument("--tests", default="tests", help="where pytest looks for the CUDA tests (default tests)")
+    parser.add_argument("--size", action="append", default=[], metavar="STUDY=SIZE",
+                        help="size of one study on the GPU: full (default), default or smoke (repeatable), e.g. "
+                             "once a report shows that a study's --full size does not fit the budget")
     parser.add_argument("--cpu", action="store_true", help="the CPU smoke pipeline even where CUDA is available")
     args = parser.parse_args(argv)
+    sizes = {}
+    for item in args.size:
+        study, _, size = item.partition("=")
+        if size not in SIZES:
+            parser.error(f"`--size` must be STUDY=SIZE with SIZE one of {list(SIZES)}; got {item!r}.")
+        sizes[study] = size
 
     cuda = torch.cuda.is_available() and not args.cpu
     out = Path(args.out).resolve()
@@ -139,12 +151,12 @@ def main(argv: Optional[list[str]] = None) -> Path:
     deadline = time.perf_counter() + args.budget
     for i, name in enumerate(names):
         share = max(1.0, (deadline - time.perf_counter()) / (len(names) - i)) if cuda else None
-        size = "--full" if cuda else "--smoke"
+        size = sizes.get(name, "full") if cuda else "smoke"
         folder = out / "studies" / name
-        command = [str(BIN / "scg-study"), "run", name, size, "--device", "cuda" if cuda else "cpu",
+        command = [str(BIN / "scg-study"), "run", name, *SIZES[size], "--device", "cuda" if cuda else "cpu",
                    "--out", str(folder), "--quiet"]
         step = run(f"study {name}", command, out / "studies" / f"{name}.log", timeout=share)
-        studies.append((name, size.lstrip("-"), step, cells(folder)))
+        studies.append((name, size, step, cells(folder)))
         print(f"study {name} ({size}): {step.status} in {step.seconds:.0f} s", flush=True)
 
     bench_cmd = [py, str(ROOT / "benchmarks" / "run.py"), "--markdown", str(out / "benchmarks.md")]

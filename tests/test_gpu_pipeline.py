@@ -35,3 +35,11 @@ def test_device_lines_name_the_cpu_without_cuda():
     lines = gpu.device_lines(cuda=False)
     assert lines[0].startswith("- device: CPU only") and "no CUDA device" in lines[0]
     assert any(line.startswith("- torch ") for line in lines)
+
+
+def test_unknown_study_size_is_refused_before_any_work(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        gpu.main(["--out", str(tmp_path / "gpu"), "--size", "blr=huge"])
+    assert "`--size` must be STUDY=SIZE with SIZE one of ['full', 'default', 'smoke']; got 'blr=huge'" in (
+        capsys.readouterr().err)
+    assert not (tmp_path / "gpu").exists()
