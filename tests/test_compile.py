@@ -227,6 +227,22 @@ def test_non_finite_graph_surrogate_fails_in_compiled_code():
         compiled(torch.tensor(-100.0))
 
 
+def test_input_errors_keep_their_message_under_compile():
+    """Shape and type checks run while tracing; Dynamo reports the ValueError's message (fullgraph) or raises it."""
+    torch._dynamo.reset()
+    theta = torch.zeros(3, requires_grad=True)
+
+    def step() -> torch.Tensor:
+        return scg.expectation(lambda z: z.sum(), Normal(theta, 1.0), scg.Pathwise(), num_samples=S)
+
+    match = r"`f` must map samples \[S, \*batch_shape, \*event_shape\] to costs"
+    with pytest.raises(Exception, match=match):
+        torch.compile(step, fullgraph=True, backend="aot_eager")()
+    torch._dynamo.reset()
+    with pytest.raises(ValueError, match=match):
+        torch.compile(step, backend="aot_eager")()
+
+
 @pytest.mark.slow
 def test_inductor_step_matches_eager():
     """The default backend (inductor), on a step with a learned and a running control variate."""
