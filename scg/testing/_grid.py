@@ -1,9 +1,10 @@
 """Tensor-product quadrature grids over the random inputs of an estimator.
 
 The grid is the tensor product of all variables' rules (see :mod:`._rules`);
-:class:`Grid` walks it in chunks without materialising it. Node counts adapt to a
-budget (:func:`choose_nodes`), and :meth:`Grid.probe` finds laws the gradient
-ignores, or on which it is piecewise constant, so that they need one node (per
+:class:`Grid` walks it in chunks without materialising it. Starting node counts
+adapt to a budget (:func:`choose_nodes`; :mod:`._refine` then doubles them where
+needed), and :meth:`Grid.probe` finds the laws each gradient component depends on,
+or on which it is piecewise constant, so that the others need one node (per
 piece) — e.g. the value's noise in measure-valued estimators, or DisARM's uniforms.
 """
 
@@ -19,7 +20,7 @@ from torch import Tensor
 
 from scg.testing._rules import Spec, rule
 
-__all__ = ["Variable", "Grid", "choose_nodes", "build", "make_grid", "chunk_size", "freeze", "batch_groups",
+__all__ = ["Variable", "Grid", "choose_nodes", "grid_points", "build", "make_grid", "chunk_size", "freeze", "batch_groups",
            "fill_values"]
 
 # (n_start, n_comfortable, n_min) nodes per piece, by rule kind: the starting counts of
@@ -61,6 +62,11 @@ class Variable:
 
 def _count(spec: Spec, n: int) -> int:
     return spec.size if spec.kind == "fixed" else spec.pieces * n
+
+
+def grid_points(specs: list[Spec], counts: list[int]) -> float:
+    """Number of points of the grid with these node counts (an upper bound: rules may drop nodes)."""
+    return math.prod(_count(s, n) for s, n in zip(specs, counts))
 
 
 def choose_nodes(specs: list[Spec], max_points: int, nodes: Union[None, int, dict[str, int]], *,
@@ -196,51 +202,59 @@ class Grid:
         return {name: x.reshape(C, *self.shapes[name]) for name, x in flat.items()}, w
 
     def probe(self, gradients: Callable[[dict[str, Tensor]], Tensor], *, within: bool,
-              probes: int = 16) -> list[str]:
-        """Laws on which the gradient does not depend (``within=False``), or is constant
-        on every piece between breakpoints (``within=True``), found by probing.
+              probes: int = 16) -> dict[str, Tensor]:
+        """Which gradient components depend on each law (``within=False``), or vary within
+        the law's pieces between breakpoints (``within=True``), found by probing.
 
         At ``probes`` grid points drawn by their probability mass each law's values are
         moved to other nodes, also drawn by mass: within the same piece, or (``within=False``)
-        into every piece in turn (up to 16 pieces), so that a piece of little mass is not
-        missed. A law is reported if no gradient changes by more than 1e-12 relative, and
-        never when every probed gradient is zero (that shows nothing).
+        into every piece in turn (up to 16; the law's variables to different pieces, so
+        that exchangeable draws are not made equal), and four times anywhere — so that a
+        piece of little mass is not missed. Returns ``{law: [P] bool}``: True where a
+        component changed by more than 1e-12 relative, and also where it was zero at every
+        probe, or no node could be moved (that shows nothing; the law must be kept).
         """
         gen = torch.Generator().manual_seed(0)
         if not self.variables:
-            return []
+            return {}
         digits = torch.stack([torch.multinomial(v.weights.cpu(), probes, replacement=True, generator=gen)
                               for v in self.variables], 1).to(self.device)
         G0 = gradients(self.at(digits)[0])
-        found = []
+        found: dict[str, Tensor] = {}
         for law in self.shapes:
             idx = [i for i, v in enumerate(self.variables) if v.law == law]
             if not idx:
                 continue
-            targets = [None] if within else range(min(16, max(int(self.variables[i].piece.max()) + 1 for i in idx)))
-            changed, informative, tried = False, bool((G0 != 0).any()), False
+            pieces = max(int(self.variables[i].piece.max()) + 1 for i in idx)
+            targets = [None] if within else [*range(min(16, pieces)), -1, -1, -1, -1]
+            changed = torch.zeros(G0.shape[1], dtype=torch.bool, device=G0.device)
+            seen, tried = (G0 != 0).any(0), False
             for target in targets:
                 moved = digits.clone()
-                for i in idx:
-                    moved[:, i] = self._move(i, digits[:, i], target, gen)
+                for k, i in enumerate(idx):
+                    to = target if target is None or target < 0 else (target + k) % pieces
+                    moved[:, i] = self._move(i, digits[:, i], to, gen)
                 if bool((moved == digits).all()):
                     continue
                 tried = True
                 G1 = gradients(self.at(moved)[0])
-                informative = informative or bool((G1 != 0).any())
-                changed = changed or not bool(((G1 - G0).abs() <= 1e-12 * (1.0 + G0.abs())).all())
-            if tried and informative and not changed:
-                found.append(law)
+                seen = seen | (G1 != 0).any(0)
+                changed |= ((G1 - G0).abs() > 1e-12 * (1.0 + G0.abs())).any(0)
+            found[law] = changed | ~seen if tried else torch.ones_like(changed)
         return found
 
     def _move(self, i: int, digit: Tensor, target: Optional[int], gen: torch.Generator) -> Tensor:
         """Other node indices of variable i drawn by weight: in piece ``target`` (the last
-        piece if it has fewer), or in the same piece as before if ``target`` is None."""
+        piece if it has fewer), anywhere if ``target`` is -1, or in the same piece as
+        before if ``target`` is None."""
         v = self.variables[i]
         w, piece = v.weights.cpu(), v.piece.cpu()
         out = digit.clone()
         for k, d in enumerate(digit.tolist()):
-            allowed = piece == (piece[d] if target is None else min(target, int(piece.max())))
+            if target is not None and target < 0:
+                allowed = torch.ones_like(w, dtype=torch.bool)
+            else:
+                allowed = piece == (piece[d] if target is None else min(target, int(piece.max())))
             allowed[d] = False
             if bool(allowed.any()):
                 out[k] = int(torch.multinomial(torch.where(allowed, w, torch.zeros_like(w)), 1, generator=gen))

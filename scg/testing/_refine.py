@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor
 
+from scg.testing._grid import grid_points
 from scg.testing._rules import Spec
 
-__all__ = ["Refined", "refine", "grid_points", "ROUNDING"]
+__all__ = ["Refined", "refine", "ROUNDING"]
 
 #: Relative size (to the summands' scale) below which a change is rounding, not error.
 ROUNDING = 1e-13
@@ -38,13 +39,9 @@ class Refined:
     counts: list[int]
 
 
-def grid_points(specs: list[Spec], counts: list[int]) -> float:
-    """Number of points of the grid with these node counts (an upper bound: rules may drop nodes)."""
-    return math.prod(s.size if s.kind == "fixed" else s.pieces * n for s, n in zip(specs, counts))
-
-
 def refine(specs: list[Spec], counts: list[int], evaluate: Callable[[list[int]], tuple[Tensor, Tensor]], *,
-           rtol: float, atol: float, max_points: int, what: str, rows: tuple[str, ...]) -> Refined:
+           rtol: float, atol: float, max_points: int, what: str, rows: tuple[str, ...],
+           columns: Optional[Sequence[int]] = None) -> Refined:
     """Double the nodes of the variables whose refinement changes ``evaluate`` most, until converged.
 
     Args:
@@ -55,6 +52,7 @@ def refine(specs: list[Spec], counts: list[int], evaluate: Callable[[list[int]],
         max_points: largest grid allowed (the refined grids included).
         what: the quantity, for the error message (e.g. "exact_moments of Pathwise").
         rows: the names of the R rows, for the error message.
+        columns: the parameter index of each of the P columns (default 0, 1, ...), for the message.
 
     Raises:
         ValueError: the tolerance is not met within ``max_points``; the message names the
@@ -92,21 +90,23 @@ def refine(specs: list[Spec], counts: list[int], evaluate: Callable[[list[int]],
         share = 1.0 / max(1, len(movable))
         worse = [i for i, e in errors.items() if bool((e > share * tol).any())]
         if not worse or stuck & set(worse):
-            raise _not_converged(specs, counts, value, error, errors, tol, what, rows, rtol, atol, max_points)
+            raise _not_converged(specs, counts, value, error, errors, tol, what, rows, columns, rtol, atol,
+                                 max_points)
         for i in worse:
             counts[i] *= 2
 
 
 def _not_converged(specs: list[Spec], counts: list[int], value: Tensor, error: Tensor, errors: dict[int, Tensor],
-                   tol: Tensor, what: str, rows: tuple[str, ...], rtol: float, atol: float,
-                   max_points: int) -> ValueError:
+                   tol: Tensor, what: str, rows: tuple[str, ...], columns: Optional[Sequence[int]], rtol: float,
+                   atol: float, max_points: int) -> ValueError:
     worst = max(errors, key=lambda i: float(torch.nan_to_num(errors[i] / tol, nan=math.inf).max()))
     r, p = divmod(int(torch.argmax(torch.nan_to_num(error / tol, nan=math.inf)).item()), value.shape[1])
     v, e = float(value[r, p]), float(error[r, p])
+    p = p if columns is None else int(columns[p])
     return ValueError(
         f"{what}: the quadrature does not reach rtol={rtol:g}, atol={atol:g} within `max_points` = {max_points}: "
         f"the rule of law {specs[worst].law!r} has not converged at {counts[worst]} nodes per piece "
         f"(a grid of {grid_points(specs, counts):.3g} points); the accuracy reached: the {rows[r]} of "
-        f"component {p} is {v:.10g} with an estimated error of {e:.3g} (relative {e / max(abs(v), 1e-300):.2g}). "
+        f"parameter component {p} is {v:.10g} with an estimated error of {e:.3g} (relative {e / max(abs(v), 1e-300):.2g}). "
         "Pass `breakpoints` where f jumps, raise `max_points`, or loosen `rtol`/`atol`."
     )

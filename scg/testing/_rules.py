@@ -15,7 +15,11 @@ the density (discretised Stieltjes); Maxwell → Gauss–Hermite × x²; Normal 
 Exponential → Gauss rules of the density on pieces (Laplace split at its loc);
 Uniform samples → Gauss–Legendre; Beta, Gamma and other continuous samples →
 double-exponential (their scores are log-singular at the ends); discrete samples
-→ enumeration (Poisson, Geometric truncated where the tail mass < 1e-16).
+→ enumeration (Poisson, Geometric truncated where the tail mass < 1e-16). Gauss
+rules of a density are used up to ``GAUSS_MAX`` nodes per piece and
+double-exponential rules of the density beyond (the discretised Stieltjes procedure
+does not resolve more nodes). The measure-valued σ coupling ``μ + σMU`` with
+breakpoints gets a nested rule (:func:`nested_uniform_spec`).
 
 Rules are pure functions of their spec's key and node count; :func:`rule` keeps the
 rules of scg's own laws and of torch's distributions in a bounded cache shared by all
@@ -58,7 +62,7 @@ Rule = tuple[np.ndarray, np.ndarray]
 #: Tail mass below which a discrete support (Poisson, Geometric) is truncated.
 TAIL = 1e-16
 #: Most nodes per piece of a Gauss rule of a density (Rayleigh, pieces of a Normal, Laplace,
-#: Exponential); finer rules are double-exponential with twice the nodes.
+#: Exponential); finer rules are double-exponential.
 GAUSS_MAX = 64
 
 
@@ -159,7 +163,7 @@ def _pieces_rule(
         elif kind == "de":
             x, w = Q.double_exponential(n, a, b, center=center, scale=scale, log_density=log_density)
         elif n > GAUSS_MAX:  # "gauss" beyond what the discretised Stieltjes procedure resolves
-            x, w = Q.double_exponential(2 * n, a, b, center=center, scale=scale, log_density=log_density)
+            x, w = Q.double_exponential(n, a, b, center=center, scale=scale, log_density=log_density)
         else:  # "gauss"
             if log_density is None:  # pragma: no cover - constructed with a density
                 raise ValueError("a Gauss rule on pieces needs the law's density.")

@@ -1,9 +1,10 @@
 """Exact moments of an estimator's gradient, and the check that its mean is the exact gradient.
 
 Nothing here samples. :func:`exact_moments` integrates the estimator's gradient
-over the laws it declares (``Estimator.laws``) on a tensor-product quadrature
-grid; :func:`exact_gradient` (in :mod:`scg.testing._gradient`) integrates ``f``
-against the distribution itself; :func:`assert_unbiased` compares the two.
+over the laws it declares (``Estimator.laws``) on tensor-product quadrature grids,
+refined until a tolerance is met (:mod:`scg.testing._refine`); :func:`exact_gradient`
+(in :mod:`scg.testing._gradient`) integrates ``f`` against the distribution itself;
+:func:`assert_unbiased` compares the two.
 """
 
 from __future__ import annotations
@@ -115,7 +116,8 @@ def exact_moments(
             with respect to them, flattened and concatenated (P numbers).
         f: cost ``[S, *batch, *event] -> [S, *batch]``.
         num_samples: S draws in the one estimate.
-        breakpoints: points in z-space where ``f`` jumps — a float, a sequence, or a
+        breakpoints: points in z-space where ``f`` jumps (or peaks narrowly: the rules
+            are split there, which puts nodes near them) — a float, a sequence, or a
             tensor broadcastable to ``[*batch, *event, k]`` — used to split
             continuous supports (and, for ``Pathwise`` and ``MeasureValued``, mapped
             into noise space); or a dict ``{law name: tensor [*law.shape, k]}`` of
@@ -185,37 +187,34 @@ def exact_moments(
                 return out.reshape(-1)[b] if len(groups) > 1 else out.sum()
 
             batched = torch.func.vmap(torch.func.grad(surrogate_sum), in_dims=(None, 0))
-            sub = _simplify(
+            parts = _simplify(
                 [specs[i] for i in members], lambda d: flat(batched(ps, d), len(next(iter(d.values())))),
-                lambda sp: _grid.make_grid(sp, shapes, dtypes, device, 2**62, nodes, fill),
+                lambda sp: _grid.make_grid(sp, shapes, dtypes, device, 2**62, nodes, fill), P,
             )
+            for comps, sub in parts:
+                def evaluate(counts: list[int], sub: list[_rules.Spec] = sub, comps: Tensor = comps,
+                             surrogate_sum: Callable = surrogate_sum, batched: Callable = batched
+                             ) -> tuple[Tensor, Tensor]:
+                    grid = _grid.Grid(_grid.build(sub, counts, dtypes, device), shapes, dtypes, device, fill)
+                    value, scale = _integrate(grid, surrogate_sum, batched, ps, estimator, state)
+                    return value[:, comps], scale[:, comps]
 
-            def evaluate(counts: list[int], sub: list[_rules.Spec] = sub,
-                         surrogate_sum: Callable = surrogate_sum, batched: Callable = batched) -> tuple[Tensor, Tensor]:
-                grid = _grid.Grid(_grid.build(sub, counts, dtypes, device), shapes, dtypes, device, fill)
-                return _integrate(grid, surrogate_sum, batched, ps, estimator, state)
-
-            start = _grid.choose_nodes(sub, max_points, nodes, headroom=2)
-            done = refine(sub, start, evaluate, rtol=rtol, atol=atol, max_points=max_points,
-                          what=f"exact_moments of {name}", rows=("mean", "variance"))
-            total, error = total + done.value, error + done.error  # independent batch elements
+                start = _grid.choose_nodes(sub, max_points, nodes, headroom=2)
+                done = refine(sub, start, evaluate, rtol=rtol, atol=atol, max_points=max_points,
+                              what=f"exact_moments of {name}", rows=("mean", "variance"), columns=comps.tolist())
+                total[:, comps] += done.value  # independent batch elements: means and variances add
+                error[:, comps] += done.error
     mean, variance = total
     return ExactMoments(mean, variance + mean**2, variance, error[0], error[1])
 
 
 def _nest(specs: list[_rules.Spec], nested: dict[str, tuple[str, np.ndarray]]) -> list[_rules.Spec]:
-    """Replace the rules of ``inner`` and ``outer`` laws, element by element, by nested rules."""
+    """Replace the rules of an inner law and its outer law, element by element, by nested rules."""
     for inner, (outer, cuts) in nested.items():
-        outer_at = {int(s.positions[0]): k for k, s in enumerate(specs) if s.law == outer and len(s.positions) == 1}
-        out = []
-        for spec in specs:
-            if spec.law == inner:
-                i = int(spec.positions[0])
-                out[outer_at[i]] = _rules.nested_uniform_spec(out[outer_at[i]], inner, spec.positions, cuts[i])
-                out.append(None)
-            else:
-                out.append(spec)
-        specs = [s for s in out if s is not None]
+        inner_at = {int(s.positions[0]): s for s in specs if s.law == inner}
+        specs = [_rules.nested_uniform_spec(s, inner, inner_at[int(s.positions[0])].positions,
+                                            cuts[int(s.positions[0])]) if s.law == outer else s
+                 for s in specs if s.law != inner]
     return specs
 
 
@@ -263,24 +262,38 @@ def _integrate(grid: _grid.Grid, total: Callable, batched: Callable, ps: tuple[T
 
 
 def _simplify(specs: list[_rules.Spec], gradients: Callable[[dict[str, Tensor]], Tensor],
-              probe_grid: Callable[[list[_rules.Spec]], _grid.Grid]) -> list[_rules.Spec]:
-    """Give one node to laws the gradient ignores (e.g. MVD's value noise) and one node per
-    piece to laws on which it is piecewise constant (e.g. DisARM's uniforms), so the other
-    laws get the budget. Probing uses grids that are never enumerated (no size limit).
-    Skipped if probing fails (the caller then falls back to a loop, with a warning)."""
+              probe_grid: Callable[[list[_rules.Spec]], _grid.Grid], P: int) -> list[tuple[Tensor, list[_rules.Spec]]]:
+    """Split the gradient's components by the laws they depend on, and simplify each part's rules.
+
+    Components are grouped by the set of laws they depend on (found by probing); each
+    group is integrated on the grid of its own laws only, the others held at one node
+    (e.g. the measure-valued μ-derivative needs W alone, the σ-derivative M and U).
+    Within a group, laws on which the gradient is piecewise constant get one node per
+    piece (e.g. DisARM's uniforms). Probing uses grids that are never enumerated (no size
+    limit). Returns ``[(components, specs)]``; ``[(all, specs)]`` if probing fails (the
+    caller then falls back to a loop, with a warning).
+    """
+    everything = [(torch.arange(P), specs)]
     try:
         grid = probe_grid(specs)
-        if len(grid.shapes) > 1:
-            inert = grid.probe(gradients, within=False)
-            if inert:
-                specs = _grid.freeze(specs, grid.variables, inert, per_piece=False)
-                grid = probe_grid(specs)
-        constant = grid.probe(gradients, within=True)
-        if constant:
-            specs = _grid.freeze(specs, grid.variables, constant, per_piece=True)
+        depends = grid.probe(gradients, within=False)
+        parts: dict[tuple[str, ...], list[int]] = {}
+        for p in range(P):
+            laws = tuple(law for law, d in depends.items() if bool(d[p]))
+            parts.setdefault(laws, []).append(p)
+        out = []
+        for laws, components in parts.items():
+            inert = [law for law in depends if law not in laws]
+            sub = _grid.freeze(specs, grid.variables, inert, per_piece=False) if inert else specs
+            comps = torch.tensor(components)
+            varies = probe_grid(sub).probe(lambda d: gradients(d)[:, comps], within=True)
+            constant = [law for law, d in varies.items() if not bool(d.any())]
+            if constant:
+                sub = _grid.freeze(sub, probe_grid(sub).variables, constant, per_piece=True)
+            out.append((comps, sub))
+        return out
     except Exception:  # noqa: BLE001 - e.g. a vmap limitation, reported by the caller
-        pass
-    return specs
+        return everything
 
 
 def _loop_grad(total: Callable, ps: tuple[Tensor, ...], draws: dict[str, Tensor]) -> Tensor:
