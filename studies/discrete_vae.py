@@ -155,7 +155,10 @@ def _checksum(model: DiscreteVAE) -> float:
 
 
 def shared_sq_norm(means: Mapping[str, Tensor]) -> float:
-    """Unbiased ‖μ‖² from independent unbiased means ḡ_a of μ: the mean of ḡ_a·ḡ_b over pairs a ≠ b (nan if < 2)."""
+    """Unbiased ‖μ‖² from independent unbiased means ḡ_a of μ: the mean of ḡ_a·ḡ_b over pairs a ≠ b.
+
+    nan with fewer than two means.
+    """
     names = list(means)
     dots = [float(means[a] @ means[b]) for i, a in enumerate(names) for b in names[i + 1:]]
     return sum(dots) / len(dots) if dots else float("nan")

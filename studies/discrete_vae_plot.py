@@ -12,7 +12,7 @@ __all__ = ["plot_discrete"]
 
 
 def plot_discrete(rows: Sequence[Mapping[str, Any]], cfg: Any, out: Path) -> list[Path]:
-    """``discrete_vae.png``: (a) Var / ‖E ĝ‖², (b) its ratio REINFORCE+MA / estimator, (c) reference ELBO; vs step.
+    """``discrete_vae.png`` vs step: (a) Var / ‖E ĝ‖², (b) its ratio REINFORCE+MA / estimator, (c) ELBO.
 
     (a) and (b) are means over seeds with ± 1 SE bars, every estimator at the same parameters.
     """

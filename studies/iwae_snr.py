@@ -214,7 +214,10 @@ def fit_slope(ks: Sequence[float], values: Sequence[float]) -> tuple[float, floa
 
 
 def slope_se_ols(ks: Sequence[float], values: Sequence[float]) -> float:
-    """OLS standard error of the slope of log(value) on log(K): √(SSR / (n − 2) / Σ(log K − mean)²); nan if n < 3."""
+    """OLS standard error of the slope of log(value) on log(K), nan if n < 3.
+
+    :math:`\sqrt{\mathrm{SSR} / (n − 2) / \sum (\log K − \overline{\log K})^2}`.
+    """
     lx, ly = np.log(np.asarray(ks, dtype=float)), np.log(np.asarray(values, dtype=float))
     n = len(lx)
     if n < 3:
