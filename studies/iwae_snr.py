@@ -214,7 +214,7 @@ def fit_slope(ks: Sequence[float], values: Sequence[float]) -> tuple[float, floa
 
 
 def slope_se_ols(ks: Sequence[float], values: Sequence[float]) -> float:
-    """OLS standard error of the slope of log(value) on log(K), nan if n < 3.
+    r"""OLS standard error of the slope of log(value) on log(K), nan if n < 3.
 
     :math:`\sqrt{\mathrm{SSR} / (n − 2) / \sum (\log K − \overline{\log K})^2}`.
     """
