@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from contextvars import ContextVar, Token
 
+import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
@@ -47,6 +48,8 @@ def log_prob(dist: Distribution, value: Tensor) -> Tensor:
         >>> elbo_cost = lambda b: scg.log_prob(q, b) + (b - 0.4).pow(2).sum(-1)
         >>> loss = scg.expectation(elbo_cost, q, scg.ScoreFunction(), num_samples=4)
     """
+    if torch.compiler.is_compiling():  # a ContextVar cannot be traced; inductor merges the duplicate
+        return dist.log_prob(value)
     for d, z, lp in _SHARED.get():
         if d is dist and z is value:
             return lp
