@@ -34,7 +34,7 @@ _LIMITS = {
     "legendre": (12, 6, 3),
     "de": (32, 24, 16),
 }
-_TARGET = 50_000
+_TARGET = 20_000
 
 
 @dataclass
@@ -202,7 +202,7 @@ class Grid:
         return {name: x.reshape(C, *self.shapes[name]) for name, x in flat.items()}, w
 
     def probe(self, gradients: Callable[[dict[str, Tensor]], Tensor], *, within: bool,
-              probes: int = 16) -> dict[str, Tensor]:
+              probes: int = 16) -> tuple[dict[str, Tensor], Tensor]:
         """Which gradient components depend on each law (``within=False``), or vary within
         the law's pieces between breakpoints (``within=True``), found by probing.
 
@@ -210,16 +210,19 @@ class Grid:
         moved to other nodes, also drawn by mass: within the same piece, or (``within=False``)
         into every piece in turn (up to 16; the law's variables to different pieces, so
         that exchangeable draws are not made equal), and four times anywhere — so that a
-        piece of little mass is not missed. Returns ``{law: [P] bool}``: True where a
-        component changed by more than 1e-12 relative, and also where it was zero at every
-        probe, or no node could be moved (that shows nothing; the law must be kept).
+        piece of little mass is not missed.
+
+        Returns:
+            ``({law: [P] bool}, seen [P] bool)``: True where a component changed by more
+            than 1e-12 relative when the law's values moved (all True for a law none of
+            whose nodes could move), and ``seen`` where a component was nonzero at some
+            probe. A component never seen nonzero shows nothing about its laws.
         """
         gen = torch.Generator().manual_seed(0)
-        if not self.variables:
-            return {}
         digits = torch.stack([torch.multinomial(v.weights.cpu(), probes, replacement=True, generator=gen)
                               for v in self.variables], 1).to(self.device)
         G0 = gradients(self.at(digits)[0])
+        seen = (G0 != 0).any(0)
         found: dict[str, Tensor] = {}
         for law in self.shapes:
             idx = [i for i, v in enumerate(self.variables) if v.law == law]
@@ -228,7 +231,7 @@ class Grid:
             pieces = max(int(self.variables[i].piece.max()) + 1 for i in idx)
             targets = [None] if within else [*range(min(16, pieces)), -1, -1, -1, -1]
             changed = torch.zeros(G0.shape[1], dtype=torch.bool, device=G0.device)
-            seen, tried = (G0 != 0).any(0), False
+            tried = False
             for target in targets:
                 moved = digits.clone()
                 for k, i in enumerate(idx):
@@ -240,8 +243,8 @@ class Grid:
                 G1 = gradients(self.at(moved)[0])
                 seen = seen | (G1 != 0).any(0)
                 changed |= ((G1 - G0).abs() > 1e-12 * (1.0 + G0.abs())).any(0)
-            found[law] = changed | ~seen if tried else torch.ones_like(changed)
-        return found
+            found[law] = changed if tried else torch.ones_like(changed)
+        return found, seen
 
     def _move(self, i: int, digit: Tensor, target: Optional[int], gen: torch.Generator) -> Tensor:
         """Other node indices of variable i drawn by weight: in piece ``target`` (the last

@@ -268,26 +268,36 @@ def _simplify(specs: list[_rules.Spec], gradients: Callable[[dict[str, Tensor]],
     Components are grouped by the set of laws they depend on (found by probing); each
     group is integrated on the grid of its own laws only, the others held at one node
     (e.g. the measure-valued μ-derivative needs W alone, the σ-derivative M and U).
+    Components zero at every probe (which shows nothing) join the group with the most
+    laws (all laws if no component was seen nonzero).
     Within a group, laws on which the gradient is piecewise constant get one node per
     piece (e.g. DisARM's uniforms). Probing uses grids that are never enumerated (no size
     limit). Returns ``[(components, specs)]``; ``[(all, specs)]`` if probing fails (the
     caller then falls back to a loop, with a warning).
     """
     everything = [(torch.arange(P), specs)]
+    if not any(s.kind != "fixed" or s.size > 1 for s in specs):
+        return everything
     try:
         grid = probe_grid(specs)
-        depends = grid.probe(gradients, within=False)
+        depends, seen = grid.probe(gradients, within=False)
         parts: dict[tuple[str, ...], list[int]] = {}
+        unseen = []
         for p in range(P):
-            laws = tuple(law for law, d in depends.items() if bool(d[p]))
-            parts.setdefault(laws, []).append(p)
+            if not bool(seen[p]):
+                unseen.append(p)
+                continue
+            parts.setdefault(tuple(law for law, d in depends.items() if bool(d[p])), []).append(p)
+        if unseen:  # zero at every probe (e.g. another batch element's parameters): no evidence,
+            widest = max(parts, key=len) if parts else tuple(depends)  # so the grid of the most laws
+            parts.setdefault(widest, []).extend(unseen)
         out = []
         for laws, components in parts.items():
             inert = [law for law in depends if law not in laws]
             sub = _grid.freeze(specs, grid.variables, inert, per_piece=False) if inert else specs
-            comps = torch.tensor(components)
-            varies = probe_grid(sub).probe(lambda d: gradients(d)[:, comps], within=True)
-            constant = [law for law, d in varies.items() if not bool(d.any())]
+            comps = torch.tensor(sorted(components))
+            varies, seen_here = probe_grid(sub).probe(lambda d: gradients(d)[:, comps], within=True)
+            constant = [law for law, d in varies.items() if bool(seen_here.any()) and not bool(d.any())]
             if constant:
                 sub = _grid.freeze(sub, probe_grid(sub).variables, constant, per_piece=True)
             out.append((comps, sub))
