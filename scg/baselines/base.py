@@ -31,7 +31,8 @@ from torch.distributions import Distribution
 from scg._checks import under_transform
 from scg._dist import parameters_of, unwrap
 
-__all__ = ["SignalContext", "ControlVariate", "Chain", "chain", "score_sq_norm"]
+__all__ = ["SignalContext", "ControlVariate", "Chain", "chain", "score_sq_norm", "check_baseline", "signal_rows",
+           "cost_function"]
 
 
 @dataclass
@@ -146,3 +147,37 @@ class Chain(ControlVariate):
 def chain(*transforms: ControlVariate) -> Chain:
     """Compose control variates: ``chain(MovingAverage(), Learned(net), Normalize())`` is NVIL."""
     return Chain(*transforms)
+
+
+def check_baseline(baseline: object) -> Optional[ControlVariate]:
+    """``baseline`` if it is a control variate or ``None``; a ``TypeError`` naming the argument otherwise."""
+    if baseline is not None and not isinstance(baseline, ControlVariate):
+        raise TypeError(
+            f"`baseline` must be a control variate from scg.baselines or None; got {type(baseline).__name__}."
+        )
+    return baseline
+
+
+def signal_rows(signal: Tensor, sample_dims: int, baseline: ControlVariate) -> Tensor:
+    """The learning signal with its ``sample_dims`` leading dims flattened into rows, checked for ``min_samples``."""
+    rows = signal.reshape(-1, *signal.shape[sample_dims:]) if sample_dims != 1 else signal
+    if rows.shape[0] < baseline.min_samples:
+        raise ValueError(
+            f"`num_samples` must be >= {baseline.min_samples} for {type(baseline).__name__}; got {rows.shape[0]}."
+        )
+    return rows
+
+
+def cost_function(f: Optional[Callable[[Tensor], Tensor]]) -> Callable[[Tensor], Tensor]:
+    """``f``, or in a :class:`scg.Graph` (no cost function) one that explains why a control variate cannot call it."""
+    if f is not None:
+        return f
+
+    def missing(z: Tensor) -> Tensor:
+        raise TypeError(
+            "this control variate needs the cost as a function of the node's sample (Delta), which a "
+            "scg.Graph does not have (its costs are tensors); use Constant, MovingAverage, LeaveOneOut, "
+            "Learned or Normalize in a Graph, or scg.expectation for Delta."
+        )
+
+    return missing

@@ -10,7 +10,7 @@ from torch import Tensor
 from torch.distributions import Bernoulli, Categorical, Distribution, Normal, OneHotCategorical, Poisson
 
 from scg._dist import unwrap
-from scg.baselines.base import ControlVariate, SignalContext
+from scg.baselines.base import ControlVariate, SignalContext, check_baseline, cost_function, signal_rows
 from scg.baselines.simple import LeaveOneOut
 from scg.estimators._elements import event_size, replace_each, split_event
 from scg.estimators.base import Cost, Estimator, Parts
@@ -107,10 +107,7 @@ class MeasureValued(Estimator):
 
     def __init__(self, baseline: Optional[ControlVariate] = None) -> None:
         super().__init__()
-        if baseline is not None and not isinstance(baseline, ControlVariate):
-            raise TypeError(
-                f"`baseline` must be a control variate from scg.baselines or None; got {type(baseline).__name__}."
-            )
+        check_baseline(baseline)
         if baseline is not None and any(isinstance(m, LeaveOneOut) for m in baseline.modules()):
             raise ValueError(
                 "LeaveOneOut is biased for MeasureValued: its baseline differs between the perturbed copies "
@@ -219,13 +216,9 @@ class MeasureValued(Estimator):
             return signal, None
         batch = tuple(dist.batch_shape)
         event = tuple(dist.event_shape)
-        rows = signal.reshape(-1, *batch)
+        rows = signal_rows(signal.reshape(-1, *batch), 1, baseline)
         points = value.detach().reshape(-1, *batch, *event)
-        if rows.shape[0] < baseline.min_samples:
-            raise ValueError(
-                f"`num_samples` must be >= {baseline.min_samples} for {type(baseline).__name__}; got {rows.shape[0]}."
-            )
-        ctx = SignalContext(dist, points, dist.log_prob(points), f if f is not None else _no_cost_function, context)
+        ctx = SignalContext(dist, points, dist.log_prob(points), cost_function(f), context)
         new, extra = baseline(rows, ctx)
         return (rows - (rows - new).detach()).reshape(signal.shape), extra
 
@@ -267,12 +260,6 @@ class MeasureValued(Estimator):
 
         return Parts(value, copies=_first(value.shape[0], eps), term=term)
 
-
-def _no_cost_function(z: Tensor) -> Tensor:
-    raise TypeError(
-        "this control variate needs the cost as a function of the node's sample (Delta), which a "
-        "scg.Graph does not have (its costs are tensors); use scg.expectation for Delta."
-    )
 
 
 def _first(size: int, like: Tensor) -> Tensor:

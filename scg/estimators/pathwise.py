@@ -21,7 +21,7 @@ from torch.distributions import (
     Uniform,
 )
 
-from scg.baselines.base import ControlVariate, SignalContext
+from scg.baselines.base import ControlVariate, SignalContext, check_baseline, cost_function, signal_rows
 from scg.baselines.simple import Normalize
 from scg.estimators.base import Cost, Estimator, Parts
 from scg.laws import Law, StandardNormal, StandardUniform, law_like
@@ -207,10 +207,7 @@ class Pathwise(Estimator):
 
     def __init__(self, baseline: Optional[ControlVariate] = None) -> None:
         super().__init__()
-        if baseline is not None and not isinstance(baseline, ControlVariate):
-            raise TypeError(
-                f"`baseline` must be a control variate from scg.baselines or None; got {type(baseline).__name__}."
-            )
+        check_baseline(baseline)
         if baseline is not None and any(isinstance(m, Normalize) for m in baseline.modules()):
             raise ValueError(
                 "Normalize rescales a score-function learning signal; the pathwise gradient has none, so "
@@ -251,25 +248,14 @@ class Pathwise(Estimator):
 
         def term(signal: Tensor, f: Optional[Cost], sample_dims: int) -> tuple[Tensor, Optional[Tensor]]:
             shape = signal.shape
-            rows = signal.reshape(-1, *shape[sample_dims:]) if sample_dims != 1 else signal
-            if rows.shape[0] < baseline.min_samples:
-                raise ValueError(
-                    f"`num_samples` must be >= {baseline.min_samples} for {type(baseline).__name__}; "
-                    f"got {rows.shape[0]}."
-                )
+            rows = signal_rows(signal, sample_dims, baseline)
             lp = dist.log_prob(z.detach()).detach().reshape(rows.shape)
             # The samples stay attached to θ: a control variate of the sample (Delta) is then
             # differentiated pathwise; one that does not depend on it subtracts a detached quantity.
-            ctx = SignalContext(dist, z, lp, f if f is not None else _no_cost_function, context)
+            ctx = SignalContext(dist, z, lp, cost_function(f), context)
             new, extra = baseline(rows, ctx)
             subtracted = rows - new  # c h(z_s) for Delta, attached through z_s only
             return (subtracted.detach() - subtracted).reshape(shape), extra
 
         return Parts(z, term=term)
 
-
-def _no_cost_function(z: Tensor) -> Tensor:
-    raise TypeError(
-        "this control variate needs the cost as a function of the node's sample (Delta), which a "
-        "scg.Graph does not have (its costs are tensors); use scg.expectation for Delta."
-    )

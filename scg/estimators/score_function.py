@@ -9,19 +9,12 @@ from torch.distributions import Distribution
 
 from scg._dice import baseline_rows
 from scg._dist import parameters_of
-from scg.baselines.base import ControlVariate, SignalContext
+from scg.baselines.base import ControlVariate, SignalContext, check_baseline, cost_function, signal_rows
 from scg.estimators.base import Cost, Estimator, Parts
 from scg.laws import FromDistribution, Law
 
 __all__ = ["ScoreFunction"]
 
-
-def _no_cost_function(z: Tensor) -> Tensor:
-    raise TypeError(
-        "this control variate needs the cost as a function of the node's sample (Delta), which a "
-        "scg.Graph does not have (its costs are tensors); use Constant, MovingAverage, LeaveOneOut, "
-        "Learned or Normalize in a Graph, or scg.expectation for Delta."
-    )
 
 
 class ScoreFunction(Estimator):
@@ -68,10 +61,7 @@ class ScoreFunction(Estimator):
 
     def __init__(self, baseline: Optional[ControlVariate] = None) -> None:
         super().__init__()
-        if baseline is not None and not isinstance(baseline, ControlVariate):
-            raise TypeError(
-                f"`baseline` must be a control variate from scg.baselines or None; got {type(baseline).__name__}."
-            )
+        check_baseline(baseline)
         self.baseline = baseline
         self.unbiased = baseline is None or baseline.unbiased
 
@@ -90,14 +80,9 @@ class ScoreFunction(Estimator):
 
         def term(signal: Tensor, f: Optional[Cost], sample_dims: int) -> tuple[Tensor, Optional[Tensor]]:
             shape = signal.shape
-            rows = signal.reshape(-1, *shape[sample_dims:]) if sample_dims != 1 else signal
-            if rows.shape[0] < baseline.min_samples:
-                raise ValueError(
-                    f"`num_samples` must be >= {baseline.min_samples} for {type(baseline).__name__}; "
-                    f"got {rows.shape[0]}."
-                )
+            rows = signal_rows(signal, sample_dims, baseline)
             lp = log_q if sample_dims == 1 else log_q.reshape(rows.shape)
-            ctx = SignalContext(dist, z, lp, f if f is not None else _no_cost_function, context)
+            ctx = SignalContext(dist, z, lp, cost_function(f), context)
             new, extra = baseline(rows, ctx)
             return baseline_rows(lp, (rows - new).detach()).reshape(shape), extra
 
