@@ -18,8 +18,18 @@ __all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text"]
 PathLike = Union[str, os.PathLike]
 
 
+def _umask() -> int:
+    """The process's umask (read by setting and restoring it: the only portable way)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: PathLike, write: Callable[[BinaryIO], object]) -> Path:
-    """Create ``path`` atomically with ``write(fh)`` on a binary file (parent folders created)."""
+    """Create ``path`` atomically with ``write(fh)`` on a binary file (parent folders created).
+
+    The file gets the permissions a plain ``open(path, "w")`` would: 0666 less the umask.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -28,6 +38,7 @@ def atomic_write(path: PathLike, write: Callable[[BinaryIO], object]) -> Path:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would leak into results meant to be shared
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

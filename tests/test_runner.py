@@ -301,3 +301,16 @@ def test_two_processes_with_different_configs_into_one_fresh_folder_never_mix(tm
         assert sorted(o.split()[0] for o in outputs) == ["ran", "refused"], outputs
         digest = json.loads((out / "manifest.json").read_text())["config_hash"]
         assert all(p.name.startswith(digest) for p in (out / "cells").glob("*.json"))
+
+
+def test_result_files_get_the_mode_the_umask_gives(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        run_study(ToyStudy(), ToyConfig(), tmp_path / "m", progress=False, plot=False)
+    finally:
+        os.umask(old)
+    for name in ("manifest.json", "results.csv"):
+        assert stat.S_IMODE((tmp_path / "m" / name).stat().st_mode) == 0o644, name
