@@ -221,3 +221,16 @@ def test_unreachable_accuracy_raises():
         exact_moments(scg.Pathwise(), Normal, (one, one), f, rtol=-1)
     with pytest.raises(ValueError, match=r"`rtol` and `atol` must not both be 0"):
         assert_unbiased(scg.Pathwise(), Normal, (one, one), f, rtol=0.0, atol=0.0)
+
+
+def test_gauss_rules_are_stable_at_any_node_count():
+    from scg.testing import quadrature as Q
+
+    for n in (96, 400, 1000, 3000):
+        for x, w in (Q.gauss_hermite(n), Q.maxwell_rule(n)):
+            assert np.isfinite(x).all() and np.isfinite(w).all() and (w > 0).all()
+            assert w.sum() == pytest.approx(1.0, abs=1e-13)
+        x, w = Q.gauss_hermite(n)
+        assert (w * x**4).sum() == pytest.approx(3.0, rel=1e-12)  # E[ε⁴] = 3
+        x, w = Q.maxwell_rule(n)
+        assert (w * x**2).sum() == pytest.approx(3.0, rel=1e-12)  # E[M²] = 3
