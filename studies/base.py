@@ -31,7 +31,7 @@ Subclass contract::
     class Gaussian(Study):
         name = "gaussian"
         description = "Mohamed et al. 2020 §3: ..."
-        reproduces = "Mohamed et al. 2020, Fig. 3/4 and Table 3"
+        reproduces = "Mohamed et al. 2020 §3, Figs. 3-4"
         time = {"smoke": "5 s", "default": "1 min (2 CPU cores)", "full": "GPU"}  # wall time per size
         Config = GaussianConfig
         def smoke(self) -> GaussianConfig: ...            # the tiny size

@@ -9,8 +9,10 @@ with the score function (SF), the score function with the variance-optimal const
 baseline per parameter (SF*, :math:`b^*_p = E[f s_p^2]/E[s_p^2]`, computed exactly),
 the pathwise (PW) and the coupled measure-valued (MVD) estimators. Every sampled
 variance sits next to the exact one from :func:`scg.testing.exact_moments`
-(quadrature over the estimator's own random inputs) and, for the four rows of
-Mohamed et al.'s Table 3, next to the published value (``reference_variance``).
+(quadrature over the estimator's own random inputs) and, for four (cost, k) rows,
+next to a reference value derived in this project from closed forms
+(``reference_variance``; ``docs/references.md``). Mohamed et al. show these
+variances as curves over k (§3, Figs. 3–4), not as a table.
 
 Part 2 (``part = "dimension"``): :math:`f(x) = ‖x‖^2`, :math:`q = N(0, I_D)`, the
 gradient w.r.t. :math:`μ_1`: SF variance :math:`(D+2)(D+4)`, SF with the baseline
@@ -37,7 +39,7 @@ for its measured table rows).
 
 References:
     Mohamed, Rosca, Figurnov & Mnih, "Monte Carlo Gradient Estimation in Machine
-    Learning", JMLR 2020, §3 (Fig. 3/4, Table 3). https://arxiv.org/abs/1906.10652
+    Learning", JMLR 2020, §3 (Figs. 3–4). https://arxiv.org/abs/1906.10652
 """
 
 from __future__ import annotations
@@ -59,7 +61,8 @@ from scg.studies.sampling import Moments, sample_until
 
 __all__ = ["GaussianConfig", "Gaussian", "Moments", "sample_until", "cost", "REFERENCE", "ESTIMATOR_LABELS"]
 
-#: Mohamed et al. 2020, Table 3 (REFERENCES.md): (family, k) -> parameter -> estimator -> variance.
+#: Reference variances derived in this project (closed forms, docs/references.md) at four (family, k)
+#: points of Mohamed et al. 2020's §3 curves: (family, k) -> parameter -> estimator -> variance.
 REFERENCE: dict[tuple[str, float], dict[str, dict[str, float]]] = {
     ("square", 0.0): {"mu": {"score_function": 30, "score_function_optimal": 14, "pathwise": 4, "measure_valued": 1.093},
                       "sigma": {"score_function": 136, "score_function_optimal": 64, "pathwise": 12,
@@ -219,7 +222,7 @@ class Gaussian(Study):
 
     name = "gaussian"
     description = "Mohamed et al. 2020 §3: variance of SF, SF*, PW, MVD on (x-k)^2, exp(-kx^2), cos kx; vs D"
-    reproduces = "Mohamed et al. 2020, Fig. 3/4 and Table 3"
+    reproduces = "Mohamed et al. 2020 §3, Figs. 3-4 (curves; reference values at 4 points derived here)"
     time = {"smoke": "5 s", "default": "1 min on 2 idle CPU cores",
             "full": "~30 min on 1 CPU thread (extrapolated; its 4 table rows: 3.3 min)"}
     Config = GaussianConfig
