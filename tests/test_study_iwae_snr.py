@@ -147,10 +147,11 @@ def test_documented_run_has_the_claimed_slopes_with_standard_errors():
         r = fits[(method, group)]
         return abs(num(r, "slope") - expected) / num(r, "slope_se")
     assert z("reparam", "inference", -0.5) <= 2
+    # DReG's inference slope and the generative slopes are claimed as rising towards +1/2 but still
+    # below it, by more than 2 SE, over K = 30-1000
+    assert 0.4 < num(fits[("dreg", "inference")], "slope") < 0.5 and z("dreg", "inference", 0.5) > 2
     for method in ("reparam", "stl", "dreg"):
-        assert z(method, "generative", 0.5) <= 2
-    # DReG's inference slope is claimed as approaching +1/2 from below, not within 2 SE of it
-    assert 0.4 < num(fits[("dreg", "inference")], "slope") < 0.5
+        assert 0.3 < num(fits[(method, "generative")], "slope") < 0.5 and z(method, "generative", 0.5) > 2
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
