@@ -196,8 +196,7 @@ class DiscreteVAEStudy(Study):
                    "parameters, equal cost in f, several seeds")
     reproduces = ("Mnih & Rezende 2016, Tucker et al. 2017, Grathwohl et al. 2018, Dong et al. 2020: "
                   "RLOO/VIMCO/DisARM/RELAX below REINFORCE+MA at equal cost")
-    time = {"smoke": "10 s", "default": "~4 min CPU with 1 torch thread (3 seeds x 40 epochs; estimated from the "
-                                        "committed smaller run)",
+    time = {"smoke": "10 s", "default": "3-4 min on 2 CPU cores with 1 torch thread (3 seeds x 40 epochs)",
             "full": "GPU (300 epochs)"}
     Config = DiscreteVAEConfig
 

@@ -173,7 +173,7 @@ class Flows2D(Study):
     name = "flows-2d"
     description = "planar/radial/coupling flows on the 2-D potentials U1-U4: density pictures and KL on [-4,4]^2"
     reproduces = "Rezende & Mohamed 2015 Fig. 3: longer flows fit U1-U4 better (KL falls with K)"
-    time = {"smoke": "5 s", "default": "~8 min on 1 CPU core (400 steps; 2 shards halve it)",
+    time = {"smoke": "5 s", "default": "~3 min on 2 CPU cores (400 steps, 1 seed; 9 min with --set seeds=3)",
             "full": "GPU (20000 steps)"}
     Config = Flows2DConfig
 

@@ -257,7 +257,7 @@ class IWAESNR(Study):
     name = "iwae-snr"
     description = "Rainforth et al. 2018 linear-Gaussian: SNR of inference/generative gradients vs K (IWAE, STL, DReG)"
     reproduces = "Rainforth et al. 2018 Fig. 2 (SNR slopes -1/2, +1/2); Tucker et al. 2019 (DReG +1/2)"
-    time = {"smoke": "5 s", "default": "~25 min on 2 CPU cores (N = 1024, K <= 1000); N = 256: ~6 min",
+    time = {"smoke": "5 s", "default": "2 min on 2 CPU cores with 1 torch thread (N = 1024, K <= 1000)",
             "full": "GPU (K <= 1000, M = 1024)"}
     Config = IWAESNRConfig
 
