@@ -153,7 +153,7 @@ class BLR(Study):
     name = "blr"
     description = "Bayesian logistic regression (breast cancer): ELBO vs step, per-dimension gradient variance"
     reproduces = "Mohamed et al. 2020 §8.3 (Figs. 13-14): PW/MVD lowest variance, SF highest, CVs between"
-    time = {"smoke": "3 s", "default": "~5 min CPU, 11 min wall on 2 contended CPU cores (2000 steps)",
+    time = {"smoke": "3 s", "default": "1 min on 2 CPU cores with 1 torch thread (2000 steps)",
             "full": "~2.5x the default (5000 steps)"}
     Config = BLRConfig
 
