@@ -204,9 +204,9 @@ def gradient_samples(
         with torch.no_grad():  # gradients of fn's closed-over tensors that require grad stay out of the result
             torch.cat(flat, dim=1, out=out[start : start + size])
     if out.is_cpu:  # one reduction; on an accelerator the check would cost a host sync, so it is skipped
-        bad = ~torch.isfinite(out).all(1)
-        if bool(bad.any()):
-            rows = bad.nonzero().flatten().tolist()
+        suspect = ~torch.isfinite(out.sum(1))  # a row sum is finite iff its terms are (or they overflow)
+        rows = [i for i in suspect.nonzero().flatten().tolist() if not bool(torch.isfinite(out[i]).all())]
+        if rows:
             raise ValueError(
                 f"`fn` must have finite gradients; {len(rows)} of {num} estimates are not (rows {rows[:5]}"
                 f"{', ...' if len(rows) > 5 else ''}): check fn for overflow, log(0) or a division by zero."
