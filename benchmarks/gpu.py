@@ -7,8 +7,8 @@ Usage::
 
 With CUDA (``torch.cuda.is_available()``):
 
-1. the tests that need CUDA: ``pytest -k cuda`` (the tests named ``*cuda*`` and those
-   marked ``cuda``; without a GPU they skip with "needs CUDA");
+1. the tests that need CUDA: ``pytest -m cuda`` (the tests marked ``cuda``; without a
+   GPU they skip with "needs CUDA");
 2. every study of ``scg-study list`` with ``scg-study run NAME --full --device cuda``,
    within a time budget (``--budget``, default 600 s for all studies together on one
    GPU): each study gets an equal share of what is left. A study still running at the
@@ -142,7 +142,7 @@ def main(argv: Optional[list[str]] = None) -> Path:
             "--quick) — a check that the command works, not a measurement")
     print(mode, flush=True)
 
-    tests = run("CUDA tests", [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "cuda", args.tests],
+    tests = run("CUDA tests", [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "cuda", args.tests],
                 out / "tests.log", timeout=None)
     print(f"tests: {tests.status} in {tests.seconds:.0f} s", flush=True)
 

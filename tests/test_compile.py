@@ -259,7 +259,7 @@ def test_inductor_step_matches_eager():
     _assert_same(eager, compiled)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 @pytest.mark.cuda
 def test_cuda_compiled_step_has_no_host_sync():  # pragma: no cover - no GPU on CI
     """On a GPU the compiled step (finiteness check included) runs without synchronising the host."""

@@ -27,7 +27,7 @@ def test_cpu_pipeline_writes_one_report_naming_the_device(tmp_path, capsys):
     assert "| blr | smoke |" in text and "| ok |" in text  # per-study wall time and status
     assert "1. Gaussian VAE, pathwise" in text and "| contender | median ms/step" in text  # the benchmark tables
     assert (out / "studies" / "blr" / "results.csv").exists() and (out / "tests.log").exists()
-    assert "-k cuda" in text
+    assert "-m cuda" in text
     assert "NO CUDA DEVICE" in capsys.readouterr().out
 
 

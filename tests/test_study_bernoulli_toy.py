@@ -221,7 +221,7 @@ def test_exact_harness_reproduces_the_reference_numbers_directly():
             assert var == pytest.approx(ref, rel=2e-4, abs=1e-30), (t, name)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_cuda_cells_run(tmp_path):  # pragma: no cover - no GPU on CI
     from scg.studies.bernoulli_toy import BernoulliToy
     from scg.studies.runner import run_study

@@ -93,7 +93,7 @@ def test_unknown_estimator_lists_valid_ones(tmp_path, capsys):
     assert "valid estimators: pathwise, score_function" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_cuda_smoke_run(tmp_path):  # pragma: no cover - no GPU on CI
     """Nothing assumes the CPU: the smoke size runs with tensors and generators on the GPU."""
     from scg.studies.blr import BLR

@@ -82,7 +82,7 @@ def test_bad_config_lists_valid_names(tmp_path, capsys):
     assert "valid points: prior, fitted" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_cuda_smoke_run(tmp_path):  # pragma: no cover - no GPU on CI
     """Nothing assumes the CPU: the smoke size runs with tensors and generators on the GPU."""
     from scg.studies.doubly_stochastic import DoublyStochastic

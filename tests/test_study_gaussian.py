@@ -235,7 +235,7 @@ def test_unknown_set_key_lists_the_valid_keys(tmp_path, capsys):
     assert "valid keys: square_k, bump_k" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_cuda_cell_runs(tmp_path):  # pragma: no cover - no GPU on CI
     study = Gaussian()
     cfg = study.smoke()

@@ -154,7 +154,7 @@ def test_documented_run_has_the_claimed_slopes_with_standard_errors():
         assert 0.3 < num(fits[(method, "generative")], "slope") < 0.5 and z(method, "generative", 0.5) > 2
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_cuda_cells_run(tmp_path):  # pragma: no cover - no GPU on CI
     from scg.studies.iwae_snr import IWAESNR
     from scg.studies.runner import run_study
