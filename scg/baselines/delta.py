@@ -70,6 +70,8 @@ class Delta(_RunningState):
                 raise ValueError(f'`coefficient` must be a float or "optimal"; got {coefficient!r}.')
         elif isinstance(coefficient, bool) or not isinstance(coefficient, (int, float)):
             raise TypeError(f'`coefficient` must be a float or "optimal"; got {type(coefficient).__name__}.')
+        elif not math.isfinite(coefficient):
+            raise ValueError(f'`coefficient` must be a finite float or "optimal"; got {coefficient}.')
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"`decay` must be in [0, 1); got {decay}.")
         self.coefficient = coefficient
