@@ -91,7 +91,7 @@ def _u4(z: Tensor) -> Tensor:
 
 #: The four energy functions of Rezende & Mohamed (2015), Table 1: ``[..., 2] -> [...]``.
 POTENTIALS: dict[str, Callable[[Tensor], Tensor]] = {"U1": _u1, "U2": _u2, "U3": _u3, "U4": _u4}
-LOG_Z_U1 = 1.877502  # exact, on ℝ² (REFERENCES.md)
+LOG_Z_U1 = 1.877502  # exact, on ℝ² (docs/references.md)
 
 
 def potential(name: str) -> Callable[[Tensor], Tensor]:

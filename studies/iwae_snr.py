@@ -1,6 +1,6 @@
 r"""``iwae-snr``: Rainforth et al. (2018) — SNR of IWAE gradients vs K for IWAE, STL and DReG.
 
-Setup (REFERENCES.md): D = 20, :math:`p(z) = N(μ, I)`, :math:`p(x | z) = N(z, I)`, so
+Setup (docs/references.md): D = 20, :math:`p(z) = N(μ, I)`, :math:`p(x | z) = N(z, I)`, so
 :math:`p(x) = N(μ, 2I)` and :math:`p(z | x) = N((μ + x)/2, ½ I)`; the inference network
 :math:`q(z | x) = N(Ax + b, ⅔ I)` — **⅔ is the variance** (covariance ⅔ I, standard
 deviation √⅔ ≈ 0.816; fixed, not learned), following the :math:`N(\text{mean},
