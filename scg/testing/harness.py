@@ -149,6 +149,9 @@ def exact_moments(
     check_tolerance(rtol, atol)
     if not callable(getattr(estimator, "laws", None)) or not callable(getattr(estimator, "surrogate", None)):
         raise TypeError(f"`estimator` must be an scg Estimator; got {type(estimator).__name__}.")
+    for arg, value in (("make_dist", make_dist), ("f", f)):
+        if not callable(value):
+            raise TypeError(f"`{arg}` must be callable; got {type(value).__name__}.")
     ps = as_params(params)
     name = type(estimator).__name__
     with no_validation(), frozen(estimator):
