@@ -9,6 +9,7 @@ Rows marked ``xfail(strict=True)`` document inputs whose error is still raw or u
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -467,5 +468,3 @@ def test_bad_cli_input(argv, match, tmp_path, capsys):
     assert len(errors) == 1, err
     assert re.search(match, errors[0]), errors[0]
 
-
-import re  # noqa: E402
