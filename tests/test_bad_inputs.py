@@ -396,7 +396,7 @@ CASES = [
     # data loaders
     ("data-digits-threshold", _data("digits", threshold=2.0), VE, r"`threshold` must be in \(0, 1\); got 2.0"),
     ("data-digits-dtype", _data("digits", dtype=torch.int64), (TE, VE), r"`dtype`",
-     xf("an integer dtype is accepted (data silently truncated)")),
+     xf("an integer `dtype` is accepted (no check)")),
     ("data-linear-latent-gt-data", _data("linear_gaussian", data_dim=2, latent_dim=3), VE, r"`latent_dim`", xf("latent_dim > data_dim is accepted")),
     ("data-linear-data-dim-0", _data("linear_gaussian", data_dim=0), VE, r"`data_dim` must be >= 1; got 0"),
     ("data-linear-noise-neg", _data("linear_gaussian", noise_std=-0.5), VE, r"`noise_std` must be positive and finite; got -0.5"),
