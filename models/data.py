@@ -98,6 +98,8 @@ def digits(*, binarized: bool = True, threshold: float = 0.5, seed: int = 0,
     Returns:
         :class:`Splits` with ``[1000, 64]``, ``[350, 64]``, ``[447, 64]`` and labels.
     """
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"`dtype` must be a floating torch.dtype; got {dtype!r}.")
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"`threshold` must be in (0, 1); got {threshold}.")
     from sklearn.datasets import load_digits
@@ -200,6 +202,10 @@ def linear_gaussian(*, data_dim: int = 10, latent_dim: int = 2, noise_std: float
     """
     check_positive_int("data_dim", data_dim)
     check_positive_int("latent_dim", latent_dim)
+    if not (isinstance(sizes, (tuple, list)) and len(sizes) == 3):
+        raise ValueError(f"`sizes` must be (train, validation, test) sizes, three ints; got {sizes!r}.")
+    for size in sizes:
+        check_positive_int("sizes", size)
     check_positive("noise_std", noise_std)
     if not 0.0 <= correlation < 1.0:
         raise ValueError(f"`correlation` must be in [0, 1); got {correlation}.")
@@ -352,6 +358,9 @@ def binarize(x: Tensor, *, generator: Optional[torch.Generator] = None) -> Tenso
     Returns:
         A tensor of 0/1 values with the shape and dtype of x.
     """
+    if not isinstance(x, Tensor) or not x.is_floating_point():
+        raise TypeError(f"`x` must be a floating-point tensor of intensities; got "
+                        f"{type(x).__name__ if not isinstance(x, Tensor) else x.dtype}.")
     if x.numel() and (float(x.min()) < 0.0 or float(x.max()) > 1.0):
         raise ValueError(f"`x` must hold intensities in [0, 1]; got values in [{float(x.min())}, {float(x.max())}].")
     u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)

@@ -64,7 +64,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from scg.distributed import init_from_env, rank_and_world, rank_seed, sync_buffers
-from scg.models.train import History, TrainConfig, _Steps, _train, load_checkpoint, resolve_device
+from scg.models.train import History, TrainConfig, _check_fit_args, _Steps, _train, load_checkpoint, resolve_device
 
 __all__ = ["local_slice", "DataParallelStep", "fit_distributed"]
 
@@ -274,6 +274,7 @@ def fit_distributed(model: nn.Module, train: Tensor, val: Optional[Tensor] = Non
     Returns:
         :class:`~scg.models.History` (the same on every rank).
     """
+    _check_fit_args(model, train, val, config, stop_after)
     dev = _device(device)
     rank, world = init_from_env(backend="nccl" if dev.type == "cuda" else "gloo")
     steps = _DataParallelSteps(dev, rank, world, find_unused_parameters)

@@ -97,6 +97,8 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise TypeError(f"`seed` must be an int; got {type(self.seed).__name__} ({self.seed!r}).")
         check_positive_int("epochs", self.epochs)
         check_positive_int("batch_size", self.batch_size)
         check_positive("lr", self.lr)
@@ -307,8 +309,27 @@ def fit(model: nn.Module, train: Tensor, val: Optional[Tensor] = None, *, config
     Returns:
         :class:`History` of all epochs (including resumed ones).
     """
+    _check_fit_args(model, train, val, config, stop_after)
     return _train(_Steps(resolve_device(device)), model, train, val, config=config, out_dir=out_dir,
                   transform=transform, stop_after=stop_after)
+
+
+def _check_fit_args(model: object, train: object, val: object, config: object, stop_after: object) -> None:
+    """The argument checks of :func:`fit` and ``fit_distributed``: ``TypeError``/``ValueError`` naming the argument."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"`model` must be a torch.nn.Module with loss() and bound(); got {type(model).__name__}.")
+    for name, data in (("train", train), ("val", val)):
+        if data is None and name == "val":
+            continue
+        if not isinstance(data, Tensor):
+            raise TypeError(f"`{name}` must be a tensor [N, ...] of data points; got {type(data).__name__}.")
+        if data.dim() < 2 or data.shape[0] < 1:
+            raise ValueError(f"`{name}` must have shape [N, ...] with N >= 1 data points on dim 0 and at least one "
+                             f"feature dim; got shape {list(data.shape)}.")
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"`config` must be a TrainConfig; got {type(config).__name__}.")
+    if stop_after is not None:
+        check_positive_int("stop_after", stop_after)
 
 
 def _train(steps: _Steps, model: nn.Module, train: Tensor, val: Optional[Tensor], *, config: TrainConfig,

@@ -94,6 +94,8 @@ def subsample(
         Inference", 2014. Hoffman et al., "Stochastic Variational Inference", 2013.
     """
     _check(n, batch_size)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"`generator` must be a torch.Generator or None; got {type(generator).__name__}.")
     if n <= max(PERMUTATION_LIMIT, 4 * batch_size):
         indices = torch.randperm(n, generator=generator, device=device)[:batch_size]
     else:  # n far larger than B: memory O(B), not O(N)

@@ -296,4 +296,6 @@ def expectation(
         raise TypeError(f"`estimator` must be an scg Estimator; got {type(estimator).__name__}.")
     if not callable(f):
         raise TypeError(f"`f` must be callable; got {type(f).__name__}.")
+    if context is not None and not isinstance(context, torch.Tensor):
+        raise TypeError(f"`context` must be a tensor or None; got {type(context).__name__}.")
     return estimator(f, dist, num_samples, context=context)

@@ -110,9 +110,9 @@ class MeasureValued(Estimator):
         check_baseline(baseline)
         if baseline is not None and any(isinstance(m, LeaveOneOut) for m in baseline.modules()):
             raise ValueError(
-                "LeaveOneOut is biased for MeasureValued: its baseline differs between the perturbed copies "
-                "of one sample, so it does not cancel in their differences. Use Constant, MovingAverage, "
-                "Learned, or Delta (Normal)."
+                "`baseline` must not contain LeaveOneOut for MeasureValued: its baseline differs between the "
+                "perturbed copies of one sample, so it does not cancel in their differences (biased). Use "
+                "Constant, MovingAverage, Learned, or Delta (Normal)."
             )
         self.baseline = baseline
         self.unbiased = baseline is None or baseline.unbiased

@@ -210,8 +210,9 @@ class Pathwise(Estimator):
         check_baseline(baseline)
         if baseline is not None and any(isinstance(m, Normalize) for m in baseline.modules()):
             raise ValueError(
-                "Normalize rescales a score-function learning signal; the pathwise gradient has none, so "
-                "Pathwise refuses it. Use Delta (a control variate whose expectation is known) or no baseline."
+                "`baseline` must not contain Normalize for Pathwise: it rescales a score-function learning signal, "
+                "which the pathwise gradient has none of. Use Delta (a control variate whose expectation is known) "
+                "or no baseline."
             )
         self.baseline = baseline
         self.unbiased = baseline is None or baseline.unbiased

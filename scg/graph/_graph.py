@@ -135,6 +135,9 @@ class Graph:
         self.num_samples = num_samples
         if draws is not None and not isinstance(draws, Mapping):
             raise TypeError(f"`draws` must be a mapping node name -> draws; got {type(draws).__name__}.")
+        for key, value in (draws or {}).items():
+            if not isinstance(value, Mapping):
+                raise TypeError(f"`draws[{key!r}]` must be a mapping law name -> tensor; got {type(value).__name__}.")
         self._replay = {k: dict(v) for k, v in draws.items()} if draws else None
         self._nodes: dict[str, Node] = {}
         self._costs: dict[str, Cost] = {}

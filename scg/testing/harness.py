@@ -163,11 +163,13 @@ def exact_moments(
                 f"{type(dist0).__name__} (implicit reparameterisation: the draw is dist.rsample's own); the exact harness needs explicit noise — use a distribution with an "
                 "explicit reparameterisation (Normal, Laplace, Exponential, Uniform, ...) or ScoreFunction."
             )
-        if isinstance(breakpoints, dict) and not set(breakpoints) <= set(laws):
-            raise ValueError(
-                f"`breakpoints` names laws {sorted(set(breakpoints) - set(laws))} that "
-                f"{name} does not draw; its laws are {sorted(laws)}."
-            )
+        # `nodes` may also name "z", exact_gradient's own law (assert_unbiased passes it to both)
+        for arg, given, known in (("breakpoints", breakpoints, set(laws)), ("nodes", nodes, set(laws) | {"z"})):
+            if isinstance(given, dict) and not set(given) <= known:
+                raise ValueError(
+                    f"`{arg}` names laws {sorted(set(given) - known)} that "
+                    f"{name} does not draw; its laws are {sorted(laws)}."
+                )
         specs: list[_rules.Spec] = []
         for law_name, law in laws.items():
             specs += _rules.law_specs(law_name, law, law_points(estimator, dist0, law_name, law, breakpoints))
