@@ -457,3 +457,15 @@ def test_bad_cli_input(argv, match, tmp_path, capsys):
     assert len(errors) == 1, err
     assert re.search(match, errors[0]), errors[0]
 
+
+
+def test_an_oversized_exact_grid_is_refused_at_once_with_a_readable_size():
+    """RELAX at S = 2000 (4000 uniforms): refused in O(variables), its size written as a power of ten."""
+    import time
+
+    p = (torch.tensor(0.3, dtype=torch.float64),)
+    start = time.process_time()
+    with pytest.raises(ValueError, match=r"the exact grid needs about 10\^\d+\.\d points > `max_points` = "):
+        scg.testing.exact_moments(scg.RELAX(), lambda l: torch.distributions.Bernoulli(logits=l), p,
+                                  lambda b: (b - 0.45) ** 2, num_samples=2000)
+    assert time.process_time() - start < 10.0

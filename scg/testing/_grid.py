@@ -69,6 +69,13 @@ def grid_points(specs: list[Spec], counts: list[int]) -> float:
     return math.prod(_count(s, n) for s, n in zip(specs, counts))
 
 
+def _power_of_ten(log_value: float) -> str:
+    """``exp(log_value)`` written without overflow: ``"3.2e+05"``, or ``"10^4512.3"`` beyond floats."""
+    if log_value < 700:
+        return f"{math.exp(log_value):.3g}"
+    return f"10^{log_value / math.log(10):.1f}"
+
+
 def choose_nodes(specs: list[Spec], max_points: int, nodes: Union[None, int, dict[str, int]], *,
                  headroom: int = 1) -> list[int]:
     """Starting nodes per piece for every variable: a grid of at most ``max_points / headroom`` points.
@@ -90,7 +97,11 @@ def choose_nodes(specs: list[Spec], max_points: int, nodes: Union[None, int, dic
         return log_fixed + sum(math.log(_count(specs[i], counts[i])) for i in cont)
 
     room = max(1, max_points // headroom)
-    if len(given) < len(cont):
+    floors = [given.get(i, _LIMITS[specs[i].kind][2]) for i in cont]
+    log_min = log_fixed + sum(math.log(_count(specs[i], n)) for i, n in zip(cont, floors))
+    if log_min > math.log(room) + 1e-9:  # even the smallest grid is too large: refuse in O(variables)
+        counts = [given.get(i, _LIMITS[s.kind][2] if s.kind != "fixed" else 0) for i, s in enumerate(specs)]
+    elif len(given) < len(cont):
         for limit, floor in ((min(_TARGET, room), 1), (room, 2)):
             while log_total() > math.log(limit) + 1e-9:
                 movable = [i for i in cont if i not in given and counts[i] > _LIMITS[specs[i].kind][floor]]
@@ -103,9 +114,9 @@ def choose_nodes(specs: list[Spec], max_points: int, nodes: Union[None, int, dic
         pieces = sorted({specs[i].pieces for i in cont})
         how = f"`nodes` = {nodes!r} per piece" if nodes is not None else "the minimum nodes per piece"
         raise ValueError(
-            f"the exact grid needs about {math.exp(log_total()):.3g} points > `max_points` = {max_points}"
+            f"the exact grid needs about {_power_of_ten(log_total())} points > `max_points` = {max_points}"
             f"{'' if headroom == 1 else f' / {headroom} (room to refine)'}: "
-            f"{len(fixed)} discrete variables with {int(round(math.exp(log_fixed)))} joint values and "
+            f"{len(fixed)} discrete variables with {_power_of_ten(log_fixed)} joint values and "
             f"{len(cont)} continuous variables at {how} (pieces per variable: {pieces}). Reduce "
             "num_samples or the number of elements, pass a smaller `nodes`, or raise `max_points`."
         )
