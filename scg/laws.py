@@ -148,14 +148,20 @@ class FromDistribution(Law):
     dist: Optional[Distribution] = None
 
     def sample(self, generator: Optional[torch.Generator] = None) -> Tensor:
-        if self.dist is None:  # pragma: no cover - constructed by estimators only
-            raise ValueError("`dist` must be given for FromDistribution.")
-        if generator is not None:
-            raise ValueError(
-                "`generator` is not supported for FromDistribution draws (torch distributions "
-                "sample from the global generator); seed with torch.manual_seed instead."
-            )
-        return sample_from(self.dist, self.shape[0])
+        return sample_from(distribution_of(self, generator), self.shape[0])
+
+
+def distribution_of(law: Law, generator: Optional[torch.Generator]) -> Distribution:
+    """The ``dist`` a distribution-backed law samples from; such draws use torch's global generator."""
+    dist = getattr(law, "dist", None)
+    if dist is None:  # pragma: no cover - constructed by estimators only
+        raise ValueError(f"`dist` must be given for {type(law).__name__}.")
+    if generator is not None:
+        raise ValueError(
+            f"`generator` is not supported for {type(law).__name__} draws (torch distributions "
+            "sample from the global generator); seed with torch.manual_seed instead."
+        )
+    return dist
 
 
 def sample_from(dist: Distribution, num_samples: int) -> Tensor:

@@ -149,12 +149,17 @@ def chain(*transforms: ControlVariate) -> Chain:
     return Chain(*transforms)
 
 
-def check_baseline(baseline: object) -> Optional[ControlVariate]:
-    """``baseline`` if it is a control variate or ``None``; a ``TypeError`` naming the argument otherwise."""
+def check_baseline(baseline: object, refuse: tuple[type, ...] = (), why: str = "") -> Optional[ControlVariate]:
+    """``baseline`` if it is a control variate or ``None``; a ``TypeError`` naming the argument otherwise.
+
+    A baseline containing one of the ``refuse`` types is a ``ValueError`` with the message ``why``.
+    """
     if baseline is not None and not isinstance(baseline, ControlVariate):
         raise TypeError(
             f"`baseline` must be a control variate from scg.baselines or None; got {type(baseline).__name__}."
         )
+    if baseline is not None and refuse and any(isinstance(m, refuse) for m in baseline.modules()):
+        raise ValueError(why)
     return baseline
 
 

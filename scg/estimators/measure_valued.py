@@ -107,14 +107,11 @@ class MeasureValued(Estimator):
 
     def __init__(self, baseline: Optional[ControlVariate] = None) -> None:
         super().__init__()
-        check_baseline(baseline)
-        if baseline is not None and any(isinstance(m, LeaveOneOut) for m in baseline.modules()):
-            raise ValueError(
-                "`baseline` must not contain LeaveOneOut for MeasureValued: its baseline differs between the "
-                "perturbed copies of one sample, so it does not cancel in their differences (biased). Use "
-                "Constant, MovingAverage, Learned, or Delta (Normal)."
-            )
-        self.baseline = baseline
+        self.baseline = check_baseline(
+            baseline, (LeaveOneOut,),
+            "`baseline` must not contain LeaveOneOut for MeasureValued: its baseline differs between the "
+            "perturbed copies of one sample, so it does not cancel in their differences (biased). Use "
+            "Constant, MovingAverage, Learned, or Delta (Normal).")
         self.unbiased = baseline is None or baseline.unbiased
 
     def check(self, dist: Distribution) -> None:

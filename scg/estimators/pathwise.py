@@ -24,7 +24,7 @@ from torch.distributions import (
 from scg.baselines.base import ControlVariate, SignalContext, check_baseline, cost_function, signal_rows
 from scg.baselines.simple import Normalize
 from scg.estimators.base import Cost, Estimator, Parts
-from scg.laws import Law, StandardNormal, StandardUniform, law_like
+from scg.laws import Law, StandardNormal, StandardUniform, distribution_of, law_like
 
 __all__ = ["Pathwise", "ImplicitSample", "reparameterize"]
 
@@ -122,14 +122,7 @@ class ImplicitSample(Law):
     dist: Optional[Distribution] = None
 
     def sample(self, generator: Optional[torch.Generator] = None) -> Tensor:
-        if self.dist is None:  # pragma: no cover - constructed by Pathwise only
-            raise ValueError("`dist` must be given for ImplicitSample.")
-        if generator is not None:
-            raise ValueError(
-                "`generator` is not supported for implicit reparameterisation (torch distributions "
-                "sample from the global generator); seed with torch.manual_seed instead."
-            )
-        return self.dist.rsample(self.shape[:1])
+        return distribution_of(self, generator).rsample(self.shape[:1])
 
 
 class Pathwise(Estimator):
@@ -207,14 +200,11 @@ class Pathwise(Estimator):
 
     def __init__(self, baseline: Optional[ControlVariate] = None) -> None:
         super().__init__()
-        check_baseline(baseline)
-        if baseline is not None and any(isinstance(m, Normalize) for m in baseline.modules()):
-            raise ValueError(
-                "`baseline` must not contain Normalize for Pathwise: it rescales a score-function learning signal, "
-                "which the pathwise gradient has none of. Use Delta (a control variate whose expectation is known) "
-                "or no baseline."
-            )
-        self.baseline = baseline
+        self.baseline = check_baseline(
+            baseline, (Normalize,),
+            "`baseline` must not contain Normalize for Pathwise: it rescales a score-function learning signal, "
+            "which the pathwise gradient has none of. Use Delta (a control variate whose expectation is known) "
+            "or no baseline.")
         self.unbiased = baseline is None or baseline.unbiased
 
     def check(self, dist: Distribution) -> None:

@@ -61,8 +61,7 @@ class ScoreFunction(Estimator):
 
     def __init__(self, baseline: Optional[ControlVariate] = None) -> None:
         super().__init__()
-        check_baseline(baseline)
-        self.baseline = baseline
+        self.baseline = check_baseline(baseline)
         self.unbiased = baseline is None or baseline.unbiased
 
     def laws(self, dist: Distribution, num_samples: int) -> dict[str, Law]:
