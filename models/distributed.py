@@ -64,7 +64,8 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from scg.distributed import init_from_env, rank_and_world, rank_seed, sync_buffers
-from scg.models.train import History, TrainConfig, _check_fit_args, _Steps, _train, load_checkpoint, resolve_device
+from scg.models.checkpoint import load_checkpoint
+from scg.models.train import History, TrainConfig, _check_fit_args, _Steps, _train, resolve_device
 
 __all__ = ["local_slice", "DataParallelStep", "fit_distributed"]
 

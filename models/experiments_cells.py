@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from scg.models.train import atomic_save_json
+from scg.models.checkpoint import atomic_save_json
 
 __all__ = ["cell", "mean_std", "table"]
 

@@ -14,14 +14,9 @@ after the last finished epoch, so a killed run restarted with the same seed ends
 with the same parameters as an uninterrupted one (on the same device and torch
 build), without redoing finished epochs.
 
-Trust and integrity: checkpoints hold only tensors, numbers, strings and containers
-of them and are read with ``torch.load(..., weights_only=True)``, so loading one runs
-no code (a file that needs more is refused). ``last.pt`` also records a hash of its
-own content (every tensor bit for bit) and a fingerprint of the run — every
-:class:`TrainConfig` field but ``epochs``, ``progress`` and ``restore_best``, the
-model's structure and its estimators' settings (``repr(model)``), and hashes of the
-training and validation data; resuming refuses, naming what differs, a corrupted
-checkpoint or one written by a different run.
+Trust and integrity (:mod:`scg.models.checkpoint`): checkpoints are read with
+``torch.load(..., weights_only=True)`` and checked against their content hash and the
+run's fingerprint before resuming.
 
 The loop is shared with :func:`scg.models.distributed.fit_distributed`: what differs
 per process (which part of a batch it takes, how its gradient is weighted and
@@ -31,8 +26,6 @@ object (``_Steps``; the data-parallel one lives in :mod:`scg.models.distributed`
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import re
@@ -45,9 +38,16 @@ import torch
 from torch import Tensor, nn
 
 from scg.checks import check_positive, check_positive_int
-from scg.models._io import atomic_write, atomic_write_text
+from scg.models.checkpoint import (
+    _check_resumable,
+    _content_hash,
+    _fingerprint,
+    atomic_save,
+    atomic_save_json,
+    load_checkpoint,
+)
 
-__all__ = ["resolve_device", "TrainConfig", "History", "fit", "atomic_save", "atomic_save_json"]
+__all__ = ["resolve_device", "TrainConfig", "History", "fit", "atomic_save", "atomic_save_json", "load_checkpoint"]
 
 
 def resolve_device(device: Union[str, torch.device] = "auto") -> torch.device:
@@ -123,94 +123,6 @@ class History:
     @property
     def val_bound(self) -> list[float]:
         return [e["val_bound"] for e in self.epochs]
-
-
-#: Settings that may change between a run and its resumption: how long it runs and what it shows.
-_RESUMABLE_CHANGES = frozenset({"epochs", "progress", "restore_best"})
-
-
-def _digest(update: Callable[["hashlib._Hash"], None]) -> str:
-    h = hashlib.sha256()
-    update(h)
-    return h.hexdigest()[:16]
-
-
-def _tensor_bytes(h: "hashlib._Hash", obj: Any) -> None:
-    """Feed every tensor and number inside ``obj`` (dicts in key order) to ``h``."""
-    if isinstance(obj, Tensor):
-        h.update(str((tuple(obj.shape), str(obj.dtype))).encode())
-        h.update(obj.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if obj.numel() else b"")
-    elif isinstance(obj, dict):
-        for key in sorted(obj, key=str):
-            h.update(str(key).encode())
-            _tensor_bytes(h, obj[key])
-    elif isinstance(obj, (list, tuple)):
-        for item in obj:
-            _tensor_bytes(h, item)
-    else:
-        h.update(repr(obj).encode())
-
-
-def _content_hash(content: dict) -> str:
-    """Hash of a checkpoint's content (tensors bit for bit): its integrity check."""
-    return _digest(lambda h: _tensor_bytes(h, content))
-
-
-def _fingerprint(model: nn.Module, train: Tensor, val: Optional[Tensor], config: TrainConfig) -> dict:
-    """What a resumed run must share with the run that wrote the checkpoint."""
-    return {
-        "config": {k: v for k, v in asdict(config).items() if k not in _RESUMABLE_CHANGES},
-        "model": _digest(lambda h: h.update(repr(model).encode())),  # structure and estimator settings
-        "train": _digest(lambda h: _tensor_bytes(h, train)),
-        "val": None if val is None else _digest(lambda h: _tensor_bytes(h, val)),
-    }
-
-
-def _check_resumable(ckpt: dict, fingerprint: dict, path: Path) -> None:
-    """Raise ``ValueError`` if ``ckpt`` is corrupted or was written by a different run."""
-    content = {k: v for k, v in ckpt.items() if k not in ("fingerprint", "content_hash")}
-    if "content_hash" not in ckpt or ckpt["content_hash"] != _content_hash(content):
-        raise ValueError(f"`out_dir` holds {path}, whose content does not match its hash (corrupted or not "
-                         "written by scg.models.fit); delete it to start afresh, or use another out_dir.")
-    saved = ckpt.get("fingerprint", {})
-    for key, value in fingerprint["config"].items():
-        if saved.get("config", {}).get(key) != value:
-            raise ValueError(f"`config.{key}` must match the checkpoint in {path} to resume "
-                             f"({saved.get('config', {}).get(key)!r}); got {value!r}. Use another `out_dir` "
-                             "to start afresh.")
-    what = {"model": "`model` (its structure or its estimators' settings)", "train": "`train` (the data)",
-            "val": "`val` (the validation data)"}
-    for key, name in what.items():
-        if saved.get(key) != fingerprint[key]:
-            raise ValueError(f"{name} must be the same as when the checkpoint {path} was written, to resume; "
-                             "it differs. Use another `out_dir` to start afresh.")
-
-
-def load_checkpoint(path: Path, device: Union[str, torch.device] = "cpu") -> Any:
-    """Read a checkpoint written by :func:`fit` with ``torch.load(..., weights_only=True)``.
-
-    Checkpoints hold only tensors, numbers, strings and containers of them; nothing in
-    them is executed. A file that is not such a checkpoint (a pickled object, a truncated
-    or foreign file) is refused with a ``ValueError`` naming it.
-    """
-    try:
-        return torch.load(path, map_location=device, weights_only=True)
-    except Exception as err:  # UnpicklingError, EOFError, RuntimeError (zip), OSError ...
-        raise ValueError(
-            f"`out_dir` holds {path}, which is not a checkpoint of scg.models.fit that loads with "
-            f"weights_only=True ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
-            "it was not run. Delete it to start afresh, or use another out_dir."
-        ) from None
-
-
-def atomic_save(obj: object, path: Union[str, os.PathLike]) -> None:
-    """``torch.save`` atomically (never a half-written file; :mod:`scg.models._io`)."""
-    atomic_write(path, lambda fh: torch.save(obj, fh))
-
-
-def atomic_save_json(obj: object, path: Union[str, os.PathLike]) -> None:
-    """JSON (indent 1), written atomically."""
-    atomic_write_text(path, json.dumps(obj, indent=1))
 
 
 class _Steps:

@@ -380,7 +380,7 @@ def test_resume_with_another_world_size_is_refused(tmp_path):
     assert ckpt["world_size"] == 1 and len(ckpt["rank_rng"]) == 1
     content = {k: v for k, v in ckpt.items() if k not in ("fingerprint", "content_hash")}
     content["world_size"], content["rank_rng"] = 2, content["rank_rng"] * 2  # as a 2-process run writes it
-    from scg.models.train import _content_hash
+    from scg.models.checkpoint import _content_hash
 
     torch.save({**content, "fingerprint": ckpt["fingerprint"], "content_hash": _content_hash(content)},
                tmp_path / "last.pt")
