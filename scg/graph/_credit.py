@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 from scg.graph._dataflow import Tracker, aligned_shape
-from scg.graph._nodes import Cost, Node
+from scg.graph._nodes import Cost, Node, starts_with
 
 __all__ = ["resolve_dependencies"]
 
@@ -59,10 +59,8 @@ def resolve_dependencies(
         scored = tuple(sorted([n for n in deps if nodes[n].log_prob is not None], key=lambda n: nodes[n].order))
     rank = max([nodes[n].rank for n in deps], default=1)
     shape = tuple(c.value.shape)
-    expected = tuple(reversed(sizes[:rank]))
-    if len(shape) < rank or shape[rank - 1] != sizes[0] or any(
-        d not in (1, e) for d, e in zip(shape[: rank - 1], expected[: rank - 1])
-    ):
+    if not starts_with(shape, list(sizes), rank):
+        expected = tuple(reversed(sizes[:rank]))
         raise ValueError(
             f"sample dims do not match: cost {c.name!r} has shape {list(shape)} and depends on nodes "
             f"{sorted(deps)} whose values have sample dims {list(expected)}; a cost must start with the "

@@ -12,7 +12,7 @@ from scg._checks import check_positive, check_positive_int
 from scg.estimators.base import Estimator, default_estimator
 from scg.graph._credit import resolve_dependencies
 from scg.graph._dataflow import Tracker, aligned_shape, is_tracked
-from scg.graph._nodes import Cost, Node, check_node_estimator, draw_parts
+from scg.graph._nodes import Cost, Node, check_node_estimator, draw_parts, starts_with
 from scg.graph._surrogate import surrogate
 
 __all__ = ["Graph"]
@@ -69,10 +69,8 @@ class Graph:
       cost and node without ``depends_on`` is assumed to depend on them (unbiased,
       more variance than necessary) — pass ``depends_on=`` to narrow it, or use
       ``OneHotCategorical``, whose float samples are tracked;
-    * detached samples are handed out as leaves that require grad (so autograd
-      records who reads them): ``loss.backward()`` also fills their ``.grad``
-      (``torch.autograd.grad(loss, params)`` skips that work), and in-place edits of
-      them raise (edit a copy).
+    * detached samples are handed out as leaves that require grad, so that autograd
+      records who reads them (consequences: ``docs/graph.md``).
 
     Shapes: the graph's **sample dims** are S = ``num_samples`` plus one copy dim
     per multi-point node, outermost first: ``[*copies, S]``. A *root* node (its
@@ -166,18 +164,15 @@ class Graph:
             dist: a ``torch.distributions.Distribution``; batch shape ``[*batch]`` for
                 a root, ``[*sample dims, *batch]`` when its parameters come from earlier nodes.
             estimator: any :class:`scg.Estimator` that implements ``parts``; ``None``
-                picks :func:`scg.estimators.default_estimator` (``Pathwise()`` when
-                ``dist.has_rsample``, else ``ScoreFunction(LeaveOneOut())`` for S ≥ 2,
-                ``ScoreFunction()`` for S = 1 — stateless, so a fresh one per step loses nothing).
+                picks :func:`scg.estimators.default_estimator` (stateless).
             depends_on: names of earlier nodes the distribution depends on in ways
                 autograd cannot see (keyword-only); added to the detected ones.
             context: input of a ``Learned`` (NVIL) baseline, e.g. the data x or the
                 node's parents; default: the distribution's detached parameters.
 
         Returns:
-            The sample: ``[S, *batch_shape, *event_shape]`` (root) or
-            ``[*batch_shape, *event_shape]`` (child), with a leading copy dim for
-            multi-point estimators (DisARM, MeasureValued). Score-function samples carry no gradient.
+            The sample, ``[S, *batch_shape, *event_shape]`` (root) or ``[*batch_shape,
+            *event_shape]`` (child), with a leading copy dim for DisARM and MeasureValued.
         """
         nodes = self._nodes
         if self._done or type(name) is not str or not name or name in nodes or name in self._costs:
@@ -318,9 +313,8 @@ class Graph:
         """The scalar surrogate: value = Σ_c scale_c · Σ_batch mean(c), gradient = the graph's estimator.
 
         Returns:
-            A 0-dim tensor. Back-propagate it (any order) or log it: its value is the
-            Monte Carlo estimate of the total expected cost. Control variates update
-            their running state here (training mode, gradients enabled, outside ``torch.func``).
+            A 0-dim tensor: back-propagate it (any order) or log it (the Monte Carlo
+            estimate of the total expected cost). Control variates update their state here.
         """
         if self._done:
             self._check_new("surrogate")
@@ -363,29 +357,18 @@ class Graph:
 
     # --------------------------------------------------------------- helpers
     def _order(self, names: frozenset[str] | set[str]) -> tuple[str, ...]:
-        nodes = self._nodes
-        return tuple(sorted(names, key=lambda n: nodes[n].order))
+        return tuple(sorted(names, key=lambda n: self._nodes[n].order))
 
     def _resolve_dependencies(self, c: Cost) -> None:
         resolve_dependencies(c, self._nodes, self._scoring, self._flow, self._sizes)
 
     def _prefix_rank(self, shape: tuple[int, ...]) -> int:
         """The most sample dims ``shape`` starts with (S last, copies as 1 or their size), or 0."""
-        sizes = self._sizes
-        for r in range(len(sizes), 0, -1):
-            if len(shape) >= r and shape[r - 1] == sizes[0] and all(
-                d in (1, sizes[r - 1 - i]) for i, d in enumerate(shape[: r - 1])
-            ):
-                return r
-        return 0
+        return next((r for r in range(len(self._sizes), 0, -1) if starts_with(shape, self._sizes, r)), 0)
 
     def _check_prefix(self, name: str, batch_shape: tuple[int, ...], rank: int, parents: set[str]) -> None:
-        sizes = self._sizes
-        ok = rank > 0 and len(batch_shape) >= rank and batch_shape[rank - 1] == sizes[0] and all(
-            d in (1, sizes[rank - 1 - i]) for i, d in enumerate(batch_shape[: rank - 1])
-        )
-        if not ok:
-            want = list(reversed(sizes[: max(rank, 1)]))
+        if not (rank > 0 and starts_with(batch_shape, self._sizes, rank)):
+            want = list(reversed(self._sizes[: max(rank, 1)]))
             raise ValueError(
                 f"`dist` of node {name!r} must have batch_shape starting with the sample dims {want} "
                 f"(num_samples={self.num_samples}) because it depends on node(s) {list(self._order(parents))} "

@@ -27,7 +27,17 @@ from torch.distributions import Distribution
 from scg.estimators.base import Estimator, Parts
 from scg.estimators.pathwise import ImplicitSample
 
-__all__ = ["Node", "Cost", "draw_parts", "check_node_estimator"]
+__all__ = ["Node", "Cost", "draw_parts", "check_node_estimator", "starts_with"]
+
+
+def starts_with(shape: tuple[int, ...], sizes: list[int], rank: int) -> bool:
+    """Whether ``shape`` starts with the graph's first ``rank`` sample dims (``sizes`` from S outwards).
+
+    S must be at position ``rank − 1``; an outer copy dim may be 1 (broadcast) or its size.
+    """
+    return len(shape) >= rank and shape[rank - 1] == sizes[0] and all(
+        d in (1, sizes[rank - 1 - i]) for i, d in enumerate(shape[: rank - 1])
+    )
 
 
 class Node:
