@@ -35,7 +35,6 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
-from torch import Tensor
 from torch.distributions import (
     Bernoulli,
     Binomial,
@@ -53,14 +52,13 @@ from torch.distributions import (
 from scg._dist import unwrap
 from scg.laws import DoubleSidedMaxwell, FromDistribution, Law, Rayleigh, StandardNormal, StandardUniform
 from scg.testing import quadrature as Q
+from scg.testing._scalar import TAIL, _discrete_support, _key, _np_log_prob, element_dist
 
 __all__ = ["Spec", "rule", "law_specs", "nested_uniform_spec", "distribution_specs", "element_dist", "piece_edges",
            "sample_dtype", "TAIL", "GAUSS_MAX"]
 
 Rule = tuple[np.ndarray, np.ndarray]
 
-#: Tail mass below which a discrete support (Poisson, Geometric) is truncated.
-TAIL = 1e-16
 #: Most nodes per piece of a Gauss rule of a density (Rayleigh, pieces of a Normal, Laplace,
 #: Exponential); finer rules are double-exponential.
 GAUSS_MAX = 64
@@ -110,34 +108,6 @@ def sample_dtype(law: Law) -> torch.dtype:
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
             return law.dist.sample().dtype
     return law.dtype
-
-
-def element_dist(base: Distribution, index: int) -> Distribution:
-    """The scalar distribution of element ``index`` of ``base`` (flattened batch)."""
-    batch = tuple(base.batch_shape)
-    params = {}
-    for name in base.arg_constraints:
-        if name == "probs" and "logits" in base.__dict__:
-            continue
-        if name == "logits" and "logits" not in base.__dict__:
-            continue
-        value = getattr(base, name)
-        if not isinstance(value, Tensor):
-            params[name] = value
-            continue
-        extra = tuple(value.shape[len(value.shape) - (value.dim() - len(batch)):]) if value.dim() > len(batch) else ()
-        v = value.detach().expand(batch + extra).reshape(-1, *extra)[index]
-        params[name] = v
-    return type(base)(**params, validate_args=False)
-
-
-def _np_log_prob(d: Distribution, dtype: torch.dtype) -> Callable[[np.ndarray], np.ndarray]:
-    def log_prob(x: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            out = d.log_prob(torch.as_tensor(x, dtype=dtype))
-        return out.double().numpy()
-
-    return log_prob
 
 
 def piece_edges(lo: float, hi: float, cuts: Sequence[float]) -> list[float]:
@@ -207,32 +177,6 @@ def _fixed_spec(law: str, positions: np.ndarray, values: np.ndarray, probs: np.n
     keep = probs > 0
     values, probs = values[keep], probs[keep]
     return Spec(law, positions, lambda n: (values, probs / probs.sum()), key, 1, "fixed", len(probs))
-
-
-def _discrete_support(d: Distribution) -> Optional[np.ndarray]:
-    """Support values of a scalar discrete distribution (truncated where the tail < TAIL)."""
-    if isinstance(d, Bernoulli):
-        return np.array([0.0, 1.0])
-    if isinstance(d, Categorical):
-        return np.arange(d.probs.shape[-1], dtype=np.float64)
-    if isinstance(d, Binomial):
-        return np.arange(int(d.total_count) + 1, dtype=np.float64)
-    if isinstance(d, (Poisson, Geometric)):
-        if isinstance(d, Poisson):
-            rate = float(d.rate)
-            top = int(rate + 20.0 * math.sqrt(rate) + 60)
-        else:
-            p = float(d.probs)
-            top = 0 if p >= 1.0 else int(math.ceil(math.log(TAIL * 1e-3) / math.log1p(-p))) + 1
-        if top > 10**6:
-            raise ValueError(f"the support of {type(d).__name__} is too long to enumerate (> 1e6 values).")
-        k = np.arange(top + 1, dtype=np.float64)
-        with torch.no_grad():
-            pmf = d.log_prob(torch.as_tensor(k, dtype=torch.float64)).exp().numpy()
-        tail = np.cumsum(pmf[::-1])[::-1]  # tail[i] = P(X >= i)
-        last = int(np.nonzero(tail >= TAIL)[0][-1])
-        return k[: last + 1]
-    return None
 
 
 def distribution_specs(
@@ -305,19 +249,6 @@ def distribution_specs(
         for j, spec in enumerate(per_element):
             specs.append(replace(spec, positions=np.array([s * M + j])))
     return specs
-
-
-def _key(d: Distribution) -> tuple:
-    """Cache key of a scalar distribution: its type and parameters' dtypes and values."""
-    values = []
-    for name in sorted(d.arg_constraints):
-        try:
-            v = getattr(d, name)
-        except Exception:  # noqa: BLE001 - a lazily derived parameter that cannot be computed
-            continue
-        if isinstance(v, Tensor):
-            values.append((name, str(v.dtype), tuple(v.detach().double().reshape(-1).tolist())))
-    return (type(d), tuple(values))
 
 
 def law_specs(name: str, law: Law, points: Optional[np.ndarray] = None) -> list[Spec]:
