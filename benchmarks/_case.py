@@ -15,14 +15,23 @@ from __future__ import annotations
 
 import importlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Optional
 
 import torch
-
 from _timing import Row, blocks, summarise
 
-__all__ = ["Options", "Contender", "Target", "Result", "Case", "peer", "time_case", "Mismatch", "close"]
+__all__ = [
+    "Options",
+    "Contender",
+    "Target",
+    "Result",
+    "Case",
+    "peer",
+    "time_case",
+    "Mismatch",
+    "close",
+]
 
 
 @dataclass(frozen=True)
@@ -30,7 +39,7 @@ class Options:
     """Run options shared by every case (the runner's command line)."""
 
     quick: bool = False  # tiny sizes, few rounds: for smoke tests and a first look
-    rounds: Optional[int] = None  # timed rounds per contender (None: the case's default)
+    rounds: int | None = None  # timed rounds per contender (None: the case's default)
     threads: int = 1
     clock: str = "cpu"
     device: str = "cpu"
@@ -56,8 +65,8 @@ class Contender:
 
     name: str
     step: Callable[[], object]
-    value: Optional[Callable[[], float]] = None
-    grads: Optional[Callable[[], torch.Tensor]] = None
+    value: Callable[[], float] | None = None
+    grads: Callable[[], torch.Tensor] | None = None
 
 
 @dataclass(frozen=True)
@@ -126,7 +135,9 @@ class Case:
     inner: int = 5  # steps per timed block
     rounds: int = 30  # timed blocks per contender
     skipped: list[str] = field(default_factory=list)
-    grad_groups: list[list[str]] = field(default_factory=list)  # contenders whose gradients must agree
+    grad_groups: list[list[str]] = field(
+        default_factory=list
+    )  # contenders whose gradients must agree
     rtol: float = 1e-5
 
     def check(self, seed: int = 0) -> list[str]:
@@ -141,7 +152,9 @@ class Case:
         lines = []
         for name, v in values.items():
             if not close(v, ref, rtol=self.rtol, atol=self.rtol):
-                raise Mismatch(f"{self.name}: objective of {name!r} = {v!r} differs from {self.baseline!r} = {ref!r}")
+                raise Mismatch(
+                    f"{self.name}: objective of {name!r} = {v!r} differs from {self.baseline!r} = {ref!r}"
+                )
         lines.append(
             "objective values with the same seed and parameters: "
             + ", ".join(f"{n} {v:.6g}" for n, v in values.items())
@@ -157,10 +170,17 @@ class Case:
                 torch.manual_seed(seed)
                 grads[n] = by_name[n].grads().detach().double()
             g0 = grads[present[0]]
-            worst = max(float((g - g0).abs().max() / g0.abs().max().clamp_min(1e-30)) for g in grads.values())
+            worst = max(
+                float((g - g0).abs().max() / g0.abs().max().clamp_min(1e-30))
+                for g in grads.values()
+            )
             if worst > 1e-4:
-                raise Mismatch(f"{self.name}: gradients of {present} differ (max relative difference {worst:.2g})")
-            lines.append(f"gradients of {', '.join(present)} agree (max difference / max |g| = {worst:.1e})")
+                raise Mismatch(
+                    f"{self.name}: gradients of {present} differ (max relative difference {worst:.2g})"
+                )
+            lines.append(
+                f"gradients of {', '.join(present)} agree (max difference / max |g| = {worst:.1e})"
+            )
         return lines
 
 
@@ -178,9 +198,18 @@ def time_case(case: Case, opts: Options) -> Result:
         device=opts.torch_device,
     )
     rows = summarise(times, case.baseline)
-    result = Result(case.name, case.title, case.setup, rows=rows, skipped=list(case.skipped), baseline=case.baseline)
+    result = Result(
+        case.name,
+        case.title,
+        case.setup,
+        rows=rows,
+        skipped=list(case.skipped),
+        baseline=case.baseline,
+    )
     result.notes.extend(lines)
-    result.notes.append(f"{rounds} interleaved rounds x {inner} steps per contender after 1 warm-up block")
+    result.notes.append(
+        f"{rounds} interleaved rounds x {inner} steps per contender after 1 warm-up block"
+    )
     result.tables.append(step_table(rows, case.baseline))
     return result
 

@@ -24,8 +24,8 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import torch
 
@@ -110,7 +110,7 @@ def load() -> str:
     return "load " + " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
-def _sync(device: Optional[torch.device]) -> None:
+def _sync(device: torch.device | None) -> None:
     if device is not None and device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -122,7 +122,7 @@ def blocks(
     inner: int = 1,
     warmup: int = 1,
     clock: str = "cpu",
-    device: Optional[torch.device] = None,
+    device: torch.device | None = None,
 ) -> dict[str, list[float]]:
     """Seconds per call of each candidate: ``rounds`` interleaved blocks of ``inner`` calls.
 
@@ -134,11 +134,15 @@ def blocks(
         ``{name: [seconds per call in round r for r in range(rounds)]}``.
     """
     if rounds < 1 or inner < 1 or warmup < 0:
-        raise ValueError(f"`rounds`, `inner` must be >= 1 and `warmup` >= 0; got {rounds}, {inner}, {warmup}.")
+        raise ValueError(
+            f"`rounds`, `inner` must be >= 1 and `warmup` >= 0; got {rounds}, {inner}, {warmup}."
+        )
     if clock not in CLOCKS:
         raise ValueError(f"`clock` must be one of {CLOCKS}; got {clock!r}.")
     if clock == "cpu" and device is not None and device.type == "cuda":
-        raise ValueError('`clock` must be "wall" on a CUDA device (CPU time does not see the GPU); got "cpu".')
+        raise ValueError(
+            '`clock` must be "wall" on a CUDA device (CPU time does not see the GPU); got "cpu".'
+        )
     tick = time.process_time if clock == "cpu" else time.perf_counter
     names = list(candidates)
     for _ in range(warmup):
@@ -192,12 +196,16 @@ def summarise(times: dict[str, list[float]], baseline: str) -> list[Row]:
     rows = []
     for name, ts in times.items():
         m = statistics.median(ts)
-        paired = statistics.median(t / b for t, b in zip(ts, base)) if len(ts) == len(base) else float("nan")
+        paired = (
+            statistics.median(t / b for t, b in zip(ts, base, strict=False))
+            if len(ts) == len(base)
+            else float("nan")
+        )
         rows.append(Row(name, m, _quantile(ts, 0.25), _quantile(ts, 0.75), m / mb, paired, len(ts)))
     return rows
 
 
-def peak_memory(fn: Callable[[], object], *, device: Optional[torch.device] = None) -> int:
+def peak_memory(fn: Callable[[], object], *, device: torch.device | None = None) -> int:
     """Peak bytes allocated by tensors during one call of ``fn``, above those alive before it.
 
     CUDA: ``torch.cuda.max_memory_allocated`` after a reset, minus the memory
@@ -217,7 +225,9 @@ def peak_memory(fn: Callable[[], object], *, device: Optional[torch.device] = No
     from torch.profiler import ProfilerActivity, profile
     from torch.profiler._memory_profiler import Action
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+    with profile(
+        activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True
+    ) as prof:
         fn()
     current = peak = 0
     for _, action, _, size in prof._memory_profile().timeline:
@@ -229,7 +239,7 @@ def peak_memory(fn: Callable[[], object], *, device: Optional[torch.device] = No
     return int(peak)
 
 
-def minor_faults(fn: Callable[[], object], *, repeats: int = 3) -> Optional[int]:
+def minor_faults(fn: Callable[[], object], *, repeats: int = 3) -> int | None:
     """Median number of minor page faults of this process during one call of ``fn`` (``getrusage``).
 
     ``None`` where the ``resource`` module is missing (Windows). A fault is a page the

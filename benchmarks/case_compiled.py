@@ -34,10 +34,9 @@ from __future__ import annotations
 import copy
 import os
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -81,11 +80,19 @@ def contender(name: str, loss: Callable[[], Tensor], params: list[nn.Parameter])
     return Contender(name, step, value=lambda: float(loss().detach()), grads=grads)
 
 
-def four(model: Callable[[bool], tuple[Callable[[], Tensor], Callable[[], Tensor], list[nn.Parameter],
-                                        list[nn.Parameter]]], opts: Options) -> list[Contender]:
+def four(
+    model: Callable[
+        [bool],
+        tuple[Callable[[], Tensor], Callable[[], Tensor], list[nn.Parameter], list[nn.Parameter]],
+    ],
+    opts: Options,
+) -> list[Contender]:
     """scg and hand-written, eager and compiled, each on its own copy of the model (``model(compiled)``)."""
     out = []
-    for suffix, wrap, is_compiled in (("", lambda f: f, False), (", compiled", compiler(opts), True)):
+    for suffix, wrap, is_compiled in (
+        ("", lambda f: f, False),
+        (", compiled", compiler(opts), True),
+    ):
         scg_loss, _, scg_params, _ = model(is_compiled)
         _, hand_loss, _, hand_params = model(is_compiled)
         out.append(contender(f"scg{suffix}", wrap(scg_loss), scg_params))
@@ -111,22 +118,36 @@ def vae_case(opts: Options) -> Case:
     def model(compiled: bool):
         enc, dec = copy.deepcopy(enc0), copy.deepcopy(dec0)
         params = list(enc.parameters()) + list(dec.parameters())
-        return (lambda: case_vae.scg_loss(enc, dec, x, pathwise), lambda: case_vae.hand_loss(enc, dec, x),
-                params, params)
+        return (
+            lambda: case_vae.scg_loss(enc, dec, x, pathwise),
+            lambda: case_vae.hand_loss(enc, dec, x),
+            params,
+            params,
+        )
 
     contenders = four(model, opts)
     skipped: list[str] = []
     pyro = peer("pyro", skipped, "pyro Trace_ELBO")
     if pyro is not None:
         pyro.clear_param_store()
-        contenders.append(case_vae.make_pyro(pyro, copy.deepcopy(enc0), copy.deepcopy(dec0), x, tag="cvae"))
+        contenders.append(
+            case_vae.make_pyro(pyro, copy.deepcopy(enc0), copy.deepcopy(dec0), x, tag="cvae")
+        )
     setup = (
         f"case 1's Gaussian VAE: GaussianEncoder 64-{'-'.join(map(str, hidden))}-2x{latent}, BernoulliDecoder, "
         f"batch {batch} digits, 1 sample, MC KL; scg.expectation + Pathwise vs z = μ + σε by hand; Adam lr {LR}"
     )
-    return Case(f"{NAME}-vae", "6a. Gaussian VAE, pathwise: eager vs torch.compile (training step)", setup,
-                "hand-written, compiled", contenders, inner=5, rounds=40, skipped=skipped,
-                grad_groups=[[c.name for c in contenders]])
+    return Case(
+        f"{NAME}-vae",
+        "6a. Gaussian VAE, pathwise: eager vs torch.compile (training step)",
+        setup,
+        "hand-written, compiled",
+        contenders,
+        inner=5,
+        rounds=40,
+        skipped=skipped,
+        grad_groups=[[c.name for c in contenders]],
+    )
 
 
 # --- Sigmoid belief net (case 2's linear SBN) ---------------------------------------------------
@@ -149,13 +170,16 @@ class Average(nn.Module):
         return b
 
 
-def sbn_losses(m: nn.Module, x: Tensor, est, *, compiled: bool) -> tuple[Callable[[], Tensor], Callable[[], Tensor]]:
+def sbn_losses(
+    m: nn.Module, x: Tensor, est, *, compiled: bool
+) -> tuple[Callable[[], Tensor], Callable[[], Tensor]]:
     """scg's and the hand-written loss. The scg cost reads ``log q(b|x)`` with ``scg.log_prob`` eager (the
     estimator's tensor, computed once) and as ``q.log_prob(b)`` compiled: ``scg.log_prob`` reads a
     ``ContextVar``, which Dynamo cannot trace, and the compiled graph's common-subexpression
     elimination merges ``q.log_prob(b)`` with the estimator's identical evaluation."""
-    import scg
     from torch.distributions import Bernoulli, Independent
+
+    import scg
 
     def scg_loss() -> Tensor:
         logits = m.encoder.net(x)
@@ -208,32 +232,58 @@ def sbn_case(opts: Options) -> Case:
         f"case 2's linear SBN 64-{latents}-64 (learned prior), batch {batch} digits, 1 sample, negative ELBO; "
         f"ScoreFunction(MovingAverage({DECAY})) vs REINFORCE with the same average by hand; Adam lr {LR}"
     )
-    return Case(f"{NAME}-sbn", "6b. Sigmoid belief net, score function + moving average: eager vs torch.compile "
-                "(training step)", setup, "hand-written, compiled", contenders, inner=10, rounds=40,
-                skipped=skipped, grad_groups=[[c.name for c in contenders if not c.name.startswith("pyro")]])
+    return Case(
+        f"{NAME}-sbn",
+        "6b. Sigmoid belief net, score function + moving average: eager vs torch.compile "
+        "(training step)",
+        setup,
+        "hand-written, compiled",
+        contenders,
+        inner=10,
+        rounds=40,
+        skipped=skipped,
+        grad_groups=[[c.name for c in contenders if not c.name.startswith("pyro")]],
+    )
 
 
 def report(case: Case, opts: Options, pyro: str) -> Result:
     result = time_case(case, opts)
     rows = result.rows
     result.targets.append(
-        Target("scg, compiled / hand-written, compiled", ratio(rows, "scg, compiled", "hand-written, compiled"),
-               "<=", 1.02))
+        Target(
+            "scg, compiled / hand-written, compiled",
+            ratio(rows, "scg, compiled", "hand-written, compiled"),
+            "<=",
+            1.02,
+        )
+    )
     result.notes.append(
         f"compiled / eager speed-up: scg {ratio(rows, 'scg', 'scg, compiled'):.2f}x, hand-written "
         f"{ratio(rows, 'hand-written', 'hand-written, compiled'):.2f}x; eager scg / hand-written = "
-        f"{ratio(rows, 'scg', 'hand-written'):.3f}")
+        f"{ratio(rows, 'scg', 'hand-written'):.3f}"
+    )
     if not case.skipped:
-        result.notes.append(f"{pyro} (eager) / scg, compiled = {ratio(rows, pyro, 'scg, compiled'):.2f}")
-    backend = f"the {QUICK_BACKEND} backend (--quick)" if opts.quick else "inductor with fallback_random=True"
-    result.notes.append(f"compiled: torch.compile(loss, fullgraph=True), {backend}; "
-                        "backward and Adam outside the compiled function")
+        result.notes.append(
+            f"{pyro} (eager) / scg, compiled = {ratio(rows, pyro, 'scg, compiled'):.2f}"
+        )
+    backend = (
+        f"the {QUICK_BACKEND} backend (--quick)"
+        if opts.quick
+        else "inductor with fallback_random=True"
+    )
+    result.notes.append(
+        f"compiled: torch.compile(loss, fullgraph=True), {backend}; "
+        "backward and Adam outside the compiled function"
+    )
     return result
 
 
 def run(opts: Options) -> list[Result]:
     torch._dynamo.reset()
-    return [report(vae_case(opts), opts, "pyro Trace_ELBO"), report(sbn_case(opts), opts, "pyro TraceGraph_ELBO")]
+    return [
+        report(vae_case(opts), opts, "pyro Trace_ELBO"),
+        report(sbn_case(opts), opts, "pyro TraceGraph_ELBO"),
+    ]
 
 
 if __name__ == "__main__":

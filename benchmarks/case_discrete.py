@@ -41,7 +41,6 @@ from __future__ import annotations
 import copy
 import os
 import sys
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -72,14 +71,16 @@ def flat_grads(modules: list[nn.Module]) -> Tensor:
     return torch.cat([p.grad.reshape(-1) for m in modules for p in m.parameters()])
 
 
-def make_cv(bnet: Optional[nn.Module]):
+def make_cv(bnet: nn.Module | None):
     import scg
 
     b = scg.baselines
-    return b.MovingAverage(DECAY) if bnet is None else b.chain(b.MovingAverage(DECAY), b.Learned(bnet))
+    return (
+        b.MovingAverage(DECAY) if bnet is None else b.chain(b.MovingAverage(DECAY), b.Learned(bnet))
+    )
 
 
-def make_models_sbn(m: nn.Module, bnet: Optional[nn.Module], x: Tensor) -> Contender:
+def make_models_sbn(m: nn.Module, bnet: nn.Module | None, x: Tensor) -> Contender:
     """The packaged model, ``scg.models.DiscreteVAE`` (torch.distributions log-densities), with our baselines."""
     import scg
 
@@ -97,12 +98,18 @@ def make_models_sbn(m: nn.Module, bnet: Optional[nn.Module], x: Tensor) -> Conte
         m.loss(x).backward()
         return flat_grads(modules)
 
-    return Contender("scg.models.DiscreteVAE", step, value=lambda: float(m.loss(x).detach()), grads=grads)
+    return Contender(
+        "scg.models.DiscreteVAE", step, value=lambda: float(m.loss(x).detach()), grads=grads
+    )
 
 
-def log_densities(m: nn.Module, logits: Tensor, b: Tensor, x: Tensor, *, with_q: bool = True) -> tuple[Tensor, ...]:
+def log_densities(
+    m: nn.Module, logits: Tensor, b: Tensor, x: Tensor, *, with_q: bool = True
+) -> tuple[Tensor, ...]:
     """``log q(b|x)`` (unless ``with_q=False``), ``log p(b)``, ``log p(x|b)`` for b ``[S, B, Z]`` -> ``[S, B]`` each."""
-    log_pb = -F.binary_cross_entropy_with_logits(m.prior.logits.expand_as(b), b, reduction="none").sum(-1)
+    log_pb = -F.binary_cross_entropy_with_logits(
+        m.prior.logits.expand_as(b), b, reduction="none"
+    ).sum(-1)
     out = m.decoder.net(b)
     log_px = -F.binary_cross_entropy_with_logits(out, x.expand_as(out), reduction="none").sum(-1)
     if not with_q:
@@ -111,10 +118,11 @@ def log_densities(m: nn.Module, logits: Tensor, b: Tensor, x: Tensor, *, with_q:
     return log_q, log_pb, log_px
 
 
-def make_scg(m: nn.Module, bnet: Optional[nn.Module], x: Tensor) -> Contender:
+def make_scg(m: nn.Module, bnet: nn.Module | None, x: Tensor) -> Contender:
     """The hand-written cost, its expectation through ``scg.expectation`` with ``ScoreFunction``."""
-    import scg
     from torch.distributions import Bernoulli, Independent
+
+    import scg
 
     est = scg.ScoreFunction(baseline=make_cv(bnet))
     modules = [m.encoder, m.decoder, m.prior] + ([bnet] if bnet is not None else [])
@@ -146,7 +154,7 @@ def make_scg(m: nn.Module, bnet: Optional[nn.Module], x: Tensor) -> Contender:
 class Hand:
     """REINFORCE for the SBN with a bias-corrected moving average (and a learned baseline), by hand."""
 
-    def __init__(self, m: nn.Module, bnet: Optional[nn.Module], *, dists: bool = False) -> None:
+    def __init__(self, m: nn.Module, bnet: nn.Module | None, *, dists: bool = False) -> None:
         self.m, self.enc, self.bnet, self.dists = m, m.encoder.net, bnet, dists
         self.avg = torch.zeros(())
         self.t = 0
@@ -162,7 +170,9 @@ class Hand:
             log_pb, log_px = log_densities(self.m, logits, b, x, with_q=False)
             f = log_q - log_pb - log_px
         else:
-            b = torch.bernoulli(torch.sigmoid(logits.detach()).expand(1, *logits.shape))  # [1, B, Z]
+            b = torch.bernoulli(
+                torch.sigmoid(logits.detach()).expand(1, *logits.shape)
+            )  # [1, B, Z]
             log_q, log_pb, log_px = log_densities(self.m, logits, b, x)
             f = log_q - log_pb - log_px  # [1, B]
         signal = f.detach()
@@ -178,7 +188,9 @@ class Hand:
         return f.mean(), surrogate.mean()
 
 
-def make_hand(m: nn.Module, bnet: Optional[nn.Module], x: Tensor, *, dists: bool = False) -> Contender:
+def make_hand(
+    m: nn.Module, bnet: nn.Module | None, x: Tensor, *, dists: bool = False
+) -> Contender:
     hand = Hand(m, bnet, dists=dists)
     modules = [m.encoder, m.decoder, m.prior] + ([bnet] if bnet is not None else [])
     opt = torch.optim.Adam([p for mod in modules for p in mod.parameters()], lr=LR)
@@ -194,11 +206,12 @@ def make_hand(m: nn.Module, bnet: Optional[nn.Module], x: Tensor, *, dists: bool
         return flat_grads(modules)
 
     name = "hand-written, torch.distributions" if dists else "hand-written"
-    return Contender(name, step, value=lambda: float(hand.objective_and_surrogate(x)[0].detach()),
-                     grads=grads)
+    return Contender(
+        name, step, value=lambda: float(hand.objective_and_surrogate(x)[0].detach()), grads=grads
+    )
 
 
-def make_pyro(pyro, m: nn.Module, bnet: Optional[nn.Module], x: Tensor, tag: str) -> Contender:
+def make_pyro(pyro, m: nn.Module, bnet: nn.Module | None, x: Tensor, tag: str) -> Contender:
     import pyro.distributions as dist
     from pyro import poutine
     from pyro.infer import SVI, TraceGraph_ELBO
@@ -213,20 +226,30 @@ def make_pyro(pyro, m: nn.Module, bnet: Optional[nn.Module], x: Tensor, tag: str
         pyro.module(f"{tag}_decoder", dec)
         pyro.module(f"{tag}_prior", prior)
         with pyro.plate("data", B), poutine.scale(scale=1.0 / B):
-            b = pyro.sample("b", dist.Bernoulli(logits=prior.logits.expand(B, -1), validate_args=False).to_event(1))
-            pyro.sample("x", dist.Bernoulli(logits=dec.net(b), validate_args=False).to_event(1), obs=x)
+            b = pyro.sample(
+                "b",
+                dist.Bernoulli(logits=prior.logits.expand(B, -1), validate_args=False).to_event(1),
+            )
+            pyro.sample(
+                "x", dist.Bernoulli(logits=dec.net(b), validate_args=False).to_event(1), obs=x
+            )
 
     def guide(x: Tensor) -> None:
         pyro.module(f"{tag}_encoder", enc)
         if bnet is not None:
             pyro.module(f"{tag}_baseline", bnet)
         with pyro.plate("data", B), poutine.scale(scale=1.0 / B):
-            pyro.sample("b", dist.Bernoulli(logits=enc.net(x), validate_args=False).to_event(1),
-                        infer={"baseline": baseline})
+            pyro.sample(
+                "b",
+                dist.Bernoulli(logits=enc.net(x), validate_args=False).to_event(1),
+                infer={"baseline": baseline},
+            )
 
     elbo = TraceGraph_ELBO()
     svi = SVI(model, guide, pyro.optim.Adam({"lr": LR}), elbo)
-    return Contender("pyro TraceGraph_ELBO", lambda: svi.step(x), value=lambda: elbo.loss(model, guide, x))
+    return Contender(
+        "pyro TraceGraph_ELBO", lambda: svi.step(x), value=lambda: elbo.loss(model, guide, x)
+    )
 
 
 def build(opts: Options, learned: bool) -> Case:
@@ -244,32 +267,49 @@ def build(opts: Options, learned: bool) -> Case:
         return copy.deepcopy(m), copy.deepcopy(bnet)
 
     skipped: list[str] = []
-    contenders = [make_scg(*copies(), x), make_models_sbn(*copies(), x), make_hand(*copies(), x),
-                  make_hand(*copies(), x, dists=True)]
+    contenders = [
+        make_scg(*copies(), x),
+        make_models_sbn(*copies(), x),
+        make_hand(*copies(), x),
+        make_hand(*copies(), x, dists=True),
+    ]
     pyro = peer("pyro", skipped, "pyro TraceGraph_ELBO")
     if pyro is not None:
         contenders.append(make_pyro(pyro, *copies(), x, tag=f"sbn{int(learned)}"))
     kind = "moving-average + learned baseline" if learned else "moving-average baseline"
-    title = f"{TITLE[:-len(' (training step)')]}: {kind} (training step)"
+    title = f"{TITLE[: -len(' (training step)')]}: {kind} (training step)"
     setup = (
         f"linear SBN 64-{latents}-64 (BernoulliEncoder, BernoulliDecoder, learned BernoulliPrior); batch {batch} "
         f"binarised digits; 1 sample; negative ELBO, batch mean; {kind} (decay {DECAY}"
-        + (", MLP 64-100-1 of x" if learned else "") + f"); Adam lr {LR}"
+        + (", MLP 64-100-1 of x" if learned else "")
+        + f"); Adam lr {LR}"
     )
-    return Case(f"{NAME}-{'nn' if learned else 'avg'}", title, setup, "hand-written", contenders, inner=10,
-                rounds=40, skipped=skipped, grad_groups=[[c.name for c in contenders if not c.name.startswith("pyro")]])
+    return Case(
+        f"{NAME}-{'nn' if learned else 'avg'}",
+        title,
+        setup,
+        "hand-written",
+        contenders,
+        inner=10,
+        rounds=40,
+        skipped=skipped,
+        grad_groups=[[c.name for c in contenders if not c.name.startswith("pyro")]],
+    )
 
 
 def run_variant(opts: Options, learned: bool) -> Result:
     case = build(opts, learned)
     result = time_case(case, opts)
     sf, pkg, pyro = "scg ScoreFunction", "scg.models.DiscreteVAE", "pyro TraceGraph_ELBO"
-    result.targets.append(Target(f"{sf} / hand-written", ratio(result.rows, sf, "hand-written"), "<=", 1.05))
+    result.targets.append(
+        Target(f"{sf} / hand-written", ratio(result.rows, sf, "hand-written"), "<=", 1.05)
+    )
     result.notes.append(f"{pkg} / hand-written = {ratio(result.rows, pkg, 'hand-written'):.3f}")
     hd = "hand-written, torch.distributions"
     result.notes.append(
         f"{sf} / {hd} = {ratio(result.rows, sf, hd):.3f} (scg's own machinery); {hd} / hand-written = "
-        f"{ratio(result.rows, hd, 'hand-written'):.3f} (a Distribution object to sample and score)")
+        f"{ratio(result.rows, hd, 'hand-written'):.3f} (a Distribution object to sample and score)"
+    )
     if not case.skipped:
         result.targets.append(Target(f"pyro / {pkg}", ratio(result.rows, pyro, pkg), ">=", 3.0))
         result.targets.append(Target(f"pyro / {sf}", ratio(result.rows, pyro, sf), ">=", 3.0))

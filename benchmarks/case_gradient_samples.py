@@ -72,7 +72,9 @@ def pyro_loss(pyro, encoder: nn.Module, decoder: nn.Module, x: Tensor):
         with pyro.plate("data", B):
             zeros = x.new_zeros(B, LATENT)
             z = pyro.sample("z", dist.Normal(zeros, torch.ones_like(zeros)).to_event(1))
-            pyro.sample("x", dist.Bernoulli(logits=decoder(z), validate_args=False).to_event(1), obs=x)
+            pyro.sample(
+                "x", dist.Bernoulli(logits=decoder(z), validate_args=False).to_event(1), obs=x
+            )
 
     def guide_with(p):
         def guide(x: Tensor) -> None:
@@ -95,7 +97,9 @@ def run(opts: Options) -> Result:
     encoder.to(opts.torch_device)
     decoder.to(opts.torch_device)
     P = sum(p.numel() for p in encoder.parameters())
-    chunk = min(num, max(1, scg.diagnostics.DEFAULT_CHUNK_ELEMENTS // P))  # gradient_samples' default chunk_size
+    chunk = min(
+        num, max(1, scg.diagnostics.DEFAULT_CHUNK_ELEMENTS // P)
+    )  # gradient_samples' default chunk_size
     skipped: list[str] = []
     loop_buffer = torch.empty(num, P, device=opts.torch_device)
     vectorised_buffer = torch.empty(num, P, device=opts.torch_device)
@@ -104,9 +108,13 @@ def run(opts: Options) -> Result:
         "loop of backward()": lambda: loop_estimates(encoder, x, neg_elbo, num),
         "gradient_samples": lambda: vectorised_estimates(encoder, x, neg_elbo, num),
         REUSED_LOOP: lambda: loop_estimates(encoder, x, neg_elbo, num, out=loop_buffer),
-        REUSED_VECTORISED: lambda: vectorised_estimates(encoder, x, neg_elbo, num, out=vectorised_buffer),
+        REUSED_VECTORISED: lambda: vectorised_estimates(
+            encoder, x, neg_elbo, num, out=vectorised_buffer
+        ),
         "hand-written loop (no scg)": lambda: hand_loop_estimates(encoder, x, decoder, num),
-        HAND_VECTORISED: lambda: hand_vectorised_estimates(encoder, x, decoder, num, chunk, out=floor_buffer),
+        HAND_VECTORISED: lambda: hand_vectorised_estimates(
+            encoder, x, decoder, num, chunk, out=floor_buffer
+        ),
     }
     values = {}
     torch.manual_seed(opts.seed)
@@ -125,22 +133,33 @@ def run(opts: Options) -> Result:
             scg.diagnostics.gradient_samples(lambda p: loss(p), params, 2)
             notes.append("Pyro's loss under gradient_samples (vmap) worked")
         except Exception as e:  # noqa: BLE001 - reported, not handled
-            notes.append(f"Pyro's loss under torch.func.vmap: {type(e).__name__}: {str(e).splitlines()[0]}")
+            notes.append(
+                f"Pyro's loss under torch.func.vmap: {type(e).__name__}: {str(e).splitlines()[0]}"
+            )
     for name, v in values.items():
         if not close(v, values["scg"], rtol=1e-5, atol=1e-3):
-            raise Mismatch(f"gradient_samples: objective of {name} = {v!r} differs from scg's {values['scg']!r}")
+            raise Mismatch(
+                f"gradient_samples: objective of {name} = {v!r} differs from scg's {values['scg']!r}"
+            )
     torch.manual_seed(opts.seed)
     floor = hand_vectorised_estimates(encoder, x, decoder, num, chunk)
     torch.manual_seed(opts.seed)
     auto = vectorised_estimates(encoder, x, neg_elbo, num, chunk_size=chunk)
     gap = float((floor - auto).abs().max() / auto.abs().max())
     if not gap < 1e-5:
-        raise Mismatch(f"gradient_samples: {HAND_VECTORISED} differs from gradient_samples with the same seed "
-                       f"(max difference / max |g| = {gap:.2g})")
-    notes.append(f"'{HAND_VECTORISED}' and gradient_samples agree with the same seed (max difference / max |g| = "
-                 f"{gap:.1e})")
-    notes.insert(0, "objective values (one estimate, same seed): "
-                 + ", ".join(f"{k} {v:.6g}" for k, v in values.items()))
+        raise Mismatch(
+            f"gradient_samples: {HAND_VECTORISED} differs from gradient_samples with the same seed "
+            f"(max difference / max |g| = {gap:.2g})"
+        )
+    notes.append(
+        f"'{HAND_VECTORISED}' and gradient_samples agree with the same seed (max difference / max |g| = "
+        f"{gap:.1e})"
+    )
+    notes.insert(
+        0,
+        "objective values (one estimate, same seed): "
+        + ", ".join(f"{k} {v:.6g}" for k, v in values.items()),
+    )
     results: dict[str, Tensor] = {}
 
     def keep(name: str, f):
@@ -150,38 +169,73 @@ def run(opts: Options) -> Result:
         return go
 
     rounds = opts.rounds or (2 if opts.quick else 7)
-    times = blocks({k: keep(k, f) for k, f in candidates.items()}, rounds=rounds, inner=1, warmup=1,
-                   clock=opts.clock, device=opts.torch_device)
+    times = blocks(
+        {k: keep(k, f) for k, f in candidates.items()},
+        rounds=rounds,
+        inner=1,
+        warmup=1,
+        clock=opts.clock,
+        device=opts.torch_device,
+    )
     rows = summarise(times, "gradient_samples")
     if opts.torch_device.type == "cpu":
         faults = {k: minor_faults(f) for k, f in candidates.items()}
         if None not in faults.values():
-            notes.append("minor page faults per call (median of 3): " + ", ".join(f"{k} {v}" for k, v in faults.items()))
+            notes.append(
+                "minor page faults per call (median of 3): "
+                + ", ".join(f"{k} {v}" for k, v in faults.items())
+            )
     for name, out in results.items():
         if out.shape != (num, P):
             raise Mismatch(f"{name} returned shape {list(out.shape)}; expected {[num, P]}.")
     notes.append(check_same_estimator(results["loop of backward()"], results["gradient_samples"]))
-    notes.append(f"'{REUSED_LOOP}' and '{REUSED_VECTORISED}' write into a [num, P] buffer kept across calls "
-                 "(gradient_samples(..., out=buffer)); the others allocate a fresh result per call")
+    notes.append(
+        f"'{REUSED_LOOP}' and '{REUSED_VECTORISED}' write into a [num, P] buffer kept across calls "
+        "(gradient_samples(..., out=buffer)); the others allocate a fresh result per call"
+    )
     by_name = {r.name: r.median for r in rows}
-    notes.append(f"'{HAND_VECTORISED}' writes into a buffer kept across calls; {REUSED_VECTORISED} / it = "
-                 f"{by_name[REUSED_VECTORISED] / by_name[HAND_VECTORISED]:.2f}: the price of automatic differentiation "
-                 f"under torch.func.vmap for this model; {REUSED_LOOP} / it = "
-                 f"{by_name[REUSED_LOOP] / by_name[HAND_VECTORISED]:.1f}")
+    notes.append(
+        f"'{HAND_VECTORISED}' writes into a buffer kept across calls; {REUSED_VECTORISED} / it = "
+        f"{by_name[REUSED_VECTORISED] / by_name[HAND_VECTORISED]:.2f}: the price of automatic differentiation "
+        f"under torch.func.vmap for this model; {REUSED_LOOP} / it = "
+        f"{by_name[REUSED_LOOP] / by_name[HAND_VECTORISED]:.1f}"
+    )
     notes.append(f"{rounds} interleaved rounds of {num} estimates per contender after 1 warm-up")
-    setup = (f"encoder MLP 64-128-2x{LATENT} ({P} parameters), fixed linear Bernoulli decoder, batch {batch} digits "
-             f"(intensities), negative ELBO with analytic KL summed over the batch, scg.Pathwise; "
-             f"{num} gradient estimates per call; times are per call (all {num} estimates)")
-    result = Result(NAME, TITLE, setup, rows=rows, notes=notes, skipped=skipped, baseline="gradient_samples")
+    setup = (
+        f"encoder MLP 64-128-2x{LATENT} ({P} parameters), fixed linear Bernoulli decoder, batch {batch} digits "
+        f"(intensities), negative ELBO with analytic KL summed over the batch, scg.Pathwise; "
+        f"{num} gradient estimates per call; times are per call (all {num} estimates)"
+    )
+    result = Result(
+        NAME, TITLE, setup, rows=rows, notes=notes, skipped=skipped, baseline="gradient_samples"
+    )
     result.tables.append(step_table(rows, "gradient_samples").replace("ms/step", "ms/call"))
     by = {r.name: r.median for r in rows}
-    result.targets.append(Target("loop of backward() / gradient_samples",
-                                 by["loop of backward()"] / by["gradient_samples"], ">=", 20.0))
-    result.targets.append(Target(f"{REUSED_LOOP} / {REUSED_VECTORISED}",
-                                 by[REUSED_LOOP] / by[REUSED_VECTORISED], ">=", 20.0))
+    result.targets.append(
+        Target(
+            "loop of backward() / gradient_samples",
+            by["loop of backward()"] / by["gradient_samples"],
+            ">=",
+            20.0,
+        )
+    )
+    result.targets.append(
+        Target(
+            f"{REUSED_LOOP} / {REUSED_VECTORISED}",
+            by[REUSED_LOOP] / by[REUSED_VECTORISED],
+            ">=",
+            20.0,
+        )
+    )
     if "pyro loop of backward()" in by:
-        result.targets.append(Target("pyro loop / gradient_samples",
-                                     by["pyro loop of backward()"] / by["gradient_samples"], ">=", 20.0))
+        result.targets.append(
+            Target(
+                "pyro loop / gradient_samples",
+                by["pyro loop of backward()"] / by["gradient_samples"],
+                ">=",
+                20.0,
+            )
+        )
     return result
 
 

@@ -54,13 +54,18 @@ class Model(nn.Module):
 PATHWISE = scg.Pathwise()
 
 
-def graph_step(m: Model, x: torch.Tensor, S: int, sf_a: scg.ScoreFunction, sf_b: scg.ScoreFunction) -> torch.Tensor:
+def graph_step(
+    m: Model, x: torch.Tensor, S: int, sf_a: scg.ScoreFunction, sf_b: scg.ScoreFunction
+) -> torch.Tensor:
     g = scg.Graph(num_samples=S)
     a = g.sample("a", Independent(Bernoulli(logits=m.enc(x)), 1), sf_a)
     z = g.sample("z", Independent(Normal(m.w_z(a), F.softplus(m.log_s)), 1), PATHWISE)
     b = g.sample("b", Independent(Bernoulli(logits=m.w_b(z)), 1), sf_b)
     g.cost("fit", ((z - m.w_r(x)) ** 2).sum(-1))
-    g.cost("rec", F.binary_cross_entropy_with_logits(m.dec(b), x.expand_as(b), reduction="none").sum(-1))
+    g.cost(
+        "rec",
+        F.binary_cross_entropy_with_logits(m.dec(b), x.expand_as(b), reduction="none").sum(-1),
+    )
     return g.surrogate()
 
 
@@ -120,20 +125,37 @@ def build(opts: Options, size: str) -> Case:
         make("scg.Graph, backward(inputs=params)", copy.deepcopy(m), x, S, "graph-inputs"),
         make("hand-written DiCE", copy.deepcopy(m), x, S, "dice"),
     ]
-    setup = (f"size {size}: S = {S} graph samples, batch B = {B}, data D = {D}, hidden H = {H}; "
-             f"a ~ Bernoulli (ScoreFunction), z ~ Normal (Pathwise), b ~ Bernoulli (ScoreFunction); "
-             f"2 costs; Adam lr {LR}")
+    setup = (
+        f"size {size}: S = {S} graph samples, batch B = {B}, data D = {D}, hidden H = {H}; "
+        f"a ~ Bernoulli (ScoreFunction), z ~ Normal (Pathwise), b ~ Bernoulli (ScoreFunction); "
+        f"2 costs; Adam lr {LR}"
+    )
     inner, rounds = {"small": (10, 30), "medium": (10, 30), "large": (3, 20)}[size]
-    return Case(f"{NAME}-{size}", f"{TITLE}, {size} (training step)", setup, "hand-written DiCE", contenders,
-                inner=inner, rounds=rounds, grad_groups=[[c.name for c in contenders]], rtol=1e-5)
+    return Case(
+        f"{NAME}-{size}",
+        f"{TITLE}, {size} (training step)",
+        setup,
+        "hand-written DiCE",
+        contenders,
+        inner=inner,
+        rounds=rounds,
+        grad_groups=[[c.name for c in contenders]],
+        rtol=1e-5,
+    )
 
 
 def run(opts: Options) -> list[Result]:
     out = []
-    for size in (("small",) if opts.quick else ("medium", "large")):
+    for size in ("small",) if opts.quick else ("medium", "large"):
         result = time_case(build(opts, size), opts)
-        result.targets.append(Target("scg.Graph / hand-written DiCE",
-                                     ratio(result.rows, "scg.Graph", "hand-written DiCE"), "<=", 1.10))
+        result.targets.append(
+            Target(
+                "scg.Graph / hand-written DiCE",
+                ratio(result.rows, "scg.Graph", "hand-written DiCE"),
+                "<=",
+                1.10,
+            )
+        )
         out.append(result)
     return out
 

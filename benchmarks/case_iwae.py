@@ -41,8 +41,18 @@ from _timing import blocks, minor_faults, peak_memory, summarise  # noqa: E402
 
 NAME = "iwae"
 TITLE = "3. IWAE: time and memory against K"
-FULL = dict(ks=(1, 10, 100, 1000, 5000), batch=20, hidden=(200, 200), latent=16, test=None, chunk=500, eval_batch=100)
-QUICK = dict(ks=(1, 10, 100, 200), batch=4, hidden=(16,), latent=4, test=40, chunk=20, eval_batch=20)
+FULL = dict(
+    ks=(1, 10, 100, 1000, 5000),
+    batch=20,
+    hidden=(200, 200),
+    latent=16,
+    test=None,
+    chunk=500,
+    eval_batch=100,
+)
+QUICK = dict(
+    ks=(1, 10, 100, 200), batch=4, hidden=(16,), latent=4, test=40, chunk=20, eval_batch=20
+)
 LR = 1e-3
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -53,7 +63,9 @@ def hand_bound(enc: nn.Module, dec: nn.Module, x: Tensor, K: int) -> Tensor:
     eps = torch.randn((K, *loc.shape), dtype=loc.dtype, device=loc.device)
     z = loc + scale * eps
     logits = dec.net(z)
-    log_px = -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(-1)
+    log_px = -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(
+        -1
+    )
     log_q = (-0.5 * eps * eps - torch.log(scale) - HALF_LOG_2PI).sum(-1)
     log_pz = (-0.5 * z * z - HALF_LOG_2PI).sum(-1)
     return torch.logsumexp(log_pz + log_px - log_q, dim=0) - math.log(K)
@@ -80,7 +92,11 @@ def contenders(enc: nn.Module, dec: nn.Module, x: Tensor, K: int) -> list[Conten
 
     return [
         Contender("scg", scg_step, value=lambda: float(model.loss(x).detach())),
-        Contender("hand-written", hand_step, value=lambda: float(-hand_bound(henc, hdec, x, K).mean().detach())),
+        Contender(
+            "hand-written",
+            hand_step,
+            value=lambda: float(-hand_bound(henc, hdec, x, K).mean().detach()),
+        ),
     ], model
 
 
@@ -89,7 +105,7 @@ def slope(ks: list[int], ys: list[float]) -> float:
     lx = [math.log(k) for k in ks]
     ly = [math.log(y) for y in ys]
     mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
-    return sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / sum((a - mx) ** 2 for a in lx)
+    return sum((a - mx) * (b - my) for a, b in zip(lx, ly, strict=False)) / sum((a - mx) ** 2 for a in lx)
 
 
 def run(opts: Options) -> Result:
@@ -121,19 +137,34 @@ def run(opts: Options) -> Result:
             torch.manual_seed(opts.seed)
             values[c.name] = c.value()
         if not close(values["scg"], values["hand-written"], rtol=1e-5, atol=1e-5):
-            raise Mismatch(f"iwae K={K}: scg bound {values['scg']!r} != hand-written {values['hand-written']!r}")
+            raise Mismatch(
+                f"iwae K={K}: scg bound {values['scg']!r} != hand-written {values['hand-written']!r}"
+            )
         inner = 1 if opts.quick else max(1, 200 // K)
         rounds = opts.rounds or (3 if opts.quick else (12 if K <= 1000 else 6))
-        times = blocks({c.name: c.step for c in cs}, rounds=rounds, inner=inner, warmup=1, clock=opts.clock,
-                       device=device)
+        times = blocks(
+            {c.name: c.step for c in cs},
+            rounds=rounds,
+            inner=inner,
+            warmup=1,
+            clock=opts.clock,
+            device=device,
+        )
         summary = {r.name: r for r in summarise(times, "hand-written")}
         faults = {c.name: minor_faults(c.step) for c in cs} if device.type == "cpu" else {}
         mem = peak_memory(cs[0].step, device=device)
         hand_mem = peak_memory(cs[1].step, device=device)
-        evaluate = lambda: log_likelihood(model, test, num_samples=K, chunk_size=cfg["chunk"],  # noqa: E731
-                                          batch_size=cfg["eval_batch"])
+        evaluate = lambda: log_likelihood(
+            model,
+            test,
+            num_samples=K,
+            chunk_size=cfg["chunk"],  # noqa: E731
+            batch_size=cfg["eval_batch"],
+        )
         ev_rounds = opts.rounds or (2 if opts.quick else (3 if K >= 1000 else 5))
-        ev = blocks({"eval": evaluate}, rounds=ev_rounds, inner=1, warmup=1, clock=opts.clock, device=device)
+        ev = blocks(
+            {"eval": evaluate}, rounds=ev_rounds, inner=1, warmup=1, clock=opts.clock, device=device
+        )
         ev_med = summarise(ev, "eval")[0].median
         ev_mem = peak_memory(evaluate, device=device)
         s, h = summary["scg"], summary["hand-written"]
@@ -148,8 +179,11 @@ def run(opts: Options) -> Result:
         result.notes.append(
             f"K={K}: bound scg {values['scg']:.6g} = hand-written {values['hand-written']:.6g}; "
             f"{rounds} rounds x {inner} steps; evaluation {ev_rounds} rounds"
-            + ("; minor page faults per step: " + ", ".join(f"{k} {v}" for k, v in faults.items())
-               if faults and None not in faults.values() else "")
+            + (
+                "; minor page faults per step: " + ", ".join(f"{k} {v}" for k, v in faults.items())
+                if faults and None not in faults.values()
+                else ""
+            )
         )
         print(rows[-1], flush=True)
     header = [
@@ -160,32 +194,50 @@ def run(opts: Options) -> Result:
     result.tables.append("\n".join(header + rows))
     ks = list(cfg["ks"])
     big = [i for i, k in enumerate(ks) if k >= 100]
-    t_slope = slope([ks[i] for i in big], [train_t[i] for i in big]) if len(big) >= 2 else float("nan")
-    m_slope = slope([ks[i] for i in big], [train_m[i] for i in big]) if len(big) >= 2 else float("nan")
-    e_slope = slope([ks[i] for i in big], [eval_t[i] for i in big]) if len(big) >= 2 else float("nan")
+    t_slope = (
+        slope([ks[i] for i in big], [train_t[i] for i in big]) if len(big) >= 2 else float("nan")
+    )
+    m_slope = (
+        slope([ks[i] for i in big], [train_m[i] for i in big]) if len(big) >= 2 else float("nan")
+    )
+    e_slope = (
+        slope([ks[i] for i in big], [eval_t[i] for i in big]) if len(big) >= 2 else float("nan")
+    )
     if len(big) >= 2:
         marginal = ", ".join(
             f"K {ks[i]}->{ks[j]}: {1e6 * (train_t[j] - train_t[i]) / (ks[j] - ks[i]):.1f} us"
-            for i, j in zip(big[:-1], big[1:]))
-        result.notes.append(f"marginal training time per extra sample (whole batch): {marginal}; the fixed "
-                            f"part of a step (encoder, Adam, Python; K = 1: {1e3 * train_t[0]:.2f} ms) keeps the "
-                            f"log-log slope below 1 at small K")
+            for i, j in zip(big[:-1], big[1:], strict=False)
+        )
+        result.notes.append(
+            f"marginal training time per extra sample (whole batch): {marginal}; the fixed "
+            f"part of a step (encoder, Adam, Python; K = 1: {1e3 * train_t[0]:.2f} ms) keeps the "
+            f"log-log slope below 1 at small K"
+        )
     result.notes.append(
         f"log-log slopes over K >= 100: training time {t_slope:.3f}, training peak memory {m_slope:.3f}, "
         f"evaluation time {e_slope:.3f}"
     )
     result.notes.append(
         "peak memory: tensor storages created during one call above those alive before it "
-        + ("(CUDA allocator peak)" if device.type == "cuda" else "(torch.profiler memory timeline, profile_memory=True)")
+        + (
+            "(CUDA allocator peak)"
+            if device.type == "cuda"
+            else "(torch.profiler memory timeline, profile_memory=True)"
+        )
     )
     result.targets.append(Target("training time log-log slope, K >= 100", t_slope, ">=", 0.9))
     result.targets.append(Target("training time log-log slope, K >= 100", t_slope, "<=", 1.1))
     chunked = [i for i, k in enumerate(ks) if k >= cfg["chunk"]]
     if len(chunked) >= 2:
         first, last = chunked[0], chunked[-1]
-        result.targets.append(Target(
-            f"eval peak memory K={ks[last]} / K={ks[first]} (chunks of {cfg['chunk']})",
-            eval_m[last] / eval_m[first], "<=", 1.1))
+        result.targets.append(
+            Target(
+                f"eval peak memory K={ks[last]} / K={ks[first]} (chunks of {cfg['chunk']})",
+                eval_m[last] / eval_m[first],
+                "<=",
+                1.1,
+            )
+        )
     result.notes.append(
         f"evaluation peak memory {eval_m[-1] / 2**20:.1f} MiB at K = {ks[-1]} "
         f"(chunk of {cfg['chunk']} samples x {cfg['eval_batch']} digits)"

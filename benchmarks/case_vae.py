@@ -92,7 +92,9 @@ def cost_fn(loc: Tensor, scale: Tensor, dec: nn.Module, x: Tensor):
 
     def cost(z: Tensor) -> Tensor:
         logits = dec.net(z)
-        nll = F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(-1)
+        nll = F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(
+            -1
+        )
         e = (z - loc) / scale
         log_q = (-0.5 * e * e - log_scale - HALF_LOG_2PI).sum(-1)
         log_pz = (-0.5 * z * z - HALF_LOG_2PI).sum(-1)
@@ -103,8 +105,9 @@ def cost_fn(loc: Tensor, scale: Tensor, dec: nn.Module, x: Tensor):
 
 def scg_loss(enc: nn.Module, dec: nn.Module, x: Tensor, estimator) -> Tensor:
     """The hand-written cost, its expectation through ``scg.expectation`` (batch mean)."""
-    import scg
     from torch.distributions import Independent, Normal
+
+    import scg
 
     loc, scale, _ = enc.params(x)
     q = Independent(Normal(loc, scale), 1)
@@ -123,7 +126,9 @@ def hand_dists_loss(enc: nn.Module, dec: nn.Module, x: Tensor) -> Tensor:
     from torch.distributions import Independent, Normal
 
     loc, scale, _ = enc.params(x)
-    z = Independent(Normal(loc, scale), 1).rsample((1,))  # loc + ε·scale, ε from the same generator call
+    z = Independent(Normal(loc, scale), 1).rsample(
+        (1,)
+    )  # loc + ε·scale, ε from the same generator call
     return cost_fn(loc, scale, dec, x)(z).mean(0).mean()
 
 
@@ -156,7 +161,9 @@ def make_pyro(pyro, enc: nn.Module, dec: nn.Module, x: Tensor, tag: str = "vae")
         with pyro.plate("data", B), poutine.scale(scale=1.0 / B):
             zeros = x.new_zeros(B, L)
             z = pyro.sample("z", dist.Normal(zeros, torch.ones_like(zeros)).to_event(1))
-            pyro.sample("x", dist.Bernoulli(logits=dec.net(z), validate_args=False).to_event(1), obs=x)
+            pyro.sample(
+                "x", dist.Bernoulli(logits=dec.net(z), validate_args=False).to_event(1), obs=x
+            )
 
     def guide(x: Tensor) -> None:
         pyro.module(f"{tag}_encoder", enc)
@@ -174,7 +181,12 @@ def make_pyro(pyro, enc: nn.Module, dec: nn.Module, x: Tensor, tag: str = "vae")
         elbo.differentiable_loss(model, guide, x).backward()
         return flat_grads(params)
 
-    return Contender("pyro Trace_ELBO", lambda: svi.step(x), value=lambda: elbo.loss(model, guide, x), grads=grads)
+    return Contender(
+        "pyro Trace_ELBO",
+        lambda: svi.step(x),
+        value=lambda: elbo.loss(model, guide, x),
+        grads=grads,
+    )
 
 
 def build(opts: Options) -> Case:
@@ -192,7 +204,9 @@ def build(opts: Options) -> Case:
 
     pathwise = scg.Pathwise()
     contenders = [
-        make_loss_contender("scg.expectation", lambda e, d, x: scg_loss(e, d, x, pathwise), *copies(), x),
+        make_loss_contender(
+            "scg.expectation", lambda e, d, x: scg_loss(e, d, x, pathwise), *copies(), x
+        ),
         make_models_vae(*copies(), x),
         make_loss_contender("hand-written", hand_loss, *copies(), x),
         make_loss_contender("hand-written, torch.distributions", hand_dists_loss, *copies(), x),
@@ -206,28 +220,57 @@ def build(opts: Options) -> Case:
         f"{'-'.join(map(str, hidden))}-64, tanh; batch {batch} binarised digits; 1 sample; "
         f"negative ELBO with MC KL, batch mean; Adam lr {LR}"
     )
-    return Case(NAME, TITLE, setup, "hand-written", contenders, inner=5, rounds=40, skipped=skipped,
-                grad_groups=[[c.name for c in contenders]])
+    return Case(
+        NAME,
+        TITLE,
+        setup,
+        "hand-written",
+        contenders,
+        inner=5,
+        rounds=40,
+        skipped=skipped,
+        grad_groups=[[c.name for c in contenders]],
+    )
 
 
 def run(opts: Options) -> Result:
     case = build(opts)
     result = time_case(case, opts)
     result.targets.append(
-        Target("scg.expectation / hand-written", ratio(result.rows, "scg.expectation", "hand-written"), "<=", 1.05))
+        Target(
+            "scg.expectation / hand-written",
+            ratio(result.rows, "scg.expectation", "hand-written"),
+            "<=",
+            1.05,
+        )
+    )
     result.notes.append(
         f"scg.models.VAE / hand-written = {ratio(result.rows, 'scg.models.VAE', 'hand-written'):.3f} "
         "(the model's modules build distribution objects each step: the posterior, the prior and the "
-        "likelihood)")
+        "likelihood)"
+    )
     hd = "hand-written, torch.distributions"
     result.notes.append(
         f"scg.expectation / {hd} = {ratio(result.rows, 'scg.expectation', hd):.3f} (scg's own machinery); "
-        f"{hd} / hand-written = {ratio(result.rows, hd, 'hand-written'):.3f} (a Distribution object to sample from)")
+        f"{hd} / hand-written = {ratio(result.rows, hd, 'hand-written'):.3f} (a Distribution object to sample from)"
+    )
     if not case.skipped:
         result.targets.append(
-            Target("pyro / scg.models.VAE", ratio(result.rows, "pyro Trace_ELBO", "scg.models.VAE"), ">=", 1.5))
+            Target(
+                "pyro / scg.models.VAE",
+                ratio(result.rows, "pyro Trace_ELBO", "scg.models.VAE"),
+                ">=",
+                1.5,
+            )
+        )
         result.targets.append(
-            Target("pyro / scg.expectation", ratio(result.rows, "pyro Trace_ELBO", "scg.expectation"), ">=", 1.5))
+            Target(
+                "pyro / scg.expectation",
+                ratio(result.rows, "pyro Trace_ELBO", "scg.expectation"),
+                ">=",
+                1.5,
+            )
+        )
     return result
 
 

@@ -37,7 +37,6 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import torch
 
@@ -54,7 +53,7 @@ class Step:
     name: str
     command: list[str]
     seconds: float
-    returncode: Optional[int]  # None: stopped at its time limit
+    returncode: int | None  # None: stopped at its time limit
     tail: str
 
     @property
@@ -64,15 +63,17 @@ class Step:
         return "ok" if self.returncode == 0 else f"failed (exit {self.returncode})"
 
 
-def run(name: str, command: list[str], log: Path, timeout: Optional[float]) -> Step:
+def run(name: str, command: list[str], log: Path, timeout: float | None) -> Step:
     """Run ``command`` from the repository root, its output to ``log``, stopped after ``timeout`` s."""
     start = time.perf_counter()
     with open(log, "w") as fh:
         fh.write("$ " + " ".join(command) + "\n")
         fh.flush()
-        proc = subprocess.Popen(command, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            command, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
-            code: Optional[int] = proc.wait(timeout=timeout)
+            code: int | None = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, 15)  # the study and the workers it started, nothing else
             try:
@@ -110,25 +111,49 @@ def cells(folder: Path) -> int:
     return len(list((folder / "cells").glob("*"))) if (folder / "cells").is_dir() else 0
 
 
-def main(argv: Optional[list[str]] = None) -> Path:
+def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/gpu", help="output folder (default runs/gpu)")
-    parser.add_argument("--budget", type=float, default=600.0,
-                        help="seconds for all studies together (default 600); each gets an equal share of the rest")
-    parser.add_argument("--bench-timeout", type=float, default=1200.0, help="seconds for the benchmarks (default 1200)")
-    parser.add_argument("--studies", default=None, help="comma-separated subset of `scg-study list` (default all)")
-    parser.add_argument("--cases", default=None, help="comma-separated benchmark cases (default all)")
-    parser.add_argument("--tests", default="tests", help="where pytest looks for the CUDA tests (default tests)")
-    parser.add_argument("--size", action="append", default=[], metavar="STUDY=SIZE",
-                        help="size of one study on the GPU: full (default), default or smoke (repeatable), e.g. "
-                             "once a report shows that a study's --full size does not fit the budget")
-    parser.add_argument("--cpu", action="store_true", help="the CPU smoke pipeline even where CUDA is available")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=600.0,
+        help="seconds for all studies together (default 600); each gets an equal share of the rest",
+    )
+    parser.add_argument(
+        "--bench-timeout",
+        type=float,
+        default=1200.0,
+        help="seconds for the benchmarks (default 1200)",
+    )
+    parser.add_argument(
+        "--studies", default=None, help="comma-separated subset of `scg-study list` (default all)"
+    )
+    parser.add_argument(
+        "--cases", default=None, help="comma-separated benchmark cases (default all)"
+    )
+    parser.add_argument(
+        "--tests", default="tests", help="where pytest looks for the CUDA tests (default tests)"
+    )
+    parser.add_argument(
+        "--size",
+        action="append",
+        default=[],
+        metavar="STUDY=SIZE",
+        help="size of one study on the GPU: full (default), default or smoke (repeatable), e.g. "
+        "once a report shows that a study's --full size does not fit the budget",
+    )
+    parser.add_argument(
+        "--cpu", action="store_true", help="the CPU smoke pipeline even where CUDA is available"
+    )
     args = parser.parse_args(argv)
     sizes = {}
     for item in args.size:
         study, _, size = item.partition("=")
         if size not in SIZES:
-            parser.error(f"`--size` must be STUDY=SIZE with SIZE one of {list(SIZES)}; got {item!r}.")
+            parser.error(
+                f"`--size` must be STUDY=SIZE with SIZE one of {list(SIZES)}; got {item!r}."
+            )
         sizes[study] = size
 
     cuda = torch.cuda.is_available() and not args.cpu
@@ -137,13 +162,20 @@ def main(argv: Optional[list[str]] = None) -> Path:
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     py = sys.executable
 
-    mode = ("GPU run: studies at --full size (within the budget), benchmarks on cuda with the wall clock"
-            if cuda else "NO CUDA DEVICE: the pipeline ran at smoke size on the CPU (studies --smoke, benchmarks "
-            "--quick) — a check that the command works, not a measurement")
+    mode = (
+        "GPU run: studies at --full size (within the budget), benchmarks on cuda with the wall clock"
+        if cuda
+        else "NO CUDA DEVICE: the pipeline ran at smoke size on the CPU (studies --smoke, benchmarks "
+        "--quick) — a check that the command works, not a measurement"
+    )
     print(mode, flush=True)
 
-    tests = run("CUDA tests", [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "cuda", args.tests],
-                out / "tests.log", timeout=None)
+    tests = run(
+        "CUDA tests",
+        [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "cuda", args.tests],
+        out / "tests.log",
+        timeout=None,
+    )
     print(f"tests: {tests.status} in {tests.seconds:.0f} s", flush=True)
 
     names = args.studies.split(",") if args.studies else study_names()
@@ -153,15 +185,24 @@ def main(argv: Optional[list[str]] = None) -> Path:
         share = max(1.0, (deadline - time.perf_counter()) / (len(names) - i)) if cuda else None
         size = sizes.get(name, "full") if cuda else "smoke"
         folder = out / "studies" / name
-        command = [str(BIN / "scg-study"), "run", name, *SIZES[size], "--device", "cuda" if cuda else "cpu",
-                   "--out", str(folder), "--quiet"]
+        command = [
+            str(BIN / "scg-study"),
+            "run",
+            name,
+            *SIZES[size],
+            "--device",
+            "cuda" if cuda else "cpu",
+            "--out",
+            str(folder),
+            "--quiet",
+        ]
         step = run(f"study {name}", command, out / "studies" / f"{name}.log", timeout=share)
         studies.append((name, size, step, cells(folder)))
         print(f"study {name} ({size}): {step.status} in {step.seconds:.0f} s", flush=True)
 
     bench_cmd = [py, str(ROOT / "benchmarks" / "run.py"), "--markdown", str(out / "benchmarks.md")]
     bench_cmd += ["--device", "cuda", "--clock", "wall"] if cuda else ["--device", "cpu", "--quick"]
-    for case in (args.cases.split(",") if args.cases else []):
+    for case in args.cases.split(",") if args.cases else []:
         bench_cmd += ["--case", case]
     bench = run("benchmarks", bench_cmd, out / "benchmarks.log", timeout=args.bench_timeout)
     print(f"benchmarks: {bench.status} in {bench.seconds:.0f} s", flush=True)
@@ -181,18 +222,33 @@ def main(argv: Optional[list[str]] = None) -> Path:
         "",
         "## Studies",
         "",
-        f"Budget {args.budget:.0f} s for all studies, an equal share of the rest each" if cuda else
-        "Smoke size, no time limit",
+        f"Budget {args.budget:.0f} s for all studies, an equal share of the rest each"
+        if cuda
+        else "Smoke size, no time limit",
         "",
         "| study | size | wall time (s) | status | cells written | output |",
         "|---|---|---|---|---|---|",
     ]
     for name, size, step, n in studies:
-        note = step.status + ("; rerun the same command to resume the finished cells" if step.returncode is None else "")
+        note = step.status + (
+            "; rerun the same command to resume the finished cells"
+            if step.returncode is None
+            else ""
+        )
         lines.append(f"| {name} | {size} | {step.seconds:.0f} | {note} | {n} | studies/{name}/ |")
-    lines += ["", "## Benchmarks", "", f"`{' '.join(bench.command[1:])}`: {bench.status}, {bench.seconds:.0f} s", ""]
+    lines += [
+        "",
+        "## Benchmarks",
+        "",
+        f"`{' '.join(bench.command[1:])}`: {bench.status}, {bench.seconds:.0f} s",
+        "",
+    ]
     md = out / "benchmarks.md"
-    lines += [md.read_text() if md.exists() else f"(no tables; the log ends with)\n\n```\n{bench.tail}\n```"]
+    lines += [
+        md.read_text()
+        if md.exists()
+        else f"(no tables; the log ends with)\n\n```\n{bench.tail}\n```"
+    ]
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n")
     print(f"report: {report}", flush=True)

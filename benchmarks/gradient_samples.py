@@ -61,7 +61,9 @@ def build(batch: int, seed: int = 0):
     torch.manual_seed(seed)
     x = torch.tensor(load_digits().data[:batch], dtype=torch.float32) / 16.0  # [B, 64] in [0, 1]
     encoder = nn.Sequential(nn.Linear(64, 128), nn.Tanh(), nn.Linear(128, 2 * LATENT))
-    decoder = nn.Linear(LATENT, 64).requires_grad_(False)  # fixed: gradients w.r.t. the encoder only
+    decoder = nn.Linear(LATENT, 64).requires_grad_(
+        False
+    )  # fixed: gradients w.r.t. the encoder only
     estimator = scg.Pathwise()
 
     def neg_elbo(out: Tensor) -> Tensor:
@@ -90,7 +92,9 @@ def backward_loop(module: nn.Module, loss, num: int, out: Tensor | None = None) 
     return out
 
 
-def loop_estimates(encoder: nn.Module, x: Tensor, neg_elbo, num: int, out: Tensor | None = None) -> Tensor:
+def loop_estimates(
+    encoder: nn.Module, x: Tensor, neg_elbo, num: int, out: Tensor | None = None
+) -> Tensor:
     """The loop of ``backward()`` through scg's loss."""
     return backward_loop(encoder, lambda: neg_elbo(encoder(x)), num, out)
 
@@ -110,7 +114,12 @@ def hand_loop_estimates(encoder: nn.Module, x: Tensor, decoder: nn.Module, num: 
 
 
 def hand_vectorised_estimates(
-    encoder: nn.Module, x: Tensor, decoder: nn.Module, num: int, chunk_size: int, out: Tensor | None = None
+    encoder: nn.Module,
+    x: Tensor,
+    decoder: nn.Module,
+    num: int,
+    chunk_size: int,
+    out: Tensor | None = None,
 ) -> Tensor:
     r"""The same ``num`` estimates with the gradient derived by hand and batched over draws: no autograd.
 
@@ -134,7 +143,12 @@ def hand_vectorised_estimates(
     Only for ``build``'s encoder ``Linear → Tanh → Linear`` and linear decoder.
     """
     first, _, second = encoder
-    W1, b1, W2, b2 = first.weight.detach(), first.bias.detach(), second.weight.detach(), second.bias.detach()
+    W1, b1, W2, b2 = (
+        first.weight.detach(),
+        first.bias.detach(),
+        second.weight.detach(),
+        second.bias.detach(),
+    )
     Wd, bd = decoder.weight.detach(), decoder.bias.detach()
     (B, D), (H, L) = x.shape, (W1.shape[0], W2.shape[0] // 2)
     sizes = [W1.numel(), b1.numel(), W2.numel(), b2.numel()]
@@ -149,9 +163,15 @@ def hand_vectorised_estimates(
         eps = torch.randn(n, B, L, device=x.device)
         dlogits = ((loc + scale * eps) @ Wd.T + bd).sigmoid_().sub_(x)
         dz = dlogits @ Wd
-        dout = torch.cat([dz + loc, dz.mul_(eps).mul_(scale).add_(scale * scale - 1)], -1)  # [n, B, 2L]
+        dout = torch.cat(
+            [dz + loc, dz.mul_(eps).mul_(scale).add_(scale * scale - 1)], -1
+        )  # [n, B, 2L]
         rows = out[start : start + n]
-        torch.bmm(dout.transpose(1, 2), h.expand(n, B, H), out=rows[:, ends[1] : ends[2]].view(n, 2 * L, H))
+        torch.bmm(
+            dout.transpose(1, 2),
+            h.expand(n, B, H),
+            out=rows[:, ends[1] : ends[2]].view(n, 2 * L, H),
+        )
         torch.sum(dout, 1, out=rows[:, ends[2] :])
         dh = (dout @ W2).mul_(1 - h * h)
         torch.bmm(dh.transpose(1, 2), x.expand(n, B, D), out=rows[:, : ends[0]].view(n, H, D))
@@ -164,7 +184,11 @@ def vectorised_estimates(
 ) -> Tensor:
     params = {k: v.detach() for k, v in encoder.named_parameters()}
     return scg.diagnostics.gradient_samples(
-        lambda p: neg_elbo(functional_call(encoder, p, (x,))), params, num, chunk_size=chunk_size, out=out
+        lambda p: neg_elbo(functional_call(encoder, p, (x,))),
+        params,
+        num,
+        chunk_size=chunk_size,
+        out=out,
     )
 
 
@@ -176,7 +200,9 @@ def check_same_estimator(a: Tensor, b: Tensor) -> str:
     z = ((sa.mean - sb.mean)[ok] / se[ok]).abs()
     threshold = float(stats.norm.isf(1e-3 / (2 * int(ok.sum()))))
     ratio = float(sa.variance.sum() / sb.variance.sum())
-    verdict = "same estimator" if float(z.max()) < threshold and abs(ratio - 1) < 0.2 else "MISMATCH"
+    verdict = (
+        "same estimator" if float(z.max()) < threshold and abs(ratio - 1) < 0.2 else "MISMATCH"
+    )
     return (
         f"check: max |z| of mean difference over {int(ok.sum())} parameters = {float(z.max()):.2f} "
         f"(threshold {threshold:.2f}); total variance ratio loop/vectorised = {ratio:.3f} -> {verdict}"
@@ -185,12 +211,23 @@ def check_same_estimator(a: Tensor, b: Tensor) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--num", type=int, default=1000, help="gradient estimates per run (default 1000)")
-    parser.add_argument("--repeats", type=int, default=5, help="interleaved timed repeats (default 5)")
-    parser.add_argument("--batch", type=int, default=16, help="digits per estimate (default 16)")
-    parser.add_argument("--chunk-size", type=int, default=None, help="gradient_samples chunk_size (default: its own)")
     parser.add_argument(
-        "--threads", default="1,2", help="comma-separated torch intra-op thread counts to run (default 1,2)"
+        "--num", type=int, default=1000, help="gradient estimates per run (default 1000)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="interleaved timed repeats (default 5)"
+    )
+    parser.add_argument("--batch", type=int, default=16, help="digits per estimate (default 16)")
+    parser.add_argument(
+        "--chunk-size",
+        type=int,
+        default=None,
+        help="gradient_samples chunk_size (default: its own)",
+    )
+    parser.add_argument(
+        "--threads",
+        default="1,2",
+        help="comma-separated torch intra-op thread counts to run (default 1,2)",
     )
     parser.add_argument(
         "--clock",
@@ -205,14 +242,18 @@ def main(argv: list[str] | None = None) -> None:
     P = sum(p.numel() for p in encoder.parameters())
     print(machine())
     print(f"load average: {' '.join(f'{v:.2f}' for v in os.getloadavg())}; clock: {args.clock}")
-    print(f"encoder 64-128-2x{LATENT}: P = {P} parameters; batch {args.batch}; {args.num} estimates per run; "
-          f"chunk_size {args.chunk_size}; {args.repeats} interleaved repeats after 1 warm-up")
+    print(
+        f"encoder 64-128-2x{LATENT}: P = {P} parameters; batch {args.batch}; {args.num} estimates per run; "
+        f"chunk_size {args.chunk_size}; {args.repeats} interleaved repeats after 1 warm-up"
+    )
 
     results: dict[str, Tensor] = {}
     loop_buffer, vectorised_buffer = torch.empty(args.num, P), torch.empty(args.num, P)
     candidates = {
         "loop of backward()": lambda: loop_estimates(encoder, x, neg_elbo, args.num),
-        "gradient_samples": lambda: vectorised_estimates(encoder, x, neg_elbo, args.num, args.chunk_size),
+        "gradient_samples": lambda: vectorised_estimates(
+            encoder, x, neg_elbo, args.num, args.chunk_size
+        ),
         REUSED_LOOP: lambda: loop_estimates(encoder, x, neg_elbo, args.num, out=loop_buffer),
         REUSED_VECTORISED: lambda: vectorised_estimates(
             encoder, x, neg_elbo, args.num, args.chunk_size, out=vectorised_buffer
@@ -229,16 +270,22 @@ def main(argv: list[str] | None = None) -> None:
     for threads in [int(t) for t in args.threads.split(",")]:
         torch.set_num_threads(threads)
         print(f"\n### torch threads = {threads}\n")
-        times = blocks({k: keep(k, f) for k, f in candidates.items()}, rounds=args.repeats, clock=args.clock)
+        times = blocks(
+            {k: keep(k, f) for k, f in candidates.items()}, rounds=args.repeats, clock=args.clock
+        )
         print(report(times, baseline="loop of backward()"))
         med = medians(times)
         ratio = med["loop of backward()"] / med["gradient_samples"]
         reused = med[REUSED_LOOP] / med[REUSED_VECTORISED]
-        print(f"\nratio (median loop of backward() / median gradient_samples) = {ratio:.1f}; "
-              f"both writing into a reused buffer: {reused:.1f}")
+        print(
+            f"\nratio (median loop of backward() / median gradient_samples) = {ratio:.1f}; "
+            f"both writing into a reused buffer: {reused:.1f}"
+        )
     for name, out in results.items():
         if out.shape != (args.num, P):
-            raise RuntimeError(f"{name} returned shape {list(out.shape)}; expected {[args.num, P]}.")
+            raise RuntimeError(
+                f"{name} returned shape {list(out.shape)}; expected {[args.num, P]}."
+            )
     print(check_same_estimator(results["loop of backward()"], results["gradient_samples"]))
 
 

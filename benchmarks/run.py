@@ -26,7 +26,6 @@ import importlib
 import os
 import sys
 import time
-from typing import Optional
 
 import torch
 
@@ -51,10 +50,20 @@ def revision() -> str:
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
-                             check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "scg", "models"],
-                               cwd=root, capture_output=True, text=True, check=True).stdout.split("\n")
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", "scg", "models"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split("\n")
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
     changed = [line[3:] for line in dirty if line.strip()]
@@ -103,28 +112,52 @@ def summary(results: list[Result]) -> str:
     lines = ["| case | target | measured | met |", "|---|---|---|---|"]
     for r in results:
         for t in r.targets:
-            lines.append(f"| {r.title} | {t.what} {t.op} {t.bound:g} | {t.measured:.3f} | {'yes' if t.met else 'NO'} |")
+            lines.append(
+                f"| {r.title} | {t.what} {t.op} {t.bound:g} | {t.measured:.3f} | {'yes' if t.met else 'NO'} |"
+            )
         for s in r.skipped:
             lines.append(f"| {r.title} | {s.split(':')[0]} | skipped | – |")
     return "\n".join(lines)
 
 
-def main(argv: Optional[list[str]] = None) -> list[Result]:
+def main(argv: list[str] | None = None) -> list[Result]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--case", action="append", choices=list(CASES), help="case to run (repeatable; default all)")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes and 3 rounds (a smoke run)")
-    parser.add_argument("--rounds", type=int, default=None, help="timed rounds per contender (default: per case)")
+    parser.add_argument(
+        "--case", action="append", choices=list(CASES), help="case to run (repeatable; default all)"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny sizes and 3 rounds (a smoke run)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=None, help="timed rounds per contender (default: per case)"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
-    parser.add_argument("--clock", choices=CLOCKS, default=None, help="cpu (default on CPU) or wall (default on CUDA)")
+    parser.add_argument(
+        "--clock",
+        choices=CLOCKS,
+        default=None,
+        help="cpu (default on CPU) or wall (default on CUDA)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--validate", action="store_true",
-                        help="keep torch/pyro distribution argument validation on (default off for every contender)")
-    parser.add_argument("--markdown", default=None, help="also write the report as markdown to this file")
+    parser.add_argument(
+        "--validate",
+        action="store_true",
+        help="keep torch/pyro distribution argument validation on (default off for every contender)",
+    )
+    parser.add_argument(
+        "--markdown", default=None, help="also write the report as markdown to this file"
+    )
     args = parser.parse_args(argv)
     clock = args.clock or ("wall" if args.device.startswith("cuda") else "cpu")
-    opts = Options(quick=args.quick, rounds=args.rounds, threads=args.threads, clock=clock,
-                   device=args.device, seed=args.seed)
+    opts = Options(
+        quick=args.quick,
+        rounds=args.rounds,
+        threads=args.threads,
+        clock=clock,
+        device=args.device,
+        seed=args.seed,
+    )
     configure(opts, validate=args.validate)
     names = args.case or list(CASES)
     command = "python benchmarks/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -149,7 +182,12 @@ def main(argv: Optional[list[str]] = None) -> list[Result]:
     print("\n## Summary\n\n" + summary(results) + "\n\n" + footer[0])
     if args.markdown:
         with open(args.markdown, "w") as fh:
-            fh.write("\n".join(f"{h}  " for h in header) + "\n\n## Summary\n\n" + summary(results) + "\n\n")
+            fh.write(
+                "\n".join(f"{h}  " for h in header)
+                + "\n\n## Summary\n\n"
+                + summary(results)
+                + "\n\n"
+            )
             fh.write("\n".join(render(r) for r in results) + "\n" + footer[0] + "\n")
     return results
 

@@ -38,25 +38,50 @@ def main(argv=None) -> None:
     cfg = TrainConfig(epochs=epochs, batch_size=100, progress=not args.tiny)
 
     # 1. Gaussian VAE, Bernoulli decoder, analytic KL, KL warm-up over 200 steps, reparameterisation trick.
-    vae = VAE(GaussianEncoder(64, 10, hidden), BernoulliDecoder(10, 64, hidden), estimator=scg.Pathwise(), warmup=200)
+    vae = VAE(
+        GaussianEncoder(64, 10, hidden),
+        BernoulliDecoder(10, 64, hidden),
+        estimator=scg.Pathwise(),
+        warmup=200,
+    )
     fit(vae, train, val, config=cfg, device=args.device)
-    print("VAE       test log p(x) ≈", round(float(log_likelihood(vae, test.to(next(vae.parameters()).device),
-                                                                  num_samples=K).mean()), 2),
-          " active units:", active_units(vae.encoder, test.to(next(vae.parameters()).device))[0])
+    print(
+        "VAE       test log p(x) ≈",
+        round(
+            float(
+                log_likelihood(vae, test.to(next(vae.parameters()).device), num_samples=K).mean()
+            ),
+            2,
+        ),
+        " active units:",
+        active_units(vae.encoder, test.to(next(vae.parameters()).device))[0],
+    )
 
     # 2. The same VAE trained with the score function and a moving-average baseline instead.
-    sf = VAE(GaussianEncoder(64, 10, hidden), BernoulliDecoder(10, 64, hidden),
-             estimator=scg.ScoreFunction(baseline=scg.baselines.MovingAverage()), num_samples=4)
+    sf = VAE(
+        GaussianEncoder(64, 10, hidden),
+        BernoulliDecoder(10, 64, hidden),
+        estimator=scg.ScoreFunction(baseline=scg.baselines.MovingAverage()),
+        num_samples=4,
+    )
     fit(sf, train, val, config=cfg, device=args.device)
 
     # 3. Flow posterior: 2 amortised IAF steps on the encoder's base Normal (Monte Carlo KL).
     enc = GaussianEncoder(64, 10, hidden)
-    flow = VAE(FlowPosterior(enc, flow_layers("iaf", 10, 2, context_dim=enc.feature_dim)),
-               BernoulliDecoder(10, 64, hidden), kl="mc")
+    flow = VAE(
+        FlowPosterior(enc, flow_layers("iaf", 10, 2, context_dim=enc.feature_dim)),
+        BernoulliDecoder(10, 64, hidden),
+        kl="mc",
+    )
     fit(flow, train, val, config=cfg, device=args.device)
 
     # 4. IWAE with K = 5 samples and doubly reparameterised gradients.
-    iwae = IWAE(GaussianEncoder(64, 10, hidden), BernoulliDecoder(10, 64, hidden), num_samples=5, gradient="dreg")
+    iwae = IWAE(
+        GaussianEncoder(64, 10, hidden),
+        BernoulliDecoder(10, 64, hidden),
+        num_samples=5,
+        gradient="dreg",
+    )
     fit(iwae, train, val, config=cfg, device=args.device)
 
     # 5. Sigmoid belief net with binary latents; estimator by name (reinforce, nvil, rloo, vimco, disarm, relax, gumbel).
@@ -66,7 +91,9 @@ def main(argv=None) -> None:
 
     # 6. Bayesian logistic regression on breast cancer; minibatches of 32 scaled by N/B; any estimator.
     x, y, _, _ = breast_cancer()
-    blr = BayesianLogisticRegression(x, y, estimator=scg.MeasureValued(), num_samples=10, batch_size=32)
+    blr = BayesianLogisticRegression(
+        x, y, estimator=scg.MeasureValued(), num_samples=10, batch_size=32
+    )
     opt = torch.optim.SGD(blr.parameters(), lr=1e-3)
     for _ in range(5 if args.tiny else 500):
         opt.zero_grad()

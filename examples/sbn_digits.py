@@ -19,10 +19,19 @@ from scg.models.sbn import SigmoidBeliefNet, sbn_estimators
 ESTIMATORS = ("reinforce", "nvil", "rloo", "disarm", "relax", "gumbel-softmax")
 
 
-def train(name: str, layers: tuple[int, ...], x: torch.Tensor, steps: int, batch: int, samples: int,
-          nonlinear: bool) -> SigmoidBeliefNet:
+def train(
+    name: str,
+    layers: tuple[int, ...],
+    x: torch.Tensor,
+    steps: int,
+    batch: int,
+    samples: int,
+    nonlinear: bool,
+) -> SigmoidBeliefNet:
     torch.manual_seed(0)
-    model = SigmoidBeliefNet(x.shape[1], layers, sbn_estimators(name, x.shape[1], layers), nonlinear=nonlinear)
+    model = SigmoidBeliefNet(
+        x.shape[1], layers, sbn_estimators(name, x.shape[1], layers), nonlinear=nonlinear
+    )
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     for _ in range(steps):
         xb = x[torch.randint(0, x.shape[0], (batch,))]
@@ -49,7 +58,9 @@ def main(argv=None) -> None:
             model = train(name, layers, d.train, steps, 32, 2, args.nonlinear)
             torch.manual_seed(1)
             elbo = float(model.elbo(d.test, num_samples=8))
-            print(f"{'-'.join(map(str, layers)):>12} {name:>16} {elbo:>10.2f} {time.perf_counter() - t:>8.1f}")
+            print(
+                f"{'-'.join(map(str, layers)):>12} {name:>16} {elbo:>10.2f} {time.perf_counter() - t:>8.1f}"
+            )
 
 
 if __name__ == "__main__":

@@ -17,7 +17,14 @@ from scg.models.flow_posterior import (
     Radial,
     flow_layers,
 )
-from scg.models.flows import MADE, AffineCouplingTransform, IAFTransform, PlanarTransform, RadialTransform
+from scg.models.flows import (
+    MADE,
+    AffineCouplingTransform,
+    IAFTransform,
+    PlanarTransform,
+    RadialTransform,
+)
+from scg.models.iwae import IWAE, IWAE_GRADIENTS
 from scg.models.nets import (
     BernoulliDecoder,
     BernoulliEncoder,
@@ -27,10 +34,9 @@ from scg.models.nets import (
     StandardNormalPrior,
     mlp,
 )
-from scg.models.train import History, TrainConfig, fit, resolve_device
-from scg.models.iwae import IWAE, IWAE_GRADIENTS
-from scg.models.vae import VAE, LinearWarmup
 from scg.models.sbn import SBN_ESTIMATORS, SigmoidBeliefNet, sbn_estimators
+from scg.models.train import History, TrainConfig, fit, resolve_device
+from scg.models.vae import VAE, LinearWarmup
 
 __all__ = [
     "data",

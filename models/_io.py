@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO, Callable, Union
+from typing import BinaryIO, Union
 
 __all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text"]
 
@@ -38,7 +39,9 @@ def atomic_write(path: PathLike, write: Callable[[BinaryIO], object]) -> Path:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would leak into results meant to be shared
+        os.chmod(
+            tmp, 0o666 & ~_umask()
+        )  # mkstemp's 0600 would leak into results meant to be shared
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -23,8 +23,6 @@ References:
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, Normal, kl_divergence
@@ -64,11 +62,22 @@ class BayesianLogisticRegression(nn.Module):
         True
     """
 
-    def __init__(self, x: Tensor, y: Tensor, *, estimator: Optional[scg.Estimator] = None, num_samples: int = 50,
-                 batch_size: int = 32, prior_std: float = 1.0, init_std: float = 1.0) -> None:
+    def __init__(
+        self,
+        x: Tensor,
+        y: Tensor,
+        *,
+        estimator: scg.Estimator | None = None,
+        num_samples: int = 50,
+        batch_size: int = 32,
+        prior_std: float = 1.0,
+        init_std: float = 1.0,
+    ) -> None:
         super().__init__()
         if x.dim() != 2 or y.dim() != 1 or x.shape[0] != y.shape[0]:
-            raise ValueError(f"`x` must be [N, D] and `y` [N]; got {list(x.shape)} and {list(y.shape)}.")
+            raise ValueError(
+                f"`x` must be [N, D] and `y` [N]; got {list(x.shape)} and {list(y.shape)}."
+            )
         check_positive_int("num_samples", num_samples)
         check_positive("prior_std", prior_std)
         check_positive("init_std", init_std)
@@ -77,7 +86,9 @@ class BayesianLogisticRegression(nn.Module):
         self.minibatch = scg.minibatch.Minibatch(x.shape[0], batch_size)
         self.num_samples, self.prior_std = num_samples, float(prior_std)
         self.loc = nn.Parameter(torch.zeros(x.shape[1], dtype=x.dtype))
-        self.raw_scale = nn.Parameter(torch.full((x.shape[1],), _inv_softplus(init_std), dtype=x.dtype))
+        self.raw_scale = nn.Parameter(
+            torch.full((x.shape[1],), _inv_softplus(init_std), dtype=x.dtype)
+        )
         self.estimator = estimator if estimator is not None else scg.Pathwise()
 
     @property
@@ -100,9 +111,13 @@ class BayesianLogisticRegression(nn.Module):
     def nll(w: Tensor, x: Tensor, y: Tensor) -> Tensor:
         """Summed negative log-likelihood of the rows of (x, y) for weights w ``[S, D]`` → ``[S]``."""
         logits = w @ x.T
-        return nn.functional.binary_cross_entropy_with_logits(logits, y.expand_as(logits), reduction="none").sum(-1)
+        return nn.functional.binary_cross_entropy_with_logits(
+            logits, y.expand_as(logits), reduction="none"
+        ).sum(-1)
 
-    def objective(self, index: Optional[Tensor] = None, *, draws: Optional[dict[str, Tensor]] = None) -> Tensor:
+    def objective(
+        self, index: Tensor | None = None, *, draws: dict[str, Tensor] | None = None
+    ) -> Tensor:
         r"""Surrogate of the doubly stochastic :math:`−\mathrm{ELBO}` (a scalar).
 
         Args:
@@ -122,7 +137,7 @@ class BayesianLogisticRegression(nn.Module):
             data = self.estimator.surrogate(f, q, draws)
         return scale * data + self.kl()
 
-    def forward(self, index: Optional[Tensor] = None) -> Tensor:
+    def forward(self, index: Tensor | None = None) -> Tensor:
         return self.objective(index)
 
     def loss(self, rows: Tensor, *, step: int = 0) -> Tensor:
@@ -140,7 +155,8 @@ class BayesianLogisticRegression(nn.Module):
         w = self.posterior().sample((num_samples,))
         logits = w @ self.x[index].T
         ll = -nn.functional.binary_cross_entropy_with_logits(
-            logits, self.y[index].expand_as(logits), reduction="none").mean(0)
+            logits, self.y[index].expand_as(logits), reduction="none"
+        ).mean(0)
         return ll - self.kl() / self.n
 
     @torch.no_grad()
@@ -150,7 +166,7 @@ class BayesianLogisticRegression(nn.Module):
         return float(-self.nll(w, self.x, self.y).mean() - self.kl())
 
     @torch.no_grad()
-    def accuracy(self, x: Optional[Tensor] = None, y: Optional[Tensor] = None) -> float:
+    def accuracy(self, x: Tensor | None = None, y: Tensor | None = None) -> float:
         """Accuracy of the posterior-mean classifier :math:`1[x^\\top μ > 0]` (default: the training data)."""
         x = self.x if x is None else x
         y = self.y if y is None else y

@@ -15,9 +15,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -31,17 +32,21 @@ __all__ = ["load_checkpoint", "atomic_save", "atomic_save_json"]
 _RESUMABLE_CHANGES = frozenset({"epochs", "progress", "restore_best"})
 
 
-def _digest(update: Callable[["hashlib._Hash"], None]) -> str:
+def _digest(update: Callable[[hashlib._Hash], None]) -> str:
     h = hashlib.sha256()
     update(h)
     return h.hexdigest()[:16]
 
 
-def _tensor_bytes(h: "hashlib._Hash", obj: Any) -> None:
+def _tensor_bytes(h: hashlib._Hash, obj: Any) -> None:
     """Feed every tensor and number inside ``obj`` (dicts in key order) to ``h``."""
     if isinstance(obj, Tensor):
         h.update(str((tuple(obj.shape), str(obj.dtype))).encode())
-        h.update(obj.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if obj.numel() else b"")
+        h.update(
+            obj.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+            if obj.numel()
+            else b""
+        )
     elif isinstance(obj, dict):
         for key in sorted(obj, key=str):
             h.update(str(key).encode())
@@ -58,11 +63,13 @@ def _content_hash(content: dict) -> str:
     return _digest(lambda h: _tensor_bytes(h, content))
 
 
-def _fingerprint(model: nn.Module, train: Tensor, val: Optional[Tensor], config: Any) -> dict:
+def _fingerprint(model: nn.Module, train: Tensor, val: Tensor | None, config: Any) -> dict:
     """What a resumed run must share with the run that wrote the checkpoint (``config``: a ``TrainConfig``)."""
     return {
         "config": {k: v for k, v in asdict(config).items() if k not in _RESUMABLE_CHANGES},
-        "model": _digest(lambda h: h.update(repr(model).encode())),  # structure and estimator settings
+        "model": _digest(
+            lambda h: h.update(repr(model).encode())
+        ),  # structure and estimator settings
         "train": _digest(lambda h: _tensor_bytes(h, train)),
         "val": None if val is None else _digest(lambda h: _tensor_bytes(h, val)),
     }
@@ -72,23 +79,32 @@ def _check_resumable(ckpt: dict, fingerprint: dict, path: Path) -> None:
     """Raise ``ValueError`` if ``ckpt`` is corrupted or was written by a different run."""
     content = {k: v for k, v in ckpt.items() if k not in ("fingerprint", "content_hash")}
     if "content_hash" not in ckpt or ckpt["content_hash"] != _content_hash(content):
-        raise ValueError(f"`out_dir` holds {path}, whose content does not match its hash (corrupted or not "
-                         "written by scg.models.fit); delete it to start afresh, or use another out_dir.")
+        raise ValueError(
+            f"`out_dir` holds {path}, whose content does not match its hash (corrupted or not "
+            "written by scg.models.fit); delete it to start afresh, or use another out_dir."
+        )
     saved = ckpt.get("fingerprint", {})
     for key, value in fingerprint["config"].items():
         if saved.get("config", {}).get(key) != value:
-            raise ValueError(f"`config.{key}` must match the checkpoint in {path} to resume "
-                             f"({saved.get('config', {}).get(key)!r}); got {value!r}. Use another `out_dir` "
-                             "to start afresh.")
-    what = {"model": "`model` (its structure or its estimators' settings)", "train": "`train` (the data)",
-            "val": "`val` (the validation data)"}
+            raise ValueError(
+                f"`config.{key}` must match the checkpoint in {path} to resume "
+                f"({saved.get('config', {}).get(key)!r}); got {value!r}. Use another `out_dir` "
+                "to start afresh."
+            )
+    what = {
+        "model": "`model` (its structure or its estimators' settings)",
+        "train": "`train` (the data)",
+        "val": "`val` (the validation data)",
+    }
     for key, name in what.items():
         if saved.get(key) != fingerprint[key]:
-            raise ValueError(f"{name} must be the same as when the checkpoint {path} was written, to resume; "
-                             "it differs. Use another `out_dir` to start afresh.")
+            raise ValueError(
+                f"{name} must be the same as when the checkpoint {path} was written, to resume; "
+                "it differs. Use another `out_dir` to start afresh."
+            )
 
 
-def load_checkpoint(path: Path, device: Union[str, torch.device] = "cpu") -> Any:
+def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> Any:
     """Read a checkpoint written by :func:`fit` with ``torch.load(..., weights_only=True)``.
 
     Checkpoints hold only tensors, numbers, strings and containers of them; nothing in
@@ -105,11 +121,11 @@ def load_checkpoint(path: Path, device: Union[str, torch.device] = "cpu") -> Any
         ) from None
 
 
-def atomic_save(obj: object, path: Union[str, os.PathLike]) -> None:
+def atomic_save(obj: object, path: str | os.PathLike) -> None:
     """``torch.save`` atomically (never a half-written file; :mod:`scg.models._io`)."""
     atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
-def atomic_save_json(obj: object, path: Union[str, os.PathLike]) -> None:
+def atomic_save_json(obj: object, path: str | os.PathLike) -> None:
     """JSON (indent 1), written atomically."""
     atomic_write_text(path, json.dumps(obj, indent=1))

@@ -20,7 +20,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import Union
 
 import numpy as np
 import torch
@@ -52,34 +52,48 @@ class Splits:
     train: Tensor
     val: Tensor
     test: Tensor
-    train_labels: Optional[Tensor] = None
-    val_labels: Optional[Tensor] = None
-    test_labels: Optional[Tensor] = None
+    train_labels: Tensor | None = None
+    val_labels: Tensor | None = None
+    test_labels: Tensor | None = None
 
     @property
     def dim(self) -> int:
         """Number of features D."""
         return int(self.train.shape[-1])
 
-    def to(self, device: Union[str, torch.device]) -> "Splits":
+    def to(self, device: str | torch.device) -> Splits:
         """The same splits on ``device``."""
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return Splits(*(move(getattr(self, f)) for f in
-                        ("train", "val", "test", "train_labels", "val_labels", "test_labels")))
+        return Splits(
+            *(
+                move(getattr(self, f))
+                for f in ("train", "val", "test", "train_labels", "val_labels", "test_labels")
+            )
+        )
 
 
-def _split(x: np.ndarray, y: Optional[np.ndarray], sizes: tuple[int, int, int], seed: int,
-           dtype: torch.dtype) -> Splits:
+def _split(
+    x: np.ndarray,
+    y: np.ndarray | None,
+    sizes: tuple[int, int, int],
+    seed: int,
+    dtype: torch.dtype,
+) -> Splits:
     perm = np.random.default_rng(seed).permutation(len(x))
     a, b = sizes[0], sizes[0] + sizes[1]
-    parts = (perm[:a], perm[a:b], perm[b:b + sizes[2]])
+    parts = (perm[:a], perm[a:b], perm[b : b + sizes[2]])
     xs = [torch.as_tensor(x[p], dtype=dtype) for p in parts]
     ys = [None] * 3 if y is None else [torch.as_tensor(y[p], dtype=torch.long) for p in parts]
     return Splits(*xs, *ys)
 
 
-def digits(*, binarized: bool = True, threshold: float = 0.5, seed: int = 0,
-           dtype: torch.dtype = torch.float32) -> Splits:
+def digits(
+    *,
+    binarized: bool = True,
+    threshold: float = 0.5,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+) -> Splits:
     r"""scikit-learn's 8×8 digits, scaled to [0, 1] and (by default) binarised, split 1000/350/447.
 
     .. math:: x = 1[\text{pixel}/16 > \text{threshold}] \in \{0, 1\}^{64}
@@ -143,16 +157,18 @@ class LinearGaussian:
     def marginal_covariance(self) -> Tensor:
         """:math:`WW^\\top + σ^2 I`, ``[D, D]``."""
         eye = torch.eye(self.data_dim, dtype=self.weight.dtype, device=self.weight.device)
-        return self.weight @ self.weight.T + self.noise_std ** 2 * eye
+        return self.weight @ self.weight.T + self.noise_std**2 * eye
 
     def log_prob(self, x: Tensor) -> Tensor:
         """Exact :math:`\\log p(x)`, ``[N, D] -> [N]``."""
-        dist = torch.distributions.MultivariateNormal(self.bias, covariance_matrix=self.marginal_covariance())
+        dist = torch.distributions.MultivariateNormal(
+            self.bias, covariance_matrix=self.marginal_covariance()
+        )
         return dist.log_prob(x)
 
     def posterior(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Exact posterior mean ``[N, L]`` and covariance ``[L, L]`` of z given x."""
-        s2 = self.noise_std ** 2
+        s2 = self.noise_std**2
         eye = torch.eye(self.latent_dim, dtype=self.weight.dtype, device=self.weight.device)
         cov = torch.linalg.inv(eye + self.weight.T @ self.weight / s2)
         mean = (x - self.bias) @ self.weight @ cov / s2
@@ -164,13 +180,13 @@ class LinearGaussian:
         For a Gaussian posterior with precision Λ the best mean-field Gaussian has
         variances :math:`1/Λ_{ii}` and :math:`\mathrm{KL} = ½(\sum_i \log Λ_{ii} − \log\det Λ)`.
         """
-        s2 = self.noise_std ** 2
+        s2 = self.noise_std**2
         eye = torch.eye(self.latent_dim, dtype=torch.float64)
         w = self.weight.double().cpu()
         prec = eye + w.T @ w / s2
         return float(0.5 * (torch.log(torch.diagonal(prec)).sum() - torch.logdet(prec)))
 
-    def sample(self, n: int, *, generator: Optional[torch.Generator] = None) -> Tensor:
+    def sample(self, n: int, *, generator: torch.Generator | None = None) -> Tensor:
         """``n`` draws of x, ``[n, D]``."""
         check_positive_int("n", n)
         z = torch.randn(n, self.latent_dim, generator=generator, dtype=self.weight.dtype)
@@ -178,9 +194,16 @@ class LinearGaussian:
         return z @ self.weight.T + self.bias + self.noise_std * e
 
 
-def linear_gaussian(*, data_dim: int = 10, latent_dim: int = 2, noise_std: float = 0.5,
-                    correlation: float = 0.0, sizes: tuple[int, int, int] = (1000, 200, 200),
-                    seed: int = 0, dtype: torch.dtype = torch.float32) -> tuple[LinearGaussian, Splits]:
+def linear_gaussian(
+    *,
+    data_dim: int = 10,
+    latent_dim: int = 2,
+    noise_std: float = 0.5,
+    correlation: float = 0.0,
+    sizes: tuple[int, int, int] = (1000, 200, 200),
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[LinearGaussian, Splits]:
     r"""Synthetic probabilistic-PCA data with exact :math:`\log p(x)`.
 
     W has iid :math:`N(0, 1)` entries; with ``correlation`` ρ ∈ [0, 1) every column
@@ -203,7 +226,9 @@ def linear_gaussian(*, data_dim: int = 10, latent_dim: int = 2, noise_std: float
     check_positive_int("data_dim", data_dim)
     check_positive_int("latent_dim", latent_dim)
     if not (isinstance(sizes, (tuple, list)) and len(sizes) == 3):
-        raise ValueError(f"`sizes` must be (train, validation, test) sizes, three ints; got {sizes!r}.")
+        raise ValueError(
+            f"`sizes` must be (train, validation, test) sizes, three ints; got {sizes!r}."
+        )
     for size in sizes:
         check_positive_int("sizes", size)
     check_positive("noise_std", noise_std)
@@ -212,7 +237,7 @@ def linear_gaussian(*, data_dim: int = 10, latent_dim: int = 2, noise_std: float
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(data_dim, latent_dim, generator=g, dtype=torch.float64)
     if latent_dim > 1 and correlation > 0:
-        w[:, 1:] = math.sqrt(1 - correlation ** 2) * w[:, 1:] + correlation * w[:, :1]
+        w[:, 1:] = math.sqrt(1 - correlation**2) * w[:, 1:] + correlation * w[:, :1]
     b = torch.randn(data_dim, generator=g, dtype=torch.float64)
     truth = LinearGaussian(w, b, float(noise_std))
     n = sum(sizes)
@@ -222,8 +247,9 @@ def linear_gaussian(*, data_dim: int = 10, latent_dim: int = 2, noise_std: float
     return LinearGaussian(w.to(dtype), b.to(dtype), float(noise_std)), splits
 
 
-def breast_cancer(*, test_fraction: float = 0.0, seed: int = 0,
-                  dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def breast_cancer(
+    *, test_fraction: float = 0.0, seed: int = 0, dtype: torch.dtype = torch.float32
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     r"""scikit-learn's breast-cancer data (569 × 30), standardised, with a bias column.
 
     .. math:: X = [\,(x − \bar x)/s_x,\; 1\,] \in ℝ^{569 × 31}, \qquad y \in \{0, 1\}
@@ -246,9 +272,11 @@ def breast_cancer(*, test_fraction: float = 0.0, seed: int = 0,
 
     data = load_breast_cancer()
     x, y = data.data.astype(np.float64), data.target.astype(np.float64)
-    perm = np.random.default_rng(seed).permutation(len(x)) if test_fraction > 0 else np.arange(len(x))
+    perm = (
+        np.random.default_rng(seed).permutation(len(x)) if test_fraction > 0 else np.arange(len(x))
+    )
     m = int(round(test_fraction * len(x)))
-    tr, te = perm[: len(x) - m], perm[len(x) - m:]
+    tr, te = perm[: len(x) - m], perm[len(x) - m :]
     mean, std = x[tr].mean(0), x[tr].std(0)
     z = (x - mean) / std
     z = np.concatenate([z, np.ones((len(z), 1))], axis=1)
@@ -274,7 +302,7 @@ def read_idx(path: PathLike) -> np.ndarray:
         raise ValueError(f"`path` must be an IDX file (magic 0x0000TTNN); got {str(path)!r}.")
     ndim = raw[3]
     header = 4 + 4 * ndim
-    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     dtype = np.dtype(_IDX_TYPES[raw[2]])
     count = int(np.prod(shape)) if shape else 1
     if len(raw) - header != count * dtype.itemsize:
@@ -303,7 +331,9 @@ def _find_idx(folder: Path, key: str) -> Path:
     )
 
 
-def load_mnist(path: PathLike, *, val_size: int = 10000, dtype: torch.dtype = torch.float32) -> Splits:
+def load_mnist(
+    path: PathLike, *, val_size: int = 10000, dtype: torch.dtype = torch.float32
+) -> Splits:
     """MNIST or Fashion-MNIST from files the user has: a folder of IDX files or an ``.npz``.
 
     The folder holds ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
@@ -328,10 +358,14 @@ def load_mnist(path: PathLike, *, val_size: int = 10000, dtype: torch.dtype = to
         with np.load(path) as npz:
             missing = [k for k in _IDX_NAMES if k not in npz.files]
             if missing:
-                raise ValueError(f"`path` {str(path)!r} must hold arrays {list(_IDX_NAMES)}; missing {missing}.")
+                raise ValueError(
+                    f"`path` {str(path)!r} must hold arrays {list(_IDX_NAMES)}; missing {missing}."
+                )
             arrays = {k: np.asarray(npz[k]) for k in _IDX_NAMES}
     else:
-        raise ValueError(f"`path` must be a folder of IDX files or an existing .npz file; got {str(path)!r}.")
+        raise ValueError(
+            f"`path` must be a folder of IDX files or an existing .npz file; got {str(path)!r}."
+        )
     n_train = len(arrays["x_train"])
     if isinstance(val_size, bool) or not isinstance(val_size, int) or not 0 <= val_size < n_train:
         raise ValueError(f"`val_size` must be an int in [0, {n_train}); got {val_size!r}.")
@@ -344,11 +378,17 @@ def load_mnist(path: PathLike, *, val_size: int = 10000, dtype: torch.dtype = to
 
     xtr, ytr = images(arrays["x_train"]), torch.as_tensor(arrays["y_train"].astype(np.int64))
     cut = n_train - val_size
-    return Splits(xtr[:cut], xtr[cut:], images(arrays["x_test"]), ytr[:cut], ytr[cut:],
-                  torch.as_tensor(arrays["y_test"].astype(np.int64)))
+    return Splits(
+        xtr[:cut],
+        xtr[cut:],
+        images(arrays["x_test"]),
+        ytr[:cut],
+        ytr[cut:],
+        torch.as_tensor(arrays["y_test"].astype(np.int64)),
+    )
 
 
-def binarize(x: Tensor, *, generator: Optional[torch.Generator] = None) -> Tensor:
+def binarize(x: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
     r"""Dynamic binarisation: :math:`x_b \sim \mathrm{Bernoulli}(x)` elementwise (a fresh draw each call).
 
     Args:
@@ -359,9 +399,13 @@ def binarize(x: Tensor, *, generator: Optional[torch.Generator] = None) -> Tenso
         A tensor of 0/1 values with the shape and dtype of x.
     """
     if not isinstance(x, Tensor) or not x.is_floating_point():
-        raise TypeError(f"`x` must be a floating-point tensor of intensities; got "
-                        f"{type(x).__name__ if not isinstance(x, Tensor) else x.dtype}.")
+        raise TypeError(
+            f"`x` must be a floating-point tensor of intensities; got "
+            f"{type(x).__name__ if not isinstance(x, Tensor) else x.dtype}."
+        )
     if x.numel() and (float(x.min()) < 0.0 or float(x.max()) > 1.0):
-        raise ValueError(f"`x` must hold intensities in [0, 1]; got values in [{float(x.min())}, {float(x.max())}].")
+        raise ValueError(
+            f"`x` must hold intensities in [0, 1]; got values in [{float(x.min())}, {float(x.max())}]."
+        )
     u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
     return (u < x).to(x.dtype)

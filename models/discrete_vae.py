@@ -39,7 +39,7 @@ References:
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -51,7 +51,15 @@ from scg.models.nets import BernoulliDecoder, BernoulliEncoder, BernoulliPrior, 
 __all__ = ["DiscreteVAE", "DISCRETE_ESTIMATORS", "make_estimator"]
 
 #: Estimator names and their cost in evaluations of f per sample.
-DISCRETE_ESTIMATORS = {"reinforce": 1, "nvil": 1, "rloo": 1, "vimco": 1, "disarm": 2, "relax": 3, "gumbel": 1}
+DISCRETE_ESTIMATORS = {
+    "reinforce": 1,
+    "nvil": 1,
+    "rloo": 1,
+    "vimco": 1,
+    "disarm": 2,
+    "relax": 3,
+    "gumbel": 1,
+}
 
 
 class _BaselineNet(nn.Module):
@@ -72,7 +80,9 @@ class _RelaxNet(nn.Module):
         return self.net(torch.sigmoid(z)).squeeze(-1)
 
 
-def make_estimator(name: str, *, x_dim: int, z_dim: int, temperature: float = 0.5) -> Optional[scg.Estimator]:
+def make_estimator(
+    name: str, *, x_dim: int, z_dim: int, temperature: float = 0.5
+) -> scg.Estimator | None:
     """The scg estimator for ``name`` (``None`` for ``"vimco"``, which is an objective, not an estimator)."""
     b = scg.baselines
     if name not in DISCRETE_ESTIMATORS:
@@ -80,7 +90,9 @@ def make_estimator(name: str, *, x_dim: int, z_dim: int, temperature: float = 0.
     if name == "reinforce":
         return scg.ScoreFunction(baseline=b.MovingAverage())
     if name == "nvil":
-        return scg.ScoreFunction(baseline=b.chain(b.MovingAverage(), b.Learned(_BaselineNet(x_dim)), b.Normalize()))
+        return scg.ScoreFunction(
+            baseline=b.chain(b.MovingAverage(), b.Learned(_BaselineNet(x_dim)), b.Normalize())
+        )
     if name == "rloo":
         return scg.ScoreFunction(baseline=b.LeaveOneOut())
     if name == "disarm":
@@ -115,19 +127,33 @@ class DiscreteVAE(nn.Module):
         >>> m.loss(x).backward()
     """
 
-    def __init__(self, x_dim: int, z_dim: int = 200, hidden: Sequence[int] = (), *, estimator: str = "nvil",
-                 evaluations: int = 6, temperature: float = 0.5) -> None:
+    def __init__(
+        self,
+        x_dim: int,
+        z_dim: int = 200,
+        hidden: Sequence[int] = (),
+        *,
+        estimator: str = "nvil",
+        evaluations: int = 6,
+        temperature: float = 0.5,
+    ) -> None:
         super().__init__()
         check_positive_int("evaluations", evaluations)
         check_positive("temperature", temperature)
         self.estimator_name = estimator
-        self.estimator = make_estimator(estimator, x_dim=x_dim, z_dim=z_dim, temperature=temperature)
+        self.estimator = make_estimator(
+            estimator, x_dim=x_dim, z_dim=z_dim, temperature=temperature
+        )
         cost = DISCRETE_ESTIMATORS[estimator]
         if evaluations % cost:
-            raise ValueError(f"`evaluations` must be a multiple of {cost} for {estimator!r}; got {evaluations}.")
+            raise ValueError(
+                f"`evaluations` must be a multiple of {cost} for {estimator!r}; got {evaluations}."
+            )
         self.num_samples = evaluations // cost
         if estimator in ("rloo", "vimco") and self.num_samples < 2:
-            raise ValueError(f"`evaluations` must be >= 2 for {estimator!r} (it needs S >= 2 samples); got {evaluations}.")
+            raise ValueError(
+                f"`evaluations` must be >= 2 for {estimator!r} (it needs S >= 2 samples); got {evaluations}."
+            )
         self.encoder = BernoulliEncoder(x_dim, z_dim, hidden)
         self.decoder = BernoulliDecoder(z_dim, x_dim, hidden)
         self.prior = BernoulliPrior(z_dim)
@@ -140,7 +166,7 @@ class DiscreteVAE(nn.Module):
         r""":math:`\log p(b) + \log p_θ(x|b)`, b ``[S, *batch, z_dim]`` (binary or relaxed) → ``[S, *batch]``."""
         return self.prior(b.shape[:-1]).log_prob(b) + self.decoder(b).log_prob(x)
 
-    def objective(self, x: Tensor, *, draws: Optional[dict[str, Tensor]] = None) -> Tensor:
+    def objective(self, x: Tensor, *, draws: dict[str, Tensor] | None = None) -> Tensor:
         """Surrogate of −ELBO (−VIMCO's K-sample bound for ``"vimco"``) per data point, ``[*batch]``.
 
         ``draws`` replays given random numbers: the estimator's draws

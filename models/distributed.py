@@ -55,8 +55,9 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -80,7 +81,9 @@ def local_slice(n: int, rank: int, world: int) -> slice:
         [slice(0, 3, None), slice(3, 5, None)]
     """
     if world < 1 or not 0 <= rank < world:
-        raise ValueError(f"`rank` must be in [0, world) with world >= 1; got rank={rank}, world={world}.")
+        raise ValueError(
+            f"`rank` must be in [0, world) with world >= 1; got rank={rank}, world={world}."
+        )
     if n < 0:
         raise ValueError(f"`n` must be >= 0; got {n}.")
     base, extra = divmod(n, world)
@@ -114,19 +117,35 @@ class DataParallelStep:
         group: process group (default group).
     """
 
-    def __init__(self, model: nn.Module, *, device_ids: Optional[list[int]] = None,
-                 find_unused_parameters: bool = False, group: Optional[dist.ProcessGroup] = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        device_ids: list[int] | None = None,
+        find_unused_parameters: bool = False,
+        group: dist.ProcessGroup | None = None,
+    ) -> None:
         if not callable(getattr(model, "loss", None)):
-            raise TypeError(f"`model` must have a loss(x, *, step) method; got {type(model).__name__}.")
+            raise TypeError(
+                f"`model` must have a loss(x, *, step) method; got {type(model).__name__}."
+            )
         self.model, self.group = model, group
         self.rank, self.world = rank_and_world(group)
-        self.ddp: Optional[DistributedDataParallel] = None
+        self.ddp: DistributedDataParallel | None = None
         if self.world > 1:
             # Buffers are synced at construction (rank 0's) and then averaged by sync(), not broadcast each forward.
-            no_broadcast = ({"forward_sync_buffers": False} if "forward_sync_buffers" in _DDP_ARGS
-                            else {"broadcast_buffers": False})
-            self.ddp = DistributedDataParallel(_Loss(model), device_ids=device_ids, process_group=group,
-                                               find_unused_parameters=find_unused_parameters, **no_broadcast)
+            no_broadcast = (
+                {"forward_sync_buffers": False}
+                if "forward_sync_buffers" in _DDP_ARGS
+                else {"broadcast_buffers": False}
+            )
+            self.ddp = DistributedDataParallel(
+                _Loss(model),
+                device_ids=device_ids,
+                process_group=group,
+                find_unused_parameters=find_unused_parameters,
+                **no_broadcast,
+            )
 
     def backward(self, x: Tensor, *, total: int, step: int = 0) -> Tensor:
         """Back-propagate this rank's weighted loss; ``.grad`` then holds the rank-averaged gradient.
@@ -140,7 +159,9 @@ class DataParallelStep:
             This rank's (unweighted, detached) loss :math:`L_r`; NaN when ``n_r = 0``.
         """
         if total < max(1, x.shape[0]):
-            raise ValueError(f"`total` must be >= the local batch size {x.shape[0]} and >= 1; got {total}.")
+            raise ValueError(
+                f"`total` must be >= the local batch size {x.shape[0]} and >= 1; got {total}."
+            )
         k = int(x.shape[0])
         weight = self.world * k / total
         empty = k == 0
@@ -187,10 +208,12 @@ def _gather(obj: Any, world: int) -> list[Any]:
 class _DataParallelSteps(_Steps):
     """Rank r's part in :func:`scg.models.fit`'s loop (see the module docstring for the why)."""
 
-    def __init__(self, device: torch.device, rank: int, world: int, find_unused_parameters: bool) -> None:
+    def __init__(
+        self, device: torch.device, rank: int, world: int, find_unused_parameters: bool
+    ) -> None:
         super().__init__(device)
         self.rank, self.world, self.find_unused = rank, world, find_unused_parameters
-        self.stepper: Optional[DataParallelStep] = None
+        self.stepper: DataParallelStep | None = None
 
     @property
     def desc(self) -> str:
@@ -212,21 +235,35 @@ class _DataParallelSteps(_Steps):
     def restore(self, ckpt: dict, out: Path) -> None:
         saved = int(ckpt.get("world_size", 1))
         if saved != self.world:
-            raise ValueError(f"`out_dir` {out} holds a checkpoint of a {saved}-process run; resume it with "
-                             f"{saved} processes (torchrun --nproc_per_node ...); got {self.world}.")
+            raise ValueError(
+                f"`out_dir` {out} holds a checkpoint of a {saved}-process run; resume it with "
+                f"{saved} processes (torchrun --nproc_per_node ...); got {self.world}."
+            )
         torch.set_rng_state(ckpt["rank_rng"][self.rank] if "rank_rng" in ckpt else ckpt["rng"])
         if self.device.type == "cuda" and ckpt.get("rank_cuda_rng") is not None:  # pragma: no cover
             torch.cuda.set_rng_state(ckpt["rank_cuda_rng"][self.rank], self.device)
 
     def state(self) -> dict[str, Any]:
         rngs = _gather(torch.get_rng_state(), self.world)
-        cuda = _gather(torch.cuda.get_rng_state(self.device), self.world) if self.device.type == "cuda" else None
-        return {"rng": rngs[0], "rank_rng": rngs, "cuda_rng": None, "rank_cuda_rng": cuda,
-                "world_size": self.world}
+        cuda = (
+            _gather(torch.cuda.get_rng_state(self.device), self.world)
+            if self.device.type == "cuda"
+            else None
+        )
+        return {
+            "rng": rngs[0],
+            "rank_rng": rngs,
+            "cuda_rng": None,
+            "rank_cuda_rng": cuda,
+            "world_size": self.world,
+        }
 
     def prepare(self, model: nn.Module) -> None:
-        self.stepper = DataParallelStep(model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                                        find_unused_parameters=self.find_unused)
+        self.stepper = DataParallelStep(
+            model,
+            device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            find_unused_parameters=self.find_unused,
+        )
 
     def backward(self, model: nn.Module, x: Tensor, *, total: int, step: int) -> Tensor:
         return self.stepper.backward(x, total=total, step=step)
@@ -238,20 +275,30 @@ class _DataParallelSteps(_Steps):
         return _all_sum(value, self.device, self.world)
 
 
-def _device(device: Union[str, torch.device]) -> torch.device:
+def _device(device: str | torch.device) -> torch.device:
     dev = resolve_device(device)
     local = os.environ.get("LOCAL_RANK", "")
-    if dev.type == "cuda" and dev.index is None and local.isdigit():  # pragma: no cover - no GPU in CI
+    if (
+        dev.type == "cuda" and dev.index is None and local.isdigit()
+    ):  # pragma: no cover - no GPU in CI
         dev = torch.device("cuda", int(local) % torch.cuda.device_count())
     if dev.type == "cuda":  # pragma: no cover
         torch.cuda.set_device(dev)
     return dev
 
 
-def fit_distributed(model: nn.Module, train: Tensor, val: Optional[Tensor] = None, *,
-                    config: TrainConfig = TrainConfig(), out_dir: Optional[Union[str, os.PathLike]] = None,
-                    device: Union[str, torch.device] = "cpu", transform: Optional[Callable[[Tensor], Tensor]] = None,
-                    stop_after: Optional[int] = None, find_unused_parameters: bool = False) -> History:
+def fit_distributed(
+    model: nn.Module,
+    train: Tensor,
+    val: Tensor | None = None,
+    *,
+    config: TrainConfig = TrainConfig(),
+    out_dir: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+    transform: Callable[[Tensor], Tensor] | None = None,
+    stop_after: int | None = None,
+    find_unused_parameters: bool = False,
+) -> History:
     r""":func:`scg.models.fit` on W processes: each rank trains on its part of a global batch of W·B.
 
     Initialises the process group from ``torchrun``'s environment when needed
@@ -279,11 +326,19 @@ def fit_distributed(model: nn.Module, train: Tensor, val: Optional[Tensor] = Non
     dev = _device(device)
     rank, world = init_from_env(backend="nccl" if dev.type == "cuda" else "gloo")
     steps = _DataParallelSteps(dev, rank, world, find_unused_parameters)
-    return _train(steps, model, train, val, config=config, out_dir=out_dir, transform=transform,
-                  stop_after=stop_after)
+    return _train(
+        steps,
+        model,
+        train,
+        val,
+        config=config,
+        out_dir=out_dir,
+        transform=transform,
+        stop_after=stop_after,
+    )
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """``[torchrun --nproc_per_node=W] python -m scg.models.distributed``: the digits VAE, data-parallel.
 
     Trains a Gaussian-latent VAE (pathwise gradients, analytic KL) on the binarised
@@ -296,40 +351,76 @@ def main(argv: Optional[list[str]] = None) -> int:
     from scg.models import VAE, BernoulliDecoder, GaussianEncoder
     from scg.models.data import digits
 
-    p = argparse.ArgumentParser(prog="python -m scg.models.distributed",
-                                description="Data-parallel training of the digits VAE (see docs/distributed.md).")
+    p = argparse.ArgumentParser(
+        prog="python -m scg.models.distributed",
+        description="Data-parallel training of the digits VAE (see docs/distributed.md).",
+    )
     p.add_argument("--epochs", type=int, default=200)
-    p.add_argument("--batch-size", type=int, default=50, help="per rank (global batch = ranks x this)")
+    p.add_argument(
+        "--batch-size", type=int, default=50, help="per rank (global batch = ranks x this)"
+    )
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0, help="order seed; rank r draws with seed + r")
-    p.add_argument("--init-seed", type=int, default=None, help="seed of the initial parameters (default --seed)")
+    p.add_argument(
+        "--init-seed",
+        type=int,
+        default=None,
+        help="seed of the initial parameters (default --seed)",
+    )
     p.add_argument("--z-dim", type=int, default=8)
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--val-samples", type=int, default=10)
-    p.add_argument("--eval-samples", type=int, default=1000, help="samples per point for the final validation ELBO")
+    p.add_argument(
+        "--eval-samples",
+        type=int,
+        default=1000,
+        help="samples per point for the final validation ELBO",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=None, help="checkpoint folder (resumable)")
     p.add_argument("--json", default=None, help="append the result line to this file (rank 0)")
     args = p.parse_args(argv)
-    torch.manual_seed(args.seed if args.init_seed is None else args.init_seed)  # the same init on every rank
+    torch.manual_seed(
+        args.seed if args.init_seed is None else args.init_seed
+    )  # the same init on every rank
     data = digits()
-    model = VAE(GaussianEncoder(64, args.z_dim, (args.hidden,)), BernoulliDecoder(args.z_dim, 64, (args.hidden,)))
-    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                      val_samples=args.val_samples, progress=False)
+    model = VAE(
+        GaussianEncoder(64, args.z_dim, (args.hidden,)),
+        BernoulliDecoder(args.z_dim, 64, (args.hidden,)),
+    )
+    cfg = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        val_samples=args.val_samples,
+        progress=False,
+    )
     t0 = time.perf_counter()
-    history = fit_distributed(model, data.train, data.val, config=cfg, out_dir=args.out, device=args.device)
+    history = fit_distributed(
+        model, data.train, data.val, config=cfg, out_dir=args.out, device=args.device
+    )
     seconds = time.perf_counter() - t0
     rank, world = rank_and_world()
-    result = {"world_size": world, "batch_per_rank": args.batch_size, "global_batch": world * args.batch_size,
-              "seed": args.seed, "init_seed": args.init_seed, "epochs": args.epochs,
-              "final_val_elbo": round(history.val_bound[-1], 4),
-              "best_val_elbo": round(history.best_val, 4), "seconds": round(seconds, 1)}
+    result = {
+        "world_size": world,
+        "batch_per_rank": args.batch_size,
+        "global_batch": world * args.batch_size,
+        "seed": args.seed,
+        "init_seed": args.init_seed,
+        "epochs": args.epochs,
+        "final_val_elbo": round(history.val_bound[-1], 4),
+        "best_val_elbo": round(history.best_val, 4),
+        "seconds": round(seconds, 1),
+    }
     if rank == 0:
         torch.manual_seed(10_000)  # the same evaluation draws for every run (common random numbers)
         with torch.no_grad():
             model.eval()
-            total = sum(float(model.bound(chunk, num_samples=args.eval_samples).sum())
-                        for chunk in data.val.to(next(model.parameters()).device).split(50))
+            total = sum(
+                float(model.bound(chunk, num_samples=args.eval_samples).sum())
+                for chunk in data.val.to(next(model.parameters()).device).split(50)
+            )
         result[f"val_elbo_{args.eval_samples}"] = round(total / data.val.shape[0], 4)
         line = json.dumps(result)
         print(line, flush=True)
@@ -339,7 +430,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     return 0
 
 
-if __name__ == "__main__":  # pragma: no cover - exercised through torchrun in tests/test_distributed.py
+if (
+    __name__ == "__main__"
+):  # pragma: no cover - exercised through torchrun in tests/test_distributed.py
     import sys
 
     from torch.distributed.elastic.multiprocessing.errors import record

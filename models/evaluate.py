@@ -15,7 +15,7 @@ References:
 from __future__ import annotations
 
 import math
-from typing import Optional, Protocol
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -30,8 +30,14 @@ class HasLogWeights(Protocol):
 
 
 @torch.no_grad()
-def log_likelihood(model: HasLogWeights, x: Tensor, *, num_samples: int = 5000, chunk_size: int = 500,
-                   batch_size: int = 100) -> Tensor:
+def log_likelihood(
+    model: HasLogWeights,
+    x: Tensor,
+    *,
+    num_samples: int = 5000,
+    chunk_size: int = 500,
+    batch_size: int = 100,
+) -> Tensor:
     r"""Importance-sampled :math:`\log p(x)` per data point, ``[N]``.
 
     .. math:: \widehat{\log p}(x) = \mathrm{logsumexp}_k\,(\log w_k) − \log K
@@ -58,8 +64,8 @@ def log_likelihood(model: HasLogWeights, x: Tensor, *, num_samples: int = 5000, 
     try:
         out = []
         for start in range(0, x.shape[0], batch_size):
-            xb = x[start:start + batch_size]
-            total: Optional[Tensor] = None
+            xb = x[start : start + batch_size]
+            total: Tensor | None = None
             done = 0
             while done < num_samples:
                 k = min(chunk_size, num_samples - done)
@@ -74,13 +80,14 @@ def log_likelihood(model: HasLogWeights, x: Tensor, *, num_samples: int = 5000, 
 
 
 @torch.no_grad()
-def posterior_means(encoder: torch.nn.Module, x: Tensor, *, num_samples: int = 100,
-                    batch_size: int = 500) -> Tensor:
+def posterior_means(
+    encoder: torch.nn.Module, x: Tensor, *, num_samples: int = 100, batch_size: int = 500
+) -> Tensor:
     r""":math:`E_{q(z|x)}[z]` per data point, ``[N, L]``: exact when the distribution has a mean, else MC."""
     check_positive_int("num_samples", num_samples)
     out = []
     for start in range(0, x.shape[0], batch_size):
-        q = encoder(x[start:start + batch_size])
+        q = encoder(x[start : start + batch_size])
         try:
             m = q.mean
         except NotImplementedError:
@@ -90,8 +97,9 @@ def posterior_means(encoder: torch.nn.Module, x: Tensor, *, num_samples: int = 1
 
 
 @torch.no_grad()
-def active_units(encoder: torch.nn.Module, x: Tensor, *, threshold: float = 0.01,
-                 num_samples: int = 100) -> tuple[int, Tensor]:
+def active_units(
+    encoder: torch.nn.Module, x: Tensor, *, threshold: float = 0.01, num_samples: int = 100
+) -> tuple[int, Tensor]:
     r"""Number of active latent units: :math:`A_u = \mathrm{Var}_x\big(E_{q(u|x)}[u]\big) > 0.01`.
 
     Args:
@@ -105,7 +113,9 @@ def active_units(encoder: torch.nn.Module, x: Tensor, *, threshold: float = 0.01
     """
     check_positive("threshold", threshold)
     if x.shape[0] < 2:
-        raise ValueError(f"`x` must hold at least 2 data points (a variance over x); got {x.shape[0]}.")
+        raise ValueError(
+            f"`x` must hold at least 2 data points (a variance over x); got {x.shape[0]}."
+        )
     means = posterior_means(encoder, x, num_samples=num_samples)
     var = means.var(dim=0, unbiased=False)
     return int((var > threshold).sum()), var

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Optional
 
 import torch
 
@@ -34,12 +33,20 @@ from scg.models.experiments_linear import linear_gaussian
 __all__ = ["main", "EXPERIMENTS"]
 
 
-EXPERIMENTS = {"linear-gaussian": linear_gaussian, "iwae": iwae, "flows": flows, "discrete": discrete, "blr": blr}
+EXPERIMENTS = {
+    "linear-gaussian": linear_gaussian,
+    "iwae": iwae,
+    "flows": flows,
+    "discrete": discrete,
+    "blr": blr,
+}
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     """Parse the command line, run the experiment (finished cells are read back) and print its tables."""
-    p = argparse.ArgumentParser(prog="python -m scg.models.experiments", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m scg.models.experiments", description=__doc__.split("\n")[0]
+    )
     p.add_argument("name", choices=list(EXPERIMENTS))
     p.add_argument("--out", default="runs/models")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
@@ -51,7 +58,12 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--steps", type=int, default=5000)
     p.add_argument("--grad-samples", type=int, default=200)
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 is fastest for these sizes)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (1 is fastest for these sizes)",
+    )
     p.add_argument("--smoke", action="store_true", help="tiny sizes, for tests")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
@@ -61,8 +73,11 @@ def main(argv: Optional[list[str]] = None) -> None:
     try:
         print(EXPERIMENTS[args.name](args))
     except KeyboardInterrupt:
-        print(f"{args.name}: interrupted; finished cells and checkpoints are kept — run the same command again "
-              "to resume.", file=sys.stderr)
+        print(
+            f"{args.name}: interrupted; finished cells and checkpoints are kept — run the same command again "
+            "to resume.",
+            file=sys.stderr,
+        )
         raise SystemExit(130) from None
 
 

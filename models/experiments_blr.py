@@ -33,7 +33,9 @@ def blr(args: argparse.Namespace) -> str:
         "measure-valued": lambda: scg.MeasureValued(),
         "score function": lambda: scg.ScoreFunction(),
         "score function + moving average": lambda: scg.ScoreFunction(baseline=b.MovingAverage()),
-        "score function + delta (optimal c)": lambda: scg.ScoreFunction(baseline=b.Delta("optimal")),
+        "score function + delta (optimal c)": lambda: scg.ScoreFunction(
+            baseline=b.Delta("optimal")
+        ),
     }
     checkpoints = sorted({0, steps // 10, steps})
     out = Path(args.out) / "blr"
@@ -54,23 +56,46 @@ def blr(args: argparse.Namespace) -> str:
             m.objective().backward()  # minibatch of 32 drawn by scg.minibatch, scaled by N/B
             opt.step()
             sched.step()
-        return {"elbo": elbos, "accuracy": m.accuracy(), "variance": variances,
-                "evaluations_per_sample": m.estimator.evaluations(m.posterior(), 1)}
+        return {
+            "elbo": elbos,
+            "accuracy": m.accuracy(),
+            "variance": variances,
+            "evaluations_per_sample": m.estimator.evaluations(m.posterior(), 1),
+        }
 
-    results = {name: cell(out, name.replace(" ", "-").replace("(", "").replace(")", "") + f"-seed{args.seed}",
-                          lambda f, make=make: run(f, make), config=vars(args)) for name, make in estimators.items()}
+    results = {
+        name: cell(
+            out,
+            name.replace(" ", "-").replace("(", "").replace(")", "") + f"-seed{args.seed}",
+            lambda f, make=make: run(f, make),
+            config=vars(args),
+        )
+        for name, make in estimators.items()
+    }
     rows = []
     for name, r in results.items():
         var = r["variance"]
-        rows.append([name] + [f"{r['elbo'][str(t)]:.2f}" for t in checkpoints[1:]] + [f"{100 * r['accuracy']:.1f}%"]
-                    + [f"{var[str(t)]:.3g}" for t in checkpoints] + [str(r["evaluations_per_sample"])])
-    return (f"Bayesian logistic regression, breast cancer (569 × 31), S = {S} samples, batch 32 (scaled by N/B), "
-            f"SGD lr {args.lr} with cosine decay, {steps} steps. Gradient variance: mean over the 62 posterior "
-            f"parameters of the variance of one full-data gradient estimate (S = {S}), from {args.grad_samples} "
-            "estimates at the listed steps:\n"
-            + table(["estimator"] + [f"ELBO at step {t}" for t in checkpoints[1:]] + ["train accuracy"]
-                     + [f"Var at step {t}" for t in checkpoints]
-                     + ["f evals / sample"], rows))
+        rows.append(
+            [name]
+            + [f"{r['elbo'][str(t)]:.2f}" for t in checkpoints[1:]]
+            + [f"{100 * r['accuracy']:.1f}%"]
+            + [f"{var[str(t)]:.3g}" for t in checkpoints]
+            + [str(r["evaluations_per_sample"])]
+        )
+    return (
+        f"Bayesian logistic regression, breast cancer (569 × 31), S = {S} samples, batch 32 (scaled by N/B), "
+        f"SGD lr {args.lr} with cosine decay, {steps} steps. Gradient variance: mean over the 62 posterior "
+        f"parameters of the variance of one full-data gradient estimate (S = {S}), from {args.grad_samples} "
+        "estimates at the listed steps:\n"
+        + table(
+            ["estimator"]
+            + [f"ELBO at step {t}" for t in checkpoints[1:]]
+            + ["train accuracy"]
+            + [f"Var at step {t}" for t in checkpoints]
+            + ["f evals / sample"],
+            rows,
+        )
+    )
 
 
 def _blr_gradient_variance(m, *, num: int) -> float:

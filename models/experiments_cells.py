@@ -13,8 +13,9 @@ import hashlib
 import json
 import statistics
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from scg.models.checkpoint import atomic_save_json
 

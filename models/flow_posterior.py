@@ -23,17 +23,38 @@ References:
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Distribution, Independent, Normal, Transform, TransformedDistribution
+from torch.distributions import (
+    Distribution,
+    Independent,
+    Normal,
+    Transform,
+    TransformedDistribution,
+)
 
 from scg.checks import check_positive_int
-from scg.models.flows import MADE, AffineCouplingTransform, IAFTransform, PlanarTransform, RadialTransform
+from scg.models.flows import (
+    MADE,
+    AffineCouplingTransform,
+    IAFTransform,
+    PlanarTransform,
+    RadialTransform,
+)
 from scg.models.nets import GaussianEncoder, mlp
 
-__all__ = ["FlowLayer", "Planar", "Radial", "IAF", "AffineCoupling", "FlowPosterior", "flow_layers", "FLOW_KINDS"]
+__all__ = [
+    "FlowLayer",
+    "Planar",
+    "Radial",
+    "IAF",
+    "AffineCoupling",
+    "FlowPosterior",
+    "flow_layers",
+    "FLOW_KINDS",
+]
 
 FLOW_KINDS = ("planar", "radial", "iaf", "coupling")
 
@@ -41,17 +62,19 @@ FLOW_KINDS = ("planar", "radial", "iaf", "coupling")
 class FlowLayer(nn.Module):
     """A module that builds a flow transform, ``transform(h) -> Transform`` (h: features ``[*batch, C]`` or None)."""
 
-    def transform(self, h: Optional[Tensor]) -> Transform:  # pragma: no cover
+    def transform(self, h: Tensor | None) -> Transform:  # pragma: no cover
         raise NotImplementedError
 
 
 class _Amortised(FlowLayer):
-    def __init__(self, sizes: Sequence[int], context_dim: Optional[int], init_std: float = 0.01) -> None:
+    def __init__(
+        self, sizes: Sequence[int], context_dim: int | None, init_std: float = 0.01
+    ) -> None:
         super().__init__()
         self.sizes = list(sizes)
         total = sum(sizes)
         if context_dim:
-            self.head: Optional[nn.Linear] = nn.Linear(context_dim, total)
+            self.head: nn.Linear | None = nn.Linear(context_dim, total)
             nn.init.normal_(self.head.weight, std=init_std)
             nn.init.normal_(self.head.bias, std=init_std)
             self.flat = None
@@ -59,10 +82,12 @@ class _Amortised(FlowLayer):
             self.head = None
             self.flat = nn.Parameter(torch.randn(total) * init_std)
 
-    def raw(self, h: Optional[Tensor]) -> list[Tensor]:
+    def raw(self, h: Tensor | None) -> list[Tensor]:
         if self.head is not None:
             if h is None:
-                raise ValueError("`h` must be given: this layer is amortised (built with context_dim).")
+                raise ValueError(
+                    "`h` must be given: this layer is amortised (built with context_dim)."
+                )
             out = self.head(h)
         else:
             out = self.flat
@@ -72,11 +97,11 @@ class _Amortised(FlowLayer):
 class Planar(_Amortised):
     """Planar flow layer (see :class:`~scg.models.flows.PlanarTransform`); amortised when ``context_dim`` is set."""
 
-    def __init__(self, dim: int, *, context_dim: Optional[int] = None) -> None:
+    def __init__(self, dim: int, *, context_dim: int | None = None) -> None:
         check_positive_int("dim", dim)
         super().__init__([dim, dim, 1], context_dim)
 
-    def transform(self, h: Optional[Tensor]) -> Transform:
+    def transform(self, h: Tensor | None) -> Transform:
         u, w, b = self.raw(h)
         return PlanarTransform(u, w, b.squeeze(-1))
 
@@ -84,11 +109,11 @@ class Planar(_Amortised):
 class Radial(_Amortised):
     """Radial flow layer (see :class:`~scg.models.flows.RadialTransform`); amortised when ``context_dim`` is set."""
 
-    def __init__(self, dim: int, *, context_dim: Optional[int] = None) -> None:
+    def __init__(self, dim: int, *, context_dim: int | None = None) -> None:
         check_positive_int("dim", dim)
         super().__init__([dim, 1, 1], context_dim)
 
-    def transform(self, h: Optional[Tensor]) -> Transform:
+    def transform(self, h: Tensor | None) -> Transform:
         z0, a, b = self.raw(h)
         return RadialTransform(z0, a.squeeze(-1), b.squeeze(-1))
 
@@ -96,18 +121,27 @@ class Radial(_Amortised):
 class IAF(FlowLayer):
     """IAF step with a MADE (see :class:`~scg.models.flows.IAFTransform`); h enters as context."""
 
-    def __init__(self, dim: int, hidden: Sequence[int] = (64,), *, context_dim: Optional[int] = None,
-                 reverse: bool = False, gate_bias: float = 2.0) -> None:
+    def __init__(
+        self,
+        dim: int,
+        hidden: Sequence[int] = (64,),
+        *,
+        context_dim: int | None = None,
+        reverse: bool = False,
+        gate_bias: float = 2.0,
+    ) -> None:
         super().__init__()
         self.made = MADE(dim, hidden, context_dim=context_dim, reverse=reverse)
         self.gate_bias = gate_bias
 
-    def transform(self, h: Optional[Tensor]) -> Transform:
-        return IAFTransform(self.made, h if self.made.context is not None else None, gate_bias=self.gate_bias)
+    def transform(self, h: Tensor | None) -> Transform:
+        return IAFTransform(
+            self.made, h if self.made.context is not None else None, gate_bias=self.gate_bias
+        )
 
 
 class _CouplingNet(nn.Module):
-    def __init__(self, dim: int, hidden: Sequence[int], context_dim: Optional[int]) -> None:
+    def __init__(self, dim: int, hidden: Sequence[int], context_dim: int | None) -> None:
         super().__init__()
         self.net = mlp([dim + (context_dim or 0), *hidden, 2 * dim], nn.ELU)
         self.scale = nn.Parameter(torch.ones(dim))
@@ -116,10 +150,12 @@ class _CouplingNet(nn.Module):
         nn.init.zeros_(last.bias)
         self.context_dim = context_dim
 
-    def forward(self, x: Tensor, context: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         if self.context_dim:
             if context is None:
-                raise ValueError("`context` must be given: this coupling net was built with a context_dim.")
+                raise ValueError(
+                    "`context` must be given: this coupling net was built with a context_dim."
+                )
             x = torch.cat([x, context.expand(*x.shape[:-1], -1)], dim=-1)
         s, t = self.net(x).chunk(2, dim=-1)
         return self.scale * torch.tanh(s), t
@@ -128,20 +164,33 @@ class _CouplingNet(nn.Module):
 class AffineCoupling(FlowLayer):
     """Affine coupling layer (see :class:`~scg.models.flows.AffineCouplingTransform`); ``parity`` picks the mask."""
 
-    def __init__(self, dim: int, hidden: Sequence[int] = (64,), *, parity: int = 0,
-                 context_dim: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        dim: int,
+        hidden: Sequence[int] = (64,),
+        *,
+        parity: int = 0,
+        context_dim: int | None = None,
+    ) -> None:
         super().__init__()
         check_positive_int("dim", dim)
         self.net = _CouplingNet(dim, hidden, context_dim)
         self.register_buffer("mask", ((torch.arange(dim) + parity) % 2).float())
 
-    def transform(self, h: Optional[Tensor]) -> Transform:
-        return AffineCouplingTransform(self.net, self.mask.to(self.net.scale.dtype),
-                                       h if self.net.context_dim else None)
+    def transform(self, h: Tensor | None) -> Transform:
+        return AffineCouplingTransform(
+            self.net, self.mask.to(self.net.scale.dtype), h if self.net.context_dim else None
+        )
 
 
-def flow_layers(kind: str, dim: int, length: int, *, context_dim: Optional[int] = None,
-                hidden: Sequence[int] = (64,)) -> nn.ModuleList:
+def flow_layers(
+    kind: str,
+    dim: int,
+    length: int,
+    *,
+    context_dim: int | None = None,
+    hidden: Sequence[int] = (64,),
+) -> nn.ModuleList:
     """``length`` layers of one kind (``"planar"``, ``"radial"``, ``"iaf"``, ``"coupling"``); orders/masks alternate."""
     if kind not in FLOW_KINDS:
         raise ValueError(f"`kind` must be one of {FLOW_KINDS}; got {kind!r}.")
@@ -186,7 +235,9 @@ class FlowPosterior(nn.Module):
         super().__init__()
         for layer in layers:
             if not isinstance(layer, FlowLayer):
-                raise TypeError(f"`layers` must hold FlowLayer modules; got {type(layer).__name__}.")
+                raise TypeError(
+                    f"`layers` must hold FlowLayer modules; got {type(layer).__name__}."
+                )
         self.encoder = encoder
         self.layers = nn.ModuleList(layers)
 
@@ -199,4 +250,6 @@ class FlowPosterior(nn.Module):
         base = Independent(Normal(loc, scale), 1)
         if len(self.layers) == 0:
             return base
-        return TransformedDistribution(base, [layer.transform(h) for layer in self.layers], validate_args=False)
+        return TransformedDistribution(
+            base, [layer.transform(h) for layer in self.layers], validate_args=False
+        )

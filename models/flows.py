@@ -31,7 +31,7 @@ References:
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -96,7 +96,7 @@ class PlanarTransform(Transform):
 
     def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
         a = (x * self.w).sum(-1) + self.b
-        psi = (1 - torch.tanh(a) ** 2)
+        psi = 1 - torch.tanh(a) ** 2
         return torch.log((1 + psi * (self.w * self.u_hat).sum(-1)).abs())
 
 
@@ -174,8 +174,15 @@ class MADE(nn.Module):
         activation: nonlinearity class.
     """
 
-    def __init__(self, dim: int, hidden: Sequence[int] = (64,), *, context_dim: Optional[int] = None,
-                 reverse: bool = False, activation: type[nn.Module] = nn.ELU) -> None:
+    def __init__(
+        self,
+        dim: int,
+        hidden: Sequence[int] = (64,),
+        *,
+        context_dim: int | None = None,
+        reverse: bool = False,
+        activation: type[nn.Module] = nn.ELU,
+    ) -> None:
         super().__init__()
         check_positive_int("dim", dim)
         if len(hidden) == 0:
@@ -187,19 +194,21 @@ class MADE(nn.Module):
         for h in hidden:
             degrees.append(torch.arange(h) % max(1, dim - 1) + 1)
         layers = []
-        for a, b in zip(degrees[:-1], degrees[1:]):
+        for a, b in zip(degrees[:-1], degrees[1:], strict=False):
             layers.append(_MaskedLinear(len(a), len(b), (b.unsqueeze(-1) >= a.unsqueeze(0))))
-        out_mask = (deg_in.unsqueeze(-1) > degrees[-1].unsqueeze(0))
+        out_mask = deg_in.unsqueeze(-1) > degrees[-1].unsqueeze(0)
         self.hidden_layers = nn.ModuleList(layers)
         self.out = _MaskedLinear(len(degrees[-1]), 2 * dim, torch.cat([out_mask, out_mask]))
-        nn.init.zeros_(self.out.weight)  # start with m = s = 0: every IAF step begins as a constant gate
+        nn.init.zeros_(
+            self.out.weight
+        )  # start with m = s = 0: every IAF step begins as a constant gate
         nn.init.zeros_(self.out.bias)
         self.context = nn.Linear(context_dim, hidden[0]) if context_dim else None
         self.act = activation()
         self.dim = dim
         self.register_buffer("order", deg_in)
 
-    def forward(self, x: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         h = self.hidden_layers[0](x)
         if self.context is not None:
             if context is None:
@@ -233,8 +242,14 @@ class IAFTransform(Transform):
     codomain = constraints.real_vector
     bijective = True
 
-    def __init__(self, made: MADE, context: Optional[Tensor] = None, *, gate_bias: float = 2.0,
-                 cache_size: int = 1) -> None:
+    def __init__(
+        self,
+        made: MADE,
+        context: Tensor | None = None,
+        *,
+        gate_bias: float = 2.0,
+        cache_size: int = 1,
+    ) -> None:
         super().__init__(cache_size=cache_size)
         self.made, self.context, self.gate_bias = made, context, float(gate_bias)
 
@@ -257,7 +272,7 @@ class IAFTransform(Transform):
             m, s = self._gate(x)
             g = torch.sigmoid(s[..., i])
             xi = (y[..., i] - (1 - g) * m[..., i]) / g
-            x = torch.cat([x[..., :i], xi.unsqueeze(-1), x[..., i + 1:]], dim=-1)
+            x = torch.cat([x[..., :i], xi.unsqueeze(-1), x[..., i + 1 :]], dim=-1)
         return x
 
     def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
@@ -285,8 +300,9 @@ class AffineCouplingTransform(Transform):
     codomain = constraints.real_vector
     bijective = True
 
-    def __init__(self, net: nn.Module, mask: Tensor, context: Optional[Tensor] = None, *,
-                 cache_size: int = 1) -> None:
+    def __init__(
+        self, net: nn.Module, mask: Tensor, context: Tensor | None = None, *, cache_size: int = 1
+    ) -> None:
         super().__init__(cache_size=cache_size)
         self.net, self.mask, self.context = net, mask, context
 

@@ -20,8 +20,6 @@ References:
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, Normal, TransformedDistribution
@@ -87,16 +85,24 @@ class IWAE(VAE):
         torch.Size([8])
     """
 
-    def __init__(self, encoder: nn.Module, decoder: nn.Module, *, prior: Optional[nn.Module] = None,
-                 num_samples: int = 5, gradient: str = "reparam") -> None:
+    def __init__(
+        self,
+        encoder: nn.Module,
+        decoder: nn.Module,
+        *,
+        prior: nn.Module | None = None,
+        num_samples: int = 5,
+        gradient: str = "reparam",
+    ) -> None:
         check_positive_int("num_samples", num_samples)
         if gradient not in IWAE_GRADIENTS:
             raise ValueError(f"`gradient` must be one of {IWAE_GRADIENTS}; got {gradient!r}.")
         super().__init__(encoder, decoder, prior=prior, kl="mc", num_samples=num_samples)
         self.gradient = gradient
 
-    def surrogate_bound(self, x: Tensor, *, num_samples: Optional[int] = None,
-                        noise: Optional[Tensor] = None) -> Tensor:
+    def surrogate_bound(
+        self, x: Tensor, *, num_samples: int | None = None, noise: Tensor | None = None
+    ) -> Tensor:
         r"""Surrogate of :math:`\mathcal L_K(x)` per data point, ``[*batch]`` (value: the K-sample bound).
 
         Args:
@@ -114,13 +120,22 @@ class IWAE(VAE):
         log_q = scg.stop_gradient(q).log_prob(z)
         return scg.objectives.iwae(log_p, log_q, gradient=self.gradient, z=z)
 
-    def objective(self, x: Tensor, *, beta: float = 1.0, num_samples: Optional[int] = None,
-                  noise: Optional[Tensor] = None) -> Tensor:
+    def objective(
+        self,
+        x: Tensor,
+        *,
+        beta: float = 1.0,
+        num_samples: int | None = None,
+        noise: Tensor | None = None,
+    ) -> Tensor:
         """:math:`−\\mathcal L_K(x)` per data point (``beta`` is ignored: the IWAE bound has no KL weight)."""
         return -self.surrogate_bound(x, num_samples=num_samples, noise=noise)
 
     @torch.no_grad()
     def bound(self, x: Tensor, *, num_samples: int = 1) -> Tensor:
         """The K-sample bound per data point (K = the model's ``num_samples``; ``num_samples`` repeats it)."""
-        vals = [scg.objectives.log_mean_exp(self.log_weights(x, self.num_samples)) for _ in range(num_samples)]
+        vals = [
+            scg.objectives.log_mean_exp(self.log_weights(x, self.num_samples))
+            for _ in range(num_samples)
+        ]
         return torch.stack(vals).mean(0)

@@ -11,7 +11,7 @@ References:
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -36,11 +36,13 @@ _MIN_SCALE = 1e-4
 def mlp(sizes: Sequence[int], activation: type[nn.Module] = nn.Tanh) -> nn.Sequential:
     """Fully connected layers ``sizes[0] -> ... -> sizes[-1]``, ``activation`` between (not after the last)."""
     if len(sizes) < 2:
-        raise ValueError(f"`sizes` must have at least 2 entries (input and output); got {list(sizes)}.")
+        raise ValueError(
+            f"`sizes` must have at least 2 entries (input and output); got {list(sizes)}."
+        )
     for s in sizes:
         check_positive_int("sizes", s)
     layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=False)):
         layers.append(nn.Linear(a, b))
         if i < len(sizes) - 2:
             layers.append(activation())
@@ -62,8 +64,13 @@ class GaussianEncoder(nn.Module):
     ``features(x)`` returns h (``[..., hidden[-1]]``, or x when linear): the context of amortised flows.
     """
 
-    def __init__(self, x_dim: int, z_dim: int, hidden: Sequence[int] = (200, 200),
-                 activation: type[nn.Module] = nn.Tanh) -> None:
+    def __init__(
+        self,
+        x_dim: int,
+        z_dim: int,
+        hidden: Sequence[int] = (200, 200),
+        activation: type[nn.Module] = nn.Tanh,
+    ) -> None:
         super().__init__()
         check_positive_int("x_dim", x_dim)
         check_positive_int("z_dim", z_dim)
@@ -97,8 +104,13 @@ class BernoulliEncoder(nn.Module):
         activation: nonlinearity class.
     """
 
-    def __init__(self, x_dim: int, z_dim: int, hidden: Sequence[int] = (),
-                 activation: type[nn.Module] = nn.Tanh) -> None:
+    def __init__(
+        self,
+        x_dim: int,
+        z_dim: int,
+        hidden: Sequence[int] = (),
+        activation: type[nn.Module] = nn.Tanh,
+    ) -> None:
         super().__init__()
         self.net = mlp([x_dim, *hidden, z_dim], activation)
 
@@ -119,13 +131,20 @@ class BernoulliDecoder(nn.Module):
         activation: nonlinearity class.
     """
 
-    def __init__(self, z_dim: int, x_dim: int, hidden: Sequence[int] = (200, 200),
-                 activation: type[nn.Module] = nn.Tanh) -> None:
+    def __init__(
+        self,
+        z_dim: int,
+        x_dim: int,
+        hidden: Sequence[int] = (200, 200),
+        activation: type[nn.Module] = nn.Tanh,
+    ) -> None:
         super().__init__()
         self.net = mlp([z_dim, *hidden, x_dim], activation)
 
     def forward(self, z: Tensor) -> Distribution:
-        return Independent(Bernoulli(logits=self.net(z), validate_args=False), 1, validate_args=False)
+        return Independent(
+            Bernoulli(logits=self.net(z), validate_args=False), 1, validate_args=False
+        )
 
 
 class GaussianDecoder(nn.Module):
@@ -143,9 +162,16 @@ class GaussianDecoder(nn.Module):
         init_scale: initial σ > 0 (keyword-only).
     """
 
-    def __init__(self, z_dim: int, x_dim: int, hidden: Sequence[int] = (200, 200),
-                 activation: type[nn.Module] = nn.Tanh, *, shared_scale: bool = True,
-                 init_scale: float = 1.0) -> None:
+    def __init__(
+        self,
+        z_dim: int,
+        x_dim: int,
+        hidden: Sequence[int] = (200, 200),
+        activation: type[nn.Module] = nn.Tanh,
+        *,
+        shared_scale: bool = True,
+        init_scale: float = 1.0,
+    ) -> None:
         super().__init__()
         check_positive("init_scale", init_scale)
         self.net = mlp([z_dim, *hidden, x_dim], activation)
@@ -170,7 +196,9 @@ class StandardNormalPrior(nn.Module):
         # Expanded constant buffers (no allocation per call); no argument validation: the
         # parameters are these constants, valid by construction.
         shape = (*batch_shape, self.z_dim)
-        return Independent(Normal(self.zero.expand(shape), self.one.expand(shape), validate_args=False), 1)
+        return Independent(
+            Normal(self.zero.expand(shape), self.one.expand(shape), validate_args=False), 1
+        )
 
 
 class BernoulliPrior(nn.Module):
@@ -185,4 +213,6 @@ class BernoulliPrior(nn.Module):
             self.register_buffer("logits", logits)
 
     def forward(self, batch_shape: Sequence[int] = ()) -> Distribution:
-        return Independent(Bernoulli(logits=self.logits.expand(*batch_shape, -1), validate_args=False), 1)
+        return Independent(
+            Bernoulli(logits=self.logits.expand(*batch_shape, -1), validate_args=False), 1
+        )

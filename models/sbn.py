@@ -25,7 +25,7 @@ References:
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -39,7 +39,15 @@ from scg.estimators import NeuralControlVariate
 __all__ = ["SigmoidBeliefNet", "SBN_ESTIMATORS", "sbn_estimators"]
 
 #: Names accepted by :func:`sbn_estimators`.
-SBN_ESTIMATORS = ("reinforce", "nvil", "rloo", "disarm", "relax", "gumbel-softmax", "straight-through")
+SBN_ESTIMATORS = (
+    "reinforce",
+    "nvil",
+    "rloo",
+    "disarm",
+    "relax",
+    "gumbel-softmax",
+    "straight-through",
+)
 
 
 def _bernoulli(logits: Tensor) -> Distribution:
@@ -50,8 +58,13 @@ def _bernoulli(logits: Tensor) -> Distribution:
 def _affine(d_in: int, d_out: int, nonlinear: bool) -> nn.Module:
     if not nonlinear:
         return nn.Linear(d_in, d_out)
-    return nn.Sequential(nn.Linear(d_in, d_out), nn.Tanh(), nn.Linear(d_out, d_out), nn.Tanh(),
-                         nn.Linear(d_out, d_out))
+    return nn.Sequential(
+        nn.Linear(d_in, d_out),
+        nn.Tanh(),
+        nn.Linear(d_out, d_out),
+        nn.Tanh(),
+        nn.Linear(d_out, d_out),
+    )
 
 
 class _Scalar(nn.Module):
@@ -65,7 +78,9 @@ class _Scalar(nn.Module):
         return self.net(x).squeeze(-1)
 
 
-def sbn_estimators(name: str, x_dim: int, layers: Sequence[int], *, temperature: float = 0.5) -> list[scg.Estimator]:
+def sbn_estimators(
+    name: str, x_dim: int, layers: Sequence[int], *, temperature: float = 0.5
+) -> list[scg.Estimator]:
     """One estimator per layer for the named method.
 
     * ``"reinforce"``: ``ScoreFunction(MovingAverage())``.
@@ -82,11 +97,15 @@ def sbn_estimators(name: str, x_dim: int, layers: Sequence[int], *, temperature:
     check_positive("temperature", temperature)
     inputs = [x_dim, *layers[:-1]]
     out: list[scg.Estimator] = []
-    for d_in, width in zip(inputs, layers):
+    for d_in, width in zip(inputs, layers, strict=False):
         if name == "reinforce":
             out.append(scg.ScoreFunction(B.MovingAverage()))
         elif name == "nvil":
-            out.append(scg.ScoreFunction(B.chain(B.MovingAverage(), B.Learned(_Scalar(d_in)), B.Normalize())))
+            out.append(
+                scg.ScoreFunction(
+                    B.chain(B.MovingAverage(), B.Learned(_Scalar(d_in)), B.Normalize())
+                )
+            )
         elif name == "rloo":
             out.append(scg.ScoreFunction(B.LeaveOneOut()))
         elif name == "disarm":
@@ -122,8 +141,15 @@ class SigmoidBeliefNet(nn.Module):
         >>> loss.backward()
     """
 
-    def __init__(self, x_dim: int, layers: Sequence[int], estimators: Sequence[scg.Estimator], *,
-                 nonlinear: bool = False, context: bool = True) -> None:
+    def __init__(
+        self,
+        x_dim: int,
+        layers: Sequence[int],
+        estimators: Sequence[scg.Estimator],
+        *,
+        nonlinear: bool = False,
+        context: bool = True,
+    ) -> None:
         super().__init__()
         check_positive_int("x_dim", x_dim)
         layers = tuple(layers)
@@ -131,19 +157,32 @@ class SigmoidBeliefNet(nn.Module):
             raise ValueError("`layers` must name at least one stochastic layer; got ().")
         for w in layers:
             check_positive_int("layers", w)
-        if len(estimators) != len(layers) or not all(isinstance(e, scg.Estimator) for e in estimators):
+        if len(estimators) != len(layers) or not all(
+            isinstance(e, scg.Estimator) for e in estimators
+        ):
             raise ValueError(
                 f"`estimators` must be {len(layers)} scg Estimators, one per layer; got {len(estimators)}."
             )
-        self.x_dim, self.layers, self.nonlinear, self.context = x_dim, layers, bool(nonlinear), bool(context)
+        self.x_dim, self.layers, self.nonlinear, self.context = (
+            x_dim,
+            layers,
+            bool(nonlinear),
+            bool(context),
+        )
         below = (x_dim, *layers[:-1])
-        self.encoders = nn.ModuleList([_affine(d, w, nonlinear) for d, w in zip(below, layers)])
-        self.decoders = nn.ModuleList([_affine(w, d, nonlinear) for d, w in zip(below, layers)])
+        self.encoders = nn.ModuleList([_affine(d, w, nonlinear) for d, w in zip(below, layers, strict=False)])
+        self.decoders = nn.ModuleList([_affine(w, d, nonlinear) for d, w in zip(below, layers, strict=False)])
         self.prior_logits = nn.Parameter(torch.zeros(layers[-1]))
         self.estimators = nn.ModuleList(estimators)
 
-    def graph(self, x: Tensor, num_samples: int, *, estimators: Optional[Sequence[scg.Estimator]] = None,
-              draws: Optional[dict] = None) -> scg.Graph:
+    def graph(
+        self,
+        x: Tensor,
+        num_samples: int,
+        *,
+        estimators: Sequence[scg.Estimator] | None = None,
+        draws: dict | None = None,
+    ) -> scg.Graph:
         """The graph of one estimate of the negative ELBO of ``x`` ``[B, D]``, before ``surrogate()``.
 
         Costs, each ``[*sample dims, B]``: ``q{l}`` = log q(h_l | ·), ``p{l}`` = −log p(h_{l−1} | h_l)
@@ -152,7 +191,7 @@ class SigmoidBeliefNet(nn.Module):
         ests = self.estimators if estimators is None else estimators
         g = scg.Graph(num_samples, draws=draws)
         prev, hs = x, []
-        for l, (enc, est) in enumerate(zip(self.encoders, ests), 1):
+        for l, (enc, est) in enumerate(zip(self.encoders, ests, strict=False), 1):
             q = _bernoulli(enc(prev))
             h = g.sample(f"h{l}", q, est, context=prev if self.context else None)
             g.cost(f"q{l}", q.log_prob(h))

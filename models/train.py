@@ -30,9 +30,10 @@ import math
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -47,10 +48,18 @@ from scg.models.checkpoint import (
     load_checkpoint,
 )
 
-__all__ = ["resolve_device", "TrainConfig", "History", "fit", "atomic_save", "atomic_save_json", "load_checkpoint"]
+__all__ = [
+    "resolve_device",
+    "TrainConfig",
+    "History",
+    "fit",
+    "atomic_save",
+    "atomic_save_json",
+    "load_checkpoint",
+]
 
 
-def resolve_device(device: Union[str, torch.device] = "auto") -> torch.device:
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """The device for ``--device``/``device=``: ``"auto"`` → CUDA when available, else CPU.
 
     ``"cpu"``, ``"cuda"`` and ``"cuda:N"`` are taken as given; CUDA must then be available.
@@ -67,7 +76,9 @@ def resolve_device(device: Union[str, torch.device] = "auto") -> torch.device:
     if not (text in ("cpu", "cuda") or re.fullmatch(r"cuda:\d+", text)):
         raise ValueError(f'`device` must be "auto", "cpu", "cuda" or "cuda:N"; got {device!r}.')
     if text.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f'`device` {text!r} was requested but CUDA is not available; use "auto" or "cpu".')
+        raise ValueError(
+            f'`device` {text!r} was requested but CUDA is not available; use "auto" or "cpu".'
+        )
     return torch.device(text)
 
 
@@ -91,14 +102,16 @@ class TrainConfig:
     batch_size: int = 100
     lr: float = 1e-3
     seed: int = 0
-    patience: Optional[int] = None
+    patience: int | None = None
     val_samples: int = 1
     restore_best: bool = False
     progress: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise TypeError(f"`seed` must be an int; got {type(self.seed).__name__} ({self.seed!r}).")
+            raise TypeError(
+                f"`seed` must be an int; got {type(self.seed).__name__} ({self.seed!r})."
+            )
         check_positive_int("epochs", self.epochs)
         check_positive_int("batch_size", self.batch_size)
         check_positive("lr", self.lr)
@@ -165,8 +178,10 @@ class _Steps:
 
     def state(self) -> dict[str, Any]:
         """Checkpoint entries of this process (RNG states)."""
-        return {"rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None}
+        return {
+            "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
+        }
 
     def prepare(self, model: nn.Module) -> None:
         """Called once the model is on its device and resumed, before the first step."""
@@ -193,16 +208,23 @@ def _validate(model: nn.Module, x: Tensor, chunk: int, num_samples: int, steps: 
     try:
         total = 0.0
         for start in range(0, part.shape[0], chunk):
-            total += float(model.bound(part[start:start + chunk], num_samples=num_samples).sum())
+            total += float(model.bound(part[start : start + chunk], num_samples=num_samples).sum())
     finally:
         model.train()
     return steps.all_sum(total) / x.shape[0]
 
 
-def fit(model: nn.Module, train: Tensor, val: Optional[Tensor] = None, *, config: TrainConfig = TrainConfig(),
-        out_dir: Optional[Union[str, os.PathLike]] = None, device: Union[str, torch.device] = "cpu",
-        transform: Optional[Callable[[Tensor], Tensor]] = None,
-        stop_after: Optional[int] = None) -> History:
+def fit(
+    model: nn.Module,
+    train: Tensor,
+    val: Tensor | None = None,
+    *,
+    config: TrainConfig = TrainConfig(),
+    out_dir: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+    transform: Callable[[Tensor], Tensor] | None = None,
+    stop_after: int | None = None,
+) -> History:
     r"""Train ``model`` with Adam on minibatches of ``train``; validate, checkpoint and resume.
 
     Args:
@@ -222,31 +244,55 @@ def fit(model: nn.Module, train: Tensor, val: Optional[Tensor] = None, *, config
         :class:`History` of all epochs (including resumed ones).
     """
     _check_fit_args(model, train, val, config, stop_after)
-    return _train(_Steps(resolve_device(device)), model, train, val, config=config, out_dir=out_dir,
-                  transform=transform, stop_after=stop_after)
+    return _train(
+        _Steps(resolve_device(device)),
+        model,
+        train,
+        val,
+        config=config,
+        out_dir=out_dir,
+        transform=transform,
+        stop_after=stop_after,
+    )
 
 
-def _check_fit_args(model: object, train: object, val: object, config: object, stop_after: object) -> None:
+def _check_fit_args(
+    model: object, train: object, val: object, config: object, stop_after: object
+) -> None:
     """The argument checks of :func:`fit` and ``fit_distributed``: ``TypeError``/``ValueError`` naming the argument."""
     if not isinstance(model, nn.Module):
-        raise TypeError(f"`model` must be a torch.nn.Module with loss() and bound(); got {type(model).__name__}.")
+        raise TypeError(
+            f"`model` must be a torch.nn.Module with loss() and bound(); got {type(model).__name__}."
+        )
     for name, data in (("train", train), ("val", val)):
         if data is None and name == "val":
             continue
         if not isinstance(data, Tensor):
-            raise TypeError(f"`{name}` must be a tensor [N, ...] of data points; got {type(data).__name__}.")
+            raise TypeError(
+                f"`{name}` must be a tensor [N, ...] of data points; got {type(data).__name__}."
+            )
         if data.dim() < 2 or data.shape[0] < 1:
-            raise ValueError(f"`{name}` must have shape [N, ...] with N >= 1 data points on dim 0 and at least one "
-                             f"feature dim; got shape {list(data.shape)}.")
+            raise ValueError(
+                f"`{name}` must have shape [N, ...] with N >= 1 data points on dim 0 and at least one "
+                f"feature dim; got shape {list(data.shape)}."
+            )
     if not isinstance(config, TrainConfig):
         raise TypeError(f"`config` must be a TrainConfig; got {type(config).__name__}.")
     if stop_after is not None:
         check_positive_int("stop_after", stop_after)
 
 
-def _train(steps: _Steps, model: nn.Module, train: Tensor, val: Optional[Tensor], *, config: TrainConfig,
-           out_dir: Optional[Union[str, os.PathLike]], transform: Optional[Callable[[Tensor], Tensor]],
-           stop_after: Optional[int]) -> History:
+def _train(
+    steps: _Steps,
+    model: nn.Module,
+    train: Tensor,
+    val: Tensor | None,
+    *,
+    config: TrainConfig,
+    out_dir: str | os.PathLike | None,
+    transform: Callable[[Tensor], Tensor] | None,
+    stop_after: int | None,
+) -> History:
     """The loop of :func:`fit` and :func:`scg.models.distributed.fit_distributed` (``steps``: the process's part)."""
     dev = steps.device
     model.to(dev)
@@ -275,7 +321,12 @@ def _train(steps: _Steps, model: nn.Module, train: Tensor, val: Optional[Tensor]
     batches = math.ceil(n / per_step)
     end_epoch = config.epochs if stop_after is None else min(config.epochs, stop_after)
     bar, best_state = None, None
-    if config.progress and steps.rank == 0 and start_epoch < end_epoch and not history.stopped_early:
+    if (
+        config.progress
+        and steps.rank == 0
+        and start_epoch < end_epoch
+        and not history.stopped_early
+    ):
         from tqdm.auto import tqdm
 
         bar = tqdm(total=(end_epoch - start_epoch) * batches, desc=steps.desc, leave=False)
@@ -287,7 +338,7 @@ def _train(steps: _Steps, model: nn.Module, train: Tensor, val: Optional[Tensor]
             perm = torch.randperm(n, generator=order_gen).to(dev)
             total = 0.0
             for b in range(batches):
-                idx = perm[b * per_step:(b + 1) * per_step]
+                idx = perm[b * per_step : (b + 1) * per_step]
                 xb = train[idx[steps.part(idx.shape[0])]]
                 if transform is not None and xb.shape[0]:
                     xb = transform(xb)
@@ -300,30 +351,53 @@ def _train(steps: _Steps, model: nn.Module, train: Tensor, val: Optional[Tensor]
                     total += float(loss) * xb.shape[0]
                 if bar is not None:
                     bar.update(1)
-            record = {"epoch": epoch + 1, "step": step, "train_loss": steps.all_sum(total) / n,
-                      "val_bound": math.nan, "seconds": time.perf_counter() - t0}
+            record = {
+                "epoch": epoch + 1,
+                "step": step,
+                "train_loss": steps.all_sum(total) / n,
+                "val_bound": math.nan,
+                "seconds": time.perf_counter() - t0,
+            }
             if val is not None:
-                record["val_bound"] = _validate(model, val, max(config.batch_size, 500), config.val_samples, steps)
+                record["val_bound"] = _validate(
+                    model, val, max(config.batch_size, 500), config.val_samples, steps
+                )
                 if record["val_bound"] > history.best_val:
                     history.best_val, history.best_epoch = record["val_bound"], epoch + 1
                     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                     if out is not None and steps.rank == 0:
                         atomic_save(best_state, out / "best.pt")
-                elif config.patience is not None and epoch + 1 - history.best_epoch >= config.patience:
+                elif (
+                    config.patience is not None
+                    and epoch + 1 - history.best_epoch >= config.patience
+                ):
                     history.stopped_early = True
             history.epochs.append(record)
             if bar is not None:
-                bar.set_postfix(loss=f"{record['train_loss']:.3f}", val=f"{record['val_bound']:.3f}")
+                bar.set_postfix(
+                    loss=f"{record['train_loss']:.3f}", val=f"{record['val_bound']:.3f}"
+                )
             if out is not None:
                 state = steps.state()  # collective: every rank
                 if steps.rank == 0:
                     content = {
-                        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "epoch": epoch + 1, "step": step, "history": asdict(history),
-                        "order_rng": order_gen.get_state(), "config": asdict(config), **state,
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "epoch": epoch + 1,
+                        "step": step,
+                        "history": asdict(history),
+                        "order_rng": order_gen.get_state(),
+                        "config": asdict(config),
+                        **state,
                     }
-                    atomic_save({**content, "fingerprint": fingerprint, "content_hash": _content_hash(content)},
-                                out / "last.pt")
+                    atomic_save(
+                        {
+                            **content,
+                            "fingerprint": fingerprint,
+                            "content_hash": _content_hash(content),
+                        },
+                        out / "last.pt",
+                    )
                     atomic_save_json(asdict(history), out / "history.json")
     finally:
         if bar is not None:

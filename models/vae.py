@@ -21,8 +21,6 @@ References:
 
 from __future__ import annotations
 
-from typing import Optional, Union
-
 import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, kl_divergence
@@ -81,14 +79,24 @@ class VAE(nn.Module):
         torch.Size([8])
     """
 
-    def __init__(self, encoder: nn.Module, decoder: nn.Module, *, prior: Optional[nn.Module] = None,
-                 estimator: Optional[scg.Estimator] = None, kl: str = "analytic", num_samples: int = 1,
-                 warmup: Union[int, LinearWarmup] = 0) -> None:
+    def __init__(
+        self,
+        encoder: nn.Module,
+        decoder: nn.Module,
+        *,
+        prior: nn.Module | None = None,
+        estimator: scg.Estimator | None = None,
+        kl: str = "analytic",
+        num_samples: int = 1,
+        warmup: int | LinearWarmup = 0,
+    ) -> None:
         super().__init__()
         if kl not in KL_MODES:
             raise ValueError(f"`kl` must be one of {KL_MODES}; got {kl!r}.")
         if estimator is not None and not isinstance(estimator, scg.Estimator):
-            raise TypeError(f"`estimator` must be an scg Estimator; got {type(estimator).__name__}.")
+            raise TypeError(
+                f"`estimator` must be an scg Estimator; got {type(estimator).__name__}."
+            )
         check_positive_int("num_samples", num_samples)
         self.encoder, self.decoder = encoder, decoder
         self.prior = prior if prior is not None else StandardNormalPrior(encoder.z_dim)
@@ -112,8 +120,14 @@ class VAE(nn.Module):
                 f'`kl` must be "mc" for a {type(q).__name__} posterior (no closed-form KL); got "analytic".'
             ) from None
 
-    def objective(self, x: Tensor, *, beta: float = 1.0, num_samples: Optional[int] = None,
-                  draws: Optional[dict[str, Tensor]] = None) -> Tensor:
+    def objective(
+        self,
+        x: Tensor,
+        *,
+        beta: float = 1.0,
+        num_samples: int | None = None,
+        draws: dict[str, Tensor] | None = None,
+    ) -> Tensor:
         r"""Surrogate of :math:`−\mathrm{ELBO}_β(x)` per data point, ``[*batch]``.
 
         The value is the Monte Carlo estimate (exact KL when analytic); the gradient

@@ -5,23 +5,21 @@ surrogate of ``E_q[f]``: its value is the Monte Carlo mean, its gradient the
 chosen estimator.
 """
 
-from scg import baselines, laws
-from scg import diagnostics, minibatch
+from scg import baselines, diagnostics, laws, minibatch, objectives
+from scg._log_prob import log_prob
 from scg.estimators import (
     RELAX,
     DisARM,
     Estimator,
     GumbelSoftmax,
-    Parts,
     MeasureValued,
+    Parts,
     Pathwise,
     ScoreFunction,
     StraightThrough,
     expectation,
 )
-from scg import objectives
 from scg.graph import Graph
-from scg._log_prob import log_prob
 from scg.stop_gradient import stop_gradient
 
 __version__ = "0.1.0"

@@ -16,13 +16,12 @@ need a value on the host (finiteness) run in three forms:
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 from scg._torch import is_wrapped
-
 from scg.checks import check_positive, check_positive_int
 
 __all__ = [
@@ -38,9 +37,7 @@ __all__ = [
 ]
 
 #: The message of a non-finite cost, eager (ValueError) and compiled (torch._assert_async) alike.
-NON_FINITE_COST = (
-    "`f` must return finite costs; got non-finite values (inf or nan) — check f for overflow or log(0)."
-)
+NON_FINITE_COST = "`f` must return finite costs; got non-finite values (inf or nan) — check f for overflow or log(0)."
 
 
 def compiling() -> bool:

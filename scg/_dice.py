@@ -26,7 +26,7 @@ References:
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -39,7 +39,7 @@ def magic_box(tau: Tensor) -> Tensor:
     return torch.exp(tau - tau.detach())
 
 
-def reduce_rows(x: Tensor, axes: Sequence[Optional[Tensor]]) -> Tensor:
+def reduce_rows(x: Tensor, axes: Sequence[Tensor | None]) -> Tensor:
     """Weighted mean of ``x`` over its leading ``len(axes)`` dims (``axes[0]`` weighs dim 0).
 
     ``None`` is the uniform weight (a mean); a tensor ``[K]`` of weights summing to one
@@ -56,7 +56,7 @@ def reduce_rows(x: Tensor, axes: Sequence[Optional[Tensor]]) -> Tensor:
     return x
 
 
-def cost_term(cost: Tensor, tau: Optional[Tensor], axes: Sequence[Optional[Tensor]]) -> Tensor:
+def cost_term(cost: Tensor, tau: Tensor | None, axes: Sequence[Tensor | None]) -> Tensor:
     r"""One cost's DiCE term :math:`\operatorname{mean}_{rows} □(τ)\, c`, shape ``cost.shape[len(axes):]``.
 
     Its value is exactly the weighted mean of ``cost`` (□ is one); its gradient adds

@@ -8,16 +8,22 @@ are event.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from torch import Tensor
 from torch.distributions import Distribution, Independent
 from torch.distributions.utils import lazy_property
 
-from scg._checks import NON_FINITE_COST, all_finite, check_cost, compiling, host_checkable, queue_finite_check
+from scg._checks import (
+    NON_FINITE_COST,
+    all_finite,
+    check_cost,
+    compiling,
+    host_checkable,
+    queue_finite_check,
+)
 
 __all__ = ["unwrap", "base_of_kind", "parameters_of", "evaluate"]
-
 
 
 def unwrap(dist: Distribution) -> tuple[Distribution, int]:
@@ -39,7 +45,9 @@ def base_of_kind(
 ) -> tuple[Distribution, int]:
     """``unwrap(dist)`` if its base is one of ``kinds``; else a TypeError naming ``name`` and the ``kind`` it needs."""
     if not isinstance(dist, Distribution):
-        raise TypeError(f"`dist` must be a torch.distributions.Distribution; got {type(dist).__name__}.")
+        raise TypeError(
+            f"`dist` must be a torch.distributions.Distribution; got {type(dist).__name__}."
+        )
     base, k = unwrap(dist)
     if not isinstance(base, kinds):
         raise TypeError(
@@ -60,7 +68,9 @@ def parameters_of(dist: Distribution) -> dict[str, Tensor]:
         if isinstance(_class_attribute(type(base), name), lazy_property):
             value = base.__dict__.get(name)  # set at construction, or a cached derived value
         else:
-            value = getattr(base, name, None)  # plain attribute or property (e.g. Beta's concentrations)
+            value = getattr(
+                base, name, None
+            )  # plain attribute or property (e.g. Beta's concentrations)
         if isinstance(value, Tensor):
             out[name] = value
     if "logits" in out and "probs" in out:  # one is a cached lazy property of the other
@@ -80,7 +90,9 @@ def _class_attribute(cls: type, name: str) -> object:
     return None
 
 
-def evaluate(f: Callable[[Tensor], Tensor], z: Tensor, dist: Distribution, num_samples: int) -> Tensor:
+def evaluate(
+    f: Callable[[Tensor], Tensor], z: Tensor, dist: Distribution, num_samples: int
+) -> Tensor:
     """Call ``f(z)`` and check it returned costs of shape ``[S, *batch_shape]``, finite.
 
     The finiteness check reads a value on the host in eager mode on the CPU (as

@@ -19,15 +19,24 @@ Behaviours relied on:
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Optional
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
 from torch._C._autograd import _get_sequence_nr
 from torch._C._functorch import get_unwrapped, is_functorch_wrapped_tensor, peek_interpreter_stack
 
-__all__ = ["LEAF", "is_wrapped", "unwrapped", "in_transform", "next_sequence_nr", "sequence_nr",
-           "inputs_of", "leaf_variable"]
+__all__ = [
+    "LEAF",
+    "is_wrapped",
+    "unwrapped",
+    "in_transform",
+    "next_sequence_nr",
+    "sequence_nr",
+    "inputs_of",
+    "leaf_variable",
+]
 
 #: The autograd node type of leaves that require grad (their gradient accumulator).
 LEAF: type = type(torch.zeros((), requires_grad=True).view(()).grad_fn.next_functions[0][0])
@@ -58,7 +67,7 @@ def sequence_nr(fn: Any) -> int:
     return fn._sequence_nr()
 
 
-def inputs_of(fn: Any) -> Iterator[Optional[Any]]:
+def inputs_of(fn: Any) -> Iterator[Any | None]:
     """The autograd nodes ``fn`` back-propagates to, in input order (``None`` for inputs without gradient)."""
     for nxt, _ in fn.next_functions:
         yield nxt

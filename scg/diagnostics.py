@@ -10,8 +10,8 @@ given the exact gradient — a bias z-score.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from typing import Any, Callable, NamedTuple, Optional, Union
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple, Union
 
 import torch
 from torch import Tensor
@@ -27,9 +27,11 @@ DEFAULT_CHUNK_ELEMENTS: int = 2**22
 
 
 def _floating(leaves: list[Tensor], labels: list[str]) -> None:
-    for t, label in zip(leaves, labels):
+    for t, label in zip(leaves, labels, strict=False):
         if not (t.is_floating_point() or t.is_complex()):
-            raise TypeError(f"`params` must be floating-point tensors; got dtype {t.dtype} for {label}.")
+            raise TypeError(
+                f"`params` must be floating-point tensors; got dtype {t.dtype} for {label}."
+            )
 
 
 def _leaves(params: Params) -> tuple[Any, list[Tensor]]:
@@ -45,7 +47,9 @@ def _leaves(params: Params) -> tuple[Any, list[Tensor]]:
             raise ValueError("`params` must not be empty; got an empty mapping.")
         for name, value in items:
             if not isinstance(value, Tensor):
-                raise TypeError(f"`params` values must be tensors; got {type(value).__name__} for {name!r}.")
+                raise TypeError(
+                    f"`params` values must be tensors; got {type(value).__name__} for {name!r}."
+                )
         _floating([v for _, v in items], [repr(name) for name, _ in items])
         detached: Any = {name: value.detach() for name, value in items}
         return detached, list(detached.values())
@@ -55,7 +59,9 @@ def _leaves(params: Params) -> tuple[Any, list[Tensor]]:
             raise ValueError("`params` must not be empty; got an empty sequence.")
         for i, value in enumerate(values):
             if not isinstance(value, Tensor):
-                raise TypeError(f"`params` elements must be tensors; got {type(value).__name__} at index {i}.")
+                raise TypeError(
+                    f"`params` elements must be tensors; got {type(value).__name__} at index {i}."
+                )
         _floating(values, [f"index {i}" for i in range(len(values))])
         detached = [value.detach() for value in values]
         return (tuple(detached) if isinstance(params, tuple) else detached), detached
@@ -64,7 +70,9 @@ def _leaves(params: Params) -> tuple[Any, list[Tensor]]:
     )
 
 
-def _check_out(out: object, shape: tuple[int, int], dtype: torch.dtype, device: torch.device) -> None:
+def _check_out(
+    out: object, shape: tuple[int, int], dtype: torch.dtype, device: torch.device
+) -> None:
     if not isinstance(out, Tensor):
         raise TypeError(f"`out` must be a torch.Tensor or None; got {type(out).__name__}.")
     if tuple(out.shape) != shape:
@@ -74,7 +82,9 @@ def _check_out(out: object, shape: tuple[int, int], dtype: torch.dtype, device: 
     if out.device != device:
         raise ValueError(f"`out` must be on the device of `params`, {device}; got {out.device}.")
     if not out.is_contiguous():
-        raise ValueError("`out` must be contiguous; got a non-contiguous tensor (pass out.contiguous()).")
+        raise ValueError(
+            "`out` must be contiguous; got a non-contiguous tensor (pass out.contiguous())."
+        )
     if out.requires_grad:
         raise ValueError("`out` must not require grad; got a tensor with requires_grad=True.")
 
@@ -84,8 +94,8 @@ def gradient_samples(
     params: Params,
     num: int,
     *,
-    chunk_size: Optional[int] = None,
-    out: Optional[Tensor] = None,
+    chunk_size: int | None = None,
+    out: Tensor | None = None,
 ) -> Tensor:
     r"""``num`` independent gradient estimates of a stochastic scalar objective, ``[num, P]``.
 
@@ -200,12 +210,22 @@ def gradient_samples(
         size = min(chunk_size, num - start)
         grads = batched(structure, torch.zeros(size, device=device))
         grads = grads.values() if isinstance(grads, Mapping) else grads
-        flat = [g.reshape(size, t.numel()) for g, t in zip(grads, leaves)]
-        with torch.no_grad():  # gradients of fn's closed-over tensors that require grad stay out of the result
+        flat = [g.reshape(size, t.numel()) for g, t in zip(grads, leaves, strict=False)]
+        with (
+            torch.no_grad()
+        ):  # gradients of fn's closed-over tensors that require grad stay out of the result
             torch.cat(flat, dim=1, out=out[start : start + size])
-    if out.is_cpu:  # one reduction; on an accelerator the check would cost a host sync, so it is skipped
-        suspect = ~torch.isfinite(out.sum(1))  # a row sum is finite iff its terms are (or they overflow)
-        rows = [i for i in suspect.nonzero().flatten().tolist() if not bool(torch.isfinite(out[i]).all())]
+    if (
+        out.is_cpu
+    ):  # one reduction; on an accelerator the check would cost a host sync, so it is skipped
+        suspect = ~torch.isfinite(
+            out.sum(1)
+        )  # a row sum is finite iff its terms are (or they overflow)
+        rows = [
+            i
+            for i in suspect.nonzero().flatten().tolist()
+            if not bool(torch.isfinite(out[i]).all())
+        ]
         if rows:
             raise ValueError(
                 f"`fn` must have finite gradients; {len(rows)} of {num} estimates are not (rows {rows[:5]}"
@@ -235,10 +255,10 @@ class Summary(NamedTuple):
     variance: Tensor
     std_error: Tensor
     snr: Tensor
-    z: Optional[Tensor]
+    z: Tensor | None
     num: int
 
-    def table(self, names: Optional[Sequence[str]] = None, *, max_rows: int = 20) -> str:
+    def table(self, names: Sequence[str] | None = None, *, max_rows: int = 20) -> str:
         """A plain-text table, one row per parameter (the first ``max_rows``)."""
         check_positive_int("max_rows", max_rows)
         P = self.mean.numel()
@@ -249,7 +269,9 @@ class Summary(NamedTuple):
         cols = ["mean", "variance", "std_error", "snr"] + (["z"] if self.z is not None else [])
         header = f"{'param':>{width}} " + " ".join(f"{c:>11}" for c in cols)
         lines = [f"Summary of {self.num} estimates, {P} parameters", header]
-        values = [self.mean, self.variance, self.std_error, self.snr] + ([self.z] if self.z is not None else [])
+        values = [self.mean, self.variance, self.std_error, self.snr] + (
+            [self.z] if self.z is not None else []
+        )
         for i in range(min(P, max_rows)):
             row = " ".join(f"{float(v[i]):>11.4g}" for v in values)
             lines.append(f"{labels[i]:>{width}} {row}")
@@ -261,7 +283,7 @@ class Summary(NamedTuple):
         return self.table()
 
 
-def summary(samples: Tensor, reference: Optional[Tensor] = None) -> Summary:
+def summary(samples: Tensor, reference: Tensor | None = None) -> Summary:
     r"""Mean, variance, standard error, SNR and bias z-score of gradient estimates.
 
     .. math::
@@ -306,7 +328,9 @@ def summary(samples: Tensor, reference: Optional[Tensor] = None) -> Summary:
     if not samples.is_floating_point():
         samples = samples.to(torch.get_default_dtype())
     samples = samples.detach()
-    constant = (samples == samples[:1]).all(0)  # all N estimates equal: mean is that value, variance 0
+    constant = (samples == samples[:1]).all(
+        0
+    )  # all N estimates equal: mean is that value, variance 0
     mean = torch.where(constant, samples[0], samples.mean(0))
     variance = torch.where(constant, torch.zeros_like(mean), samples.var(0, correction=1))
     std = variance.sqrt()
@@ -315,7 +339,9 @@ def summary(samples: Tensor, reference: Optional[Tensor] = None) -> Summary:
     z = None
     if reference is not None:
         if not isinstance(reference, Tensor):
-            raise TypeError(f"`reference` must be a torch.Tensor [P]; got {type(reference).__name__}.")
+            raise TypeError(
+                f"`reference` must be a torch.Tensor [P]; got {type(reference).__name__}."
+            )
         reference = reference.detach().to(samples).reshape(-1)
         if reference.numel() != samples.shape[1]:
             raise ValueError(

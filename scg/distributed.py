@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import datetime
 import os
-from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -42,14 +41,16 @@ from torch import Tensor, nn
 __all__ = ["init_from_env", "rank_and_world", "rank_seed", "sync_buffers", "env_world_size"]
 
 
-def _env_int(name: str) -> Optional[int]:
+def _env_int(name: str) -> int | None:
     text = os.environ.get(name)
     if text is None or text.strip() == "":
         return None
     try:
         return int(text)
     except ValueError:
-        raise ValueError(f"environment variable `{name}` must be an integer; got {text!r}.") from None
+        raise ValueError(
+            f"environment variable `{name}` must be an integer; got {text!r}."
+        ) from None
 
 
 def env_world_size() -> int:
@@ -62,14 +63,14 @@ def env_world_size() -> int:
     return world
 
 
-def rank_and_world(group: Optional[dist.ProcessGroup] = None) -> tuple[int, int]:
+def rank_and_world(group: dist.ProcessGroup | None = None) -> tuple[int, int]:
     """``(rank, world_size)`` of this process in ``group`` (default group); ``(0, 1)`` without one."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(group), dist.get_world_size(group)
     return 0, 1
 
 
-def rank_seed(seed: int, rank: Optional[int] = None) -> int:
+def rank_seed(seed: int, rank: int | None = None) -> int:
     r"""The seed of one rank: :math:`\text{seed} + \text{rank}`.
 
     Every rank draws its own Monte Carlo samples from its own stream, and a run is
@@ -91,7 +92,9 @@ def rank_seed(seed: int, rank: Optional[int] = None) -> int:
     return seed + rank
 
 
-def init_from_env(*, backend: Optional[str] = None, timeout: Optional[datetime.timedelta] = None) -> tuple[int, int]:
+def init_from_env(
+    *, backend: str | None = None, timeout: datetime.timedelta | None = None
+) -> tuple[int, int]:
     """Initialise the default process group from ``torchrun``'s environment; return ``(rank, world_size)``.
 
     Does nothing (and returns ``(0, 1)``) when ``WORLD_SIZE`` is unset or 1, and
@@ -118,7 +121,9 @@ def init_from_env(*, backend: Optional[str] = None, timeout: Optional[datetime.t
         raise RuntimeError("torch.distributed is not available in this torch build.")
     rank = _env_int("RANK")
     if rank is None:
-        raise ValueError(f"environment variable `RANK` must be set when WORLD_SIZE={world}; launch with torchrun.")
+        raise ValueError(
+            f"environment variable `RANK` must be set when WORLD_SIZE={world}; launch with torchrun."
+        )
     if not 0 <= rank < world:
         raise ValueError(f"environment variable `RANK` must be in [0, {world}); got {rank}.")
     missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(k)]
@@ -129,16 +134,18 @@ def init_from_env(*, backend: Optional[str] = None, timeout: Optional[datetime.t
     if backend is None:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     kwargs = {} if timeout is None else {"timeout": timeout}
-    dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world, **kwargs)
+    dist.init_process_group(
+        backend=backend, init_method="env://", rank=rank, world_size=world, **kwargs
+    )
     return rank, world
 
 
-def _source(group: Optional[dist.ProcessGroup]) -> int:
+def _source(group: dist.ProcessGroup | None) -> int:
     return 0 if group is None else dist.get_global_rank(group, 0)
 
 
 @torch.no_grad()
-def sync_buffers(module: nn.Module, *, group: Optional[dist.ProcessGroup] = None) -> None:
+def sync_buffers(module: nn.Module, *, group: dist.ProcessGroup | None = None) -> None:
     r"""Replace every floating buffer of ``module`` by its mean over the ranks; copy the others from rank 0.
 
     .. math:: b \leftarrow b^{(0)} + \frac1W \sum_{r=0}^{W-1} \big(b^{(r)} − b^{(0)}\big)
@@ -178,5 +185,5 @@ def sync_buffers(module: nn.Module, *, group: Optional[dist.ProcessGroup] = None
             flat = ref
         offset = 0
         for b in bufs:
-            b.copy_(flat[offset:offset + b.numel()].view_as(b))
+            b.copy_(flat[offset : offset + b.numel()].view_as(b))
             offset += b.numel()

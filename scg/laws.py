@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Optional
 
 import torch
 from torch import Tensor
@@ -51,14 +50,14 @@ class Law:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     support: tuple[float, float] = (-math.inf, math.inf)
 
-    def sample(self, generator: Optional[torch.Generator] = None) -> Tensor:  # pragma: no cover
+    def sample(self, generator: torch.Generator | None = None) -> Tensor:  # pragma: no cover
         raise NotImplementedError
 
     def log_density(self, x: Tensor) -> Tensor:  # pragma: no cover
         """Log density of one scalar element at ``x`` (elementwise)."""
         raise NotImplementedError
 
-    def breakpoints(self) -> Optional[Tensor]:
+    def breakpoints(self) -> Tensor | None:
         """Per-element points ``[*shape, k]`` where an integrand may jump (or ``None``)."""
         return None
 
@@ -67,7 +66,7 @@ class Law:
 class StandardNormal(Law):
     """ε ~ N(0, 1) elementwise."""
 
-    def sample(self, generator: Optional[torch.Generator] = None) -> Tensor:
+    def sample(self, generator: torch.Generator | None = None) -> Tensor:
         return torch.randn(self.shape, dtype=self.dtype, device=self.device, generator=generator)
 
     def log_density(self, x: Tensor) -> Tensor:
@@ -84,10 +83,10 @@ class StandardUniform(Law):
     ``log u`` and ``log(1 − u)`` are finite.
     """
 
-    points: Optional[Tensor] = None
+    points: Tensor | None = None
     support: tuple[float, float] = (0.0, 1.0)
 
-    def sample(self, generator: Optional[torch.Generator] = None) -> Tensor:
+    def sample(self, generator: torch.Generator | None = None) -> Tensor:
         u = torch.rand(self.shape, dtype=self.dtype, device=self.device, generator=generator)
         tiny = torch.finfo(self.dtype).tiny
         return u.clamp(min=tiny)
@@ -95,7 +94,7 @@ class StandardUniform(Law):
     def log_density(self, x: Tensor) -> Tensor:
         return torch.zeros_like(x)
 
-    def breakpoints(self) -> Optional[Tensor]:
+    def breakpoints(self) -> Tensor | None:
         return self.points
 
 
@@ -110,7 +109,7 @@ class Rayleigh(Law):
 
     support: tuple[float, float] = (0.0, math.inf)
 
-    def sample(self, generator: Optional[torch.Generator] = None) -> Tensor:
+    def sample(self, generator: torch.Generator | None = None) -> Tensor:
         e = torch.randn((*self.shape, 2), dtype=self.dtype, device=self.device, generator=generator)
         return e.norm(dim=-1)
 
@@ -127,7 +126,7 @@ class DoubleSidedMaxwell(Law):
     U ~ U(0, 1) independent, ``M·U ~ N(0, 1)`` — the coupling used for ∇σ.
     """
 
-    def sample(self, generator: Optional[torch.Generator] = None) -> Tensor:
+    def sample(self, generator: torch.Generator | None = None) -> Tensor:
         e = torch.randn((*self.shape, 4), dtype=self.dtype, device=self.device, generator=generator)
         radius = e[..., :3].norm(dim=-1)
         return torch.where(e[..., 3] >= 0, radius, -radius)
@@ -145,13 +144,13 @@ class FromDistribution(Law):
     (continuous), element by element of ``batch_shape + event_shape``.
     """
 
-    dist: Optional[Distribution] = None
+    dist: Distribution | None = None
 
-    def sample(self, generator: Optional[torch.Generator] = None) -> Tensor:
+    def sample(self, generator: torch.Generator | None = None) -> Tensor:
         return sample_from(distribution_of(self, generator), self.shape[0])
 
 
-def distribution_of(law: Law, generator: Optional[torch.Generator]) -> Distribution:
+def distribution_of(law: Law, generator: torch.Generator | None) -> Distribution:
     """The ``dist`` a distribution-backed law samples from; such draws use torch's global generator."""
     dist = getattr(law, "dist", None)
     if dist is None:  # pragma: no cover - constructed by estimators only

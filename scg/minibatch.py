@@ -30,7 +30,6 @@ References:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Union
 
 import torch
 from torch import Tensor
@@ -53,8 +52,8 @@ def subsample(
     n: int,
     batch_size: int,
     *,
-    generator: Optional[torch.Generator] = None,
-    device: Optional[Union[str, torch.device]] = None,
+    generator: torch.Generator | None = None,
+    device: str | torch.device | None = None,
 ) -> tuple[Tensor, float]:
     r"""Draw ``batch_size`` of ``n`` indices uniformly without replacement, and the scale N/B.
 
@@ -95,7 +94,9 @@ def subsample(
     """
     _check(n, batch_size)
     if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"`generator` must be a torch.Generator or None; got {type(generator).__name__}.")
+        raise TypeError(
+            f"`generator` must be a torch.Generator or None; got {type(generator).__name__}."
+        )
     if n <= max(PERMUTATION_LIMIT, 4 * batch_size):
         indices = torch.randperm(n, generator=generator, device=device)[:batch_size]
     else:  # n far larger than B: memory O(B), not O(N)
@@ -109,16 +110,21 @@ def subsample(
 PERMUTATION_LIMIT: int = 1 << 24
 
 
-def _distinct_draws(n: int, b: int, generator: Optional[torch.Generator],
-                    device: Optional[Union[str, torch.device]]) -> Tensor:
+def _distinct_draws(
+    n: int, b: int, generator: torch.Generator | None, device: str | torch.device | None
+) -> Tensor:
     """``b`` distinct uniform draws from ``[0, n)`` in order of first appearance (iid draws, repeats dropped)."""
     kept = torch.empty(0, dtype=torch.long, device=device)
     while kept.numel() < b:
         draw = torch.randint(n, (2 * (b - kept.numel()) + 8,), generator=generator, device=device)
         both = torch.cat([kept, draw])
         _, inverse = torch.unique(both, return_inverse=True)
-        first = torch.full((int(inverse.max()) + 1,), both.numel(), dtype=torch.long, device=both.device)
-        first.scatter_reduce_(0, inverse, torch.arange(both.numel(), device=both.device), reduce="amin")
+        first = torch.full(
+            (int(inverse.max()) + 1,), both.numel(), dtype=torch.long, device=both.device
+        )
+        first.scatter_reduce_(
+            0, inverse, torch.arange(both.numel(), device=both.device), reduce="amin"
+        )
         kept = both[first.sort().values]
     return kept[:b]
 
@@ -151,8 +157,8 @@ class Minibatch:
     def draw(
         self,
         *,
-        generator: Optional[torch.Generator] = None,
-        device: Optional[Union[str, torch.device]] = None,
+        generator: torch.Generator | None = None,
+        device: str | torch.device | None = None,
     ) -> tuple[Tensor, float]:
         """``(indices [B], N / B)``, as :func:`subsample`."""
         return subsample(self.n, self.batch_size, generator=generator, device=device)

@@ -9,7 +9,7 @@ import types
 from collections import OrderedDict, deque
 from collections.abc import Mapping
 from itertools import chain
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -81,20 +81,47 @@ def stop_gradient(dist: Distribution) -> Distribution:
         Carlo Objectives", ICLR 2019. https://arxiv.org/abs/1810.04152
     """
     if not isinstance(dist, Distribution):
-        raise TypeError(f"`dist` must be a torch.distributions.Distribution; got {type(dist).__name__}.")
+        raise TypeError(
+            f"`dist` must be a torch.distributions.Distribution; got {type(dist).__name__}."
+        )
     return _Stopper()(dist, "dist")
 
 
 # Values that hold no tensors: returned as they are.
-_ATOMS = (type(None), bool, int, float, complex, str, bytes, torch.Size, torch.dtype, torch.device,
-          torch.layout, torch.memory_format, torch.Generator, enum.Enum, type, types.ModuleType, range,
-          slice, type(Ellipsis), types.CodeType)
+_ATOMS = (
+    type(None),
+    bool,
+    int,
+    float,
+    complex,
+    str,
+    bytes,
+    torch.Size,
+    torch.dtype,
+    torch.device,
+    torch.layout,
+    torch.memory_format,
+    torch.Generator,
+    enum.Enum,
+    type,
+    types.ModuleType,
+    range,
+    slice,
+    type(Ellipsis),
+    types.CodeType,
+)
 # A module's own bookkeeping (parameters, buffers, submodules and hooks are handled by name).
 _MODULE_STATE = frozenset(vars(nn.Module()))
 _FORWARD_HOOKS = ("_forward_pre_hooks", "_forward_hooks")
 # Builtins and C-level callables: they may hold state only through ``__self__``.
-_BUILTIN_CALLABLES = (types.BuiltinFunctionType, types.BuiltinMethodType, types.MethodWrapperType,
-                      types.WrapperDescriptorType, types.MethodDescriptorType, types.ClassMethodDescriptorType)
+_BUILTIN_CALLABLES = (
+    types.BuiltinFunctionType,
+    types.BuiltinMethodType,
+    types.MethodWrapperType,
+    types.WrapperDescriptorType,
+    types.MethodDescriptorType,
+    types.ClassMethodDescriptorType,
+)
 _MAX_DEPTH = 32
 
 
@@ -133,15 +160,19 @@ class _Stopper:
         if type(obj) is tuple:
             return tuple(self(v, f"{where}[{i}]") for i, v in enumerate(obj))
         if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # a namedtuple
-            return type(obj)(*(self(v, f"{where}.{k}") for k, v in zip(obj._fields, obj)))
+            return type(obj)(*(self(v, f"{where}.{k}") for k, v in zip(obj._fields, obj, strict=False)))
         if type(obj) in (dict, OrderedDict):
             return type(obj)((k, self(v, f"{where}[{k!r}]")) for k, v in obj.items())
-        if isinstance(obj, types.MethodType) and isinstance(obj.__self__, (nn.Module, Transform, Distribution)):
+        if isinstance(obj, types.MethodType) and isinstance(
+            obj.__self__, (nn.Module, Transform, Distribution)
+        ):
             self._check(obj.__func__, f"{where}.__func__")
             return types.MethodType(obj.__func__, self(obj.__self__, f"{where}.__self__"))
         if type(obj) is functools.partial:
             args = self(obj.args, f"{where}.args")
-            return functools.partial(self(obj.func, f"{where}.func"), *args, **self(obj.keywords, f"{where}.keywords"))
+            return functools.partial(
+                self(obj.func, f"{where}.func"), *args, **self(obj.keywords, f"{where}.keywords")
+            )
         self._check(obj, where)  # anything else is kept as it is: it must not hold a gradient path
         return obj
 
@@ -172,7 +203,9 @@ class _Stopper:
         for key, value in vars(module).items():
             if key in _MODULE_STATE:
                 if isinstance(value, (dict, set)):
-                    d[key] = type(value)(value)  # the copy's own hook tables: adding to them leaves module alone
+                    d[key] = type(value)(
+                        value
+                    )  # the copy's own hook tables: adding to them leaves module alone
             else:
                 d[key] = self._attribute(module, key, value, where)
         d["_parameters"] = {k: self(p, f"{where}.{k}") for k, p in module._parameters.items()}
@@ -208,14 +241,16 @@ def _describe(obj: Any) -> str:
 @functools.lru_cache(maxsize=1024)
 def _global_names(code: types.CodeType) -> frozenset[str]:
     """Names the code (and the functions defined in it) loads as globals — not attribute names."""
-    names = {i.argval for i in dis.get_instructions(code) if i.opname in ("LOAD_GLOBAL", "LOAD_NAME")}
+    names = {
+        i.argval for i in dis.get_instructions(code) if i.opname in ("LOAD_GLOBAL", "LOAD_NAME")
+    }
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
             names |= _global_names(const)
     return frozenset(names)
 
 
-def _find_grad(obj: Any, path: str, seen: set[int], depth: int) -> Optional[tuple[str, str]]:
+def _find_grad(obj: Any, path: str, seen: set[int], depth: int) -> tuple[str, str] | None:
     """The first tensor that requires grad reachable from ``obj``: ``(path, description)``, or None."""
     if isinstance(obj, _ATOMS) or id(obj) in seen:
         return None
@@ -228,24 +263,34 @@ def _find_grad(obj: Any, path: str, seen: set[int], depth: int) -> Optional[tupl
     if isinstance(obj, nn.Module):
         for name, t in chain(obj.named_parameters(), obj.named_buffers()):
             if t.requires_grad:
-                return f"{path}.{name}", f"a {type(obj).__name__} module whose parameter `{name}` requires grad"
+                return (
+                    f"{path}.{name}",
+                    f"a {type(obj).__name__} module whose parameter `{name}` requires grad",
+                )
         parts = [(f"{path}.{k}", v) for k, v in vars(obj).items() if k not in _MODULE_STATE]
     elif isinstance(obj, Mapping):
         parts = [(f"{path}[{k!r}]", v) for k, v in obj.items()]
     elif isinstance(obj, (list, tuple, set, frozenset, deque)):
         parts = [(f"{path}[{i}]", v) for i, v in enumerate(obj)]
     elif isinstance(obj, types.FunctionType):
-        cells = zip(obj.__code__.co_freevars, obj.__closure__ or ())
+        cells = zip(obj.__code__.co_freevars, obj.__closure__ or (), strict=False)
         parts = [(f"{path}.<closure variable {n}>", _cell(c)) for n, c in cells]
         parts += [(f"{path}.<default {i}>", v) for i, v in enumerate(obj.__defaults__ or ())]
         parts += [(f"{path}.<default {k}>", v) for k, v in (obj.__kwdefaults__ or {}).items()]
         g = obj.__globals__
-        parts += [(f"{path}.<global {n}>", g[n]) for n in sorted(_global_names(obj.__code__))
-                  if n in g and _followed_global(g[n], g)]
+        parts += [
+            (f"{path}.<global {n}>", g[n])
+            for n in sorted(_global_names(obj.__code__))
+            if n in g and _followed_global(g[n], g)
+        ]
     elif isinstance(obj, types.MethodType):
         parts = [(f"{path}.__self__", obj.__self__), (f"{path}.__func__", obj.__func__)]
     elif isinstance(obj, functools.partial):
-        parts = [(f"{path}.func", obj.func), (f"{path}.args", obj.args), (f"{path}.keywords", obj.keywords)]
+        parts = [
+            (f"{path}.func", obj.func),
+            (f"{path}.args", obj.args),
+            (f"{path}.keywords", obj.keywords),
+        ]
     elif isinstance(obj, _BUILTIN_CALLABLES):
         parts = [(f"{path}.__self__", getattr(obj, "__self__", None))]
     else:

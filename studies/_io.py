@@ -15,8 +15,9 @@ import os
 import platform
 import subprocess
 import sys
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any, Union
 
 from scg.models._io import atomic_write, atomic_write_bytes, atomic_write_text
 
@@ -80,9 +81,9 @@ def write_json(path: PathLike, data: Any) -> Path:
     return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
-def versions() -> dict[str, Optional[str]]:
+def versions() -> dict[str, str | None]:
     """Versions of python, torch, numpy, matplotlib and scg."""
-    out: dict[str, Optional[str]] = {"python": platform.python_version()}
+    out: dict[str, str | None] = {"python": platform.python_version()}
     for name in ("torch", "numpy", "matplotlib", "scg"):
         try:
             module = __import__(name)
@@ -92,7 +93,7 @@ def versions() -> dict[str, Optional[str]]:
     return out
 
 
-def git_revision(path: Optional[PathLike] = None) -> Optional[str]:
+def git_revision(path: PathLike | None = None) -> str | None:
     """``git describe --always --dirty`` of the repository holding scg's source, or ``None``."""
     if path is None:
         import scg
@@ -101,19 +102,30 @@ def git_revision(path: Optional[PathLike] = None) -> Optional[str]:
     try:
         out = subprocess.run(
             ["git", "-C", str(path), "rev-parse", "HEAD"],
-            capture_output=True, text=True, timeout=10, check=True,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "-C", str(path), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=10, check=True,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return out + ("-dirty" if dirty else "") if out else None
 
 
-def manifest(config: Mapping[str, Any], *, device: str, argv: Optional[Sequence[str]] = None,
-             extra: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+def manifest(
+    config: Mapping[str, Any],
+    *,
+    device: str,
+    argv: Sequence[str] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """What reproduces a run: config, seed, versions, git revision, device and command line."""
     import torch
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any
 
 __all__ = ["pyplot", "number"]
 
@@ -18,7 +18,7 @@ def pyplot() -> Any:
     return plt
 
 
-def number(value: Any) -> Optional[float]:
+def number(value: Any) -> float | None:
     """A cell of results as a float; ``None`` for empty, non-numeric or nan cells."""
     if value is None or value == "":
         return None

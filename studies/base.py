@@ -52,16 +52,25 @@ import dataclasses
 import json
 import typing
 import zlib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Mapping, Sequence
+from typing import Any, ClassVar
 
 import torch
 
 from scg.models.train import resolve_device
 
-__all__ = ["Study", "CellContext", "PRESETS", "cell_key", "cell_seed", "config_to_dict", "apply_overrides",
-           "resolve_device"]
+__all__ = [
+    "Study",
+    "CellContext",
+    "PRESETS",
+    "cell_key",
+    "cell_seed",
+    "config_to_dict",
+    "apply_overrides",
+    "resolve_device",
+]
 
 
 def cell_key(cell: Mapping[str, Any]) -> str:
@@ -123,7 +132,11 @@ def _coerce(text: str, current: Any, hint: Any, key: str, valid: Sequence[str]) 
     Tuples are comma-separated and ``""`` is the empty tuple; items take the
     annotation's item type (``tuple[int, ...]``), else the type of the current first item.
     """
-    if hint is tuple or typing.get_origin(hint) is tuple or (hint is None and isinstance(current, tuple)):
+    if (
+        hint is tuple
+        or typing.get_origin(hint) is tuple
+        or (hint is None and isinstance(current, tuple))
+    ):
         args = typing.get_args(hint)
         kind: type = str
         if args and args[0] in _SCALARS:
@@ -135,8 +148,10 @@ def _coerce(text: str, current: Any, hint: Any, key: str, valid: Sequence[str]) 
             try:
                 _scalar(item, kind, key, valid)
             except ValueError:
-                raise ValueError(f"--set {key}={text!r}: expected comma-separated values of type {kind.__name__} "
-                                 f"({item!r} is not); valid keys: {', '.join(valid)}.") from None
+                raise ValueError(
+                    f"--set {key}={text!r}: expected comma-separated values of type {kind.__name__} "
+                    f"({item!r} is not); valid keys: {', '.join(valid)}."
+                ) from None
         return tuple(_scalar(item, kind, key, valid) for item in items)
     if hint in _SCALARS:
         return _scalar(text, hint, key, valid)
@@ -144,8 +159,10 @@ def _coerce(text: str, current: Any, hint: Any, key: str, valid: Sequence[str]) 
         return _scalar(text, type(current), key, valid)
     if current is None:
         return text
-    raise ValueError(f"--set {key}={text!r}: a value of type {type(current).__name__} cannot be set; "
-                     f"valid keys: {', '.join(valid)}.")
+    raise ValueError(
+        f"--set {key}={text!r}: a value of type {type(current).__name__} cannot be set; "
+        f"valid keys: {', '.join(valid)}."
+    )
 
 
 def apply_overrides(cfg: Any, overrides: Sequence[str]) -> Any:
@@ -163,7 +180,9 @@ def apply_overrides(cfg: Any, overrides: Sequence[str]) -> Any:
     changes: dict[str, Any] = {}
     for item in overrides:
         if "=" not in item:
-            raise ValueError(f"--set expects key=value; got {item!r}. Valid keys: {', '.join(valid)}.")
+            raise ValueError(
+                f"--set expects key=value; got {item!r}. Valid keys: {', '.join(valid)}."
+            )
         key, text = item.split("=", 1)
         key = key.strip()
         if key not in valid:
@@ -217,10 +236,14 @@ class Study:
     def cells(self, cfg: Any) -> list[dict[str, Any]]:  # pragma: no cover
         raise NotImplementedError
 
-    def run_cell(self, cfg: Any, cell: Mapping[str, Any], ctx: CellContext) -> list[dict[str, Any]]:  # pragma: no cover
+    def run_cell(
+        self, cfg: Any, cell: Mapping[str, Any], ctx: CellContext
+    ) -> list[dict[str, Any]]:  # pragma: no cover
         raise NotImplementedError
 
-    def plot(self, rows: Sequence[Mapping[str, Any]], cfg: Any, out_dir: Path) -> list[Path]:  # pragma: no cover
+    def plot(
+        self, rows: Sequence[Mapping[str, Any]], cfg: Any, out_dir: Path
+    ) -> list[Path]:  # pragma: no cover
         raise NotImplementedError
 
     def columns(self, rows: Sequence[Mapping[str, Any]]) -> list[str]:

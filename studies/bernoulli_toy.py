@@ -43,26 +43,34 @@ References:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.distributions import Bernoulli, Distribution
 
 import scg
-from scg.baselines import LeaveOneOut, Learned, MovingAverage, Normalize, chain
+from scg.baselines import Learned, LeaveOneOut, MovingAverage, Normalize, chain
 from scg.estimators import NeuralControlVariate
 from scg.estimators.disarm import bernoulli_base
 from scg.laws import Law, StandardUniform
 from scg.studies._io import row
 from scg.studies.base import CellContext, Study
-from scg.studies.sampling import sample_until
 from scg.studies.bernoulli_toy_train import samples_for_budget, train_replicas
 from scg.studies.problems import Problem
+from scg.studies.sampling import sample_until
 
-__all__ = ["ARM", "BernoulliToyConfig", "BernoulliToy", "REFERENCE", "build_estimator", "ESTIMATORS"]
+__all__ = [
+    "ARM",
+    "BernoulliToyConfig",
+    "BernoulliToy",
+    "REFERENCE",
+    "build_estimator",
+    "ESTIMATORS",
+]
 
 #: docs/references.md: single-draw variances at φ = 0 (exact).
 REFERENCE: dict[float, dict[str, float]] = {
@@ -100,11 +108,21 @@ class ARM(scg.Estimator):
         base = bernoulli_base(dist, "ARM")[0]
         shape = (num_samples, *dist.batch_shape, *dist.event_shape)
         theta = torch.sigmoid(base.logits.detach()).expand(shape)
-        points = torch.stack([torch.minimum(theta, 1 - theta), torch.maximum(theta, 1 - theta)], dim=-1)
-        return {"u": StandardUniform(shape=shape, dtype=theta.dtype, device=theta.device, points=points)}
+        points = torch.stack(
+            [torch.minimum(theta, 1 - theta), torch.maximum(theta, 1 - theta)], dim=-1
+        )
+        return {
+            "u": StandardUniform(shape=shape, dtype=theta.dtype, device=theta.device, points=points)
+        }
 
-    def surrogate(self, f: Callable[[Tensor], Tensor], dist: Distribution, draws: dict[str, Tensor], *,
-                  context: Optional[Tensor] = None) -> Tensor:
+    def surrogate(
+        self,
+        f: Callable[[Tensor], Tensor],
+        dist: Distribution,
+        draws: dict[str, Tensor],
+        *,
+        context: Tensor | None = None,
+    ) -> Tensor:
         base = bernoulli_base(dist, "ARM")[0]
         u = draws["u"]
         S = u.shape[0]
@@ -116,7 +134,9 @@ class ARM(scg.Estimator):
         values = f(torch.cat([b_up, b_down]))
         expected = (2 * S, *dist.batch_shape)
         if tuple(values.shape) != expected:
-            raise ValueError(f"`f` must return [S, *batch_shape] = {list(expected)}; got {list(values.shape)}.")
+            raise ValueError(
+                f"`f` must return [S, *batch_shape] = {list(expected)}; got {list(values.shape)}."
+            )
         diff = values[:S] - values[S:]
         diff = diff.reshape(*diff.shape, *([1] * len(event_dims)))
         term = (phi - phi.detach()) * diff.detach() * (u - 0.5)
@@ -126,8 +146,16 @@ class ARM(scg.Estimator):
 
 
 #: Estimator names in figure order; ``build_estimator`` makes them.
-ESTIMATORS: tuple[str, ...] = ("reinforce", "moving_average", "rloo", "nvil", "arm", "disarm", "relax",
-                               "gumbel_softmax")
+ESTIMATORS: tuple[str, ...] = (
+    "reinforce",
+    "moving_average",
+    "rloo",
+    "nvil",
+    "arm",
+    "disarm",
+    "relax",
+    "gumbel_softmax",
+)
 
 
 class _Surrogate(nn.Module):
@@ -200,8 +228,15 @@ class BernoulliToyConfig:
     """
 
     targets: tuple[float, ...] = (0.45, 0.49, 0.499)
-    variance_estimators: tuple[str, ...] = ("reinforce", "moving_average", "rloo", "arm", "disarm", "relax",
-                                            "gumbel_softmax")
+    variance_estimators: tuple[str, ...] = (
+        "reinforce",
+        "moving_average",
+        "rloo",
+        "arm",
+        "disarm",
+        "relax",
+        "gumbel_softmax",
+    )
     train_estimators: tuple[str, ...] = ESTIMATORS
     num_estimates: int = 1 << 18
     num_samples: int = 1
@@ -224,40 +259,86 @@ class BernoulliToyConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be an int >= 1; got {value!r}.")
-        if isinstance(self.cv_warmup, bool) or not isinstance(self.cv_warmup, int) or self.cv_warmup < 0:
+        if (
+            isinstance(self.cv_warmup, bool)
+            or not isinstance(self.cv_warmup, int)
+            or self.cv_warmup < 0
+        ):
             raise ValueError(f"`cv_warmup` must be an int >= 0; got {self.cv_warmup!r}.")
         if self.num_estimates < 2:
-            raise ValueError(f"`num_estimates` must be >= 2 to estimate a variance; got {self.num_estimates}.")
+            raise ValueError(
+                f"`num_estimates` must be >= 2 to estimate a variance; got {self.num_estimates}."
+            )
         for k in self.budgets:
             if isinstance(k, bool) or not isinstance(k, int) or k < 6 or k % 6:
-                raise ValueError(f"`budgets` must hold multiples of 6 (>= 6) so that every estimator spends "
-                                 f"exactly K evaluations of f; got {k!r}.")
+                raise ValueError(
+                    f"`budgets` must hold multiples of 6 (>= 6) so that every estimator spends "
+                    f"exactly K evaluations of f; got {k!r}."
+                )
         for t in self.targets:
             if not 0.0 < t < 1.0:
                 raise ValueError(f"`targets` must lie in (0, 1); got {t!r}.")
         for name in (*self.variance_estimators, *self.train_estimators):
             if name not in ESTIMATORS:
-                raise ValueError(f"unknown estimator {name!r}; valid estimators: {', '.join(ESTIMATORS)}.")
+                raise ValueError(
+                    f"unknown estimator {name!r}; valid estimators: {', '.join(ESTIMATORS)}."
+                )
         if "nvil" in self.variance_estimators:
-            raise ValueError("`variance_estimators` cannot include 'nvil' (its learned baseline is trained "
-                             "during training only); use train_estimators.")
+            raise ValueError(
+                "`variance_estimators` cannot include 'nvil' (its learned baseline is trained "
+                "during training only); use train_estimators."
+            )
         if not self.lr > 0 or not self.cv_lr > 0 or not self.temperature > 0:
-            raise ValueError(f"`lr`, `cv_lr` and `temperature` must be positive; got {self.lr!r}, {self.cv_lr!r}, "
-                             f"{self.temperature!r}.")
+            raise ValueError(
+                f"`lr`, `cv_lr` and `temperature` must be positive; got {self.lr!r}, {self.cv_lr!r}, "
+                f"{self.temperature!r}."
+            )
         if not 0.0 < self.converged_p < 1.0 or not 0.0 < self.converged_share <= 1.0:
-            raise ValueError(f"`converged_p` must lie in (0, 1) and `converged_share` in (0, 1]; got "
-                             f"{self.converged_p!r}, {self.converged_share!r}.")
+            raise ValueError(
+                f"`converged_p` must lie in (0, 1) and `converged_share` in (0, 1]; got "
+                f"{self.converged_p!r}, {self.converged_share!r}."
+            )
         for name in ("dtype", "train_dtype"):
             if getattr(self, name) not in ("float64", "float32"):
-                raise ValueError(f"`{name}` must be float64 or float32; got {getattr(self, name)!r}.")
+                raise ValueError(
+                    f"`{name}` must be float64 or float32; got {getattr(self, name)!r}."
+                )
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"`schedule` must be cosine or constant; got {self.schedule!r}.")
 
 
-_COLUMNS = ("part", "t", "estimator", "status", "budget", "num_samples", "evaluations", "unbiased", "num_estimates",
-            "exact_gradient", "exact_mean", "mean", "std_error", "bias_z", "variance", "variance_std_error",
-            "exact_variance", "reference_variance", "variance_rel_error", "variance_z", "step", "p_mean", "p_q10",
-            "p_median", "p_q90", "p_max", "objective_gap", "converged_fraction", "converged", "note")
+_COLUMNS = (
+    "part",
+    "t",
+    "estimator",
+    "status",
+    "budget",
+    "num_samples",
+    "evaluations",
+    "unbiased",
+    "num_estimates",
+    "exact_gradient",
+    "exact_mean",
+    "mean",
+    "std_error",
+    "bias_z",
+    "variance",
+    "variance_std_error",
+    "exact_variance",
+    "reference_variance",
+    "variance_rel_error",
+    "variance_z",
+    "step",
+    "p_mean",
+    "p_q10",
+    "p_median",
+    "p_q90",
+    "p_max",
+    "objective_gap",
+    "converged_fraction",
+    "converged",
+    "note",
+)
 
 
 def _row(**values: Any) -> dict[str, Any]:
@@ -268,16 +349,29 @@ class BernoulliToy(Study):
     """The Bernoulli toy: exact vs sampled variances at φ = 0, and training curves per estimator."""
 
     name = "bernoulli-toy"
-    description = ("E[(b-t)^2], t in {0.45, 0.49, 0.499}: variance at phi=0 (exact vs sampled), convergence "
-                   "at equal budgets of K f-evaluations per step")
+    description = (
+        "E[(b-t)^2], t in {0.45, 0.49, 0.499}: variance at phi=0 (exact vs sampled), convergence "
+        "at equal budgets of K f-evaluations per step"
+    )
     reproduces = "docs/references.md Bernoulli toy (Tucker 2017, Yin & Zhou 2019, Dong 2020)"
-    time = {"smoke": "15 s", "default": "8 min on 2 shared CPU cores (5.5 CPU-min, single-threaded)",
-            "full": "GPU (1024 replicas, budgets 6 / 48 / 384 / 3072; not timed: no GPU here)"}
+    time = {
+        "smoke": "15 s",
+        "default": "8 min on 2 shared CPU cores (5.5 CPU-min, single-threaded)",
+        "full": "GPU (1024 replicas, budgets 6 / 48 / 384 / 3072; not timed: no GPU here)",
+    }
     Config = BernoulliToyConfig
 
     def smoke(self) -> BernoulliToyConfig:
-        return BernoulliToyConfig(targets=(0.49, 0.499), num_estimates=1 << 13, budgets=(6,), replicas=4,
-                                  steps=60, record_every=20, cv_warmup=20, schedule="constant")
+        return BernoulliToyConfig(
+            targets=(0.49, 0.499),
+            num_estimates=1 << 13,
+            budgets=(6,),
+            replicas=4,
+            steps=60,
+            record_every=20,
+            cv_warmup=20,
+            schedule="constant",
+        )
 
     def full(self) -> BernoulliToyConfig:
         """The GPU size: 1024 replicas (the converged fraction to ±1.5 %), four budgets, N = 2²² estimates."""
@@ -287,11 +381,16 @@ class BernoulliToy(Study):
         out: list[dict[str, Any]] = [{"part": "variance", "t": float(t)} for t in cfg.targets]
         for t in cfg.targets:
             out.append({"part": "train", "t": float(t), "estimator": "exact"})
-            out += [{"part": "train", "t": float(t), "budget": int(k), "estimator": e}
-                    for k in cfg.budgets for e in cfg.train_estimators]
+            out += [
+                {"part": "train", "t": float(t), "budget": int(k), "estimator": e}
+                for k in cfg.budgets
+                for e in cfg.train_estimators
+            ]
         return out
 
-    def run_cell(self, cfg: BernoulliToyConfig, cell: Mapping[str, Any], ctx: CellContext) -> list[dict[str, Any]]:
+    def run_cell(
+        self, cfg: BernoulliToyConfig, cell: Mapping[str, Any], ctx: CellContext
+    ) -> list[dict[str, Any]]:
         # Tensors here are small: one CPU thread avoids the cost of parallel regions (on a busy
         # machine some torch kernels, e.g. Bernoulli.log_prob, pay milliseconds per call for them).
         threads = torch.get_num_threads()
@@ -299,19 +398,28 @@ class BernoulliToy(Study):
         try:
             if cell["part"] == "variance":
                 return self._variance(cfg, float(cell["t"]), ctx)
-            return self._train(cfg, float(cell["t"]), str(cell["estimator"]), cell.get("budget"), ctx)
+            return self._train(
+                cfg, float(cell["t"]), str(cell["estimator"]), cell.get("budget"), ctx
+            )
         finally:
             torch.set_num_threads(threads)
 
-    def _variance(self, cfg: BernoulliToyConfig, t: float, ctx: CellContext) -> list[dict[str, Any]]:
+    def _variance(
+        self, cfg: BernoulliToyConfig, t: float, ctx: CellContext
+    ) -> list[dict[str, Any]]:
         dev = ctx.device
         dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
 
         def f(b: Tensor) -> Tensor:
             return (b - t) ** 2
 
-        problem = Problem(name=f"bernoulli-{t}", make_dist=lambda logits: Bernoulli(logits=logits), params=(0.0,),
-                          f=f, param_names=("phi",))
+        problem = Problem(
+            name=f"bernoulli-{t}",
+            make_dist=lambda logits: Bernoulli(logits=logits),
+            params=(0.0,),
+            f=f,
+            param_names=("phi",),
+        )
         params = problem.tensors(dtype=dtype, device=dev)
         zero = torch.zeros((), dtype=torch.float64, device=dev)
         grad = float(scg.testing.exact_gradient(lambda l: Bernoulli(logits=l), (zero,), f)[0])
@@ -320,9 +428,16 @@ class BernoulliToy(Study):
             est, s_min = build_estimator(name, temperature=cfg.temperature)
             est = est.to(device=dev, dtype=dtype)
             S = max(cfg.num_samples, s_min)
-            common = dict(part="variance", t=t, estimator=name, num_samples=S, unbiased=bool(est.unbiased),
-                          reference_variance=REFERENCE.get(t, {}).get(name) if S == (2 if name == "rloo" else 1)
-                          else None)
+            common = dict(
+                part="variance",
+                t=t,
+                estimator=name,
+                num_samples=S,
+                unbiased=bool(est.unbiased),
+                reference_variance=REFERENCE.get(t, {}).get(name)
+                if S == (2 if name == "rloo" else 1)
+                else None,
+            )
             try:
                 est.check(problem.make_dist(*params))
             except TypeError as exc:
@@ -345,23 +460,45 @@ class BernoulliToy(Study):
                     opt.step()
                 note = f"control variate trained for {cfg.cv_warmup} Adam steps at phi = 0, then frozen"
             est.eval()
-            exact = scg.testing.exact_moments(est, lambda l: Bernoulli(logits=l), (zero,), f, num_samples=S)
+            exact = scg.testing.exact_moments(
+                est, lambda l: Bernoulli(logits=l), (zero,), f, num_samples=S
+            )
             exact_var = float(exact.variance[0])
             if exact_var <= 1e-20 * grad * grad:  # zero up to quadrature rounding (DisARM: ~1e-37)
                 exact_var = 0.0
             torch.manual_seed(ctx.seed)
             N = cfg.num_estimates
-            moments = sample_until(est, problem, params, [0], torch.tensor([grad], dtype=torch.float64, device=dev),
-                                   rel_se=0.0, min_estimates=N, max_estimates=N, chunk=min(N, 1 << 16),
-                                   num_samples=S)
+            moments = sample_until(
+                est,
+                problem,
+                params,
+                [0],
+                torch.tensor([grad], dtype=torch.float64, device=dev),
+                rel_se=0.0,
+                min_estimates=N,
+                max_estimates=N,
+                chunk=min(N, 1 << 16),
+                num_samples=S,
+            )
             stats = moments.stats(0, grad, exact_var)
-            rows.append(_row(**common, status="ok", evaluations=int(est.evaluations(problem.make_dist(*params), S)),
-                             num_estimates=moments.n, exact_gradient=grad, exact_mean=float(exact.mean[0]),
-                             exact_variance=exact_var, note=note, **stats))
+            rows.append(
+                _row(
+                    **common,
+                    status="ok",
+                    evaluations=int(est.evaluations(problem.make_dist(*params), S)),
+                    num_estimates=moments.n,
+                    exact_gradient=grad,
+                    exact_mean=float(exact.mean[0]),
+                    exact_variance=exact_var,
+                    note=note,
+                    **stats,
+                )
+            )
         return rows
 
-    def _train(self, cfg: BernoulliToyConfig, t: float, name: str, budget: Optional[int],
-               ctx: CellContext) -> list[dict[str, Any]]:
+    def _train(
+        self, cfg: BernoulliToyConfig, t: float, name: str, budget: int | None, ctx: CellContext
+    ) -> list[dict[str, Any]]:
         dtype = torch.float64 if cfg.train_dtype == "float64" else torch.float32
         if name == "exact":
             est, S, unbiased = None, 0, True
@@ -369,18 +506,43 @@ class BernoulliToy(Study):
             est, s_min = build_estimator(name, temperature=cfg.temperature)
             S = samples_for_budget(est, int(budget), min_samples=s_min)
             est, unbiased = est.to(device=ctx.device, dtype=dtype).train(), bool(est.unbiased)
-        points = train_replicas(est, t=t, num_samples=S, replicas=cfg.replicas, steps=cfg.steps, lr=cfg.lr,
-                                cv_lr=cfg.cv_lr, schedule=cfg.schedule, record_every=cfg.record_every,
-                                converged_p=cfg.converged_p, dtype=dtype, device=ctx.device)
+        points = train_replicas(
+            est,
+            t=t,
+            num_samples=S,
+            replicas=cfg.replicas,
+            steps=cfg.steps,
+            lr=cfg.lr,
+            cv_lr=cfg.cv_lr,
+            schedule=cfg.schedule,
+            record_every=cfg.record_every,
+            converged_p=cfg.converged_p,
+            dtype=dtype,
+            device=ctx.device,
+        )
         rows = []
         for point in points:
             last = point["step"] == cfg.steps
             converged = point["converged_fraction"] >= cfg.converged_share if last else None
-            rows.append(_row(part="train", t=t, estimator=name, status="ok", budget=budget, num_samples=S,
-                             evaluations=budget, unbiased=unbiased, converged=converged, **point))
+            rows.append(
+                _row(
+                    part="train",
+                    t=t,
+                    estimator=name,
+                    status="ok",
+                    budget=budget,
+                    num_samples=S,
+                    evaluations=budget,
+                    unbiased=unbiased,
+                    converged=converged,
+                    **point,
+                )
+            )
         return rows
 
-    def plot(self, rows: Sequence[Mapping[str, Any]], cfg: BernoulliToyConfig, out_dir: Path) -> list[Path]:
+    def plot(
+        self, rows: Sequence[Mapping[str, Any]], cfg: BernoulliToyConfig, out_dir: Path
+    ) -> list[Path]:
         from scg.studies.bernoulli_toy_plot import plot_convergence, plot_training, plot_variance
 
         paths = []

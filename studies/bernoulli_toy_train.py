@@ -27,7 +27,7 @@ References:
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -53,12 +53,16 @@ def samples_for_budget(est: scg.Estimator, budget: int, *, min_samples: int = 1)
         raise ValueError(f"`budget` must be an int >= 1; got {budget!r}.")
     per = int(est.evaluations(Bernoulli(logits=torch.zeros(())), 1))
     if budget % per:
-        raise ValueError(f"`budget` must be a multiple of {per} for {type(est).__name__} "
-                         f"({per} evaluations of f per sample); got {budget}.")
+        raise ValueError(
+            f"`budget` must be a multiple of {per} for {type(est).__name__} "
+            f"({per} evaluations of f per sample); got {budget}."
+        )
     S = budget // per
     if S < min_samples:
-        raise ValueError(f"`budget` {budget} gives {type(est).__name__} S = {S} samples; it needs at least "
-                         f"{min_samples}.")
+        raise ValueError(
+            f"`budget` {budget} gives {type(est).__name__} S = {S} samples; it needs at least "
+            f"{min_samples}."
+        )
     return S
 
 
@@ -71,14 +75,32 @@ def curve_point(phi: Tensor, t: float, converged_p: float) -> dict[str, float]:
     p = torch.sigmoid(phi.detach()).double().cpu()
     q10, q50, q90 = torch.quantile(p, torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)).tolist()
     optimum = min(t * t, (1 - t) ** 2)
-    return {"p_mean": float(p.mean()), "p_q10": q10, "p_median": q50, "p_q90": q90, "p_max": float(p.max()),
-            "objective_gap": float((objective(p, t) - optimum).mean()),
-            "converged_fraction": float((p <= converged_p).double().mean())}
+    return {
+        "p_mean": float(p.mean()),
+        "p_q10": q10,
+        "p_median": q50,
+        "p_q90": q90,
+        "p_max": float(p.max()),
+        "objective_gap": float((objective(p, t) - optimum).mean()),
+        "converged_fraction": float((p <= converged_p).double().mean()),
+    }
 
 
-def train_replicas(est: Optional[scg.Estimator], *, t: float, num_samples: int, replicas: int, steps: int,
-                   lr: float, cv_lr: float, schedule: str, record_every: int, converged_p: float,
-                   dtype: torch.dtype, device: torch.device) -> list[dict[str, Any]]:
+def train_replicas(
+    est: scg.Estimator | None,
+    *,
+    t: float,
+    num_samples: int,
+    replicas: int,
+    steps: int,
+    lr: float,
+    cv_lr: float,
+    schedule: str,
+    record_every: int,
+    converged_p: float,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> list[dict[str, Any]]:
     r"""Train ``replicas`` copies of φ from 0 with Adam; return :func:`curve_point` every ``record_every`` steps.
 
     Each step minimises ``scg.expectation(f, Bernoulli(logits=φ), est, num_samples).sum()``
@@ -95,7 +117,8 @@ def train_replicas(est: Optional[scg.Estimator], *, t: float, num_samples: int, 
         groups.append({"params": extra, "lr": cv_lr})
     opt = torch.optim.Adam(groups)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda i: 0.5 * (1 + math.cos(math.pi * i / steps)) if schedule == "cosine" else 1.0)
+        opt, lambda i: 0.5 * (1 + math.cos(math.pi * i / steps)) if schedule == "cosine" else 1.0
+    )
 
     def f(b: Tensor) -> Tensor:
         return (b - t) ** 2

@@ -42,9 +42,10 @@ the others (the paper compares at equal S, as here).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -54,17 +55,29 @@ from scg.models import BayesianLogisticRegression
 from scg.models.data import breast_cancer
 from scg.studies.base import CellContext, Study
 
-__all__ = ["BLRConfig", "BLR", "ESTIMATORS", "anova", "median_bootstrap", "ordering", "ordering_by_checkpoint",
-           "summary_table"]
+__all__ = [
+    "BLRConfig",
+    "BLR",
+    "ESTIMATORS",
+    "anova",
+    "median_bootstrap",
+    "ordering",
+    "ordering_by_checkpoint",
+    "summary_table",
+]
 
 #: name -> (factory, description); the order is the order of the figures.
 ESTIMATORS: dict[str, tuple[Callable[[], scg.Estimator], str]] = {
     "pathwise": (lambda: scg.Pathwise(), "Pathwise()"),
     "score_function": (lambda: scg.ScoreFunction(), "ScoreFunction()"),
-    "score_function_ma": (lambda: scg.ScoreFunction(baseline=scg.baselines.MovingAverage()),
-                          "ScoreFunction(baseline=MovingAverage())"),
-    "score_function_delta": (lambda: scg.ScoreFunction(baseline=scg.baselines.Delta("optimal")),
-                             'ScoreFunction(baseline=Delta("optimal"))'),
+    "score_function_ma": (
+        lambda: scg.ScoreFunction(baseline=scg.baselines.MovingAverage()),
+        "ScoreFunction(baseline=MovingAverage())",
+    ),
+    "score_function_delta": (
+        lambda: scg.ScoreFunction(baseline=scg.baselines.Delta("optimal")),
+        'ScoreFunction(baseline=Delta("optimal"))',
+    ),
     "measure_valued": (lambda: scg.MeasureValued(), "MeasureValued()"),
 }
 
@@ -109,8 +122,9 @@ def _points(steps: int, n: int) -> list[int]:
 def _gradients(m: BayesianLogisticRegression, R: int, index: Tensor) -> Tensor:
     """``[R, 2D]`` independent estimates of ∇(−ELBO) w.r.t. (μ, ρ) on the minibatch ``index`` (scaled by N/B)."""
     params = {"loc": m.loc.detach(), "raw_scale": m.raw_scale.detach()}
-    return scg.diagnostics.gradient_samples(lambda p: torch.func.functional_call(m, p, (index,)), params, R,
-                                            chunk_size=100).detach()
+    return scg.diagnostics.gradient_samples(
+        lambda p: torch.func.functional_call(m, p, (index,)), params, R, chunk_size=100
+    ).detach()
 
 
 def anova(g: Tensor) -> tuple[Tensor, Tensor]:
@@ -134,8 +148,10 @@ def median_bootstrap(g: Tensor, num: int, generator: torch.Generator) -> dict[st
     """
     K = g.shape[0]
     v_mc, v_sub = anova(g)
-    out = {"median_variance_mc": float(_upper_median(v_mc)),
-           "median_variance_total": float(_upper_median(v_mc + v_sub))}
+    out = {
+        "median_variance_mc": float(_upper_median(v_mc)),
+        "median_variance_total": float(_upper_median(v_mc + v_sub)),
+    }
     idx = torch.randint(K, (num, K), generator=generator, device=generator.device).to(g.device)
     mc, tot = [], []
     for i in range(num):
@@ -152,14 +168,28 @@ class BLR(Study):
 
     name = "blr"
     description = "Bayesian logistic regression (breast cancer): ELBO vs step, per-dimension gradient variance"
-    reproduces = "Mohamed et al. 2020 §8.3 (Figs. 13-14): PW/MVD lowest variance, SF highest, CVs between"
-    time = {"smoke": "3 s", "default": "1 min on 2 CPU cores with 1 torch thread (2000 steps)",
-            "full": "~2.5x the default (5000 steps)"}
+    reproduces = (
+        "Mohamed et al. 2020 §8.3 (Figs. 13-14): PW/MVD lowest variance, SF highest, CVs between"
+    )
+    time = {
+        "smoke": "3 s",
+        "default": "1 min on 2 CPU cores with 1 torch thread (2000 steps)",
+        "full": "~2.5x the default (5000 steps)",
+    }
     Config = BLRConfig
 
     def smoke(self) -> BLRConfig:
-        return BLRConfig(steps=10, num_samples=4, lr=1e-4, elbo_points=3, elbo_samples=100, variance_points=2,
-                         grad_batches=2, grad_per_batch=4, bootstrap=20)
+        return BLRConfig(
+            steps=10,
+            num_samples=4,
+            lr=1e-4,
+            elbo_points=3,
+            elbo_samples=100,
+            variance_points=2,
+            grad_batches=2,
+            grad_per_batch=4,
+            bootstrap=20,
+        )
 
     def full(self) -> BLRConfig:
         """The paper's length (Mohamed et al. 2020 §8.3): 5000 SGD steps; the rest as the default."""
@@ -168,20 +198,35 @@ class BLR(Study):
     def cells(self, cfg: BLRConfig) -> list[dict[str, Any]]:
         unknown = [e for e in cfg.estimators if e not in ESTIMATORS]
         if unknown:
-            raise ValueError(f"unknown estimator(s) {unknown} for blr; valid estimators: {', '.join(ESTIMATORS)}.")
-        if min(cfg.steps, cfg.batch_size, cfg.num_samples) < 1 or min(cfg.grad_batches, cfg.grad_per_batch) < 2:
-            raise ValueError("`steps`, `batch_size`, `num_samples` must be >= 1 and `grad_batches`, "
-                             f"`grad_per_batch` >= 2; got {cfg.steps}, {cfg.batch_size}, {cfg.num_samples}, "
-                             f"{cfg.grad_batches}, {cfg.grad_per_batch}.")
+            raise ValueError(
+                f"unknown estimator(s) {unknown} for blr; valid estimators: {', '.join(ESTIMATORS)}."
+            )
+        if (
+            min(cfg.steps, cfg.batch_size, cfg.num_samples) < 1
+            or min(cfg.grad_batches, cfg.grad_per_batch) < 2
+        ):
+            raise ValueError(
+                "`steps`, `batch_size`, `num_samples` must be >= 1 and `grad_batches`, "
+                f"`grad_per_batch` >= 2; got {cfg.steps}, {cfg.batch_size}, {cfg.num_samples}, "
+                f"{cfg.grad_batches}, {cfg.grad_per_batch}."
+            )
         return [{"estimator": e} for e in cfg.estimators]
 
-    def run_cell(self, cfg: BLRConfig, cell: Mapping[str, Any], ctx: CellContext) -> list[dict[str, Any]]:
+    def run_cell(
+        self, cfg: BLRConfig, cell: Mapping[str, Any], ctx: CellContext
+    ) -> list[dict[str, Any]]:
         name = cell["estimator"]
         x, y, _, _ = breast_cancer()
         x, y = x.to(ctx.device), y.to(ctx.device)
         est = ESTIMATORS[name][0]()
-        m = BayesianLogisticRegression(x, y, estimator=est, num_samples=cfg.num_samples,
-                                       batch_size=cfg.batch_size, init_std=cfg.init_std).to(ctx.device)
+        m = BayesianLogisticRegression(
+            x,
+            y,
+            estimator=est,
+            num_samples=cfg.num_samples,
+            batch_size=cfg.batch_size,
+            init_std=cfg.init_std,
+        ).to(ctx.device)
         try:
             est.check(m.posterior())
         except TypeError as exc:
@@ -189,42 +234,83 @@ class BLR(Study):
         opt = torch.optim.SGD(m.parameters(), lr=cfg.lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.steps)
         evals = est.evaluations(m.posterior(), cfg.num_samples)
-        elbo_at, var_at = set(_points(cfg.steps, cfg.elbo_points)), set(_points(cfg.steps, cfg.variance_points))
+        elbo_at, var_at = (
+            set(_points(cfg.steps, cfg.elbo_points)),
+            set(_points(cfg.steps, cfg.variance_points)),
+        )
         rows: list[dict[str, Any]] = []
         D = m.loc.shape[0]
         for t in range(cfg.steps + 1):
             if t in elbo_at:
-                rows.append({"kind": "elbo", "estimator": name, "status": "ok", "step": t,
-                             "elbo": m.elbo(num_samples=cfg.elbo_samples), "accuracy": m.accuracy(),
-                             "lr": opt.param_groups[0]["lr"], "evaluations_per_step": evals})
+                rows.append(
+                    {
+                        "kind": "elbo",
+                        "estimator": name,
+                        "status": "ok",
+                        "step": t,
+                        "elbo": m.elbo(num_samples=cfg.elbo_samples),
+                        "accuracy": m.accuracy(),
+                        "lr": opt.param_groups[0]["lr"],
+                        "evaluations_per_step": evals,
+                    }
+                )
             if t in var_at:
                 m.eval()
-                batches = [torch.randperm(m.n, generator=ctx.generator, device=ctx.device)[: cfg.batch_size]
-                           for _ in range(cfg.grad_batches)]
-                g = torch.stack([_gradients(m, cfg.grad_per_batch, b) for b in batches]).double()  # [K, J, 2D]
+                batches = [
+                    torch.randperm(m.n, generator=ctx.generator, device=ctx.device)[
+                        : cfg.batch_size
+                    ]
+                    for _ in range(cfg.grad_batches)
+                ]
+                g = torch.stack(
+                    [_gradients(m, cfg.grad_per_batch, b) for b in batches]
+                ).double()  # [K, J, 2D]
                 m.train()
                 v_mc, v_sub = anova(g)
                 v_mc_se = g.var(1, correction=1).std(0, correction=1) / math.sqrt(cfg.grad_batches)
                 mean = g.mean((0, 1))
                 for p in range(2 * D):
-                    rows.append({"kind": "variance", "estimator": name, "status": "ok", "step": t,
-                                 "parameter": "loc" if p < D else "raw_scale", "dim": p % D,
-                                 "gradient_mean": float(mean[p]), "variance_mc": float(v_mc[p]),
-                                 "variance_subsampling": float(v_sub[p]),
-                                 "variance_total": float(v_mc[p] + v_sub[p]),
-                                 "variance_mc_se": float(v_mc_se[p]),
-                                 "grad_estimates": cfg.grad_batches * cfg.grad_per_batch})
-                rows.append({"kind": "summary", "estimator": name, "status": "ok", "step": t,
-                             **median_bootstrap(g, cfg.bootstrap, ctx.generator),
-                             "grad_estimates": cfg.grad_batches * cfg.grad_per_batch})
+                    rows.append(
+                        {
+                            "kind": "variance",
+                            "estimator": name,
+                            "status": "ok",
+                            "step": t,
+                            "parameter": "loc" if p < D else "raw_scale",
+                            "dim": p % D,
+                            "gradient_mean": float(mean[p]),
+                            "variance_mc": float(v_mc[p]),
+                            "variance_subsampling": float(v_sub[p]),
+                            "variance_total": float(v_mc[p] + v_sub[p]),
+                            "variance_mc_se": float(v_mc_se[p]),
+                            "grad_estimates": cfg.grad_batches * cfg.grad_per_batch,
+                        }
+                    )
+                rows.append(
+                    {
+                        "kind": "summary",
+                        "estimator": name,
+                        "status": "ok",
+                        "step": t,
+                        **median_bootstrap(g, cfg.bootstrap, ctx.generator),
+                        "grad_estimates": cfg.grad_batches * cfg.grad_per_batch,
+                    }
+                )
             if t == cfg.steps:
                 break
             opt.zero_grad(set_to_none=True)
             try:
                 m.objective().backward()
             except ValueError as exc:  # the posterior left the valid parameter space: diverged
-                rows.append({"kind": "diverged", "estimator": name, "status": "diverged", "step": t,
-                             "reason": str(exc).splitlines()[0]})
+                rows.append(
+                    {
+                        "kind": "diverged",
+                        "estimator": name,
+                        "status": "diverged",
+                        "step": t,
+                        "reason": str(exc).splitlines()[0],
+                    }
+                )
                 break
             opt.step()
             sched.step()
@@ -236,12 +322,16 @@ class BLR(Study):
         return plot_blr(rows, cfg, Path(out_dir))
 
 
-def ordering(rows: Sequence[Mapping[str, Any]], column: str = "variance_mc") -> dict[int, list[tuple[str, float]]]:
+def ordering(
+    rows: Sequence[Mapping[str, Any]], column: str = "variance_mc"
+) -> dict[int, list[tuple[str, float]]]:
     """Per checkpoint: estimators sorted by the median over dimensions of ``column`` (lowest first)."""
     by: dict[int, dict[str, list[float]]] = {}
     for r in rows:
         if r.get("kind") == "variance":
-            by.setdefault(int(r["step"]), {}).setdefault(str(r["estimator"]), []).append(float(r[column]))
+            by.setdefault(int(r["step"]), {}).setdefault(str(r["estimator"]), []).append(
+                float(r[column])
+            )
     out = {}
     for step, per in sorted(by.items()):
         med = {e: sorted(v)[len(v) // 2] for e, v in per.items()}
@@ -250,9 +340,20 @@ def ordering(rows: Sequence[Mapping[str, Any]], column: str = "variance_mc") -> 
 
 
 #: column order of :func:`summary_table` (lowest variance first in the paper's claim).
-TABLE_ORDER = ("pathwise", "measure_valued", "score_function_delta", "score_function_ma", "score_function")
-TABLE_LABELS = {"pathwise": "pathwise", "measure_valued": "measure-valued", "score_function_delta": "SF + delta",
-                "score_function_ma": "SF + moving average", "score_function": "score function"}
+TABLE_ORDER = (
+    "pathwise",
+    "measure_valued",
+    "score_function_delta",
+    "score_function_ma",
+    "score_function",
+)
+TABLE_LABELS = {
+    "pathwise": "pathwise",
+    "measure_valued": "measure-valued",
+    "score_function_delta": "SF + delta",
+    "score_function_ma": "SF + moving average",
+    "score_function": "score function",
+}
 
 
 def _fmt(x: float) -> str:
@@ -270,18 +371,27 @@ def summary_table(rows: Sequence[Mapping[str, Any]], column: str = "median_varia
     summ = [r for r in rows if r.get("kind") == "summary"]
     ests = [e for e in TABLE_ORDER if any(r["estimator"] == e for r in summ)]
     ests += sorted({str(r["estimator"]) for r in summ} - set(ests))
-    cell = {(int(r["step"]), str(r["estimator"])): (float(r[column]), float(r[column + "_se"])) for r in summ}
+    cell = {
+        (int(r["step"]), str(r["estimator"])): (float(r[column]), float(r[column + "_se"]))
+        for r in summ
+    }
     steps = sorted({s for s, _ in cell})
-    lines = ["| step | " + " | ".join(TABLE_LABELS.get(e, e) for e in ests) + " |",
-             "|---|" + "---|" * len(ests)]
+    lines = [
+        "| step | " + " | ".join(TABLE_LABELS.get(e, e) for e in ests) + " |",
+        "|---|" + "---|" * len(ests),
+    ]
     for t in steps:
-        vals = [f"{_fmt(cell[t, e][0])} ± {_fmt(cell[t, e][1])}" if (t, e) in cell else "–" for e in ests]
+        vals = [
+            f"{_fmt(cell[t, e][0])} ± {_fmt(cell[t, e][1])}" if (t, e) in cell else "–"
+            for e in ests
+        ]
         lines.append(f"| {t} | " + " | ".join(vals) + " |")
     return "\n".join(lines)
 
 
-def ordering_by_checkpoint(rows: Sequence[Mapping[str, Any]],
-                           column: str = "median_variance_mc") -> dict[int, list[str]]:
+def ordering_by_checkpoint(
+    rows: Sequence[Mapping[str, Any]], column: str = "median_variance_mc"
+) -> dict[int, list[str]]:
     """Per checkpoint: estimators sorted by the summary ``column`` (lowest first)."""
     by: dict[int, dict[str, float]] = {}
     for r in rows:

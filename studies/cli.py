@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Optional, Sequence
 
 __all__ = ["main", "build_parser"]
 
@@ -24,7 +24,9 @@ def _csv_names(valid: Callable[[], Sequence[str]], kind: str) -> Callable[[str],
     def parse(text: str) -> tuple[str, ...]:
         names = tuple(n.strip() for n in text.split(",") if n.strip())
         if not names:
-            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {kind}s; got {text!r}")
+            raise argparse.ArgumentTypeError(
+                f"expected a comma-separated list of {kind}s; got {text!r}"
+            )
         allowed = list(valid())
         for n in names:
             if n not in allowed:
@@ -59,9 +61,15 @@ def _positive(text: str) -> int:
 
 
 def _add_problem_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--problem", dest="user_problems", action="append", default=[], metavar="MODULE:FUNCTION",
-                   help="a user problem: MODULE:FUNCTION returning a scg.studies.problems.Problem "
-                        "(or a list); repeatable")
+    p.add_argument(
+        "--problem",
+        dest="user_problems",
+        action="append",
+        default=[],
+        metavar="MODULE:FUNCTION",
+        help="a user problem: MODULE:FUNCTION returning a scg.studies.problems.Problem "
+        "(or a list); repeatable",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,57 +88,110 @@ def build_parser() -> argparse.ArgumentParser:
         "compare",
         help="every applicable estimator on each problem: estimate, exact gradient, variance, SNR, bias z",
         description="Compare estimators on the embedded problems (Gaussian cost family and Bernoulli toy "
-                    "of docs/references.md) or your own; prints a table and writes results.csv, timings.csv, "
-                    "manifest.json and compare.png into --out.",
+        "of docs/references.md) or your own; prints a table and writes results.csv, timings.csv, "
+        "manifest.json and compare.png into --out.",
         epilog="Examples:\n"
-               "  scg-study compare                                   # all problems, all estimators, N = 20000\n"
-               "  scg-study compare --problems bernoulli-toy --estimators score_function,rloo,disarm\n"
-               "  scg-study compare --problem mypkg.mod:make_problem -S 8 --out runs/mine\n"
-               "  scg-study compare --problems gaussian -N 1000000    # SF variances on (x-k)^2 to ~1 %\n\n"
-               "'var err' is the relative error of the sampled variance against the exact one and 'var z'\n"
-               "its z-score: heavy-tailed estimators (the score function on (x-k)^2) need N ~ 1e6 for 1-2 %.",
+        "  scg-study compare                                   # all problems, all estimators, N = 20000\n"
+        "  scg-study compare --problems bernoulli-toy --estimators score_function,rloo,disarm\n"
+        "  scg-study compare --problem mypkg.mod:make_problem -S 8 --out runs/mine\n"
+        "  scg-study compare --problems gaussian -N 1000000    # SF variances on (x-k)^2 to ~1 %\n\n"
+        "'var err' is the relative error of the sampled variance against the exact one and 'var z'\n"
+        "its z-score: heavy-tailed estimators (the score function on (x-k)^2) need N ~ 1e6 for 1-2 %.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--estimators", type=_csv_names(_estimator_names, "estimator"), default=None,
-                   metavar="A,B,...", help="comma-separated estimator names (default: all; see `scg-study list`)")
-    p.add_argument("--problems", type=_csv_names(_problem_names, "problem"), default=None, metavar="A,B,...",
-                   help="comma-separated embedded problem names or groups (default: all embedded problems, "
-                        "or none when --problem is given)")
+    p.add_argument(
+        "--estimators",
+        type=_csv_names(_estimator_names, "estimator"),
+        default=None,
+        metavar="A,B,...",
+        help="comma-separated estimator names (default: all; see `scg-study list`)",
+    )
+    p.add_argument(
+        "--problems",
+        type=_csv_names(_problem_names, "problem"),
+        default=None,
+        metavar="A,B,...",
+        help="comma-separated embedded problem names or groups (default: all embedded problems, "
+        "or none when --problem is given)",
+    )
     _add_problem_args(p)
-    p.add_argument("--num-samples", "-S", type=_positive, default=1, metavar="S",
-                   help="samples per estimate (default 1; RLOO uses max(S, 2))")
-    p.add_argument("--num-estimates", "-N", type=_positive, default=None, metavar="N",
-                   help="independent estimates per estimator (default 20000; 2000 with --smoke)")
+    p.add_argument(
+        "--num-samples",
+        "-S",
+        type=_positive,
+        default=1,
+        metavar="S",
+        help="samples per estimate (default 1; RLOO uses max(S, 2))",
+    )
+    p.add_argument(
+        "--num-estimates",
+        "-N",
+        type=_positive,
+        default=None,
+        metavar="N",
+        help="independent estimates per estimator (default 20000; 2000 with --smoke)",
+    )
     p.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                   help="auto = cuda if available (default)")
+    p.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="auto = cuda if available (default)",
+    )
     p.add_argument("--out", default="runs/compare", help="output folder (default runs/compare)")
-    p.add_argument("--engine", choices=("auto", "vmap", "batch"), default="auto",
-                   help="how N estimates are vectorised (default auto: torch.func vmap, batch fallback)")
-    p.add_argument("--no-exact", dest="exact", action="store_false",
-                   help="skip the exact moments (scg.testing harness)")
+    p.add_argument(
+        "--engine",
+        choices=("auto", "vmap", "batch"),
+        default="auto",
+        help="how N estimates are vectorised (default auto: torch.func vmap, batch fallback)",
+    )
+    p.add_argument(
+        "--no-exact",
+        dest="exact",
+        action="store_false",
+        help="skip the exact moments (scg.testing harness)",
+    )
     p.add_argument("--no-plot", dest="plot", action="store_false", help="do not draw compare.png")
-    p.add_argument("--smoke", action="store_true", help=f"tiny run for tests: N = {_SMOKE_ESTIMATES}")
+    p.add_argument(
+        "--smoke", action="store_true", help=f"tiny run for tests: N = {_SMOKE_ESTIMATES}"
+    )
     p.add_argument("--quiet", "-q", action="store_true", help="no table, no progress bar")
 
     p_run = sub.add_parser(
-        "run", help="run a registered study by name (resumable; see `scg-study list`)",
+        "run",
+        help="run a registered study by name (resumable; see `scg-study list`)",
         description="Run a study: writes manifest.json, cells/ (one file per finished cell), results.csv and "
-                    "PNG figures into --out. Re-running the same command resumes: finished cells are skipped. "
-                    "Sizes: the default (CPU, minutes), --smoke (seconds, the tests) or --full (the GPU size); "
-                    "--set overrides apply on top of the chosen size.",
+        "PNG figures into --out. Re-running the same command resumes: finished cells are skipped. "
+        "Sizes: the default (CPU, minutes), --smoke (seconds, the tests) or --full (the GPU size); "
+        "--set overrides apply on top of the chosen size.",
     )
     p_run.add_argument("name", help="study name (see `scg-study list`)")
-    p_run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config field (repeatable); unknown keys list the valid ones")
+    p_run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field (repeatable); unknown keys list the valid ones",
+    )
     size = p_run.add_mutually_exclusive_group()
-    size.add_argument("--smoke", action="store_true", help="tiny configuration (seconds; used by the tests)")
-    size.add_argument("--full", action="store_true",
-                      help="full-size configuration (meant for a GPU; `scg-study list` gives the times)")
-    p_run.add_argument("--seed", type=int, default=0, help="run seed (default 0); cells are seeded from it")
+    size.add_argument(
+        "--smoke", action="store_true", help="tiny configuration (seconds; used by the tests)"
+    )
+    size.add_argument(
+        "--full",
+        action="store_true",
+        help="full-size configuration (meant for a GPU; `scg-study list` gives the times)",
+    )
+    p_run.add_argument(
+        "--seed", type=int, default=0, help="run seed (default 0); cells are seeded from it"
+    )
     p_run.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda[:N]")
-    p_run.add_argument("--out", default=None, help="output folder (default runs/NAME, runs/NAME-smoke or "
-                                                   "runs/NAME-full)")
+    p_run.add_argument(
+        "--out",
+        default=None,
+        help="output folder (default runs/NAME, runs/NAME-smoke or runs/NAME-full)",
+    )
     p_run.add_argument("--no-plot", dest="plot", action="store_false", help="do not draw figures")
     p_run.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
@@ -191,13 +252,26 @@ def _cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: Se
     _check_out(out, parser)
     shard = _shard()
     try:
-        result = run_study(study, cfg, out, seed=args.seed, device=args.device, argv=["run", *argv],
-                           progress=not args.quiet, shard=shard, plot=args.plot, preset=preset)
+        result = run_study(
+            study,
+            cfg,
+            out,
+            seed=args.seed,
+            device=args.device,
+            argv=["run", *argv],
+            progress=not args.quiet,
+            shard=shard,
+            plot=args.plot,
+            preset=preset,
+        )
     except ValueError as exc:
         print(f"scg-study run: error: {exc}", file=sys.stderr)
         return 2
-    print(f"{study.name}: ran {len(result.ran)} cell(s), skipped {len(result.skipped)} finished; "
-          f"wrote {out}", file=sys.stderr)
+    print(
+        f"{study.name}: ran {len(result.ran)} cell(s), skipped {len(result.skipped)} finished; "
+        f"wrote {out}",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -211,7 +285,9 @@ def _check_out(out: Path, parser: argparse.ArgumentParser) -> None:
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
-        parser.error(f"`--out` {out} cannot be written ({exc.strerror or exc}); choose another folder.")
+        parser.error(
+            f"`--out` {out} cannot be written ({exc.strerror or exc}); choose another folder."
+        )
 
 
 def _shard() -> tuple[int, int]:
@@ -223,18 +299,29 @@ def _shard() -> tuple[int, int]:
     return current_shard()
 
 
-def _cmd_compare(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
+def _cmd_compare(
+    args: argparse.Namespace, parser: argparse.ArgumentParser, argv: Sequence[str]
+) -> int:
     from scg.studies._io import manifest
     from scg.studies.compare import COLUMNS, TIMING_COLUMNS, CompareConfig, config_dict, run_compare
     from scg.studies.problems import resolve_problems
     from scg.studies.report import format_table, write_compare
 
-    num_estimates = args.num_estimates or (_SMOKE_ESTIMATES if args.smoke else CompareConfig.num_estimates)
+    num_estimates = args.num_estimates or (
+        _SMOKE_ESTIMATES if args.smoke else CompareConfig.num_estimates
+    )
     try:
         cfg = CompareConfig(
-            problems=args.problems, user_problems=tuple(args.user_problems), estimators=args.estimators,
-            num_samples=args.num_samples, num_estimates=num_estimates, seed=args.seed, device=args.device,
-            engine=args.engine, exact=args.exact, out=args.out,
+            problems=args.problems,
+            user_problems=tuple(args.user_problems),
+            estimators=args.estimators,
+            num_samples=args.num_samples,
+            num_estimates=num_estimates,
+            seed=args.seed,
+            device=args.device,
+            engine=args.engine,
+            exact=args.exact,
+            out=args.out,
         )
         problems = resolve_problems(cfg.problems, cfg.user_problems)
     except (ValueError, TypeError) as exc:
@@ -248,10 +335,19 @@ def _cmd_compare(args: argparse.Namespace, parser: argparse.ArgumentParser, argv
         print(f"scg-study compare: error: {exc}", file=sys.stderr)
         return 2
     descriptions = {p.name: p.description for p in problems}
-    meta = manifest(config_dict(cfg), device=result.device, argv=["compare", *argv],
-                    extra={"notes": result.notes, "files": ["results.csv", "timings.csv", "manifest.json"]
-                           + (["compare.png"] if args.plot else [])})
-    paths = write_compare(cfg.out, result.rows, result.timings, meta, COLUMNS, TIMING_COLUMNS, plot=args.plot)
+    meta = manifest(
+        config_dict(cfg),
+        device=result.device,
+        argv=["compare", *argv],
+        extra={
+            "notes": result.notes,
+            "files": ["results.csv", "timings.csv", "manifest.json"]
+            + (["compare.png"] if args.plot else []),
+        },
+    )
+    paths = write_compare(
+        cfg.out, result.rows, result.timings, meta, COLUMNS, TIMING_COLUMNS, plot=args.plot
+    )
     if not args.quiet:
         print(format_table(result.rows, result.timings, descriptions))
     for note in result.notes:
@@ -305,25 +401,42 @@ def _missing_extras() -> list[str]:
     """The packages of the ``studies`` extra that cannot be imported."""
     import importlib.util
 
-    return [name for name, module in (("matplotlib", "matplotlib"), ("scikit-learn", "sklearn"), ("tqdm", "tqdm"))
-            if importlib.util.find_spec(module) is None]
+    return [
+        name
+        for name, module in (
+            ("matplotlib", "matplotlib"),
+            ("scikit-learn", "sklearn"),
+            ("tqdm", "tqdm"),
+        )
+        if importlib.util.find_spec(module) is None
+    ]
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``scg-study``; returns the exit code (argparse errors exit with 2)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     missing = _missing_extras()
     if missing:
-        parser.exit(2, f"scg-study: needs {', '.join(missing)}, not installed: pip install 'scg-estimators[studies]'\n")
-    commands = {"list": lambda: _cmd_list(args, parser), "compare": lambda: _cmd_compare(args, parser, argv[1:]),
-                "plot": lambda: _cmd_plot(args, parser), "run": lambda: _cmd_run(args, parser, argv[1:])}
+        parser.exit(
+            2,
+            f"scg-study: needs {', '.join(missing)}, not installed: pip install 'scg-estimators[studies]'\n",
+        )
+    commands = {
+        "list": lambda: _cmd_list(args, parser),
+        "compare": lambda: _cmd_compare(args, parser, argv[1:]),
+        "plot": lambda: _cmd_plot(args, parser),
+        "run": lambda: _cmd_run(args, parser, argv[1:]),
+    }
     try:
         return commands[args.command]()
     except KeyboardInterrupt:
-        print(f"scg-study {args.command}: interrupted; finished cells are kept — run the same command again "
-              "to resume.", file=sys.stderr)
+        print(
+            f"scg-study {args.command}: interrupted; finished cells are kept — run the same command again "
+            "to resume.",
+            file=sys.stderr,
+        )
         return 130
 
 

@@ -46,19 +46,20 @@ import math
 import time
 import warnings
 import zlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from scg.baselines import Constant, Delta, MovingAverage, Normalize
 from scg.estimators.base import Estimator
+from scg.models.train import resolve_device
 from scg.studies._io import row
 from scg.studies.estimators import ESTIMATORS, Unavailable, Variant, estimator_names
 from scg.studies.problems import Problem, resolve_problems
 from scg.studies.sampling import sample_gradients, statistics
-from scg.models.train import resolve_device
 
 __all__ = [
     "CompareConfig",
@@ -70,12 +71,37 @@ __all__ = [
 
 #: Columns of results.csv (deterministic for a given seed, device and software versions).
 COLUMNS: tuple[str, ...] = (
-    "problem", "estimator", "parameter", "status", "num_samples", "num_estimates", "evaluations",
-    "unbiased", "mean", "exact_gradient", "exact_mean", "std_error", "bias_z", "variance",
-    "variance_std_error", "exact_variance", "variance_rel_error", "variance_z", "snr", "method", "note",
+    "problem",
+    "estimator",
+    "parameter",
+    "status",
+    "num_samples",
+    "num_estimates",
+    "evaluations",
+    "unbiased",
+    "mean",
+    "exact_gradient",
+    "exact_mean",
+    "std_error",
+    "bias_z",
+    "variance",
+    "variance_std_error",
+    "exact_variance",
+    "variance_rel_error",
+    "variance_z",
+    "snr",
+    "method",
+    "note",
 )
 #: Columns of timings.csv.
-TIMING_COLUMNS: tuple[str, ...] = ("problem", "estimator", "parameter", "num_estimates", "seconds", "us_per_estimate")
+TIMING_COLUMNS: tuple[str, ...] = (
+    "problem",
+    "estimator",
+    "parameter",
+    "num_estimates",
+    "seconds",
+    "us_per_estimate",
+)
 
 _WARMUP_CALLS = 200
 
@@ -99,9 +125,9 @@ class CompareConfig:
         out: output folder.
     """
 
-    problems: Optional[tuple[str, ...]] = None
+    problems: tuple[str, ...] | None = None
     user_problems: tuple[str, ...] = ()
-    estimators: Optional[tuple[str, ...]] = None
+    estimators: tuple[str, ...] | None = None
     num_samples: int = 1
     num_estimates: int = 20000
     seed: int = 0
@@ -111,18 +137,25 @@ class CompareConfig:
     out: str = "runs/compare"
 
     def __post_init__(self) -> None:
-        for name, value in (("num_samples", self.num_samples), ("num_estimates", self.num_estimates)):
+        for name, value in (
+            ("num_samples", self.num_samples),
+            ("num_estimates", self.num_estimates),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be an int >= 1; got {value!r}.")
         if self.num_estimates < 2:
-            raise ValueError(f"`num_estimates` must be >= 2 to estimate a variance; got {self.num_estimates}.")
+            raise ValueError(
+                f"`num_estimates` must be >= 2 to estimate a variance; got {self.num_estimates}."
+            )
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"`device` must be auto, cpu or cuda; got {self.device!r}.")
         if self.engine not in ("auto", "vmap", "batch"):
             raise ValueError(f"`engine` must be auto, vmap or batch; got {self.engine!r}.")
         for name in self.estimators or ():
             if name not in ESTIMATORS:
-                raise ValueError(f"unknown estimator {name!r}; valid estimators: {', '.join(ESTIMATORS)}.")
+                raise ValueError(
+                    f"unknown estimator {name!r}; valid estimators: {', '.join(ESTIMATORS)}."
+                )
 
 
 @dataclass
@@ -143,7 +176,7 @@ def _seed(seed: int) -> None:
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
-def _harness() -> Optional[tuple[Callable[..., Any], Callable[..., Any]]]:
+def _harness() -> tuple[Callable[..., Any], Callable[..., Any]] | None:
     try:
         from scg.testing import exact_gradient, exact_moments
     except ImportError:
@@ -177,7 +210,9 @@ class _Context:
             return [float(g) for g in problem.exact_gradient]
         if self.harness is None:
             return [math.nan] * P
-        g = self.harness[1](problem.make_dist, self.params(problem), problem.f, breakpoints=problem.breakpoints)
+        g = self.harness[1](
+            problem.make_dist, self.params(problem), problem.f, breakpoints=problem.breakpoints
+        )
         return [float(v) for v in torch.as_tensor(g).reshape(-1).cpu()]
 
     def moments(self, estimator: Estimator, problem: Problem, S: int, *, label: str = "") -> Any:
@@ -186,29 +221,48 @@ class _Context:
             raise RuntimeError("scg.testing is not importable")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            out = self.harness[0](estimator, problem.make_dist, self.params(problem), problem.f,
-                                  num_samples=S, breakpoints=problem.breakpoints)
+            out = self.harness[0](
+                estimator,
+                problem.make_dist,
+                self.params(problem),
+                problem.f,
+                num_samples=S,
+                breakpoints=problem.breakpoints,
+            )
         for w in caught:
-            self.result.notes.append(f"{problem.name} / {label or type(estimator).__name__}: {w.message}")
+            self.result.notes.append(
+                f"{problem.name} / {label or type(estimator).__name__}: {w.message}"
+            )
         return out
 
     def optimal_baselines(self, problem: Problem) -> list[float]:
         """b*_p per flattened parameter: exact (harness) or from an independent pilot."""
         if problem.name in self._baselines:
             return self._baselines[problem.name]
-        bstar: Optional[Tensor] = None
+        bstar: Tensor | None = None
         if self.harness is not None:
             try:
                 m2 = []
                 for b in (-1.0, 0.0, 1.0):
                     est = _to(self.device, _sf(b))
-                    m2.append(torch.as_tensor(self.moments(est, problem, 1).second_moment).reshape(-1).double().cpu())
+                    m2.append(
+                        torch.as_tensor(self.moments(est, problem, 1).second_moment)
+                        .reshape(-1)
+                        .double()
+                        .cpu()
+                    )
             except Exception as exc:  # noqa: BLE001 - fall back to the pilot below
-                self.result.notes.append(f"{problem.name}: exact b* failed ({type(exc).__name__}: {exc}).")
+                self.result.notes.append(
+                    f"{problem.name}: exact b* failed ({type(exc).__name__}: {exc})."
+                )
             else:
                 curvature = m2[2] + m2[0] - 2 * m2[1]  # 2 E[s²]
                 slope = m2[0] - m2[2]  # 4 E[f s²]
-                bstar = torch.where(curvature > 0, slope / (2 * curvature.clamp_min(1e-300)), torch.zeros_like(slope))
+                bstar = torch.where(
+                    curvature > 0,
+                    slope / (2 * curvature.clamp_min(1e-300)),
+                    torch.zeros_like(slope),
+                )
         if bstar is None:
             params = self.params(problem)
             N = self.cfg.num_estimates
@@ -216,10 +270,16 @@ class _Context:
             grads = []
             for b in (0.0, 1.0):
                 _seed(seed)  # same draws for both: their difference is the score
-                grads.append(sample_gradients(_to(self.device, _sf(b)), problem, params, 1, N, self.cfg.engine)[0])
+                grads.append(
+                    sample_gradients(
+                        _to(self.device, _sf(b)), problem, params, 1, N, self.cfg.engine
+                    )[0]
+                )
             score = grads[0] - grads[1]
             bstar = (grads[0] * score).mean(0) / (score * score).mean(0).clamp_min(1e-300)
-            self.result.notes.append(f"{problem.name}: b* estimated from an independent pilot of {N} draws.")
+            self.result.notes.append(
+                f"{problem.name}: b* estimated from an independent pilot of {N} draws."
+            )
         self._baselines[problem.name] = [float(v) for v in bstar.cpu()]
         return self._baselines[problem.name]
 
@@ -240,7 +300,11 @@ def _unplaced_laws(est: Estimator, dist: Any, S: int, problem: Problem) -> list[
     from scg.estimators.pathwise import Pathwise
     from scg.laws import FromDistribution
 
-    if problem.breakpoints is None or torch.as_tensor(problem.breakpoints).numel() == 0 or dist.support.is_discrete:
+    if (
+        problem.breakpoints is None
+        or torch.as_tensor(problem.breakpoints).numel() == 0
+        or dist.support.is_discrete
+    ):
         return []
     if isinstance(est, Pathwise) or callable(getattr(est, "noise_breakpoints", None)):
         return []
@@ -264,11 +328,14 @@ def _to(device: torch.device, est: Estimator) -> Estimator:
 
 
 def _row(problem: Problem, name: str, label: str, **values: Any) -> dict[str, Any]:
-    return row(COLUMNS, **{"problem": problem.name, "estimator": name, "parameter": label, **values})
+    return row(
+        COLUMNS, **{"problem": problem.name, "estimator": name, "parameter": label, **values}
+    )
 
 
-def _run_variant(ctx: _Context, problem: Problem, name: str, index: int, variant: Variant,
-                 grad: list[float]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _run_variant(
+    ctx: _Context, problem: Problem, name: str, index: int, variant: Variant, grad: list[float]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     cfg, labels = ctx.cfg, problem.labels()
     rows_idx = variant.rows if variant.rows is not None else list(range(len(labels)))
     est, S, N = variant.estimator.to(ctx.device), variant.num_samples, cfg.num_estimates
@@ -278,8 +345,17 @@ def _run_variant(ctx: _Context, problem: Problem, name: str, index: int, variant
     try:
         est.check(dist)
     except TypeError as exc:
-        return [_row(problem, name, labels[p], status="skipped", note=str(exc), **{k: v for k, v in common.items()
-                if k != "note"}) for p in rows_idx], []
+        return [
+            _row(
+                problem,
+                name,
+                labels[p],
+                status="skipped",
+                note=str(exc),
+                **{k: v for k, v in common.items() if k != "note"},
+            )
+            for p in rows_idx
+        ], []
     evaluations = int(est.evaluations(dist, S))
     seed = _cell_seed(cfg.seed, problem.name, name, str(index))
     try:
@@ -303,8 +379,17 @@ def _run_variant(ctx: _Context, problem: Problem, name: str, index: int, variant
     except Exception as exc:  # noqa: BLE001 - reported per row, the run goes on
         msg = f"{type(exc).__name__}: {exc}"
         ctx.result.notes.append(f"{problem.name} / {name}: error {msg}")
-        return [_row(problem, name, labels[p], status="error", evaluations=evaluations,
-                     **{**common, "note": msg}) for p in rows_idx], []
+        return [
+            _row(
+                problem,
+                name,
+                labels[p],
+                status="error",
+                evaluations=evaluations,
+                **{**common, "note": msg},
+            )
+            for p in rows_idx
+        ], []
     G = G.double().cpu().numpy()
     exact_mean = exact_var = [math.nan] * len(labels)
     note = variant.note
@@ -319,16 +404,28 @@ def _run_variant(ctx: _Context, problem: Problem, name: str, index: int, variant
             ctx.result.notes.append(f"{problem.name} / {name}: {reason}")
         else:
             unplaced = _unplaced_laws(est, dist, S, problem)
-            wrong = [p for p in rows_idx
-                     if unplaced and not _mean_is_exact(est, exact_mean[p], exact_var[p], grad[p])]
+            wrong = [
+                p
+                for p in rows_idx
+                if unplaced and not _mean_is_exact(est, exact_mean[p], exact_var[p], grad[p])
+            ]
             if wrong:
-                points = torch.as_tensor(problem.breakpoints, dtype=torch.float64).reshape(-1).tolist()
-                check = ("a biased estimator's cannot be checked" if not est.unbiased else
-                         "the harness's mean " + ", ".join(f"{exact_mean[p]:.10g}" for p in wrong)
-                         + " is not the exact gradient " + ", ".join(f"{grad[p]:.10g}" for p in wrong))
-                reason = (f"exact moments of {', '.join(labels[p] for p in wrong)} omitted: f jumps (breakpoints "
-                          f"{points}) inside {type(est).__name__}'s noise {', '.join(unplaced)}, where the "
-                          f"quadrature need not be exact, and {check}")
+                points = (
+                    torch.as_tensor(problem.breakpoints, dtype=torch.float64).reshape(-1).tolist()
+                )
+                check = (
+                    "a biased estimator's cannot be checked"
+                    if not est.unbiased
+                    else "the harness's mean "
+                    + ", ".join(f"{exact_mean[p]:.10g}" for p in wrong)
+                    + " is not the exact gradient "
+                    + ", ".join(f"{grad[p]:.10g}" for p in wrong)
+                )
+                reason = (
+                    f"exact moments of {', '.join(labels[p] for p in wrong)} omitted: f jumps (breakpoints "
+                    f"{points}) inside {type(est).__name__}'s noise {', '.join(unplaced)}, where the "
+                    f"quadrature need not be exact, and {check}"
+                )
                 note = "; ".join(filter(None, [note, reason]))
                 ctx.result.notes.append(f"{problem.name} / {name}: {reason}")
                 exact_mean, exact_var = list(exact_mean), list(exact_var)
@@ -337,11 +434,32 @@ def _run_variant(ctx: _Context, problem: Problem, name: str, index: int, variant
     rows, timings = [], []
     for p in rows_idx:
         stats = statistics(G[:, p], grad[p], exact_var[p])
-        rows.append(_row(problem, name, labels[p], status="ok", num_estimates=N, evaluations=evaluations,
-                         exact_gradient=grad[p], exact_mean=exact_mean[p], exact_variance=exact_var[p],
-                         method=method, **{**common, "note": note}, **stats))
-        timings.append({"problem": problem.name, "estimator": name, "parameter": labels[p],
-                        "num_estimates": N, "seconds": seconds, "us_per_estimate": 1e6 * seconds / N})
+        rows.append(
+            _row(
+                problem,
+                name,
+                labels[p],
+                status="ok",
+                num_estimates=N,
+                evaluations=evaluations,
+                exact_gradient=grad[p],
+                exact_mean=exact_mean[p],
+                exact_variance=exact_var[p],
+                method=method,
+                **{**common, "note": note},
+                **stats,
+            )
+        )
+        timings.append(
+            {
+                "problem": problem.name,
+                "estimator": name,
+                "parameter": labels[p],
+                "num_estimates": N,
+                "seconds": seconds,
+                "us_per_estimate": 1e6 * seconds / N,
+            }
+        )
     return rows, timings
 
 
@@ -365,7 +483,9 @@ def run_compare(cfg: CompareConfig, *, progress: bool = True) -> CompareResult:
         try:
             variants = ESTIMATORS[name].build(problem, cfg.num_samples, ctx.optimal_baselines)
         except Unavailable as exc:
-            result.rows.extend(_row(problem, name, lab, status="skipped", note=str(exc)) for lab in labels)
+            result.rows.extend(
+                _row(problem, name, lab, status="skipped", note=str(exc)) for lab in labels
+            )
             continue
         for index, variant in enumerate(variants):
             rows, timings = _run_variant(ctx, problem, name, index, variant, grads[problem.name])
@@ -379,4 +499,3 @@ def config_dict(cfg: CompareConfig) -> dict[str, Any]:
     """The config as plain JSON-able data (for manifest.json)."""
     d = asdict(cfg)
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
-

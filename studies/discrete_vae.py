@@ -51,9 +51,10 @@ standard errors; :func:`summary_table` writes the README's table.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -63,7 +64,14 @@ from scg.models import DISCRETE_ESTIMATORS, DiscreteVAE
 from scg.models.data import digits
 from scg.studies.base import CellContext, Study
 
-__all__ = ["DiscreteVAEConfig", "DiscreteVAEStudy", "SAME_MEAN", "shared_sq_norm", "summary", "summary_table"]
+__all__ = [
+    "DiscreteVAEConfig",
+    "DiscreteVAEStudy",
+    "SAME_MEAN",
+    "shared_sq_norm",
+    "summary",
+    "summary_table",
+]
 
 
 @dataclass(frozen=True)
@@ -135,8 +143,11 @@ def encoder_gradients(model: DiscreteVAE, x: Tensor, num: int) -> tuple[Tensor, 
     try:
         try:
             g = scg.diagnostics.gradient_samples(
-                lambda p: torch.func.functional_call(wrapper, p, (x,), strict=False), params, num,
-                chunk_size=max(1, min(num, 50)))
+                lambda p: torch.func.functional_call(wrapper, p, (x,), strict=False),
+                params,
+                num,
+                chunk_size=max(1, min(num, 50)),
+            )
             return g, "vmap"
         except (RuntimeError, NotImplementedError):
             rows = []
@@ -160,7 +171,7 @@ def shared_sq_norm(means: Mapping[str, Tensor]) -> float:
     nan with fewer than two means.
     """
     names = list(means)
-    dots = [float(means[a] @ means[b]) for i, a in enumerate(names) for b in names[i + 1:]]
+    dots = [float(means[a] @ means[b]) for i, a in enumerate(names) for b in names[i + 1 :]]
     return sum(dots) / len(dots) if dots else float("nan")
 
 
@@ -169,7 +180,9 @@ class _Shadow:
 
     def __init__(self, model: DiscreteVAE, lr: float) -> None:
         self.model = model
-        self.params = [p for p in model.estimator.parameters()] if model.estimator is not None else []
+        self.params = (
+            [p for p in model.estimator.parameters()] if model.estimator is not None else []
+        )
         self.opt = torch.optim.Adam(self.params, lr=lr) if self.params else None
 
     def step(self, x: Tensor, step: int) -> None:
@@ -178,31 +191,49 @@ class _Shadow:
                 self.model.loss(x, step=step)  # running averages update in the forward pass
             return
         grads = torch.autograd.grad(self.model.loss(x, step=step), self.params, allow_unused=True)
-        for p, g in zip(self.params, grads):
+        for p, g in zip(self.params, grads, strict=False):
             p.grad = g
         self.opt.step()
 
 
 def _has_state(model: DiscreteVAE) -> bool:
     est = model.estimator
-    return est is not None and (any(True for _ in est.parameters()) or any(True for _ in est.buffers()))
+    return est is not None and (
+        any(True for _ in est.parameters()) or any(True for _ in est.buffers())
+    )
 
 
 class DiscreteVAEStudy(Study):
     """Encoder-gradient variance of every discrete estimator at the checkpoints of shared reference trajectories."""
 
     name = "discrete-vae"
-    description = ("discrete-latent VAE (digits SBN): encoder gradient variance of every estimator at shared "
-                   "parameters, equal cost in f, several seeds")
-    reproduces = ("Mnih & Rezende 2016, Tucker et al. 2017, Grathwohl et al. 2018, Dong et al. 2020: "
-                  "RLOO/VIMCO/DisARM/RELAX below REINFORCE+MA at equal cost")
-    time = {"smoke": "10 s", "default": "3-4 min on 2 CPU cores with 1 torch thread (3 seeds x 40 epochs)",
-            "full": "GPU (300 epochs)"}
+    description = (
+        "discrete-latent VAE (digits SBN): encoder gradient variance of every estimator at shared "
+        "parameters, equal cost in f, several seeds"
+    )
+    reproduces = (
+        "Mnih & Rezende 2016, Tucker et al. 2017, Grathwohl et al. 2018, Dong et al. 2020: "
+        "RLOO/VIMCO/DisARM/RELAX below REINFORCE+MA at equal cost"
+    )
+    time = {
+        "smoke": "10 s",
+        "default": "3-4 min on 2 CPU cores with 1 torch thread (3 seeds x 40 epochs)",
+        "full": "GPU (300 epochs)",
+    }
     Config = DiscreteVAEConfig
 
     def smoke(self) -> DiscreteVAEConfig:
-        return DiscreteVAEConfig(z_dim=8, epochs=1, batch_size=250, seeds=2, variance_points=2, elbo_points=2,
-                                 grad_estimates=8, grad_batch=10, elbo_samples=1)
+        return DiscreteVAEConfig(
+            z_dim=8,
+            epochs=1,
+            batch_size=250,
+            seeds=2,
+            variance_points=2,
+            elbo_points=2,
+            grad_estimates=8,
+            grad_batch=10,
+            elbo_samples=1,
+        )
 
     def full(self) -> DiscreteVAEConfig:
         """GPU size: 300 epochs (6000 steps), 5 seeds, 1000 gradient estimates at each of 11 checkpoints."""
@@ -211,34 +242,58 @@ class DiscreteVAEStudy(Study):
     def cells(self, cfg: DiscreteVAEConfig) -> list[dict[str, Any]]:
         bad = [e for e in (*cfg.estimators, cfg.reference) if e not in DISCRETE_ESTIMATORS]
         if bad:
-            raise ValueError(f"unknown estimator(s) {bad} for discrete-vae; valid estimators: "
-                             f"{', '.join(DISCRETE_ESTIMATORS)}.")
+            raise ValueError(
+                f"unknown estimator(s) {bad} for discrete-vae; valid estimators: "
+                f"{', '.join(DISCRETE_ESTIMATORS)}."
+            )
         if cfg.evaluations < 6 or cfg.evaluations % 6:
-            raise ValueError(f"`evaluations` must be a positive multiple of 6 (DisARM costs 2, RELAX 3, "
-                             f"RLOO/VIMCO need S >= 2); got {cfg.evaluations}.")
+            raise ValueError(
+                f"`evaluations` must be a positive multiple of 6 (DisARM costs 2, RELAX 3, "
+                f"RLOO/VIMCO need S >= 2); got {cfg.evaluations}."
+            )
         if cfg.grad_estimates < 2 or cfg.epochs < 1 or cfg.grad_batch < 1 or cfg.seeds < 1:
-            raise ValueError("`grad_estimates` must be >= 2, `epochs`, `grad_batch` and `seeds` >= 1; got "
-                             f"{cfg.grad_estimates}, {cfg.epochs}, {cfg.grad_batch}, {cfg.seeds}.")
+            raise ValueError(
+                "`grad_estimates` must be >= 2, `epochs`, `grad_batch` and `seeds` >= 1; got "
+                f"{cfg.grad_estimates}, {cfg.epochs}, {cfg.grad_batch}, {cfg.seeds}."
+            )
         return [{"seed": s} for s in range(cfg.seeds)]
 
-    def run_cell(self, cfg: DiscreteVAEConfig, cell: Mapping[str, Any], ctx: CellContext) -> list[dict[str, Any]]:
+    def run_cell(
+        self, cfg: DiscreteVAEConfig, cell: Mapping[str, Any], ctx: CellContext
+    ) -> list[dict[str, Any]]:
         seed = int(cell["seed"])
         dev = ctx.device
         train = digits().train.to(dev)
         fixed = train[: cfg.grad_batch]
         with torch.random.fork_rng(devices=[]):  # the initial encoder/decoder/prior of this seed
             torch.manual_seed(cfg.init_seed + seed)
-            init = DiscreteVAE(train.shape[1], cfg.z_dim, cfg.hidden, estimator="reinforce", evaluations=6)
+            init = DiscreteVAE(
+                train.shape[1], cfg.z_dim, cfg.hidden, estimator="reinforce", evaluations=6
+            )
         names = list(dict.fromkeys((*cfg.estimators, cfg.reference)))
         models: dict[str, DiscreteVAE] = {}
         for e in names:
-            m = DiscreteVAE(train.shape[1], cfg.z_dim, cfg.hidden, estimator=e, evaluations=cfg.evaluations,
-                            temperature=cfg.temperature)
-            for part in ("encoder", "decoder", "prior"):  # one set of modules shared by every estimator
+            m = DiscreteVAE(
+                train.shape[1],
+                cfg.z_dim,
+                cfg.hidden,
+                estimator=e,
+                evaluations=cfg.evaluations,
+                temperature=cfg.temperature,
+            )
+            for part in (
+                "encoder",
+                "decoder",
+                "prior",
+            ):  # one set of modules shared by every estimator
                 setattr(m, part, getattr(init, part))
             models[e] = m.to(dev)
         ref = models[cfg.reference]
-        shadows = [_Shadow(models[e], cfg.lr) for e in names if e != cfg.reference and _has_state(models[e])]
+        shadows = [
+            _Shadow(models[e], cfg.lr)
+            for e in names
+            if e != cfg.reference and _has_state(models[e])
+        ]
         opt = torch.optim.Adam(ref.parameters(), lr=cfg.lr)
         P = sum(p.numel() for p in ref.encoder.parameters())
         u = torch.randn(P, generator=torch.Generator().manual_seed(12345), dtype=torch.float64)
@@ -246,7 +301,12 @@ class DiscreteVAEStudy(Study):
         per_epoch = math.ceil(train.shape[0] / cfg.batch_size)
         steps = cfg.epochs * per_epoch
         var_at, elbo_at = _points(steps, cfg.variance_points), _points(steps, cfg.elbo_points)
-        base = {"seed": seed, "reference": cfg.reference, "status": "ok", "evaluations": cfg.evaluations}
+        base = {
+            "seed": seed,
+            "reference": cfg.reference,
+            "status": "ok",
+            "evaluations": cfg.evaluations,
+        }
         rows: list[dict[str, Any]] = []
         step, perm = 0, torch.randperm(train.shape[0], generator=ctx.generator, device=dev)
         while True:
@@ -255,16 +315,28 @@ class DiscreteVAEStudy(Study):
                 with torch.no_grad():
                     elbo = float(ref.bound(train, num_samples=cfg.elbo_samples).mean())
                 ref.train()
-                rows.append({**base, "kind": "elbo", "estimator": cfg.reference, "step": step,
-                             "epoch": step / per_epoch, "train_elbo": elbo})
+                rows.append(
+                    {
+                        **base,
+                        "kind": "elbo",
+                        "estimator": cfg.reference,
+                        "step": step,
+                        "epoch": step / per_epoch,
+                        "train_elbo": elbo,
+                    }
+                )
             if step in var_at:
-                rows.extend(self._measure(cfg, models, fixed, u, {**base, "step": step, "epoch": step / per_epoch}))
+                rows.extend(
+                    self._measure(
+                        cfg, models, fixed, u, {**base, "step": step, "epoch": step / per_epoch}
+                    )
+                )
             if step == steps:
                 break
             b = step % per_epoch
             if b == 0 and step > 0:
                 perm = torch.randperm(train.shape[0], generator=ctx.generator, device=dev)
-            xb = train[perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]]
+            xb = train[perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]]
             for sh in shadows:
                 sh.step(xb, step)
             opt.zero_grad(set_to_none=True)
@@ -274,8 +346,13 @@ class DiscreteVAEStudy(Study):
         return rows
 
     @staticmethod
-    def _measure(cfg: DiscreteVAEConfig, models: Mapping[str, DiscreteVAE], fixed: Tensor, u: Tensor,
-                 base: Mapping[str, Any]) -> list[dict[str, Any]]:
+    def _measure(
+        cfg: DiscreteVAEConfig,
+        models: Mapping[str, DiscreteVAE],
+        fixed: Tensor,
+        u: Tensor,
+        base: Mapping[str, Any],
+    ) -> list[dict[str, Any]]:
         """One row per estimator of ``cfg.estimators``, all at the current shared parameters."""
         out, means = [], {}
         for e in cfg.estimators:
@@ -287,11 +364,22 @@ class DiscreteVAEStudy(Study):
             var_sum = float(g.var(0).sum())
             if e in SAME_MEAN:
                 means[e] = mean
-            out.append({**base, "kind": "variance", "estimator": e, "num_samples": m.num_samples,
-                        "unbiased": bool(getattr(m.estimator, "unbiased", True)), "engine": engine,
-                        "var_sum": var_sum, "var_projection": float((g @ u).var()),
-                        "mean_sq_norm": float(mean.pow(2).sum()) - var_sum / R,
-                        "param_checksum": _checksum(m), "grad_estimates": R, "parameters": g.shape[1]})
+            out.append(
+                {
+                    **base,
+                    "kind": "variance",
+                    "estimator": e,
+                    "num_samples": m.num_samples,
+                    "unbiased": bool(getattr(m.estimator, "unbiased", True)),
+                    "engine": engine,
+                    "var_sum": var_sum,
+                    "var_projection": float((g @ u).var()),
+                    "mean_sq_norm": float(mean.pow(2).sum()) - var_sum / R,
+                    "param_checksum": _checksum(m),
+                    "grad_estimates": R,
+                    "parameters": g.shape[1],
+                }
+            )
         shared = shared_sq_norm(means)
         for r in out:
             own = r["estimator"] not in SAME_MEAN or not shared > 0
@@ -301,7 +389,9 @@ class DiscreteVAEStudy(Study):
             r["relative_variance"] = r["var_sum"] / denom if denom > 0 else float("nan")
         return out
 
-    def plot(self, rows: Sequence[Mapping[str, Any]], cfg: DiscreteVAEConfig, out_dir: Path) -> list[Path]:
+    def plot(
+        self, rows: Sequence[Mapping[str, Any]], cfg: DiscreteVAEConfig, out_dir: Path
+    ) -> list[Path]:
         from scg.studies.discrete_vae_plot import plot_discrete
 
         return plot_discrete(rows, cfg, Path(out_dir))
@@ -317,7 +407,9 @@ def _mean_se(values: Sequence[float]) -> tuple[float, float, int]:
     return mu, se, n
 
 
-def summary(rows: Sequence[Mapping[str, Any]], *, against: str = "reinforce") -> list[dict[str, Any]]:
+def summary(
+    rows: Sequence[Mapping[str, Any]], *, against: str = "reinforce"
+) -> list[dict[str, Any]]:
     """Per checkpoint and estimator, over seeds: relative variance and its ratio ``against`` / estimator.
 
     ``ratio`` is, per seed, ``relative_variance[against] / relative_variance[estimator]`` at the same
@@ -335,15 +427,36 @@ def summary(rows: Sequence[Mapping[str, Any]], *, against: str = "reinforce") ->
             per = by.get((step, e), {})
             ref = by.get((step, against), {})
             rel = _mean_se([float(r["relative_variance"]) for r in per.values()])
-            ratio = _mean_se([float(ref[s]["relative_variance"]) / float(r["relative_variance"])
-                              for s, r in per.items() if s in ref])
-            out.append({"step": step, "estimator": e, "seeds": rel[2], "relative_variance": rel[0],
-                        "relative_variance_se": rel[1], "ratio": ratio[0], "ratio_se": ratio[1]})
+            ratio = _mean_se(
+                [
+                    float(ref[s]["relative_variance"]) / float(r["relative_variance"])
+                    for s, r in per.items()
+                    if s in ref
+                ]
+            )
+            out.append(
+                {
+                    "step": step,
+                    "estimator": e,
+                    "seeds": rel[2],
+                    "relative_variance": rel[0],
+                    "relative_variance_se": rel[1],
+                    "ratio": ratio[0],
+                    "ratio_se": ratio[1],
+                }
+            )
     return out
 
 
-LABELS = {"reinforce": "REINFORCE + MA", "nvil": "NVIL", "rloo": "RLOO", "vimco": "VIMCO", "disarm": "DisARM",
-          "relax": "RELAX", "gumbel": "Gumbel-softmax (biased)"}
+LABELS = {
+    "reinforce": "REINFORCE + MA",
+    "nvil": "NVIL",
+    "rloo": "RLOO",
+    "vimco": "VIMCO",
+    "disarm": "DisARM",
+    "relax": "RELAX",
+    "gumbel": "Gumbel-softmax (biased)",
+}
 
 
 def _fmt(x: float) -> str:
@@ -362,7 +475,10 @@ def summary_table(rows: Sequence[Mapping[str, Any]], column: str = "relative_var
     summ = summary(rows)
     ests = list(dict.fromkeys(r["estimator"] for r in summ))
     cell = {(r["step"], r["estimator"]): r for r in summ}
-    lines = ["| step | " + " | ".join(LABELS.get(e, e) for e in ests) + " |", "|---|" + "---|" * len(ests)]
+    lines = [
+        "| step | " + " | ".join(LABELS.get(e, e) for e in ests) + " |",
+        "|---|" + "---|" * len(ests),
+    ]
     for t in sorted({r["step"] for r in summ}):
         vals = [f"{_fmt(cell[t, e][column])} ± {_fmt(cell[t, e][column + '_se'])}" for e in ests]
         lines.append(f"| {t} | " + " | ".join(vals) + " |")

@@ -35,7 +35,6 @@ import sys
 import time
 import traceback
 from types import TracebackType
-from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -59,7 +58,9 @@ def _timeout() -> datetime.timedelta:
     except ValueError:
         value = float("nan")
     if not value > 0 or value == float("inf"):
-        raise ValueError(f"environment variable `SCG_DIST_TIMEOUT` must be a positive number of seconds; got {text!r}.")
+        raise ValueError(
+            f"environment variable `SCG_DIST_TIMEOUT` must be a positive number of seconds; got {text!r}."
+        )
     return datetime.timedelta(seconds=value)
 
 
@@ -87,7 +88,9 @@ def current_shard() -> tuple[int, int]:
         _HOOKED = True
         previous = sys.excepthook
 
-        def hook(kind: type[BaseException], exc: BaseException, tb: Optional[TracebackType]) -> None:
+        def hook(
+            kind: type[BaseException], exc: BaseException, tb: TracebackType | None
+        ) -> None:
             _record(exc)
             print(failure_message(exc, rank, world), file=sys.stderr, flush=True)
             previous(kind, exc, tb)
@@ -100,13 +103,20 @@ def current_shard() -> tuple[int, int]:
 def failure_message(exc: BaseException, rank: int, world: int) -> str:
     """The line a failing rank prints before its traceback."""
     text = f"{type(exc).__name__}: {exc}".strip()
-    lost = isinstance(exc, getattr(dist, "DistBackendError", ())) or "closed by peer" in str(exc).lower()
+    lost = (
+        isinstance(exc, getattr(dist, "DistBackendError", ()))
+        or "closed by peer" in str(exc).lower()
+    )
     if lost:
-        return (f"scg-study: rank {rank} of {world} lost contact with another rank (that rank failed; see its "
-                f"message). The launch fails; re-run the same command to resume: finished cells are kept.")
-    return (f"scg-study: rank {rank} of {world} failed: {text.splitlines()[0] if text else '?'}\n"
-            f"scg-study: torchrun stops the other ranks and the launch fails; finished cells are kept in "
-            f"OUT/cells, so re-running the same command redoes only the missing cells.")
+        return (
+            f"scg-study: rank {rank} of {world} lost contact with another rank (that rank failed; see its "
+            f"message). The launch fails; re-run the same command to resume: finished cells are kept."
+        )
+    return (
+        f"scg-study: rank {rank} of {world} failed: {text.splitlines()[0] if text else '?'}\n"
+        f"scg-study: torchrun stops the other ranks and the launch fails; finished cells are kept in "
+        f"OUT/cells, so re-running the same command redoes only the missing cells."
+    )
 
 
 def _record(exc: BaseException) -> None:
@@ -114,9 +124,17 @@ def _record(exc: BaseException) -> None:
     path = os.environ.get("TORCHELASTIC_ERROR_FILE")
     if not path:
         return
-    data = {"message": {"message": f"{type(exc).__name__}: {exc}", "extraInfo": {
-        "py_callstack": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
-        "timestamp": str(int(time.time()))}}}
+    data = {
+        "message": {
+            "message": f"{type(exc).__name__}: {exc}",
+            "extraInfo": {
+                "py_callstack": "".join(
+                    traceback.format_exception(type(exc), exc, exc.__traceback__)
+                ),
+                "timestamp": str(int(time.time())),
+            },
+        }
+    }
     try:
         with open(path, "w", encoding="utf-8") as fh:
             json.dump(data, fh)

@@ -46,9 +46,10 @@ from __future__ import annotations
 import functools
 import math
 import zlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -59,7 +60,13 @@ from scg.models import BayesianLogisticRegression
 from scg.models.data import breast_cancer
 from scg.studies.base import CellContext, Study
 
-__all__ = ["DoublyStochasticConfig", "DoublyStochastic", "exact_parts", "decomposition", "posterior"]
+__all__ = [
+    "DoublyStochasticConfig",
+    "DoublyStochastic",
+    "exact_parts",
+    "decomposition",
+    "posterior",
+]
 
 ESTIMATORS = {"pathwise": scg.Pathwise, "score_function": scg.ScoreFunction}
 POINTS = ("prior", "fitted")
@@ -111,7 +118,9 @@ def posterior(point: str, fit_steps: int) -> tuple[Tensor, Tensor]:
         return m.loc.detach().clone(), torch.nn.functional.softplus(m.raw_scale).detach().clone()
 
 
-def _per_datum_moments(est: str, x: Tensor, y: Tensor, mu: Tensor, s: Tensor, nodes: int) -> tuple[Tensor, Tensor]:
+def _per_datum_moments(
+    est: str, x: Tensor, y: Tensor, mu: Tensor, s: Tensor, nodes: int
+) -> tuple[Tensor, Tensor]:
     """Exact per-datum mean g ``[N, 2D]`` and variance ``[N, 2D]`` of h_i (1-D quadrature in t = (a − m)/√v)."""
     # Trapezoid rule on [−12, 12] against the N(0, 1) density: the integrands are analytic in a strip
     # (sigmoid/softplus poles at a = ±iπ), so it converges geometrically — faster than Gauss–Hermite here.
@@ -129,22 +138,24 @@ def _per_datum_moments(est: str, x: Tensor, y: Tensor, mu: Tensor, s: Tensor, no
         mean_mu = x * e1.unsqueeze(-1)
         sq_mu = x * x * e2.unsqueeze(-1)
         mean_s = x * beta * e1t.unsqueeze(-1)  # E[ℓ' ε_d] = β E[ℓ' t]
-        sq_s = x * x * (beta ** 2 * e2t2.unsqueeze(-1) + (1 - beta ** 2) * e2.unsqueeze(-1))
+        sq_s = x * x * (beta**2 * e2t2.unsqueeze(-1) + (1 - beta**2) * e2.unsqueeze(-1))
     elif est == "score_function":
         ell = torch.nn.functional.softplus(a) - y.unsqueeze(-1) * a  # ℓ(a)
         L1t, L1t2 = E(ell * t).unsqueeze(-1), E(ell * (t * t - 1)).unsqueeze(-1)
         L2, L2t2 = E(ell * ell).unsqueeze(-1), E(ell * ell * t * t).unsqueeze(-1)
-        L2t4 = E(ell * ell * t ** 4).unsqueeze(-1)
+        L2t4 = E(ell * ell * t**4).unsqueeze(-1)
         mean_mu = beta * L1t / s
-        mean_s = beta ** 2 * L1t2 / s
-        b2, tau = beta ** 2, 1 - beta ** 2
-        sq_mu = (b2 * L2t2 + tau * L2) / s ** 2
+        mean_s = beta**2 * L1t2 / s
+        b2, tau = beta**2, 1 - beta**2
+        sq_mu = (b2 * L2t2 + tau * L2) / s**2
         # E[(ε²−1)² | t] with ε ~ N(βt, τ): (m⁴ + 6m²τ + 3τ²) − 2(m² + τ) + 1, m = βt
-        sq_s = (b2 ** 2 * L2t4 + (6 * b2 * tau - 2 * b2) * L2t2 + (3 * tau ** 2 - 2 * tau + 1) * L2) / s ** 2
+        sq_s = (
+            b2**2 * L2t4 + (6 * b2 * tau - 2 * b2) * L2t2 + (3 * tau**2 - 2 * tau + 1) * L2
+        ) / s**2
     else:  # pragma: no cover - cells() validates
         raise ValueError(est)
     mean = torch.cat([mean_mu, mean_s], -1)
-    return mean, torch.cat([sq_mu, sq_s], -1) - mean ** 2
+    return mean, torch.cat([sq_mu, sq_s], -1) - mean**2
 
 
 def _sum_over_data(est: str, x: Tensor, y: Tensor, mu: Tensor, s: Tensor, eps: Tensor) -> Tensor:
@@ -173,10 +184,19 @@ def exact_parts(est: str, point: str, fit_steps: int, nodes: int, precise: int) 
     G = torch.cat(sums)  # [M, 2D]
     centred = G - G.mean(0)
     T = centred.pow(2).sum(0) / (G.shape[0] - 1)
-    T_se = (centred.pow(4).mean(0) - T ** 2).clamp_min(0).sqrt() / math.sqrt(G.shape[0])
+    T_se = (centred.pow(4).mean(0) - T**2).clamp_min(0).sqrt() / math.sqrt(G.shape[0])
     N = x.shape[0]
-    return {"N": N, "D": x.shape[1], "g": g, "C": c, "tr": c.sum(0), "T": T, "T_se": T_se,
-            "S2": g.var(0, correction=1), "mean_check": (G.mean(0), g.sum(0), G.std(0) / math.sqrt(G.shape[0]))}
+    return {
+        "N": N,
+        "D": x.shape[1],
+        "g": g,
+        "C": c,
+        "tr": c.sum(0),
+        "T": T,
+        "T_se": T_se,
+        "S2": g.var(0, correction=1),
+        "mean_check": (G.mean(0), g.sum(0), G.std(0) / math.sqrt(G.shape[0])),
+    }
 
 
 def decomposition(parts: Mapping[str, Any], B: int, S: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -188,7 +208,9 @@ def decomposition(parts: Mapping[str, Any], B: int, S: int) -> tuple[Tensor, Ten
     return sub, mc, k_off * parts["T_se"] / S
 
 
-def _sampled(est: str, mu: Tensor, s: Tensor, x: Tensor, y: Tensor, B: int, S: int, R: int) -> Tensor:
+def _sampled(
+    est: str, mu: Tensor, s: Tensor, x: Tensor, y: Tensor, B: int, S: int, R: int
+) -> Tensor:
     """``[R, 2D]`` doubly stochastic estimates from scg.minibatch + scg.expectation (vmapped)."""
     N = x.shape[0]
     estimator = ESTIMATORS[est]()
@@ -197,8 +219,9 @@ def _sampled(est: str, mu: Tensor, s: Tensor, x: Tensor, y: Tensor, B: int, S: i
         index, scale = scg.minibatch.subsample(N, B, device=x.device)
         xb, yb = x[index], y[index]
         q = Independent(Normal(p[0], p[1]), 1)
-        return scale * scg.expectation(lambda w: BayesianLogisticRegression.nll(w, xb, yb), q, estimator,
-                                       num_samples=S)
+        return scale * scg.expectation(
+            lambda w: BayesianLogisticRegression.nll(w, xb, yb), q, estimator, num_samples=S
+        )
 
     chunk = max(1, min(R, 2_000_000 // max(1, S * B)))
     return scg.diagnostics.gradient_samples(fn, [mu, s], R, chunk_size=chunk)
@@ -209,13 +232,25 @@ class DoublyStochastic(Study):
 
     name = "doubly-stochastic"
     description = "BLR gradient variance vs batch size B and samples S: subsampling + MC (law of total variance)"
-    reproduces = "Titsias & Lazaro-Gredilla 2014 / Mohamed et al. 2020 §8: sampled total = subsampling + MC"
-    time = {"smoke": "4 s", "default": "4 min (2 CPU cores)", "full": "GPU (10x the default's sampling)"}
+    reproduces = (
+        "Titsias & Lazaro-Gredilla 2014 / Mohamed et al. 2020 §8: sampled total = subsampling + MC"
+    )
+    time = {
+        "smoke": "4 s",
+        "default": "4 min (2 CPU cores)",
+        "full": "GPU (10x the default's sampling)",
+    }
     Config = DoublyStochasticConfig
 
     def smoke(self) -> DoublyStochasticConfig:
-        return DoublyStochasticConfig(batch_sizes=(1, 569), num_samples=(1, 4), grad_estimates=200,
-                                      precise_samples=5000, quadrature_nodes=1201, fit_steps=20)
+        return DoublyStochasticConfig(
+            batch_sizes=(1, 569),
+            num_samples=(1, 4),
+            grad_estimates=200,
+            precise_samples=5000,
+            quadrature_nodes=1201,
+            fit_steps=20,
+        )
 
     def full(self) -> DoublyStochasticConfig:
         """10× the default's sampling: R = 20000 sampled estimates per cell (2-SE bars √10 narrower) and
@@ -223,50 +258,99 @@ class DoublyStochastic(Study):
         return DoublyStochasticConfig(grad_estimates=20_000, precise_samples=1_000_000)
 
     def cells(self, cfg: DoublyStochasticConfig) -> list[dict[str, Any]]:
-        for name, values, valid in (("estimators", cfg.estimators, ESTIMATORS), ("points", cfg.points, POINTS)):
+        for name, values, valid in (
+            ("estimators", cfg.estimators, ESTIMATORS),
+            ("points", cfg.points, POINTS),
+        ):
             bad = [v for v in values if v not in valid]
             if bad:
-                raise ValueError(f"unknown {name} {bad} for doubly-stochastic; valid {name}: {', '.join(valid)}.")
+                raise ValueError(
+                    f"unknown {name} {bad} for doubly-stochastic; valid {name}: {', '.join(valid)}."
+                )
         bad_b = [b for b in cfg.batch_sizes if not 1 <= b <= 569]
         if bad_b or any(s < 1 for s in cfg.num_samples) or cfg.grad_estimates < 2:
-            raise ValueError("`batch_sizes` must be in [1, 569], `num_samples` >= 1 and `grad_estimates` >= 2; "
-                             f"got {cfg.batch_sizes}, {cfg.num_samples}, {cfg.grad_estimates}.")
-        return [{"estimator": e, "point": p, "B": b, "S": s}
-                for e in cfg.estimators for p in cfg.points for b in cfg.batch_sizes for s in cfg.num_samples]
+            raise ValueError(
+                "`batch_sizes` must be in [1, 569], `num_samples` >= 1 and `grad_estimates` >= 2; "
+                f"got {cfg.batch_sizes}, {cfg.num_samples}, {cfg.grad_estimates}."
+            )
+        return [
+            {"estimator": e, "point": p, "B": b, "S": s}
+            for e in cfg.estimators
+            for p in cfg.points
+            for b in cfg.batch_sizes
+            for s in cfg.num_samples
+        ]
 
-    def run_cell(self, cfg: DoublyStochasticConfig, cell: Mapping[str, Any], ctx: CellContext) -> list[dict[str, Any]]:
+    def run_cell(
+        self, cfg: DoublyStochasticConfig, cell: Mapping[str, Any], ctx: CellContext
+    ) -> list[dict[str, Any]]:
         est, point, B, S = cell["estimator"], cell["point"], int(cell["B"]), int(cell["S"])
         parts = exact_parts(est, point, cfg.fit_steps, cfg.quadrature_nodes, cfg.precise_samples)
         sub, mc, mc_se = decomposition(parts, B, S)
         mu, s = posterior(point, cfg.fit_steps)
         x, y, _, _ = breast_cancer()
         dev = ctx.device
-        G = _sampled(est, mu.float().to(dev), s.float().to(dev), x.to(dev), y.to(dev), B, S,
-                     cfg.grad_estimates).double().cpu()
+        G = (
+            _sampled(
+                est,
+                mu.float().to(dev),
+                s.float().to(dev),
+                x.to(dev),
+                y.to(dev),
+                B,
+                S,
+                cfg.grad_estimates,
+            )
+            .double()
+            .cpu()
+        )
         centred = G - G.mean(0)
         D = parts["D"]
         got, want, se = parts["mean_check"]
         rows = []
         for group in GROUPS:
-            sl = slice(0, 2 * D) if group == "all" else (slice(0, D) if group == "mu" else slice(D, 2 * D))
-            sq = centred[:, sl].pow(2).sum(1) * G.shape[0] / (G.shape[0] - 1)  # per-estimate contribution
+            sl = (
+                slice(0, 2 * D)
+                if group == "all"
+                else (slice(0, D) if group == "mu" else slice(D, 2 * D))
+            )
+            sq = (
+                centred[:, sl].pow(2).sum(1) * G.shape[0] / (G.shape[0] - 1)
+            )  # per-estimate contribution
             v_s, v_se = float(sq.mean()), float(sq.std() / math.sqrt(G.shape[0]))
             v_sub, v_mc = float(sub[sl].sum()), float(mc[sl].sum())
             v_mc_se = float(mc_se[sl].pow(2).sum().sqrt())
             total = v_sub + v_mc
-            rows.append({
-                "estimator": est, "point": point, "B": B, "S": S, "group": group, "status": "ok",
-                "var_subsampling": v_sub, "var_mc": v_mc, "var_mc_se": v_mc_se, "var_total_exact": total,
-                "var_total_sampled": v_s, "var_total_sampled_se": v_se,
-                "z": (v_s - total) / math.sqrt(v_se ** 2 + v_mc_se ** 2) if v_se > 0 else float("nan"),
-                "rel_error": v_s / total - 1 if total > 0 else float("nan"),
-                "mc_fraction": v_mc / total if total > 0 else float("nan"),
-                "grad_estimates": cfg.grad_estimates,
-                "quadrature_vs_sampled_mean_z": float(((got[sl] - want[sl]) / se[sl]).abs().max()),
-            })
+            rows.append(
+                {
+                    "estimator": est,
+                    "point": point,
+                    "B": B,
+                    "S": S,
+                    "group": group,
+                    "status": "ok",
+                    "var_subsampling": v_sub,
+                    "var_mc": v_mc,
+                    "var_mc_se": v_mc_se,
+                    "var_total_exact": total,
+                    "var_total_sampled": v_s,
+                    "var_total_sampled_se": v_se,
+                    "z": (v_s - total) / math.sqrt(v_se**2 + v_mc_se**2)
+                    if v_se > 0
+                    else float("nan"),
+                    "rel_error": v_s / total - 1 if total > 0 else float("nan"),
+                    "mc_fraction": v_mc / total if total > 0 else float("nan"),
+                    "grad_estimates": cfg.grad_estimates,
+                    "quadrature_vs_sampled_mean_z": float(
+                        ((got[sl] - want[sl]) / se[sl]).abs().max()
+                    ),
+                }
+            )
         return rows
 
-    def plot(self, rows: Sequence[Mapping[str, Any]], cfg: DoublyStochasticConfig, out_dir: Path) -> list[Path]:
+    def plot(
+        self, rows: Sequence[Mapping[str, Any]], cfg: DoublyStochasticConfig, out_dir: Path
+    ) -> list[Path]:
         from scg.studies.doubly_stochastic_plot import plot_decomposition
 
         return plot_decomposition(rows, cfg, Path(out_dir))

@@ -11,12 +11,11 @@ reported as skipped, never crashed on.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import scg
 from scg.estimators.base import Estimator
-
 from scg.studies.problems import Problem
 
 __all__ = ["EstimatorSpec", "Variant", "ESTIMATORS", "estimator_names", "Unavailable"]
@@ -38,7 +37,7 @@ class Variant:
     """
 
     estimator: Estimator
-    rows: Optional[list[int]]
+    rows: list[int] | None
     num_samples: int
     note: str = ""
 
@@ -71,7 +70,9 @@ def _simple(class_name: str, **kwargs: object) -> Builder:
     return build
 
 
-def _score_function(problem: Problem, S: int, _opt: Callable[[Problem], list[float]]) -> list[Variant]:
+def _score_function(
+    problem: Problem, S: int, _opt: Callable[[Problem], list[float]]
+) -> list[Variant]:
     return [Variant(scg.ScoreFunction(), None, S)]
 
 
@@ -85,11 +86,17 @@ def _optimal(problem: Problem, S: int, opt: Callable[[Problem], list[float]]) ->
 
 def _rloo(problem: Problem, S: int, _opt: Callable[[Problem], list[float]]) -> list[Variant]:
     S_eff = max(S, scg.baselines.LeaveOneOut.min_samples)
-    note = "" if S_eff == S else f"num_samples raised from {S} to {S_eff} (LeaveOneOut needs S >= 2)"
-    return [Variant(scg.ScoreFunction(baseline=scg.baselines.LeaveOneOut()), None, S_eff, note=note)]
+    note = (
+        "" if S_eff == S else f"num_samples raised from {S} to {S_eff} (LeaveOneOut needs S >= 2)"
+    )
+    return [
+        Variant(scg.ScoreFunction(baseline=scg.baselines.LeaveOneOut()), None, S_eff, note=note)
+    ]
 
 
-def _moving_average(problem: Problem, S: int, _opt: Callable[[Problem], list[float]]) -> list[Variant]:
+def _moving_average(
+    problem: Problem, S: int, _opt: Callable[[Problem], list[float]]
+) -> list[Variant]:
     est = scg.ScoreFunction(baseline=scg.baselines.MovingAverage())
     return [Variant(est, None, S, note="baseline warmed up, then frozen")]
 
@@ -97,27 +104,44 @@ def _moving_average(problem: Problem, S: int, _opt: Callable[[Problem], list[flo
 ESTIMATORS: dict[str, EstimatorSpec] = {
     s.name: s
     for s in (
-        EstimatorSpec("score_function", "ScoreFunction() — REINFORCE, no baseline (SF)", _score_function),
+        EstimatorSpec(
+            "score_function", "ScoreFunction() — REINFORCE, no baseline (SF)", _score_function
+        ),
         EstimatorSpec(
             "score_function_optimal",
             "ScoreFunction(baseline=Constant(b*)) — exact variance-optimal constant per parameter (SF*)",
             _optimal,
         ),
-        EstimatorSpec("rloo", "ScoreFunction(baseline=LeaveOneOut()) — RLOO, S >= 2 (S raised to 2)", _rloo),
+        EstimatorSpec(
+            "rloo", "ScoreFunction(baseline=LeaveOneOut()) — RLOO, S >= 2 (S raised to 2)", _rloo
+        ),
         EstimatorSpec(
             "moving_average",
             "ScoreFunction(baseline=MovingAverage()) — warmed up on 200 calls, then frozen",
             _moving_average,
         ),
         EstimatorSpec("pathwise", "Pathwise() — reparameterisation (PW)", _simple("Pathwise")),
-        EstimatorSpec("measure_valued", "MeasureValued() — coupled weak derivatives (MVD)", _simple("MeasureValued")),
-        EstimatorSpec("disarm", "DisARM() — antithetic Bernoulli estimator", _simple("DisARM")),
-        EstimatorSpec("relax", "RELAX() — REBAR control variate at its initial (untrained) values", _simple("RELAX")),
         EstimatorSpec(
-            "gumbel_softmax", "GumbelSoftmax(temperature=0.5) — Concrete relaxation (biased)",
+            "measure_valued",
+            "MeasureValued() — coupled weak derivatives (MVD)",
+            _simple("MeasureValued"),
+        ),
+        EstimatorSpec("disarm", "DisARM() — antithetic Bernoulli estimator", _simple("DisARM")),
+        EstimatorSpec(
+            "relax",
+            "RELAX() — REBAR control variate at its initial (untrained) values",
+            _simple("RELAX"),
+        ),
+        EstimatorSpec(
+            "gumbel_softmax",
+            "GumbelSoftmax(temperature=0.5) — Concrete relaxation (biased)",
             _simple("GumbelSoftmax", temperature=0.5),
         ),
-        EstimatorSpec("straight_through", "StraightThrough() — straight-through (biased)", _simple("StraightThrough")),
+        EstimatorSpec(
+            "straight_through",
+            "StraightThrough() — straight-through (biased)",
+            _simple("StraightThrough"),
+        ),
     )
 }
 """Registered estimators, in the order they are compared."""

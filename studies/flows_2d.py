@@ -44,9 +44,10 @@ from __future__ import annotations
 import base64
 import math
 import zlib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -57,8 +58,16 @@ import scg
 from scg.models import flow_layers
 from scg.studies.base import CellContext, Study
 
-__all__ = ["Flows2DConfig", "Flows2D", "POTENTIALS", "potential", "decode_image", "grid_points", "summary",
-           "summary_table"]
+__all__ = [
+    "Flows2DConfig",
+    "Flows2D",
+    "POTENTIALS",
+    "potential",
+    "decode_image",
+    "grid_points",
+    "summary",
+    "summary_table",
+]
 
 BOX = 4.0
 KINDS = ("planar", "radial", "coupling")
@@ -70,7 +79,9 @@ def _w1(z1: Tensor) -> Tensor:
 
 def _u1(z: Tensor) -> Tensor:
     z1, r = z[..., 0], z.norm(dim=-1)
-    return 0.5 * ((r - 2) / 0.4) ** 2 - torch.logaddexp(-0.5 * ((z1 - 2) / 0.6) ** 2, -0.5 * ((z1 + 2) / 0.6) ** 2)
+    return 0.5 * ((r - 2) / 0.4) ** 2 - torch.logaddexp(
+        -0.5 * ((z1 - 2) / 0.6) ** 2, -0.5 * ((z1 + 2) / 0.6) ** 2
+    )
 
 
 def _u2(z: Tensor) -> Tensor:
@@ -80,13 +91,17 @@ def _u2(z: Tensor) -> Tensor:
 def _u3(z: Tensor) -> Tensor:
     z1, z2 = z[..., 0], z[..., 1]
     w2 = 3 * torch.exp(-0.5 * ((z1 - 1) / 0.6) ** 2)
-    return -torch.logaddexp(-0.5 * ((z2 - _w1(z1)) / 0.35) ** 2, -0.5 * ((z2 - _w1(z1) + w2) / 0.35) ** 2)
+    return -torch.logaddexp(
+        -0.5 * ((z2 - _w1(z1)) / 0.35) ** 2, -0.5 * ((z2 - _w1(z1) + w2) / 0.35) ** 2
+    )
 
 
 def _u4(z: Tensor) -> Tensor:
     z1, z2 = z[..., 0], z[..., 1]
     w3 = 3 * torch.sigmoid((z1 - 1) / 0.3)
-    return -torch.logaddexp(-0.5 * ((z2 - _w1(z1)) / 0.4) ** 2, -0.5 * ((z2 - _w1(z1) + w3) / 0.35) ** 2)
+    return -torch.logaddexp(
+        -0.5 * ((z2 - _w1(z1)) / 0.4) ** 2, -0.5 * ((z2 - _w1(z1) + w3) / 0.35) ** 2
+    )
 
 
 #: The four energy functions of Rezende & Mohamed (2015), Table 1: ``[..., 2] -> [...]``.
@@ -101,7 +116,9 @@ def potential(name: str) -> Callable[[Tensor], Tensor]:
     return POTENTIALS[name]
 
 
-def grid_points(G: int, dtype: torch.dtype = torch.float64, device: Any = "cpu") -> tuple[Tensor, float]:
+def grid_points(
+    G: int, dtype: torch.dtype = torch.float64, device: Any = "cpu"
+) -> tuple[Tensor, float]:
     """Midpoints of a G×G grid of [−4, 4]², ``[G*G, 2]`` (row-major: z2 varies slowest), and the spacing h."""
     h = 2 * BOX / G
     c = -BOX + h * (torch.arange(G, dtype=dtype, device=device) + 0.5)
@@ -112,7 +129,11 @@ def grid_points(G: int, dtype: torch.dtype = torch.float64, device: Any = "cpu")
 def encode_image(density: np.ndarray) -> str:
     """``[G, G]`` non-negative array → 8-bit image (scaled to its max), zlib-compressed, base64 text."""
     top = float(density.max()) if density.size else 0.0
-    img = np.zeros(density.shape, np.uint8) if top <= 0 else np.round(255 * density / top).astype(np.uint8)
+    img = (
+        np.zeros(density.shape, np.uint8)
+        if top <= 0
+        else np.round(255 * density / top).astype(np.uint8)
+    )
     return f"{img.shape[0]}:" + base64.b64encode(zlib.compress(img.tobytes(), 9)).decode("ascii")
 
 
@@ -164,7 +185,9 @@ class Flows2DConfig:
 
 
 def _flow(layers: torch.nn.ModuleList, base: Independent) -> TransformedDistribution:
-    return TransformedDistribution(base, [layer.transform(None) for layer in layers], validate_args=False)
+    return TransformedDistribution(
+        base, [layer.transform(None) for layer in layers], validate_args=False
+    )
 
 
 class Flows2D(Study):
@@ -173,13 +196,24 @@ class Flows2D(Study):
     name = "flows-2d"
     description = "planar/radial/coupling flows on the 2-D potentials U1-U4: density pictures and KL on [-4,4]^2"
     reproduces = "Rezende & Mohamed 2015 Fig. 3: longer flows fit U1-U4 better (KL falls with K)"
-    time = {"smoke": "5 s", "default": "~3 min on 2 CPU cores (400 steps, 1 seed; 9 min with --set seeds=3)",
-            "full": "GPU (20000 steps)"}
+    time = {
+        "smoke": "5 s",
+        "default": "~3 min on 2 CPU cores (400 steps, 1 seed; 9 min with --set seeds=3)",
+        "full": "GPU (20000 steps)",
+    }
     Config = Flows2DConfig
 
     def smoke(self) -> Flows2DConfig:
-        return Flows2DConfig(potentials=("U1", "U2"), lengths=(2, 4), steps=10, anneal_steps=5, num_samples=32,
-                             coupling_hidden=8, grid=32, mc_samples=256)
+        return Flows2DConfig(
+            potentials=("U1", "U2"),
+            lengths=(2, 4),
+            steps=10,
+            anneal_steps=5,
+            num_samples=32,
+            coupling_hidden=8,
+            grid=32,
+            mc_samples=256,
+        )
 
     def full(self) -> Flows2DConfig:
         """Paper-like size (Rezende & Mohamed 2015 §6.1, T_β = 10⁴): 20000 Adam steps annealed over
@@ -187,19 +221,36 @@ class Flows2D(Study):
         return Flows2DConfig(steps=20000, anneal_steps=10000, num_samples=512, lr=1e-3, grid=512)
 
     def cells(self, cfg: Flows2DConfig) -> list[dict[str, Any]]:
-        for name, values, valid in (("potentials", cfg.potentials, POTENTIALS), ("kinds", cfg.kinds, KINDS)):
+        for name, values, valid in (
+            ("potentials", cfg.potentials, POTENTIALS),
+            ("kinds", cfg.kinds, KINDS),
+        ):
             bad = [v for v in values if v not in valid]
             if bad:
-                raise ValueError(f"unknown {name} {bad} for flows-2d; valid {name}: {', '.join(valid)}.")
-        if any(k < 1 for k in cfg.lengths) or min(cfg.steps, cfg.anneal_steps, cfg.num_samples, cfg.grid) < 1:
-            raise ValueError("`lengths`, `steps`, `anneal_steps`, `num_samples` and `grid` must be >= 1; got "
-                             f"{cfg.lengths}, {cfg.steps}, {cfg.anneal_steps}, {cfg.num_samples}, {cfg.grid}.")
+                raise ValueError(
+                    f"unknown {name} {bad} for flows-2d; valid {name}: {', '.join(valid)}."
+                )
+        if (
+            any(k < 1 for k in cfg.lengths)
+            or min(cfg.steps, cfg.anneal_steps, cfg.num_samples, cfg.grid) < 1
+        ):
+            raise ValueError(
+                "`lengths`, `steps`, `anneal_steps`, `num_samples` and `grid` must be >= 1; got "
+                f"{cfg.lengths}, {cfg.steps}, {cfg.anneal_steps}, {cfg.num_samples}, {cfg.grid}."
+            )
         if cfg.seeds < 1 or cfg.threads < 1:
             raise ValueError(f"`seeds` and `threads` must be >= 1; got {cfg.seeds}, {cfg.threads}.")
-        return [{"potential": u, "kind": k, "length": n, "seed": s} for u in cfg.potentials for k in cfg.kinds
-                for n in cfg.lengths for s in range(cfg.seeds)]
+        return [
+            {"potential": u, "kind": k, "length": n, "seed": s}
+            for u in cfg.potentials
+            for k in cfg.kinds
+            for n in cfg.lengths
+            for s in range(cfg.seeds)
+        ]
 
-    def run_cell(self, cfg: Flows2DConfig, cell: Mapping[str, Any], ctx: CellContext) -> list[dict[str, Any]]:
+    def run_cell(
+        self, cfg: Flows2DConfig, cell: Mapping[str, Any], ctx: CellContext
+    ) -> list[dict[str, Any]]:
         before = torch.get_num_threads()
         torch.set_num_threads(cfg.threads)
         try:
@@ -207,13 +258,19 @@ class Flows2D(Study):
         finally:
             torch.set_num_threads(before)
 
-    def _fit(self, cfg: Flows2DConfig, cell: Mapping[str, Any], ctx: CellContext) -> list[dict[str, Any]]:
+    def _fit(
+        self, cfg: Flows2DConfig, cell: Mapping[str, Any], ctx: CellContext
+    ) -> list[dict[str, Any]]:
         U = potential(cell["potential"])
         kind, K, dev = cell["kind"], int(cell["length"]), ctx.device
         layers = flow_layers(kind, 2, K, hidden=(cfg.coupling_hidden,)).to(dev)
         zero = torch.zeros(2, device=dev)
-        base = Independent(Normal(zero, torch.ones_like(zero), validate_args=False), 1, validate_args=False)
-        opt = torch.optim.Adam(layers.parameters(), lr=cfg.lr_coupling if kind == "coupling" else cfg.lr)
+        base = Independent(
+            Normal(zero, torch.ones_like(zero), validate_args=False), 1, validate_args=False
+        )
+        opt = torch.optim.Adam(
+            layers.parameters(), lr=cfg.lr_coupling if kind == "coupling" else cfg.lr
+        )
         est = scg.Pathwise()
         last = math.nan
 
@@ -221,12 +278,14 @@ class Flows2D(Study):
             if cfg.wall_width <= 0:
                 return U(z)
             out = torch.relu(z.abs() - BOX)
-            return U(z) + (out * out).sum(-1) / (2 * cfg.wall_width ** 2)
+            return U(z) + (out * out).sum(-1) / (2 * cfg.wall_width**2)
 
         for t in range(cfg.steps):
             beta = min(1.0, 0.01 + t / cfg.anneal_steps)
             q = _flow(layers, base)
-            loss = scg.expectation(lambda z: q.log_prob(z) + beta * energy(z), q, est, num_samples=cfg.num_samples)
+            loss = scg.expectation(
+                lambda z: q.log_prob(z) + beta * energy(z), q, est, num_samples=cfg.num_samples
+            )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(layers.parameters(), cfg.clip_norm)
@@ -248,17 +307,31 @@ class Flows2D(Study):
         img = log_q.exp().reshape(cfg.grid, cfg.grid).numpy()
         if cfg.grid > 128 and cfg.grid % 2 == 0:
             img = img.reshape(cfg.grid // 2, 2, cfg.grid // 2, 2).mean((1, 3))
-        return [{
-            "potential": cell["potential"], "kind": kind, "length": K, "seed": int(cell.get("seed", 0)),
-            "status": "ok",
-            "kl_box": kl, "q_mass_box": math.exp(log_mass), "q_samples_in_box": inside, "log_z_box": log_z,
-            "log_z_exact": LOG_Z_U1 if cell["potential"] == "U1" else math.nan,
-            "free_energy_mc": free, "free_energy_se": free_se, "kl_mc": free + log_z,
-            "final_loss": last, "steps": cfg.steps, "parameters": sum(p.numel() for p in layers.parameters()),
-            "image": encode_image(img),
-        }]
+        return [
+            {
+                "potential": cell["potential"],
+                "kind": kind,
+                "length": K,
+                "seed": int(cell.get("seed", 0)),
+                "status": "ok",
+                "kl_box": kl,
+                "q_mass_box": math.exp(log_mass),
+                "q_samples_in_box": inside,
+                "log_z_box": log_z,
+                "log_z_exact": LOG_Z_U1 if cell["potential"] == "U1" else math.nan,
+                "free_energy_mc": free,
+                "free_energy_se": free_se,
+                "kl_mc": free + log_z,
+                "final_loss": last,
+                "steps": cfg.steps,
+                "parameters": sum(p.numel() for p in layers.parameters()),
+                "image": encode_image(img),
+            }
+        ]
 
-    def plot(self, rows: Sequence[Mapping[str, Any]], cfg: Flows2DConfig, out_dir: Path) -> list[Path]:
+    def plot(
+        self, rows: Sequence[Mapping[str, Any]], cfg: Flows2DConfig, out_dir: Path
+    ) -> list[Path]:
         from scg.studies.flows_2d_plot import plot_flows
 
         return plot_flows(rows, cfg, Path(out_dir))
@@ -269,13 +342,29 @@ def summary(rows: Sequence[Mapping[str, Any]], column: str = "kl_box") -> list[d
     groups: dict[tuple[str, str, int], list[float]] = {}
     for r in rows:
         if r.get("status") == "ok":
-            groups.setdefault((str(r["potential"]), str(r["kind"]), int(r["length"])), []).append(float(r[column]))
+            groups.setdefault((str(r["potential"]), str(r["kind"]), int(r["length"])), []).append(
+                float(r[column])
+            )
     out = []
     for (u, k, n), v in groups.items():
         mean = sum(v) / len(v)
-        se = math.sqrt(sum((x - mean) ** 2 for x in v) / (len(v) - 1) / len(v)) if len(v) > 1 else math.nan
-        out.append({"potential": u, "kind": k, "length": n, "seeds": len(v), "mean": mean, "se": se,
-                    "min": min(v), "max": max(v)})
+        se = (
+            math.sqrt(sum((x - mean) ** 2 for x in v) / (len(v) - 1) / len(v))
+            if len(v) > 1
+            else math.nan
+        )
+        out.append(
+            {
+                "potential": u,
+                "kind": k,
+                "length": n,
+                "seeds": len(v),
+                "mean": mean,
+                "se": se,
+                "min": min(v),
+                "max": max(v),
+            }
+        )
     return out
 
 
@@ -284,8 +373,10 @@ def summary_table(rows: Sequence[Mapping[str, Any]], column: str = "kl_box") -> 
     summ = summary(rows, column)
     cols = list(dict.fromkeys((r["kind"], r["length"]) for r in summ))
     cell = {(r["potential"], r["kind"], r["length"]): r for r in summ}
-    lines = ["| KL(q̄‖p̄) nats | " + " | ".join(f"{k} K = {n}" for k, n in cols) + " |",
-             "|---|" + "---|" * len(cols)]
+    lines = [
+        "| KL(q̄‖p̄) nats | " + " | ".join(f"{k} K = {n}" for k, n in cols) + " |",
+        "|---|" + "---|" * len(cols),
+    ]
     for u in dict.fromkeys(r["potential"] for r in summ):
         vals = []
         for k, n in cols:

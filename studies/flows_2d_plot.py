@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -25,8 +26,9 @@ def plot_flows(rows: Sequence[Mapping[str, Any]], cfg: Any, out: Path) -> list[P
     pots = [u for u in cfg.potentials if any(r["potential"] == u for r in ok)]
     cols = [(k, n) for k in cfg.kinds for n in cfg.lengths]
     ext = (-BOX, BOX, -BOX, BOX)
-    fig, axes = plt.subplots(len(pots), 1 + len(cols), figsize=(1.55 * (1 + len(cols)), 1.6 * len(pots)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(pots), 1 + len(cols), figsize=(1.55 * (1 + len(cols)), 1.6 * len(pots)), squeeze=False
+    )
     G = 200
     pts, _ = grid_points(G)
     for i, u in enumerate(pots):
@@ -35,19 +37,38 @@ def plot_flows(rows: Sequence[Mapping[str, Any]], cfg: Any, out: Path) -> list[P
         axes[i][0].set_ylabel(u, fontsize=11)
         for j, (k, n) in enumerate(cols, start=1):
             ax = axes[i][j]
-            r = next((r for r in ok if r["potential"] == u and r["kind"] == k and int(r["length"]) == n
-                      and int(r.get("seed", 0) or 0) == 0), None)
+            r = next(
+                (
+                    r
+                    for r in ok
+                    if r["potential"] == u
+                    and r["kind"] == k
+                    and int(r["length"]) == n
+                    and int(r.get("seed", 0) or 0) == 0
+                ),
+                None,
+            )
             if r is not None:
                 ax.imshow(decode_image(r["image"]), origin="lower", extent=ext, cmap="viridis")
-                ax.text(0.03, 0.04, f"KL {float(r['kl_box']):.2f}", transform=ax.transAxes, color="w", fontsize=6.5)
+                ax.text(
+                    0.03,
+                    0.04,
+                    f"KL {float(r['kl_box']):.2f}",
+                    transform=ax.transAxes,
+                    color="w",
+                    fontsize=6.5,
+                )
         for ax in axes[i]:
             ax.set_xticks([])
             ax.set_yticks([])
     axes[0][0].set_title("target exp(−U(z))", fontsize=8)
     for j, (k, n) in enumerate(cols, start=1):
         axes[0][j].set_title(f"{NAMES.get(k, k)} K={n}", fontsize=8)
-    fig.suptitle(f"Flows fitted by reverse KL (pathwise), {cfg.steps} Adam steps, {cfg.num_samples} samples/step; "
-                 "box [-4, 4]², KL(q̄‖p̄) inside each panel (seed 0)", fontsize=9)
+    fig.suptitle(
+        f"Flows fitted by reverse KL (pathwise), {cfg.steps} Adam steps, {cfg.num_samples} samples/step; "
+        "box [-4, 4]², KL(q̄‖p̄) inside each panel (seed 0)",
+        fontsize=9,
+    )
     fig.tight_layout()
     paths = [save_figure(fig, out / "flows_2d.png", dpi=110)]
     plt.close(fig)
@@ -60,14 +81,28 @@ def plot_flows(rows: Sequence[Mapping[str, Any]], cfg: Any, out: Path) -> list[P
     for i, u in enumerate(pots):
         ax = axes[0][i]
         for c, k in enumerate(cfg.kinds):
-            rs = sorted((r for r in summ if r["potential"] == u and r["kind"] == k), key=lambda r: r["length"])
+            rs = sorted(
+                (r for r in summ if r["potential"] == u and r["kind"] == k),
+                key=lambda r: r["length"],
+            )
             if rs:
-                ax.errorbar([r["length"] for r in rs], [max(r["mean"], 1e-4) for r in rs],
-                            yerr=[0.0 if r["se"] != r["se"] else r["se"] for r in rs], fmt="o-", capsize=3,
-                            color=f"C{c}", label=NAMES.get(k, k))
-                each = [(int(r["length"]), max(float(r["kl_box"]), 1e-4)) for r in ok
-                        if r["potential"] == u and r["kind"] == k]
-                ax.plot([e[0] for e in each], [e[1] for e in each], ".", color=f"C{c}", alpha=0.4, ms=4)
+                ax.errorbar(
+                    [r["length"] for r in rs],
+                    [max(r["mean"], 1e-4) for r in rs],
+                    yerr=[0.0 if r["se"] != r["se"] else r["se"] for r in rs],
+                    fmt="o-",
+                    capsize=3,
+                    color=f"C{c}",
+                    label=NAMES.get(k, k),
+                )
+                each = [
+                    (int(r["length"]), max(float(r["kl_box"]), 1e-4))
+                    for r in ok
+                    if r["potential"] == u and r["kind"] == k
+                ]
+                ax.plot(
+                    [e[0] for e in each], [e[1] for e in each], ".", color=f"C{c}", alpha=0.4, ms=4
+                )
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xticks(list(cfg.lengths))

@@ -44,9 +44,10 @@ References:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -59,30 +60,83 @@ from scg.studies.base import CellContext, Study
 from scg.studies.problems import Problem
 from scg.studies.sampling import Moments, sample_until
 
-__all__ = ["GaussianConfig", "Gaussian", "Moments", "sample_until", "cost", "REFERENCE", "ESTIMATOR_LABELS"]
+__all__ = [
+    "GaussianConfig",
+    "Gaussian",
+    "Moments",
+    "sample_until",
+    "cost",
+    "REFERENCE",
+    "ESTIMATOR_LABELS",
+]
 
 #: Reference variances derived in this project (closed forms, docs/references.md) at four (family, k)
 #: points of Mohamed et al. 2020's §3 curves: (family, k) -> parameter -> estimator -> variance.
 REFERENCE: dict[tuple[str, float], dict[str, dict[str, float]]] = {
-    ("square", 0.0): {"mu": {"score_function": 30, "score_function_optimal": 14, "pathwise": 4, "measure_valued": 1.093},
-                      "sigma": {"score_function": 136, "score_function_optimal": 64, "pathwise": 12,
-                                "measure_valued": 8}},
-    ("square", 3.0): {"mu": {"score_function": 87, "score_function_optimal": 38, "pathwise": 4, "measure_valued": 4.372},
-                      "sigma": {"score_function": 346, "score_function_optimal": 184, "pathwise": 24,
-                                "measure_valued": 20}},
-    ("cos", 5.0): {"mu": {"score_function": 0.5, "score_function_optimal": 0.5, "pathwise": 12.5,
-                          "measure_valued": 0.2957},
-                   "sigma": {"score_function": 1.0, "score_function_optimal": 1.0, "pathwise": 12.5,
-                             "measure_valued": 1.0}},
-    ("bump", 1.0): {"mu": {"score_function": 0.1758, "score_function_optimal": 0.0722, "pathwise": 0.2117,
-                           "measure_valued": 0.0126},
-                    "sigma": {"score_function": 0.1767, "score_function_optimal": 0.1128, "pathwise": 0.1757,
-                              "measure_valued": 0.0707}},
+    ("square", 0.0): {
+        "mu": {
+            "score_function": 30,
+            "score_function_optimal": 14,
+            "pathwise": 4,
+            "measure_valued": 1.093,
+        },
+        "sigma": {
+            "score_function": 136,
+            "score_function_optimal": 64,
+            "pathwise": 12,
+            "measure_valued": 8,
+        },
+    },
+    ("square", 3.0): {
+        "mu": {
+            "score_function": 87,
+            "score_function_optimal": 38,
+            "pathwise": 4,
+            "measure_valued": 4.372,
+        },
+        "sigma": {
+            "score_function": 346,
+            "score_function_optimal": 184,
+            "pathwise": 24,
+            "measure_valued": 20,
+        },
+    },
+    ("cos", 5.0): {
+        "mu": {
+            "score_function": 0.5,
+            "score_function_optimal": 0.5,
+            "pathwise": 12.5,
+            "measure_valued": 0.2957,
+        },
+        "sigma": {
+            "score_function": 1.0,
+            "score_function_optimal": 1.0,
+            "pathwise": 12.5,
+            "measure_valued": 1.0,
+        },
+    },
+    ("bump", 1.0): {
+        "mu": {
+            "score_function": 0.1758,
+            "score_function_optimal": 0.0722,
+            "pathwise": 0.2117,
+            "measure_valued": 0.0126,
+        },
+        "sigma": {
+            "score_function": 0.1767,
+            "score_function_optimal": 0.1128,
+            "pathwise": 0.1757,
+            "measure_valued": 0.0707,
+        },
+    },
 }
 
 #: Short labels used in the figures (Mohamed et al.'s column names).
 ESTIMATOR_LABELS: dict[str, str] = {
-    "score_function": "SF", "score_function_optimal": "SF*", "pathwise": "PW", "measure_valued": "MVD",
+    "score_function": "SF",
+    "score_function_optimal": "SF*",
+    "pathwise": "PW",
+    "measure_valued": "MVD",
     "score_function_baseline": "SF, b = E f",
 }
 _FAMILIES = ("square", "bump", "cos")
@@ -121,9 +175,14 @@ class GaussianConfig:
     """
 
     square_k: tuple[float, ...] = (-3.0, -1.5, 0.0, 1.5, 3.0)
-    bump_k: tuple[float, ...] = (0.1, 10 ** -0.5, 1.0, 10 ** 0.5, 10.0)
-    cos_k: tuple[float, ...] = (0.1, 10 ** -0.5, 1.0, 10 ** 0.5, 5.0, 10.0)
-    estimators: tuple[str, ...] = ("score_function", "score_function_optimal", "pathwise", "measure_valued")
+    bump_k: tuple[float, ...] = (0.1, 10**-0.5, 1.0, 10**0.5, 10.0)
+    cos_k: tuple[float, ...] = (0.1, 10**-0.5, 1.0, 10**0.5, 5.0, 10.0)
+    estimators: tuple[str, ...] = (
+        "score_function",
+        "score_function_optimal",
+        "pathwise",
+        "measure_valued",
+    )
     dims: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
     rel_se: float = 0.02 / 3
     min_estimates: int = 1 << 16
@@ -142,23 +201,35 @@ class GaussianConfig:
             raise ValueError(f"`dtype` must be float64 or float32; got {self.dtype!r}.")
         bad = [e for e in self.estimators if e not in REFERENCE[("square", 0.0)]["mu"]]
         if bad:
-            raise ValueError(f"unknown estimator {bad[0]!r}; valid estimators: "
-                             f"{', '.join(REFERENCE[('square', 0.0)]['mu'])}.")
+            raise ValueError(
+                f"unknown estimator {bad[0]!r}; valid estimators: "
+                f"{', '.join(REFERENCE[('square', 0.0)]['mu'])}."
+            )
         if any(int(d) < 1 for d in self.dims):
             raise ValueError(f"`dims` must be >= 1; got {self.dims!r}.")
 
 
-def _budget(cfg: GaussianConfig, chunk: Optional[int] = None) -> dict[str, Any]:
-    return dict(rel_se=cfg.rel_se, min_estimates=cfg.min_estimates, max_estimates=cfg.max_estimates,
-                chunk=min(chunk or cfg.chunk, cfg.max_estimates))
+def _budget(cfg: GaussianConfig, chunk: int | None = None) -> dict[str, Any]:
+    return dict(
+        rel_se=cfg.rel_se,
+        min_estimates=cfg.min_estimates,
+        max_estimates=cfg.max_estimates,
+        chunk=min(chunk or cfg.chunk, cfg.max_estimates),
+    )
 
 
 def _dtype(cfg: GaussianConfig) -> torch.dtype:
     return torch.float64 if cfg.dtype == "float64" else torch.float32
 
 
-def _exact(estimator: scg.Estimator, f: Callable[[Tensor], Tensor], nodes: Optional[int],
-           device: torch.device, *, split: bool = False) -> tuple[list[float], list[float]]:
+def _exact(
+    estimator: scg.Estimator,
+    f: Callable[[Tensor], Tensor],
+    nodes: int | None,
+    device: torch.device,
+    *,
+    split: bool = False,
+) -> tuple[list[float], list[float]]:
     """Exact mean and variance of the (∂μ, ∂σ) estimates by the harness.
 
     ``split`` integrates one parameter at a time (for MVD, whose μ and σ parts draw
@@ -172,7 +243,9 @@ def _exact(estimator: scg.Estimator, f: Callable[[Tensor], Tensor], nodes: Optio
         m = scg.testing.exact_moments(estimator, Normal, (one, one), f, nodes=grid)
         return [float(v) for v in m.mean], [float(v) for v in m.variance]
     means, variances = [], []
-    for make, names in zip((lambda m: Normal(m, _SCALE), lambda s: Normal(_LOC, s)), (("w",), ("m", "u"))):
+    for make, names in zip(
+        (lambda m: Normal(m, _SCALE), lambda s: Normal(_LOC, s)), (("w",), ("m", "u")), strict=False
+    ):
         laws = estimator.laws(make(one), 1)
         grid = {n: nodes for n in laws if n in names} if nodes else None
         m = scg.testing.exact_moments(estimator, make, (one,), f, nodes=grid)
@@ -181,8 +254,9 @@ def _exact(estimator: scg.Estimator, f: Callable[[Tensor], Tensor], nodes: Optio
     return means, variances
 
 
-def score_function_moments(f: Callable[[Tensor], Tensor], nodes: Optional[int],
-                           device: torch.device) -> dict[str, list[float]]:
+def score_function_moments(
+    f: Callable[[Tensor], Tensor], nodes: int | None, device: torch.device
+) -> dict[str, list[float]]:
     r"""Exact moments of SF and SF*: ``mean``, ``variance`` (b = 0), ``bstar``, ``variance_star``.
 
     The second moment :math:`m_2(b) = E[(f − b)^2 s_p^2]` of ``ScoreFunction(Constant(b))``
@@ -194,7 +268,7 @@ def score_function_moments(f: Callable[[Tensor], Tensor], nodes: Optional[int],
     for b in (-1.0, 0.0, 1.0):
         est = scg.ScoreFunction(baseline=Constant(b)).to(device)
         means, variances = _exact(est, f, nodes, device)
-        m2.append([v + m * m for m, v in zip(means, variances)])
+        m2.append([v + m * m for m, v in zip(means, variances, strict=False)])
         if b == 0.0:
             mean = means
     bstar, star = [], []
@@ -204,13 +278,38 @@ def score_function_moments(f: Callable[[Tensor], Tensor], nodes: Optional[int],
         b = slope / (2 * curvature) if curvature > 0 else 0.0
         bstar.append(b)
         star.append(m2[1][p] - 0.5 * slope * b + 0.5 * curvature * b * b - mean[p] ** 2)
-    return {"mean": mean, "variance": [m2[1][p] - mean[p] ** 2 for p in range(2)], "bstar": bstar,
-            "variance_star": star}
+    return {
+        "mean": mean,
+        "variance": [m2[1][p] - mean[p] ** 2 for p in range(2)],
+        "bstar": bstar,
+        "variance_star": star,
+    }
 
 
-_COLUMNS = ("part", "family", "k", "D", "estimator", "parameter", "status", "num_estimates", "baseline", "mean",
-            "exact_gradient", "exact_mean", "std_error", "bias_z", "variance", "variance_std_error",
-            "exact_variance", "reference_variance", "variance_rel_error", "variance_z", "snr", "note")
+_COLUMNS = (
+    "part",
+    "family",
+    "k",
+    "D",
+    "estimator",
+    "parameter",
+    "status",
+    "num_estimates",
+    "baseline",
+    "mean",
+    "exact_gradient",
+    "exact_mean",
+    "std_error",
+    "bias_z",
+    "variance",
+    "variance_std_error",
+    "exact_variance",
+    "reference_variance",
+    "variance_rel_error",
+    "variance_z",
+    "snr",
+    "note",
+)
 
 
 def _row(**values: Any) -> dict[str, Any]:
@@ -221,23 +320,43 @@ class Gaussian(Study):
     """Mohamed et al. 2020 §3: SF / SF* / PW / MVD variance on Gaussian costs, and vs dimension."""
 
     name = "gaussian"
-    description = "Mohamed et al. 2020 §3: variance of SF, SF*, PW, MVD on (x-k)^2, exp(-kx^2), cos kx; vs D"
-    reproduces = "Mohamed et al. 2020 §3, Figs. 3-4 (curves; reference values at 4 points derived here)"
-    time = {"smoke": "5 s", "default": "1 min on 2 idle CPU cores",
-            "full": "~30 min on 1 CPU thread (extrapolated; its 4 table rows: 3.3 min)"}
+    description = (
+        "Mohamed et al. 2020 §3: variance of SF, SF*, PW, MVD on (x-k)^2, exp(-kx^2), cos kx; vs D"
+    )
+    reproduces = (
+        "Mohamed et al. 2020 §3, Figs. 3-4 (curves; reference values at 4 points derived here)"
+    )
+    time = {
+        "smoke": "5 s",
+        "default": "1 min on 2 idle CPU cores",
+        "full": "~30 min on 1 CPU thread (extrapolated; its 4 table rows: 3.3 min)",
+    }
     Config = GaussianConfig
 
     def smoke(self) -> GaussianConfig:
-        return GaussianConfig(square_k=(0.0, 3.0), bump_k=(1.0,), cos_k=(5.0,), dims=(1, 4), rel_se=0.005,
-                              min_estimates=1 << 12, max_estimates=1 << 16, chunk=1 << 14)
+        return GaussianConfig(
+            square_k=(0.0, 3.0),
+            bump_k=(1.0,),
+            cos_k=(5.0,),
+            dims=(1, 4),
+            rel_se=0.005,
+            min_estimates=1 << 12,
+            max_estimates=1 << 16,
+            chunk=1 << 14,
+        )
 
     def full(self) -> GaussianConfig:
         """The 0.5 % size: SE of every sampled variance ≤ 0.16 % (0.5 % at ≈ 3 SE; the score function's
         ∇σ on (x − k)² then needs N ≈ 10⁸, so N ≤ 2²⁸), k on grids twice as fine as the default's."""
         quarter_decades = tuple(10 ** (i / 4) for i in range(-4, 5))  # 0.1, 0.178, ..., 1, ..., 10
-        return GaussianConfig(square_k=tuple(i / 2 for i in range(-6, 7)), bump_k=quarter_decades,
-                              cos_k=tuple(sorted(quarter_decades + (5.0,))), rel_se=0.0016,
-                              max_estimates=1 << 28, chunk=1 << 22)
+        return GaussianConfig(
+            square_k=tuple(i / 2 for i in range(-6, 7)),
+            bump_k=quarter_decades,
+            cos_k=tuple(sorted(quarter_decades + (5.0,))),
+            rel_se=0.0016,
+            max_estimates=1 << 28,
+            chunk=1 << 22,
+        )
 
     def cells(self, cfg: GaussianConfig) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -246,31 +365,53 @@ class Gaussian(Study):
         out += [{"part": "dimension", "D": int(d)} for d in cfg.dims]
         return out
 
-    def run_cell(self, cfg: GaussianConfig, cell: Mapping[str, Any], ctx: CellContext) -> list[dict[str, Any]]:
+    def run_cell(
+        self, cfg: GaussianConfig, cell: Mapping[str, Any], ctx: CellContext
+    ) -> list[dict[str, Any]]:
         if cell["part"] == "dimension":
             return self._dimension(cfg, int(cell["D"]), ctx)
         return self._cost(cfg, str(cell["family"]), float(cell["k"]), ctx)
 
-    def _cost(self, cfg: GaussianConfig, family: str, k: float, ctx: CellContext) -> list[dict[str, Any]]:
+    def _cost(
+        self, cfg: GaussianConfig, family: str, k: float, ctx: CellContext
+    ) -> list[dict[str, Any]]:
         dev, dtype = ctx.device, _dtype(cfg)
         f = cost(family, k)
         nodes = _COS_NODES if family == "cos" else None
-        problem = Problem(name=f"{family}-{k:g}", make_dist=Normal, params=(_LOC, _SCALE), f=f,
-                          param_names=_PARAMS)
+        problem = Problem(
+            name=f"{family}-{k:g}",
+            make_dist=Normal,
+            params=(_LOC, _SCALE),
+            f=f,
+            param_names=_PARAMS,
+        )
         params = problem.tensors(dtype=dtype, device=dev)
         one = torch.tensor(1.0, dtype=torch.float64, device=dev)
         grad = scg.testing.exact_gradient(Normal, (one, one), f, nodes=nodes).tolist()
         reference = REFERENCE.get((family, k), {})
-        sf = score_function_moments(f, nodes, dev) if any(e.startswith("score") for e in cfg.estimators) else {}
+        sf = (
+            score_function_moments(f, nodes, dev)
+            if any(e.startswith("score") for e in cfg.estimators)
+            else {}
+        )
         # (name, estimator, reported parameters, baseline, exact (mean, variance) or None = by the harness)
-        variants: list[tuple[str, scg.Estimator, list[int], Optional[float], Any]] = []
+        variants: list[tuple[str, scg.Estimator, list[int], float | None, Any]] = []
         for name in cfg.estimators:
             if name == "score_function":
-                variants.append((name, scg.ScoreFunction(), [0, 1], None, (sf["mean"], sf["variance"])))
+                variants.append(
+                    (name, scg.ScoreFunction(), [0, 1], None, (sf["mean"], sf["variance"]))
+                )
             elif name == "score_function_optimal":
                 for p, b in enumerate(sf["bstar"]):
-                    variants.append((name, scg.ScoreFunction(baseline=Constant(b)), [p], b,
-                                     (sf["mean"], sf["variance_star"])))
+                    variants.append(
+                        (
+                            name,
+                            scg.ScoreFunction(baseline=Constant(b)),
+                            [p],
+                            b,
+                            (sf["mean"], sf["variance_star"]),
+                        )
+                    )
             elif name == "pathwise":
                 variants.append((name, scg.Pathwise(), [0, 1], None, None))
             else:
@@ -282,19 +423,46 @@ class Gaussian(Study):
             try:
                 est.check(problem.make_dist(*params))
             except TypeError as exc:
-                rows += [_row(**base, estimator=name, parameter=_PARAMS[p], status="skipped", note=str(exc))
-                         for p in idx]
+                rows += [
+                    _row(
+                        **base,
+                        estimator=name,
+                        parameter=_PARAMS[p],
+                        status="skipped",
+                        note=str(exc),
+                    )
+                    for p in idx
+                ]
                 continue
-            exact_mean, exact_var = exact or _exact(est, f, nodes, dev, split=name == "measure_valued")
+            exact_mean, exact_var = exact or _exact(
+                est, f, nodes, dev, split=name == "measure_valued"
+            )
             torch.manual_seed(ctx.seed)  # common random numbers across the estimators of a cell
-            moments = sample_until(est, problem, params, idx, torch.tensor(grad, dtype=torch.float64, device=dev),
-                                   **_budget(cfg))
+            moments = sample_until(
+                est,
+                problem,
+                params,
+                idx,
+                torch.tensor(grad, dtype=torch.float64, device=dev),
+                **_budget(cfg),
+            )
             for p in idx:
                 stats = moments.stats(p, grad[p], exact_var[p])
-                rows.append(_row(**base, estimator=name, parameter=_PARAMS[p], status="ok", num_estimates=moments.n,
-                                 baseline=b, exact_gradient=grad[p], exact_mean=exact_mean[p],
-                                 exact_variance=exact_var[p],
-                                 reference_variance=reference.get(_PARAMS[p], {}).get(name), **stats))
+                rows.append(
+                    _row(
+                        **base,
+                        estimator=name,
+                        parameter=_PARAMS[p],
+                        status="ok",
+                        num_estimates=moments.n,
+                        baseline=b,
+                        exact_gradient=grad[p],
+                        exact_mean=exact_mean[p],
+                        exact_variance=exact_var[p],
+                        reference_variance=reference.get(_PARAMS[p], {}).get(name),
+                        **stats,
+                    )
+                )
         return rows
 
     def _dimension(self, cfg: GaussianConfig, D: int, ctx: CellContext) -> list[dict[str, Any]]:
@@ -303,26 +471,54 @@ class Gaussian(Study):
         def make(mu: Tensor) -> Distribution:
             return Independent(Normal(mu, torch.ones((), dtype=mu.dtype, device=mu.device)), 1)
 
-        problem = Problem(name=f"norm-{D}", make_dist=make, params=([0.0] * D,), f=lambda z: (z * z).sum(-1),
-                          param_names=("mu",))
+        problem = Problem(
+            name=f"norm-{D}",
+            make_dist=make,
+            params=([0.0] * D,),
+            f=lambda z: (z * z).sum(-1),
+            param_names=("mu",),
+        )
         params = problem.tensors(dtype=dtype, device=dev)
         variants = (
             ("score_function", scg.ScoreFunction(), (D + 2) * (D + 4), None),
-            ("score_function_baseline", scg.ScoreFunction(baseline=Constant(float(D))), 2 * D + 8, float(D)),
+            (
+                "score_function_baseline",
+                scg.ScoreFunction(baseline=Constant(float(D))),
+                2 * D + 8,
+                float(D),
+            ),
             ("pathwise", scg.Pathwise(), 4.0, None),
         )
         chunk = max(1 << 12, min(cfg.chunk, (1 << 22) // D))
         rows = []
         for name, est, exact_var, b in variants:
             torch.manual_seed(ctx.seed)
-            moments = sample_until(est.to(dev), problem, params, [0], torch.zeros(D, device=dev), **_budget(cfg, chunk))
+            moments = sample_until(
+                est.to(dev), problem, params, [0], torch.zeros(D, device=dev), **_budget(cfg, chunk)
+            )
             stats = moments.stats(0, 0.0, float(exact_var))
-            rows.append(_row(part="dimension", family="squared_norm", D=D, estimator=name, parameter="mu[0]",
-                             status="ok", num_estimates=moments.n, baseline=b, exact_gradient=0.0, exact_mean=0.0,
-                             exact_variance=float(exact_var), reference_variance=float(exact_var), **stats))
+            rows.append(
+                _row(
+                    part="dimension",
+                    family="squared_norm",
+                    D=D,
+                    estimator=name,
+                    parameter="mu[0]",
+                    status="ok",
+                    num_estimates=moments.n,
+                    baseline=b,
+                    exact_gradient=0.0,
+                    exact_mean=0.0,
+                    exact_variance=float(exact_var),
+                    reference_variance=float(exact_var),
+                    **stats,
+                )
+            )
         return rows
 
-    def plot(self, rows: Sequence[Mapping[str, Any]], cfg: GaussianConfig, out_dir: Path) -> list[Path]:
+    def plot(
+        self, rows: Sequence[Mapping[str, Any]], cfg: GaussianConfig, out_dir: Path
+    ) -> list[Path]:
         from scg.studies.gaussian_plot import plot_cost, plot_dimension
 
         paths = []

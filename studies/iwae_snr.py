@@ -53,9 +53,10 @@ References:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -66,13 +67,24 @@ import scg
 from scg.studies._io import row
 from scg.studies.base import CellContext, Study
 
-__all__ = ["IWAESNRConfig", "IWAESNR", "setup", "EXPECTED_SLOPES", "fit_slope", "slope_se_ols", "bootstrap_snr"]
+__all__ = [
+    "IWAESNRConfig",
+    "IWAESNR",
+    "setup",
+    "EXPECTED_SLOPES",
+    "fit_slope",
+    "slope_se_ols",
+    "bootstrap_snr",
+]
 
 _METHODS = ("reparam", "stl", "dreg")
 #: (method, group) -> slope expected from Rainforth et al. 2018 / Tucker et al. 2019.
 EXPECTED_SLOPES: dict[tuple[str, str], float] = {
-    ("reparam", "inference"): -0.5, ("dreg", "inference"): 0.5,
-    ("reparam", "generative"): 0.5, ("stl", "generative"): 0.5, ("dreg", "generative"): 0.5,
+    ("reparam", "inference"): -0.5,
+    ("dreg", "inference"): 0.5,
+    ("reparam", "generative"): 0.5,
+    ("stl", "generative"): 0.5,
+    ("dreg", "generative"): 0.5,
 }
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -112,20 +124,32 @@ class IWAESNRConfig:
     dtype: str = "float32"
 
     def __post_init__(self) -> None:
-        for name in ("dim", "num_points", "num_estimates", "fit_min_k", "bound_draws", "max_elements", "bootstrap"):
+        for name in (
+            "dim",
+            "num_points",
+            "num_estimates",
+            "fit_min_k",
+            "bound_draws",
+            "max_elements",
+            "bootstrap",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be an int >= 1; got {value!r}.")
         if self.num_estimates < 2:
-            raise ValueError(f"`num_estimates` must be >= 2 to estimate a variance; got {self.num_estimates}.")
+            raise ValueError(
+                f"`num_estimates` must be >= 2 to estimate a variance; got {self.num_estimates}."
+            )
         if not self.ks or any(int(k) < 1 for k in self.ks):
             raise ValueError(f"`ks` must be integers >= 1; got {self.ks!r}.")
         for m in self.methods:
             if m not in _METHODS:
                 raise ValueError(f"unknown method {m!r}; valid methods: {', '.join(_METHODS)}.")
         if not self.q_variance > 0 or not self.perturbation >= 0:
-            raise ValueError(f"`q_variance` must be positive and `perturbation` >= 0; got {self.q_variance!r}, "
-                             f"{self.perturbation!r}.")
+            raise ValueError(
+                f"`q_variance` must be positive and `perturbation` >= 0; got {self.q_variance!r}, "
+                f"{self.perturbation!r}."
+            )
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"`dtype` must be float32 or float64; got {self.dtype!r}.")
 
@@ -140,16 +164,19 @@ def setup(cfg: IWAESNRConfig, device: torch.device) -> tuple[Tensor, dict[str, T
     mu_star = x.mean(0)
     eps = cfg.perturbation
     params = {
-        "A": torch.eye(D, dtype=torch.float64) / 2 + eps * torch.randn(D, D, generator=g, dtype=torch.float64),
+        "A": torch.eye(D, dtype=torch.float64) / 2
+        + eps * torch.randn(D, D, generator=g, dtype=torch.float64),
         "b": mu_star / 2 + eps * torch.randn(D, generator=g, dtype=torch.float64),
         "mu": mu_star + eps * torch.randn(D, generator=g, dtype=torch.float64),
     }
-    return x.to(device=device, dtype=dtype), {k: v.to(device=device, dtype=dtype) for k, v in params.items()}
+    return x.to(device=device, dtype=dtype), {
+        k: v.to(device=device, dtype=dtype) for k, v in params.items()
+    }
 
 
 def log_px(x: Tensor, mu: Tensor) -> float:
     """Exact :math:`\\sum_n \\log N(x_n; μ, 2I)`."""
-    d = (x.double() - mu.double())
+    d = x.double() - mu.double()
     return float((-0.25 * (d * d).sum(-1) - 0.5 * x.shape[-1] * math.log(2 * math.pi * 2.0)).sum())
 
 
@@ -159,9 +186,15 @@ def bound_fn(x: Tensor, K: int, method: str, std: float) -> Callable[[dict[str, 
     def fn(p: dict[str, Tensor]) -> Tensor:
         m = x @ p["A"].T + p["b"]  # [B, D]
         q = Independent(Normal(m, std, validate_args=False), 1, validate_args=False)
-        z = m + std * torch.randn((K, *m.shape), dtype=m.dtype, device=m.device)  # out of place: vmap-safe
+        z = m + std * torch.randn(
+            (K, *m.shape), dtype=m.dtype, device=m.device
+        )  # out of place: vmap-safe
         D = m.shape[-1]
-        log_p = -0.5 * ((z - p["mu"]) ** 2).sum(-1) - 0.5 * ((x - z) ** 2).sum(-1) - 2 * D * _HALF_LOG_2PI
+        log_p = (
+            -0.5 * ((z - p["mu"]) ** 2).sum(-1)
+            - 0.5 * ((x - z) ** 2).sum(-1)
+            - 2 * D * _HALF_LOG_2PI
+        )
         if method == "reparam":
             return scg.objectives.iwae(log_p, q.log_prob(z)).sum()
         log_q = scg.stop_gradient(q).log_prob(z)
@@ -172,7 +205,9 @@ def bound_fn(x: Tensor, K: int, method: str, std: float) -> Callable[[dict[str, 
     return fn
 
 
-def gradients(cfg: IWAESNRConfig, x: Tensor, params: dict[str, Tensor], K: int, method: str) -> Tensor:
+def gradients(
+    cfg: IWAESNRConfig, x: Tensor, params: dict[str, Tensor], K: int, method: str
+) -> Tensor:
     """``[M, D² + 2D]`` independent estimates of the full-data gradient (A, b, μ), chunked over points."""
     N, D, M = x.shape[0], x.shape[1], cfg.num_estimates
     per_estimate = N * K * D
@@ -180,22 +215,29 @@ def gradients(cfg: IWAESNRConfig, x: Tensor, params: dict[str, Tensor], K: int, 
     points = N if chunk > 1 else max(1, min(N, cfg.max_elements // (K * D)))
     std = math.sqrt(cfg.q_variance)
     parts = [  # draws are independent across points: the sum over point chunks is one estimate
-        scg.diagnostics.gradient_samples(bound_fn(x[start:start + points], K, method, std), params, M,
-                                         chunk_size=chunk)
+        scg.diagnostics.gradient_samples(
+            bound_fn(x[start : start + points], K, method, std), params, M, chunk_size=chunk
+        )
         for start in range(0, N, points)
     ]
     return torch.stack(parts).sum(0)
 
 
-def bound_estimate(cfg: IWAESNRConfig, x: Tensor, params: dict[str, Tensor], K: int) -> tuple[float, float]:
+def bound_estimate(
+    cfg: IWAESNRConfig, x: Tensor, params: dict[str, Tensor], K: int
+) -> tuple[float, float]:
     """Mean and standard error of the bound :math:`\\sum_n \\log \\frac1K \\sum_k w_{nk}` over ``bound_draws`` draws."""
     std = math.sqrt(cfg.q_variance)
     points = max(1, min(x.shape[0], cfg.max_elements // (K * x.shape[1])))
     values = []
     with torch.no_grad():
         for _ in range(cfg.bound_draws):
-            values.append(sum(float(bound_fn(x[s:s + points], K, "reparam", std)(params))
-                              for s in range(0, x.shape[0], points)))
+            values.append(
+                sum(
+                    float(bound_fn(x[s : s + points], K, "reparam", std)(params))
+                    for s in range(0, x.shape[0], points)
+                )
+            )
     arr = np.asarray(values)
     se = float(arr.std(ddof=1) / math.sqrt(len(arr))) if len(arr) > 1 else math.nan
     return float(arr.mean()), se
@@ -241,10 +283,38 @@ def bootstrap_snr(G: Tensor, signal_rows: Tensor | None, idx: Tensor, sl: slice)
     return out
 
 
-_COLUMNS = ("part", "method", "K", "group", "num_estimates", "num_points", "snr", "snr_se", "snr_direct",
-            "snr_floor", "signal", "mean_abs_gradient", "mean_std", "bound_mean", "bound_std_error", "log_px_exact",
-            "slope", "slope_se", "slope_ci_low", "slope_ci_high", "slope_se_ols", "bootstrap", "intercept",
-            "fit_min_k", "fit_num_k", "fit_ks", "expected_slope", "within_2se", "within_0.1", "note")
+_COLUMNS = (
+    "part",
+    "method",
+    "K",
+    "group",
+    "num_estimates",
+    "num_points",
+    "snr",
+    "snr_se",
+    "snr_direct",
+    "snr_floor",
+    "signal",
+    "mean_abs_gradient",
+    "mean_std",
+    "bound_mean",
+    "bound_std_error",
+    "log_px_exact",
+    "slope",
+    "slope_se",
+    "slope_ci_low",
+    "slope_ci_high",
+    "slope_se_ols",
+    "bootstrap",
+    "intercept",
+    "fit_min_k",
+    "fit_num_k",
+    "fit_ks",
+    "expected_slope",
+    "within_2se",
+    "within_0.1",
+    "note",
+)
 
 
 def _row(**values: Any) -> dict[str, Any]:
@@ -256,14 +326,25 @@ class IWAESNR(Study):
 
     name = "iwae-snr"
     description = "Rainforth et al. 2018 linear-Gaussian: SNR of inference/generative gradients vs K (IWAE, STL, DReG)"
-    reproduces = "Rainforth et al. 2018 Fig. 2 (SNR slopes -1/2, +1/2); Tucker et al. 2019 (DReG +1/2)"
-    time = {"smoke": "5 s", "default": "2 min on 2 CPU cores with 1 torch thread (N = 1024, K <= 1000)",
-            "full": "GPU (K <= 1000, M = 1024)"}
+    reproduces = (
+        "Rainforth et al. 2018 Fig. 2 (SNR slopes -1/2, +1/2); Tucker et al. 2019 (DReG +1/2)"
+    )
+    time = {
+        "smoke": "5 s",
+        "default": "2 min on 2 CPU cores with 1 torch thread (N = 1024, K <= 1000)",
+        "full": "GPU (K <= 1000, M = 1024)",
+    }
     Config = IWAESNRConfig
 
     def smoke(self) -> IWAESNRConfig:
-        return IWAESNRConfig(num_points=32, ks=(3, 10, 30), num_estimates=16, fit_min_k=3, bound_draws=2,
-                             bootstrap=50)
+        return IWAESNRConfig(
+            num_points=32,
+            ks=(3, 10, 30),
+            num_estimates=16,
+            fit_min_k=3,
+            bound_draws=2,
+            bootstrap=50,
+        )
 
     def full(self) -> IWAESNRConfig:
         """The paper's range (Rainforth et al. 2018, Fig. 2): K up to 1000, M = 1024 estimates per point."""
@@ -272,7 +353,9 @@ class IWAESNR(Study):
     def cells(self, cfg: IWAESNRConfig) -> list[dict[str, Any]]:
         return [{"method": m} for m in cfg.methods]
 
-    def run_cell(self, cfg: IWAESNRConfig, cell: Mapping[str, Any], ctx: CellContext) -> list[dict[str, Any]]:
+    def run_cell(
+        self, cfg: IWAESNRConfig, cell: Mapping[str, Any], ctx: CellContext
+    ) -> list[dict[str, Any]]:
         method = str(cell["method"])
         x, params = setup(cfg, ctx.device)
         P_inf = cfg.dim * cfg.dim + cfg.dim
@@ -283,14 +366,16 @@ class IWAESNR(Study):
         boot: dict[tuple[int, str], np.ndarray] = {}  # (K, group) -> bootstrap SNRs
         rng = torch.Generator().manual_seed(ctx.seed)
         for K in sorted(int(k) for k in cfg.ks):
-            seed = (ctx.seed * 1_000_003 + K) % (2 ** 31)
+            seed = (ctx.seed * 1_000_003 + K) % (2**31)
             torch.manual_seed(seed)
             G = gradients(cfg, x, params, K, method).double()
             mean, std = G.mean(0), G.std(0)
             signal = {"inference": mean, "generative": mean}
             source = {"inference": "own mean", "generative": "own mean"}
             rows_of: dict[str, Tensor | None] = {"inference": None, "generative": None}
-            if method == "reparam":  # E[g_IWAE] = E[g_DReG] for the inference network: the precise mean
+            if (
+                method == "reparam"
+            ):  # E[g_IWAE] = E[g_DReG] for the inference network: the precise mean
                 torch.manual_seed(seed)
                 rows_of["inference"] = gradients(cfg, x, params, K, "dreg").double()
                 signal["inference"] = rows_of["inference"].mean(0)
@@ -301,38 +386,87 @@ class IWAESNR(Study):
             torch.manual_seed(seed + 1)
             bound, bound_se = bound_estimate(cfg, x, params, K)
             for group, sl in groups.items():
-                rows.append(_row(part="snr", method=method, K=K, group=group, num_estimates=cfg.num_estimates,
-                                 num_points=cfg.num_points, snr=_snr(signal[group][sl], std[sl]),
-                                 snr_se=float(boot[K, group].std(ddof=1)),
-                                 snr_direct=_snr(mean[sl], std[sl]), snr_floor=floor, signal=source[group],
-                                 mean_abs_gradient=float(signal[group][sl].abs().mean()),
-                                 mean_std=float(std[sl].mean()), bound_mean=bound, bound_std_error=bound_se,
-                                 log_px_exact=exact))
+                rows.append(
+                    _row(
+                        part="snr",
+                        method=method,
+                        K=K,
+                        group=group,
+                        num_estimates=cfg.num_estimates,
+                        num_points=cfg.num_points,
+                        snr=_snr(signal[group][sl], std[sl]),
+                        snr_se=float(boot[K, group].std(ddof=1)),
+                        snr_direct=_snr(mean[sl], std[sl]),
+                        snr_floor=floor,
+                        signal=source[group],
+                        mean_abs_gradient=float(signal[group][sl].abs().mean()),
+                        mean_std=float(std[sl].mean()),
+                        bound_mean=bound,
+                        bound_std_error=bound_se,
+                        log_px_exact=exact,
+                    )
+                )
             ctx.progress(1)
         for group in groups:
-            pts = [(r["K"], r["snr"]) for r in rows if r["group"] == group and r["K"] >= cfg.fit_min_k
-                   and r["snr"] and r["snr"] > 0]
+            pts = [
+                (r["K"], r["snr"])
+                for r in rows
+                if r["group"] == group and r["K"] >= cfg.fit_min_k and r["snr"] and r["snr"] > 0
+            ]
             expected = EXPECTED_SLOPES.get((method, group))
             if len(pts) < 2:
-                rows.append(_row(part="fit", method=method, group=group, fit_min_k=cfg.fit_min_k,
-                                 fit_num_k=len(pts), expected_slope=expected, note="fewer than 2 K values to fit"))
+                rows.append(
+                    _row(
+                        part="fit",
+                        method=method,
+                        group=group,
+                        fit_min_k=cfg.fit_min_k,
+                        fit_num_k=len(pts),
+                        expected_slope=expected,
+                        note="fewer than 2 K values to fit",
+                    )
+                )
                 continue
             ks_fit = [p[0] for p in pts]
             slope, intercept = fit_slope(ks_fit, [p[1] for p in pts])
-            bs = np.array([fit_slope(ks_fit, [boot[k, group][b] for k in ks_fit])[0]
-                           for b in range(cfg.bootstrap)
-                           if all(boot[k, group][b] > 0 for k in ks_fit)])
+            bs = np.array(
+                [
+                    fit_slope(ks_fit, [boot[k, group][b] for k in ks_fit])[0]
+                    for b in range(cfg.bootstrap)
+                    if all(boot[k, group][b] > 0 for k in ks_fit)
+                ]
+            )
             se = float(bs.std(ddof=1)) if len(bs) > 1 else math.nan
-            lo, hi = (float(np.percentile(bs, 2.5)), float(np.percentile(bs, 97.5))) if len(bs) > 1 else (math.nan,) * 2
-            rows.append(_row(part="fit", method=method, group=group, slope=slope, slope_se=se, slope_ci_low=lo,
-                             slope_ci_high=hi, slope_se_ols=slope_se_ols(ks_fit, [p[1] for p in pts]),
-                             bootstrap=len(bs), intercept=intercept, fit_min_k=cfg.fit_min_k, fit_num_k=len(pts),
-                             fit_ks=" ".join(map(str, ks_fit)), expected_slope=expected,
-                             within_2se=None if expected is None else abs(slope - expected) <= 2 * se,
-                             **{"within_0.1": None if expected is None else abs(slope - expected) <= 0.1}))
+            lo, hi = (
+                (float(np.percentile(bs, 2.5)), float(np.percentile(bs, 97.5)))
+                if len(bs) > 1
+                else (math.nan,) * 2
+            )
+            rows.append(
+                _row(
+                    part="fit",
+                    method=method,
+                    group=group,
+                    slope=slope,
+                    slope_se=se,
+                    slope_ci_low=lo,
+                    slope_ci_high=hi,
+                    slope_se_ols=slope_se_ols(ks_fit, [p[1] for p in pts]),
+                    bootstrap=len(bs),
+                    intercept=intercept,
+                    fit_min_k=cfg.fit_min_k,
+                    fit_num_k=len(pts),
+                    fit_ks=" ".join(map(str, ks_fit)),
+                    expected_slope=expected,
+                    within_2se=None if expected is None else abs(slope - expected) <= 2 * se,
+                    **{"within_0.1": None if expected is None else abs(slope - expected) <= 0.1},
+                )
+            )
         return rows
 
-    def plot(self, rows: Sequence[Mapping[str, Any]], cfg: IWAESNRConfig, out_dir: Path) -> list[Path]:
+    def plot(
+        self, rows: Sequence[Mapping[str, Any]], cfg: IWAESNRConfig, out_dir: Path
+    ) -> list[Path]:
         from scg.studies.iwae_snr_plot import plot_snr
 
         return [plot_snr(rows, cfg, Path(out_dir) / "iwae_snr.png")]

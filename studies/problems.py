@@ -28,14 +28,22 @@ from __future__ import annotations
 
 import importlib
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence, Union
+from typing import Union
 
 import torch
 from torch import Tensor
 from torch.distributions import Bernoulli, Distribution, Normal
 
-__all__ = ["Problem", "PROBLEMS", "problem_names", "get_problem", "load_user_problem", "resolve_problems"]
+__all__ = [
+    "Problem",
+    "PROBLEMS",
+    "problem_names",
+    "get_problem",
+    "load_user_problem",
+    "resolve_problems",
+]
 
 ParamValue = Union[float, Sequence[float], Tensor]
 
@@ -69,10 +77,10 @@ class Problem:
     make_dist: Callable[..., Distribution]
     params: tuple[ParamValue, ...]
     f: Callable[[Tensor], Tensor]
-    breakpoints: Optional[Sequence[float]] = None
+    breakpoints: Sequence[float] | None = None
     description: str = ""
-    param_names: Optional[tuple[str, ...]] = None
-    exact_gradient: Optional[tuple[float, ...]] = field(default=None)
+    param_names: tuple[str, ...] | None = None
+    exact_gradient: tuple[float, ...] | None = field(default=None)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -89,7 +97,9 @@ class Problem:
                 f"got {len(self.param_names)}."
             )
 
-    def tensors(self, *, dtype: torch.dtype = torch.float64, device: Union[str, torch.device] = "cpu") -> list[Tensor]:
+    def tensors(
+        self, *, dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu"
+    ) -> list[Tensor]:
         """The parameters as tensors of ``dtype`` on ``device`` (detached, not requiring grad)."""
         return [torch.as_tensor(p, dtype=dtype).detach().clone().to(device) for p in self.params]
 
@@ -97,7 +107,7 @@ class Problem:
         """One label per scalar parameter, in the flattened order of the gradient."""
         names = self.param_names or tuple(f"p{i}" for i in range(len(self.params)))
         out: list[str] = []
-        for name, value in zip(names, self.params):
+        for name, value in zip(names, self.params, strict=False):
             n = torch.as_tensor(value).numel()
             if torch.as_tensor(value).dim() == 0:
                 out.append(name)
@@ -105,7 +115,9 @@ class Problem:
                 out.extend(f"{name}[{i}]" for i in range(n))
         return out
 
-    def dist(self, *, dtype: torch.dtype = torch.float64, device: Union[str, torch.device] = "cpu") -> Distribution:
+    def dist(
+        self, *, dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu"
+    ) -> Distribution:
         """The distribution at θ (parameters detached)."""
         return self.make_dist(*self.tensors(dtype=dtype, device=device))
 
@@ -170,11 +182,13 @@ def _grad_cos(mu: float, sigma: float, k: float) -> tuple[float, float]:
 def _grad_exp_square(mu: float, sigma: float, k: float) -> tuple[float, float]:
     # E[exp(−k x²)] = a^{−1/2} exp(−k μ²/a), a = 1 + 2kσ²
     a = 1.0 + 2.0 * k * sigma * sigma
-    value = a ** -0.5 * math.exp(-k * mu * mu / a)
+    value = a**-0.5 * math.exp(-k * mu * mu / a)
     return value * (-2.0 * k * mu / a), value * 4.0 * k * sigma * (-0.5 / a + k * mu * mu / (a * a))
 
 
-def _gaussian(name: str, f: Callable[[Tensor], Tensor], grad: Callable[..., tuple[float, float]], k: float) -> Problem:
+def _gaussian(
+    name: str, f: Callable[[Tensor], Tensor], grad: Callable[..., tuple[float, float]], k: float
+) -> Problem:
     mu, sigma = 1.0, 1.0
     return Problem(
         name=name,
@@ -243,7 +257,9 @@ def load_user_problem(spec: str) -> list[Problem]:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ValueError(f"`--problem` {spec!r}: cannot import module {module_name!r} ({exc}).") from exc
+        raise ValueError(
+            f"`--problem` {spec!r}: cannot import module {module_name!r} ({exc})."
+        ) from exc
     factory = getattr(module, attr, None)
     if factory is None or not callable(factory):
         raise ValueError(f"`--problem` {spec!r}: module {module_name!r} has no function {attr!r}.")
@@ -258,7 +274,9 @@ def load_user_problem(spec: str) -> list[Problem]:
     return items
 
 
-def resolve_problems(names: Optional[Sequence[str]] = None, user: Sequence[str] = ()) -> list[Problem]:
+def resolve_problems(
+    names: Sequence[str] | None = None, user: Sequence[str] = ()
+) -> list[Problem]:
     """Embedded problems selected by ``names`` (individual names or groups; ``None`` = all)
     followed by the user problems ``module:function``.
 

@@ -7,8 +7,9 @@ from a results.csv alone.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any
 
 from scg.studies._io import read_csv, save_figure, write_csv, write_json
 from scg.studies._plotting import pyplot
@@ -16,8 +17,17 @@ from scg.studies._plotting import pyplot
 __all__ = ["format_table", "plot_compare", "write_compare", "load_rows"]
 
 _FLOAT_COLUMNS = (
-    "mean", "exact_gradient", "exact_mean", "std_error", "bias_z", "variance", "variance_std_error",
-    "exact_variance", "variance_rel_error", "variance_z", "snr",
+    "mean",
+    "exact_gradient",
+    "exact_mean",
+    "std_error",
+    "bias_z",
+    "variance",
+    "variance_std_error",
+    "exact_variance",
+    "variance_rel_error",
+    "variance_z",
+    "snr",
 )
 _INT_COLUMNS = ("num_samples", "num_estimates", "evaluations")
 
@@ -59,20 +69,27 @@ def _pct(x: Any, width: int) -> str:
     return f"{100 * v:>+{width - 1}.1f}%"
 
 
-def format_table(rows: Sequence[Mapping[str, Any]], timings: Iterable[Mapping[str, Any]] = (),
-                 descriptions: Optional[Mapping[str, str]] = None) -> str:
+def format_table(
+    rows: Sequence[Mapping[str, Any]],
+    timings: Iterable[Mapping[str, Any]] = (),
+    descriptions: Mapping[str, str] | None = None,
+) -> str:
     """An aligned plain-text table, one block per problem.
 
     Columns: estimator, parameter, S, sampled mean, exact gradient, sampled and exact
     variance, relative error of the variance and its z-score, SNR, bias z,
     evaluations of f per estimate, microseconds per estimate (when ``timings`` are given).
     """
-    times = {(t["problem"], t["estimator"], t["parameter"]): float(t["us_per_estimate"]) for t in timings}
+    times = {
+        (t["problem"], t["estimator"], t["parameter"]): float(t["us_per_estimate"]) for t in timings
+    }
     est_w = max([9] + [len(str(r["estimator"])) for r in rows])
     par_w = max([5] + [len(str(r["parameter"])) for r in rows])
-    head = (f"{'estimator':<{est_w}} {'param':<{par_w}} {'S':>3} {'estimate':>10} {'exact grad':>10} "
-            f"{'variance':>10} {'exact var':>10} {'var err':>8} {'var z':>7} {'SNR':>8} {'bias z':>7} {'f evals':>7} "
-            f"{'us/est':>7}")
+    head = (
+        f"{'estimator':<{est_w}} {'param':<{par_w}} {'S':>3} {'estimate':>10} {'exact grad':>10} "
+        f"{'variance':>10} {'exact var':>10} {'var err':>8} {'var z':>7} {'SNR':>8} {'bias z':>7} {'f evals':>7} "
+        f"{'us/est':>7}"
+    )
     lines: list[str] = []
     problems = list(dict.fromkeys(r["problem"] for r in rows))
     for problem in problems:
@@ -84,12 +101,18 @@ def format_table(rows: Sequence[Mapping[str, Any]], timings: Iterable[Mapping[st
         seen: set[tuple[str, str, str]] = set()
         for r in prow:
             left = f"{r['estimator']:<{est_w}} {r['parameter']:<{par_w}} "
-            if r["status"] != "ok":  # one line per estimator when all its parameters share the reason
+            if (
+                r["status"] != "ok"
+            ):  # one line per estimator when all its parameters share the reason
                 key = (str(r["estimator"]), str(r["status"]), str(r.get("note") or ""))
                 if key in seen:
                     continue
                 seen.add(key)
-                same = [q for q in prow if (str(q["estimator"]), str(q["status"]), str(q.get("note") or "")) == key]
+                same = [
+                    q
+                    for q in prow
+                    if (str(q["estimator"]), str(q["status"]), str(q.get("note") or "")) == key
+                ]
                 if len(same) > 1:
                     left = f"{r['estimator']:<{est_w}} {'all':<{par_w}} "
                 note = str(r.get("note") or "")
@@ -108,7 +131,9 @@ def format_table(rows: Sequence[Mapping[str, Any]], timings: Iterable[Mapping[st
     return "\n".join(lines).rstrip() + "\n"
 
 
-def plot_compare(rows: Sequence[Mapping[str, Any]], path: str | Path, *, title: Optional[str] = None) -> Path:
+def plot_compare(
+    rows: Sequence[Mapping[str, Any]], path: str | Path, *, title: str | None = None
+) -> Path:
     """Dot plot of the variance of one estimate, sampled (±2 SE) next to exact, one panel per problem.
 
     Log-scale x axis; zero variances (e.g. DisARM on the Bernoulli toy; below
@@ -128,32 +153,55 @@ def plot_compare(rows: Sequence[Mapping[str, Any]], path: str | Path, *, title: 
     fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, fig_h), squeeze=False)
     params = list(dict.fromkeys(r["parameter"] for r in ok))
     colours = {p: plt.cm.tab10(i % 10) for i, p in enumerate(params)}
-    for ax, problem in zip(axes.flat, problems):
+    for ax, problem in zip(axes.flat, problems, strict=False):
         prow = [r for r in ok if r["problem"] == problem]
         ax.set_title(problem, fontsize=10)
         if not prow:
-            ax.text(0.5, 0.5, "no estimator applied", ha="center", va="center", transform=ax.transAxes)
+            ax.text(
+                0.5, 0.5, "no estimator applied", ha="center", va="center", transform=ax.transAxes
+            )
             ax.set_yticks([])
             continue
+
         def zero(r: Mapping[str, Any], v: float) -> bool:
             # a variance 0 in exact arithmetic comes out of float64 as ~1e-17 or ~1e-37: call it 0
-            scale = max(_num(r["exact_gradient"]) ** 2 if not math.isnan(_num(r["exact_gradient"])) else 0.0,
-                        _num(r["mean"]) ** 2)
+            scale = max(
+                _num(r["exact_gradient"]) ** 2
+                if not math.isnan(_num(r["exact_gradient"]))
+                else 0.0,
+                _num(r["mean"]) ** 2,
+            )
             return v == 0 or (v > 0 and v <= 1e-10 * scale)
 
-        positive = [v for r in prow for v in (_num(r["variance"]), _num(r["exact_variance"]))
-                    if v > 0 and not zero(r, v)]
+        positive = [
+            v
+            for r in prow
+            for v in (_num(r["variance"]), _num(r["exact_variance"]))
+            if v > 0 and not zero(r, v)
+        ]
         floor = (min(positive) / 10) if positive else 1e-12
         labels = []
         for y, r in enumerate(prow):
-            labels.append(f"{r['estimator']} · {r['parameter']}" + (f" (S={r['num_samples']})"
-                          if r["num_samples"] not in (None, 1) else ""))
+            labels.append(
+                f"{r['estimator']} · {r['parameter']}"
+                + (f" (S={r['num_samples']})" if r["num_samples"] not in (None, 1) else "")
+            )
             c = colours[r["parameter"]]
-            v, se, ex = _num(r["variance"]), _num(r["variance_std_error"]), _num(r["exact_variance"])
+            v, se, ex = (
+                _num(r["variance"]),
+                _num(r["variance_std_error"]),
+                _num(r["exact_variance"]),
+            )
             ys, ye = y - 0.14, y + 0.14  # sampled just above, exact just below the label line
             if zero(r, v):
                 ax.plot([floor], [ys], marker="<", color=c, ms=6)
-                ax.annotate("≈0" if v else "0", (floor, ys), xytext=(6, -3), textcoords="offset points", fontsize=7)
+                ax.annotate(
+                    "≈0" if v else "0",
+                    (floor, ys),
+                    xytext=(6, -3),
+                    textcoords="offset points",
+                    fontsize=7,
+                )
             elif v > 0:
                 lo = max(v - 2 * se, floor) if not math.isnan(se) else v
                 hi = v + 2 * se if not math.isnan(se) else v
@@ -178,12 +226,14 @@ def plot_compare(rows: Sequence[Mapping[str, Any]], path: str | Path, *, title: 
         ax.set_ylim(len(prow) - 0.5, -0.5)
         ax.set_xlabel("variance of one gradient estimate (log scale)")
         ax.grid(True, axis="x", which="both", alpha=0.3)
-    for ax in list(axes.flat)[len(problems):]:
+    for ax in list(axes.flat)[len(problems) :]:
         ax.set_visible(False)
     from matplotlib.lines import Line2D
 
-    handles = [Line2D([], [], marker="o", ls="", color="grey", label="sampled (±2 SE of the variance)"),
-               Line2D([], [], marker="D", ls="", mfc="none", mec="black", label="exact (harness)")]
+    handles = [
+        Line2D([], [], marker="o", ls="", color="grey", label="sampled (±2 SE of the variance)"),
+        Line2D([], [], marker="D", ls="", mfc="none", mec="black", label="exact (harness)"),
+    ]
     fig.legend(handles=handles, loc="upper right", fontsize=8, frameon=False)
     fig.suptitle(title or "Variance of single gradient estimates: sampled vs exact", fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 0.95))
@@ -192,15 +242,25 @@ def plot_compare(rows: Sequence[Mapping[str, Any]], path: str | Path, *, title: 
     return out
 
 
-def write_compare(out: str | Path, rows: Sequence[Mapping[str, Any]], timings: Sequence[Mapping[str, Any]],
-                  manifest: Mapping[str, Any], columns: Sequence[str], timing_columns: Sequence[str],
-                  *, plot: bool = True) -> list[Path]:
+def write_compare(
+    out: str | Path,
+    rows: Sequence[Mapping[str, Any]],
+    timings: Sequence[Mapping[str, Any]],
+    manifest: Mapping[str, Any],
+    columns: Sequence[str],
+    timing_columns: Sequence[str],
+    *,
+    plot: bool = True,
+) -> list[Path]:
     """Write results.csv, timings.csv, manifest.json and compare.png into ``out`` (atomically).
 
     With ``plot=False`` a ``compare.png`` already in ``out`` is removed: it showed other results.
     """
     out = Path(out)
-    paths = [write_csv(out / "results.csv", rows, columns), write_csv(out / "timings.csv", timings, timing_columns)]
+    paths = [
+        write_csv(out / "results.csv", rows, columns),
+        write_csv(out / "timings.csv", timings, timing_columns),
+    ]
     if plot:
         paths.append(plot_compare(rows, out / "compare.png"))
     else:  # a figure of earlier results must not stand beside these

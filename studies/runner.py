@@ -24,14 +24,23 @@ import hashlib
 import json
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import torch
 
 from scg.studies import _io
-from scg.studies.base import PRESETS, CellContext, Study, cell_key, cell_seed, config_to_dict, resolve_device
+from scg.studies.base import (
+    PRESETS,
+    CellContext,
+    Study,
+    cell_key,
+    cell_seed,
+    config_to_dict,
+    resolve_device,
+)
 
 __all__ = ["run_study", "RunResult", "merge_cells", "cell_path"]
 
@@ -58,7 +67,7 @@ def cell_path(out: Path, index: int, cell: dict[str, Any], config_hash: str) -> 
     return out / "cells" / f"{config_hash}-{index:05d}-{digest}.json"
 
 
-def _load_cell(path: Path, key: str, config_hash: str) -> Optional[list[dict[str, Any]]]:
+def _load_cell(path: Path, key: str, config_hash: str) -> list[dict[str, Any]] | None:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -68,7 +77,7 @@ def _load_cell(path: Path, key: str, config_hash: str) -> Optional[list[dict[str
     return list(data["rows"])
 
 
-def _claim_manifest(path: Path, data: dict[str, Any]) -> Optional[dict[str, Any]]:
+def _claim_manifest(path: Path, data: dict[str, Any]) -> dict[str, Any] | None:
     """Create ``path`` holding ``data`` unless it exists (atomic); return the existing manifest, or None."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.claim")
@@ -86,8 +95,10 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise ValueError(f"`--out` holds {path}, which is not a readable manifest ({exc}); choose another "
-                         "--out, or delete the folder to start afresh.") from None
+        raise ValueError(
+            f"`--out` holds {path}, which is not a readable manifest ({exc}); choose another "
+            "--out, or delete the folder to start afresh."
+        ) from None
 
 
 def merge_cells(study: Study, cfg: Any, out: Path, config_hash: str) -> list[dict[str, Any]]:
@@ -105,7 +116,9 @@ def merge_cells(study: Study, cfg: Any, out: Path, config_hash: str) -> list[dic
         else:
             rows.extend(got)
     if missing:
-        raise ValueError(f"{len(missing)} cell(s) of {study.name} are not finished in {out}: {missing[:3]}...")
+        raise ValueError(
+            f"{len(missing)} cell(s) of {study.name} are not finished in {out}: {missing[:3]}..."
+        )
     return rows
 
 
@@ -116,11 +129,11 @@ def run_study(
     *,
     seed: int = 0,
     device: str = "auto",
-    argv: Optional[Sequence[str]] = None,
+    argv: Sequence[str] | None = None,
     progress: bool = True,
     shard: tuple[int, int] = (0, 1),
     plot: bool = True,
-    preset: Optional[str] = None,
+    preset: str | None = None,
 ) -> RunResult:
     """Run the missing cells of ``study`` (those of this shard), then merge and plot.
 
@@ -145,16 +158,26 @@ def run_study(
     rank, world = shard
     cells = study.cells(cfg)
     if not cells:
-        raise ValueError(f"the config of {study.name} selects no cells (an empty list, e.g. `--set estimators=`); "
-                         "nothing would be computed.")
+        raise ValueError(
+            f"the config of {study.name} selects no cells (an empty list, e.g. `--set estimators=`); "
+            "nothing would be computed."
+        )
     man_path = out / "manifest.json"
     old = None
     if man_path.exists():
         old = _read_manifest(man_path)
     elif rank == 0:
-        data = _io.manifest({**cfg_dict, "seed": seed}, device=str(dev), argv=argv,
-                            extra={"study": study.name, "preset": preset, "config_hash": digest,
-                                   "world_size": world})
+        data = _io.manifest(
+            {**cfg_dict, "seed": seed},
+            device=str(dev),
+            argv=argv,
+            extra={
+                "study": study.name,
+                "preset": preset,
+                "config_hash": digest,
+                "world_size": world,
+            },
+        )
         old = _claim_manifest(man_path, data)
     if old is not None and old.get("config_hash") != digest:
         raise ValueError(

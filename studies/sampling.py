@@ -21,7 +21,8 @@ variance is :func:`variance_std_error` in both.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -29,11 +30,17 @@ from torch import Tensor
 from scg.estimators.base import Estimator
 from scg.studies.problems import Problem
 
-__all__ = ["sample_gradients", "statistics", "sample_variance_variance", "variance_std_error", "Moments",
-           "sample_until"]
+__all__ = [
+    "sample_gradients",
+    "statistics",
+    "sample_variance_variance",
+    "variance_std_error",
+    "Moments",
+    "sample_until",
+]
 
 
-def _gradient_samples() -> Optional[Callable[..., Tensor]]:
+def _gradient_samples() -> Callable[..., Tensor] | None:
     try:
         from scg.diagnostics import gradient_samples
     except ImportError:
@@ -41,8 +48,14 @@ def _gradient_samples() -> Optional[Callable[..., Tensor]]:
     return gradient_samples
 
 
-def _batch_samples(estimator: Estimator, problem: Problem, params: list[Tensor], S: int, N: int,
-                   chunk: int = 1 << 16) -> Tensor:
+def _batch_samples(
+    estimator: Estimator,
+    problem: Problem,
+    params: list[Tensor],
+    S: int,
+    N: int,
+    chunk: int = 1 << 16,
+) -> Tensor:
     """N estimates from N independent copies of the problem stacked as a leading batch dimension."""
     out = []
     for start in range(0, N, chunk):
@@ -60,8 +73,14 @@ def _batch_samples(estimator: Estimator, problem: Problem, params: list[Tensor],
     return torch.cat(out, dim=0)
 
 
-def sample_gradients(estimator: Estimator, problem: Problem, params: list[Tensor], S: int, N: int,
-                     engine: str = "auto") -> tuple[Tensor, str]:
+def sample_gradients(
+    estimator: Estimator,
+    problem: Problem,
+    params: list[Tensor],
+    S: int,
+    N: int,
+    engine: str = "auto",
+) -> tuple[Tensor, str]:
     """``[N, P]`` independent single estimates of ∇ E[f] and the engine that made them.
 
     ``engine="auto"`` uses :func:`scg.diagnostics.gradient_samples` and falls back to
@@ -69,8 +88,11 @@ def sample_gradients(estimator: Estimator, problem: Problem, params: list[Tensor
     """
     gs = _gradient_samples() if engine in ("auto", "vmap") else None
     if engine == "vmap" and gs is None:
-        raise ValueError("`engine` 'vmap' needs scg.diagnostics.gradient_samples, which is not importable.")
+        raise ValueError(
+            "`engine` 'vmap' needs scg.diagnostics.gradient_samples, which is not importable."
+        )
     if gs is not None:
+
         def fn(q: list[Tensor]) -> Tensor:
             return estimator(problem.f, problem.make_dist(*q), S).sum()
 
@@ -130,13 +152,14 @@ def _z(err: float, scale: float, ref: float) -> float:
     return err / scale if scale > 0 else math.copysign(math.inf, err)
 
 
-def _summary(n: int, mean: float, var: float, var_se: float, exact_gradient: float,
-             exact_variance: float) -> dict[str, float]:
+def _summary(
+    n: int, mean: float, var: float, var_se: float, exact_gradient: float, exact_variance: float
+) -> dict[str, float]:
     se = math.sqrt(var / n)
     rel, var_z = math.nan, _z(var - exact_variance, var_se, exact_variance)
     if not math.isnan(exact_variance):
         # a variance that is 0 in exact arithmetic comes out of quadrature as ~1e-37: equal up to rounding
-        if abs(var - exact_variance) <= 1e-12 * max(exact_gradient ** 2, abs(exact_variance), var):
+        if abs(var - exact_variance) <= 1e-12 * max(exact_gradient**2, abs(exact_variance), var):
             rel, var_z = 0.0, 0.0
         elif exact_variance > 0:
             rel = var / exact_variance - 1.0
@@ -160,13 +183,19 @@ def statistics(samples: Any, exact_gradient: float, exact_variance: float) -> di
     estimates for a heavy-tailed estimator: compare ``variance_std_error``).
     """
     N = samples.shape[0]
-    if bool((samples == samples[0]).all()):  # a constant estimator (e.g. DisARM on one Bernoulli): exactly 0
+    if bool(
+        (samples == samples[0]).all()
+    ):  # a constant estimator (e.g. DisARM on one Bernoulli): exactly 0
         return _summary(N, float(samples[0]), 0.0, 0.0, exact_gradient, exact_variance)
     mean = float(samples.mean())
     centred = samples - mean
-    m2, m4 = float((centred ** 2).mean()), float((centred ** 4).mean())
-    var = float((centred ** 2).sum() / (N - 1))
-    var_se = float(variance_std_error(N, torch.tensor(m2, dtype=torch.float64), torch.tensor(m4, dtype=torch.float64)))
+    m2, m4 = float((centred**2).mean()), float((centred**4).mean())
+    var = float((centred**2).sum() / (N - 1))
+    var_se = float(
+        variance_std_error(
+            N, torch.tensor(m2, dtype=torch.float64), torch.tensor(m4, dtype=torch.float64)
+        )
+    )
     return _summary(N, mean, var, var_se, exact_gradient, exact_variance)
 
 
@@ -179,14 +208,18 @@ class Moments:
 
     def __init__(self, shift: Tensor) -> None:
         self.shift = shift.detach().double().reshape(-1)
-        self.sums = torch.zeros(4, self.shift.numel(), dtype=torch.float64, device=self.shift.device)
+        self.sums = torch.zeros(
+            4, self.shift.numel(), dtype=torch.float64, device=self.shift.device
+        )
         self.low = torch.full_like(self.shift, math.inf)
         self.high = torch.full_like(self.shift, -math.inf)
         self.n = 0
 
     def update(self, G: Tensor) -> None:
         """Add estimates ``G [n, P]``."""
-        if G.device.type == "cpu":  # small reductions: one thread (parallel regions cost ms on a busy CPU)
+        if (
+            G.device.type == "cpu"
+        ):  # small reductions: one thread (parallel regions cost ms on a busy CPU)
             threads = torch.get_num_threads()
             torch.set_num_threads(1)
             try:
@@ -212,7 +245,7 @@ class Moments:
         n = self.n
         s1, s2, s3, s4 = (x.cpu() for x in self.sums / n)
         m2 = (s2 - s1 * s1).clamp_min(0.0)
-        m4 = (s4 - 4 * s1 * s3 + 6 * s1 * s1 * s2 - 3 * s1 ** 4).clamp_min(0.0)
+        m4 = (s4 - 4 * s1 * s3 + 6 * s1 * s1 * s2 - 3 * s1**4).clamp_min(0.0)
         var = m2 * n / (n - 1)
         se = variance_std_error(n, m2, m4)
         constant = (self.high == self.low).cpu()
@@ -231,9 +264,19 @@ class Moments:
         return all(bool(var[p] == 0) or bool(se[p] <= rel_se * var[p]) for p in rows)
 
 
-def sample_until(estimator: Estimator, problem: Problem, params: list[Tensor], rows: Sequence[int],
-                 shift: Tensor, *, rel_se: float, min_estimates: int, max_estimates: int, chunk: int,
-                 num_samples: int = 1) -> Moments:
+def sample_until(
+    estimator: Estimator,
+    problem: Problem,
+    params: list[Tensor],
+    rows: Sequence[int],
+    shift: Tensor,
+    *,
+    rel_se: float,
+    min_estimates: int,
+    max_estimates: int,
+    chunk: int,
+    num_samples: int = 1,
+) -> Moments:
     """Estimates in chunks (the batch engine of :func:`sample_gradients`) until the variances of
     ``rows`` have a relative SE ≤ ``rel_se`` (once ``min_estimates`` are drawn) or ``max_estimates``."""
     moments = Moments(shift)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import math
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -13,8 +12,6 @@ from torch.distributions import Bernoulli, Independent, Normal
 
 import scg
 from scg import baselines as B
-
-
 
 # This module works in float64; the default dtype is restored after each test.
 pytestmark = pytest.mark.usefixtures("float64")  # tests/conftest.py
@@ -48,7 +45,9 @@ def test_state_frozen_in_eval_mode_and_under_vmap():
     def loss(lg, _):
         return scg.expectation(lambda b: b, Bernoulli(logits=lg), est, num_samples=3).sum()
 
-    torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0), randomness="different")(logits, torch.zeros(4))
+    torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0), randomness="different")(
+        logits, torch.zeros(4)
+    )
     assert ma.steps == 0 and float(ma.value) == 0.0
     scg.expectation(lambda b: b, Bernoulli(logits=logits), est, num_samples=3)
     assert ma.steps == 1 and float(ma.value) > 0.0
@@ -188,8 +187,11 @@ def test_buffers_adopt_the_signals_dtype_and_round_trip(name):
 def test_huge_float64_costs_give_finite_surrogates_and_gradients():
     """Costs near 1e300: float32 state (max 3.4e38) would turn the surrogate into NaN."""
     f = lambda b: 1e300 * (1.0 + b)
-    for make in (lambda: B.MovingAverage(0.9), lambda: B.Normalize(0.8),
-                 lambda: B.chain(B.MovingAverage(0.9), B.Normalize(0.8))):
+    for make in (
+        lambda: B.MovingAverage(0.9),
+        lambda: B.Normalize(0.8),
+        lambda: B.chain(B.MovingAverage(0.9), B.Normalize(0.8)),
+    ):
         with _float32_default():
             est = scg.ScoreFunction(make())
         logits = torch.zeros(3, dtype=torch.float64, requires_grad=True)
@@ -213,7 +215,9 @@ def test_normalize_saturates_a_variance_beyond_the_dtypes_range():
 def test_moving_average_matches_bias_corrected_oracle_over_five_steps():
     """Oracle: c_t = β c_{t−1} + (1 − β) Ā_{t−1}, b_t = c_t / (1 − β^t); step t subtracts b_{t−1}."""
     ma = B.MovingAverage(0.9)
-    signals = [torch.tensor([[0.3, -1.2], [2.5, 0.7], [1.1, -0.4]]) * (k + 1) ** 1.5 + k for k in range(5)]
+    signals = [
+        torch.tensor([[0.3, -1.2], [2.5, 0.7], [1.1, -0.4]]) * (k + 1) ** 1.5 + k for k in range(5)
+    ]
     c, b_prev = 0.0, 0.0
     for t, a in enumerate(signals, start=1):
         out, extra = ma(a, None)
@@ -230,7 +234,9 @@ def test_first_moving_average_update_is_exactly_the_first_mean(dtype):
     ma = B.MovingAverage(0.9)
     a = torch.tensor([[0.3, -1.2], [2.5, 0.7]], dtype=dtype)
     ma(a, None)
-    assert ma.value.dtype == dtype and torch.equal(ma.value, a.mean())  # b_1 = Ā_0: the weight is exactly 1
+    assert ma.value.dtype == dtype and torch.equal(
+        ma.value, a.mean()
+    )  # b_1 = Ā_0: the weight is exactly 1
 
 
 def test_buffers_follow_the_signals_device():

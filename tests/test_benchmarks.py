@@ -64,23 +64,38 @@ def test_case_runs_and_contenders_agree(case, pyro_contenders):
 
 def test_iwae_case_scaling_and_memory():
     (result,) = runner.run_case("iwae", QUICK)
-    assert len(result.tables) == 1 and len(result.tables[0].splitlines()) == 2 + 4  # header, rule, 4 values of K
+    assert (
+        len(result.tables) == 1 and len(result.tables[0].splitlines()) == 2 + 4
+    )  # header, rule, 4 values of K
     assert any("bound scg" in n for n in result.notes)
     assert {t.what.split(" ")[0] for t in result.targets} == {"training", "eval"}
 
 
 def test_mismatch_is_caught():
     x = torch.zeros(())
-    case = Case("c", "c", "setup", "a", [
-        Contender("a", lambda: None, value=lambda: float(x + 1.0)),
-        Contender("b", lambda: None, value=lambda: float(x + 1.1)),
-    ])
+    case = Case(
+        "c",
+        "c",
+        "setup",
+        "a",
+        [
+            Contender("a", lambda: None, value=lambda: float(x + 1.0)),
+            Contender("b", lambda: None, value=lambda: float(x + 1.1)),
+        ],
+    )
     with pytest.raises(Mismatch, match="differs"):
         case.check()
-    case = Case("c", "c", "setup", "a", [
-        Contender("a", lambda: None, value=lambda: 1.0, grads=lambda: torch.tensor([1.0, 2.0])),
-        Contender("b", lambda: None, value=lambda: 1.0, grads=lambda: torch.tensor([1.0, 2.5])),
-    ], grad_groups=[["a", "b"]])
+    case = Case(
+        "c",
+        "c",
+        "setup",
+        "a",
+        [
+            Contender("a", lambda: None, value=lambda: 1.0, grads=lambda: torch.tensor([1.0, 2.0])),
+            Contender("b", lambda: None, value=lambda: 1.0, grads=lambda: torch.tensor([1.0, 2.5])),
+        ],
+        grad_groups=[["a", "b"]],
+    )
     with pytest.raises(Mismatch, match="gradients"):
         case.check()
 
@@ -118,7 +133,9 @@ def test_targets():
 
 
 def test_case_without_pyro_skips_and_says_so(monkeypatch):
-    monkeypatch.setitem(sys.modules, "pyro", None)  # import pyro -> ImportError, as when not installed
+    monkeypatch.setitem(
+        sys.modules, "pyro", None
+    )  # import pyro -> ImportError, as when not installed
     (result,) = runner.run_case("vae", QUICK)
     assert not [row for row in result.rows if row.name.startswith("pyro")]
     assert result.skipped and "not installed" in result.skipped[0]
@@ -130,5 +147,7 @@ def test_compiled_case_runs_and_contenders_agree():
     results = runner.run_case("compiled", QUICK)
     _check(results, 1)
     for r in results:
-        assert {"scg", "hand-written", "scg, compiled", "hand-written, compiled"} <= {row.name for row in r.rows}
+        assert {"scg", "hand-written", "scg, compiled", "hand-written, compiled"} <= {
+            row.name for row in r.rows
+        }
         assert any("compiled / eager speed-up" in n for n in r.notes)

@@ -22,9 +22,9 @@ import torch
 
 from scg.studies import cli
 from scg.studies.compare import COLUMNS, CompareConfig, run_compare
-from scg.studies.sampling import statistics
 from scg.studies.estimators import estimator_names
 from scg.studies.problems import PROBLEMS, Problem, get_problem, load_user_problem, resolve_problems
+from scg.studies.sampling import statistics
 
 try:  # the exact harness; the exact columns are empty without it
     import scg.testing as _testing
@@ -33,7 +33,9 @@ try:  # the exact harness; the exact columns are empty without it
 except ImportError:  # pragma: no cover - depends on the installed scg
     HAVE_HARNESS = False
 
-needs_harness = pytest.mark.skipif(not HAVE_HARNESS, reason="scg.testing.exact_moments not importable")
+needs_harness = pytest.mark.skipif(
+    not HAVE_HARNESS, reason="scg.testing.exact_moments not importable"
+)
 
 # Two-sided normal quantile for a false-failure rate of 1e-3 over 4 checks (Bonferroni): Φ⁻¹(1 − 1e-3/8).
 Z4 = 3.66
@@ -84,13 +86,24 @@ def test_no_command_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_compare_writes_results_manifest_and_figure(tmp_path: Path) -> None:
-    code, out = _compare(tmp_path, "--problems", "bernoulli-toy,gaussian-square-k0",
-                         "--estimators", "score_function,pathwise,rloo,disarm", "-N", "4000", "--seed", "3",
-                         "--no-exact")
+    code, out = _compare(
+        tmp_path,
+        "--problems",
+        "bernoulli-toy,gaussian-square-k0",
+        "--estimators",
+        "score_function,pathwise,rloo,disarm",
+        "-N",
+        "4000",
+        "--seed",
+        "3",
+        "--no-exact",
+    )
     assert code == 0
     for name in ("results.csv", "timings.csv", "manifest.json", "compare.png"):
         assert (out / name).is_file(), name
-    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]  # atomic writes leave no temp files
+    assert not [
+        p for p in out.iterdir() if p.name.endswith(".tmp")
+    ]  # atomic writes leave no temp files
     with open(out / "results.csv", newline="") as fh:
         reader = csv.DictReader(fh)
         assert tuple(reader.fieldnames or ()) == COLUMNS
@@ -111,9 +124,23 @@ def test_compare_writes_results_manifest_and_figure(tmp_path: Path) -> None:
     assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_skipped_estimator_is_reported_not_crashed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = cli.main(["compare", "--out", str(tmp_path / "o"), "--problems", "bernoulli-toy",
-                     "--estimators", "pathwise,score_function", "-N", "200", "--no-plot"])
+def test_skipped_estimator_is_reported_not_crashed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = cli.main(
+        [
+            "compare",
+            "--out",
+            str(tmp_path / "o"),
+            "--problems",
+            "bernoulli-toy",
+            "--estimators",
+            "pathwise,score_function",
+            "-N",
+            "200",
+            "--no-plot",
+        ]
+    )
     assert code == 0
     text = capsys.readouterr().out
     assert "skipped" in text and "rsample" in text
@@ -125,36 +152,71 @@ def test_skipped_estimator_is_reported_not_crashed(tmp_path: Path, capsys: pytes
 
 def test_sampled_variances_match_references(tmp_path: Path) -> None:
     """Sampled single-estimate variances agree with the exact ones of docs/references.md within Z4·SE."""
-    code, out = _compare(tmp_path, "--problems", "bernoulli-toy,gaussian-square-k0",
-                         "--estimators", "score_function,pathwise", "-N", "20000", "--seed", "0", "--no-plot")
+    code, out = _compare(
+        tmp_path,
+        "--problems",
+        "bernoulli-toy,gaussian-square-k0",
+        "--estimators",
+        "score_function,pathwise",
+        "-N",
+        "20000",
+        "--seed",
+        "0",
+        "--no-plot",
+    )
     assert code == 0
     rows = _rows(out)
-    for key in [("bernoulli-toy", "score_function", "phi"), ("gaussian-square-k0", "pathwise", "mu"),
-                ("gaussian-square-k0", "pathwise", "sigma")]:
+    for key in [
+        ("bernoulli-toy", "score_function", "phi"),
+        ("gaussian-square-k0", "pathwise", "mu"),
+        ("gaussian-square-k0", "pathwise", "sigma"),
+    ]:
         row = rows[key]
         var, se = float(row["variance"]), float(row["variance_std_error"])
         assert abs(var - REF[key]) <= Z4 * se, (key, var, REF[key], se)
         assert abs(float(row["bias_z"])) <= Z4, key
     # the Bernoulli score-function estimate takes two values: its variance is within 2 % at N = 20000
-    assert abs(float(rows[("bernoulli-toy", "score_function", "phi")]["variance"]) / 1.5638e-2 - 1) < 0.02
+    assert (
+        abs(float(rows[("bernoulli-toy", "score_function", "phi")]["variance"]) / 1.5638e-2 - 1)
+        < 0.02
+    )
 
 
 @needs_harness
 def test_exact_variance_column_reproduces_references(tmp_path: Path) -> None:
-    keys = [k for k in REF if k[1] != "measure_valued" or hasattr(__import__("scg"), "MeasureValued")]
-    code, out = _compare(tmp_path, "--problems", "bernoulli-toy,gaussian-square-k0", "--estimators",
-                         ",".join(sorted({k[1] for k in keys})), "-N", "2000", "--no-plot")
+    keys = [
+        k for k in REF if k[1] != "measure_valued" or hasattr(__import__("scg"), "MeasureValued")
+    ]
+    code, out = _compare(
+        tmp_path,
+        "--problems",
+        "bernoulli-toy,gaussian-square-k0",
+        "--estimators",
+        ",".join(sorted({k[1] for k in keys})),
+        "-N",
+        "2000",
+        "--no-plot",
+    )
     assert code == 0
     rows = _rows(out)
     for key in keys:
         exact = float(rows[key]["exact_variance"])
         assert exact == pytest.approx(REF[key], rel=2e-3, abs=1e-9), key
-        assert float(rows[key]["exact_mean"]) == pytest.approx(float(rows[key]["exact_gradient"]), abs=1e-8), key
+        assert float(rows[key]["exact_mean"]) == pytest.approx(
+            float(rows[key]["exact_gradient"]), abs=1e-8
+        ), key
 
 
 def test_same_seed_same_csv_different_seed_differs(tmp_path: Path) -> None:
-    args = ["--problems", "bernoulli-toy,gaussian-cos-k5", "--estimators", "score_function,rloo,pathwise",
-            "-N", "1000", "--no-plot"]
+    args = [
+        "--problems",
+        "bernoulli-toy,gaussian-cos-k5",
+        "--estimators",
+        "score_function,rloo,pathwise",
+        "-N",
+        "1000",
+        "--no-plot",
+    ]
     _, a = _compare(tmp_path, *args, "--seed", "7", name="a")
     _, b = _compare(tmp_path, *args, "--seed", "7", name="b")
     _, c = _compare(tmp_path, *args, "--seed", "8", name="c")
@@ -163,10 +225,28 @@ def test_same_seed_same_csv_different_seed_differs(tmp_path: Path) -> None:
 
 
 def test_rows_do_not_depend_on_the_selection(tmp_path: Path) -> None:
-    _, a = _compare(tmp_path, "--problems", "bernoulli-toy", "--estimators", "rloo", "-N", "500", "--no-plot",
-                    name="a")
-    _, b = _compare(tmp_path, "--problems", "gaussian-exp-k1,bernoulli-toy", "--estimators",
-                    "score_function,rloo", "-N", "500", "--no-plot", name="b")
+    _, a = _compare(
+        tmp_path,
+        "--problems",
+        "bernoulli-toy",
+        "--estimators",
+        "rloo",
+        "-N",
+        "500",
+        "--no-plot",
+        name="a",
+    )
+    _, b = _compare(
+        tmp_path,
+        "--problems",
+        "gaussian-exp-k1,bernoulli-toy",
+        "--estimators",
+        "score_function,rloo",
+        "-N",
+        "500",
+        "--no-plot",
+        name="b",
+    )
     key = ("bernoulli-toy", "rloo", "phi")
     assert _rows(a)[key] == _rows(b)[key]
 
@@ -174,15 +254,28 @@ def test_rows_do_not_depend_on_the_selection(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--estimators", "score_function,nope"], r"unknown estimator 'nope'; valid estimators: score_function, "),
-        (["--problems", "gaussian-nope"], r"unknown problem 'gaussian-nope'; valid problems: gaussian-square-k0"),
-        (["--problem", "no_colon_here"], r"`--problem` must be 'module:function'; got 'no_colon_here'"),
-        (["--problem", "scg_no_such_module_xyz:f"], r"cannot import module 'scg_no_such_module_xyz'"),
+        (
+            ["--estimators", "score_function,nope"],
+            r"unknown estimator 'nope'; valid estimators: score_function, ",
+        ),
+        (
+            ["--problems", "gaussian-nope"],
+            r"unknown problem 'gaussian-nope'; valid problems: gaussian-square-k0",
+        ),
+        (
+            ["--problem", "no_colon_here"],
+            r"`--problem` must be 'module:function'; got 'no_colon_here'",
+        ),
+        (
+            ["--problem", "scg_no_such_module_xyz:f"],
+            r"cannot import module 'scg_no_such_module_xyz'",
+        ),
         (["--num-samples", "0"], r"must be >= 1; got 0"),
     ],
 )
-def test_bad_arguments_exit_2_with_valid_names(args: list[str], message: str, tmp_path: Path,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_arguments_exit_2_with_valid_names(
+    args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     import re
 
     with pytest.raises(SystemExit) as exc:
@@ -191,7 +284,7 @@ def test_bad_arguments_exit_2_with_valid_names(args: list[str], message: str, tm
     assert re.search(message, capsys.readouterr().err)
 
 
-USER_MODULE = '''
+USER_MODULE = """
 import torch
 from torch.distributions import Normal
 from scg.studies.problems import Problem
@@ -218,17 +311,26 @@ def strict_binary():
         return (b - 0.3) ** 2
 
     return [Problem(name="strict", make_dist=lambda logits: Bernoulli(logits=logits), params=(0.5,), f=f)]
-'''
+"""
 
 
-def test_user_problem_module_function(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_user_problem_module_function(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     (tmp_path / "scg_user_problem_mod.py").write_text(textwrap.dedent(USER_MODULE))
     monkeypatch.syspath_prepend(str(tmp_path))
     assert cli.main(["list", "--problem", "scg_user_problem_mod:make_problem"]) == 0
     assert "user-cubic" in capsys.readouterr().out
-    code, out = _compare(tmp_path, "--problem", "scg_user_problem_mod:make_problem",
-                         "--estimators", "pathwise,score_function", "-N", "4000", "--no-plot")
+    code, out = _compare(
+        tmp_path,
+        "--problem",
+        "scg_user_problem_mod:make_problem",
+        "--estimators",
+        "pathwise,score_function",
+        "-N",
+        "4000",
+        "--no-plot",
+    )
     assert code == 0
     rows = _rows(out)
     assert {k[0] for k in rows} == {"user-cubic"}
@@ -236,7 +338,9 @@ def test_user_problem_module_function(tmp_path: Path, monkeypatch: pytest.Monkey
     assert pw["status"] == "ok"
     if HAVE_HARNESS:  # no closed form given: the exact gradient comes from the harness
         assert float(pw["exact_gradient"]) == pytest.approx(3.75, abs=1e-8)
-        assert float(rows[("user-cubic", "pathwise", "scale")]["exact_gradient"]) == pytest.approx(3.0, abs=1e-8)
+        assert float(rows[("user-cubic", "pathwise", "scale")]["exact_gradient"]) == pytest.approx(
+            3.0, abs=1e-8
+        )
         assert abs(float(pw["bias_z"])) <= Z4
     with pytest.raises(TypeError, match=r"must return a scg.studies.problems.Problem .*got int"):
         load_user_problem("scg_user_problem_mod:not_a_problem")
@@ -244,12 +348,21 @@ def test_user_problem_module_function(tmp_path: Path, monkeypatch: pytest.Monkey
         load_user_problem("scg_user_problem_mod:missing")
 
 
-def test_failing_estimator_is_an_error_row_and_exit_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_failing_estimator_is_an_error_row_and_exit_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     (tmp_path / "scg_user_problem_mod2.py").write_text(textwrap.dedent(USER_MODULE))
     monkeypatch.syspath_prepend(str(tmp_path))
-    code, out = _compare(tmp_path, "--problem", "scg_user_problem_mod2:strict_binary",
-                         "--estimators", "score_function,gumbel_softmax", "-N", "500", "--no-plot")
+    code, out = _compare(
+        tmp_path,
+        "--problem",
+        "scg_user_problem_mod2:strict_binary",
+        "--estimators",
+        "score_function,gumbel_softmax",
+        "-N",
+        "500",
+        "--no-plot",
+    )
     assert code == 1
     rows = _rows(out)
     assert rows[("strict", "score_function", "p0")]["status"] == "ok"
@@ -260,21 +373,48 @@ def test_failing_estimator_is_an_error_row_and_exit_1(tmp_path: Path, monkeypatc
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without a GPU")
-def test_cuda_without_gpu_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cuda_without_gpu_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, _ = _compare(tmp_path, "--device", "cuda", "--problems", "bernoulli-toy")
     assert code == 2
-    assert "CUDA is not available; use \"auto\" or \"cpu\"" in capsys.readouterr().err
+    assert 'CUDA is not available; use "auto" or "cpu"' in capsys.readouterr().err
 
 
-def test_a_misspelt_device_is_named_not_blamed_on_cuda(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = cli.main(["run", "blr", "--smoke", "--no-plot", "--quiet", "--device", "cudax", "--out", str(tmp_path)])
+def test_a_misspelt_device_is_named_not_blamed_on_cuda(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = cli.main(
+        [
+            "run",
+            "blr",
+            "--smoke",
+            "--no-plot",
+            "--quiet",
+            "--device",
+            "cudax",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert code == 2
-    assert "`device` must be \"auto\", \"cpu\", \"cuda\" or \"cuda:N\"; got 'cudax'" in capsys.readouterr().err
+    assert (
+        '`device` must be "auto", "cpu", "cuda" or "cuda:N"; got \'cudax\''
+        in capsys.readouterr().err
+    )
 
 
 def test_plot_redraws_figure_from_results(tmp_path: Path) -> None:
-    code, out = _compare(tmp_path, "--problems", "bernoulli-toy", "--estimators", "score_function,disarm",
-                         "-N", "300", "--no-plot")
+    code, out = _compare(
+        tmp_path,
+        "--problems",
+        "bernoulli-toy",
+        "--estimators",
+        "score_function,disarm",
+        "-N",
+        "300",
+        "--no-plot",
+    )
     assert code == 0 and not (out / "compare.png").exists()
     assert cli.main(["plot", str(out)]) == 0
     assert (out / "compare.png").read_bytes()[:4] == b"\x89PNG"
@@ -298,14 +438,16 @@ def test_closed_form_gradients() -> None:
     mu = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
     sigma = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
     values = {
-        "gaussian-square-k0": mu ** 2 + sigma ** 2,
-        "gaussian-square-k3": (mu - 3) ** 2 + sigma ** 2,
-        "gaussian-cos-k5": torch.cos(5 * mu) * torch.exp(-12.5 * sigma ** 2),
-        "gaussian-exp-k1": (1 + 2 * sigma ** 2) ** -0.5 * torch.exp(-mu ** 2 / (1 + 2 * sigma ** 2)),
+        "gaussian-square-k0": mu**2 + sigma**2,
+        "gaussian-square-k3": (mu - 3) ** 2 + sigma**2,
+        "gaussian-cos-k5": torch.cos(5 * mu) * torch.exp(-12.5 * sigma**2),
+        "gaussian-exp-k1": (1 + 2 * sigma**2) ** -0.5 * torch.exp(-(mu**2) / (1 + 2 * sigma**2)),
     }
     for name, value in values.items():
         g = torch.autograd.grad(value, (mu, sigma))
-        assert get_problem(name).exact_gradient == pytest.approx([float(x) for x in g], abs=1e-12), name
+        assert get_problem(name).exact_gradient == pytest.approx(
+            [float(x) for x in g], abs=1e-12
+        ), name
     assert get_problem("bernoulli-toy").exact_gradient == pytest.approx((0.25 * 0.02,))
 
 
@@ -315,7 +457,9 @@ def test_closed_form_gradients_match_harness() -> None:
 
     for problem in PROBLEMS.values():
         g = exact_gradient(problem.make_dist, problem.tensors(), problem.f)
-        assert [float(v) for v in torch.as_tensor(g).reshape(-1)] == pytest.approx(problem.exact_gradient, abs=1e-8)
+        assert [float(v) for v in torch.as_tensor(g).reshape(-1)] == pytest.approx(
+            problem.exact_gradient, abs=1e-8
+        )
 
 
 def test_problem_validation_and_registry_errors() -> None:
@@ -325,14 +469,29 @@ def test_problem_validation_and_registry_errors() -> None:
         Problem(name="x", make_dist=lambda x: x, params=(1.0,), f=3)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"`params` must be a non-empty tuple"):
         Problem(name="x", make_dist=lambda x: x, params=(), f=lambda z: z)
-    with pytest.raises(ValueError, match=r"`param_names` must have one name per parameter \(1\); got 2"):
-        Problem(name="x", make_dist=lambda x: x, params=(1.0,), f=lambda z: z, param_names=("a", "b"))
-    with pytest.raises(ValueError, match=r"unknown problem 'zzz'; valid problems: gaussian-square-k0"):
+    with pytest.raises(
+        ValueError, match=r"`param_names` must have one name per parameter \(1\); got 2"
+    ):
+        Problem(
+            name="x", make_dist=lambda x: x, params=(1.0,), f=lambda z: z, param_names=("a", "b")
+        )
+    with pytest.raises(
+        ValueError, match=r"unknown problem 'zzz'; valid problems: gaussian-square-k0"
+    ):
         get_problem("zzz")
-    assert [p.name for p in resolve_problems(["gaussian"])] == [n for n in PROBLEMS if n.startswith("gaussian")]
-    assert Problem(name="v", make_dist=lambda x: x, params=([0.0, 1.0], 2.0), f=lambda z: z,
-                   param_names=("w", "b")).labels() == ["w[0]", "w[1]", "b"]
-    with pytest.raises(ValueError, match=r"unknown estimator 'x'; valid estimators: score_function"):
+    assert [p.name for p in resolve_problems(["gaussian"])] == [
+        n for n in PROBLEMS if n.startswith("gaussian")
+    ]
+    assert Problem(
+        name="v",
+        make_dist=lambda x: x,
+        params=([0.0, 1.0], 2.0),
+        f=lambda z: z,
+        param_names=("w", "b"),
+    ).labels() == ["w[0]", "w[1]", "b"]
+    with pytest.raises(
+        ValueError, match=r"unknown estimator 'x'; valid estimators: score_function"
+    ):
         CompareConfig(estimators=("x",))
     with pytest.raises(ValueError, match=r"`num_estimates` must be an int >= 1; got 0"):
         CompareConfig(num_estimates=0)
@@ -342,11 +501,15 @@ def test_problem_validation_and_registry_errors() -> None:
 
 def test_batch_engine_agrees_with_vmap_engine() -> None:
     """Both engines draw the same estimates for the same seed (same random stream) on plain estimators."""
-    cfg = dict(problems=("gaussian-square-k3",), estimators=("score_function", "pathwise"), num_estimates=500,
-               exact=False)
+    cfg = dict(
+        problems=("gaussian-square-k3",),
+        estimators=("score_function", "pathwise"),
+        num_estimates=500,
+        exact=False,
+    )
     a = run_compare(CompareConfig(engine="batch", **cfg), progress=False).rows
     b = run_compare(CompareConfig(engine="vmap", **cfg), progress=False).rows
-    for ra, rb in zip(a, b):
+    for ra, rb in zip(a, b, strict=False):
         assert ra["mean"] == pytest.approx(rb["mean"], rel=1e-12)
         assert ra["variance"] == pytest.approx(rb["variance"], rel=1e-12)
         assert (ra["method"], rb["method"]) == ("batch", "vmap")
@@ -370,14 +533,34 @@ def test_statistics_edge_cases() -> None:
 
 def test_console_script_subprocess(tmp_path: Path) -> None:
     exe = Path(sys.executable).with_name("scg-study")
-    command = [str(exe)] if exe.exists() else ([shutil.which("scg-study")] if shutil.which("scg-study") else None)
+    command = (
+        [str(exe)]
+        if exe.exists()
+        else ([shutil.which("scg-study")] if shutil.which("scg-study") else None)
+    )
     if command is None:
         pytest.skip("scg-study console script not installed (pip install -e .)")
     out = tmp_path / "sub"
     proc = subprocess.run(
-        [*command, "compare", "--smoke", "--problems", "bernoulli-toy", "--estimators", "score_function,disarm",
-         "--device", "cpu", "--no-exact", "--no-plot", "--out", str(out)],
-        capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        [
+            *command,
+            "compare",
+            "--smoke",
+            "--problems",
+            "bernoulli-toy",
+            "--estimators",
+            "score_function,disarm",
+            "--device",
+            "cpu",
+            "--no-exact",
+            "--no-plot",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
     )
     assert proc.returncode == 0, proc.stderr
     assert "bernoulli-toy" in proc.stdout and "disarm" in proc.stdout
@@ -385,35 +568,62 @@ def test_console_script_subprocess(tmp_path: Path) -> None:
     assert (out / "results.csv").is_file() and (out / "manifest.json").is_file()
 
 
-def test_ctrl_c_says_the_run_can_be_resumed(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_ctrl_c_says_the_run_can_be_resumed(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     def interrupt(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
     import scg.studies.runner as runner
 
     monkeypatch.setattr(runner, "run_study", interrupt)
-    code = cli.main(["run", "blr", "--smoke", "--no-plot", "--quiet", "--out", "/nonexistent/never-written"])
+    code = cli.main(
+        ["run", "blr", "--smoke", "--no-plot", "--quiet", "--out", "/nonexistent/never-written"]
+    )
     assert code == 130
     err = capsys.readouterr().err
     assert "interrupted; finished cells are kept — run the same command again to resume." in err
     assert "Traceback" not in err
 
 
-def test_out_that_is_a_file_is_refused_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_out_that_is_a_file_is_refused_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     target = tmp_path / "a-file"
     target.write_text("x")
     with pytest.raises(SystemExit) as exc:
         cli.main(["compare", "--problems", "bernoulli-toy", "--quiet", "--out", str(target)])
-    assert exc.value.code == 2 and f"`--out` must be a folder; {target} is a file." in capsys.readouterr().err
+    assert (
+        exc.value.code == 2
+        and f"`--out` must be a folder; {target} is a file." in capsys.readouterr().err
+    )
 
 
-def test_a_config_selecting_no_cells_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = cli.main(["run", "blr", "--smoke", "--no-plot", "--quiet", "--set", "estimators=", "--out", str(tmp_path)])
+def test_a_config_selecting_no_cells_is_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = cli.main(
+        [
+            "run",
+            "blr",
+            "--smoke",
+            "--no-plot",
+            "--quiet",
+            "--set",
+            "estimators=",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert code == 2 and "selects no cells" in capsys.readouterr().err
 
 
 def test_no_plot_removes_a_stale_figure_of_earlier_results(tmp_path: Path) -> None:
-    code, out = _compare(tmp_path, "--problems", "bernoulli-toy", "--estimators", "score_function", "-N", "200")
+    code, out = _compare(
+        tmp_path, "--problems", "bernoulli-toy", "--estimators", "score_function", "-N", "200"
+    )
     assert code == 0 and (out / "compare.png").exists()
-    code, out = _compare(tmp_path, "--problems", "bernoulli-toy", "--estimators", "disarm", "-N", "200", "--no-plot")
+    code, out = _compare(
+        tmp_path, "--problems", "bernoulli-toy", "--estimators", "disarm", "-N", "200", "--no-plot"
+    )
     assert code == 0 and not (out / "compare.png").exists()

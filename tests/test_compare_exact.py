@@ -18,10 +18,8 @@ from __future__ import annotations
 import csv
 import math
 import re
-from pathlib import Path
 
 import pytest
-import torch
 from torch import Tensor
 from torch.distributions import Normal
 
@@ -60,16 +58,39 @@ def _normal(loc: Tensor, scale: Tensor) -> Normal:
 
 def indicator_problem() -> Problem:
     """The user problem of the CLI run below (``--problem MODULE:indicator_problem``)."""
-    return Problem(name="indicator", make_dist=_normal, params=(MU, SIGMA), f=_Above(), breakpoints=(B,),
-                   param_names=("loc", "scale"), description=f"E[1[z > {B:g}]], z ~ N({MU:g}, {SIGMA:g}^2)")
+    return Problem(
+        name="indicator",
+        make_dist=_normal,
+        params=(MU, SIGMA),
+        f=_Above(),
+        breakpoints=(B,),
+        param_names=("loc", "scale"),
+        description=f"E[1[z > {B:g}]], z ~ N({MU:g}, {SIGMA:g}^2)",
+    )
 
 
 @pytest.fixture(scope="module")
 def rows(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], dict[str, str]]:
     out = tmp_path_factory.mktemp("compare") / "out"
-    code = cli.main(["compare", "--problem", f"{__name__}:indicator_problem", "--estimators",
-                     ",".join((*UNBIASED, "pathwise")), "-N", "20000", "--seed", "0", "--device", "cpu",
-                     "--out", str(out), "-q", "--no-plot"])
+    code = cli.main(
+        [
+            "compare",
+            "--problem",
+            f"{__name__}:indicator_problem",
+            "--estimators",
+            ",".join((*UNBIASED, "pathwise")),
+            "-N",
+            "20000",
+            "--seed",
+            "0",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+            "-q",
+            "--no-plot",
+        ]
+    )
     assert code == 0
     with open(out / "results.csv", newline="") as fh:
         return {(r["estimator"], r["parameter"]): r for r in csv.DictReader(fh)}
@@ -93,21 +114,29 @@ def test_exact_moments_use_breakpoints(rows: dict[tuple[str, str], dict[str, str
         assert float(sf["exact_mean"]) == pytest.approx(GRAD[p], abs=1e-8)
         assert float(sf["exact_variance"]) == pytest.approx(SF_VARIANCE[p], abs=1e-8)
         for name in ("score_function_optimal", "rloo"):
-            assert float(rows[(name, p)]["exact_mean"]) == pytest.approx(GRAD[p], abs=1e-8), (name, p)
+            assert float(rows[(name, p)]["exact_mean"]) == pytest.approx(GRAD[p], abs=1e-8), (
+                name,
+                p,
+            )
         # pathwise misses the jump: its gradient is exactly 0, a zero-variance wrong estimate
         pw = rows[("pathwise", p)]
         assert float(pw["exact_mean"]) == 0.0 and float(pw["mean"]) == 0.0
         assert float(pw["bias_z"]) == -math.inf
 
 
-def test_measure_valued_exact_columns_are_right_or_empty(rows: dict[tuple[str, str], dict[str, str]]) -> None:
+def test_measure_valued_exact_columns_are_right_or_empty(
+    rows: dict[tuple[str, str], dict[str, str]],
+) -> None:
     """The jump lies inside MeasureValued's Rayleigh / Maxwell / uniform noise: compare reports its exact
     moments only where they are exact, else leaves them empty with the reason.
 
     Closed forms (c > 0): ĝ_μ = 1[W > c] / (σ√(2π)) and ĝ_σ = (1[M > c] − 1[MU > c]) / σ, whose
     squares have means ∂_μ / (σ√(2π)) and ∂_σ / σ (for indicators with 1[MU > c] ≤ 1[M > c]).
     """
-    second = {"loc": GRAD["loc"] / (SIGMA * math.sqrt(2.0 * math.pi)), "scale": GRAD["scale"] / SIGMA}
+    second = {
+        "loc": GRAD["loc"] / (SIGMA * math.sqrt(2.0 * math.pi)),
+        "scale": GRAD["scale"] / SIGMA,
+    }
     for p in ("loc", "scale"):
         mv = rows[("measure_valued", p)]
         assert float(mv["exact_gradient"]) == pytest.approx(GRAD[p], abs=1e-8)
@@ -125,8 +154,9 @@ def test_unbiased_estimators_have_small_bias_z(rows: dict[tuple[str, str], dict[
             r = rows[(name, p)]
             z = float(r["bias_z"])
             assert abs(z) < Z, (name, p, z)
-            assert z == pytest.approx((float(r["mean"]) - GRAD[p]) / float(r["std_error"]), rel=1e-6)
-
+            assert z == pytest.approx(
+                (float(r["mean"]) - GRAD[p]) / float(r["std_error"]), rel=1e-6
+            )
 
 
 def test_exact_moments_are_kept_only_when_their_mean_is_the_gradient() -> None:
@@ -135,6 +165,12 @@ def test_exact_moments_are_kept_only_when_their_mean_is_the_gradient() -> None:
 
     mv, gumbel = scg.MeasureValued(), scg.GumbelSoftmax()
     assert _mean_is_exact(mv, GRAD["loc"] + 1e-12, 1e-3, GRAD["loc"])
-    assert not _mean_is_exact(mv, GRAD["loc"] + 1e-6, 1e-3, GRAD["loc"])  # beyond 1e-8 · max(|∇|, sd)
-    assert not _mean_is_exact(mv, 0.26596, 1.5e-31, GRAD["loc"])  # a quadrature that missed the jump
-    assert not _mean_is_exact(gumbel, GRAD["loc"], 1e-3, GRAD["loc"])  # a biased estimator cannot be checked
+    assert not _mean_is_exact(
+        mv, GRAD["loc"] + 1e-6, 1e-3, GRAD["loc"]
+    )  # beyond 1e-8 · max(|∇|, sd)
+    assert not _mean_is_exact(
+        mv, 0.26596, 1.5e-31, GRAD["loc"]
+    )  # a quadrature that missed the jump
+    assert not _mean_is_exact(
+        gumbel, GRAD["loc"], 1e-3, GRAD["loc"]
+    )  # a biased estimator cannot be checked

@@ -13,7 +13,7 @@ one test uses the default inductor backend, with ``fallback_random`` for eager's
 from __future__ import annotations
 
 import copy
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -36,9 +36,14 @@ ESTIMATORS: dict[str, tuple[Callable[[], scg.Estimator], str]] = {
     "score_function": (scg.ScoreFunction, "bernoulli"),
     "moving_average": (lambda: scg.ScoreFunction(MovingAverage()), "bernoulli"),
     "leave_one_out": (lambda: scg.ScoreFunction(LeaveOneOut()), "bernoulli"),
-    "nvil": (lambda: scg.ScoreFunction(chain(MovingAverage(), Learned(nn.Linear(D, 1)), Normalize())), "bernoulli"),
-    "nvil_default_features": (lambda: scg.ScoreFunction(chain(MovingAverage(), Learned(nn.Linear(D, 1)))),
-                              "bernoulli"),
+    "nvil": (
+        lambda: scg.ScoreFunction(chain(MovingAverage(), Learned(nn.Linear(D, 1)), Normalize())),
+        "bernoulli",
+    ),
+    "nvil_default_features": (
+        lambda: scg.ScoreFunction(chain(MovingAverage(), Learned(nn.Linear(D, 1)))),
+        "bernoulli",
+    ),
     "delta": (lambda: scg.ScoreFunction(Delta()), "normal"),
     "measure_valued": (scg.MeasureValued, "normal"),
     "disarm": (scg.DisARM, "bernoulli"),
@@ -70,7 +75,9 @@ class Problem(nn.Module):
         return scg.expectation(cost, q, self.estimator, num_samples=S, context=context).sum()
 
 
-def _train(model: nn.Module, step: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, seed: int = 0):
+def _train(
+    model: nn.Module, step: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, seed: int = 0
+):
     """``STEPS`` steps of forward, backward and SGD; the losses, gradients and final state."""
     torch.manual_seed(seed)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
@@ -88,10 +95,12 @@ def _train(model: nn.Module, step: Callable[[torch.Tensor], torch.Tensor], x: to
 def _assert_same(eager, compiled) -> None:
     (le, ge, se), (lc, gc, sc) = eager, compiled
     torch.testing.assert_close(torch.stack(lc), torch.stack(le), rtol=1e-5, atol=1e-6)
-    for a, b in zip(gc, ge):
+    for a, b in zip(gc, ge, strict=False):
         assert a.keys() == b.keys()
         for name in a:
-            torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=f"gradient of {name}")
+            torch.testing.assert_close(
+                a[name], b[name], rtol=1e-5, atol=1e-6, msg=f"gradient of {name}"
+            )
     assert sc.keys() == se.keys()
     for name in sc:
         torch.testing.assert_close(sc[name], se[name], rtol=1e-5, atol=1e-6, msg=f"state {name}")
@@ -166,7 +175,12 @@ class GraphModel(nn.Module):
         z = g.sample("z", Independent(Normal(self.w_z(a), 1.0), 1), self.pathwise)
         b = g.sample("b", Independent(Bernoulli(logits=self.w_b(z)), 1), self.sf_b)
         g.cost("fit", ((z - 0.5) ** 2).sum(-1))
-        g.cost("rec", F.binary_cross_entropy_with_logits(self.dec(b), x.expand_as(b), reduction="none").sum(-1))
+        g.cost(
+            "rec",
+            F.binary_cross_entropy_with_logits(self.dec(b), x.expand_as(b), reduction="none").sum(
+                -1
+            ),
+        )
         return g.surrogate()
 
 
@@ -201,7 +215,9 @@ def test_non_finite_cost_fails_in_compiled_code_with_the_eager_message():
 
     def step(shift: torch.Tensor) -> torch.Tensor:
         q = Independent(Normal(theta, 1.0), 1)
-        return scg.expectation(lambda z: (z.sum(-1) + shift).log(), q, scg.Pathwise(), num_samples=S).sum()
+        return scg.expectation(
+            lambda z: (z.sum(-1) + shift).log(), q, scg.Pathwise(), num_samples=S
+        ).sum()
 
     compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
     assert torch.isfinite(compiled(torch.tensor(100.0)))
@@ -275,4 +291,3 @@ def test_cuda_compiled_step_has_no_host_sync():  # pragma: no cover - no GPU on 
     finally:
         torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()
-

@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -87,19 +87,46 @@ def _scalar_cost(v: Tensor) -> Tensor:
 
 
 # (id, estimator factory, distribution factory, cost, num_samples)
-Case = tuple[str, Callable[[], scg.Estimator], Callable[[], tuple[Callable[[], Distribution], list[Tensor]]],
-             Callable[[Tensor], Tensor], int]
+Case = tuple[
+    str,
+    Callable[[], scg.Estimator],
+    Callable[[], tuple[Callable[[], Distribution], list[Tensor]]],
+    Callable[[Tensor], Tensor],
+    int,
+]
 REGISTRY: list[Case] = [
     ("pathwise-normal", scg.Pathwise, _normal, _vector_cost, 3),
     ("pathwise-gamma-implicit", scg.Pathwise, _gamma, _scalar_cost, 3),
     ("score", scg.ScoreFunction, _bernoulli, _vector_cost, 3),
     ("score-constant", lambda: scg.ScoreFunction(B.Constant(0.4)), _bernoulli, _vector_cost, 3),
-    ("score-moving-average", lambda: scg.ScoreFunction(B.MovingAverage(0.8)), _bernoulli, _vector_cost, 3),
-    ("score-optimal-moving-average", lambda: scg.ScoreFunction(B.MovingAverage(0.8, optimal=True)),
-     _bernoulli, _vector_cost, 3),
-    ("score-leave-one-out", lambda: scg.ScoreFunction(B.LeaveOneOut()), _bernoulli, _vector_cost, 3),
-    ("score-nvil", lambda: scg.ScoreFunction(B.chain(B.MovingAverage(), B.Learned(_Net(3)), B.Normalize())),
-     _bernoulli, _vector_cost, 3),
+    (
+        "score-moving-average",
+        lambda: scg.ScoreFunction(B.MovingAverage(0.8)),
+        _bernoulli,
+        _vector_cost,
+        3,
+    ),
+    (
+        "score-optimal-moving-average",
+        lambda: scg.ScoreFunction(B.MovingAverage(0.8, optimal=True)),
+        _bernoulli,
+        _vector_cost,
+        3,
+    ),
+    (
+        "score-leave-one-out",
+        lambda: scg.ScoreFunction(B.LeaveOneOut()),
+        _bernoulli,
+        _vector_cost,
+        3,
+    ),
+    (
+        "score-nvil",
+        lambda: scg.ScoreFunction(B.chain(B.MovingAverage(), B.Learned(_Net(3)), B.Normalize())),
+        _bernoulli,
+        _vector_cost,
+        3,
+    ),
     ("score-delta", lambda: scg.ScoreFunction(B.Delta()), _normal, _vector_cost, 3),
     ("score-categorical", scg.ScoreFunction, _categorical, _scalar_cost, 3),
     ("measure-valued-normal", scg.MeasureValued, _normal, _vector_cost, 2),
@@ -109,15 +136,29 @@ REGISTRY: list[Case] = [
     ("measure-valued-poisson", scg.MeasureValued, _poisson, _scalar_cost, 2),
     ("disarm", scg.DisARM, _bernoulli, _vector_cost, 3),
     ("relax-rebar", scg.RELAX, _bernoulli, _vector_cost, 3),
-    ("relax-neural", lambda: scg.RELAX(NeuralControlVariate(_Net(3), rebar=False)), _bernoulli, _vector_cost, 3),
+    (
+        "relax-neural",
+        lambda: scg.RELAX(NeuralControlVariate(_Net(3), rebar=False)),
+        _bernoulli,
+        _vector_cost,
+        3,
+    ),
     ("gumbel-softmax", lambda: scg.GumbelSoftmax(0.7), _bernoulli, _vector_cost, 3),
-    ("gumbel-softmax-hard-categorical", lambda: scg.GumbelSoftmax(0.7, hard=True), _categorical, _vector_cost, 3),
+    (
+        "gumbel-softmax-hard-categorical",
+        lambda: scg.GumbelSoftmax(0.7, hard=True),
+        _categorical,
+        _vector_cost,
+        3,
+    ),
     ("straight-through", scg.StraightThrough, _bernoulli, _vector_cost, 3),
     ("straight-through-one-hot", scg.StraightThrough, _one_hot, _vector_cost, 3),
 ]
 #: Estimators the graph refuses, and the words of the error that says what to use instead.
-REFUSED_IN_GRAPH = {"score-delta": "Delta, which needs the cost as a function",
-                    "relax-rebar": "REBARControlVariate, which needs the cost as a function"}
+REFUSED_IN_GRAPH = {
+    "score-delta": "Delta, which needs the cost as a function",
+    "relax-rebar": "REBARControlVariate, which needs the cost as a function",
+}
 
 
 def _grads(out: Tensor, params: list[Tensor], est: scg.Estimator) -> list[Tensor]:
@@ -127,7 +168,11 @@ def _grads(out: Tensor, params: list[Tensor], est: scg.Estimator) -> list[Tensor
 
 def test_registry_covers_every_exported_estimator() -> None:
     exported = {getattr(scg.estimators, n) for n in scg.estimators.__all__}
-    classes = {c for c in exported if isinstance(c, type) and issubclass(c, scg.Estimator) and c is not scg.Estimator}
+    classes = {
+        c
+        for c in exported
+        if isinstance(c, type) and issubclass(c, scg.Estimator) and c is not scg.Estimator
+    }
     covered = {type(make()) for _, make, *_ in REGISTRY}
     assert classes - covered == set()
 
@@ -144,7 +189,7 @@ def test_one_path_call_equals_surrogate_of_draw(case: Case) -> None:
     dist = new_dist()
     b = est_b.surrogate(f, dist, est_b.draw(dist, S))
     assert a.shape == dist.batch_shape and torch.equal(a, b)
-    for ga, gb in zip(_grads(a.sum(), params, est_a), _grads(b.sum(), params, est_b)):
+    for ga, gb in zip(_grads(a.sum(), params, est_a), _grads(b.sum(), params, est_b), strict=False):
         assert torch.equal(ga, gb)
 
 
@@ -153,7 +198,11 @@ def test_no_estimator_overrides_forward_or_draw() -> None:
         cls = type(make())
         assert cls.forward is scg.Estimator.forward and cls.draw is scg.Estimator.draw, cls
     with pytest.raises(TypeError, match=r"Bypass must not override `forward`"):
-        type("Bypass", (scg.Estimator,), {"forward": lambda self, f, dist, num_samples=1: f(dist.sample())})
+        type(
+            "Bypass",
+            (scg.Estimator,),
+            {"forward": lambda self, f, dist, num_samples=1: f(dist.sample())},
+        )
 
 
 @pytest.mark.parametrize("case", REGISTRY, ids=[c[0] for c in REGISTRY])
@@ -174,9 +223,9 @@ def test_one_node_graph_equals_expectation(case: Case) -> None:
     torch.manual_seed(5)
     e = scg.expectation(f, new_dist(), est_e, num_samples=S).sum()
     assert torch.equal(s, e), (float(s), float(e))
-    for gg, ge in zip(_grads(s, params, est_g), _grads(e, params, est_e)):
+    for gg, ge in zip(_grads(s, params, est_g), _grads(e, params, est_e), strict=False):
         assert torch.equal(gg, ge)
-    for bg, be in zip(est_g.buffers(), est_e.buffers()):  # control variates' state moved alike
+    for bg, be in zip(est_g.buffers(), est_e.buffers(), strict=False):  # control variates' state moved alike
         assert torch.equal(bg, be)
 
 
@@ -195,5 +244,7 @@ def test_estimator_without_parts_serves_expectation_but_not_a_graph() -> None:
     torch.manual_seed(0)
     eps = torch.randn(8, dtype=D)
     assert torch.equal(loss, (mu + eps).pow(2).mean(0))
-    with pytest.raises(TypeError, match=r"must implement parts\(dist, draws\) to be a graph node; Plain"):
+    with pytest.raises(
+        TypeError, match=r"must implement parts\(dist, draws\) to be a graph node; Plain"
+    ):
         scg.Graph(num_samples=2).sample("z", q, Plain())

@@ -118,7 +118,9 @@ def _quadratic(estimator: scg.Estimator, num_samples: int, k: float = 0.5):
 
     def fn(p: dict[str, Tensor]) -> Tensor:
         q = Independent(Normal(p["mu"], p["sigma"]), 1)
-        return scg.expectation(lambda z: ((z - k) ** 2).sum(-1), q, estimator, num_samples=num_samples)
+        return scg.expectation(
+            lambda z: ((z - k) ** 2).sum(-1), q, estimator, num_samples=num_samples
+        )
 
     params = {"mu": torch.tensor([1.0, -0.5]), "sigma": torch.tensor([1.0, 0.6])}
     exact = torch.cat([2 * (params["mu"] - k), 2 * params["sigma"]])
@@ -130,10 +132,14 @@ def _quadratic(estimator: scg.Estimator, num_samples: int, k: float = 0.5):
     [
         pytest.param(scg.Pathwise(), 1, None, id="Pathwise"),
         pytest.param(scg.ScoreFunction(), 1, 333, id="ScoreFunction"),
-        pytest.param(scg.ScoreFunction(baseline=scg.baselines.LeaveOneOut()), 4, 1000, id="ScoreFunction-LOO"),
+        pytest.param(
+            scg.ScoreFunction(baseline=scg.baselines.LeaveOneOut()), 4, 1000, id="ScoreFunction-LOO"
+        ),
     ],
 )
-def test_mean_matches_exact_gradient(estimator: scg.Estimator, num_samples: int, chunk_size) -> None:
+def test_mean_matches_exact_gradient(
+    estimator: scg.Estimator, num_samples: int, chunk_size
+) -> None:
     fn, params, exact = _quadratic(estimator, num_samples)
     g = gradient_samples(fn, params, 4000, chunk_size=chunk_size)
     assert g.shape == (4000, 4)
@@ -177,7 +183,12 @@ def test_module_with_functional_call() -> None:
     # Exact: E‖z‖² = ‖loc‖² + ‖scale‖², differentiated by autograd.
     p = {k: v.clone().requires_grad_(True) for k, v in params.items()}
     q = dist(p).base_dist
-    exact = torch.cat([t.reshape(-1) for t in torch.autograd.grad((q.loc**2 + q.scale**2).sum(), list(p.values()))])
+    exact = torch.cat(
+        [
+            t.reshape(-1)
+            for t in torch.autograd.grad((q.loc**2 + q.scale**2).sum(), list(p.values()))
+        ]
+    )
     g = gradient_samples(fn, params, 3000)
     P = sum(v.numel() for v in params.values())
     assert g.shape == (3000, P) == (3000, 68)
@@ -205,19 +216,51 @@ def _fn(p) -> Tensor:
         ({"params": {}}, ValueError, r"`params` must not be empty; got an empty mapping"),
         ({"params": []}, ValueError, r"`params` must not be empty; got an empty sequence"),
         ({"params": {"w": 1.0}}, TypeError, r"`params` values must be tensors; got float for 'w'"),
-        ({"params": [torch.ones(1), 2]}, TypeError, r"`params` elements must be tensors; got int at index 1"),
-        ({"params": {"w": torch.ones(2, dtype=torch.long)}}, TypeError, r"floating-point .* torch.int64 for 'w'"),
-        ({"params": [torch.ones(2, dtype=torch.long)]}, TypeError, r"floating-point .* torch.int64 for index 0"),
+        (
+            {"params": [torch.ones(1), 2]},
+            TypeError,
+            r"`params` elements must be tensors; got int at index 1",
+        ),
+        (
+            {"params": {"w": torch.ones(2, dtype=torch.long)}},
+            TypeError,
+            r"floating-point .* torch.int64 for 'w'",
+        ),
+        (
+            {"params": [torch.ones(2, dtype=torch.long)]},
+            TypeError,
+            r"floating-point .* torch.int64 for index 0",
+        ),
         ({"params": torch.ones(2)}, TypeError, r"`params` must be a dict .* got a single Tensor"),
-        ({"params": 3}, TypeError, r"`params` must be a dict name -> tensor or a sequence of tensors; got int"),
+        (
+            {"params": 3},
+            TypeError,
+            r"`params` must be a dict name -> tensor or a sequence of tensors; got int",
+        ),
         ({"fn": 3}, TypeError, r"`fn` must be callable; got int"),
-        ({"fn": lambda p: p["w"] * 2}, ValueError, r"`fn` must return a scalar \(shape \[\]\); got shape \[2\]"),
+        (
+            {"fn": lambda p: p["w"] * 2},
+            ValueError,
+            r"`fn` must return a scalar \(shape \[\]\); got shape \[2\]",
+        ),
         ({"fn": lambda p: 1.0}, TypeError, r"`fn` must return a torch.Tensor; got float"),
         ({"out": [0.0]}, TypeError, r"`out` must be a torch.Tensor or None; got list"),
-        ({"out": torch.empty(3, 3)}, ValueError, r"`out` must have shape \[num, P\] = \[3, 2\]; got \[3, 3\]"),
-        ({"out": torch.empty(3, 2, dtype=torch.float64)}, TypeError, r"`out` must have the dtype of the gradients, torch.float32; got torch.float64"),
+        (
+            {"out": torch.empty(3, 3)},
+            ValueError,
+            r"`out` must have shape \[num, P\] = \[3, 2\]; got \[3, 3\]",
+        ),
+        (
+            {"out": torch.empty(3, 2, dtype=torch.float64)},
+            TypeError,
+            r"`out` must have the dtype of the gradients, torch.float32; got torch.float64",
+        ),
         ({"out": torch.empty(2, 3).t()}, ValueError, r"`out` must be contiguous"),
-        ({"out": torch.empty(3, 2, requires_grad=True)}, ValueError, r"`out` must not require grad"),
+        (
+            {"out": torch.empty(3, 2, requires_grad=True)},
+            ValueError,
+            r"`out` must not require grad",
+        ),
     ],
 )
 def test_gradient_samples_errors(kwargs: dict, exc: type, match: str) -> None:
@@ -231,7 +274,13 @@ def test_gradient_samples_errors(kwargs: dict, exc: type, match: str) -> None:
 # ----------------------------------------------------------------------------- summary
 
 ARRAY = np.array(
-    [[1.0, -2.0, 0.5, 3.0], [2.0, -1.0, 0.5, 3.0], [0.5, -2.5, 0.5, 3.0], [3.0, -0.5, 0.5, 3.0], [1.5, -1.0, 0.5, 3.0]]
+    [
+        [1.0, -2.0, 0.5, 3.0],
+        [2.0, -1.0, 0.5, 3.0],
+        [0.5, -2.5, 0.5, 3.0],
+        [3.0, -0.5, 0.5, 3.0],
+        [1.5, -1.0, 0.5, 3.0],
+    ]
 )
 
 
@@ -264,7 +313,9 @@ def test_summary_exact_estimate_has_z_zero(dtype: torch.dtype) -> None:
     samples = value.to(dtype).expand(20000, 4)
     s = summary(samples, reference.to(dtype))
     assert torch.equal(s.mean, value.to(dtype))  # the common value, not a sum's rounding of it
-    assert torch.equal(s.variance, torch.zeros(4, dtype=dtype)) and torch.equal(s.std_error, s.variance)
+    assert torch.equal(s.variance, torch.zeros(4, dtype=dtype)) and torch.equal(
+        s.std_error, s.variance
+    )
     assert torch.equal(s.z, torch.zeros(4, dtype=dtype))
 
 
@@ -304,11 +355,26 @@ def test_summary_table() -> None:
 @pytest.mark.parametrize(
     "samples, reference, exc, match",
     [
-        (np.ones((3, 2)), None, TypeError, r"`samples` must be a torch.Tensor \[N, P\]; got ndarray"),
+        (
+            np.ones((3, 2)),
+            None,
+            TypeError,
+            r"`samples` must be a torch.Tensor \[N, P\]; got ndarray",
+        ),
         (torch.ones(3), None, ValueError, r"`samples` must have shape \[N, P\]; got shape \[3\]"),
         (torch.ones(1, 2), None, ValueError, r"`samples` must hold N >= 2 estimates .*; got 1"),
-        (torch.ones(3, 2), torch.ones(3), ValueError, r"`reference` must have P = 2 elements; got shape \[3\]"),
-        (torch.ones(3, 2), [1.0, 1.0], TypeError, r"`reference` must be a torch.Tensor \[P\]; got list"),
+        (
+            torch.ones(3, 2),
+            torch.ones(3),
+            ValueError,
+            r"`reference` must have P = 2 elements; got shape \[3\]",
+        ),
+        (
+            torch.ones(3, 2),
+            [1.0, 1.0],
+            TypeError,
+            r"`reference` must be a torch.Tensor \[P\]; got list",
+        ),
     ],
 )
 def test_summary_errors(samples, reference, exc: type, match: str) -> None:
@@ -337,8 +403,12 @@ def test_non_finite_estimates_are_refused_naming_the_rows():
 
     def fn(p):
         z = torch.randn(())
-        return (p[0] * z).sum() + torch.log(torch.relu(z)) * p[1].sum()  # log(0) for z <= 0: -inf gradients
+        return (p[0] * z).sum() + torch.log(torch.relu(z)) * p[
+            1
+        ].sum()  # log(0) for z <= 0: -inf gradients
 
     torch.manual_seed(0)
-    with pytest.raises(ValueError, match=r"`fn` must have finite gradients; \d+ of 40 estimates are not \(rows \["):
+    with pytest.raises(
+        ValueError, match=r"`fn` must have finite gradients; \d+ of 40 estimates are not \(rows \["
+    ):
         scg.diagnostics.gradient_samples(fn, [theta[:1], theta[1:]], 40)

@@ -45,6 +45,7 @@ SEED = 7
 
 # ----------------------------------------------------------------------------- helpers shared with the workers
 
+
 @dataclasses.dataclass(frozen=True)
 class ToyConfig:
     sizes: tuple = (1, 2, 3)
@@ -77,7 +78,14 @@ class ToyDistStudy(Study):
             with open(Path(log) / f"{rank}.log", "a") as fh:
                 fh.write(json.dumps(cell, sort_keys=True) + "\n")
         x = torch.randn(cell["size"], generator=ctx.generator)
-        return [{"size": cell["size"], "rep": cell["rep"], "value": float(x.sum()), "g": float(torch.rand(()))}]
+        return [
+            {
+                "size": cell["size"],
+                "rep": cell["rep"],
+                "value": float(x.sum()),
+                "g": float(torch.rand(())),
+            }
+        ]
 
     def plot(self, rows, cfg, out_dir):
         return []
@@ -117,7 +125,7 @@ class BernoulliLatent(nn.Module):
     def exact(self, rows):
         p = torch.sigmoid(rows[:, :-1] @ self.theta)
         y = rows[:, -1]
-        return (p * (1 - y) ** 2 + (1 - p) * y ** 2).mean()
+        return (p * (1 - y) ** 2 + (1 - p) * y**2).mean()
 
 
 def _rows(n: int, dim: int, seed: int) -> torch.Tensor:
@@ -135,7 +143,9 @@ def _small_vae():
     from scg.models import VAE, BernoulliDecoder, GaussianEncoder
 
     torch.manual_seed(0)
-    est = scg.ScoreFunction(baseline=scg.baselines.MovingAverage())  # running state: synced across ranks
+    est = scg.ScoreFunction(
+        baseline=scg.baselines.MovingAverage()
+    )  # running state: synced across ranks
     return VAE(GaussianEncoder(8, 2, (6,)), BernoulliDecoder(2, 8, (6,)), estimator=est)
 
 
@@ -144,6 +154,7 @@ FIT_CFG = dict(epochs=3, lr=0.05, seed=0, progress=False)
 
 
 # ----------------------------------------------------------------------------- worker (runs under torchrun)
+
 
 def _run_study(out: Path, log: Path) -> None:
     from scg.studies import registry
@@ -165,7 +176,9 @@ def _exact_over_subsets(rank: int, world: int) -> dict:
     full = _flat_grad(ref)
     stepper = DataParallelStep(model)
     grads, dev_batch = [], 0.0
-    for order in itertools.permutations(range(4), n):  # every ordered global batch is equally likely
+    for order in itertools.permutations(
+        range(4), n
+    ):  # every ordered global batch is equally likely
         idx = torch.tensor(order)
         model.zero_grad()
         stepper.backward(data[idx[local_slice(n, rank, world)]], total=n)
@@ -174,7 +187,12 @@ def _exact_over_subsets(rank: int, world: int) -> dict:
         grads.append(_flat_grad(model))
         dev_batch = max(dev_batch, float((grads[-1] - _flat_grad(ref)).abs().max()))
     mean = torch.stack(grads).mean(0)
-    return {"configs": len(grads), "mean": mean.tolist(), "full": full.tolist(), "dev_batch": dev_batch}
+    return {
+        "configs": len(grads),
+        "mean": mean.tolist(),
+        "full": full.tolist(),
+        "dev_batch": dev_batch,
+    }
 
 
 def _sampled(rank: int, world: int, steps: int = 200) -> dict:
@@ -201,9 +219,15 @@ def _sampled(rank: int, world: int, steps: int = 200) -> dict:
     torch.distributed.all_gather(nums, before)
     after = [torch.zeros((), dtype=before.dtype) for _ in range(world)]
     torch.distributed.all_gather(after, model.estimator.baseline.value.clone())
-    return {"mean": g.mean(0).tolist(), "se": (g.std(0) / math.sqrt(steps)).tolist(), "exact": exact.tolist(),
-            "steps": steps, "draws_differ": not torch.equal(gathered[0], gathered[1]),
-            "buffers_before": [float(v) for v in nums], "buffers_after": [float(v) for v in after]}
+    return {
+        "mean": g.mean(0).tolist(),
+        "se": (g.std(0) / math.sqrt(steps)).tolist(),
+        "exact": exact.tolist(),
+        "steps": steps,
+        "draws_differ": not torch.equal(gathered[0], gathered[1]),
+        "buffers_before": [float(v) for v in nums],
+        "buffers_after": [float(v) for v in after],
+    }
 
 
 def _fit_runs(tmp: Path, rank: int, world: int) -> dict:
@@ -211,9 +235,13 @@ def _fit_runs(tmp: Path, rank: int, world: int) -> dict:
     model = Logistic(FIT_DATA["dim"])
     hist = fit_distributed(model, data, data[:5], config=TrainConfig(batch_size=3, **FIT_CFG))
     if rank == 0:
-        torch.save({"state": model.state_dict(), "train_loss": hist.train_loss, "val": hist.val_bound},
-                   tmp / "fit2.pt")
-    x = torch.bernoulli(torch.full((40, 8), 0.4, dtype=torch.float32), generator=torch.Generator().manual_seed(5))
+        torch.save(
+            {"state": model.state_dict(), "train_loss": hist.train_loss, "val": hist.val_bound},
+            tmp / "fit2.pt",
+        )
+    x = torch.bernoulli(
+        torch.full((40, 8), 0.4, dtype=torch.float32), generator=torch.Generator().manual_seed(5)
+    )
     cfg = TrainConfig(epochs=3, batch_size=4, lr=1e-2, seed=2, progress=False)
     a = _small_vae()
     fit_distributed(a, x, x[:10], config=cfg, out_dir=tmp / "vae-a")
@@ -224,9 +252,12 @@ def _fit_runs(tmp: Path, rank: int, world: int) -> dict:
     sa, sb = a.state_dict(), b.state_dict()
     states = [None] * world
     torch.distributed.all_gather_object(states, {k: v.clone() for k, v in sb.items()})
-    return {"resume_equal": all(torch.equal(sa[k], sb[k]) for k in sa), "epochs": len(hb.epochs),
-            "ranks_equal": all(torch.equal(states[0][k], s[k]) for s in states for k in sa),
-            "has_buffer": "estimator.baseline.value" in sa}
+    return {
+        "resume_equal": all(torch.equal(sa[k], sb[k]) for k in sa),
+        "epochs": len(hb.epochs),
+        "ranks_equal": all(torch.equal(states[0][k], s[k]) for s in states for k in sa),
+        "has_buffer": "estimator.baseline.value" in sa,
+    }
 
 
 def _worker(mode: str, tmp: Path) -> int:
@@ -237,8 +268,12 @@ def _worker(mode: str, tmp: Path) -> int:
     _run_study(tmp / "resumed", tmp / "log-resume")
     _run_study(tmp / "sharded", tmp / "log-sharded")
     rank, world = rank_and_world()
-    result = {"exact": _exact_over_subsets(rank, world), "sampled": _sampled(rank, world),
-              "fit": _fit_runs(tmp, rank, world), "world": world}
+    result = {
+        "exact": _exact_over_subsets(rank, world),
+        "sampled": _sampled(rank, world),
+        "fit": _fit_runs(tmp, rank, world),
+        "world": world,
+    }
     if rank == 0:
         (tmp / "result.json").write_text(json.dumps(result))
     return 0
@@ -246,15 +281,35 @@ def _worker(mode: str, tmp: Path) -> int:
 
 # ----------------------------------------------------------------------------- launches
 
+
 def _launch(mode: str, tmp: Path) -> subprocess.CompletedProcess:
     torchrun = Path(sys.executable).with_name("torchrun")
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
     env.update(GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    cmd = [str(torchrun), "--standalone", "--local-addr", "127.0.0.1", "--nproc_per_node=2",
-           "--monitor-interval", "0.1", __file__, mode, str(tmp)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    cmd = [
+        str(torchrun),
+        "--standalone",
+        "--local-addr",
+        "127.0.0.1",
+        "--nproc_per_node=2",
+        "--monitor-interval",
+        "0.1",
+        __file__,
+        mode,
+        str(tmp),
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         out, _ = proc.communicate(timeout=TIMEOUT)
     except subprocess.TimeoutExpired:
@@ -272,33 +327,50 @@ def launched(tmp_path_factory):
     csv_after_fail = (tmp / "resumed" / "results.csv").exists()
     main = _launch("main", tmp)
     assert main.returncode == 0, main.stdout[-6000:]
-    return {"tmp": tmp, "reference": _reference_csv(tmp), "fail": fail, "left": left,
-            "csv_after_fail": csv_after_fail, "result": json.loads((tmp / "result.json").read_text())}
+    return {
+        "tmp": tmp,
+        "reference": _reference_csv(tmp),
+        "fail": fail,
+        "left": left,
+        "csv_after_fail": csv_after_fail,
+        "result": json.loads((tmp / "result.json").read_text()),
+    }
 
 
 def _reference_csv(tmp: Path) -> str:
-    res = run_study(ToyDistStudy(), ToyConfig(), tmp / "single", seed=SEED, device="cpu", progress=False)
+    res = run_study(
+        ToyDistStudy(), ToyConfig(), tmp / "single", seed=SEED, device="cpu", progress=False
+    )
     assert len(res.ran) == 6
     return (tmp / "single" / "results.csv").read_text()
 
 
 def _logged(folder: Path) -> list[dict]:
-    return [json.loads(line) for p in sorted(folder.glob("*.log")) for line in p.read_text().splitlines()]
+    return [
+        json.loads(line)
+        for p in sorted(folder.glob("*.log"))
+        for line in p.read_text().splitlines()
+    ]
 
 
 # ----------------------------------------------------------------------------- tests on the launches
+
 
 def test_a_dead_rank_fails_the_launch_with_a_clear_message(launched):
     fail = launched["fail"]
     assert fail.returncode != 0
     assert "scg-study: rank 1 of 2 failed: RuntimeError: simulated failure in a cell" in fail.stdout
     assert "re-running the same command redoes only the missing cells" in fail.stdout
-    summary = fail.stdout[fail.stdout.find("Root Cause"):]
+    summary = fail.stdout[fail.stdout.find("Root Cause") :]
     # torchrun names the first failure it observed: usually rank 1, but under heavy load rank 0 can
     # be torn down first; either way the failing rank's message is in the output (asserted above).
     if "rank      : 1 (local_rank: 1)" in summary:
-        assert "simulated failure in a cell" in summary  # the traceback reached torchrun's error file
-    assert not launched["csv_after_fail"]  # rank 0 never merged: it waited for rank 1 at the barrier
+        assert (
+            "simulated failure in a cell" in summary
+        )  # the traceback reached torchrun's error file
+    assert not launched[
+        "csv_after_fail"
+    ]  # rank 0 never merged: it waited for rank 1 at the barrier
     assert 0 < len(launched["left"]) < 6
 
 
@@ -308,7 +380,9 @@ def test_resumed_sharded_study_redoes_only_the_missing_cells(launched):
     cells = ToyDistStudy().cells(ToyConfig())
     done_before = set(launched["left"])
     digest = json.loads((tmp / "resumed" / "manifest.json").read_text())["config_hash"]
-    missing = [c for i, c in enumerate(cells) if cell_path(tmp, i, c, digest).name not in done_before]
+    missing = [
+        c for i, c in enumerate(cells) if cell_path(tmp, i, c, digest).name not in done_before
+    ]
     key = lambda c: json.dumps(c, sort_keys=True)  # noqa: E731
     assert len(missing) >= 2 and sorted(map(key, ran)) == sorted(map(key, missing))
     assert (tmp / "resumed" / "results.csv").read_text() == launched["reference"]
@@ -317,7 +391,9 @@ def test_resumed_sharded_study_redoes_only_the_missing_cells(launched):
 def test_sharded_study_writes_the_single_process_results_csv(launched):
     tmp = launched["tmp"]
     ran = _logged(tmp / "log-sharded")
-    assert len(ran) == 6 and len({json.dumps(c) for c in ran}) == 6  # every cell once, over both ranks
+    assert (
+        len(ran) == 6 and len({json.dumps(c) for c in ran}) == 6
+    )  # every cell once, over both ranks
     assert {p.name for p in (tmp / "log-sharded").glob("*.log")} == {"0.log", "1.log"}
     assert (tmp / "sharded" / "results.csv").read_text() == launched["reference"]
     man = json.loads((tmp / "sharded" / "manifest.json").read_text())
@@ -335,7 +411,7 @@ def test_averaged_monte_carlo_gradient_is_unbiased_and_state_is_synced(launched)
     r = launched["result"]["sampled"]
     # 3 coordinates, false-failure rate 1e-3 overall (Bonferroni), two-sided.
     z = NormalDist().inv_cdf(1 - 1e-3 / (2 * 3))
-    for m, se, e in zip(r["mean"], r["se"], r["exact"]):
+    for m, se, e in zip(r["mean"], r["se"], r["exact"], strict=False):
         assert abs(m - e) < z * se, (m, e, se)
     assert r["draws_differ"]  # independent per-rank seeds
     assert r["buffers_before"][0] != r["buffers_before"][1]  # ranks saw different data ...
@@ -350,7 +426,9 @@ def test_two_ranks_train_like_one_process_with_twice_the_batch(launched):
     hist = fit(model, data, data[:5], config=TrainConfig(batch_size=6, **FIT_CFG))
     for k, v in model.state_dict().items():
         assert torch.allclose(v, saved["state"][k], atol=1e-10, rtol=0), k
-    assert torch.allclose(torch.tensor(hist.train_loss), torch.tensor(saved["train_loss"]), atol=1e-10)
+    assert torch.allclose(
+        torch.tensor(hist.train_loss), torch.tensor(saved["train_loss"]), atol=1e-10
+    )
     assert torch.allclose(torch.tensor(hist.val_bound), torch.tensor(saved["val"]), atol=1e-10)
 
 
@@ -360,6 +438,7 @@ def test_distributed_resume_reproduces_the_uninterrupted_run(launched):
 
 
 # ----------------------------------------------------------------------------- in-process tests
+
 
 def test_one_process_fit_distributed_is_fit():
     x = torch.bernoulli(torch.full((30, 8), 0.4), generator=torch.Generator().manual_seed(1))
@@ -379,12 +458,19 @@ def test_resume_with_another_world_size_is_refused(tmp_path):
     ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
     assert ckpt["world_size"] == 1 and len(ckpt["rank_rng"]) == 1
     content = {k: v for k, v in ckpt.items() if k not in ("fingerprint", "content_hash")}
-    content["world_size"], content["rank_rng"] = 2, content["rank_rng"] * 2  # as a 2-process run writes it
+    content["world_size"], content["rank_rng"] = (
+        2,
+        content["rank_rng"] * 2,
+    )  # as a 2-process run writes it
     from scg.models.checkpoint import _content_hash
 
-    torch.save({**content, "fingerprint": ckpt["fingerprint"], "content_hash": _content_hash(content)},
-               tmp_path / "last.pt")
-    with pytest.raises(ValueError, match=r"checkpoint of a 2-process run; resume it with 2 processes .* got 1"):
+    torch.save(
+        {**content, "fingerprint": ckpt["fingerprint"], "content_hash": _content_hash(content)},
+        tmp_path / "last.pt",
+    )
+    with pytest.raises(
+        ValueError, match=r"checkpoint of a 2-process run; resume it with 2 processes .* got 1"
+    ):
         fit_distributed(_small_vae(), x, config=cfg, out_dir=tmp_path)
 
 
@@ -408,7 +494,9 @@ def test_step_errors_and_empty_part():
     with pytest.raises(ValueError, match="`total` must be >= the local batch size 3"):
         step.backward(_rows(3, 2, 0), total=2)
     loss = step.backward(_rows(3, 2, 0)[:0], total=2)  # fewer points than ranks: zero contribution
-    assert math.isnan(float(loss)) and float(_flat_grad(model).abs().max()) == 0.0 and model.training
+    assert (
+        math.isnan(float(loss)) and float(_flat_grad(model).abs().max()) == 0.0 and model.training
+    )
 
 
 def test_env_helpers(monkeypatch):
@@ -428,16 +516,22 @@ def test_env_helpers(monkeypatch):
     with pytest.raises(ValueError, match="`WORLD_SIZE` must be >= 1; got 0"):
         init_from_env()
     monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(ValueError, match="`RANK` must be set when WORLD_SIZE=2; launch with torchrun"):
+    with pytest.raises(
+        ValueError, match="`RANK` must be set when WORLD_SIZE=2; launch with torchrun"
+    ):
         init_from_env()
     monkeypatch.setenv("RANK", "2")
     with pytest.raises(ValueError, match=r"`RANK` must be in \[0, 2\); got 2"):
         init_from_env()
     monkeypatch.setenv("RANK", "1")
-    with pytest.raises(ValueError, match="MASTER_ADDR, MASTER_PORT must be set for a 2-process run"):
+    with pytest.raises(
+        ValueError, match="MASTER_ADDR, MASTER_PORT must be set for a 2-process run"
+    ):
         init_from_env()
     monkeypatch.setenv("SCG_DIST_TIMEOUT", "-1")
-    with pytest.raises(ValueError, match="`SCG_DIST_TIMEOUT` must be a positive number of seconds; got '-1'"):
+    with pytest.raises(
+        ValueError, match="`SCG_DIST_TIMEOUT` must be a positive number of seconds; got '-1'"
+    ):
         current_shard()
 
 

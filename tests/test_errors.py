@@ -22,12 +22,24 @@ def bern():
 @pytest.mark.parametrize(
     "estimator,dist,match",
     [
-        (scg.Pathwise(), bern, r"`dist` must be reparameterisable for Pathwise; Bernoulli has no rsample. Use ScoreFunction"),
+        (
+            scg.Pathwise(),
+            bern,
+            r"`dist` must be reparameterisable for Pathwise; Bernoulli has no rsample. Use ScoreFunction",
+        ),
         (scg.DisARM(), normal, r"`dist` must be Bernoulli .* for DisARM; got Normal"),
         (scg.RELAX(), normal, r"`dist` must be Bernoulli .* for RELAX; got Normal"),
-        (scg.GumbelSoftmax(1.0), normal, r"`dist` must be Bernoulli, Categorical or OneHotCategorical .* for GumbelSoftmax; got Normal"),
+        (
+            scg.GumbelSoftmax(1.0),
+            normal,
+            r"`dist` must be Bernoulli, Categorical or OneHotCategorical .* for GumbelSoftmax; got Normal",
+        ),
         (scg.StraightThrough(), normal, r"for StraightThrough; got Normal"),
-        (scg.MeasureValued(), lambda: Gamma(torch.ones(2), torch.ones(2)), r"`dist` must be Normal, Bernoulli, .* for MeasureValued; got Gamma"),
+        (
+            scg.MeasureValued(),
+            lambda: Gamma(torch.ones(2), torch.ones(2)),
+            r"`dist` must be Normal, Bernoulli, .* for MeasureValued; got Gamma",
+        ),
     ],
 )
 def test_wrong_distribution_for_estimator(estimator, dist, match):
@@ -36,7 +48,9 @@ def test_wrong_distribution_for_estimator(estimator, dist, match):
 
 
 def test_not_a_distribution():
-    with pytest.raises(TypeError, match=r"`dist` must be a torch.distributions.Distribution; got Tensor"):
+    with pytest.raises(
+        TypeError, match=r"`dist` must be a torch.distributions.Distribution; got Tensor"
+    ):
         scg.expectation(lambda z: z, torch.zeros(2), scg.ScoreFunction())
 
 
@@ -55,14 +69,19 @@ def test_num_samples_must_be_positive_int():
 @pytest.mark.parametrize("estimator", [scg.ScoreFunction(), scg.Pathwise(), scg.MeasureValued()])
 def test_cost_with_wrong_shape(estimator):
     dist = normal()
-    with pytest.raises(ValueError, match=r"`f` must map samples .* to costs \[S, \*batch_shape\] = \[\d+, 2\]; got shape \[\d+\]\. If f sums"):
+    with pytest.raises(
+        ValueError,
+        match=r"`f` must map samples .* to costs \[S, \*batch_shape\] = \[\d+, 2\]; got shape \[\d+\]\. If f sums",
+    ):
         scg.expectation(lambda z: z.sum(-1), dist, estimator, num_samples=3)
 
 
 def test_cost_not_a_tensor_and_not_float():
     with pytest.raises(TypeError, match=r"`f` must return a torch.Tensor; got float"):
         scg.expectation(lambda z: 1.0, normal(), scg.Pathwise())
-    with pytest.raises(TypeError, match=r"`f` must return a floating-point tensor; got dtype torch.int64"):
+    with pytest.raises(
+        TypeError, match=r"`f` must return a floating-point tensor; got dtype torch.int64"
+    ):
         scg.expectation(lambda z: z.long(), bern(), scg.ScoreFunction())
 
 
@@ -83,9 +102,14 @@ def test_temperature_must_be_positive(t):
 def test_estimator_and_baseline_types():
     with pytest.raises(TypeError, match=r"`estimator` must be an scg Estimator; got str"):
         scg.expectation(lambda z: z, normal(), "pathwise")
-    with pytest.raises(TypeError, match=r"`baseline` must be a control variate from scg.baselines or None; got float"):
+    with pytest.raises(
+        TypeError,
+        match=r"`baseline` must be a control variate from scg.baselines or None; got float",
+    ):
         scg.ScoreFunction(baseline=0.5)
-    with pytest.raises(TypeError, match=r"`chain` arguments must be scg.baselines control variates; got int"):
+    with pytest.raises(
+        TypeError, match=r"`chain` arguments must be scg.baselines control variates; got int"
+    ):
         B.chain(B.MovingAverage(), 3)
     with pytest.raises(TypeError, match=r"`module` must be a torch.nn.Module; got function"):
         B.Learned(lambda x: x)
@@ -103,14 +127,22 @@ def test_decay_range(decay):
 
 def test_learned_baseline_output_shape():
     est = scg.ScoreFunction(B.Learned(nn.Linear(1, 3)))
-    with pytest.raises(ValueError, match=r"`module` of Learned must return \[\*batch_shape\] = \[2\] or, when the context varies per sample .*got \[2, 3\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"`module` of Learned must return \[\*batch_shape\] = \[2\] or, when the context varies per sample .*got \[2, 3\]",
+    ):
         scg.expectation(lambda b: b, bern(), est, num_samples=2)
 
 
 def test_delta_needs_normal_and_valid_coefficient():
-    with pytest.raises(TypeError, match=r"`dist` must be a Normal \(or Independent Normal\) for Delta; got Bernoulli"):
+    with pytest.raises(
+        TypeError,
+        match=r"`dist` must be a Normal \(or Independent Normal\) for Delta; got Bernoulli",
+    ):
         scg.expectation(lambda b: b, bern(), scg.ScoreFunction(B.Delta()), num_samples=2)
-    with pytest.raises(ValueError, match=r'`coefficient` must be a float or "optimal"; got \'best\''):
+    with pytest.raises(
+        ValueError, match=r'`coefficient` must be a float or "optimal"; got \'best\''
+    ):
         B.Delta("best")
 
 
@@ -123,5 +155,8 @@ def test_relax_control_variate_type_and_shape():
             return z
 
     dist = Independent(Bernoulli(logits=torch.zeros(2, requires_grad=True)), 1)
-    with pytest.raises(ValueError, match=r"`control_variate` must return \[S, \*batch_shape\] = \[1\]; got \[1, 2\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"`control_variate` must return \[S, \*batch_shape\] = \[1\]; got \[1, 2\]",
+    ):
         scg.expectation(lambda b: b.sum(-1), dist, scg.RELAX(Bad()))

@@ -15,12 +15,16 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from torch.distributions import Bernoulli, Categorical, Independent, Normal, OneHotCategorical, Poisson
+from torch.distributions import (
+    Bernoulli,
+    Independent,
+    Normal,
+    OneHotCategorical,
+    Poisson,
+)
 
 import scg
 from scg import baselines as B
-
-
 
 pytestmark = pytest.mark.usefixtures("float64")  # tests/conftest.py
 
@@ -55,20 +59,38 @@ def cost_disc(z):
 REGISTRY = {
     "pathwise": (lambda: scg.Pathwise(), ["normal"]),
     "score_function": (lambda: scg.ScoreFunction(), ["normal", "bernoulli", "categorical"]),
-    "sf_moving_average": (lambda: scg.ScoreFunction(B.MovingAverage(0.9)), ["normal", "bernoulli", "categorical"]),
-    "sf_optimal_ma": (lambda: scg.ScoreFunction(B.MovingAverage(0.9, optimal=True)), ["normal", "bernoulli"]),
+    "sf_moving_average": (
+        lambda: scg.ScoreFunction(B.MovingAverage(0.9)),
+        ["normal", "bernoulli", "categorical"],
+    ),
+    "sf_optimal_ma": (
+        lambda: scg.ScoreFunction(B.MovingAverage(0.9, optimal=True)),
+        ["normal", "bernoulli"],
+    ),
     "rloo": (lambda: scg.ScoreFunction(B.LeaveOneOut()), ["normal", "bernoulli", "categorical"]),
-    "nvil": (lambda: scg.ScoreFunction(B.chain(B.MovingAverage(), B.Learned(nn.Linear(3, 1)), B.Normalize())), ["bernoulli"]),
+    "nvil": (
+        lambda: scg.ScoreFunction(
+            B.chain(B.MovingAverage(), B.Learned(nn.Linear(3, 1)), B.Normalize())
+        ),
+        ["bernoulli"],
+    ),
     "delta": (lambda: scg.ScoreFunction(B.Delta()), ["normal"]),
     "delta_optimal": (lambda: scg.ScoreFunction(B.Delta("optimal")), ["normal"]),
     "measure_valued": (lambda: scg.MeasureValued(), ["normal", "bernoulli", "categorical"]),
     "disarm": (lambda: scg.DisARM(), ["bernoulli"]),
     "relax": (lambda: scg.RELAX(), ["bernoulli"]),
     "gumbel_softmax": (lambda: scg.GumbelSoftmax(0.5), ["bernoulli", "categorical"]),
-    "gumbel_softmax_hard": (lambda: scg.GumbelSoftmax(0.5, hard=True), ["bernoulli", "categorical"]),
+    "gumbel_softmax_hard": (
+        lambda: scg.GumbelSoftmax(0.5, hard=True),
+        ["bernoulli", "categorical"],
+    ),
     "straight_through": (lambda: scg.StraightThrough(), ["bernoulli", "categorical"]),
 }
-DISTS = {"normal": (_normal, cost_cont), "bernoulli": (_bernoulli, cost_disc), "categorical": (_categorical, cost_disc)}
+DISTS = {
+    "normal": (_normal, cost_cont),
+    "bernoulli": (_bernoulli, cost_disc),
+    "categorical": (_categorical, cost_disc),
+}
 CASES = [(name, d) for name, (_, ds) in REGISTRY.items() for d in ds]
 
 
@@ -132,6 +154,7 @@ def test_cost_parameters_receive_pathwise_gradient_under_score_function():
 
 # --- single-sample oracles (float64, replayed draws, by hand) -------------------------
 
+
 def test_score_function_oracle_with_leave_one_out():
     loc = torch.tensor(0.4, requires_grad=True)
     scale = torch.tensor(1.3, requires_grad=True)
@@ -158,7 +181,13 @@ def test_disarm_oracle():
     u = draws["u"]
     th = torch.sigmoid(phi.detach())
     b, bt = (u < th).double(), (1 - u < th).double()
-    expected = (0.5 * (f(b) - f(bt))[:, None] * (-1.0) ** bt * (b != bt).double() * torch.sigmoid(phi.detach().abs())).mean(0)
+    expected = (
+        0.5
+        * (f(b) - f(bt))[:, None]
+        * (-1.0) ** bt
+        * (b != bt).double()
+        * torch.sigmoid(phi.detach().abs())
+    ).mean(0)
     torch.testing.assert_close(phi.grad, expected, rtol=1e-10, atol=1e-12)
 
 
@@ -207,10 +236,13 @@ def test_relax_variance_gradient_matches_finite_differences_of_variance():
 
 # --- second order (DiCE) ---------------------------------------------------------------
 
+
 def _hessian_of_surrogate(est, make_dist, param, f, draws):
     sur = est.surrogate(f, make_dist(param), draws).sum()
     (g,) = torch.autograd.grad(sur, param, create_graph=True)
-    return torch.stack([torch.autograd.grad(g[i], param, retain_graph=True)[0] for i in range(len(g))])
+    return torch.stack(
+        [torch.autograd.grad(g[i], param, retain_graph=True)[0] for i in range(len(g))]
+    )
 
 
 def test_score_function_hessian_exact_by_enumeration():
@@ -223,7 +255,9 @@ def test_score_function_hessian_exact_by_enumeration():
     for z in support:
         prob = make(phi).log_prob(z).exp().detach()
         H += prob * _hessian_of_surrogate(est, make, phi, f, {"z": z[None]})
-    exact = torch.autograd.functional.hessian(lambda p: (make(p).log_prob(support).exp() * f(support)).sum(), phi)
+    exact = torch.autograd.functional.hessian(
+        lambda p: (make(p).log_prob(support).exp() * f(support)).sum(), phi
+    )
     torch.testing.assert_close(H, exact, rtol=1e-10, atol=1e-12)
 
 
@@ -237,7 +271,7 @@ def test_normal_hessian_matches_analytic_by_gauss_hermite(estimator):
     x, w = torch.tensor(x), torch.tensor(w / w.sum())
     est = estimator()
     H = torch.zeros(2, 2)
-    for xi, wi in zip(x, w):
+    for xi, wi in zip(x, w, strict=False):
         if estimator is scg.Pathwise:
             draws = {"eps": xi.reshape(1)}
         else:
@@ -249,6 +283,7 @@ def test_normal_hessian_matches_analytic_by_gauss_hermite(estimator):
 
 
 # --- torch.func ------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name,dist_name", CASES)
 def test_vmap_grad_compatible(name, dist_name):
@@ -262,7 +297,9 @@ def test_vmap_grad_compatible(name, dist_name):
         dist = make_dist.__closure__ and _rebuild(dist_name, ps)
         return est(f, dist, 2).sum()
 
-    grads = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0), randomness="different")(detached, torch.zeros(3))
+    grads = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0), randomness="different")(
+        detached, torch.zeros(3)
+    )
     for g in grads:
         assert g.shape[0] == 3 and torch.isfinite(g).all()
         if dist_name == "normal":  # continuous draws: independent estimates differ

@@ -13,16 +13,21 @@ from __future__ import annotations
 import itertools
 import math
 
-import numpy as np
 import pytest
 import torch
 from numpy.polynomial.hermite_e import hermegauss
 from torch import nn
-from torch.distributions import Bernoulli, Categorical, Gamma, Independent, Normal, OneHotCategorical
+from torch.distributions import (
+    Bernoulli,
+    Categorical,
+    Gamma,
+    Independent,
+    Normal,
+    OneHotCategorical,
+)
 
 import scg
 from scg import baselines as B
-
 
 
 @pytest.fixture(autouse=True)
@@ -32,13 +37,15 @@ def _float64():
     torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(previous)
+
+
 sig = torch.sigmoid
 
 
 def gh(n: int) -> list[tuple[float, float]]:
     """Gauss–Hermite rule for N(0, 1): (node, weight) pairs, weights summing to 1."""
     x, w = hermegauss(n)
-    return list(zip(x.tolist(), (w / math.sqrt(2 * math.pi)).tolist()))
+    return list(zip(x.tolist(), (w / math.sqrt(2 * math.pi)).tolist(), strict=False))
 
 
 def t(*v: float) -> torch.Tensor:
@@ -74,7 +81,9 @@ def exact_check(build, ref, p0, grid, *, S=1, hessian=False, atol=1e-10):
     exact = torch.autograd.grad(objective, p, create_graph=hessian)[0]
     torch.testing.assert_close(est, exact.detach(), atol=atol, rtol=0)
     if hessian:
-        exact_h = torch.stack([torch.autograd.grad(exact[i], p, retain_graph=True)[0] for i in range(p.numel())])
+        exact_h = torch.stack(
+            [torch.autograd.grad(exact[i], p, retain_graph=True)[0] for i in range(p.numel())]
+        )
         torch.testing.assert_close(est_h, exact_h, atol=atol, rtol=0)
     return est, exact
 
@@ -178,7 +187,11 @@ def test_score_function_node_feeding_a_pathwise_node_exact():
         z = p[1] + 2 * v["a"] + p[2].exp() * v["eps"]
         return bern_lp(p[0], v["a"]), torch.sin(z) + z**2 / 4
 
-    grid = [({"a": {"z": t(a)}, "z": {"eps": t(x)}}, w, {"a": a, "eps": x}) for a in (0.0, 1.0) for x, w in gh(20)]
+    grid = [
+        ({"a": {"z": t(a)}, "z": {"eps": t(x)}}, w, {"a": a, "eps": x})
+        for a in (0.0, 1.0)
+        for x, w in gh(20)
+    ]
     exact_check(build, ref, t(-0.3, 0.4, -0.5), grid)
 
 
@@ -216,7 +229,12 @@ def test_leave_one_out_across_graph_samples_exact():
 
     def ref(p, v):
         (a1, a2), (b1, b2) = v["a"], v["b"]
-        lp = bern_lp(p[0], a1) + bern_lp(p[0], a2) + bern_lp(p[1] + p[2] * a1, b1) + bern_lp(p[1] + p[2] * a2, b2)
+        lp = (
+            bern_lp(p[0], a1)
+            + bern_lp(p[0], a2)
+            + bern_lp(p[1] + p[2] * a1, b1)
+            + bern_lp(p[1] + p[2] * a2, b2)
+        )
         return lp, ((a1 + 2 * b1 - 0.7) ** 2 + (a2 + 2 * b2 - 0.7) ** 2) / 2
 
     exact_check(build, ref, t(0.2, -0.6, 1.3), bern_grid(["a", "b"], S=2), S=2)
@@ -250,7 +268,9 @@ def test_moving_average_and_learned_baselines_exact():
     g.surrogate().backward()
     signal = (1.0 - 0.0 + 0.3) ** 2 * 1.7
     expected = -2 * (signal - net(x).detach()) * torch.cat([x, t(1.0)])
-    torch.testing.assert_close(torch.cat([net.weight.grad.reshape(-1), net.bias.grad]), expected.reshape(-1))
+    torch.testing.assert_close(
+        torch.cat([net.weight.grad.reshape(-1), net.bias.grad]), expected.reshape(-1)
+    )
 
 
 def test_learned_baseline_on_a_child_node_takes_its_parents_exact():
@@ -289,9 +309,13 @@ def test_minibatch_scale_with_global_and_per_datum_latents_exact():
     for sub in subsets:
         idx = torch.tensor(sub)
         for a, w1, w2 in itertools.product((0.0, 1.0), repeat=3):
-            g = scg.Graph(num_samples=1, draws={"a": {"z": t(a)}, "w": {"z": t(w1, w2).reshape(1, 2)}})
+            g = scg.Graph(
+                num_samples=1, draws={"a": {"z": t(a)}, "w": {"z": t(w1, w2).reshape(1, 2)}}
+            )
             build_for(idx)(g, p)
-            prob = torch.exp(bern_lp(p[0], a) + bern_lp(p[1 + sub[0]], w1) + bern_lp(p[1 + sub[1]], w2)).detach()
+            prob = torch.exp(
+                bern_lp(p[0], a) + bern_lp(p[1 + sub[0]], w1) + bern_lp(p[1 + sub[1]], w2)
+            ).detach()
             est += prob / len(subsets) * torch.autograd.grad(g.surrogate(), p)[0]
     # Full-data objective: Σ_i E[(a + w_i − x_i)² p5 + w_i].
     pa, pw = sig(p[0]), sig(p[1:5])
@@ -330,7 +354,12 @@ def test_hessian_two_node_bernoulli_graph_with_leave_one_out_is_unbiased():
 
     def ref(p, v):
         (a1, a2), (b1, b2) = v["a"], v["b"]
-        lp = bern_lp(p[0], a1) + bern_lp(p[0], a2) + bern_lp(p[1] + p[2] * a1, b1) + bern_lp(p[1] + p[2] * a2, b2)
+        lp = (
+            bern_lp(p[0], a1)
+            + bern_lp(p[0], a2)
+            + bern_lp(p[1] + p[2] * a1, b1)
+            + bern_lp(p[1] + p[2] * a2, b2)
+        )
         return lp, ((a1 + 2 * b1 - 0.7) ** 2 + (a2 + 2 * b2 - 0.7) ** 2) / 2
 
     exact_check(build, ref, t(0.3, -0.4, 0.9), bern_grid(["a", "b"], S=2), S=2, hessian=True)
@@ -344,13 +373,21 @@ def test_hessian_normal_node_matches_analytic(estimator):
     H = torch.zeros(2, 2)
     for x, w in gh(12):
         est = scg.ScoreFunction() if estimator == "score_function" else scg.Pathwise()
-        draws = {"z": {"z": t(mu + sigma * x)}} if estimator == "score_function" else {"z": {"eps": t(x)}}
+        draws = (
+            {"z": {"z": t(mu + sigma * x)}}
+            if estimator == "score_function"
+            else {"z": {"eps": t(x)}}
+        )
         g = scg.Graph(num_samples=1, draws=draws)
         z = g.sample("z", Normal(p[0], p[1]), est)
         g.cost("f", z**3)
         (grad,) = torch.autograd.grad(g.surrogate(), p, create_graph=True)
-        H += w * torch.stack([torch.autograd.grad(grad[i], p, retain_graph=True)[0] for i in range(2)])
-    torch.testing.assert_close(H, t(6 * mu, 6 * sigma, 6 * sigma, 6 * mu).reshape(2, 2), atol=1e-10, rtol=0)
+        H += w * torch.stack(
+            [torch.autograd.grad(grad[i], p, retain_graph=True)[0] for i in range(2)]
+        )
+    torch.testing.assert_close(
+        H, t(6 * mu, 6 * sigma, 6 * sigma, 6 * mu).reshape(2, 2), atol=1e-10, rtol=0
+    )
 
 
 # ------------------------------------------------------------ credit assignment
@@ -378,8 +415,10 @@ def test_independent_noisy_cost_leaves_node_variance_unchanged():
         return sum(wt * (gr - mean) ** 2 for wt, gr in out)
 
     alone, flow, dense = gradients(False, False), gradients(True, False), gradients(True, True)
-    print(f"\nVar ∂θ_A: cost on A alone {alone:.6g}; + independent noisy cost (data flow) {flow:.6g}; "
-          f"same cost credited densely {dense:.6g}")
+    print(
+        f"\nVar ∂θ_A: cost on A alone {alone:.6g}; + independent noisy cost (data flow) {flow:.6g}; "
+        f"same cost credited densely {dense:.6g}"
+    )
     assert abs(flow - alone) < 1e-12
     # Dense credit adds E[(10 n)²] E[(a − σ)²] = 100 σ(1 − σ) to the variance.
     s = float(sig(p0[0]))
@@ -403,7 +442,11 @@ def test_credit_assignment_measured_with_gradient_samples():
         return fn
 
     variances = {}
-    for key, (noise, dense) in {"alone": (False, False), "flow": (True, False), "dense": (True, True)}.items():
+    for key, (noise, dense) in {
+        "alone": (False, False),
+        "flow": (True, False),
+        "dense": (True, True),
+    }.items():
         torch.manual_seed(5)  # same draws of A in every run (A is drawn first)
         G = scg.diagnostics.gradient_samples(make(noise, dense), params, 4000)
         variances[key] = float(G[:, 0].var())
@@ -421,13 +464,19 @@ def test_value_is_the_sum_of_the_costs_monte_carlo_means_exactly():
         torch.manual_seed(3)
         theta = torch.randn(4, 3, requires_grad=True)
         x = torch.randn(3, 2)
-        nvil = scg.ScoreFunction(B.chain(B.MovingAverage(), B.Learned(nn.Linear(2, 1)), B.Normalize()))
+        nvil = scg.ScoreFunction(
+            B.chain(B.MovingAverage(), B.Learned(nn.Linear(2, 1)), B.Normalize())
+        )
         g = scg.Graph(num_samples=5)
         a = g.sample("a", Bernoulli(logits=theta[0]), nvil, context=x)
         z = g.sample("z", Normal(a * theta[1], theta[2].exp()))
         b = g.sample("b", Bernoulli(logits=z * theta[3]), scg.ScoreFunction(B.LeaveOneOut()))
         c = g.sample("c", OneHotCategorical(logits=theta[:, :3].T))  # root: [S, 3, 4]
-        costs = [("f1", (z - 1.0) ** 2, 1.0), ("f2", (b * a).sum(-1), 3.0), ("f3", c[..., 0] * b, 0.5)]
+        costs = [
+            ("f1", (z - 1.0) ** 2, 1.0),
+            ("f2", (b * a).sum(-1), 3.0),
+            ("f3", c[..., 0] * b, 0.5),
+        ]
         for name, value, scale in costs:
             g.cost(name, value, scale=scale)
         out = g.surrogate()
@@ -448,7 +497,9 @@ def hand_written_dice(p, a, eps, b, x):
     lp_a = Bernoulli(logits=p[0] + x).log_prob(a)
     z = a * p[1] + p[2].exp() * eps
     lp_b = Bernoulli(logits=z * p[3]).log_prob(b)
-    return (box(lp_a) * (z - x) ** 2).mean(0).sum() + (box(lp_a + lp_b) * (b - 0.5) ** 2).mean(0).sum()
+    return (box(lp_a) * (z - x) ** 2).mean(0).sum() + (box(lp_a + lp_b) * (b - 0.5) ** 2).mean(
+        0
+    ).sum()
 
 
 def test_single_sample_oracle_matches_hand_written_dice():
@@ -488,7 +539,9 @@ def test_replayed_draws_reproduce_the_graph():
     assert torch.equal(s1, s2)
 
 
-@pytest.mark.parametrize("relaxed", [scg.GumbelSoftmax(0.5), scg.GumbelSoftmax(0.7, hard=True), scg.StraightThrough()])
+@pytest.mark.parametrize(
+    "relaxed", [scg.GumbelSoftmax(0.5), scg.GumbelSoftmax(0.7, hard=True), scg.StraightThrough()]
+)
 def test_relaxed_node_matches_its_estimator_on_the_same_draws(relaxed):
     logits = t(0.3, -0.8, 0.5).requires_grad_()
     dist = OneHotCategorical(logits=logits)
@@ -500,7 +553,9 @@ def test_relaxed_node_matches_its_estimator_on_the_same_draws(relaxed):
     s = g.surrogate()
     ref = relaxed.surrogate(f, dist, {"u": g.draws["c"]["u"]})
     assert torch.equal(s, ref)
-    grad = torch.autograd.grad(s, logits, retain_graph=True)[0]  # dist's normalised logits are shared
+    grad = torch.autograd.grad(s, logits, retain_graph=True)[
+        0
+    ]  # dist's normalised logits are shared
     torch.testing.assert_close(grad, torch.autograd.grad(ref, logits)[0])
 
 
@@ -524,7 +579,11 @@ def test_integer_valued_node_is_credited_conservatively_and_depends_on_overrides
         lp = Categorical(logits=p[:3]).log_prob(torch.tensor(c)) + bern_lp(p[3], n)
         return lp, table[c].detach() ** 2 + (n - 0.2) ** 2
 
-    grid = [({"c": {"z": torch.tensor([c])}, "n": {"z": t(n)}}, 1.0, {"c": c, "n": n}) for c in range(3) for n in (0.0, 1.0)]
+    grid = [
+        ({"c": {"z": torch.tensor([c])}, "n": {"z": t(n)}}, 1.0, {"c": c, "n": n})
+        for c in range(3)
+        for n in (0.0, 1.0)
+    ]
     exact_check(lambda g, p: build(g, p, True), ref, t(0.1, 0.2, -0.3, 0.4), grid)
 
 
@@ -605,7 +664,9 @@ def _two_node(g, p=None):
 def test_error_duplicate_names():
     g = scg.Graph(num_samples=2)
     p, a = _two_node(g)
-    with pytest.raises(ValueError, match=r"`name` must be unique in the graph; 'a' is already a node"):
+    with pytest.raises(
+        ValueError, match=r"`name` must be unique in the graph; 'a' is already a node"
+    ):
         g.sample("a", Bernoulli(logits=p[1]))
     g.cost("f", a * p[1])
     with pytest.raises(ValueError, match=r"'f' is already a cost"):
@@ -617,22 +678,32 @@ def test_error_duplicate_names():
 def test_error_cost_depending_on_nothing():
     g = scg.Graph(num_samples=2)
     _two_node(g)
-    with pytest.raises(ValueError, match=r"cost 'c' depends on no node and no parameter.*depends_on"):
+    with pytest.raises(
+        ValueError, match=r"cost 'c' depends on no node and no parameter.*depends_on"
+    ):
         g.cost("c", torch.ones(2))
 
 
 def test_error_sample_dims_do_not_match():
     g = scg.Graph(num_samples=4)
     p, a = _two_node(g)
-    with pytest.raises(ValueError, match=r"must have shape \[\*sample dims, \*batch\] with S = num_samples = 4 last among the sample dims \[4\]; got shape \[3\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"must have shape \[\*sample dims, \*batch\] with S = num_samples = 4 last among the sample dims \[4\]; got shape \[3\]",
+    ):
         g.cost("f", a[:3] * p[1])
-    with pytest.raises(ValueError, match=r"must have batch_shape starting with the sample dims \[4\] \(num_samples=4\) because it depends on node\(s\) \['a'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"must have batch_shape starting with the sample dims \[4\] \(num_samples=4\) because it depends on node\(s\) \['a'\]",
+    ):
         g.sample("b", Bernoulli(logits=a.sum() + torch.zeros(3)))
     w = g.sample("w", Bernoulli(logits=torch.zeros(3) + p[1]))  # root, [4, 3]
     with pytest.raises(ValueError, match=r"sample dims do not match: cost 'g' has shape \[4, 2\]"):
         g.cost("g", w[:, :2] * 2.0)
     with pytest.raises(ValueError, match=r"`draws\['a'\]\['z'\]` must have shape \[4\]; got \[2\]"):
-        scg.Graph(num_samples=4, draws={"a": {"z": torch.zeros(2)}}).sample("a", Bernoulli(logits=p[0]))
+        scg.Graph(num_samples=4, draws={"a": {"z": torch.zeros(2)}}).sample(
+            "a", Bernoulli(logits=p[0])
+        )
     with pytest.raises(ValueError, match=r"`draws\['a'\]` must contain 'eps'"):
         scg.Graph(num_samples=4, draws={"a": {"z": torch.zeros(4)}}).sample("a", Normal(p[0], 1.0))
 
@@ -642,8 +713,14 @@ def test_error_graph_used_after_surrogate():
     p, a = _two_node(g)
     g.cost("f", a * p[1])
     g.surrogate()
-    for call in (lambda: g.surrogate(), lambda: g.cost("h", a * p[1]), lambda: g.sample("b", Bernoulli(logits=p[1]))):
-        with pytest.raises(ValueError, match=r"already produced its surrogate\(\); a Graph is used once"):
+    for call in (
+        lambda: g.surrogate(),
+        lambda: g.cost("h", a * p[1]),
+        lambda: g.sample("b", Bernoulli(logits=p[1])),
+    ):
+        with pytest.raises(
+            ValueError, match=r"already produced its surrogate\(\); a Graph is used once"
+        ):
             call()
 
 
@@ -660,19 +737,31 @@ class SurrogateOnly(scg.Estimator):
 def test_error_unsupported_estimators_and_arguments():
     g = scg.Graph(num_samples=2)
     p = t(0.1, 0.2).requires_grad_()
-    with pytest.raises(TypeError, match=r"must implement parts\(dist, draws\) to be a graph node; SurrogateOnly"):
+    with pytest.raises(
+        TypeError, match=r"must implement parts\(dist, draws\) to be a graph node; SurrogateOnly"
+    ):
         g.sample("a", Bernoulli(logits=p[0]), SurrogateOnly())
-    with pytest.raises(TypeError, match=r"`estimator` of node 'a' must be an scg Estimator; got Linear"):
+    with pytest.raises(
+        TypeError, match=r"`estimator` of node 'a' must be an scg Estimator; got Linear"
+    ):
         g.sample("a", Bernoulli(logits=p[0]), nn.Linear(1, 1))
-    with pytest.raises(TypeError, match=r"uses REBARControlVariate, which needs the cost as a function"):
+    with pytest.raises(
+        TypeError, match=r"uses REBARControlVariate, which needs the cost as a function"
+    ):
         g.sample("a", Bernoulli(logits=p[0]), scg.RELAX())
     with pytest.raises(TypeError, match=r"uses Delta, which needs the cost as a function"):
         g.sample("a", Normal(p[0], 1.0), scg.ScoreFunction(B.Delta()))
     with pytest.raises(TypeError, match=r"has no rsample"):
         g.sample("a", Bernoulli(logits=p[0]), scg.Pathwise())
-    with pytest.raises(ValueError, match=r"`num_samples` must be >= 2 for LeaveOneOut \(node 'a'\); got 1"):
-        scg.Graph(num_samples=1).sample("a", Bernoulli(logits=p[0]), scg.ScoreFunction(B.LeaveOneOut()))
-    with pytest.raises(TypeError, match=r"`dist` of node 'a' must be a torch.distributions.Distribution"):
+    with pytest.raises(
+        ValueError, match=r"`num_samples` must be >= 2 for LeaveOneOut \(node 'a'\); got 1"
+    ):
+        scg.Graph(num_samples=1).sample(
+            "a", Bernoulli(logits=p[0]), scg.ScoreFunction(B.LeaveOneOut())
+        )
+    with pytest.raises(
+        TypeError, match=r"`dist` of node 'a' must be a torch.distributions.Distribution"
+    ):
         g.sample("a", p)
     with pytest.raises(ValueError, match=r"`depends_on` must name earlier nodes; got 'zz'"):
         g.sample("a", Bernoulli(logits=p[0]), depends_on=["zz"])
@@ -693,7 +782,9 @@ def test_error_unsupported_estimators_and_arguments():
     g.cost("f", a * p[1] / 0.0 * 0.0)  # nan: found once, when the surrogate is taken
     with pytest.raises(ValueError, match=r"`value` of cost 'f' must be finite; got inf or nan"):
         g.surrogate()
-    with pytest.raises(ValueError, match=r"cannot be replayed: Gamma is reparameterised implicitly"):
+    with pytest.raises(
+        ValueError, match=r"cannot be replayed: Gamma is reparameterised implicitly"
+    ):
         scg.Graph(num_samples=2, draws={"r": {}}).sample("r", Gamma(p[1].exp(), 1.0))
     with pytest.raises(ValueError, match=r"needs at least one cost"):
         scg.Graph(num_samples=2).surrogate()

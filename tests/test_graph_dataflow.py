@@ -37,7 +37,9 @@ def test_score_function_samples_are_leaves_and_draws_stay_detached():
     g.cost("f", z**2)
     g.surrogate().backward()
     assert a.grad is not None  # the leaf receives ∂L/∂a (unused by the estimator) ...
-    assert p.grad is not None and bool(torch.isfinite(p.grad).all())  # ... the parameters their estimate
+    assert p.grad is not None and bool(
+        torch.isfinite(p.grad).all()
+    )  # ... the parameters their estimate
 
 
 def test_in_place_edit_of_a_score_function_sample_raises_and_a_copy_is_tracked():
@@ -72,7 +74,9 @@ def test_sample_used_directly_as_a_parameter_or_as_a_cost_is_found():
     lp_c = Bernoulli(logits=p[1]).log_prob(c_)
     ref = (box(lp_a + lp_b) * b_).mean(0).sum() + (box(lp_c) * (c_ + eps) * p[2]).mean(0).sum()
     assert torch.equal(s, ref)
-    torch.testing.assert_close(torch.autograd.grad(s, p)[0], torch.autograd.grad(ref, p)[0], atol=1e-12, rtol=0)
+    torch.testing.assert_close(
+        torch.autograd.grad(s, p)[0], torch.autograd.grad(ref, p)[0], atol=1e-12, rtol=0
+    )
 
 
 def test_constant_parameter_sample_is_a_leaf_and_still_a_node():
@@ -131,7 +135,9 @@ def test_shape_error_is_raised_by_cost_even_though_credit_is_assigned_later():
     with pytest.raises(ValueError, match=r"sample dims do not match: cost 'g' has shape \[4, 2\]"):
         g.cost("g", w[:, :2] * 2.0)
     a = g.sample("a", Bernoulli(logits=p[0]))  # [4]
-    g.cost("h", torch.ones(4, 2, dtype=torch.float64) * a[:, None] * p[0])  # aligns with a; w not read
+    g.cost(
+        "h", torch.ones(4, 2, dtype=torch.float64) * a[:, None] * p[0]
+    )  # aligns with a; w not read
     assert g.dependencies() == {"ok": ("w",), "h": ("a",)}
 
 
@@ -149,8 +155,10 @@ def _visits(roots, boundaries, first_sequence_nr, leaves, closures, nodes):
         def __getattr__(self, attr):
             if attr == "next_functions":
                 count[0] += 1
-                return tuple((Counting(n) if n is not None and type(n) is not _dataflow._LEAF else n, i)
-                             for n, i in self.fn.next_functions)
+                return tuple(
+                    (Counting(n) if n is not None and type(n) is not _dataflow._LEAF else n, i)
+                    for n, i in self.fn.next_functions
+                )
             return getattr(self.fn, attr)
 
         def __hash__(self):
@@ -159,25 +167,35 @@ def _visits(roots, boundaries, first_sequence_nr, leaves, closures, nodes):
         def __eq__(self, other):
             return self.fn is getattr(other, "fn", other)
 
-    found = _dataflow.walk([Counting(r) for r in roots], boundaries, first_sequence_nr, leaves, closures, nodes)
+    found = _dataflow.walk(
+        [Counting(r) for r in roots], boundaries, first_sequence_nr, leaves, closures, nodes
+    )
     return found, count[0]
 
 
 def test_walk_stops_once_every_node_is_covered_and_below_the_first_node():
     w = torch.randn(3, 3, dtype=torch.float64, requires_grad=True)
     x = torch.randn(3, dtype=torch.float64)
-    h = (x @ w).tanh().sin()  # an "encoder" before the first node: older than the first_sequence_nr, never walked
+    h = (
+        (x @ w).tanh().sin()
+    )  # an "encoder" before the first node: older than the first_sequence_nr, never walked
     g = scg.Graph(num_samples=5)
     a = g.sample("a", Bernoulli(logits=h[0]))  # [5]
     z = g.sample("z", Normal(a * h[1], 1.0))  # [5], child of a
     flow = g._flow
     cost = (z.exp() * h[2]).cos()
-    everything, full = _visits([cost.grad_fn], flow.boundaries, flow.first_sequence_nr, flow.leaves, None, 0)
-    early, stopped = _visits([cost.grad_fn], flow.boundaries, flow.first_sequence_nr, flow.leaves, flow.closures, 2)
+    everything, full = _visits(
+        [cost.grad_fn], flow.boundaries, flow.first_sequence_nr, flow.leaves, None, 0
+    )
+    early, stopped = _visits(
+        [cost.grad_fn], flow.boundaries, flow.first_sequence_nr, flow.leaves, flow.closures, 2
+    )
     assert everything == early == {"z"}  # z's ancestors include a: finding z covers every node
     assert stopped < full
     no_floor, unbounded = _visits([cost.grad_fn], flow.boundaries, 0, flow.leaves, None, 0)
-    assert no_floor == {"z"} and unbounded > full  # without the first_sequence_nr it walks into the encoder
+    assert (
+        no_floor == {"z"} and unbounded > full
+    )  # without the first_sequence_nr it walks into the encoder
 
 
 def test_walk_does_not_stop_while_a_node_is_uncovered():
@@ -207,7 +225,9 @@ def test_a_sample_the_distribution_keeps_is_not_modified():
     stored = t(1.0, 0.0, 1.0)
     g = scg.Graph(num_samples=3)
     a = g.sample("a", _Stored(p, stored), scg.ScoreFunction())
-    assert a.requires_grad and not stored.requires_grad and a is not stored  # the graph's leaf is a detached alias
+    assert (
+        a.requires_grad and not stored.requires_grad and a is not stored
+    )  # the graph's leaf is a detached alias
     replay = {"a": {"z": t(0.0, 1.0, 1.0)}}
     g2 = scg.Graph(num_samples=3, draws=replay)
     b = g2.sample("a", Bernoulli(logits=p), scg.ScoreFunction())
@@ -220,7 +240,9 @@ def test_credit_with_a_few_dependencies_among_many_nodes_keeps_sampling_order():
     p = torch.linspace(-1.0, 1.0, 9, dtype=torch.float64).requires_grad_()
     g = scg.Graph(num_samples=2)
     xs = [g.sample(f"n{i}", Bernoulli(logits=p[i]), scg.ScoreFunction()) for i in range(9)]
-    g.cost("late", xs[7] * p[0] + xs[2])  # 2 of 9 score-function nodes: found out of order, sorted back
+    g.cost(
+        "late", xs[7] * p[0] + xs[2]
+    )  # 2 of 9 score-function nodes: found out of order, sorted back
     g.cost("all", sum(xs) * p[1])
     s = g.surrogate()
     assert g.dependencies()["late"] == ("n2", "n7") and g._costs["late"].scored == ("n2", "n7")
@@ -231,6 +253,10 @@ def test_credit_with_a_few_dependencies_among_many_nodes_keeps_sampling_order():
     tau_all = lps[0]
     for lp in lps[1:]:
         tau_all = tau_all + lp
-    ref = (box(lps[2] + lps[7]) * (zs[7] * p[0] + zs[2])).mean(0).sum() + (box(tau_all) * sum(zs) * p[1]).mean(0).sum()
+    ref = (box(lps[2] + lps[7]) * (zs[7] * p[0] + zs[2])).mean(0).sum() + (
+        box(tau_all) * sum(zs) * p[1]
+    ).mean(0).sum()
     assert torch.equal(s, ref)
-    torch.testing.assert_close(torch.autograd.grad(s, p)[0], torch.autograd.grad(ref, p)[0], atol=1e-12, rtol=0)
+    torch.testing.assert_close(
+        torch.autograd.grad(s, p)[0], torch.autograd.grad(ref, p)[0], atol=1e-12, rtol=0
+    )

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import pytest
 import torch
@@ -56,11 +56,15 @@ def x_data() -> torch.Tensor:
 def layout(n1: int, n2: int) -> dict[str, tuple[int, ...]]:
     """Shapes of the named slices of the flat parameter vector (in order)."""
     return {
-        "W1": (n1, D), "c1": (n1,),  # q(h1 | x) = Bern(σ(W1 x + c1))
-        "W2": (n2, n1), "c2": (n2,),  # q(h2 | h1) = Bern(σ(W2 h1 + c2))
+        "W1": (n1, D),
+        "c1": (n1,),  # q(h1 | x) = Bern(σ(W1 x + c1))
+        "W2": (n2, n1),
+        "c2": (n2,),  # q(h2 | h1) = Bern(σ(W2 h1 + c2))
         "a2": (n2,),  # p(h2) = Bern(σ(a2))
-        "V1": (n1, n2), "d1": (n1,),  # p(h1 | h2) = Bern(σ(V1 h2 + d1))
-        "V0": (D, n1), "d0": (D,),  # p(x | h1) = Bern(σ(V0 h1 + d0))
+        "V1": (n1, n2),
+        "d1": (n1,),  # p(h1 | h2) = Bern(σ(V1 h2 + d1))
+        "V0": (D, n1),
+        "d0": (D,),  # p(x | h1) = Bern(σ(V0 h1 + d0))
     }
 
 
@@ -103,7 +107,11 @@ def oracle_terms(P: dict, h1: torch.Tensor, h2: torch.Tensor, x: torch.Tensor):
     """(log q(h1|x), log q(h2|h1), log p(x, h1, h2)) for one configuration (vectors h1, h2)."""
     lq1 = log_bern(h1, enc1_logits(P, x))
     lq2 = log_bern(h2, enc2_logits(P, h1))
-    lp = log_bern(h2, P["a2"]) + log_bern(h1, P["V1"] @ h2 + P["d1"]) + log_bern(x, P["V0"] @ h1 + P["d0"])
+    lp = (
+        log_bern(h2, P["a2"])
+        + log_bern(h1, P["V1"] @ h2 + P["d1"])
+        + log_bern(x, P["V0"] @ h1 + P["d0"])
+    )
     return lq1, lq2, lp
 
 
@@ -153,8 +161,17 @@ def bmv(W: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     return (W * h.unsqueeze(-2)).sum(-1)
 
 
-def build_sbn(g: scg.Graph, p: torch.Tensor, est1, est2, *, n1: int = 2, n2: int = 2,
-              nvil: bool = False, one_cost: bool = False):
+def build_sbn(
+    g: scg.Graph,
+    p: torch.Tensor,
+    est1,
+    est2,
+    *,
+    n1: int = 2,
+    n2: int = 2,
+    nvil: bool = False,
+    one_cost: bool = False,
+):
     """The SBN in a graph: nodes h1, h2, costs log q1, log q2, −log p (or their sum, ``one_cost``).
 
     ``p`` may carry leading batch dims ``[*B, P]`` (independent copies of the model).
@@ -203,8 +220,17 @@ def expected_graph_gradient(build: Callable, p0: torch.Tensor, grid: Grid, *, S:
     return est, mass
 
 
-def check(build: Callable, p0: torch.Tensor, grid: Grid, n1: int, n2: int, *, S: int = 1,
-          atol: float = ATOL, mass_atol: float = 1e-12):
+def check(
+    build: Callable,
+    p0: torch.Tensor,
+    grid: Grid,
+    n1: int,
+    n2: int,
+    *,
+    S: int = 1,
+    atol: float = ATOL,
+    mass_atol: float = 1e-12,
+):
     est, mass = expected_graph_gradient(build, p0, grid, S=S)
     assert abs(mass - 1.0) < mass_atol, f"grid weights sum to {mass}, not 1"
     exact = oracle_gradient(p0, n1, n2)
@@ -236,11 +262,13 @@ def disarm_grid_1(p0, n1, n2) -> list[tuple[torch.Tensor, float]]:
     return [(t(*u).reshape(1, n1), w) for u, w in product(*[disarm_pieces(c) for c in th])]
 
 
-def sf_points(n: int, rows: Sequence[Callable[[torch.Tensor], float]], shape) -> list[tuple[torch.Tensor, float]]:
+def sf_points(
+    n: int, rows: Sequence[Callable[[torch.Tensor], float]], shape
+) -> list[tuple[torch.Tensor, float]]:
     """All joint values of ``len(rows)`` independent n-unit Bernoulli vectors; ``rows[r](h) = P(row r = h)``."""
     out = []
     for combo in itertools.product(bits(n), repeat=len(rows)):
-        w = math.prod(prob(h) for prob, h in zip(rows, combo))
+        w = math.prod(prob(h) for prob, h in zip(rows, combo, strict=False))
         out.append((torch.stack(combo).reshape(shape), w))
     return out
 
@@ -254,13 +282,15 @@ def sf_both_grid(p0, n1=2, n2=2, S=1):
     for h1s in itertools.product(bits(n1), repeat=S):
         w1 = math.prod(q1_prob(p0, n1, n2, h) for h in h1s)
         for h2s in itertools.product(bits(n2), repeat=S):
-            w2 = math.prod(q2_prob(p0, n1, n2, a, b) for a, b in zip(h1s, h2s))
+            w2 = math.prod(q2_prob(p0, n1, n2, a, b) for a, b in zip(h1s, h2s, strict=False))
             draws = {"h1": {"z": torch.stack(h1s)}, "h2": {"z": torch.stack(h2s)}}
             grid.append((draws, w1 * w2))
     return grid
 
 
-def primed(est1: scg.Estimator, est2: scg.Estimator, nvil: bool) -> tuple[scg.Estimator, scg.Estimator]:
+def primed(
+    est1: scg.Estimator, est2: scg.Estimator, nvil: bool
+) -> tuple[scg.Estimator, scg.Estimator]:
     """Run one training step so that running baselines hold a nonzero state, then freeze them."""
     torch.manual_seed(3)
     g = scg.Graph(num_samples=1)
@@ -285,12 +315,26 @@ def _mlp_baseline(inputs: int) -> nn.Module:
 
 SCORE_FUNCTION_CASES = {
     "plain": lambda: (scg.ScoreFunction(), scg.ScoreFunction(), 1, False),
-    "leave_one_out_S2": lambda: (scg.ScoreFunction(B.LeaveOneOut()), scg.ScoreFunction(B.LeaveOneOut()), 2, False),
-    "moving_average": lambda: (*primed(scg.ScoreFunction(B.MovingAverage()),
-                                       scg.ScoreFunction(B.MovingAverage()), False), 1, False),
-    "nvil_moving_average_learned": lambda: (*primed(
-        scg.ScoreFunction(B.chain(B.MovingAverage(), B.Learned(_mlp_baseline(D)))),
-        scg.ScoreFunction(B.chain(B.MovingAverage(), B.Learned(_mlp_baseline(2)))), True), 1, True),
+    "leave_one_out_S2": lambda: (
+        scg.ScoreFunction(B.LeaveOneOut()),
+        scg.ScoreFunction(B.LeaveOneOut()),
+        2,
+        False,
+    ),
+    "moving_average": lambda: (
+        *primed(scg.ScoreFunction(B.MovingAverage()), scg.ScoreFunction(B.MovingAverage()), False),
+        1,
+        False,
+    ),
+    "nvil_moving_average_learned": lambda: (
+        *primed(
+            scg.ScoreFunction(B.chain(B.MovingAverage(), B.Learned(_mlp_baseline(D)))),
+            scg.ScoreFunction(B.chain(B.MovingAverage(), B.Learned(_mlp_baseline(2)))),
+            True,
+        ),
+        1,
+        True,
+    ),
 }
 
 
@@ -365,7 +409,9 @@ def test_measure_valued_both_layers_exact():
     mass = 0.0
     for h1 in bits(n1):
         copies = mv_copies(h1)  # [5, n1]
-        pts = sf_points(n2, [lambda h, r=r: q2_prob(p0, n1, n2, copies[r], h) for r in range(E1)], (E1, n2))
+        pts = sf_points(
+            n2, [lambda h, r=r: q2_prob(p0, n1, n2, copies[r], h) for r in range(E1)], (E1, n2)
+        )
         z2 = torch.stack([z for z, _ in pts], dim=1).unsqueeze(1)  # [5, 1, K, n2]
         w = q1_prob(p0, n1, n2, h1) * t(*[wt for _, wt in pts])  # [K]
         K = w.shape[0]
@@ -406,7 +452,7 @@ class RelaxedFeatures(nn.Module):
 
 def relax_rule(n: int, a: float, b: float) -> list[tuple[float, float]]:
     x, w = Q.gauss_legendre(n, a, b)
-    return list(zip(x.tolist(), w.tolist()))
+    return list(zip(x.tolist(), w.tolist(), strict=False))
 
 
 def relax_points(theta: float, n: int) -> list[tuple[tuple[float, float], float]]:
@@ -425,7 +471,9 @@ def with_values(p0: torch.Tensor, n1: int, n2: int, **values: Sequence[float]) -
     return p
 
 
-RELAX_NODES = 7  # Gauss–Legendre nodes per piece and dim (errors seen: 6e-8 at 4, 5e-11 at 6, 2e-14 at 8)
+RELAX_NODES = (
+    7  # Gauss–Legendre nodes per piece and dim (errors seen: 6e-8 at 4, 5e-11 at 6, 2e-14 at 8)
+)
 
 
 @pytest.mark.parametrize("layer", ["layer1", "layer2"])
@@ -456,7 +504,10 @@ def test_relax_node_exact(layer):
         for (u, v), w in relax_points(th, RELAX_NODES):
             h1 = t(float(u > 1 - th))  # b = 1[φ + logit u > 0]
             for h2 in bits(n2):
-                draws = {"h1": {"u": t(u).reshape(1, 1), "v": t(v).reshape(1, 1)}, "h2": {"z": h2.reshape(1, n2)}}
+                draws = {
+                    "h1": {"u": t(u).reshape(1, 1), "v": t(v).reshape(1, 1)},
+                    "h2": {"z": h2.reshape(1, n2)},
+                }
                 grid.append((draws, w * q2_prob(p0, n1, n2, h1, h2)))
 
         def build(g, p):
@@ -466,7 +517,10 @@ def test_relax_node_exact(layer):
             th = float(theta2(p0, n1, n2, h1)[0])
             assert 0.4 < th < 0.7
             for (u, v), w in relax_points(th, RELAX_NODES):
-                draws = {"h1": {"z": h1.reshape(1, n1)}, "h2": {"u": t(u).reshape(1, 1), "v": t(v).reshape(1, 1)}}
+                draws = {
+                    "h1": {"z": h1.reshape(1, n1)},
+                    "h2": {"u": t(u).reshape(1, 1), "v": t(v).reshape(1, 1)},
+                }
                 grid.append((draws, q1_prob(p0, n1, n2, h1) * w))
 
         def build(g, p):
@@ -507,8 +561,12 @@ def test_score_function_layer1_disarm_layer2_exact():
     for h1 in bits(n1):
         pieces = [disarm_pieces(c) for c in theta2(p0, n1, n2, h1).tolist()]
         for u2, w2 in product(*pieces):
-            grid.append(({"h1": {"z": h1.reshape(1, n1)}, "h2": {"u": t(*u2).reshape(1, n2)}},
-                         q1_prob(p0, n1, n2, h1) * w2))
+            grid.append(
+                (
+                    {"h1": {"z": h1.reshape(1, n1)}, "h2": {"u": t(*u2).reshape(1, n2)}},
+                    q1_prob(p0, n1, n2, h1) * w2,
+                )
+            )
 
     def build(g, p):
         h1, h2 = build_sbn(g, p, scg.ScoreFunction(), scg.DisARM())
@@ -544,7 +602,11 @@ def neg_elbo(P: dict, x: torch.Tensor, h1: torch.Tensor, h2: torch.Tensor) -> to
     """log q(h1|x) + log q(h2|h1) − log p(x, h1, h2), broadcasting h1 [..., n1] against h2 [..., n2]."""
     lq1 = log_bern(h1, P["W1"] @ x + P["c1"])
     lq2 = log_bern(h2, h1 @ P["W2"].T + P["c2"])
-    lp = log_bern(h2, P["a2"]) + log_bern(h1, h2 @ P["V1"].T + P["d1"]) + log_bern(x, h1 @ P["V0"].T + P["d0"])
+    lp = (
+        log_bern(h2, P["a2"])
+        + log_bern(h1, h2 @ P["V1"].T + P["d1"])
+        + log_bern(x, h1 @ P["V0"].T + P["d0"])
+    )
     return lq1 + lq2 - lp
 
 
@@ -601,7 +663,7 @@ def test_disarm_graph_equals_nested_expectation(costs):
     s_nested = nested(q, scg.DisARM(), scg.DisARM(), S, seen)
     grad_nested = torch.autograd.grad(s_nested, q)[0]
 
-    (n_h1, n_h2), = seen
+    ((n_h1, n_h2),) = seen
     assert h1.shape == (2, S, 2) and h2.shape == (2, 2, S, 2)
     assert n_h1.shape == (2 * S, 2) and n_h2.shape == (2, 2 * S, 2)
     assert torch.equal(h1.detach().reshape(2 * S, 2), n_h1)
@@ -634,7 +696,7 @@ def test_score_function_graph_equals_nested_expectation():
     s_nested = nested(q, scg.ScoreFunction(), scg.ScoreFunction(), S, seen)
     grad_nested = torch.autograd.grad(s_nested, q)[0]
 
-    (n_h1, n_h2), = seen
+    ((n_h1, n_h2),) = seen
     assert h1.shape == (S, 2) and h2.shape == (S, 2) and n_h2.shape == (1, S, 2)
     assert torch.equal(h1.detach(), n_h1) and torch.equal(h2.detach(), n_h2[0])
     torch.testing.assert_close(s_graph, s_nested, rtol=1e-12, atol=0)
@@ -659,7 +721,7 @@ class AntitheticNormal(scg.Estimator):
 
 def gauss_hermite(n: int) -> list[tuple[float, float]]:
     x, w = hermegauss(n)
-    return list(zip(x.tolist(), (w / math.sqrt(2 * math.pi)).tolist()))
+    return list(zip(x.tolist(), (w / math.sqrt(2 * math.pi)).tolist(), strict=False))
 
 
 def test_user_antithetic_estimator_node_exact():
@@ -684,7 +746,9 @@ def test_user_antithetic_estimator_node_exact():
     p0 = t(0.3, -0.2, 1.4, -0.5, 0.8)
 
     def prob(p, z, b):  # q(b | z), plain torch
-        return torch.exp(b * F.logsigmoid(p[2] * z + p[3]) + (1 - b) * F.logsigmoid(-(p[2] * z + p[3])))
+        return torch.exp(
+            b * F.logsigmoid(p[2] * z + p[3]) + (1 - b) * F.logsigmoid(-(p[2] * z + p[3]))
+        )
 
     def oracle(n):
         p = p0.clone().requires_grad_(True)
@@ -692,7 +756,9 @@ def test_user_antithetic_estimator_node_exact():
         for x, w in gauss_hermite(n):
             z = p[0] + p[1].exp() * x
             for b in (0.0, 1.0):
-                total = total + w * prob(p, z, b) * ((z - p[4]) ** 2 + (b - 0.3) ** 2 * (1 + torch.sin(z)))
+                total = total + w * prob(p, z, b) * (
+                    (z - p[4]) ** 2 + (b - 0.3) ** 2 * (1 + torch.sin(z))
+                )
         return torch.autograd.grad(total, p)[0]
 
     grid = []

@@ -21,26 +21,45 @@ def test_digits_split_is_fixed_binary_and_disjoint():
     assert torch.equal(d.train, again.train) and torch.equal(d.test_labels, again.test_labels)
     # The three parts partition the 1797 images: the multiset of (image, label) rows is the full data.
     full = data.digits(seed=1)
-    rows = lambda s: sorted(map(tuple, torch.cat([torch.cat([s.train, s.val, s.test]),  # noqa: E731
-                                                  torch.cat([s.train_labels, s.val_labels, s.test_labels])
-                                                  .unsqueeze(1).float()], 1).tolist()))
+    rows = lambda s: sorted(
+        map(
+            tuple,
+            torch.cat(
+                [
+                    torch.cat([s.train, s.val, s.test]),  # noqa: E731
+                    torch.cat([s.train_labels, s.val_labels, s.test_labels]).unsqueeze(1).float(),
+                ],
+                1,
+            ).tolist(),
+        )
+    )
     assert rows(d) == rows(full)
     assert not torch.equal(d.train, full.train)
 
 
 def test_digits_intensities_and_threshold_error():
     d = data.digits(binarized=False, dtype=torch.float64)
-    assert d.train.dtype == torch.float64 and 0.0 <= float(d.train.min()) and float(d.train.max()) <= 1.0
+    assert (
+        d.train.dtype == torch.float64
+        and 0.0 <= float(d.train.min())
+        and float(d.train.max()) <= 1.0
+    )
     assert len(d.train.unique()) == 17
     with pytest.raises(ValueError, match=r"`threshold` must be in \(0, 1\); got 1.5"):
         data.digits(threshold=1.5)
 
 
 def test_linear_gaussian_exact_density_and_posterior():
-    truth, s = data.linear_gaussian(data_dim=5, latent_dim=3, noise_std=0.3, correlation=0.8,
-                                    sizes=(20, 5, 5), dtype=torch.float64)
+    truth, s = data.linear_gaussian(
+        data_dim=5,
+        latent_dim=3,
+        noise_std=0.3,
+        correlation=0.8,
+        sizes=(20, 5, 5),
+        dtype=torch.float64,
+    )
     assert s.train.shape == (20, 5) and s.val.shape == (5, 5) and s.test.shape == (5, 5)
-    w, b, s2 = truth.weight.numpy(), truth.bias.numpy(), truth.noise_std ** 2
+    w, b, s2 = truth.weight.numpy(), truth.bias.numpy(), truth.noise_std**2
     ref = multivariate_normal(b, w @ w.T + s2 * np.eye(5)).logpdf(s.test.numpy())
     np.testing.assert_allclose(truth.log_prob(s.test).numpy(), ref, rtol=1e-12)
     # Posterior by conditioning the joint Gaussian of (z, x).
@@ -51,7 +70,9 @@ def test_linear_gaussian_exact_density_and_posterior():
     # The mean-field gap is KL(best diagonal Gaussian || posterior), computed directly.
     prec = np.linalg.inv(cov.numpy())
     var = 1 / np.diag(prec)
-    kl = 0.5 * (np.trace(prec @ np.diag(var)) - 3 + np.linalg.slogdet(cov.numpy())[1] - np.log(var).sum())
+    kl = 0.5 * (
+        np.trace(prec @ np.diag(var)) - 3 + np.linalg.slogdet(cov.numpy())[1] - np.log(var).sum()
+    )
     assert truth.mean_field_gap() == pytest.approx(kl, rel=1e-9) and truth.mean_field_gap() > 0.1
 
 
@@ -95,7 +116,9 @@ def _write_idx(path, array, compress=False):
 
 
 def _fake_mnist(rng, n):
-    return rng.integers(0, 256, size=(n, 4, 3), dtype=np.uint8), rng.integers(0, 10, size=n, dtype=np.uint8)
+    return rng.integers(0, 256, size=(n, 4, 3), dtype=np.uint8), rng.integers(
+        0, 10, size=n, dtype=np.uint8
+    )
 
 
 @pytest.mark.parametrize("compress", [False, True])
@@ -136,13 +159,20 @@ def test_mnist_errors(tmp_path):
         data.read_idx(tmp_path / "short")
     with pytest.raises(ValueError, match="must contain train-images-idx3-ubyte"):
         data.load_mnist(tmp_path)
-    with pytest.raises(ValueError, match="`path` must be a folder of IDX files or an existing .npz"):
+    with pytest.raises(
+        ValueError, match="`path` must be a folder of IDX files or an existing .npz"
+    ):
         data.load_mnist(tmp_path / "nothing.npz")
     np.savez(tmp_path / "part.npz", x_train=np.zeros((2, 2)))
     with pytest.raises(ValueError, match="missing"):
         data.load_mnist(tmp_path / "part.npz")
-    np.savez(tmp_path / "m.npz", x_train=np.zeros((2, 2)), y_train=np.zeros(2), x_test=np.zeros((1, 2)),
-             y_test=np.zeros(1))
+    np.savez(
+        tmp_path / "m.npz",
+        x_train=np.zeros((2, 2)),
+        y_train=np.zeros(2),
+        x_test=np.zeros((1, 2)),
+        y_test=np.zeros(1),
+    )
     with pytest.raises(ValueError, match=r"`val_size` must be an int in \[0, 2\); got 2"):
         data.load_mnist(tmp_path / "m.npz", val_size=2)
 

@@ -22,7 +22,6 @@ from scg.models import (
 )
 from scg.models.data import binarize
 
-
 pytestmark = pytest.mark.usefixtures("one_thread_module")  # tests/conftest.py
 
 
@@ -34,7 +33,9 @@ def _data():
 def _model(flow: bool = True):
     torch.manual_seed(0)
     enc = GaussianEncoder(8, 2, (6,))
-    est = scg.ScoreFunction(baseline=scg.baselines.MovingAverage())  # stateful estimator: must be checkpointed
+    est = scg.ScoreFunction(
+        baseline=scg.baselines.MovingAverage()
+    )  # stateful estimator: must be checkpointed
     q = FlowPosterior(enc, flow_layers("iaf", 2, 1, hidden=(4,))) if flow else enc
     return VAE(q, BernoulliDecoder(2, 8, (6,)), estimator=est, kl="mc", warmup=10)
 
@@ -73,7 +74,9 @@ def test_early_stopping_and_restore_best(tmp_path):
     train, val = _data()
     m = _model()
     # lr so large that the validation bound soon stops improving
-    cfg = TrainConfig(epochs=30, batch_size=60, lr=0.5, patience=2, restore_best=True, progress=False)
+    cfg = TrainConfig(
+        epochs=30, batch_size=60, lr=0.5, patience=2, restore_best=True, progress=False
+    )
     h = fit(m, train, val, config=cfg, out_dir=tmp_path)
     assert h.stopped_early and len(h.epochs) < 30
     assert len(h.epochs) - h.best_epoch == 2
@@ -87,7 +90,12 @@ def test_early_stopping_and_restore_best(tmp_path):
 def test_restore_best_without_checkpoints_and_no_validation():
     train, val = _data()
     m = _model()
-    h = fit(m, train, val, config=TrainConfig(epochs=2, batch_size=30, restore_best=True, progress=False))
+    h = fit(
+        m,
+        train,
+        val,
+        config=TrainConfig(epochs=2, batch_size=30, restore_best=True, progress=False),
+    )
     assert h.best_epoch in (1, 2)
     h2 = fit(_model(), train, None, config=TrainConfig(epochs=1, batch_size=30, progress=True))
     assert h2.best_epoch == -1 and len(h2.epochs) == 1
@@ -98,7 +106,9 @@ def test_resolve_device_and_errors():
     assert resolve_device("auto").type in ("cpu", "cuda")
     assert resolve_device(torch.device("cpu")) == torch.device("cpu")
     for bad in ("tpu", "cudax", "cuda:x"):
-        with pytest.raises(ValueError, match=f'`device` must be "auto", "cpu", "cuda" or "cuda:N"; got \'{bad}\''):
+        with pytest.raises(
+            ValueError, match=f'`device` must be "auto", "cpu", "cuda" or "cuda:N"; got \'{bad}\''
+        ):
             resolve_device(bad)
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
@@ -109,7 +119,9 @@ def test_resolve_device_and_errors():
         TrainConfig(patience=0)
 
 
-@pytest.mark.parametrize("kind,length", [(None, 0), ("planar", 2), ("radial", 2), ("iaf", 2), ("coupling", 2)])
+@pytest.mark.parametrize(
+    "kind,length", [(None, 0), ("planar", 2), ("radial", 2), ("iaf", 2), ("coupling", 2)]
+)
 @pytest.mark.parametrize("gradient", [None, "dreg"])
 def test_smoke_vae_iwae_flows_on_tiny_digits(kind, length, gradient):
     from scg.models.data import digits
@@ -117,10 +129,20 @@ def test_smoke_vae_iwae_flows_on_tiny_digits(kind, length, gradient):
     d = digits()
     torch.manual_seed(0)
     enc = GaussianEncoder(64, 3, (8,))
-    q = FlowPosterior(enc, flow_layers(kind, 3, length, context_dim=enc.feature_dim, hidden=(8,))) if kind else enc
+    q = (
+        FlowPosterior(enc, flow_layers(kind, 3, length, context_dim=enc.feature_dim, hidden=(8,)))
+        if kind
+        else enc
+    )
     dec = BernoulliDecoder(3, 64, (8,))
-    m = IWAE(q, dec, num_samples=3, gradient=gradient) if gradient else VAE(q, dec, kl="mc" if kind else "analytic")
-    h = fit(m, d.train[:100], d.val[:50], config=TrainConfig(epochs=1, batch_size=50, progress=False))
+    m = (
+        IWAE(q, dec, num_samples=3, gradient=gradient)
+        if gradient
+        else VAE(q, dec, kl="mc" if kind else "analytic")
+    )
+    h = fit(
+        m, d.train[:100], d.val[:50], config=TrainConfig(epochs=1, batch_size=50, progress=False)
+    )
     assert torch.isfinite(torch.tensor(h.val_bound)).all()
     ll = log_likelihood(m, d.test[:10], num_samples=20, chunk_size=8)
     assert ll.shape == (10,) and torch.isfinite(ll).all()
@@ -175,11 +197,23 @@ def test_killed_process_resumes_to_the_uninterrupted_result(tmp_path):
 
 def test_resume_refuses_a_different_config(tmp_path):
     train, val = _data()
-    fit(_model(flow=False), train, val, config=TrainConfig(epochs=1, batch_size=30, seed=1, progress=False),
-        out_dir=tmp_path)
-    with pytest.raises(ValueError, match=r"`config.seed` must match the checkpoint in .* \(1\); got 2"):
-        fit(_model(flow=False), train, val, config=TrainConfig(epochs=2, batch_size=30, seed=2, progress=False),
-            out_dir=tmp_path)
+    fit(
+        _model(flow=False),
+        train,
+        val,
+        config=TrainConfig(epochs=1, batch_size=30, seed=1, progress=False),
+        out_dir=tmp_path,
+    )
+    with pytest.raises(
+        ValueError, match=r"`config.seed` must match the checkpoint in .* \(1\); got 2"
+    ):
+        fit(
+            _model(flow=False),
+            train,
+            val,
+            config=TrainConfig(epochs=2, batch_size=30, seed=2, progress=False),
+            out_dir=tmp_path,
+        )
 
 
 class _Payload:
@@ -196,10 +230,15 @@ class _Payload:
 def test_a_checkpoint_with_a_pickled_payload_is_refused_without_running_it(tmp_path, name):
     train, val = _data()
     cfg = TrainConfig(epochs=2, batch_size=16, seed=3, progress=False, restore_best=True)
-    fit(_model(), train, val, config=cfg, out_dir=tmp_path / "run")  # a finished run with both files
+    fit(
+        _model(), train, val, config=cfg, out_dir=tmp_path / "run"
+    )  # a finished run with both files
     marker = tmp_path / "payload-ran"
     torch.save({"model": _Payload(marker)}, tmp_path / "run" / name)
-    with pytest.raises(ValueError, match=rf"holds .*{name}, which is not a checkpoint .* weights_only=True.*it was not run"):
+    with pytest.raises(
+        ValueError,
+        match=rf"holds .*{name}, which is not a checkpoint .* weights_only=True.*it was not run",
+    ):
         fit(_model(), train, val, config=cfg, out_dir=tmp_path / "run")
     assert not marker.exists()
 
@@ -216,9 +255,19 @@ def test_resume_refuses_changed_settings_estimators_data_and_corrupted_checkpoin
     train, val = _data()
     cfg = TrainConfig(epochs=3, batch_size=30, seed=1, progress=False)
     fit(_vae_with_decay(0.9), train, val, config=cfg, out_dir=tmp_path, stop_after=1)
-    with pytest.raises(ValueError, match=r"`config.val_samples` must match the checkpoint in .* \(1\); got 5"):
-        fit(_vae_with_decay(0.9), train, val, config=dataclasses.replace(cfg, val_samples=5), out_dir=tmp_path)
-    with pytest.raises(ValueError, match=r"`model` \(its structure or its estimators' settings\) must be the same"):
+    with pytest.raises(
+        ValueError, match=r"`config.val_samples` must match the checkpoint in .* \(1\); got 5"
+    ):
+        fit(
+            _vae_with_decay(0.9),
+            train,
+            val,
+            config=dataclasses.replace(cfg, val_samples=5),
+            out_dir=tmp_path,
+        )
+    with pytest.raises(
+        ValueError, match=r"`model` \(its structure or its estimators' settings\) must be the same"
+    ):
         fit(_vae_with_decay(0.8), train, val, config=cfg, out_dir=tmp_path)
     with pytest.raises(ValueError, match=r"`train` \(the data\) must be the same"):
         fit(_vae_with_decay(0.9), train.flip(0), val, config=cfg, out_dir=tmp_path)
@@ -229,5 +278,7 @@ def test_resume_refuses_changed_settings_estimators_data_and_corrupted_checkpoin
     torch.save(ckpt, tmp_path / "last.pt")
     with pytest.raises(ValueError, match=r"whose content does not match its hash \(corrupted"):
         fit(_vae_with_decay(0.9), train, val, config=cfg, out_dir=tmp_path)
-    h = fit(_vae_with_decay(0.9), train, val, config=cfg, out_dir=tmp_path / "fresh")  # the same settings train
+    h = fit(
+        _vae_with_decay(0.9), train, val, config=cfg, out_dir=tmp_path / "fresh"
+    )  # the same settings train
     assert len(h.epochs) == 3

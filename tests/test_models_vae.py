@@ -11,6 +11,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from _helpers import central_difference
 from torch.distributions import Independent, MultivariateNormal, Normal, kl_divergence
 
 import scg
@@ -27,8 +28,6 @@ from scg.models import (
     log_likelihood,
 )
 from scg.models.iwae import rsample_from_noise
-
-from _helpers import central_difference
 
 DT = torch.float64
 
@@ -55,12 +54,14 @@ def _linear_vae(estimator=None, kl="analytic", seed=0):
 def _analytic_elbo(vae, x):
     """Closed-form ELBO of a linear-Gaussian VAE: E_q log N(x; Wz + b, s²I) − KL."""
     q = vae.posterior(x)
-    mu, var = q.base_dist.loc, q.base_dist.scale ** 2
+    mu, var = q.base_dist.loc, q.base_dist.scale**2
     lin = vae.decoder.net[0]
     W, b = lin.weight, lin.bias
     s2 = vae.decoder.log_scale.exp() ** 2
     mean = mu @ W.T + b
-    rec = Independent(Normal(mean, s2.sqrt().expand_as(mean)), 1).log_prob(x) - (var @ (W ** 2).T).sum(-1) / (2 * s2)
+    rec = Independent(Normal(mean, s2.sqrt().expand_as(mean)), 1).log_prob(x) - (
+        var @ (W**2).T
+    ).sum(-1) / (2 * s2)
     return rec - kl_divergence(q, vae.prior(q.batch_shape))
 
 
@@ -87,7 +88,9 @@ def test_vae_score_function_expected_gradient_is_exact():
     vae = _linear_vae(estimator=scg.ScoreFunction(baseline=scg.baselines.MovingAverage())).eval()
     q = vae.posterior(X1)
     nodes, weights = _gh(6, 2)  # f ∇log q is a polynomial of degree 3 in z
-    z = (q.base_dist.loc + q.base_dist.scale * nodes).detach()  # [n, 2] quadrature points in z-space
+    z = (
+        q.base_dist.loc + q.base_dist.scale * nodes
+    ).detach()  # [n, 2] quadrature points in z-space
     xs = X1.expand(len(weights), 2)
     est = _grads(vae, (weights * vae.objective(xs, draws={"z": z.unsqueeze(0)})).sum())
     exact = _grads(vae, -_analytic_elbo(vae, X1).sum())
@@ -98,8 +101,11 @@ def test_vae_bernoulli_decoder_pathwise_gradient_is_the_derivative_of_the_estima
     # With the noise fixed, the pathwise surrogate's gradient is the derivative of the MC estimate.
     torch.manual_seed(0)
     enc = GaussianEncoder(5, 2, (4,)).double()
-    vae = VAE(FlowPosterior(enc, flow_layers("planar", 2, 2, context_dim=enc.feature_dim)),
-              BernoulliDecoder(2, 5, (4,)).double(), kl="mc").double()
+    vae = VAE(
+        FlowPosterior(enc, flow_layers("planar", 2, 2, context_dim=enc.feature_dim)),
+        BernoulliDecoder(2, 5, (4,)).double(),
+        kl="mc",
+    ).double()
     x = torch.bernoulli(torch.full((3, 5), 0.4, dtype=DT))
     eps = torch.randn(4, 3, 2, dtype=DT)
     f = lambda: vae.objective(x, draws={"eps": eps}).sum()  # noqa: E731
@@ -107,7 +113,9 @@ def test_vae_bernoulli_decoder_pathwise_gradient_is_the_derivative_of_the_estima
     params = [p for p in vae.parameters()]
     direction = [torch.randn_like(p) for p in params]
     fd = central_difference(f, params, direction, h=1e-6)
-    assert float(g @ torch.cat([d.reshape(-1) for d in direction])) == pytest.approx(float(fd), rel=1e-6)
+    assert float(g @ torch.cat([d.reshape(-1) for d in direction])) == pytest.approx(
+        float(fd), rel=1e-6
+    )
 
 
 def test_analytic_and_mc_kl_agree_in_value():
@@ -138,11 +146,17 @@ def test_linear_warmup_and_beta_in_loss():
 def _iwae_model(gradient, K, flow=False, seed=0):
     torch.manual_seed(seed)
     enc = GaussianEncoder(2, 1, ()).double()
-    q = FlowPosterior(enc, flow_layers("planar", 1, 1, context_dim=enc.feature_dim)).double() if flow else enc
+    q = (
+        FlowPosterior(enc, flow_layers("planar", 1, 1, context_dim=enc.feature_dim)).double()
+        if flow
+        else enc
+    )
     if flow:
         with torch.no_grad():
             for p in q.layers.parameters():
-                p.add_(0.2 * torch.randn_like(p))  # mild: a near-singular flow defeats the quadrature
+                p.add_(
+                    0.2 * torch.randn_like(p)
+                )  # mild: a near-singular flow defeats the quadrature
     dec = GaussianDecoder(1, 2, (), init_scale=0.8).double()
     return IWAE(q, dec, num_samples=K, gradient=gradient)
 
@@ -182,8 +196,16 @@ def test_iwae_bound_is_monotone_in_k_and_below_log_px():
     for K in (1, 2, 3):
         nodes, weights = _gh(12, K)
         with torch.no_grad():
-            values.append(float((weights * m.surrogate_bound(X1.expand(len(weights), 2), num_samples=K,
-                                                             noise=nodes.T.unsqueeze(-1))).sum()))
+            values.append(
+                float(
+                    (
+                        weights
+                        * m.surrogate_bound(
+                            X1.expand(len(weights), 2), num_samples=K, noise=nodes.T.unsqueeze(-1)
+                        )
+                    ).sum()
+                )
+            )
     assert values[0] < values[1] < values[2] < float(px.log_prob(X1).detach())
 
 
@@ -210,7 +232,7 @@ def test_active_units_counts_variance_of_posterior_means():
     enc = GaussianEncoder(3, 3, ()).double()
     with torch.no_grad():
         enc.head.weight.zero_()
-        enc.head.weight[0, 0] = 1.0   # unit 0: mean = x0, Var = 1 > 0.01
+        enc.head.weight[0, 0] = 1.0  # unit 0: mean = x0, Var = 1 > 0.01
         enc.head.weight[1, 1] = 0.05  # unit 1: Var = 0.0025 < 0.01
     x = torch.tensor([[-1.0, -1, 0], [1, 1, 0]], dtype=DT)
     count, var = active_units(enc, x)
@@ -231,10 +253,14 @@ def test_vae_and_iwae_errors():
         VAE(enc, dec, kl="exact")
     with pytest.raises(TypeError, match="`estimator` must be an scg Estimator; got str"):
         VAE(enc, dec, estimator="pathwise")
-    with pytest.raises(ValueError, match=r"`gradient` must be one of \('reparam', 'stl', 'dreg'\); got 'vimco'"):
+    with pytest.raises(
+        ValueError, match=r"`gradient` must be one of \('reparam', 'stl', 'dreg'\); got 'vimco'"
+    ):
         IWAE(enc, dec, gradient="vimco")
     flow_vae = VAE(FlowPosterior(enc, flow_layers("planar", 2, 1)), dec, kl="analytic")
-    with pytest.raises(ValueError, match='`kl` must be "mc" for a TransformedDistribution posterior'):
+    with pytest.raises(
+        ValueError, match='`kl` must be "mc" for a TransformedDistribution posterior'
+    ):
         flow_vae.loss(torch.zeros(3, 2))
     with pytest.raises(ValueError, match="`num_samples` must be"):
         log_likelihood(IWAE(enc, dec), torch.zeros(2, 2), num_samples=0)
@@ -249,14 +275,20 @@ def test_conditional_distribution_contract_and_net_errors():
     from scg.models import BernoulliEncoder, BernoulliPrior, StandardNormalPrior, mlp
 
     x = torch.rand(5, 4)
-    for module, event in [(GaussianEncoder(4, 3, (6,)), 3), (BernoulliEncoder(4, 3), 3),
-                          (BernoulliDecoder(4, 2, ()), 2), (GaussianDecoder(4, 2, (6,), shared_scale=False), 2)]:
+    for module, event in [
+        (GaussianEncoder(4, 3, (6,)), 3),
+        (BernoulliEncoder(4, 3), 3),
+        (BernoulliDecoder(4, 2, ()), 2),
+        (GaussianDecoder(4, 2, (6,), shared_scale=False), 2),
+    ]:
         d = module(x)
         assert d.batch_shape == (5,) and d.event_shape == (event,)
         assert d.log_prob(d.sample()).shape == (5,)
     assert StandardNormalPrior(3)((2, 5)).batch_shape == (2, 5)
     assert BernoulliPrior(3, learn=False)((4,)).event_shape == (3,)
-    with pytest.raises(ValueError, match=r"`sizes` must have at least 2 entries \(input and output\); got \[3\]"):
+    with pytest.raises(
+        ValueError, match=r"`sizes` must have at least 2 entries \(input and output\); got \[3\]"
+    ):
         mlp([3])
     with pytest.raises(ValueError, match="`init_scale` must be"):
         GaussianDecoder(2, 2, init_scale=-1.0)

@@ -20,8 +20,6 @@ from torch.distributions import Bernoulli, Normal
 import scg
 from scg.objectives import _log_sum_exp_others, elbo, iwae, log_mean_exp, vimco
 
-
-
 # This module works in float64; the default dtype is restored after each test.
 pytestmark = pytest.mark.usefixtures("float64")  # tests/conftest.py
 
@@ -70,7 +68,9 @@ def test_iwae_equals_log_evidence_at_the_exact_posterior():
     for gradient in ("reparam", "stl", "dreg"):
         out = iwae(log_joint(z, m), q.log_prob(z), gradient=gradient, z=z)
         torch.testing.assert_close(out, log_evidence(m).expand(3), atol=1e-12, rtol=0)
-    torch.testing.assert_close(elbo(log_joint(z, m), q.log_prob(z)), log_evidence(m).expand(3), atol=1e-12, rtol=0)
+    torch.testing.assert_close(
+        elbo(log_joint(z, m), q.log_prob(z)), log_evidence(m).expand(3), atol=1e-12, rtol=0
+    )
 
 
 @pytest.mark.parametrize("K", [1, 2, 3, 5])
@@ -79,7 +79,8 @@ def test_expected_iwae_bound_matches_closed_form_for_a_binary_latent(K):
     pi, p1, p0 = 0.3, 0.02, 0.05  # p(x, z=1), p(x, z=0)
     w1, w0 = p1 / pi, p0 / (1 - pi)
     closed = sum(
-        math.comb(K, m) * pi**m * (1 - pi) ** (K - m) * math.log((m * w1 + (K - m) * w0) / K) for m in range(K + 1)
+        math.comb(K, m) * pi**m * (1 - pi) ** (K - m) * math.log((m * w1 + (K - m) * w0) / K)
+        for m in range(K + 1)
     )
     configs = torch.tensor(list(itertools.product([0.0, 1.0], repeat=K))).T  # [K, 2^K]
     log_q = Bernoulli(probs=torch.tensor(pi)).log_prob(configs)
@@ -116,7 +117,9 @@ def test_stl_elbo_gradient_is_zero_at_the_exact_posterior():
     sigma = torch.tensor(HALF, requires_grad=True)
     q = Normal(mu, sigma)
     z = q.rsample((16,))
-    grads = torch.autograd.grad(elbo(log_joint(z, m), scg.stop_gradient(q).log_prob(z)), (mu, sigma))
+    grads = torch.autograd.grad(
+        elbo(log_joint(z, m), scg.stop_gradient(q).log_prob(z)), (mu, sigma)
+    )
     assert max(abs(float(g)) for g in grads) < 1e-12
 
 
@@ -142,8 +145,10 @@ def test_dreg_is_unbiased_for_the_inference_network_gradient():
     (dmu, dls, dm), per_point = _expected_grads("dreg")
     (rmu, rls, rm), per_point_reparam = _expected_grads("reparam")
     (smu, sls, _), _ = _expected_grads("stl")
-    print(f"\nE[∇φ] K=2: reparam ({float(rmu):.10f}, {float(rls):.10f}); DReG ({float(dmu):.10f}, {float(dls):.10f}); "
-          f"STL ({float(smu):.10f}, {float(sls):.10f})")
+    print(
+        f"\nE[∇φ] K=2: reparam ({float(rmu):.10f}, {float(rls):.10f}); DReG ({float(dmu):.10f}, {float(dls):.10f}); "
+        f"STL ({float(smu):.10f}, {float(sls):.10f})"
+    )
     # Quadrature error of the two different integrands: 2e-8 at n = 30, 4e-11 at 60, 2e-12 at 80.
     torch.testing.assert_close(dmu, rmu, atol=1e-10, rtol=0)
     torch.testing.assert_close(dls, rls, atol=1e-10, rtol=0)
@@ -177,7 +182,11 @@ def test_dreg_under_gradient_samples():
         z = p["mu"] + p["log_sigma"].exp() * eps
         return iwae(log_joint(z, p["m"]), scg.stop_gradient(q).log_prob(z), gradient="dreg", z=z)
 
-    params = {"mu": torch.tensor(0.1), "log_sigma": torch.tensor(math.log(0.9)), "m": torch.tensor(-0.5)}
+    params = {
+        "mu": torch.tensor(0.1),
+        "log_sigma": torch.tensor(math.log(0.9)),
+        "m": torch.tensor(-0.5),
+    }
     torch.manual_seed(4)
     G = scg.diagnostics.gradient_samples(fn, params, 4000)
     s = scg.diagnostics.summary(G, torch.stack([dmu, dls, dm]).detach())
@@ -257,19 +266,30 @@ def test_ten_thousand_samples_spread_over_a_thousand_nats_stay_finite_in_float32
 
 def test_errors():
     a, b = torch.zeros(3, 2), torch.zeros(3, 2)
-    with pytest.raises(ValueError, match=r"`log_p` and `log_q` must have the same shape \[K, \*batch\]; got \[3, 2\] and \[3\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"`log_p` and `log_q` must have the same shape \[K, \*batch\]; got \[3, 2\] and \[3\]",
+    ):
         elbo(a, b[:, 0])
     with pytest.raises(TypeError, match=r"`log_q` must be a torch.Tensor"):
         elbo(a, 1.0)
-    with pytest.raises(ValueError, match=r"`log_p` must have shape \[K, \*batch\] with K samples on dim 0; got a scalar"):
+    with pytest.raises(
+        ValueError,
+        match=r"`log_p` must have shape \[K, \*batch\] with K samples on dim 0; got a scalar",
+    ):
         iwae(torch.tensor(0.0), torch.tensor(0.0))
     with pytest.raises(TypeError, match=r"`log_p` must be a floating-point tensor"):
         iwae(a.long(), b)
-    with pytest.raises(ValueError, match=r"`gradient` must be one of 'reparam', 'stl', 'dreg'; got 'score'"):
+    with pytest.raises(
+        ValueError, match=r"`gradient` must be one of 'reparam', 'stl', 'dreg'; got 'score'"
+    ):
         iwae(a, b, gradient="score")
     with pytest.raises(ValueError, match=r'`z` must be given for gradient="dreg"'):
         iwae(a, b, gradient="dreg")
-    with pytest.raises(ValueError, match=r"`z` must have shape \[K, \*batch, \*event\] with \[K, \*batch\] = \[3, 2\]; got \[2, 2\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"`z` must have shape \[K, \*batch, \*event\] with \[K, \*batch\] = \[3, 2\]; got \[2, 2\]",
+    ):
         iwae(a, b, gradient="dreg", z=torch.zeros(2, 2))
     with pytest.raises(TypeError, match=r"`z` must be a torch.Tensor"):
         iwae(a, b, gradient="dreg", z=1.0)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pathlib
-import tomllib
 
 import pytest
+import tomllib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -19,10 +19,14 @@ def test_every_package_folder_is_listed_in_pyproject():
         for init in folder.rglob("__init__.py"):
             rel = init.parent.relative_to(folder).parts
             found.add(".".join((name, *rel)))
-    assert found == listed, f"pyproject packages {sorted(listed)} != package folders {sorted(found)}"
+    assert found == listed, (
+        f"pyproject packages {sorted(listed)} != package folders {sorted(found)}"
+    )
 
 
-@pytest.mark.parametrize("module", ["scg.models", "scg.studies", "scg.studies.cli", "scg.testing", "scg.graph"])
+@pytest.mark.parametrize(
+    "module", ["scg.models", "scg.studies", "scg.studies.cli", "scg.testing", "scg.graph"]
+)
 def test_namespace_imports(module):
     __import__(module)
 
@@ -31,8 +35,10 @@ def test_import_scg_does_not_import_scipy_and_testing_loads_on_use():
     import subprocess
     import sys
 
-    code = ("import sys, scg; assert 'scipy' not in sys.modules, 'scipy imported by import scg'; "
-            "scg.testing.assert_unbiased; assert 'scipy' in sys.modules")
+    code = (
+        "import sys, scg; assert 'scipy' not in sys.modules, 'scipy imported by import scg'; "
+        "scg.testing.assert_unbiased; assert 'scipy' in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 
-GRAPH_EXAMPLE = '''
+GRAPH_EXAMPLE = """
 import torch
 from torch.distributions import Bernoulli, Normal
 import scg
@@ -22,9 +22,9 @@ g.cost("bits", b)                                                # credited to b
 loss = g.surrogate()      # value: sum of the costs' Monte Carlo means; gradient: each node's estimator
 loss.backward()
 print(g.dependencies())   # {'fit': ('a', 'z'), 'bits': ('a', 'z', 'b')}
-'''
+"""
 
-OBJECTIVES_EXAMPLE = '''
+OBJECTIVES_EXAMPLE = """
 import torch
 from torch.distributions import Normal
 import scg
@@ -35,7 +35,7 @@ z = q.rsample((64,))                                             # K = 64 sample
 log_p = Normal(0.0, 1.0).log_prob(z) + Normal(z, 1.0).log_prob(torch.tensor([0.5, -1.0]))
 bound = scg.objectives.iwae(log_p, scg.stop_gradient(q).log_prob(z), gradient="dreg", z=z)
 (-bound.sum()).backward()                                        # DReG gradient in mu.grad
-'''
+"""
 
 
 def _run(source: str) -> str:

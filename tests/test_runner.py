@@ -71,16 +71,21 @@ def test_run_writes_files_and_same_seed_gives_identical_csv(tmp_path):
     assert a == (tmp_path / "b" / "results.csv").read_text()
     assert len(a.strip().splitlines()) == 1 + 6
     man = json.loads((tmp_path / "a" / "manifest.json").read_text())
-    assert man["study"] == "toy" and man["seed"] == 0 and "git_revision" in man and "versions" in man
+    assert (
+        man["study"] == "toy" and man["seed"] == 0 and "git_revision" in man and "versions" in man
+    )
     assert (tmp_path / "a" / "toy.txt").read_text() == "6"
-    assert main(["run", "toy", "--out", str(tmp_path / "c"), "-q", "--seed", "1", "--device", "cpu"]) == 0
+    assert (
+        main(["run", "toy", "--out", str(tmp_path / "c"), "-q", "--seed", "1", "--device", "cpu"])
+        == 0
+    )
     assert (tmp_path / "c" / "results.csv").read_text() != a
 
 
 def test_resume_skips_finished_cells_and_reproduces_the_uninterrupted_result(tmp_path):
     study = ToyStudy()
     cfg = study.default()
-    full = run_study(study, cfg, tmp_path / "full", seed=3, device="cpu", progress=False)
+    run_study(study, cfg, tmp_path / "full", seed=3, device="cpu", progress=False)
 
     class Interrupt(Exception):
         pass
@@ -104,7 +109,9 @@ def test_resume_skips_finished_cells_and_reproduces_the_uninterrupted_result(tmp
     ToyStudy.calls = []
     res = run_study(study, cfg, tmp_path / "resumed", seed=3, device="cpu", progress=False)
     assert len(res.skipped) == 3 and len(res.ran) == 3 and len(ToyStudy.calls) == 3
-    assert (tmp_path / "resumed" / "results.csv").read_text() == (tmp_path / "full" / "results.csv").read_text()
+    assert (tmp_path / "resumed" / "results.csv").read_text() == (
+        tmp_path / "full" / "results.csv"
+    ).read_text()
     assert not list((tmp_path / "resumed").rglob("*.tmp"))
 
 
@@ -115,7 +122,10 @@ def test_cell_seed_depends_on_cell_not_order():
 
 def test_refuses_to_mix_runs_with_different_config(tmp_path, capsys):
     assert main(["run", "toy", "--out", str(tmp_path), "-q", "--device", "cpu"]) == 0
-    assert main(["run", "toy", "--out", str(tmp_path), "-q", "--set", "scale=2", "--device", "cpu"]) == 2
+    assert (
+        main(["run", "toy", "--out", str(tmp_path), "-q", "--set", "scale=2", "--device", "cpu"])
+        == 2
+    )
     assert "holds a run of toy with a different config or seed" in capsys.readouterr().err
 
 
@@ -123,9 +133,13 @@ def test_set_overrides_types_and_errors():
     cfg = ToyConfig()
     new = apply_overrides(cfg, ["sizes=4,5", "scale=0.5", "repeats=3", "label=x", "flag=true"])
     assert new == ToyConfig(sizes=(4, 5), scale=0.5, repeats=3, label="x", flag=True)
-    with pytest.raises(ValueError, match=r"unknown key 'nope'; valid keys: sizes, scale, repeats, label, flag"):
+    with pytest.raises(
+        ValueError, match=r"unknown key 'nope'; valid keys: sizes, scale, repeats, label, flag"
+    ):
         apply_overrides(cfg, ["nope=1"])
-    with pytest.raises(ValueError, match=r"--set repeats='two': expected an integer; valid keys: sizes"):
+    with pytest.raises(
+        ValueError, match=r"--set repeats='two': expected an integer; valid keys: sizes"
+    ):
         apply_overrides(cfg, ["repeats=two"])
     with pytest.raises(ValueError, match=r"--set expects key=value; got 'scale'"):
         apply_overrides(cfg, ["scale"])
@@ -142,7 +156,12 @@ def test_cli_errors_list_valid_names(capsys):
 
 
 def test_plot_dir_redraws_from_cells(tmp_path):
-    assert main(["run", "toy", "--smoke", "--out", str(tmp_path), "-q", "--no-plot", "--device", "cpu"]) == 0
+    assert (
+        main(
+            ["run", "toy", "--smoke", "--out", str(tmp_path), "-q", "--no-plot", "--device", "cpu"]
+        )
+        == 0
+    )
     assert not (tmp_path / "toy.txt").exists()
     assert main(["plot", str(tmp_path)]) == 0
     assert (tmp_path / "toy.txt").read_text() == "4"
@@ -167,25 +186,53 @@ def test_full_and_smoke_together_fail_with_a_clear_message(tmp_path, capsys):
     assert not tmp_path.joinpath("manifest.json").exists()
 
 
-@pytest.mark.parametrize("flags, preset", [([], "default"), (["--smoke"], "smoke"), (["--full"], "full")])
+@pytest.mark.parametrize(
+    "flags, preset", [([], "default"), (["--smoke"], "smoke"), (["--full"], "full")]
+)
 def test_manifest_records_the_preset_and_its_config(tmp_path, flags, preset):
     out = tmp_path / preset
-    assert main(["run", "toy", *flags, "--out", str(out), "-q", "--no-plot", "--device", "cpu"]) == 0
+    assert (
+        main(["run", "toy", *flags, "--out", str(out), "-q", "--no-plot", "--device", "cpu"]) == 0
+    )
     man = _manifest(out)
     assert man["preset"] == preset
     want = dataclasses.asdict(ToyStudy().preset(preset))
-    assert {k: man["config"][k] for k in want} == {k: list(v) if isinstance(v, tuple) else v
-                                                   for k, v in want.items()}
-    assert len((out / "results.csv").read_text().strip().splitlines()) == 1 + len(ToyStudy().cells(
-        ToyStudy().preset(preset)))
+    assert {k: man["config"][k] for k in want} == {
+        k: list(v) if isinstance(v, tuple) else v for k, v in want.items()
+    }
+    assert len((out / "results.csv").read_text().strip().splitlines()) == 1 + len(
+        ToyStudy().cells(ToyStudy().preset(preset))
+    )
 
 
 def test_set_applies_on_top_of_the_full_preset(tmp_path):
     out = tmp_path / "f"
-    assert main(["run", "toy", "--full", "--set", "repeats=2", "--set", "sizes=", "--set", "sizes=7",
-                 "--out", str(out), "-q", "--no-plot", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "toy",
+                "--full",
+                "--set",
+                "repeats=2",
+                "--set",
+                "sizes=",
+                "--set",
+                "sizes=7",
+                "--out",
+                str(out),
+                "-q",
+                "--no-plot",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     man = _manifest(out)
-    assert man["preset"] == "full" and man["config"]["label"] == "full"  # from full(), not the default
+    assert (
+        man["preset"] == "full" and man["config"]["label"] == "full"
+    )  # from full(), not the default
     assert man["config"]["repeats"] == 2 and man["config"]["sizes"] == [7]  # later --set wins
     assert ToyStudy.calls == [{"size": 7, "rep": 0}, {"size": 7, "rep": 1}]
 
@@ -200,9 +247,13 @@ def test_default_output_folder_names_the_preset(tmp_path, monkeypatch):
 
 def test_run_study_records_no_preset_for_a_hand_made_config_and_rejects_unknown_ones(tmp_path):
     study = ToyStudy()
-    run_study(study, ToyConfig(sizes=(1,)), tmp_path / "a", device="cpu", progress=False, plot=False)
+    run_study(
+        study, ToyConfig(sizes=(1,)), tmp_path / "a", device="cpu", progress=False, plot=False
+    )
     assert _manifest(tmp_path / "a")["preset"] is None
-    with pytest.raises(ValueError, match=r"`preset` must be one of smoke, default, full or None; got 'huge'"):
+    with pytest.raises(
+        ValueError, match=r"`preset` must be one of smoke, default, full or None; got 'huge'"
+    ):
         run_study(study, ToyConfig(), tmp_path / "b", device="cpu", progress=False, preset="huge")
     with pytest.raises(ValueError, match=r"`name` must be one of smoke, default, full; got 'huge'"):
         study.preset("huge")
@@ -262,7 +313,10 @@ def test_full_size_differs_from_the_default_and_its_readme_uses_the_flag(name):
     assert study.full() != study.default() and study.smoke() != study.default()
     assert set(study.time) == set(PRESETS)
     readme = (_DOCS / name / "README.md").read_text()
-    assert f"scg-study run {name} --full" in readme or f"scg-study run {name} --device cuda --full" in readme
+    assert (
+        f"scg-study run {name} --full" in readme
+        or f"scg-study run {name} --device cuda --full" in readme
+    )
 
 
 def test_a_deleted_manifest_and_a_changed_config_never_read_back_old_cells(tmp_path):
@@ -273,7 +327,9 @@ def test_a_deleted_manifest_and_a_changed_config_never_read_back_old_cells(tmp_p
     (out / "results.csv").unlink()
     second = run_study(ToyStudy(), ToyConfig(scale=20.0), out, progress=False, plot=False)
     assert second.skipped == [] and len(second.ran) == len(first.ran)
-    assert [r["value"] for r in second.rows] == pytest.approx([20.0 * r["value"] for r in first.rows], rel=1e-6)
+    assert [r["value"] for r in second.rows] == pytest.approx(
+        [20.0 * r["value"] for r in first.rows], rel=1e-6
+    )
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["config"]["scale"] == 20.0
 
@@ -295,8 +351,10 @@ def test_two_processes_with_different_configs_into_one_fresh_folder_never_mix(tm
     for trial in range(2):
         out = tmp_path / f"race{trial}"
         code = script.format(tests=str(Path(__file__).parent), out=str(out))
-        procs = [subprocess.Popen([sys.executable, "-c", code, s], stdout=subprocess.PIPE, text=True)
-                 for s in ("1.0", "5.0")]
+        procs = [
+            subprocess.Popen([sys.executable, "-c", code, s], stdout=subprocess.PIPE, text=True)
+            for s in ("1.0", "5.0")
+        ]
         outputs = [p.communicate(timeout=120)[0].strip() for p in procs]
         assert sorted(o.split()[0] for o in outputs) == ["ran", "refused"], outputs
         digest = json.loads((out / "manifest.json").read_text())["config_hash"]

@@ -28,8 +28,6 @@ from torch.distributions import (
 
 import scg
 
-
-
 # This module works in float64; the default dtype is restored after each test.
 pytestmark = pytest.mark.usefixtures("float64")  # tests/conftest.py
 
@@ -98,14 +96,21 @@ def _cases():
         "bernoulli_logits": (lambda: Bernoulli(logits=loc), [loc]),
         "bernoulli_probs": (lambda: Bernoulli(probs=scale / 2), [scale]),
         "mvn": (lambda: MultivariateNormal(loc, scale_tril=torch.diag(scale)), [loc, scale]),
-        "mixture": (lambda: MixtureSameFamily(Categorical(logits=loc), Normal(loc, scale)), [loc, scale]),
+        "mixture": (
+            lambda: MixtureSameFamily(Categorical(logits=loc), Normal(loc, scale)),
+            [loc, scale],
+        ),
         "lognormal": (lambda: LogNormal(loc, scale), [loc, scale]),
         "affine_tensor": (
-            lambda: TransformedDistribution(Normal(loc, scale), [AffineTransform(loc, scale), ExpTransform()]),
+            lambda: TransformedDistribution(
+                Normal(loc, scale), [AffineTransform(loc, scale), ExpTransform()]
+            ),
             [loc, scale],
         ),
         "module_flow": (
-            lambda: Independent(TransformedDistribution(Normal(loc, scale), [flow, flow.inv.inv]), 1),
+            lambda: Independent(
+                TransformedDistribution(Normal(loc, scale), [flow, flow.inv.inv]), 1
+            ),
             [loc, scale, *flow.parameters()],
         ),
     }
@@ -120,8 +125,12 @@ def test_same_type_same_values_no_gradient_to_parameters(case):
     assert type(stopped) is type(dist)
     torch.manual_seed(0)
     z = dist.sample((3,))
-    if case == "module_flow":  # the original inverts z from its transform cache, the copy computes it
-        torch.testing.assert_close(stopped.log_prob(z), dist.log_prob(z).detach(), atol=1e-12, rtol=0)
+    if (
+        case == "module_flow"
+    ):  # the original inverts z from its transform cache, the copy computes it
+        torch.testing.assert_close(
+            stopped.log_prob(z), dist.log_prob(z).detach(), atol=1e-12, rtol=0
+        )
     else:
         assert torch.equal(stopped.log_prob(z), dist.log_prob(z))
     assert stopped.batch_shape == dist.batch_shape and stopped.event_shape == dist.event_shape
@@ -137,7 +146,9 @@ def test_same_type_same_values_no_gradient_to_parameters(case):
         assert not b.requires_grad
 
 
-@pytest.mark.parametrize("case", ["normal", "independent", "mvn", "lognormal", "affine_tensor", "module_flow"])
+@pytest.mark.parametrize(
+    "case", ["normal", "independent", "mvn", "lognormal", "affine_tensor", "module_flow"]
+)
 def test_gradient_flows_through_the_sample_only(case):
     """STL: d/dφ log q_stop(z(φ)) = ∂log q/∂z · ∂z/∂φ, even right after rsample (flow caches)."""
     make, params = _cases()[case]
@@ -148,7 +159,7 @@ def test_gradient_flows_through_the_sample_only(case):
     leaf = z.detach().requires_grad_()
     (dz,) = torch.autograd.grad(make().log_prob(leaf).sum(), leaf)
     expected = torch.autograd.grad(z, params, grad_outputs=dz, allow_unused=True)
-    for g, e in zip(got, expected):
+    for g, e in zip(got, expected, strict=False):
         torch.testing.assert_close(g, torch.zeros_like(g) if e is None else e, atol=1e-12, rtol=0)
 
 
@@ -166,7 +177,9 @@ def test_transform_holding_a_module():
 
 
 def test_error_not_a_distribution():
-    with pytest.raises(TypeError, match=r"`dist` must be a torch.distributions.Distribution; got Tensor"):
+    with pytest.raises(
+        TypeError, match=r"`dist` must be a torch.distributions.Distribution; got Tensor"
+    ):
         scg.stop_gradient(torch.zeros(2))
 
 
@@ -189,7 +202,7 @@ def test_flows_from_scg_models():
     leaf = z.detach().requires_grad_()
     (dz,) = torch.autograd.grad(dist.log_prob(leaf).sum(), leaf)  # uncached: inverts leaf
     expected = torch.autograd.grad(z, params, grad_outputs=dz, allow_unused=True)
-    for g, e in zip(got, expected):
+    for g, e in zip(got, expected, strict=False):
         g = torch.zeros_like(e) if g is None and e is not None else g
         if e is None:
             assert g is None or float(g.abs().max()) == 0.0
@@ -277,12 +290,16 @@ def _holding_patterns():
         if kind == "tuple":
             return _Affine(lambda t: t.nets[0](_one()) * t.nets[1](_one()), nets=(n1, n2)), both
         if kind == "dict":
-            return _Affine(lambda t: t.nets["a"](_one()) - t.nets["b"](_one()), nets={"a": n1, "b": n2}), both
+            return _Affine(
+                lambda t: t.nets["a"](_one()) - t.nets["b"](_one()), nets={"a": n1, "b": n2}
+            ), both
         if kind == "nested_containers":
             st = lambda t: t.nets[0][0](_one()) + t.nets[1]["x"][0](_one())  # noqa: E731
             return _Affine(st, nets=[[n1], {"x": (n2,)}]), both
         if kind == "module_list":
-            return _Affine(lambda t: t.nets[0](_one()) + t.nets[1](_one()), nets=nn.ModuleList([n1, n2])), both
+            return _Affine(
+                lambda t: t.nets[0](_one()) + t.nets[1](_one()), nets=nn.ModuleList([n1, n2])
+            ), both
         if kind == "module_dict":
             nets = nn.ModuleDict({"a": n1, "b": n2})
             return _Affine(lambda t: t.nets["a"](_one()) + t.nets["b"](_one()), nets=nets), both
@@ -290,7 +307,11 @@ def _holding_patterns():
             return _Affine(lambda t: t.ps[0] + t.ps[1]["b"], ps=[w, {"b": b}]), [w, b]
         if kind == "module_plain_attributes":
             m = _Wrapper()
-            return _Affine(lambda t: t.net(_one()), net=m), [*m.parameters(), *m.extra[0].parameters(), m.context]
+            return _Affine(lambda t: t.net(_one()), net=m), [
+                *m.parameters(),
+                *m.extra[0].parameters(),
+                m.context,
+            ]
         if kind == "tied_weights":
             m = _Tied()
             return _Affine(lambda t: t.net(_one()), net=m), list(m.parameters())
@@ -304,8 +325,20 @@ def _holding_patterns():
             return _Affine(lambda t: t.fn(_one()), fn=fn), [w, b]
         raise KeyError(kind)
 
-    names = ["list", "tuple", "dict", "nested_containers", "module_list", "module_dict", "tensors_in_containers",
-             "module_plain_attributes", "tied_weights", "parametrized", "bound_method", "partial"]
+    names = [
+        "list",
+        "tuple",
+        "dict",
+        "nested_containers",
+        "module_list",
+        "module_dict",
+        "tensors_in_containers",
+        "module_plain_attributes",
+        "tied_weights",
+        "parametrized",
+        "bound_method",
+        "partial",
+    ]
     return {name: functools.partial(held, name) for name in names}
 
 
@@ -319,7 +352,9 @@ def _check_stopped(dist, params, z):
     got = torch.autograd.grad(lp.sum(), params, allow_unused=True)
     assert all(g is None or not g.any() for g in got)
     before = torch.autograd.grad(dist.log_prob(z).sum(), params, allow_unused=True)
-    assert all(g is not None and g.any() for g in before), "the original must depend on every parameter"
+    assert all(g is not None and g.any() for g in before), (
+        "the original must depend on every parameter"
+    )
     torch.manual_seed(3)
     a = dist.rsample((2,))
     torch.manual_seed(3)
@@ -334,7 +369,9 @@ def test_every_holding_pattern_is_detached(name):
     dist = TransformedDistribution(Normal(torch.zeros(2), 1.0), [t])
     stopped = _check_stopped(dist, params, torch.tensor([0.7, -1.3]))
     assert type(stopped.transforms[0]) is _Affine
-    assert dist.transforms[0] is t and all(p.requires_grad for p in params)  # the original is untouched
+    assert dist.transforms[0] is t and all(
+        p.requires_grad for p in params
+    )  # the original is untouched
 
 
 def test_nested_transforms_and_inverses_are_detached():
@@ -352,13 +389,17 @@ def test_nested_transforms_and_inverses_are_detached():
     parts = stopped.transforms[0].parts
     assert type(parts[0].base_transform) is _Affine and type(parts[1]._inv) is _Affine
     assert type(stopped.transforms[1].inv) is ModuleAffine
-    assert stopped.transforms[2] is stopped.transforms[3].base_transform  # one copy of the shared flow
+    assert (
+        stopped.transforms[2] is stopped.transforms[3].base_transform
+    )  # one copy of the shared flow
 
 
 def test_transforms_holding_distributions_and_distributions_holding_modules():
     mu = torch.tensor(0.4, requires_grad=True)
     sd = torch.tensor(1.3, requires_grad=True)
-    cdf = TransformedDistribution(Normal(0.0, 1.0), [CumulativeDistributionTransform(Normal(mu, sd))])
+    cdf = TransformedDistribution(
+        Normal(0.0, 1.0), [CumulativeDistributionTransform(Normal(mu, sd))]
+    )
     _check_stopped(cdf, [mu, sd], torch.tensor([0.2, 0.9]))
 
     class NetNormal(Normal):
@@ -399,21 +440,42 @@ def _refusals():
     capturing = _Wrapper()
     capturing.fn = lambda x: net(x)
     return {
-        "scripted": (lambda: _Affine(lambda t: t.net(_one()), net=torch.jit.script(_lin(12))),
-                     r"`dist\.transforms\[0\]\.net`", r"scripted RecursiveScriptModule"),
-        "closure": (lambda: _Affine(lambda t: t.fn(), fn=lambda: net(_one())), r"`dist\.transforms\[0\]\.fn`",
-                    r"a function \(.*<lambda>\) holding a Linear module whose parameter `weight` requires grad"),
-        "closure_in_module": (lambda: _Affine(lambda t: t.net(_one()), net=capturing),
-                              r"`dist\.transforms\[0\]\.net\.fn`", r"<closure variable net>"),
-        "global": (lambda: _Affine(_reads_a_global), r"`dist\.transforms\[0\]\._st`",
-                   r"<global _GLOBAL_NET>\.weight"),
-        "global_through_a_helper": (lambda: _Affine(lambda t: _reads_a_global(t)), r"`dist\.transforms\[0\]\._st`",
-                                    r"<global _reads_a_global>\.<global _GLOBAL_NET>\.weight"),
-        "unknown_container": (lambda: _Affine(lambda t: t.box.value, box=_Box(free)),
-                              r"`dist\.transforms\[0\]\.box`", r"got a _Box object holding a tensor that requires grad"
-                              r" at `dist\.transforms\[0\]\.box\.value`"),
-        "hook": (lambda: _Affine(lambda t: t.net(_one()), net=hooked),
-                 r"`dist\.transforms\[0\]\.net\._forward_hooks\[\d+\]`", r"<closure variable free>"),
+        "scripted": (
+            lambda: _Affine(lambda t: t.net(_one()), net=torch.jit.script(_lin(12))),
+            r"`dist\.transforms\[0\]\.net`",
+            r"scripted RecursiveScriptModule",
+        ),
+        "closure": (
+            lambda: _Affine(lambda t: t.fn(), fn=lambda: net(_one())),
+            r"`dist\.transforms\[0\]\.fn`",
+            r"a function \(.*<lambda>\) holding a Linear module whose parameter `weight` requires grad",
+        ),
+        "closure_in_module": (
+            lambda: _Affine(lambda t: t.net(_one()), net=capturing),
+            r"`dist\.transforms\[0\]\.net\.fn`",
+            r"<closure variable net>",
+        ),
+        "global": (
+            lambda: _Affine(_reads_a_global),
+            r"`dist\.transforms\[0\]\._st`",
+            r"<global _GLOBAL_NET>\.weight",
+        ),
+        "global_through_a_helper": (
+            lambda: _Affine(lambda t: _reads_a_global(t)),
+            r"`dist\.transforms\[0\]\._st`",
+            r"<global _reads_a_global>\.<global _GLOBAL_NET>\.weight",
+        ),
+        "unknown_container": (
+            lambda: _Affine(lambda t: t.box.value, box=_Box(free)),
+            r"`dist\.transforms\[0\]\.box`",
+            r"got a _Box object holding a tensor that requires grad"
+            r" at `dist\.transforms\[0\]\.box\.value`",
+        ),
+        "hook": (
+            lambda: _Affine(lambda t: t.net(_one()), net=hooked),
+            r"`dist\.transforms\[0\]\.net\._forward_hooks\[\d+\]`",
+            r"<closure variable free>",
+        ),
     }
 
 
@@ -421,13 +483,19 @@ def _refusals():
 def test_what_cannot_be_detached_is_refused_by_name(name):
     make, where, what = _refusals()[name]
     dist = TransformedDistribution(Normal(torch.zeros(2), 1.0), [make()])
-    must = r" must be a Python nn.Module" if name == "scripted" else r" must not hold a tensor that requires grad"
+    must = (
+        r" must be a Python nn.Module"
+        if name == "scripted"
+        else r" must not hold a tensor that requires grad"
+    )
     with pytest.raises(TypeError, match=where + must) as info:
         scg.stop_gradient(dist)
     assert re.search(what, str(info.value)), str(info.value)
 
 
-_net = nn.Linear(1, 2)  # a global whose name is also an attribute the function reads: not a global load
+_net = nn.Linear(
+    1, 2
+)  # a global whose name is also an attribute the function reads: not a global load
 
 
 def _reads_an_attribute(t):
@@ -438,11 +506,19 @@ def test_callables_and_unknown_objects_without_gradient_paths_are_kept():
     scale = 0.5
     frozen = torch.tensor([0.3, 0.1])  # requires no grad
     net = _lin(11)
-    t = _Affine(lambda t: t.net(_one()) * t.box.value + t.act(frozen), net=net, box=_Box(frozen),
-                act=torch.tanh, fn=lambda x: x * scale, also=lambda x: x + frozen)
+    t = _Affine(
+        lambda t: t.net(_one()) * t.box.value + t.act(frozen),
+        net=net,
+        box=_Box(frozen),
+        act=torch.tanh,
+        fn=lambda x: x * scale,
+        also=lambda x: x + frozen,
+    )
     dist = TransformedDistribution(Normal(torch.zeros(2), 1.0), [t])
     stopped = _check_stopped(dist, list(net.parameters()), torch.tensor([0.7, -1.3]))
     assert stopped.transforms[0].act is torch.tanh and stopped.transforms[0].box is t.box
     net = _lin(12)
-    dist = TransformedDistribution(Normal(torch.zeros(2), 1.0), [_Affine(_reads_an_attribute, _net=net)])
+    dist = TransformedDistribution(
+        Normal(torch.zeros(2), 1.0), [_Affine(_reads_an_attribute, _net=net)]
+    )
     _check_stopped(dist, list(net.parameters()), torch.tensor([0.7, -1.3]))

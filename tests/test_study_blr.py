@@ -7,17 +7,15 @@ factor of 10 has a negligible false-failure rate (< 1e-3) had the seed been rand
 
 from __future__ import annotations
 
+import csv
 import math
+from pathlib import Path
 
 import pytest
 import torch
-
-import csv
-from pathlib import Path
+from _study_helpers import assert_cuda_smoke_run, manifest, run_rejected, run_smoke
 
 from scg.studies.blr import ESTIMATORS, anova, median_bootstrap, ordering, summary_table
-
-from _study_helpers import assert_cuda_smoke_run, manifest, run_rejected, run_smoke
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "studies" / "blr"
 
@@ -39,15 +37,24 @@ def test_anova_is_exact_on_constructed_groups():
 
 def test_smoke_run(tmp_path):
     rows = run_smoke("blr", tmp_path)
-    for name in ("manifest.json", "results.csv", "blr_elbo.png", "blr_variance_steps.png", "blr_variance_dims.png"):
+    for name in (
+        "manifest.json",
+        "results.csv",
+        "blr_elbo.png",
+        "blr_variance_steps.png",
+        "blr_variance_dims.png",
+    ):
         assert (tmp_path / name).is_file(), name
     assert manifest(tmp_path)["config"]["steps"] == 10
     assert {r["estimator"] for r in rows} == set(ESTIMATORS)
     var = [r for r in rows if r["kind"] == "variance"]
     assert len(var) == len(ESTIMATORS) * 2 * 62  # 2 checkpoints × (31 μ + 31 ρ)
     for r in var:
-        assert math.isclose(float(r["variance_total"]), float(r["variance_mc"]) + float(r["variance_subsampling"]),
-                            rel_tol=1e-9)
+        assert math.isclose(
+            float(r["variance_total"]),
+            float(r["variance_mc"]) + float(r["variance_subsampling"]),
+            rel_tol=1e-9,
+        )
         assert float(r["variance_mc"]) > 0
         assert float(r["variance_mc_se"]) > 0
     summ = [r for r in rows if r["kind"] == "summary"]
@@ -68,7 +75,9 @@ def test_smoke_run(tmp_path):
 
 def test_median_bootstrap_se_is_zero_without_batch_spread_and_positive_with_it():
     gen = torch.Generator().manual_seed(0)
-    g = torch.randn(1, 6, 5, generator=gen, dtype=torch.float64).expand(4, 6, 5)  # identical batches
+    g = torch.randn(1, 6, 5, generator=gen, dtype=torch.float64).expand(
+        4, 6, 5
+    )  # identical batches
     out = median_bootstrap(g, 50, gen)
     assert out["median_variance_mc_se"] == pytest.approx(0.0, abs=1e-12)
     assert out["median_variance_mc"] == pytest.approx(float(g[0].var(0).sort().values[2]))

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from _study_helpers import assert_cuda_smoke_run, manifest, run_rejected, run_smoke
 
 from scg.models import DISCRETE_ESTIMATORS
 from scg.studies.discrete_vae import SAME_MEAN, shared_sq_norm, summary, summary_table
-
-from _study_helpers import assert_cuda_smoke_run, manifest, run_rejected, run_smoke
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "studies" / "discrete-vae"
 
@@ -24,14 +23,20 @@ def test_smoke_run(tmp_path):
     var = [r for r in rows if r["kind"] == "variance"]
     assert {r["estimator"] for r in var} == set(DISCRETE_ESTIMATORS)
     for r in var:  # equal cost: S × (evaluations of f per sample) = E for every estimator
-        assert int(r["num_samples"]) * DISCRETE_ESTIMATORS[r["estimator"]] == int(r["evaluations"]) == 6
+        assert (
+            int(r["num_samples"]) * DISCRETE_ESTIMATORS[r["estimator"]]
+            == int(r["evaluations"])
+            == 6
+        )
     assert len(var) == 2 * 2 * len(DISCRETE_ESTIMATORS)  # 2 seeds × 2 checkpoints × every estimator
     assert {r["engine"] for r in var} == {"vmap"}  # the model is torch.func-traceable
     for r in var:
         assert float(r["var_sum"]) > 0 and float(r["var_projection"]) > 0
         assert int(r["parameters"]) == 64 * 8 + 8  # linear encoder, 8 latents in the smoke size
-        assert r["norm"] == ("shared" if r["estimator"] in SAME_MEAN else "own") or float(
-            r["mean_sq_norm_shared"]) <= 0
+        assert (
+            r["norm"] == ("shared" if r["estimator"] in SAME_MEAN else "own")
+            or float(r["mean_sq_norm_shared"]) <= 0
+        )
     # the ELBO is of the one reference trajectory per seed
     assert {r["estimator"] for r in rows if r["kind"] == "elbo"} == {"rloo"}
     assert {r["unbiased"] for r in var if r["estimator"] == "gumbel"} == {"false"}
@@ -45,7 +50,9 @@ def test_every_estimator_is_measured_at_the_same_parameters(tmp_path):
     for r in var:
         sums.setdefault((r["seed"], r["step"]), set()).add(r["param_checksum"])
     assert len(sums) == 4 and all(len(v) == 1 for v in sums.values())
-    assert len({next(iter(v)) for v in sums.values()}) == 4  # the checkpoints are different parameters
+    assert (
+        len({next(iter(v)) for v in sums.values()}) == 4
+    )  # the checkpoints are different parameters
     shared = {}
     for r in var:
         shared.setdefault((r["seed"], r["step"]), set()).add(r["mean_sq_norm_shared"])

@@ -12,11 +12,10 @@ import math
 
 import pytest
 import torch
+from _study_helpers import assert_cuda_smoke_run, manifest, run_rejected, run_smoke
 
 from scg.models.data import breast_cancer
 from scg.studies.doubly_stochastic import _per_datum_moments, decomposition, posterior
-
-from _study_helpers import assert_cuda_smoke_run, manifest, run_rejected, run_smoke
 
 
 def test_decomposition_matches_enumeration_of_batches_and_noise():
@@ -26,8 +25,13 @@ def test_decomposition_matches_enumeration_of_batches_and_noise():
     h = torch.randn(N, M, P, generator=g, dtype=torch.float64)  # h_i(ε_m)
     per_mean, per_var = h.mean(1), h.var(1, correction=0)
     sums = h.sum(0)  # Σ_i h_i(ε_m), [M, P]
-    parts = {"N": N, "S2": per_mean.var(0, correction=1), "tr": per_var.sum(0),
-             "T": sums.var(0, correction=0), "T_se": torch.zeros(P, dtype=torch.float64)}
+    parts = {
+        "N": N,
+        "S2": per_mean.var(0, correction=1),
+        "tr": per_var.sum(0),
+        "T": sums.var(0, correction=0),
+        "T_se": torch.zeros(P, dtype=torch.float64),
+    }
     for B, S in [(1, 1), (2, 1), (2, 2), (3, 2), (5, 2)]:
         values = []
         for batch in itertools.combinations(range(N), B):
@@ -60,8 +64,11 @@ def test_smoke_run(tmp_path):
     assert {r["estimator"] for r in rows} == {"pathwise", "score_function"}
     total = [r for r in rows if r["group"] == "all"]
     for r in rows:
-        assert math.isclose(float(r["var_total_exact"]), float(r["var_subsampling"]) + float(r["var_mc"]),
-                            rel_tol=1e-12)
+        assert math.isclose(
+            float(r["var_total_exact"]),
+            float(r["var_subsampling"]) + float(r["var_mc"]),
+            rel_tol=1e-12,
+        )
         if int(r["B"]) == 569:
             assert float(r["var_subsampling"]) == 0.0
     # Sampled total vs subsampling + MC at B = N (MC noise only): |z| < Φ⁻¹(1 − 1e-3 / (2·8)) = 3.7 over

@@ -9,18 +9,28 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _study_helpers import assert_cuda_smoke_run, run_rejected, run_smoke
 
 from scg.studies.base import CellContext, cell_seed
-from scg.studies.flows_2d import (LOG_Z_U1, POTENTIALS, Flows2D, decode_image, encode_image, grid_points, potential,
-                                  summary, summary_table)
-
-from _study_helpers import assert_cuda_smoke_run, run_rejected, run_smoke
+from scg.studies.flows_2d import (
+    LOG_Z_U1,
+    POTENTIALS,
+    Flows2D,
+    decode_image,
+    encode_image,
+    grid_points,
+    potential,
+    summary,
+    summary_table,
+)
 
 
 def test_potentials_at_known_points():
     z = torch.tensor([[2.0, 0.0], [0.0, 0.0], [1.0, 1.0]], dtype=torch.float64)
     # U1 on the ring at the mode: 0 − log(1 + e^{−½(4/0.6)²})
-    assert float(potential("U1")(z[:1])) == pytest.approx(-math.log1p(math.exp(-0.5 * (4 / 0.6) ** 2)), abs=1e-12)
+    assert float(potential("U1")(z[:1])) == pytest.approx(
+        -math.log1p(math.exp(-0.5 * (4 / 0.6) ** 2)), abs=1e-12
+    )
     assert float(potential("U2")(z[1:2])) == 0.0  # z2 = w1(0) = 0
     # U2 at (1, 1): w1 = sin(π/2) = 1
     assert float(potential("U2")(z[2:])) == pytest.approx(0.0, abs=1e-12)
@@ -60,7 +70,9 @@ def _cell(cfg, cell):
     st = Flows2D()
     s = cell_seed(0, cell, st.name)
     torch.manual_seed(s)
-    return st.run_cell(cfg, cell, CellContext(device=torch.device("cpu"), seed=s, generator=torch.Generator()))[0]
+    return st.run_cell(
+        cfg, cell, CellContext(device=torch.device("cpu"), seed=s, generator=torch.Generator())
+    )[0]
 
 
 def test_a_cell_is_bit_identical_whatever_the_thread_setting_and_restores_it():
@@ -83,10 +95,15 @@ def test_a_cell_is_bit_identical_whatever_the_thread_setting_and_restores_it():
 
 
 def test_summary_is_mean_and_se_over_seeds():
-    rows = [{"status": "ok", "potential": "U1", "kind": "planar", "length": 32, "kl_box": v} for v in (1.0, 2.0, 4.0)]
+    rows = [
+        {"status": "ok", "potential": "U1", "kind": "planar", "length": 32, "kl_box": v}
+        for v in (1.0, 2.0, 4.0)
+    ]
     (r,) = summary(rows)
     assert r["seeds"] == 3 and r["mean"] == pytest.approx(7 / 3)
-    assert r["se"] == pytest.approx(math.sqrt(((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2 + (4 - 7 / 3) ** 2) / 2 / 3))
+    assert r["se"] == pytest.approx(
+        math.sqrt(((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2 + (4 - 7 / 3) ** 2) / 2 / 3)
+    )
     assert "2.33 ± 0.88 (1.00–4.00)" in summary_table(rows)
 
 

@@ -16,12 +16,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from _study_helpers import manifest, num, smoke_fixture
 
 from scg.studies import cli
 from scg.studies.gaussian import REFERENCE, Gaussian, GaussianConfig, Moments
 from scg.studies.sampling import statistics
-
-from _study_helpers import manifest, num, smoke_fixture
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "studies" / "gaussian" / "results.csv"
 DOCS_FULL = DOCS.with_name("results_full.csv")
@@ -30,7 +29,10 @@ DOCS_FULL = DOCS.with_name("results_full.csv")
 def _close_to_table(exact: float, published: float) -> bool:
     """The table has 4 significant digits (e.g. 0.0126 for 0.012568)."""
     digits = 4 if published >= 1 else 3
-    return abs(exact - published) <= 0.51 * 10 ** (math.floor(math.log10(abs(published))) - digits + 1) + 1e-9
+    return (
+        abs(exact - published)
+        <= 0.51 * 10 ** (math.floor(math.log10(abs(published))) - digits + 1) + 1e-9
+    )
 
 
 smoke = smoke_fixture("gaussian")  # module scope: (out, rows) of one CPU smoke run
@@ -67,7 +69,11 @@ def test_dimension_rows_carry_the_closed_forms(smoke):
     assert len(dims) == 6
     for r in dims:
         D = int(r["D"])
-        expected = {"score_function": (D + 2) * (D + 4), "score_function_baseline": 2 * D + 8, "pathwise": 4}
+        expected = {
+            "score_function": (D + 2) * (D + 4),
+            "score_function_baseline": 2 * D + 8,
+            "pathwise": 4,
+        }
         assert num(r, "exact_variance") == expected[r["estimator"]]
 
 
@@ -88,7 +94,9 @@ def test_sampled_variances_agree_with_exact_ones(smoke):
         assert abs(num(r, "variance_rel_error")) <= 0.02, r
 
 
-@pytest.mark.skipif(not DOCS.is_file(), reason="docs/studies/gaussian/results.csv not generated yet")
+@pytest.mark.skipif(
+    not DOCS.is_file(), reason="docs/studies/gaussian/results.csv not generated yet"
+)
 def test_documented_default_run_matches_the_table_within_2_percent():
     with open(DOCS, newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -98,7 +106,9 @@ def test_documented_default_run_matches_the_table_within_2_percent():
         assert abs(num(r, "variance") / num(r, "reference_variance") - 1) <= 0.02, r
 
 
-@pytest.mark.skipif(not DOCS_FULL.is_file(), reason="docs/studies/gaussian/results_full.csv not generated yet")
+@pytest.mark.skipif(
+    not DOCS_FULL.is_file(), reason="docs/studies/gaussian/results_full.csv not generated yet"
+)
 def test_documented_full_size_table_rows_match_within_half_a_percent():
     with open(DOCS_FULL, newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -107,7 +117,9 @@ def test_documented_full_size_table_rows_match_within_half_a_percent():
     table = [r for r in rows if r["part"] == "cost" and r["reference_variance"] not in ("", None)]
     assert len(table) == 32 == len(rows)
     for r in table:
-        assert num(r, "variance_std_error") <= 0.0016 * num(r, "variance"), r  # the run reached its precision
+        assert num(r, "variance_std_error") <= 0.0016 * num(r, "variance"), (
+            r
+        )  # the run reached its precision
         assert abs(num(r, "variance") / num(r, "reference_variance") - 1) <= 0.005, r
         assert abs(num(r, "variance") / num(r, "exact_variance") - 1) <= 0.005, r
 
@@ -117,18 +129,51 @@ def test_full_preset_through_the_cli_targets_half_a_percent(tmp_path, monkeypatc
     import scg.studies.runner as runner
 
     seen = {}
-    monkeypatch.setattr(runner, "run_study", lambda study, cfg, out, **kw: seen.update(cfg=cfg, **kw)
-                        or runner.RunResult(out=Path(out)))
-    assert cli.main(["run", "gaussian", "--full", "--set", "square_k=0,3", "--set", "bump_k=1", "--set", "cos_k=5",
-                     "--set", "dims=", "--out", str(tmp_path), "-q"]) == 0
+    monkeypatch.setattr(
+        runner,
+        "run_study",
+        lambda study, cfg, out, **kw: seen.update(cfg=cfg, **kw) or runner.RunResult(out=Path(out)),
+    )
+    assert (
+        cli.main(
+            [
+                "run",
+                "gaussian",
+                "--full",
+                "--set",
+                "square_k=0,3",
+                "--set",
+                "bump_k=1",
+                "--set",
+                "cos_k=5",
+                "--set",
+                "dims=",
+                "--out",
+                str(tmp_path),
+                "-q",
+            ]
+        )
+        == 0
+    )
     cfg, full = seen["cfg"], Gaussian().full()
     assert seen["preset"] == "full"
-    assert cfg == GaussianConfig(square_k=(0.0, 3.0), bump_k=(1.0,), cos_k=(5.0,), dims=(), rel_se=full.rel_se,
-                                 max_estimates=full.max_estimates, chunk=full.chunk)
-    assert 3 * full.rel_se <= 0.005 and full.max_estimates >= 2 * 290 / full.rel_se ** 2  # SF ∇σ: kurtosis ≈ 290
+    assert cfg == GaussianConfig(
+        square_k=(0.0, 3.0),
+        bump_k=(1.0,),
+        cos_k=(5.0,),
+        dims=(),
+        rel_se=full.rel_se,
+        max_estimates=full.max_estimates,
+        chunk=full.chunk,
+    )
+    assert (
+        3 * full.rel_se <= 0.005 and full.max_estimates >= 2 * 290 / full.rel_se**2
+    )  # SF ∇σ: kurtosis ≈ 290
     assert {0.0, 3.0} <= set(full.square_k) and 1.0 in full.bump_k and 5.0 in full.cos_k
-    assert Gaussian().cells(cfg) == [{"part": "cost", "family": f, "k": k}
-                                     for f, k in (("square", 0.0), ("square", 3.0), ("bump", 1.0), ("cos", 5.0))]
+    assert Gaussian().cells(cfg) == [
+        {"part": "cost", "family": f, "k": k}
+        for f, k in (("square", 0.0), ("square", 3.0), ("bump", 1.0), ("cos", 5.0))
+    ]
 
 
 def test_moments_match_batch_statistics():
@@ -147,7 +192,7 @@ def test_moments_match_batch_statistics():
 def _central_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """m2, m4 (divisor N) of every row of ``x [points, N]``."""
     c = x - x.mean(1, keepdim=True)
-    return (c ** 2).mean(1), (c ** 4).mean(1)
+    return (c**2).mean(1), (c**4).mean(1)
 
 
 @pytest.mark.parametrize("N", [4, 5, 6])
@@ -162,8 +207,10 @@ def test_variance_of_the_sample_variance_is_exact_for_normal_draws(N):
     draws = torch.cartesian_prod(*[mu + sigma * x] * N)
     weights = torch.cartesian_prod(*[w] * N).prod(1)
     m2, m4 = _central_moments(draws)
-    exact = 2 * sigma ** 4 / (N - 1)
-    assert float((weights * sample_variance_variance(N, m2, m4)).sum()) == pytest.approx(exact, rel=1e-12)
+    exact = 2 * sigma**4 / (N - 1)
+    assert float((weights * sample_variance_variance(N, m2, m4)).sum()) == pytest.approx(
+        exact, rel=1e-12
+    )
     s2 = m2 * N / (N - 1)  # plugging in m4 and s⁴ instead is biased low by far more than rounding
     plug_in = float((weights * (m4 - (N - 3) / (N - 1) * s2 * s2) / N).sum())
     assert plug_in < 0.8 * exact
@@ -180,8 +227,10 @@ def test_variance_of_the_sample_variance_is_unbiased_for_a_skewed_discrete_law(N
     weights = torch.cartesian_prod(*[probs] * N).prod(1)
     m2, m4 = _central_moments(draws)
     s2 = m2 * N / (N - 1)
-    exact = float((weights * s2 ** 2).sum() - (weights * s2).sum() ** 2)
-    assert float((weights * sample_variance_variance(N, m2, m4)).sum()) == pytest.approx(exact, rel=1e-12)
+    exact = float((weights * s2**2).sum() - (weights * s2).sum() ** 2)
+    assert float((weights * sample_variance_variance(N, m2, m4)).sum()) == pytest.approx(
+        exact, rel=1e-12
+    )
 
 
 def test_variance_std_error_of_statistics_and_moments():
@@ -192,7 +241,9 @@ def test_variance_std_error_of_statistics_and_moments():
     m2, m4 = _central_moments(two[None])
     assert float(sample_variance_variance(8, m2, m4)) < 0
     floor = 8 / 7 * math.sqrt(2 / (8 * 7))
-    assert statistics(two.numpy(), 0.0, 1.0)["variance_std_error"] == pytest.approx(floor, rel=1e-14)
+    assert statistics(two.numpy(), 0.0, 1.0)["variance_std_error"] == pytest.approx(
+        floor, rel=1e-14
+    )
     # Heavy tails: the SE is the square root of the unbiased estimate, the same in both reductions.
     g = torch.randn(1000, generator=torch.Generator().manual_seed(1), dtype=torch.float64) ** 3
     m2, m4 = _central_moments(g[None])
@@ -213,16 +264,22 @@ def test_constant_estimates_have_zero_variance():
     m = Moments(torch.zeros(1, dtype=torch.float64))
     m.update(torch.full((10, 1), 0.1, dtype=torch.float64))
     stats = m.stats(0, 0.1, 0.0)
-    assert stats["variance"] == 0.0 and stats["variance_rel_error"] == 0.0 and stats["variance_z"] == 0.0
+    assert (
+        stats["variance"] == 0.0
+        and stats["variance_rel_error"] == 0.0
+        and stats["variance_z"] == 0.0
+    )
 
 
 @pytest.mark.parametrize(
     "kwargs, match",
-    [({"max_estimates": 1}, "`max_estimates` must be an int >= 2; got 1"),
-     ({"rel_se": 0.0}, "`rel_se` must be positive"),
-     ({"dtype": "half"}, "`dtype` must be float64 or float32"),
-     ({"estimators": ("nope",)}, "unknown estimator 'nope'; valid estimators: score_function"),
-     ({"dims": (0,)}, "`dims` must be >= 1")],
+    [
+        ({"max_estimates": 1}, "`max_estimates` must be an int >= 2; got 1"),
+        ({"rel_se": 0.0}, "`rel_se` must be positive"),
+        ({"dtype": "half"}, "`dtype` must be float64 or float32"),
+        ({"estimators": ("nope",)}, "unknown estimator 'nope'; valid estimators: score_function"),
+        ({"dims": (0,)}, "`dims` must be >= 1"),
+    ],
 )
 def test_config_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -62,9 +62,14 @@ def _moments(family: str, k: float, estimator: str, parameter: str) -> tuple[flo
     dens = lambda m: m * m * math.exp(-0.5 * m * m) / math.sqrt(2 * math.pi)  # noqa: E731
     g = lambda u, m: (f(MU + SIGMA * m) - f(MU + SIGMA * m * u)) / SIGMA  # noqa: E731
     opts = dict(epsabs=1e-13, epsrel=1e-11)
-    m1 = sum(integrate.dblquad(lambda u, m: g(u, m) * dens(m), a, b, 0, 1, **opts)[0] for a, b in ((-14, 0), (0, 14)))
-    m2 = sum(integrate.dblquad(lambda u, m: g(u, m) ** 2 * dens(m), a, b, 0, 1, **opts)[0]
-             for a, b in ((-14, 0), (0, 14)))
+    m1 = sum(
+        integrate.dblquad(lambda u, m: g(u, m) * dens(m), a, b, 0, 1, **opts)[0]
+        for a, b in ((-14, 0), (0, 14))
+    )
+    m2 = sum(
+        integrate.dblquad(lambda u, m: g(u, m) ** 2 * dens(m), a, b, 0, 1, **opts)[0]
+        for a, b in ((-14, 0), (0, 14))
+    )
     return m1, m2 - m1**2
 
 
@@ -79,16 +84,21 @@ def test_every_exact_value_agrees_with_an_independent_quadrature():
         if r["part"] != "cost":
             continue
         mean, var = _moments(r["family"], float(r["k"]), r["estimator"], r["parameter"])
-        for name, got, want in (("exact_variance", float(r["exact_variance"]), var),
-                                ("exact_gradient", float(r["exact_gradient"]), mean)):
+        for name, got, want in (
+            ("exact_variance", float(r["exact_variance"]), var),
+            ("exact_gradient", float(r["exact_gradient"]), mean),
+        ):
             if abs(got - want) > 1e-6 * abs(want) + 1e-12:
                 bad.append((r["family"], r["k"], r["estimator"], r["parameter"], name, got, want))
     assert not bad, bad
 
 
 def test_dimension_rows_match_their_closed_forms():
-    closed = {"score_function": lambda D: (D + 2) * (D + 4), "score_function_baseline": lambda D: 2 * D + 8,
-              "pathwise": lambda D: 4}
+    closed = {
+        "score_function": lambda D: (D + 2) * (D + 4),
+        "score_function_baseline": lambda D: 2 * D + 8,
+        "pathwise": lambda D: 4,
+    }
     rows = [r for r in _rows() if r["part"] == "dimension"]
     assert rows
     for r in rows:

@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from _study_helpers import manifest, num, smoke_fixture
 
 from scg.studies.iwae_snr import IWAESNRConfig, fit_slope, gradients, log_px, setup, slope_se_ols
-
-from _study_helpers import manifest, num, smoke_fixture
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "studies" / "iwae-snr" / "results.csv"
 
@@ -35,18 +34,28 @@ def test_smoke_rows_fits_and_figure(smoke):
     assert all(num(r, "snr") > 0 and num(r, "mean_std") > 0 for r in snr)
     fits = {(r["method"], r["group"]): r for r in rows if r["part"] == "fit"}
     assert len(fits) == 6 and all(math.isfinite(num(r, "slope")) for r in fits.values())
-    for r in fits.values():  # every slope has its standard errors (bootstrap over the M estimates, and OLS)
+    for r in (
+        fits.values()
+    ):  # every slope has its standard errors (bootstrap over the M estimates, and OLS)
         assert num(r, "slope_se") > 0 and num(r, "slope_se_ols") >= 0 and int(r["bootstrap"]) > 1
         assert num(r, "slope_ci_low") <= num(r, "slope_ci_high")
     assert all(num(r, "snr_se") > 0 for r in snr)
     # Signs only at this size: the IWAE inference SNR falls with K, DReG's rises.
-    assert num(fits[("reparam", "inference")], "slope") < 0 < num(fits[("dreg", "inference")], "slope")
+    assert (
+        num(fits[("reparam", "inference")], "slope") < 0 < num(fits[("dreg", "inference")], "slope")
+    )
 
 
 def test_bound_is_below_the_exact_log_marginal_and_tightens(smoke):
     _, rows = smoke
-    sub = sorted((r for r in rows if r["part"] == "snr" and r["method"] == "reparam" and r["group"] == "inference"),
-                 key=lambda r: int(r["K"]))
+    sub = sorted(
+        (
+            r
+            for r in rows
+            if r["part"] == "snr" and r["method"] == "reparam" and r["group"] == "inference"
+        ),
+        key=lambda r: int(r["K"]),
+    )
     exact = num(sub[0], "log_px_exact")
     for r in sub:  # a lower bound up to 4 standard errors of its estimate
         assert num(r, "bound_mean") <= exact + 4 * num(r, "bound_std_error")
@@ -102,35 +111,40 @@ def test_log_px_closed_form():
 
 def test_fit_slope_recovers_a_power_law():
     ks = [1, 3, 10, 30]
-    slope, icpt = fit_slope(ks, [2.0 * k ** -0.5 for k in ks])
+    slope, icpt = fit_slope(ks, [2.0 * k**-0.5 for k in ks])
     assert slope == pytest.approx(-0.5) and icpt == pytest.approx(math.log(2.0))
 
 
 def test_slope_se_ols_is_zero_on_a_power_law_and_matches_the_formula():
     ks = [30, 100, 300, 1000]
-    assert slope_se_ols(ks, [2.0 * k ** 0.5 for k in ks]) == pytest.approx(0.0, abs=1e-12)
+    assert slope_se_ols(ks, [2.0 * k**0.5 for k in ks]) == pytest.approx(0.0, abs=1e-12)
     ys = [1.0, 2.5, 3.0, 7.0]
     lx, ly = [math.log(k) for k in ks], [math.log(y) for y in ys]
     n, mx, my = 4, sum(lx) / 4, sum(ly) / 4
     sxx = sum((a - mx) ** 2 for a in lx)
-    b = sum((a - mx) * (c - my) for a, c in zip(lx, ly)) / sxx
-    ssr = sum((c - my - b * (a - mx)) ** 2 for a, c in zip(lx, ly))
+    b = sum((a - mx) * (c - my) for a, c in zip(lx, ly, strict=False)) / sxx
+    ssr = sum((c - my - b * (a - mx)) ** 2 for a, c in zip(lx, ly, strict=False))
     assert slope_se_ols(ks, ys) == pytest.approx(math.sqrt(ssr / (n - 2) / sxx), rel=1e-10)
     assert math.isnan(slope_se_ols(ks[:2], ys[:2]))
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"methods": ("iwae",)}, "unknown method 'iwae'; valid methods: reparam, stl, dreg"),
-    ({"num_estimates": 1}, "`num_estimates` must be >= 2"),
-    ({"ks": (0,)}, "`ks` must be integers >= 1"),
-    ({"dtype": "half"}, "`dtype` must be float32 or float64"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"methods": ("iwae",)}, "unknown method 'iwae'; valid methods: reparam, stl, dreg"),
+        ({"num_estimates": 1}, "`num_estimates` must be >= 2"),
+        ({"ks": (0,)}, "`ks` must be integers >= 1"),
+        ({"dtype": "half"}, "`dtype` must be float32 or float64"),
+    ],
+)
 def test_config_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         IWAESNRConfig(**kwargs)
 
 
-@pytest.mark.skipif(not DOCS.is_file(), reason="docs/studies/iwae-snr/results.csv not generated yet")
+@pytest.mark.skipif(
+    not DOCS.is_file(), reason="docs/studies/iwae-snr/results.csv not generated yet"
+)
 def test_documented_run_has_the_claimed_slopes_with_standard_errors():
     """The claims of docs/studies/iwae-snr/README.md, checked on its results.csv (K up to 1000, fits over K >= 30)."""
     with open(DOCS, newline="") as fh:
@@ -143,15 +157,20 @@ def test_documented_run_has_the_claimed_slopes_with_standard_errors():
         slope, se = num(r, "slope"), num(r, "slope_se")
         assert 0 < se < 0.1 and math.isfinite(num(r, "slope_se_ols"))
         assert f"{slope:+.3f} ± {se:.3f}" in readme, (method, group)  # the README quotes the CSV
+
     def z(method, group, expected):
         r = fits[(method, group)]
         return abs(num(r, "slope") - expected) / num(r, "slope_se")
+
     assert z("reparam", "inference", -0.5) <= 2
     # DReG's inference slope and the generative slopes are claimed as rising towards +1/2 but still
     # below it, by more than 2 SE, over K = 30-1000
     assert 0.4 < num(fits[("dreg", "inference")], "slope") < 0.5 and z("dreg", "inference", 0.5) > 2
     for method in ("reparam", "stl", "dreg"):
-        assert 0.3 < num(fits[(method, "generative")], "slope") < 0.5 and z(method, "generative", 0.5) > 2
+        assert (
+            0.3 < num(fits[(method, "generative")], "slope") < 0.5
+            and z(method, "generative", 0.5) > 2
+        )
 
 
 @pytest.mark.cuda
@@ -159,5 +178,7 @@ def test_cuda_cells_run(tmp_path):  # pragma: no cover - no GPU on CI
     from scg.studies.iwae_snr import IWAESNR
     from scg.studies.runner import run_study
 
-    res = run_study(IWAESNR(), IWAESNR().smoke(), tmp_path, device="cuda", progress=False, plot=False)
+    res = run_study(
+        IWAESNR(), IWAESNR().smoke(), tmp_path, device="cuda", progress=False, plot=False
+    )
     assert all(math.isfinite(num(r, "snr")) for r in res.rows if r["part"] == "snr")

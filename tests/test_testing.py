@@ -117,35 +117,53 @@ def test_cached_rules_are_read_only_and_callers_get_copies():
     from scg.laws import Rayleigh, StandardNormal
     from scg.testing import _rules
 
-    for make in (lambda: Q.gauss_hermite(7), lambda: Q.maxwell_rule(7), lambda: Q.gauss_legendre(7, -1.0, 2.0)):
+    for make in (
+        lambda: Q.gauss_hermite(7),
+        lambda: Q.maxwell_rule(7),
+        lambda: Q.gauss_legendre(7, -1.0, 2.0),
+    ):
         x, w = make()
         expected = (x.copy(), w.copy())
         x[:], w[:] = 0.0, 0.0  # a caller mutating its rule ...
         again = make()  # ... does not reach the cache
         assert np.array_equal(again[0], expected[0]) and np.array_equal(again[1], expected[1])
-    spec = _rules.law_specs("w", Rayleigh((1,), dtype=D64), np.array([[1.0]]))[0]  # Gauss rules on 2 pieces
+    spec = _rules.law_specs("w", Rayleigh((1,), dtype=D64), np.array([[1.0]]))[
+        0
+    ]  # Gauss rules on 2 pieces
     assert spec.shared and spec.kind == "gauss"
     first = _rules.rule(spec, 9)
-    assert _rules.rule(spec, 9)[0] is first[0] and not first[0].flags.writeable and not first[1].flags.writeable
+    assert (
+        _rules.rule(spec, 9)[0] is first[0]
+        and not first[0].flags.writeable
+        and not first[1].flags.writeable
+    )
     with pytest.raises(ValueError, match="read-only"):
         first[1][0] = 0.0
     fresh = spec.make(9)  # the cached rule is the rule, bit for bit
     assert np.array_equal(first[0], fresh[0]) and np.array_equal(first[1], fresh[1])
 
-    class Shifted(StandardNormal):  # a user-defined law: its density is not fixed by scg, so not shared
+    class Shifted(
+        StandardNormal
+    ):  # a user-defined law: its density is not fixed by scg, so not shared
         def log_density(self, x):
             return super().log_density(x - 1.0)
 
     assert not _rules.law_specs("eps", Shifted((1,)))[0].shared
     d = Normal(t(0.5), t(1.5))
     assert _rules.distribution_specs("z", d, (1,), None)[0].shared
-    assert not _rules.distribution_specs("z", type("MyNormal", (Normal,), {})(t(0.5), t(1.5)), (1,), None)[0].shared
+    assert not _rules.distribution_specs(
+        "z", type("MyNormal", (Normal,), {})(t(0.5), t(1.5)), (1,), None
+    )[0].shared
     # Repeated harness calls (rules from the cache) give the very same moments as a cold cache.
     _rules._CACHE.clear()
-    cold = exact_moments(scg.ScoreFunction(), normal, (t(0.5), t(1.5)), costs.threshold(0.2), breakpoints=0.2)
+    cold = exact_moments(
+        scg.ScoreFunction(), normal, (t(0.5), t(1.5)), costs.threshold(0.2), breakpoints=0.2
+    )
     assert len(_rules._CACHE) > 0
-    warm = exact_moments(scg.ScoreFunction(), normal, (t(0.5), t(1.5)), costs.threshold(0.2), breakpoints=0.2)
-    assert all(torch.equal(a, b) for a, b in zip(cold, warm))
+    warm = exact_moments(
+        scg.ScoreFunction(), normal, (t(0.5), t(1.5)), costs.threshold(0.2), breakpoints=0.2
+    )
+    assert all(torch.equal(a, b) for a, b in zip(cold, warm, strict=False))
 
 
 # ----------------------------------------------------------------------------- exact gradients
@@ -174,14 +192,20 @@ def test_exact_gradient_threshold_needs_breakpoints():
 @pytest.mark.parametrize(
     "make, params, f, expected",
     [
-        (lambda l: Bernoulli(logits=l), (t(0.0, 0.8),), lambda b: (b - 0.49) ** 2,
-         lambda l: torch.sigmoid(l) * (1 - torch.sigmoid(l)) * (1 - 2 * 0.49)),
+        (
+            lambda l: Bernoulli(logits=l),
+            (t(0.0, 0.8),),
+            lambda b: (b - 0.49) ** 2,
+            lambda l: torch.sigmoid(l) * (1 - torch.sigmoid(l)) * (1 - 2 * 0.49),
+        ),
         (Poisson, (t(0.5, 3.0),), lambda x: x**2, lambda r: 1 + 2 * r),
         (lambda r: Exponential(r), (t(0.5, 2.0),), lambda x: x**2, lambda r: -4 / r**3),
     ],
 )
 def test_exact_gradient_closed_forms_one_parameter(make, params, f, expected):
-    torch.testing.assert_close(exact_gradient(make, params, f), expected(*params), atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(
+        exact_gradient(make, params, f), expected(*params), atol=1e-10, rtol=1e-10
+    )
 
 
 def test_exact_gradient_categorical_and_one_hot():
@@ -200,7 +224,9 @@ def test_exact_gradient_continuous_families():
     torch.testing.assert_close(g, torch.cat([2 * mu, 4 * b]), atol=1e-10, rtol=1e-10)
     a, c = t(0.5, 2.0), t(3.0, 1.5)  # Beta: E x = a/(a+c)
     g = exact_gradient(lambda a, c: Beta(a, c), (a, c), lambda z: z)
-    torch.testing.assert_close(g, torch.cat([c / (a + c) ** 2, -a / (a + c) ** 2]), atol=1e-10, rtol=1e-9)
+    torch.testing.assert_close(
+        g, torch.cat([c / (a + c) ** 2, -a / (a + c) ** 2]), atol=1e-10, rtol=1e-9
+    )
     g = exact_gradient(lambda a, r: Gamma(a, r), (a, c), lambda z: z)  # Gamma: E x = α/β
     torch.testing.assert_close(g, torch.cat([1 / c, -a / c**2]), atol=1e-10, rtol=1e-9)
 
@@ -244,69 +270,112 @@ def test_unbiased_on_normal(case, name):
     estimator = {
         "none": lambda: scg.ScoreFunction(),
         "constant": lambda: scg.ScoreFunction(baseline=Constant(2.5)),
-        "moving_average": lambda: _warm(scg.ScoreFunction(baseline=MovingAverage(0.5)), make, params, f, 4),
+        "moving_average": lambda: _warm(
+            scg.ScoreFunction(baseline=MovingAverage(0.5)), make, params, f, 4
+        ),
         "delta": lambda: scg.ScoreFunction(baseline=Delta()),
         "pathwise": lambda: scg.Pathwise(),
     }[name]()
     assert_unbiased(estimator, make, params, f)
 
 
-@pytest.mark.parametrize("S, make, params, f", [
-    (2, indep_normal, (t(0.3, -0.4), t(1.2, 0.8)), quartic_sum),
-    (3, normal, (t(0.5), t(0.7)), quartic),
-    (3, lambda l: Independent(Bernoulli(logits=l), 1), (t(0.3, -1.2),), lambda b: (b - t(0.2, 0.7)).prod(-1)),
-    (2, lambda l: Categorical(logits=l), (t(0.3, -1.2, 0.5),), lambda k: (k.double() - 0.7) ** 2),
-])
+@pytest.mark.parametrize(
+    "S, make, params, f",
+    [
+        (2, indep_normal, (t(0.3, -0.4), t(1.2, 0.8)), quartic_sum),
+        (3, normal, (t(0.5), t(0.7)), quartic),
+        (
+            3,
+            lambda l: Independent(Bernoulli(logits=l), 1),
+            (t(0.3, -1.2),),
+            lambda b: (b - t(0.2, 0.7)).prod(-1),
+        ),
+        (
+            2,
+            lambda l: Categorical(logits=l),
+            (t(0.3, -1.2, 0.5),),
+            lambda k: (k.double() - 0.7) ** 2,
+        ),
+    ],
+)
 def test_leave_one_out_unbiased_over_the_sample_product_space(S, make, params, f):
     assert_unbiased(scg.ScoreFunction(baseline=LeaveOneOut()), make, params, f, num_samples=S)
 
 
 DISCRETE = [
     (lambda l: Bernoulli(logits=l), (t(0.3, -1.2),), lambda b: (b - 0.45) ** 2 + b),
-    (lambda l: Independent(Bernoulli(logits=l), 1), (t(0.3, -1.2, 2.0),), lambda b: (b * t(1.0, -2.0, 0.5)).sum(-1) ** 2),
-    (lambda l: Categorical(logits=l), (t([[0.3, -1.2, 0.5], [0.0, 1.0, 2.0]]),), lambda k: (k.double() - 0.7) ** 2),
-    (lambda l: OneHotCategorical(logits=l), (t([[0.3, -1.2, 0.5], [0.0, 1.0, 2.0]]),),
-     lambda z: (z @ t(1.0, -2.0, 0.5)) ** 2),
+    (
+        lambda l: Independent(Bernoulli(logits=l), 1),
+        (t(0.3, -1.2, 2.0),),
+        lambda b: (b * t(1.0, -2.0, 0.5)).sum(-1) ** 2,
+    ),
+    (
+        lambda l: Categorical(logits=l),
+        (t([[0.3, -1.2, 0.5], [0.0, 1.0, 2.0]]),),
+        lambda k: (k.double() - 0.7) ** 2,
+    ),
+    (
+        lambda l: OneHotCategorical(logits=l),
+        (t([[0.3, -1.2, 0.5], [0.0, 1.0, 2.0]]),),
+        lambda z: (z @ t(1.0, -2.0, 0.5)) ** 2,
+    ),
     (Poisson, (t(0.5, 3.0),), quartic),
 ]
 
 
 @pytest.mark.parametrize("case", range(len(DISCRETE)))
-@pytest.mark.parametrize("S, baseline", [(1, None), (1, "constant"), (2, "moving_average"), (2, "loo")])
+@pytest.mark.parametrize(
+    "S, baseline", [(1, None), (1, "constant"), (2, "moving_average"), (2, "loo")]
+)
 def test_score_function_unbiased_on_discrete(case, S, baseline):
     make, params, f = DISCRETE[case]
     if baseline == "moving_average":
         est = _warm(scg.ScoreFunction(baseline=MovingAverage(0.5)), make, params, f, S)
     else:
-        est = scg.ScoreFunction(baseline={None: None, "constant": Constant(-1.5), "loo": LeaveOneOut()}[baseline])
+        est = scg.ScoreFunction(
+            baseline={None: None, "constant": Constant(-1.5), "loo": LeaveOneOut()}[baseline]
+        )
     assert_unbiased(est, make, params, f, num_samples=S)
 
 
-@pytest.mark.parametrize("make, params", [
-    (lambda m, s: Laplace(m, s), (t(0.5, -1.0), t(0.7, 1.3))),
-    (lambda r: Exponential(r), (t(0.5, 2.0),)),
-    (lambda a, b: Beta(a, b), (t(0.5, 2.0), t(3.0, 1.5))),
-    (lambda a, b: Gamma(a, b), (t(0.7, 2.0), t(3.0, 1.5))),
-])
+@pytest.mark.parametrize(
+    "make, params",
+    [
+        (lambda m, s: Laplace(m, s), (t(0.5, -1.0), t(0.7, 1.3))),
+        (lambda r: Exponential(r), (t(0.5, 2.0),)),
+        (lambda a, b: Beta(a, b), (t(0.5, 2.0), t(3.0, 1.5))),
+        (lambda a, b: Gamma(a, b), (t(0.7, 2.0), t(3.0, 1.5))),
+    ],
+)
 def test_score_function_unbiased_on_other_continuous(make, params):
     assert_unbiased(scg.ScoreFunction(), make, params, quartic)
     assert_unbiased(scg.ScoreFunction(baseline=Constant(1.0)), make, params, quartic)
 
 
-@pytest.mark.parametrize("make, params", [
-    (lambda m, s: Laplace(m, s), (t(0.5, -1.0), t(0.7, 1.3))),
-    (lambda r: Exponential(r), (t(0.5, 2.0),)),
-    (lambda a, b: Uniform(a, b), (t(0.5, -1.0), t(0.7, 1.3))),
-])
+@pytest.mark.parametrize(
+    "make, params",
+    [
+        (lambda m, s: Laplace(m, s), (t(0.5, -1.0), t(0.7, 1.3))),
+        (lambda r: Exponential(r), (t(0.5, 2.0),)),
+        (lambda a, b: Uniform(a, b), (t(0.5, -1.0), t(0.7, 1.3))),
+    ],
+)
 def test_pathwise_unbiased_on_other_continuous(make, params):
     assert_unbiased(scg.Pathwise(), make, params, quartic)
 
 
 def test_score_function_with_threshold_and_breakpoints():
     f = costs.indicator(-0.2, 0.9)
-    assert_unbiased(scg.ScoreFunction(), normal, (t(0.5, -1.0), t(0.7, 1.3)), f, breakpoints=f.points)
-    assert_unbiased(scg.ScoreFunction(), lambda m, s: Laplace(m, s), (t(0.5, -1.0), t(0.7, 1.3)), f,
-                    breakpoints=f.points)
+    assert_unbiased(
+        scg.ScoreFunction(), normal, (t(0.5, -1.0), t(0.7, 1.3)), f, breakpoints=f.points
+    )
+    assert_unbiased(
+        scg.ScoreFunction(),
+        lambda m, s: Laplace(m, s),
+        (t(0.5, -1.0), t(0.7, 1.3)),
+        f,
+        breakpoints=f.points,
+    )
 
 
 # ----------------------------------------------------------------------------- bias detection
@@ -348,7 +417,10 @@ GAUSSIAN_TABLE = {  # f: (μ: SF, SF*, PW, MVD), (σ: SF, SF*, PW, MVD); docs/re
     "(x-0)^2": (("30", "14", "4", "1.093"), ("136", "64", "12", "8")),
     "(x-3)^2": (("87", "38", "4", "4.372"), ("346", "184", "24", "20")),
     "cos 5x": (("0.5", "0.5", "12.5", "0.2957"), ("1.0", "1.0", "12.5", "1.0")),
-    "exp(-x^2)": (("0.1758", "0.0722", "0.2117", "0.0126"), ("0.1767", "0.1128", "0.1757", "0.0707")),
+    "exp(-x^2)": (
+        ("0.1758", "0.0722", "0.2117", "0.0126"),
+        ("0.1767", "0.1128", "0.1757", "0.0707"),
+    ),
 }
 GAUSSIAN_COSTS = {
     "(x-0)^2": costs.shifted_square(0.0),
@@ -363,8 +435,10 @@ def _optimal_constants(f) -> tuple[float, float]:
     x, w = Q.gauss_hermite(96)
     fx = f(torch.as_tensor(x + 1.0)).numpy()
     s_mu, s_sigma = x, x * x - 1
-    return (float((w * fx * s_mu**2).sum() / (w * s_mu**2).sum()),
-            float((w * fx * s_sigma**2).sum() / (w * s_sigma**2).sum()))
+    return (
+        float((w * fx * s_mu**2).sum() / (w * s_mu**2).sum()),
+        float((w * fx * s_sigma**2).sum() / (w * s_sigma**2).sum()),
+    )
 
 
 @pytest.mark.parametrize("name", list(GAUSSIAN_TABLE))
@@ -373,12 +447,14 @@ def test_gaussian_variance_anchors(name):
     sf = exact_moments(scg.ScoreFunction(), normal, params, f).variance
     pw = exact_moments(scg.Pathwise(), normal, params, f).variance
     b_mu, b_sigma = _optimal_constants(f)
-    sf_star = (exact_moments(scg.ScoreFunction(baseline=Constant(b_mu)), normal, params, f).variance[0],
-               exact_moments(scg.ScoreFunction(baseline=Constant(b_sigma)), normal, params, f).variance[1])
+    sf_star = (
+        exact_moments(scg.ScoreFunction(baseline=Constant(b_mu)), normal, params, f).variance[0],
+        exact_moments(scg.ScoreFunction(baseline=Constant(b_sigma)), normal, params, f).variance[1],
+    )
     for i in range(2):
         want = GAUSSIAN_TABLE[name][i]
         got = (float(sf[i]), float(sf_star[i]), float(pw[i]))
-        assert all(_close(g, w) for g, w in zip(got, want[:3])), (name, i, got, want)
+        assert all(_close(g, w) for g, w in zip(got, want[:3], strict=False)), (name, i, got, want)
 
 
 @pytest.mark.parametrize("name", list(GAUSSIAN_TABLE))
@@ -395,14 +471,18 @@ def test_gaussian_variance_anchors_measure_valued(name):
 def test_squared_norm_anchors(D):
     params, f = (torch.zeros(D, dtype=D64), torch.ones(D, dtype=D64)), costs.squared_norm()
     sf = exact_moments(scg.ScoreFunction(), indep_normal, params, f).variance[0]
-    sf_b = exact_moments(scg.ScoreFunction(baseline=Constant(float(D))), indep_normal, params, f).variance[0]
+    sf_b = exact_moments(
+        scg.ScoreFunction(baseline=Constant(float(D))), indep_normal, params, f
+    ).variance[0]
     pw = exact_moments(scg.Pathwise(), indep_normal, params, f).variance[0]
     assert float(sf) == pytest.approx((D + 2) * (D + 4), rel=1e-8)
     assert float(sf_b) == pytest.approx(2 * D + 8, rel=1e-8)
     assert float(pw) == pytest.approx(4.0, rel=1e-8)
 
 
-@pytest.mark.parametrize("target, reinforce, rloo", [(0.49, 1.5638e-2, 2.5e-5), (0.499, 1.5625e-2, 2.5e-7)])
+@pytest.mark.parametrize(
+    "target, reinforce, rloo", [(0.49, 1.5638e-2, 2.5e-5), (0.499, 1.5625e-2, 2.5e-7)]
+)
 def test_bernoulli_toy_anchors(target, reinforce, rloo):
     make, params = (lambda l: Bernoulli(logits=l)), (t(0.0),)
     f = lambda b: (b - target) ** 2  # noqa: E731
@@ -419,7 +499,9 @@ def test_bernoulli_toy_disarm_has_zero_variance():
     DisARM = getattr(scg, "DisARM", None)
     if DisARM is None:
         pytest.skip("scg.DisARM is not available yet")
-    m = assert_unbiased(DisARM(), lambda l: Bernoulli(logits=l), (t(0.0),), lambda b: (b - 0.49) ** 2)
+    m = assert_unbiased(
+        DisARM(), lambda l: Bernoulli(logits=l), (t(0.0),), lambda b: (b - 0.49) ** 2
+    )
     assert float(m.variance) == pytest.approx(0.0, abs=1e-15)
 
 
@@ -435,7 +517,9 @@ def test_exact_moments_fields_and_consistency():
 
 
 def test_estimator_state_and_mode_are_untouched():
-    est = _warm(scg.ScoreFunction(baseline=MovingAverage(0.5)), normal, (t(0.5), t(1.0)), quartic, 2)
+    est = _warm(
+        scg.ScoreFunction(baseline=MovingAverage(0.5)), normal, (t(0.5), t(1.0)), quartic, 2
+    )
     before = {k: v.clone() for k, v in est.state_dict().items()}
     est.baseline.eval()
     assert_unbiased(est, normal, (t(0.5), t(1.0)), quartic)
@@ -445,8 +529,12 @@ def test_estimator_state_and_mode_are_untouched():
 
 def test_the_global_random_state_is_untouched():
     before = torch.random.get_rng_state()
-    assert_unbiased(scg.ScoreFunction(), lambda l: Categorical(logits=l), (t(0.3, -1.2, 0.5),),
-                    lambda k: k.double() ** 2)
+    assert_unbiased(
+        scg.ScoreFunction(),
+        lambda l: Categorical(logits=l),
+        (t(0.3, -1.2, 0.5),),
+        lambda k: k.double() ** 2,
+    )
     assert torch.equal(before, torch.random.get_rng_state())
 
 
@@ -479,15 +567,29 @@ def test_batch_elements_on_their_own_grids_match_the_full_product(monkeypatch):
     cases = [  # a parameter shared by the batch couples the elements' gradients
         # (two batch elements, not three: the full product of LOO's S x batch variables is refined
         # variable by variable, 1 + 2·3 grids of 9^6 points for three)
-        (scg.ScoreFunction(baseline=LeaveOneOut()), lambda m, s: Normal(m.expand(2), s), (t(0.3), t(0.5, 1.5)), 2),
+        (
+            scg.ScoreFunction(baseline=LeaveOneOut()),
+            lambda m, s: Normal(m.expand(2), s),
+            (t(0.3), t(0.5, 1.5)),
+            2,
+        ),
         (scg.Pathwise(), lambda m, s: Normal(m.expand(3), s), (t(0.3), t(0.5, 1.0, 1.5)), 1),
-        (scg.ScoreFunction(), lambda l: OneHotCategorical(logits=l), (t([[0.3, -1.0, 2.0], [0.0, 0.5, -0.5]]),), 1),
+        (
+            scg.ScoreFunction(),
+            lambda l: OneHotCategorical(logits=l),
+            (t([[0.3, -1.0, 2.0], [0.0, 0.5, -0.5]]),),
+            1,
+        ),
     ]
     fs = [quartic, quartic, lambda z: (z @ t(1.0, 2.0, -1.0)) ** 2]
-    split = [exact_moments(est, make, params, f, num_samples=S, nodes=9)
-             for (est, make, params, S), f in zip(cases, fs)]
-    monkeypatch.setattr(_grid, "batch_groups", lambda specs, shapes, batch: [list(range(len(specs)))])
-    for ((est, make, params, S), f, m) in zip(cases, fs, split):
+    split = [
+        exact_moments(est, make, params, f, num_samples=S, nodes=9)
+        for (est, make, params, S), f in zip(cases, fs, strict=False)
+    ]
+    monkeypatch.setattr(
+        _grid, "batch_groups", lambda specs, shapes, batch: [list(range(len(specs)))]
+    )
+    for (est, make, params, S), f, m in zip(cases, fs, split, strict=False):
         full = exact_moments(est, make, params, f, num_samples=S, nodes=9)
         torch.testing.assert_close(m.mean, full.mean, atol=1e-10, rtol=1e-12)
         torch.testing.assert_close(m.variance, full.variance, atol=1e-10, rtol=1e-10)
@@ -498,11 +600,23 @@ def test_harness_errors():
     with pytest.raises(ValueError, match="explicit noise"):
         exact_moments(scg.Pathwise(), lambda a, b: Gamma(a, b), params, quartic)
     with pytest.raises(ValueError, match=r"`max_points` = 1000.*Reduce"):
-        exact_moments(scg.ScoreFunction(baseline=LeaveOneOut()), indep_normal,
-                      (t(0.0, 0.0, 0.0), t(1.0, 1.0, 1.0)), quartic_sum, num_samples=3, max_points=1000)
+        exact_moments(
+            scg.ScoreFunction(baseline=LeaveOneOut()),
+            indep_normal,
+            (t(0.0, 0.0, 0.0), t(1.0, 1.0, 1.0)),
+            quartic_sum,
+            num_samples=3,
+            max_points=1000,
+        )
     with pytest.raises(ValueError, match="`nodes` = 50"):
-        exact_moments(scg.ScoreFunction(), indep_normal, (t(0.0, 0.0, 0.0), t(1.0, 1.0, 1.0)), quartic_sum,
-                      nodes=50, max_points=10_000)
+        exact_moments(
+            scg.ScoreFunction(),
+            indep_normal,
+            (t(0.0, 0.0, 0.0), t(1.0, 1.0, 1.0)),
+            quartic_sum,
+            nodes=50,
+            max_points=10_000,
+        )
     with pytest.raises(ValueError, match="`num_samples` must be >= 1; got 0"):
         exact_moments(scg.ScoreFunction(), normal, params, quartic, num_samples=0)
     with pytest.raises(TypeError, match="`nodes` must be an int"):
@@ -514,13 +628,21 @@ def test_harness_errors():
     with pytest.raises(TypeError, match="`estimator` must be an scg Estimator; got str"):
         exact_moments("pathwise", normal, params, quartic)
     with pytest.raises(TypeError, match="scalar elements"):
-        exact_moments(scg.ScoreFunction(), lambda m: MultivariateNormal(m, torch.eye(2, dtype=D64)),
-                      (t(0.0, 0.0),), lambda z: z.sum(-1))
+        exact_moments(
+            scg.ScoreFunction(),
+            lambda m: MultivariateNormal(m, torch.eye(2, dtype=D64)),
+            (t(0.0, 0.0),),
+            lambda z: z.sum(-1),
+        )
     with pytest.raises(ValueError, match=r"`breakpoints` must broadcast"):
         exact_gradient(normal, (t(0.5, 1.0), t(1.0, 1.0)), quartic, breakpoints=torch.zeros(3, 2))
-    with pytest.raises(ValueError, match=r"`breakpoints` names laws \['u'\] that Pathwise does not draw"):
+    with pytest.raises(
+        ValueError, match=r"`breakpoints` names laws \['u'\] that Pathwise does not draw"
+    ):
         exact_moments(scg.Pathwise(), normal, params, quartic, breakpoints={"u": torch.zeros(1, 1)})
-    with pytest.raises(ValueError, match="not finite at a grid point"):  # GH with 5 nodes has a node at 0
+    with pytest.raises(
+        ValueError, match="not finite at a grid point"
+    ):  # GH with 5 nodes has a node at 0
         exact_moments(scg.Pathwise(), normal, (t(0.0), t(1.0)), lambda z: 1.0 / z, nodes=5)
 
 

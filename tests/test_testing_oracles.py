@@ -20,8 +20,8 @@ must pass.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -47,13 +47,20 @@ class Cost:
     f: Callable[[float], float]  # the oracle's scalar cost
     df: Callable[[float], float] | None  # its derivative (None: not differentiable)
     torch_f: Callable[[torch.Tensor], torch.Tensor]  # the harness's cost
-    features: tuple[float, ...]  # z-values where f jumps or peaks (the oracle splits its intervals there)
+    features: tuple[
+        float, ...
+    ]  # z-values where f jumps or peaks (the oracle splits its intervals there)
     jumps: tuple[float, ...] = ()  # the breakpoints the harness is given
 
 
 def _peak(k: float) -> Cost:
-    return Cost(f"exp(-{k:g}x^2)", lambda x: math.exp(-k * x * x), lambda x: -2 * k * x * math.exp(-k * x * x),
-                lambda z: torch.exp(-k * z**2), (0.0,))
+    return Cost(
+        f"exp(-{k:g}x^2)",
+        lambda x: math.exp(-k * x * x),
+        lambda x: -2 * k * x * math.exp(-k * x * x),
+        lambda z: torch.exp(-k * z**2),
+        (0.0,),
+    )
 
 
 def _step(x: float) -> float:
@@ -61,15 +68,37 @@ def _step(x: float) -> float:
 
 
 COSTS = {
-    "peak1": _peak(1.0), "peak10": _peak(10.0), "peak30": _peak(30.0), "peak100": _peak(100.0),
-    "indicator": Cost("1[z > 0.5]", lambda x: float(x > 0.5), None, lambda z: (z > 0.5).double(), (0.5,), (0.5,)),
-    "step": Cost("step", _step, None, lambda z: -1.0 + 1.5 * (z > -0.3).double() + 2.0 * (z > 1.2).double(),
-                 (-0.3, 1.2), (-0.3, 1.2)),
+    "peak1": _peak(1.0),
+    "peak10": _peak(10.0),
+    "peak30": _peak(30.0),
+    "peak100": _peak(100.0),
+    "indicator": Cost(
+        "1[z > 0.5]", lambda x: float(x > 0.5), None, lambda z: (z > 0.5).double(), (0.5,), (0.5,)
+    ),
+    "step": Cost(
+        "step",
+        _step,
+        None,
+        lambda z: -1.0 + 1.5 * (z > -0.3).double() + 2.0 * (z > 1.2).double(),
+        (-0.3, 1.2),
+        (-0.3, 1.2),
+    ),
     "square": Cost("x^2/2", lambda x: 0.5 * x * x, lambda x: x, lambda z: 0.5 * z**2, ()),
-    "quartic": Cost("(x-0.3)^4 + x^3 - 2x", lambda x: (x - 0.3) ** 4 + x**3 - 2 * x,
-                    lambda x: 4 * (x - 0.3) ** 3 + 3 * x * x - 2, lambda z: (z - 0.3) ** 4 + z**3 - 2 * z, ()),
+    "quartic": Cost(
+        "(x-0.3)^4 + x^3 - 2x",
+        lambda x: (x - 0.3) ** 4 + x**3 - 2 * x,
+        lambda x: 4 * (x - 0.3) ** 3 + 3 * x * x - 2,
+        lambda z: (z - 0.3) ** 4 + z**3 - 2 * z,
+        (),
+    ),
 }
-PARAMS = {"peak": (1.0, 1.0), "indicator": (0.2, 1.5), "step": (0.2, 1.5), "square": (1.0, 1.0), "quartic": (0.5, 1.2)}
+PARAMS = {
+    "peak": (1.0, 1.0),
+    "indicator": (0.2, 1.5),
+    "step": (0.2, 1.5),
+    "square": (1.0, 1.0),
+    "quartic": (0.5, 1.2),
+}
 BASELINE = 0.5
 
 
@@ -83,7 +112,7 @@ def _params(key: str) -> tuple[float, float]:
 def _line(g: Callable[[float], float], lo: float, hi: float, cuts: list[float]) -> float:
     """∫_lo^hi g, split at the cuts inside (lo, hi)."""
     pts = sorted({lo, hi, *[c for c in cuts if lo < c < hi]})
-    return sum(integrate.quad(g, a, b, **QUAD)[0] for a, b in zip(pts[:-1], pts[1:]))
+    return sum(integrate.quad(g, a, b, **QUAD)[0] for a, b in zip(pts[:-1], pts[1:], strict=False))
 
 
 def _normal_pdf(x: float) -> float:
@@ -98,8 +127,9 @@ def _maxwell_pdf(m: float) -> float:
     return m * m * math.exp(-0.5 * m * m) / math.sqrt(2 * math.pi)
 
 
-def _moments_1d(g: Callable[[float], float], pdf: Callable[[float], float], lo: float,
-                cuts: list[float]) -> tuple[float, float]:
+def _moments_1d(
+    g: Callable[[float], float], pdf: Callable[[float], float], lo: float, cuts: list[float]
+) -> tuple[float, float]:
     mean = _line(lambda x: g(x) * pdf(x), lo, REACH, cuts)
     second = _line(lambda x: g(x) ** 2 * pdf(x), lo, REACH, cuts)
     return mean, second - mean**2
@@ -107,7 +137,10 @@ def _moments_1d(g: Callable[[float], float], pdf: Callable[[float], float], lo: 
 
 def oracle(estimator: str, cost: Cost, mu: float, sigma: float) -> tuple[list[float], list[float]]:
     """(means, variances) of the (μ, σ) gradient components, by scipy quadrature."""
-    f, standard = cost.f, [(c - mu) / sigma for c in cost.features]  # features in standard noise space
+    f, standard = (
+        cost.f,
+        [(c - mu) / sigma for c in cost.features],
+    )  # features in standard noise space
     cuts = list(SPLITS) + standard
     if estimator == "pathwise":
         g_mu = lambda e: cost.df(mu + sigma * e)  # noqa: E731
@@ -124,7 +157,12 @@ def oracle(estimator: str, cost: Cost, mu: float, sigma: float) -> tuple[list[fl
 
         def inner(m: float, power: int) -> float:  # ∫_0^1 ĝ_σ(m, u)^power du
             u_cuts = [c / m for c in standard] if m != 0 else []
-            return _line(lambda u: ((f(mu + sigma * m) - f(mu + sigma * m * u)) / sigma) ** power, 0.0, 1.0, u_cuts)
+            return _line(
+                lambda u: ((f(mu + sigma * m) - f(mu + sigma * m * u)) / sigma) ** power,
+                0.0,
+                1.0,
+                u_cuts,
+            )
 
         mean = _line(lambda m: inner(m, 1) * _maxwell_pdf(m), -REACH, REACH, cuts)
         second = _line(lambda m: inner(m, 2) * _maxwell_pdf(m), -REACH, REACH, cuts)
@@ -141,7 +179,9 @@ ESTIMATORS = {
 
 
 def _cases() -> list[tuple[str, str]]:
-    return [(e, c) for e in ESTIMATORS for c in COSTS if not (e == "pathwise" and COSTS[c].df is None)]
+    return [
+        (e, c) for e in ESTIMATORS for c in COSTS if not (e == "pathwise" and COSTS[c].df is None)
+    ]
 
 
 def _breakpoints(estimator: str, key: str) -> list[float] | None:
@@ -178,15 +218,29 @@ def test_exact_moments_match_the_oracle(estimator, key):
     mu, sigma = _params(key)
     cost = COSTS[key]
     params = (torch.tensor(mu, dtype=D64), torch.tensor(sigma, dtype=D64))
-    m = assert_unbiased(ESTIMATORS[estimator](), Normal, params, cost.torch_f,
-                        breakpoints=_breakpoints(estimator, key))
+    m = assert_unbiased(
+        ESTIMATORS[estimator](),
+        Normal,
+        params,
+        cost.torch_f,
+        breakpoints=_breakpoints(estimator, key),
+    )
     means, variances = oracle(estimator, cost, mu, sigma)
-    np.testing.assert_allclose(m.mean.numpy(), means, rtol=1e-6, atol=1e-12, err_msg=f"{estimator} {cost.name} mean")
-    np.testing.assert_allclose(m.variance.numpy(), variances, rtol=1e-6, atol=1e-12,
-                               err_msg=f"{estimator} {cost.name} variance")
+    np.testing.assert_allclose(
+        m.mean.numpy(), means, rtol=1e-6, atol=1e-12, err_msg=f"{estimator} {cost.name} mean"
+    )
+    np.testing.assert_allclose(
+        m.variance.numpy(),
+        variances,
+        rtol=1e-6,
+        atol=1e-12,
+        err_msg=f"{estimator} {cost.name} variance",
+    )
     # the error estimates are what they claim: small, and not smaller than the actual error by much
     assert bool((m.mean_error <= 1e-8 * m.mean.abs() + 1e-9).all())
-    assert float((m.mean - torch.tensor(means, dtype=D64)).abs().max()) <= 1e-6 * max(map(abs, means))
+    assert float((m.mean - torch.tensor(means, dtype=D64)).abs().max()) <= 1e-6 * max(
+        map(abs, means)
+    )
 
 
 def test_the_reproductions_of_the_issue():
@@ -203,7 +257,9 @@ def test_the_reproductions_of_the_issue():
     # small explicit nodes are a start, not a promise of exactness: the measure-valued σ terms converge
     means, variances = oracle("measure_valued", COSTS["square"], 1.0, 1.0)
     for nodes in (4, 8):
-        m = exact_moments(scg.MeasureValued(), Normal, (one, one), COSTS["square"].torch_f, nodes=nodes)
+        m = exact_moments(
+            scg.MeasureValued(), Normal, (one, one), COSTS["square"].torch_f, nodes=nodes
+        )
         np.testing.assert_allclose(m.mean.numpy(), means, rtol=1e-6)
         np.testing.assert_allclose(m.variance.numpy(), variances, rtol=1e-6)
 
@@ -211,12 +267,19 @@ def test_the_reproductions_of_the_issue():
 def test_unreachable_accuracy_raises():
     one = torch.tensor(1.0, dtype=D64)
     f = COSTS["peak10"].torch_f
-    with pytest.raises(ValueError, match=r"does not reach rtol=1e-15.*law 'eps' has not converged.*accuracy reached"):
+    with pytest.raises(
+        ValueError,
+        match=r"does not reach rtol=1e-15.*law 'eps' has not converged.*accuracy reached",
+    ):
         exact_moments(scg.Pathwise(), Normal, (one, one), f, rtol=1e-15, atol=0.0, max_points=64)
     with pytest.raises(ValueError, match=r"exact_gradient: the quadrature does not reach.*law 'z'"):
         exact_gradient(Normal, (one, one), f, rtol=1e-15, atol=0.0, max_points=64)
-    with pytest.raises(ValueError, match=r"law 'z' has not converged.*Pass `breakpoints`"):  # a jump left unsplit
-        exact_moments(scg.ScoreFunction(), Normal, (one, one), COSTS["indicator"].torch_f, max_points=10_000)
+    with pytest.raises(
+        ValueError, match=r"law 'z' has not converged.*Pass `breakpoints`"
+    ):  # a jump left unsplit
+        exact_moments(
+            scg.ScoreFunction(), Normal, (one, one), COSTS["indicator"].torch_f, max_points=10_000
+        )
     with pytest.raises(ValueError, match=r"`rtol` must be a finite number >= 0; got -1"):
         exact_moments(scg.Pathwise(), Normal, (one, one), f, rtol=-1)
     with pytest.raises(ValueError, match=r"`rtol` and `atol` must not both be 0"):

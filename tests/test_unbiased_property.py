@@ -11,13 +11,20 @@ Normal, and — when present — MeasureValued, DisARM and RELAX.
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch.distributions import Bernoulli, Categorical, Independent, Normal, OneHotCategorical, Poisson
+from torch.distributions import (
+    Bernoulli,
+    Categorical,
+    Independent,
+    Normal,
+    OneHotCategorical,
+    Poisson,
+)
 
 import scg
 from scg.baselines import Constant, Delta, LeaveOneOut, MovingAverage
@@ -34,17 +41,27 @@ def number(lo: float, hi: float) -> st.SearchStrategy[float]:
 
 
 def vector(lo: float, hi: float, n: int) -> st.SearchStrategy[torch.Tensor]:
-    return st.lists(number(lo, hi), min_size=n, max_size=n).map(lambda v: torch.tensor(v, dtype=D64))
+    return st.lists(number(lo, hi), min_size=n, max_size=n).map(
+        lambda v: torch.tensor(v, dtype=D64)
+    )
 
 
-def scalar_costs(event_ndim: int, *, low: float = -1.0, high: float = 1.0) -> st.SearchStrategy[costs.TestCost]:
+def scalar_costs(
+    event_ndim: int, *, low: float = -1.0, high: float = 1.0
+) -> st.SearchStrategy[costs.TestCost]:
     options = [
-        st.lists(number(-1, 1), min_size=1, max_size=5).map(lambda c: costs.polynomial(c, event_ndim=event_ndim)),
+        st.lists(number(-1, 1), min_size=1, max_size=5).map(
+            lambda c: costs.polynomial(c, event_ndim=event_ndim)
+        ),
         number(low, high).map(lambda c: costs.threshold(c, event_ndim=event_ndim)),
         number(0.5, 2.0).map(lambda k: costs.cosine(k, event_ndim=event_ndim)),
     ]
     if event_ndim == 1:
-        options.append(st.lists(number(-1, 1), min_size=2, max_size=3).map(lambda c: costs.product(c, event_ndim=1)))
+        options.append(
+            st.lists(number(-1, 1), min_size=2, max_size=3).map(
+                lambda c: costs.product(c, event_ndim=1)
+            )
+        )
     return st.one_of(*options)
 
 
@@ -69,7 +86,12 @@ def registry(family: str, dist, f: costs.TestCost, elements: int) -> Iterator[En
     """Every unbiased estimator that applies to (family, f)."""
     yield "ScoreFunction", scg.ScoreFunction(), 1, {}
     yield "ScoreFunction+Constant", scg.ScoreFunction(baseline=Constant(0.7)), 1, {}
-    yield "ScoreFunction+MovingAverage", _warm(scg.ScoreFunction(baseline=MovingAverage(0.5)), dist, f, 1), 1, {}
+    yield (
+        "ScoreFunction+MovingAverage",
+        _warm(scg.ScoreFunction(baseline=MovingAverage(0.5)), dist, f, 1),
+        1,
+        {},
+    )
     if elements == 1:  # the S-sample product space stays small
         yield "ScoreFunction+LeaveOneOut", scg.ScoreFunction(baseline=LeaveOneOut()), 2, {}
     if family == "normal" and f.smooth:
@@ -90,9 +112,13 @@ def check_all(family: str, make: Callable, params: tuple, f: costs.TestCost, ele
     dist = make(*params)
     for name, estimator, S, extra in registry(family, dist, f, elements):
         try:
-            assert_unbiased(estimator, make, params, f, num_samples=S, breakpoints=f.points, **extra)
+            assert_unbiased(
+                estimator, make, params, f, num_samples=S, breakpoints=f.points, **extra
+            )
         except AssertionError as exc:
-            raise AssertionError(f"{name} on {family} with {f!r}, params {params}:\n{exc}") from None
+            raise AssertionError(
+                f"{name} on {family} with {f!r}, params {params}:\n{exc}"
+            ) from None
 
 
 # ----------------------------------------------------------------------------- properties
@@ -144,7 +170,12 @@ def test_registry_covers_every_estimator_on_bernoulli():
     """The property tests run every unbiased estimator that applies to a Bernoulli cost."""
     dist = Independent(Bernoulli(logits=torch.zeros(1, dtype=D64)), 1)
     names = {name for name, *_ in registry("bernoulli", dist, costs.cosine(1.0, event_ndim=1), 1)}
-    assert names == {"ScoreFunction", "ScoreFunction+Constant", "ScoreFunction+MovingAverage",
-                     "ScoreFunction+LeaveOneOut", "MeasureValued", "DisARM", "RELAX"}
-
-
+    assert names == {
+        "ScoreFunction",
+        "ScoreFunction+Constant",
+        "ScoreFunction+MovingAverage",
+        "ScoreFunction+LeaveOneOut",
+        "MeasureValued",
+        "DisARM",
+        "RELAX",
+    }

@@ -21,8 +21,8 @@ Contract for ``ControlVariate.forward(signal, ctx) -> (signal', extra)``:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Optional
 
 import torch
 from torch import Tensor, nn
@@ -31,8 +31,16 @@ from torch.distributions import Distribution
 from scg._checks import under_transform
 from scg._dist import parameters_of, unwrap
 
-__all__ = ["SignalContext", "ControlVariate", "Chain", "chain", "score_sq_norm", "check_baseline", "signal_rows",
-           "cost_function"]
+__all__ = [
+    "SignalContext",
+    "ControlVariate",
+    "Chain",
+    "chain",
+    "score_sq_norm",
+    "check_baseline",
+    "signal_rows",
+    "cost_function",
+]
 
 
 @dataclass
@@ -54,8 +62,8 @@ class SignalContext:
     samples: Tensor
     log_prob: Tensor
     f: Callable[[Tensor], Tensor]
-    context: Optional[Tensor] = None
-    _score_sq: Optional[Tensor] = field(default=None, repr=False)
+    context: Tensor | None = None
+    _score_sq: Tensor | None = field(default=None, repr=False)
 
     @property
     def num_samples(self) -> int:
@@ -83,7 +91,7 @@ def score_sq_norm(dist: Distribution, samples: Tensor) -> Tensor:
     expanded = {}
     for name, value in params.items():
         extra_dims = value.dim() - len(base.batch_shape)
-        target = shape + tuple(value.shape[value.dim() - extra_dims:]) if extra_dims > 0 else shape
+        target = shape + tuple(value.shape[value.dim() - extra_dims :]) if extra_dims > 0 else shape
         expanded[name] = value.expand(target).clone()
     cls = type(base)
 
@@ -113,7 +121,9 @@ class ControlVariate(nn.Module):
     #: serve a :class:`scg.Graph` node, whose costs are tensors.
     needs_cost_function: bool = False
 
-    def forward(self, signal: Tensor, ctx: SignalContext) -> tuple[Tensor, Optional[Tensor]]:  # pragma: no cover
+    def forward(
+        self, signal: Tensor, ctx: SignalContext
+    ) -> tuple[Tensor, Tensor | None]:  # pragma: no cover
         raise NotImplementedError
 
     def updating(self, signal: Tensor) -> bool:
@@ -135,8 +145,8 @@ class Chain(ControlVariate):
         self.unbiased = all(t.unbiased for t in transforms)
         self.min_samples = max([t.min_samples for t in transforms], default=1)
 
-    def forward(self, signal: Tensor, ctx: SignalContext) -> tuple[Tensor, Optional[Tensor]]:
-        extra: Optional[Tensor] = None
+    def forward(self, signal: Tensor, ctx: SignalContext) -> tuple[Tensor, Tensor | None]:
+        extra: Tensor | None = None
         for t in self.transforms:
             signal, e = t(signal, ctx)
             if e is not None:
@@ -149,7 +159,9 @@ def chain(*transforms: ControlVariate) -> Chain:
     return Chain(*transforms)
 
 
-def check_baseline(baseline: object, refuse: tuple[type, ...] = (), why: str = "") -> Optional[ControlVariate]:
+def check_baseline(
+    baseline: object, refuse: tuple[type, ...] = (), why: str = ""
+) -> ControlVariate | None:
     """``baseline`` if it is a control variate or ``None``; a ``TypeError`` naming the argument otherwise.
 
     A baseline containing one of the ``refuse`` types is a ``ValueError`` with the message ``why``.
@@ -173,7 +185,7 @@ def signal_rows(signal: Tensor, sample_dims: int, baseline: ControlVariate) -> T
     return rows
 
 
-def cost_function(f: Optional[Callable[[Tensor], Tensor]]) -> Callable[[Tensor], Tensor]:
+def cost_function(f: Callable[[Tensor], Tensor] | None) -> Callable[[Tensor], Tensor]:
     """``f``, or in a :class:`scg.Graph` (no cost function) one that explains why a control variate cannot call it."""
     if f is not None:
         return f

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
 
 import torch
 from torch import Tensor
@@ -63,15 +62,21 @@ class Delta(_RunningState):
     #: It differentiates the cost function itself, so it cannot serve a graph node.
     needs_cost_function = True
 
-    def __init__(self, coefficient: Union[float, str] = 1.0, *, decay: float = 0.9) -> None:
+    def __init__(self, coefficient: float | str = 1.0, *, decay: float = 0.9) -> None:
         super().__init__()
         if isinstance(coefficient, str):
             if coefficient != "optimal":
-                raise ValueError(f'`coefficient` must be a float or "optimal"; got {coefficient!r}.')
+                raise ValueError(
+                    f'`coefficient` must be a float or "optimal"; got {coefficient!r}.'
+                )
         elif isinstance(coefficient, bool) or not isinstance(coefficient, (int, float)):
-            raise TypeError(f'`coefficient` must be a float or "optimal"; got {type(coefficient).__name__}.')
+            raise TypeError(
+                f'`coefficient` must be a float or "optimal"; got {type(coefficient).__name__}.'
+            )
         elif not math.isfinite(coefficient):
-            raise ValueError(f'`coefficient` must be a finite float or "optimal"; got {coefficient}.')
+            raise ValueError(
+                f'`coefficient` must be a finite float or "optimal"; got {coefficient}.'
+            )
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"`decay` must be in [0, 1); got {decay}.")
         self.coefficient = coefficient
@@ -83,10 +88,13 @@ class Delta(_RunningState):
         if self.coefficient != "optimal":
             return torch.as_tensor(float(self.coefficient), dtype=like.dtype, device=like.device)
         var = self.var.to(like)
-        return torch.where(var > 0, self.cov.to(like) / var.clamp_min(torch.finfo(like.dtype).tiny),
-                           torch.ones_like(var))
+        return torch.where(
+            var > 0,
+            self.cov.to(like) / var.clamp_min(torch.finfo(like.dtype).tiny),
+            torch.ones_like(var),
+        )
 
-    def forward(self, signal: Tensor, ctx: SignalContext) -> tuple[Tensor, Optional[Tensor]]:
+    def forward(self, signal: Tensor, ctx: SignalContext) -> tuple[Tensor, Tensor | None]:
         base, k = unwrap(ctx.dist)
         if not isinstance(base, Normal):
             raise TypeError(
@@ -104,8 +112,12 @@ class Delta(_RunningState):
         f0 = f(mu0.unsqueeze(0)).squeeze(0).detach()
         grad_fn = torch.func.grad(total)
         g = grad_fn(mu0).detach()
-        n_event = max(1, math.prod(event))  # a Python int: no tensor, no host read under torch.compile
-        basis = torch.eye(n_event, dtype=mu0.dtype, device=mu0.device).reshape(n_event, *([1] * len(batch)), *event)
+        n_event = max(
+            1, math.prod(event)
+        )  # a Python int: no tensor, no host read under torch.compile
+        basis = torch.eye(n_event, dtype=mu0.dtype, device=mu0.device).reshape(
+            n_event, *([1] * len(batch)), *event
+        )
         basis = basis.expand((n_event,) + batch + event).contiguous()
 
         def hvp(v: Tensor) -> Tensor:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor, nn
 
@@ -22,8 +20,13 @@ def default_features(ctx: SignalContext) -> Tensor:
     batch = tuple(ctx.dist.batch_shape)
     parts = []
     for value in parameters_of(ctx.dist).values():
-        v = value.detach().expand(*batch, *value.shape[len(value.shape) - max(value.dim() - len(batch), 0):]) \
-            if value.dim() >= len(batch) else value.detach().expand(batch)
+        v = (
+            value.detach().expand(
+                *batch, *value.shape[len(value.shape) - max(value.dim() - len(batch), 0) :]
+            )
+            if value.dim() >= len(batch)
+            else value.detach().expand(batch)
+        )
         parts.append(v.reshape(*batch, -1))
     return torch.cat(parts, dim=-1)
 
@@ -58,15 +61,21 @@ class Learned(ControlVariate):
             raise TypeError(f"`module` must be a torch.nn.Module; got {type(module).__name__}.")
         self.module = module
 
-    def forward(self, signal: Tensor, ctx: SignalContext) -> tuple[Tensor, Optional[Tensor]]:
+    def forward(self, signal: Tensor, ctx: SignalContext) -> tuple[Tensor, Tensor | None]:
         inputs = ctx.context if ctx.context is not None else default_features(ctx)
         b = self.module(inputs)
         batch = tuple(signal.shape[1:])
         full = tuple(signal.shape)
         if tuple(b.shape) in (batch + (1,), full + (1,)):
             b = b.squeeze(-1)
-        if tuple(b.shape) not in (batch, full) and b.numel() == signal.numel() and b.dim() > signal.dim():
-            b = b.reshape(full)  # a per-row context with several sample dims (a child node below copies)
+        if (
+            tuple(b.shape) not in (batch, full)
+            and b.numel() == signal.numel()
+            and b.dim() > signal.dim()
+        ):
+            b = b.reshape(
+                full
+            )  # a per-row context with several sample dims (a child node below copies)
         if tuple(b.shape) not in (batch, full):
             raise ValueError(
                 f"`module` of Learned must return [*batch_shape] = {list(batch)} or, when the context "

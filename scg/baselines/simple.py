@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -40,7 +40,7 @@ class _RunningState(ControlVariate):
 
     _floating: tuple[str, ...] = ()
 
-    def _follow(self, name: str, like: Tensor, dtype: Optional[torch.dtype] = None) -> Tensor:
+    def _follow(self, name: str, like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
         """Buffer ``name`` on ``like``'s device, in ``dtype`` (default: ``like``'s dtype)."""
         buf = self._buffers[name]
         dtype = like.dtype if dtype is None else dtype
@@ -55,7 +55,9 @@ class _RunningState(ControlVariate):
         if "steps" in self._buffers:
             self._follow("steps", like, torch.long)
 
-    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
+    def _load_from_state_dict(
+        self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
         for name in self._floating:
             saved = state_dict.get(prefix + name)
             buf = self._buffers.get(name)
@@ -91,7 +93,7 @@ class Constant(ControlVariate):
             raise ValueError(f"`value` must be finite; got {shown}.")
         self.register_buffer("value", b)
 
-    def forward(self, signal: Tensor, ctx: SignalContext) -> tuple[Tensor, Optional[Tensor]]:
+    def forward(self, signal: Tensor, ctx: SignalContext) -> tuple[Tensor, Tensor | None]:
         b = self._buffers["value"]
         if b.device != signal.device:  # follow the problem's device once, keep b's precision
             b = b.to(signal.device)
@@ -151,14 +153,16 @@ class MovingAverage(_RunningState):
             return torch.zeros_like(self.numerator)
         return self.numerator / self.denominator
 
-    def forward(self, signal: Tensor, ctx: SignalContext) -> tuple[Tensor, Optional[Tensor]]:
+    def forward(self, signal: Tensor, ctx: SignalContext) -> tuple[Tensor, Tensor | None]:
         updating = self.updating(signal)
         if updating:
             self._follow_all(signal)
         if self.optimal:
             return self._forward_optimal(signal, ctx, updating)
         b = self._buffers["value"]
-        out = signal - (b if b.dtype == signal.dtype and b.device == signal.device else b.to(signal))
+        out = signal - (
+            b if b.dtype == signal.dtype and b.device == signal.device else b.to(signal)
+        )
         if updating:
             # In-place update of buffers from detached values: records no graph, and ``out``
             # (a subtraction saves no inputs) is unaffected.
@@ -170,8 +174,9 @@ class MovingAverage(_RunningState):
             b.lerp_(signal.detach().mean(), w)
         return out, None
 
-    def _forward_optimal(self, signal: Tensor, ctx: SignalContext,
-                         updating: bool) -> tuple[Tensor, Optional[Tensor]]:
+    def _forward_optimal(
+        self, signal: Tensor, ctx: SignalContext, updating: bool
+    ) -> tuple[Tensor, Tensor | None]:
         num, den = self.numerator.to(signal), self.denominator.to(signal)
         # num = 0 whenever den = 0 (both start at 0; den > 0 after an update with any weight),
         # so the clamp makes b = 0 before the first update without a branch.
@@ -203,7 +208,7 @@ class LeaveOneOut(ControlVariate):
 
     min_samples = 2
 
-    def forward(self, signal: Tensor, ctx: SignalContext) -> tuple[Tensor, Optional[Tensor]]:
+    def forward(self, signal: Tensor, ctx: SignalContext) -> tuple[Tensor, Tensor | None]:
         S = signal.shape[0]
         if S < 2:
             raise ValueError(
@@ -242,12 +247,12 @@ class Normalize(_RunningState):
         #: Number of updates so far (a ``long`` buffer, saved in ``state_dict``).
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
 
-    def forward(self, signal: Tensor, ctx: SignalContext) -> tuple[Tensor, Optional[Tensor]]:
+    def forward(self, signal: Tensor, ctx: SignalContext) -> tuple[Tensor, Tensor | None]:
         updating = self.updating(signal)
         if updating:
             self._follow_all(signal)
         var = self._buffers["variance"]
-        scale = (var if var.dtype == signal.dtype and var.device == signal.device else var.to(signal))
+        scale = var if var.dtype == signal.dtype and var.device == signal.device else var.to(signal)
         out = signal / scale.sqrt().clamp_min(1.0)
         if updating:
             a = signal.detach()

@@ -18,13 +18,13 @@ def event_size(dist: Distribution) -> int:
     _, k = unwrap(dist)
     batch = tuple(dist.batch_shape)
     full = batch + tuple(dist.event_shape)
-    return math.prod(full[len(batch): len(batch) + k]) if k else 1
+    return math.prod(full[len(batch) : len(batch) + k]) if k else 1
 
 
 def split_event(x: Tensor, batch_ndim: int, k: int) -> Tensor:
     """Flatten the ``k`` reinterpreted dims after ``[S, *batch]`` into one dim ``E``."""
     lead = x.shape[: 1 + batch_ndim]
-    rest = x.shape[1 + batch_ndim + k:]
+    rest = x.shape[1 + batch_ndim + k :]
     return x.reshape(*lead, -1, *rest) if k else x.reshape(*lead, 1, *rest)
 
 

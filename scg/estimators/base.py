@@ -8,7 +8,8 @@ parameters and any learned control variate) is the estimator.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Optional, Protocol
+from collections.abc import Callable
+from typing import NamedTuple, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -29,8 +30,8 @@ class Term(Protocol):
     """What a node adds to the surrogate once its learning signal is known (see :class:`Parts`)."""
 
     def __call__(
-        self, signal: Tensor, f: Optional[Cost], sample_dims: int
-    ) -> tuple[Tensor, Optional[Tensor]]: ...  # pragma: no cover
+        self, signal: Tensor, f: Cost | None, sample_dims: int
+    ) -> tuple[Tensor, Tensor | None]: ...  # pragma: no cover
 
 
 class Parts(NamedTuple):
@@ -66,9 +67,9 @@ class Parts(NamedTuple):
     """
 
     value: Tensor
-    log_prob: Optional[Tensor] = None
-    copies: Optional[Tensor] = None
-    term: Optional[Term] = None
+    log_prob: Tensor | None = None
+    copies: Tensor | None = None
+    term: Term | None = None
 
 
 class Estimator(nn.Module):
@@ -151,7 +152,9 @@ class Estimator(nn.Module):
     def laws(self, dist: Distribution, num_samples: int) -> dict[str, Law]:  # pragma: no cover
         raise NotImplementedError(f"{type(self).__name__} must implement laws(dist, num_samples).")
 
-    def parts(self, dist: Distribution, draws: dict[str, Tensor], *, context: Optional[Tensor] = None) -> Parts:
+    def parts(
+        self, dist: Distribution, draws: dict[str, Tensor], *, context: Tensor | None = None
+    ) -> Parts:
         raise NotImplementedError(
             f"{type(self).__name__} implements no parts(dist, draws): it can serve scg.expectation "
             "(through its surrogate()) but not be a node of scg.Graph."
@@ -173,7 +176,7 @@ class Estimator(nn.Module):
         dist: Distribution,
         num_samples: int = 1,
         *,
-        generator: Optional[torch.Generator] = None,
+        generator: torch.Generator | None = None,
     ) -> dict[str, Tensor]:
         """Draw the random inputs of one estimate: ``{name: law.sample()}`` for ``laws(dist, num_samples)``."""
         self.check(dist)
@@ -186,7 +189,7 @@ class Estimator(nn.Module):
         dist: Distribution,
         draws: dict[str, Tensor],
         *,
-        context: Optional[Tensor] = None,
+        context: Tensor | None = None,
     ) -> Tensor:
         r"""The surrogate ``[*batch_shape]`` of one estimate from its ``draws``.
 
@@ -204,7 +207,7 @@ class Estimator(nn.Module):
         dist: Distribution,
         num_samples: int = 1,
         *,
-        context: Optional[Tensor] = None,
+        context: Tensor | None = None,
     ) -> Tensor:
         return self.surrogate(f, dist, self.draw(dist, num_samples), context=context)
 
@@ -251,7 +254,9 @@ def default_estimator(dist: Distribution, num_samples: int) -> Estimator:
     from scg.estimators.score_function import ScoreFunction
 
     if not isinstance(dist, Distribution):
-        raise TypeError(f"`dist` must be a torch.distributions.Distribution; got {type(dist).__name__}.")
+        raise TypeError(
+            f"`dist` must be a torch.distributions.Distribution; got {type(dist).__name__}."
+        )
     if dist.has_rsample:
         return Pathwise()
     return ScoreFunction(baseline=LeaveOneOut() if num_samples >= 2 else None)
@@ -260,10 +265,10 @@ def default_estimator(dist: Distribution, num_samples: int) -> Estimator:
 def expectation(
     f: Cost,
     dist: Distribution,
-    estimator: Optional[Estimator] = None,
+    estimator: Estimator | None = None,
     *,
     num_samples: int = 1,
-    context: Optional[Tensor] = None,
+    context: Tensor | None = None,
 ) -> Tensor:
     r"""Surrogate of :math:`E_{q_θ(z)}[f(z)]` whose value is the MC mean and whose gradient is ``estimator``.
 

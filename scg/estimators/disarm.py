@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor
 from torch.distributions import Bernoulli, Distribution
@@ -18,8 +16,12 @@ __all__ = ["DisARM"]
 def bernoulli_base(dist: Distribution, name: str) -> tuple[Bernoulli, int]:
     """The Bernoulli inside ``dist`` (peeling ``Independent``), or a TypeError naming ``name``."""
     return base_of_kind(  # type: ignore[return-value]
-        dist, (Bernoulli,), name, "Bernoulli",
-        " Use ScoreFunction or MeasureValued for other discrete distributions.")
+        dist,
+        (Bernoulli,),
+        name,
+        "Bernoulli",
+        " Use ScoreFunction or MeasureValued for other discrete distributions.",
+    )
 
 
 class DisARM(Estimator):
@@ -78,10 +80,16 @@ class DisARM(Estimator):
         base, _ = bernoulli_base(dist, "DisARM")
         shape = (num_samples, *dist.batch_shape, *dist.event_shape)
         theta = torch.sigmoid(base.logits.detach()).expand(shape)
-        points = torch.stack([torch.minimum(theta, 1 - theta), torch.maximum(theta, 1 - theta)], dim=-1)
-        return {"u": StandardUniform(shape=shape, dtype=theta.dtype, device=theta.device, points=points)}
+        points = torch.stack(
+            [torch.minimum(theta, 1 - theta), torch.maximum(theta, 1 - theta)], dim=-1
+        )
+        return {
+            "u": StandardUniform(shape=shape, dtype=theta.dtype, device=theta.device, points=points)
+        }
 
-    def parts(self, dist: Distribution, draws: dict[str, Tensor], *, context: Optional[Tensor] = None) -> Parts:
+    def parts(
+        self, dist: Distribution, draws: dict[str, Tensor], *, context: Tensor | None = None
+    ) -> Parts:
         base, _ = bernoulli_base(dist, "DisARM")
         u = draws["u"]
         event_dims = tuple(range(-len(dist.event_shape), 0))
@@ -92,7 +100,9 @@ class DisARM(Estimator):
         # (−1)^{b̃} 1[b ≠ b̃] σ(|φ|): the per-element factor of the pair's cost difference
         factor = (1 - 2 * b_anti) * (b != b_anti).to(u.dtype) * torch.sigmoid(phi.detach().abs())
 
-        def term(signal: Tensor, f: Optional[Cost], sample_dims: int) -> tuple[Tensor, Optional[Tensor]]:
+        def term(
+            signal: Tensor, f: Cost | None, sample_dims: int
+        ) -> tuple[Tensor, Tensor | None]:
             diff = 0.5 * (signal[0] - signal[1]).detach()  # [n, *batch]
             diff = diff.reshape(*diff.shape, *([1] * len(event_dims)))
             rows = (phi - phi.detach()) * (diff * factor)

@@ -3,18 +3,37 @@
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 from torch import Tensor
-from torch.distributions import Bernoulli, Categorical, Distribution, Normal, OneHotCategorical, Poisson
+from torch.distributions import (
+    Bernoulli,
+    Categorical,
+    Distribution,
+    Normal,
+    OneHotCategorical,
+    Poisson,
+)
 
 from scg._dist import unwrap
-from scg.baselines.base import ControlVariate, SignalContext, check_baseline, cost_function, signal_rows
+from scg.baselines.base import (
+    ControlVariate,
+    SignalContext,
+    check_baseline,
+    cost_function,
+    signal_rows,
+)
 from scg.baselines.simple import LeaveOneOut
 from scg.estimators._elements import event_size, replace_each, split_event
 from scg.estimators.base import Cost, Estimator, Parts
-from scg.laws import DoubleSidedMaxwell, FromDistribution, Law, Rayleigh, StandardNormal, StandardUniform
+from scg.laws import (
+    DoubleSidedMaxwell,
+    FromDistribution,
+    Law,
+    Rayleigh,
+    StandardNormal,
+    StandardUniform,
+)
 
 __all__ = ["MeasureValued"]
 
@@ -105,13 +124,15 @@ class MeasureValued(Estimator):
         (control variates; §7.2 delta method). https://arxiv.org/abs/1906.10652
     """
 
-    def __init__(self, baseline: Optional[ControlVariate] = None) -> None:
+    def __init__(self, baseline: ControlVariate | None = None) -> None:
         super().__init__()
         self.baseline = check_baseline(
-            baseline, (LeaveOneOut,),
+            baseline,
+            (LeaveOneOut,),
             "`baseline` must not contain LeaveOneOut for MeasureValued: its baseline differs between the "
             "perturbed copies of one sample, so it does not cancel in their differences (biased). Use "
-            "Constant, MovingAverage, Learned, or Delta (Normal).")
+            "Constant, MovingAverage, Learned, or Delta (Normal).",
+        )
         self.unbiased = baseline is None or baseline.unbiased
 
     def check(self, dist: Distribution) -> None:
@@ -146,7 +167,9 @@ class MeasureValued(Estimator):
         ref = base.probs if not isinstance(base, Poisson) else base.rate
         return {"z": FromDistribution(shape=shape, dist=dist, dtype=ref.dtype, device=ref.device)}
 
-    def parts(self, dist: Distribution, draws: dict[str, Tensor], *, context: Optional[Tensor] = None) -> Parts:
+    def parts(
+        self, dist: Distribution, draws: dict[str, Tensor], *, context: Tensor | None = None
+    ) -> Parts:
         self.check(dist)
         base, k = unwrap(dist)
         batch = tuple(dist.batch_shape)
@@ -159,19 +182,23 @@ class MeasureValued(Estimator):
         zf = split_event(z, nb, k)  # [n, *batch, E, (K)]
         n, E = zf.shape[0], zf.shape[1 + nb]
 
-        def copies_of(candidates: Tensor) -> Tensor:  # [C, n, *batch, E, (K)] -> [C, n, *batch, *event]
+        def copies_of(
+            candidates: Tensor,
+        ) -> Tensor:  # [C, n, *batch, E, (K)] -> [C, n, *batch, *event]
             return candidates.reshape(candidates.shape[0], *full)
 
         if isinstance(base, Bernoulli):
-            p = base.probs.expand(tuple(batch) + tuple(full[1 + nb:])).reshape(*batch, E)
+            p = base.probs.expand(tuple(batch) + tuple(full[1 + nb :])).reshape(*batch, E)
             ones, zeros = torch.ones_like(zf), torch.zeros_like(zf)
-            value = copies_of(torch.cat([zf.unsqueeze(0), replace_each(zf, ones), replace_each(zf, zeros)]))
+            value = copies_of(
+                torch.cat([zf.unsqueeze(0), replace_each(zf, ones), replace_each(zf, zeros)])
+            )
 
             def gradient(signal: Tensor) -> Tensor:
                 f1, f0 = signal[1 : 1 + E], signal[1 + E :]
                 return ((p - p.detach()) * (f1 - f0).detach().movedim(0, -1)).sum(-1)
         elif isinstance(base, Poisson):
-            lam = base.rate.expand(tuple(batch) + tuple(full[1 + nb:])).reshape(*batch, E)
+            lam = base.rate.expand(tuple(batch) + tuple(full[1 + nb :])).reshape(*batch, E)
             value = copies_of(torch.cat([zf.unsqueeze(0), replace_each(zf, zf + 1)]))
 
             def gradient(signal: Tensor) -> Tensor:
@@ -179,7 +206,9 @@ class MeasureValued(Estimator):
                 return ((lam - lam.detach()) * g).sum(-1)
         else:  # Categorical / OneHotCategorical
             K = base.probs.shape[-1]
-            probs = base.probs.expand(tuple(batch) + tuple(full[1 + nb: 1 + nb + k]) + (K,)).reshape(*batch, E, K)
+            probs = base.probs.expand(
+                tuple(batch) + tuple(full[1 + nb : 1 + nb + k]) + (K,)
+            ).reshape(*batch, E, K)
             cands = [zf.unsqueeze(0)]
             for c in range(K):
                 if trailing:
@@ -191,18 +220,28 @@ class MeasureValued(Estimator):
             value = copies_of(torch.cat(cands))
 
             def gradient(signal: Tensor) -> Tensor:
-                g = signal[1:].detach().reshape(K, E, n, *batch).permute(2, *range(3, 3 + nb), 1, 0)  # [n,*batch,E,K]
+                g = (
+                    signal[1:].detach().reshape(K, E, n, *batch).permute(2, *range(3, 3 + nb), 1, 0)
+                )  # [n,*batch,E,K]
                 return ((probs - probs.detach()) * g).sum((-1, -2))
 
-        def term(signal: Tensor, f: Optional[Cost], sample_dims: int) -> tuple[Tensor, Optional[Tensor]]:
+        def term(
+            signal: Tensor, f: Cost | None, sample_dims: int
+        ) -> tuple[Tensor, Tensor | None]:
             signal, extra = self._controlled(signal, value, dist, f, context)
             rows = gradient(signal)
             return rows, extra
 
         return Parts(value, copies=_first(value.shape[0], z), term=term)
 
-    def _controlled(self, signal: Tensor, value: Tensor, dist: Distribution, f: Optional[Cost],
-                    context: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
+    def _controlled(
+        self,
+        signal: Tensor,
+        value: Tensor,
+        dist: Distribution,
+        f: Cost | None,
+        context: Tensor | None,
+    ) -> tuple[Tensor, Tensor | None]:
         """The copies' signal ``[C, n, *batch]`` after the control variate, and its extra term.
 
         The one place the control variate is applied: every copy's signal is a row
@@ -219,8 +258,14 @@ class MeasureValued(Estimator):
         new, extra = baseline(rows, ctx)
         return (rows - (rows - new).detach()).reshape(signal.shape), extra
 
-    def _normal(self, dist: Distribution, base: Normal, k: int, draws: dict[str, Tensor],
-                context: Optional[Tensor] = None) -> Parts:
+    def _normal(
+        self,
+        dist: Distribution,
+        base: Normal,
+        k: int,
+        draws: dict[str, Tensor],
+        context: Tensor | None = None,
+    ) -> Parts:
         batch = tuple(dist.batch_shape)
         nb = len(batch)
         eps, w, m, u = draws["eps"], draws["w"], draws["m"], draws["u"]
@@ -236,32 +281,42 @@ class MeasureValued(Estimator):
             return split_event(x.expand(full), nb, k)
 
         mu_f, sd_f = flat(mu0), flat(sd0)
-        cands = torch.cat([
-            zf.unsqueeze(0),
-            replace_each(zf, mu_f + sd_f * flat(w)),
-            replace_each(zf, mu_f - sd_f * flat(w)),
-            replace_each(zf, mu_f + sd_f * flat(m)),
-            replace_each(zf, mu_f + sd_f * flat(m) * flat(u)),
-        ])
+        cands = torch.cat(
+            [
+                zf.unsqueeze(0),
+                replace_each(zf, mu_f + sd_f * flat(w)),
+                replace_each(zf, mu_f - sd_f * flat(w)),
+                replace_each(zf, mu_f + sd_f * flat(m)),
+                replace_each(zf, mu_f + sd_f * flat(m) * flat(u)),
+            ]
+        )
         value = cands.reshape(cands.shape[0], *full)
         sd_e = split_event(sd0.unsqueeze(0), nb, k).squeeze(0)  # [*batch, E]
         loc_e = split_event(loc.unsqueeze(0), nb, k).squeeze(0)
         scale_e = split_event(scale.unsqueeze(0), nb, k).squeeze(0)
 
-        def term(signal: Tensor, f: Optional[Cost], sample_dims: int) -> tuple[Tensor, Optional[Tensor]]:
+        def term(
+            signal: Tensor, f: Cost | None, sample_dims: int
+        ) -> tuple[Tensor, Tensor | None]:
             signal, extra = self._controlled(signal, value, dist, f, context)
-            fw_p, fw_m, fm_p, fm_m = signal[1:].detach().reshape(4, E, n, *batch).movedim(1, -1)  # [n, *batch, E]
+            fw_p, fw_m, fm_p, fm_m = (
+                signal[1:].detach().reshape(4, E, n, *batch).movedim(1, -1)
+            )  # [n, *batch, E]
             g_mu = (fw_p - fw_m) / (sd_e * math.sqrt(2 * math.pi))
             g_sd = (fm_p - fm_m) / sd_e
-            return ((loc_e - loc_e.detach()) * g_mu + (scale_e - scale_e.detach()) * g_sd).sum(-1), extra
+            return ((loc_e - loc_e.detach()) * g_mu + (scale_e - scale_e.detach()) * g_sd).sum(
+                -1
+            ), extra
 
         return Parts(value, copies=_first(value.shape[0], eps), term=term)
 
 
-
 def _first(size: int, like: Tensor) -> Tensor:
     """Copy weights ``[size]`` that keep only the first copy (the draw) in the value."""
-    weights = torch.zeros(size, dtype=like.dtype if like.is_floating_point() else torch.get_default_dtype(),
-                          device=like.device)
+    weights = torch.zeros(
+        size,
+        dtype=like.dtype if like.is_floating_point() else torch.get_default_dtype(),
+        device=like.device,
+    )
     weights[0] = 1.0
     return weights

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Optional
 
 import torch
 from torch import Tensor
@@ -21,7 +21,13 @@ from torch.distributions import (
     Uniform,
 )
 
-from scg.baselines.base import ControlVariate, SignalContext, check_baseline, cost_function, signal_rows
+from scg.baselines.base import (
+    ControlVariate,
+    SignalContext,
+    check_baseline,
+    cost_function,
+    signal_rows,
+)
 from scg.baselines.simple import Normalize
 from scg.estimators.base import Cost, Estimator, Parts
 from scg.laws import Law, StandardNormal, StandardUniform, distribution_of, law_like
@@ -67,7 +73,9 @@ _REGISTRY: dict[type, _Reparam] = {
 }
 
 
-def _reparameterize(dist: Distribution) -> Optional[tuple[type[Law], Callable[[Tensor], Tensor], Distribution]]:
+def _reparameterize(
+    dist: Distribution,
+) -> tuple[type[Law], Callable[[Tensor], Tensor], Distribution] | None:
     """``(law class, noise -> sample, innermost distribution)`` or ``None`` (one walk of the wrappers)."""
     inner = dist
     transforms: list = []
@@ -98,7 +106,7 @@ def _reparameterize(dist: Distribution) -> Optional[tuple[type[Law], Callable[[T
     return law_cls, sample, base
 
 
-def reparameterize(dist: Distribution) -> Optional[tuple[type[Law], Callable[[Tensor], Tensor]]]:
+def reparameterize(dist: Distribution) -> tuple[type[Law], Callable[[Tensor], Tensor]] | None:
     """Explicit noise for ``dist``: ``(law class, noise -> sample)``, or ``None``.
 
     Handles ``Independent`` and ``TransformedDistribution`` wrappers (LogNormal,
@@ -119,9 +127,9 @@ class ImplicitSample(Law):
     refuses), and a graph cannot replay it.
     """
 
-    dist: Optional[Distribution] = None
+    dist: Distribution | None = None
 
-    def sample(self, generator: Optional[torch.Generator] = None) -> Tensor:
+    def sample(self, generator: torch.Generator | None = None) -> Tensor:
         return distribution_of(self, generator).rsample(self.shape[:1])
 
 
@@ -198,13 +206,15 @@ class Pathwise(Estimator):
         §7 (control variates; §7.2 delta method). https://arxiv.org/abs/1906.10652
     """
 
-    def __init__(self, baseline: Optional[ControlVariate] = None) -> None:
+    def __init__(self, baseline: ControlVariate | None = None) -> None:
         super().__init__()
         self.baseline = check_baseline(
-            baseline, (Normalize,),
+            baseline,
+            (Normalize,),
             "`baseline` must not contain Normalize for Pathwise: it rescales a score-function learning signal, "
             "which the pathwise gradient has none of. Use Delta (a control variate whose expectation is known) "
-            "or no baseline.")
+            "or no baseline.",
+        )
         self.unbiased = baseline is None or baseline.unbiased
 
     def check(self, dist: Distribution) -> None:
@@ -223,21 +233,29 @@ class Pathwise(Estimator):
             shape = (num_samples, *dist.batch_shape, *dist.event_shape)
             return {"z": ImplicitSample(shape=shape, dist=dist)}
         law_cls, _, base = rep
-        return {"eps": law_like(law_cls, (num_samples, *base.batch_shape, *base.event_shape), base.mean)}
+        return {
+            "eps": law_like(law_cls, (num_samples, *base.batch_shape, *base.event_shape), base.mean)
+        }
 
-    def parts(self, dist: Distribution, draws: dict[str, Tensor], *, context: Optional[Tensor] = None) -> Parts:
+    def parts(
+        self, dist: Distribution, draws: dict[str, Tensor], *, context: Tensor | None = None
+    ) -> Parts:
         if "eps" not in draws:  # implicit reparameterisation: the draw is dist.rsample's own sample
             z = draws["z"]
         else:
             rep = _reparameterize(dist)
             if rep is None:
-                raise TypeError(f"`dist` {type(dist).__name__} has no explicit noise for Pathwise draws.")
+                raise TypeError(
+                    f"`dist` {type(dist).__name__} has no explicit noise for Pathwise draws."
+                )
             z = rep[1](draws["eps"])
         baseline = self.baseline
         if baseline is None:
             return Parts(z)
 
-        def term(signal: Tensor, f: Optional[Cost], sample_dims: int) -> tuple[Tensor, Optional[Tensor]]:
+        def term(
+            signal: Tensor, f: Cost | None, sample_dims: int
+        ) -> tuple[Tensor, Tensor | None]:
             shape = signal.shape
             rows = signal_rows(signal, sample_dims, baseline)
             lp = dist.log_prob(z.detach()).detach().reshape(rows.shape)
@@ -249,4 +267,3 @@ class Pathwise(Estimator):
             return (subtracted.detach() - subtracted).reshape(shape), extra
 
         return Parts(z, term=term)
-

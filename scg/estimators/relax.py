@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Distribution
-
-import torch.nn.functional as F
 
 from scg._checks import check_positive
 from scg.estimators.base import Cost, Estimator, Parts
@@ -114,11 +112,15 @@ class RELAX(Estimator):
         latent variable models", NeurIPS 2017. https://arxiv.org/abs/1703.07370
     """
 
-    def __init__(self, control_variate: Optional[nn.Module] = None) -> None:
+    def __init__(self, control_variate: nn.Module | None = None) -> None:
         super().__init__()
         if control_variate is not None and not isinstance(control_variate, nn.Module):
-            raise TypeError(f"`control_variate` must be an nn.Module; got {type(control_variate).__name__}.")
-        self.control_variate = control_variate if control_variate is not None else REBARControlVariate()
+            raise TypeError(
+                f"`control_variate` must be an nn.Module; got {type(control_variate).__name__}."
+            )
+        self.control_variate = (
+            control_variate if control_variate is not None else REBARControlVariate()
+        )
 
     def check(self, dist: Distribution) -> None:
         bernoulli_base(dist, "RELAX")
@@ -136,7 +138,9 @@ class RELAX(Estimator):
             "v": StandardUniform(shape=shape, **kw),
         }
 
-    def parts(self, dist: Distribution, draws: dict[str, Tensor], *, context: Optional[Tensor] = None) -> Parts:
+    def parts(
+        self, dist: Distribution, draws: dict[str, Tensor], *, context: Tensor | None = None
+    ) -> Parts:
         base, _ = bernoulli_base(dist, "RELAX")
         u, v = draws["u"], draws["v"]
         eps = torch.finfo(u.dtype).eps
@@ -146,7 +150,9 @@ class RELAX(Estimator):
         b = (phi0 + _logit(u) > 0).to(u.dtype)
         cv = self.control_variate
 
-        def term(signal: Tensor, f: Optional[Cost], sample_dims: int) -> tuple[Tensor, Optional[Tensor]]:
+        def term(
+            signal: Tensor, f: Cost | None, sample_dims: int
+        ) -> tuple[Tensor, Tensor | None]:
             cost_fn = f if f is not None else _no_cost_function
             f_b = signal.detach()
             psi = dict(cv.named_parameters())
@@ -175,10 +181,13 @@ class RELAX(Estimator):
                 return (signal_ * log_p + checked_cv(params, z) - checked_cv(params, z_tilde)).sum()
 
             def g_hat(params: dict[str, Tensor]) -> Tensor:
-                return torch.func.grad(inner)(phi0, params)  # [n, *batch, *event]: per-row estimates
+                return torch.func.grad(inner)(
+                    phi0, params
+                )  # [n, *batch, *event]: per-row estimates
 
             extra = None
             if psi:
+
                 def mean_square(params: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
                     g = g_hat(params)
                     return (g * g).sum() / math.prod(f_b.shape[:sample_dims]), g

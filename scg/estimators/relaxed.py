@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor
 from torch.distributions import Bernoulli, Categorical, Distribution, OneHotCategorical
@@ -49,9 +47,11 @@ class _Relaxation(Estimator):
             jump = self._jump(torch.sigmoid(ref.detach()))
             if jump is not None:  # where the discrete sample, hence the integrand, jumps in u
                 points = jump.expand(shape).unsqueeze(-1)
-        return {"u": StandardUniform(shape=shape, dtype=ref.dtype, device=ref.device, points=points)}
+        return {
+            "u": StandardUniform(shape=shape, dtype=ref.dtype, device=ref.device, points=points)
+        }
 
-    def _jump(self, p: Tensor) -> Optional[Tensor]:
+    def _jump(self, p: Tensor) -> Tensor | None:
         return None
 
 
@@ -91,7 +91,9 @@ class GumbelSoftmax(_Relaxation):
         self.temperature = check_positive("temperature", temperature)
         self.hard = bool(hard)
 
-    def parts(self, dist: Distribution, draws: dict[str, Tensor], *, context: Optional[Tensor] = None) -> Parts:
+    def parts(
+        self, dist: Distribution, draws: dict[str, Tensor], *, context: Tensor | None = None
+    ) -> Parts:
         base = _discrete_base(dist, self.name)
         u = draws["u"]
         if isinstance(base, Bernoulli):
@@ -107,7 +109,7 @@ class GumbelSoftmax(_Relaxation):
                 y = hard + (y - y.detach())
         return Parts(y)
 
-    def _jump(self, p: Tensor) -> Optional[Tensor]:
+    def _jump(self, p: Tensor) -> Tensor | None:
         return 1 - p if self.hard else None
 
     def extra_repr(self) -> str:
@@ -135,7 +137,9 @@ class StraightThrough(_Relaxation):
 
     name = "StraightThrough"
 
-    def parts(self, dist: Distribution, draws: dict[str, Tensor], *, context: Optional[Tensor] = None) -> Parts:
+    def parts(
+        self, dist: Distribution, draws: dict[str, Tensor], *, context: Tensor | None = None
+    ) -> Parts:
         base = _discrete_base(dist, self.name)
         u = draws["u"]
         if isinstance(base, Bernoulli):
@@ -149,7 +153,7 @@ class StraightThrough(_Relaxation):
             y = hard + (probs - probs.detach())
         return Parts(y)
 
-    def _jump(self, p: Tensor) -> Optional[Tensor]:
+    def _jump(self, p: Tensor) -> Tensor | None:
         return p
 
     def extra_repr(self) -> str:

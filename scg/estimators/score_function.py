@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 from torch import Tensor
 from torch.distributions import Distribution
 
 from scg._dice import baseline_rows
 from scg._dist import parameters_of
-from scg.baselines.base import ControlVariate, SignalContext, check_baseline, cost_function, signal_rows
+from scg.baselines.base import (
+    ControlVariate,
+    SignalContext,
+    check_baseline,
+    cost_function,
+    signal_rows,
+)
 from scg.estimators.base import Cost, Estimator, Parts
 from scg.laws import FromDistribution, Law
 
 __all__ = ["ScoreFunction"]
-
 
 
 class ScoreFunction(Estimator):
@@ -59,7 +62,7 @@ class ScoreFunction(Estimator):
         https://arxiv.org/abs/1802.05098
     """
 
-    def __init__(self, baseline: Optional[ControlVariate] = None) -> None:
+    def __init__(self, baseline: ControlVariate | None = None) -> None:
         super().__init__()
         self.baseline = check_baseline(baseline)
         self.unbiased = baseline is None or baseline.unbiased
@@ -70,14 +73,18 @@ class ScoreFunction(Estimator):
         kw = {} if ref is None else {"dtype": ref.dtype, "device": ref.device}
         return {"z": FromDistribution(shape=shape, dist=dist, **kw)}
 
-    def parts(self, dist: Distribution, draws: dict[str, Tensor], *, context: Optional[Tensor] = None) -> Parts:
+    def parts(
+        self, dist: Distribution, draws: dict[str, Tensor], *, context: Tensor | None = None
+    ) -> Parts:
         z = draws["z"].detach()  # replayed draws may be attached; the score function needs z fixed
         log_q = dist.log_prob(z)
         baseline = self.baseline
         if baseline is None:
             return Parts(z, log_prob=log_q)
 
-        def term(signal: Tensor, f: Optional[Cost], sample_dims: int) -> tuple[Tensor, Optional[Tensor]]:
+        def term(
+            signal: Tensor, f: Cost | None, sample_dims: int
+        ) -> tuple[Tensor, Tensor | None]:
             shape = signal.shape
             rows = signal_rows(signal, sample_dims, baseline)
             lp = log_q if sample_dims == 1 else log_q.reshape(rows.shape)

@@ -7,4 +7,5 @@ derivatives of any order), per-node control variates. See :class:`Graph`.
 """
 
 from scg.graph._graph import Graph
+
 __all__ = ["Graph"]

@@ -20,7 +20,7 @@ References:
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from scg.graph._dataflow import Tracker, aligned_shape
 from scg.graph._nodes import Cost, Node, starts_with
@@ -56,7 +56,9 @@ def resolve_dependencies(
     if len(deps) * 4 >= len(scoring):
         scored = tuple([n for n in scoring if n in deps])
     else:  # a few dependencies among many score-function nodes
-        scored = tuple(sorted([n for n in deps if nodes[n].log_prob is not None], key=lambda n: nodes[n].order))
+        scored = tuple(
+            sorted([n for n in deps if nodes[n].log_prob is not None], key=lambda n: nodes[n].order)
+        )
     rank = max([nodes[n].rank for n in deps], default=1)
     shape = tuple(c.value.shape)
     if not starts_with(shape, list(sizes), rank):

@@ -35,14 +35,23 @@ that changes from one step to the next is always read as it is (costs:
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 from torch.distributions import Distribution, Transform
 
 from scg._torch import LEAF as _LEAF
-from scg._torch import in_transform, inputs_of, is_wrapped, leaf_variable, next_sequence_nr, sequence_nr, unwrapped
+from scg._torch import (
+    in_transform,
+    inputs_of,
+    is_wrapped,
+    leaf_variable,
+    next_sequence_nr,
+    sequence_nr,
+    unwrapped,
+)
 
 _CONTAINERS = (Distribution, Transform)
 
@@ -74,7 +83,7 @@ class Tracker:
         self.leaves: dict[int, str] = {}
         self.first_sequence_nr = -1  # no graph node yet
         self.closures: dict[str, frozenset[str]] = {}
-        self._marker: Optional[Tensor] = None
+        self._marker: Tensor | None = None
 
     def track(self, name: str, value: Tensor, ancestors: frozenset[str] = frozenset()) -> Tensor:
         """Register node ``name``'s value; return it as the graph hands it out.
@@ -91,15 +100,21 @@ class Tracker:
         if fn is None:
             if not in_transform():  # eager mode: the value becomes a leaf that requires grad
                 value = value.detach().requires_grad_()
-                self.leaves[id(value)] = name  # the graph's node keeps the value alive: the id stays its own
+                self.leaves[id(value)] = (
+                    name  # the graph's node keeps the value alive: the id stays its own
+                )
                 if self.first_sequence_nr < 0:
-                    self.first_sequence_nr = next_sequence_nr()  # every reader of the leaf is created from now on
+                    self.first_sequence_nr = (
+                        next_sequence_nr()
+                    )  # every reader of the leaf is created from now on
                 return value
             fn = autograd_node(value)  # under torch.func: look through the wrappers
             if fn is None:  # the transforms forbid requires_grad_: value + 0 with a zero leaf
                 marker = self._marker
                 if marker is None or marker.dtype != value.dtype or marker.device != value.device:
-                    marker = self._marker = torch.zeros((), dtype=value.dtype, device=value.device, requires_grad=True)
+                    marker = self._marker = torch.zeros(
+                        (), dtype=value.dtype, device=value.device, requires_grad=True
+                    )
                 value = value + marker
                 fn = autograd_node(value)
         if self.first_sequence_nr < 0:
@@ -116,10 +131,12 @@ class Tracker:
         found: set[str] = set()
         _roots_of(dist, roots, found, self.leaves, 0)
         if roots:
-            found |= walk(roots, self.boundaries, self.first_sequence_nr, self.leaves, self.closures, nodes)
+            found |= walk(
+                roots, self.boundaries, self.first_sequence_nr, self.leaves, self.closures, nodes
+            )
         return found
 
-    def origin(self, t: Tensor) -> tuple[Optional[Any], Optional[str]]:
+    def origin(self, t: Tensor) -> tuple[Any | None, str | None]:
         """Where ``t`` comes from: ``(autograd node, None)``, ``(None, name)`` if ``t`` is node ``name``'s leaf, or ``(None, None)``."""
         fn = t.grad_fn
         if fn is not None:
@@ -134,10 +151,12 @@ class Tracker:
         ``nodes``: how many graph nodes there were when ``root`` was created
         (later ones cannot be read by it).
         """
-        return walk((root,), self.boundaries, self.first_sequence_nr, self.leaves, self.closures, nodes)
+        return walk(
+            (root,), self.boundaries, self.first_sequence_nr, self.leaves, self.closures, nodes
+        )
 
 
-def autograd_node(t: Tensor) -> Optional[Any]:
+def autograd_node(t: Tensor) -> Any | None:
     """The autograd node that produced ``t`` (``None`` for leaves and constants).
 
     Looks through ``torch.func`` wrappers (batched tensors) to the level that
@@ -161,11 +180,11 @@ def is_tracked(t: Tensor) -> bool:
 
 
 def walk(
-    roots: Sequence[Optional[Any]],
+    roots: Sequence[Any | None],
     boundaries: Mapping[Any, str],
     first_sequence_nr: int = 0,
-    leaves: Optional[Mapping[int, str]] = None,
-    closures: Optional[Mapping[str, frozenset[str]]] = None,
+    leaves: Mapping[int, str] | None = None,
+    closures: Mapping[str, frozenset[str]] | None = None,
     nodes: int = 0,
 ) -> set[str]:
     """Names of the graph nodes whose autograd nodes are ancestors of ``roots`` (or are roots).
@@ -231,7 +250,9 @@ def walk(
     return found
 
 
-def _roots_of(obj: Any, roots: list[Any], found: set[str], leaves: Mapping[int, str], depth: int) -> None:
+def _roots_of(
+    obj: Any, roots: list[Any], found: set[str], leaves: Mapping[int, str], depth: int
+) -> None:
     """Collect the autograd nodes of the tensors a distribution was built from.
 
     Recurses into base distributions, transforms and lists or tuples of them
@@ -257,12 +278,14 @@ def _roots_of(obj: Any, roots: list[Any], found: set[str], leaves: Mapping[int, 
 
 def aligned_shape(
     source: tuple[int, ...], target: tuple[int, ...], lead: int = 1
-) -> Optional[tuple[int, ...]]:
+) -> tuple[int, ...] | None:
     """Shape of ``align(x, target, lead)`` for ``x`` of shape ``source``, or ``None`` if they do not align."""
     rank = len(target)
     if len(source) < lead:
         return None
-    shape = list(source[:rank]) if len(source) >= rank else list(source) + [1] * (rank - len(source))
+    shape = (
+        list(source[:rank]) if len(source) >= rank else list(source) + [1] * (rank - len(source))
+    )
     for i in range(lead):
         if shape[i] not in (1, target[i]) and target[i] != 1:
             return None

@@ -18,9 +18,6 @@ others, so it broadcasts against everything computed before.
 
 from __future__ import annotations
 
-from typing import Optional
-
-import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
@@ -35,8 +32,10 @@ def starts_with(shape: tuple[int, ...], sizes: list[int], rank: int) -> bool:
 
     S must be at position ``rank − 1``; an outer copy dim may be 1 (broadcast) or its size.
     """
-    return len(shape) >= rank and shape[rank - 1] == sizes[0] and all(
-        d in (1, sizes[rank - 1 - i]) for i, d in enumerate(shape[: rank - 1])
+    return (
+        len(shape) >= rank
+        and shape[rank - 1] == sizes[0]
+        and all(d in (1, sizes[rank - 1 - i]) for i, d in enumerate(shape[: rank - 1]))
     )
 
 
@@ -51,13 +50,42 @@ class Node:
         log_prob: ``[*sample dims, *batch]`` for score-function nodes while gradients are tracked.
     """
 
-    __slots__ = ("name", "dist", "estimator", "parts", "value", "draws", "child", "ancestors", "order",
-                 "log_prob", "integer_valued", "rank", "base_rank", "lift", "sample_shape")
+    __slots__ = (
+        "name",
+        "dist",
+        "estimator",
+        "parts",
+        "value",
+        "draws",
+        "child",
+        "ancestors",
+        "order",
+        "log_prob",
+        "integer_valued",
+        "rank",
+        "base_rank",
+        "lift",
+        "sample_shape",
+    )
 
-    def __init__(self, name: str, dist: Distribution, estimator: Estimator, parts: Parts, value: Tensor,
-                 draws: dict[str, Tensor], child: bool, ancestors: frozenset[str], order: int,
-                 log_prob: Optional[Tensor], integer_valued: bool, rank: int, base_rank: int, lift: int,
-                 sample_shape: tuple[int, ...]) -> None:
+    def __init__(
+        self,
+        name: str,
+        dist: Distribution,
+        estimator: Estimator,
+        parts: Parts,
+        value: Tensor,
+        draws: dict[str, Tensor],
+        child: bool,
+        ancestors: frozenset[str],
+        order: int,
+        log_prob: Tensor | None,
+        integer_valued: bool,
+        rank: int,
+        base_rank: int,
+        lift: int,
+        sample_shape: tuple[int, ...],
+    ) -> None:
         self.name = name
         self.dist = dist
         self.estimator = estimator
@@ -72,7 +100,9 @@ class Node:
         self.rank = rank
         self.base_rank = base_rank
         self.lift = lift
-        self.sample_shape = sample_shape  # the value's sample dims, outermost first (1 where broadcast)
+        self.sample_shape = (
+            sample_shape  # the value's sample dims, outermost first (1 where broadcast)
+        )
 
     @property
     def score(self) -> bool:
@@ -95,7 +125,7 @@ class Node:
         """Inverse of :meth:`to_graph` for a signal ``[*sample dims, *batch]``."""
         k = 1 if self.copies else 0
         if self.lift:
-            x = x.reshape(x.shape[0], *x.shape[1 + self.lift:])
+            x = x.reshape(x.shape[0], *x.shape[1 + self.lift :])
         if self.child:
             x = x.unsqueeze(k)
         return x
@@ -116,27 +146,50 @@ class Cost:
     score-function nodes among ``deps``, in sampling order; ``rank``: its sample dims.
     """
 
-    __slots__ = ("name", "value", "scale", "deps", "scored", "root", "known", "nodes_before", "rank", "narrow")
+    __slots__ = (
+        "name",
+        "value",
+        "scale",
+        "deps",
+        "scored",
+        "root",
+        "known",
+        "nodes_before",
+        "rank",
+        "narrow",
+    )
 
-    def __init__(self, name: str, value: Tensor, scale: float, root: Optional[object], known: set[str],
-                 nodes_before: int, narrow: bool) -> None:
+    def __init__(
+        self,
+        name: str,
+        value: Tensor,
+        scale: float,
+        root: object | None,
+        known: set[str],
+        nodes_before: int,
+        narrow: bool,
+    ) -> None:
         self.name = name
         self.value = value
         self.scale = scale
-        self.deps: Optional[frozenset[str]] = None
+        self.deps: frozenset[str] | None = None
         self.scored: tuple[str, ...] = ()
         self.root = root
         self.known = known
         self.nodes_before = nodes_before  # graph nodes when the cost was registered (the walk can find no later one)
         self.rank = 1
-        self.narrow = narrow  # depends_on given: assumed dependencies on integer-valued nodes are dropped
+        self.narrow = (
+            narrow  # depends_on given: assumed dependencies on integer-valued nodes are dropped
+        )
 
     def __repr__(self) -> str:
         deps = "pending" if self.deps is None else sorted(self.deps)
         return f"Cost({self.name!r}, deps={deps}, scale={self.scale})"
 
 
-def check_node_estimator(name: str, estimator: object, dist: Distribution, num_samples: int) -> Estimator:
+def check_node_estimator(
+    name: str, estimator: object, dist: Distribution, num_samples: int
+) -> Estimator:
     """Raise ``TypeError``/``ValueError`` unless ``estimator`` can serve node ``name``.
 
     It must be an :class:`~scg.Estimator` that implements ``parts``, apply to ``dist``,
@@ -144,7 +197,9 @@ def check_node_estimator(name: str, estimator: object, dist: Distribution, num_s
     variate), and have the samples its control variates need.
     """
     if not isinstance(estimator, Estimator):
-        raise TypeError(f"`estimator` of node {name!r} must be an scg Estimator; got {type(estimator).__name__}.")
+        raise TypeError(
+            f"`estimator` of node {name!r} must be an scg Estimator; got {type(estimator).__name__}."
+        )
     if type(estimator).parts is Estimator.parts:
         raise TypeError(
             f"`estimator` of node {name!r} must implement parts(dist, draws) to be a graph node; "
@@ -186,8 +241,8 @@ def draw_parts(
     estimator: Estimator,
     n: int,
     child: bool,
-    replay: Optional[dict[str, Tensor]],
-    context: Optional[Tensor],
+    replay: dict[str, Tensor] | None,
+    context: Tensor | None,
 ) -> tuple[Parts, dict[str, Tensor]]:
     """Draw (or replay) the node's randomness and return its estimator's parts and the draws."""
     laws = estimator.laws(dist, n)
@@ -208,7 +263,11 @@ def draw_parts(
             draws[key] = _replayed(name, key, replay[key], tuple(law.shape), child)
     parts = estimator.parts(dist, draws, context=context)
     if not isinstance(parts, Parts):
-        raise TypeError(f"`{type(estimator).__name__}.parts` must return scg.Parts; got {type(parts).__name__}.")
+        raise TypeError(
+            f"`{type(estimator).__name__}.parts` must return scg.Parts; got {type(parts).__name__}."
+        )
     if parts.copies is not None and parts.log_prob is not None:
-        raise ValueError(f"`{type(estimator).__name__}.parts` must not give both `log_prob` and `copies`.")
+        raise ValueError(
+            f"`{type(estimator).__name__}.parts` must not give both `log_prob` and `copies`."
+        )
     return parts, draws

@@ -14,7 +14,7 @@ the one-node case.
 from __future__ import annotations
 
 import math
-from typing import Collection, Iterable, Mapping, Optional, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -28,12 +28,12 @@ from scg.graph._nodes import Cost, Node
 __all__ = ["surrogate", "signal_of", "check_finite"]
 
 
-def _axes(axes: Sequence[Optional[Tensor]], rank: int) -> list[Optional[Tensor]]:
+def _axes(axes: Sequence[Tensor | None], rank: int) -> list[Tensor | None]:
     """Weights of the first ``rank`` sample dims, outermost first (the order of a tensor's dims)."""
     return list(reversed(axes[:rank]))
 
 
-def _mean_dim(x: Tensor, dim: int, w: Optional[Tensor]) -> Tensor:
+def _mean_dim(x: Tensor, dim: int, w: Tensor | None) -> Tensor:
     if w is None:
         return x.mean(dim, keepdim=True)
     shape = [1] * x.dim()
@@ -41,7 +41,9 @@ def _mean_dim(x: Tensor, dim: int, w: Optional[Tensor]) -> Tensor:
     return (w.to(x).reshape(shape) * x).sum(dim, keepdim=True)
 
 
-def signal_of(node: Node, costs: Iterable[Cost], axes: Sequence[Optional[Tensor]]) -> Optional[Tensor]:
+def signal_of(
+    node: Node, costs: Iterable[Cost], axes: Sequence[Tensor | None]
+) -> Tensor | None:
     """Node w's learning signal :math:`A_w = \\sum_{c ∋ w} s_c c` in w's graph shape ``[*sample dims, *batch]``.
 
     A cost's sample dims beyond w's, and those along which w's value is broadcast, are
@@ -50,8 +52,11 @@ def signal_of(node: Node, costs: Iterable[Cost], axes: Sequence[Optional[Tensor]
     """
     lead = node.rank
     sample = node.sample_shape
-    shape = (*sample, *(node.dist.batch_shape[node.base_rank:] if node.child else node.dist.batch_shape))
-    signal: Optional[Tensor] = None
+    shape = (
+        *sample,
+        *(node.dist.batch_shape[node.base_rank :] if node.child else node.dist.batch_shape),
+    )
+    signal: Tensor | None = None
     for c in costs:
         if node.name not in c.deps:  # type: ignore[operator]
             continue
@@ -80,7 +85,7 @@ def _check_separable(node: Node, c: Cost, x: Tensor, shape: tuple[int, ...]) -> 
 
 
 def surrogate(
-    nodes: Mapping[str, Node], costs: Collection[Cost], axes: Sequence[Optional[Tensor]], grad: bool
+    nodes: Mapping[str, Node], costs: Collection[Cost], axes: Sequence[Tensor | None], grad: bool
 ) -> Tensor:
     """The graph's scalar surrogate (see the module docstring); only the value when ``grad`` is False.
 
@@ -88,9 +93,9 @@ def surrogate(
         ValueError: the surrogate is not finite (see :func:`check_finite`).
     """
     boxes: dict[tuple[tuple[str, ...], tuple[int, ...]], Tensor] = {}
-    total: Optional[Tensor] = None
+    total: Tensor | None = None
     for c in costs:
-        tau: Optional[Tensor] = None
+        tau: Tensor | None = None
         if grad and c.scored:
             shape = tuple(c.value.shape)
             key = (c.scored, shape)
@@ -138,12 +143,17 @@ def check_finite(total: Tensor, costs: Iterable[Cost]) -> None:
     ``RuntimeError`` that does not name the cost.
     """
     if compiling():
-        queue_finite_check(total, "the surrogate must be finite; got inf or nan: check the costs' values "
-                                  "and the control variates' inputs.")
+        queue_finite_check(
+            total,
+            "the surrogate must be finite; got inf or nan: check the costs' values "
+            "and the control variates' inputs.",
+        )
         return
     if not host_checkable(total) or math.isfinite(total.item()):
         return
     for c in costs:
         if not bool(torch.isfinite(c.value).all()):
             raise ValueError(f"`value` of cost {c.name!r} must be finite; got inf or nan.")
-    raise ValueError("the surrogate is not finite (inf or nan): check the control variates' inputs.")
+    raise ValueError(
+        "the surrogate is not finite (inf or nan): check the control variates' inputs."
+    )

@@ -69,4 +69,11 @@ References:
 from scg.testing import costs, quadrature
 from scg.testing.harness import ExactMoments, assert_unbiased, exact_gradient, exact_moments
 
-__all__ = ["ExactMoments", "exact_moments", "exact_gradient", "assert_unbiased", "costs", "quadrature"]
+__all__ = [
+    "ExactMoments",
+    "exact_moments",
+    "exact_gradient",
+    "assert_unbiased",
+    "costs",
+    "quadrature",
+]

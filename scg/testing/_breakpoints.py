@@ -17,12 +17,21 @@ nested rule of (M, U) (see :func:`scg.testing._rules.nested_uniform_spec`).
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Union
 
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.distributions import Cauchy, Distribution, Exponential, Laplace, Normal, TransformedDistribution, Uniform
+from torch.distributions import (
+    Cauchy,
+    Distribution,
+    Exponential,
+    Laplace,
+    Normal,
+    TransformedDistribution,
+    Uniform,
+)
 
 from scg._dist import unwrap
 from scg.laws import FromDistribution, Law, StandardUniform
@@ -32,7 +41,7 @@ __all__ = ["Breakpoints", "z_points", "law_points", "nested_points"]
 Breakpoints = Union[None, float, Sequence[float], Tensor, dict]
 
 
-def z_points(breakpoints: Breakpoints, dist: Distribution) -> Optional[np.ndarray]:
+def z_points(breakpoints: Breakpoints, dist: Distribution) -> np.ndarray | None:
     """User breakpoints in z-space as ``[M, k]`` over the sample's scalar elements."""
     if breakpoints is None or isinstance(breakpoints, dict):
         return None
@@ -41,7 +50,11 @@ def z_points(breakpoints: Breakpoints, dist: Distribution) -> Optional[np.ndarra
     if pts.dim() == 0:
         pts = pts.reshape(1)
     try:
-        pts = pts.expand(*shape, pts.shape[-1]) if pts.dim() == 1 else torch.broadcast_to(pts, (*shape, pts.shape[-1]))
+        pts = (
+            pts.expand(*shape, pts.shape[-1])
+            if pts.dim() == 1
+            else torch.broadcast_to(pts, (*shape, pts.shape[-1]))
+        )
     except RuntimeError as exc:
         raise ValueError(
             f"`breakpoints` must broadcast to [*batch_shape, *event_shape, k] = {[*shape, 'k']}; "
@@ -51,8 +64,9 @@ def z_points(breakpoints: Breakpoints, dist: Distribution) -> Optional[np.ndarra
     return pts.reshape(M, -1).numpy()
 
 
-def _pathwise_points(estimator: nn.Module, dist: Distribution, law: Law,
-                     points: Optional[np.ndarray]) -> Optional[np.ndarray]:
+def _pathwise_points(
+    estimator: nn.Module, dist: Distribution, law: Law, points: np.ndarray | None
+) -> np.ndarray | None:
     """Map z-space breakpoints into a Pathwise estimator's noise space (elementwise monotone maps only).
 
     Also adds the kink of the noise map itself (Laplace: u = ½).
@@ -83,7 +97,7 @@ def _pathwise_points(estimator: nn.Module, dist: Distribution, law: Law,
     pts = torch.as_tensor(np.tile(points, (numel // points.shape[0], 1)), dtype=torch.float64)
     lo, hi = (float(b) for b in law.support)
     lo = max(lo, -40.0) if not math.isfinite(lo) else lo + torch.finfo(torch.float64).tiny
-    hi = min(hi, 40.0) if not math.isfinite(hi) else hi - 2.0 ** -53
+    hi = min(hi, 40.0) if not math.isfinite(hi) else hi - 2.0**-53
     sample = rep[1]
     out = []
     if isinstance(inner, Laplace) and isinstance(law, StandardUniform):
@@ -105,8 +119,9 @@ def _pathwise_points(estimator: nn.Module, dist: Distribution, law: Law,
     return torch.stack(out, -1).numpy() if out else None
 
 
-def law_points(estimator: nn.Module, dist: Distribution, name: str, law: Law,
-                breakpoints: Breakpoints) -> Optional[np.ndarray]:
+def law_points(
+    estimator: nn.Module, dist: Distribution, name: str, law: Law, breakpoints: Breakpoints
+) -> np.ndarray | None:
     if isinstance(breakpoints, dict):
         if name not in breakpoints:
             return None
@@ -117,17 +132,27 @@ def law_points(estimator: nn.Module, dist: Distribution, name: str, law: Law,
         return z
     standard = _measure_valued_normal(estimator, dist, law, z)
     if standard is not None:
-        return {"eps": standard, "m": standard, "w": np.concatenate([standard, -standard], 1)}.get(name)
+        return {"eps": standard, "m": standard, "w": np.concatenate([standard, -standard], 1)}.get(
+            name
+        )
     hook = getattr(estimator, "noise_breakpoints", None)
-    if callable(hook) and z is not None:  # an estimator may map z-space points into its own noise space
+    if (
+        callable(hook) and z is not None
+    ):  # an estimator may map z-space points into its own noise space
         mapped = hook(dist, int(law.shape[0]), torch.as_tensor(z)).get(name)
-        return None if mapped is None else torch.as_tensor(mapped, dtype=torch.float64).reshape(
-            int(np.prod(law.shape)), -1).numpy()
+        return (
+            None
+            if mapped is None
+            else torch.as_tensor(mapped, dtype=torch.float64)
+            .reshape(int(np.prod(law.shape)), -1)
+            .numpy()
+        )
     return _pathwise_points(estimator, dist, law, z)
 
 
-def _measure_valued_normal(estimator: nn.Module, dist: Distribution, law: Law,
-                           z: Optional[np.ndarray]) -> Optional[np.ndarray]:
+def _measure_valued_normal(
+    estimator: nn.Module, dist: Distribution, law: Law, z: np.ndarray | None
+) -> np.ndarray | None:
     """``(b − μ)/σ`` per element of the law ``[numel, k]`` for MeasureValued on a Normal, else None."""
     from scg.estimators.measure_valued import MeasureValued
 
@@ -141,8 +166,9 @@ def _measure_valued_normal(estimator: nn.Module, dist: Distribution, law: Law,
     return np.tile(per_element, (int(np.prod(law.shape)) // len(per_element), 1))
 
 
-def nested_points(estimator: nn.Module, dist: Distribution, laws: dict[str, Law],
-                  breakpoints: Breakpoints) -> dict[str, tuple[str, np.ndarray]]:
+def nested_points(
+    estimator: nn.Module, dist: Distribution, laws: dict[str, Law], breakpoints: Breakpoints
+) -> dict[str, tuple[str, np.ndarray]]:
     """``{law: (outer law, cuts [numel, k])}``: laws whose jumps lie at ``cut / outer`` (nested rules)."""
     if "m" not in laws or "u" not in laws or isinstance(breakpoints, dict):
         return {}

@@ -9,7 +9,7 @@ with the mean of an estimator's gradient from :func:`scg.testing.exact_moments`.
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence, Union
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -22,7 +22,14 @@ from scg.laws import FromDistribution
 from scg.testing import _grid, _rules
 from scg.testing._breakpoints import Breakpoints, z_points
 from scg.testing._refine import refine
-from scg.testing._util import as_params, check_int, check_nodes, check_tolerance, flat, no_validation
+from scg.testing._util import (
+    as_params,
+    check_int,
+    check_nodes,
+    check_tolerance,
+    flat,
+    no_validation,
+)
 
 __all__ = ["exact_gradient", "MakeDist"]
 
@@ -31,11 +38,11 @@ MakeDist = Callable[..., Distribution]
 
 def exact_gradient(
     make_dist: MakeDist,
-    params: Union[Tensor, Sequence[Tensor]],
+    params: Tensor | Sequence[Tensor],
     f: Callable[[Tensor], Tensor],
     *,
     breakpoints: Breakpoints = None,
-    nodes: Union[None, int, dict[str, int]] = None,
+    nodes: None | int | dict[str, int] = None,
     max_points: int = 2_000_000,
     rtol: float = 1e-8,
     atol: float = 1e-12,
@@ -78,12 +85,17 @@ def exact_gradient(
         groups = _grid.batch_groups(specs, shapes, tuple(dist0.batch_shape))
         fill = None
         if len(groups) > 1:  # batch elements one at a time (∇ is linear), the others held fixed
-            fill = _grid.fill_values(_grid.build(specs, [1] * len(specs), dtypes, device), shapes, dtypes, device)
+            fill = _grid.fill_values(
+                _grid.build(specs, [1] * len(specs), dtypes, device), shapes, dtypes, device
+            )
         leaves = tuple(p.clone().requires_grad_(True) for p in ps)
         P = sum(p.numel() for p in ps)
 
-        def accumulate(g: _grid.Grid, term: Callable[[Distribution, Tensor, Tensor], Tensor],
-                       out: tuple[Tensor, Tensor]) -> None:
+        def accumulate(
+            g: _grid.Grid,
+            term: Callable[[Distribution, Tensor, Tensor], Tensor],
+            out: tuple[Tensor, Tensor],
+        ) -> None:
             """Add the gradient of ``Σ w·term`` over the grid to ``out[0]``, its chunks' sizes to ``out[1]``."""
             for draws, w in g.chunks(_grid.chunk_size(shapes)):
                 z = draws["z"].reshape(len(w), *shape[1:])
@@ -91,7 +103,9 @@ def exact_gradient(
                 cost = evaluate(f, z, dist, len(w))
                 obj = (w * term(dist, z, cost.double().reshape(len(w), -1))).sum()
                 grads = torch.autograd.grad(obj, leaves, allow_unused=True)
-                chunk = flat([torch.zeros_like(p) if gr is None else gr for p, gr in zip(leaves, grads)])
+                chunk = flat(
+                    [torch.zeros_like(p) if gr is None else gr for p, gr in zip(leaves, grads, strict=False)]
+                )
                 out[0].add_(chunk)
                 out[1].add_(chunk.abs())
 
@@ -103,27 +117,53 @@ def exact_gradient(
                 out = c * magic_box(d.log_prob(z).double().reshape(len(c), -1))
                 return out[:, b] if len(groups) > 1 else out.sum(1)
 
-            def gradient(counts: list[int], sub: list[_rules.Spec] = sub,
-                         score_term: Callable = score_term) -> tuple[Tensor, Tensor]:
-                out = (torch.zeros(P, dtype=torch.float64, device=device),
-                       torch.zeros(P, dtype=torch.float64, device=device))
+            def gradient(
+                counts: list[int], sub: list[_rules.Spec] = sub, score_term: Callable = score_term
+            ) -> tuple[Tensor, Tensor]:
+                out = (
+                    torch.zeros(P, dtype=torch.float64, device=device),
+                    torch.zeros(P, dtype=torch.float64, device=device),
+                )
                 variables = _grid.build(sub, counts, dtypes, device)
                 accumulate(_grid.Grid(variables, shapes, dtypes, device, fill), score_term, out)
                 if isinstance(base, Uniform):
-                    _uniform_boundaries(lambda g, term: accumulate(g, term, out), base, variables, dist0,
-                                        shapes, dtypes, device, fill)
+                    _uniform_boundaries(
+                        lambda g, term: accumulate(g, term, out),
+                        base,
+                        variables,
+                        dist0,
+                        shapes,
+                        dtypes,
+                        device,
+                        fill,
+                    )
                 return out[0][None], out[1][None]
 
             start = _grid.choose_nodes(sub, max_points, nodes, headroom=2)
-            done = refine(sub, start, gradient, rtol=rtol, atol=atol, max_points=max_points,
-                          what="exact_gradient", rows=("gradient",))
+            done = refine(
+                sub,
+                start,
+                gradient,
+                rtol=rtol,
+                atol=atol,
+                max_points=max_points,
+                what="exact_gradient",
+                rows=("gradient",),
+            )
             total = total + done.value[0]
     return total
 
 
-def _uniform_boundaries(accumulate: Callable, base: Uniform, variables: list[_grid.Variable],
-                        dist0: Distribution, shapes: dict, dtypes: dict, device: torch.device,
-                        fill: Optional[dict[str, Tensor]]) -> None:
+def _uniform_boundaries(
+    accumulate: Callable,
+    base: Uniform,
+    variables: list[_grid.Variable],
+    dist0: Distribution,
+    shapes: dict,
+    dtypes: dict,
+    device: torch.device,
+    fill: dict[str, Tensor] | None,
+) -> None:
     """Add ``±q(bound) E[f | z_j = bound] ∇bound`` for every element j of a Uniform (Leibniz)."""
     batch = tuple(base.batch_shape)
     M = int(np.prod(batch)) if batch else 1
@@ -134,14 +174,32 @@ def _uniform_boundaries(accumulate: Callable, base: Uniform, variables: list[_gr
         j = int(var.positions[0])  # one sample: the position is the element
         for name, sign in (("high", 1.0), ("low", -1.0)):
             value = (high if name == "high" else low)[j]
-            fixed = _grid.Variable("z", var.positions, value.reshape(1, 1).to(dtypes["z"]),
-                                   torch.ones(1, dtype=torch.float64, device=device),
-                                   torch.zeros(1, dtype=torch.long, device=device))
-            grid = _grid.Grid([fixed if k == i else v for k, v in enumerate(variables)], shapes, dtypes, device, fill)
+            fixed = _grid.Variable(
+                "z",
+                var.positions,
+                value.reshape(1, 1).to(dtypes["z"]),
+                torch.ones(1, dtype=torch.float64, device=device),
+                torch.zeros(1, dtype=torch.long, device=device),
+            )
+            grid = _grid.Grid(
+                [fixed if k == i else v for k, v in enumerate(variables)],
+                shapes,
+                dtypes,
+                device,
+                fill,
+            )
             density = 1.0 / float(high[j] - low[j])
 
-            def term(d: Distribution, z: Tensor, c: Tensor, j: int = j, b: int = j // per_batch,
-                     name: str = name, sign: float = sign, density: float = density) -> Tensor:
+            def term(
+                d: Distribution,
+                z: Tensor,
+                c: Tensor,
+                j: int = j,
+                b: int = j // per_batch,
+                name: str = name,
+                sign: float = sign,
+                density: float = density,
+            ) -> Tensor:
                 inner, _ = unwrap(d)
                 bound = getattr(inner, name).expand(batch).reshape(-1)[j]
                 return sign * density * c[:, b] * (bound - bound.detach()).double()

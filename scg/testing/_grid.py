@@ -11,8 +11,8 @@ piece) — e.g. the value's noise in measure-valued estimators, or DisARM's unif
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -20,8 +20,18 @@ from torch import Tensor
 
 from scg.testing._rules import Spec, rule
 
-__all__ = ["Variable", "Grid", "choose_nodes", "grid_points", "build", "make_grid", "chunk_size", "freeze", "batch_groups",
-           "fill_values"]
+__all__ = [
+    "Variable",
+    "Grid",
+    "choose_nodes",
+    "grid_points",
+    "build",
+    "make_grid",
+    "chunk_size",
+    "freeze",
+    "batch_groups",
+    "fill_values",
+]
 
 # (n_start, n_comfortable, n_min) nodes per piece, by rule kind: the starting counts of
 # the error-controlled refinement (scg.testing._refine doubles them where needed). Counts
@@ -46,7 +56,9 @@ class Variable:
     values: Tensor  # [m, width (+ width of the partner)]
     weights: Tensor  # [m] float64
     piece: Tensor  # [m] long, the piece of every node (discrete values: one piece each)
-    partner: Optional[tuple[str, Tensor]] = None  # a second law's (name, positions) in a nested rule
+    partner: tuple[str, Tensor] | None = (
+        None  # a second law's (name, positions) in a nested rule
+    )
 
     def columns(self) -> list[tuple[str, Tensor, slice]]:
         """``(law, positions, columns of values)`` for the law and its partner."""
@@ -66,7 +78,7 @@ def _count(spec: Spec, n: int) -> int:
 
 def grid_points(specs: list[Spec], counts: list[int]) -> float:
     """Number of points of the grid with these node counts (an upper bound: rules may drop nodes)."""
-    return math.prod(_count(s, n) for s, n in zip(specs, counts))
+    return math.prod(_count(s, n) for s, n in zip(specs, counts, strict=False))
 
 
 def _power_of_ten(log_value: float) -> str:
@@ -76,8 +88,13 @@ def _power_of_ten(log_value: float) -> str:
     return f"10^{log_value / math.log(10):.1f}"
 
 
-def choose_nodes(specs: list[Spec], max_points: int, nodes: Union[None, int, dict[str, int]], *,
-                 headroom: int = 1) -> list[int]:
+def choose_nodes(
+    specs: list[Spec],
+    max_points: int,
+    nodes: None | int | dict[str, int],
+    *,
+    headroom: int = 1,
+) -> list[int]:
     """Starting nodes per piece for every variable: a grid of at most ``max_points / headroom`` points.
 
     ``nodes`` (an int for every continuous variable, or ``{law name: int}`` for some
@@ -89,22 +106,34 @@ def choose_nodes(specs: list[Spec], max_points: int, nodes: Union[None, int, dic
     fixed = [s.size for s in specs if s.kind == "fixed"]
     log_fixed = sum(math.log(k) for k in fixed)
     cont = [i for i, s in enumerate(specs) if s.kind != "fixed"]
-    given = {i: nodes if isinstance(nodes, int) else nodes[specs[i].law] for i in cont
-             if nodes is not None and (isinstance(nodes, int) or specs[i].law in nodes)}
-    counts = [given.get(i, _LIMITS[s.kind][0] if s.kind != "fixed" else 0) for i, s in enumerate(specs)]
+    given = {
+        i: nodes if isinstance(nodes, int) else nodes[specs[i].law]
+        for i in cont
+        if nodes is not None and (isinstance(nodes, int) or specs[i].law in nodes)
+    }
+    counts = [
+        given.get(i, _LIMITS[s.kind][0] if s.kind != "fixed" else 0) for i, s in enumerate(specs)
+    ]
 
     def log_total() -> float:
         return log_fixed + sum(math.log(_count(specs[i], counts[i])) for i in cont)
 
     room = max(1, max_points // headroom)
     floors = [given.get(i, _LIMITS[specs[i].kind][2]) for i in cont]
-    log_min = log_fixed + sum(math.log(_count(specs[i], n)) for i, n in zip(cont, floors))
-    if log_min > math.log(room) + 1e-9:  # even the smallest grid is too large: refuse in O(variables)
-        counts = [given.get(i, _LIMITS[s.kind][2] if s.kind != "fixed" else 0) for i, s in enumerate(specs)]
+    log_min = log_fixed + sum(math.log(_count(specs[i], n)) for i, n in zip(cont, floors, strict=False))
+    if (
+        log_min > math.log(room) + 1e-9
+    ):  # even the smallest grid is too large: refuse in O(variables)
+        counts = [
+            given.get(i, _LIMITS[s.kind][2] if s.kind != "fixed" else 0)
+            for i, s in enumerate(specs)
+        ]
     elif len(given) < len(cont):
         for limit, floor in ((min(_TARGET, room), 1), (room, 2)):
             while log_total() > math.log(limit) + 1e-9:
-                movable = [i for i in cont if i not in given and counts[i] > _LIMITS[specs[i].kind][floor]]
+                movable = [
+                    i for i in cont if i not in given and counts[i] > _LIMITS[specs[i].kind][floor]
+                ]
                 if not movable:
                     break
                 i = max(movable, key=lambda i: counts[i] / _LIMITS[specs[i].kind][0])
@@ -112,7 +141,9 @@ def choose_nodes(specs: list[Spec], max_points: int, nodes: Union[None, int, dic
                 counts[i] = max(n_floor, min(counts[i] - 1, int(counts[i] * 0.85)))
     if log_total() > math.log(room) + 1e-9:
         pieces = sorted({specs[i].pieces for i in cont})
-        how = f"`nodes` = {nodes!r} per piece" if nodes is not None else "the minimum nodes per piece"
+        how = (
+            f"`nodes` = {nodes!r} per piece" if nodes is not None else "the minimum nodes per piece"
+        )
         raise ValueError(
             f"the exact grid needs about {_power_of_ten(log_total())} points > `max_points` = {max_points}"
             f"{'' if headroom == 1 else f' / {headroom} (room to refine)'}: "
@@ -123,11 +154,13 @@ def choose_nodes(specs: list[Spec], max_points: int, nodes: Union[None, int, dic
     return counts
 
 
-def build(specs: list[Spec], counts: list[int], dtypes: dict[str, torch.dtype], device: torch.device) -> list[Variable]:
+def build(
+    specs: list[Spec], counts: list[int], dtypes: dict[str, torch.dtype], device: torch.device
+) -> list[Variable]:
     """Make every variable's rule (identical keys share one computation; see :func:`._rules.rule`)."""
     cache: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
     out = []
-    for spec, n in zip(specs, counts):
+    for spec, n in zip(specs, counts, strict=False):
         key = spec.key + (n,)
         if key not in cache:
             cache[key] = rule(spec, n)
@@ -142,23 +175,40 @@ def build(specs: list[Spec], counts: list[int], dtypes: dict[str, torch.dtype], 
             piece = np.searchsorted(np.asarray(spec.edges[1:-1]), values[:, 0], side="right")
         partner = None
         if spec.partner is not None:
-            partner = (spec.partner[0], torch.as_tensor(spec.partner[1], dtype=torch.long, device=device))
-        out.append(Variable(
-            spec.law,
-            torch.as_tensor(spec.positions, dtype=torch.long, device=device),
-            torch.as_tensor(values, device=device).to(dtypes[spec.law]),
-            torch.as_tensor(weights, dtype=torch.float64, device=device),
-            torch.as_tensor(piece, dtype=torch.long, device=device),
-            partner,
-        ))
+            partner = (
+                spec.partner[0],
+                torch.as_tensor(spec.partner[1], dtype=torch.long, device=device),
+            )
+        out.append(
+            Variable(
+                spec.law,
+                torch.as_tensor(spec.positions, dtype=torch.long, device=device),
+                torch.as_tensor(values, device=device).to(dtypes[spec.law]),
+                torch.as_tensor(weights, dtype=torch.float64, device=device),
+                torch.as_tensor(piece, dtype=torch.long, device=device),
+                partner,
+            )
+        )
     return out
 
 
-def make_grid(specs: list[Spec], shapes: dict[str, tuple[int, ...]], dtypes: dict[str, torch.dtype],
-              device: torch.device, max_points: int, nodes: Union[None, int, dict[str, int]],
-              fill: Optional[dict[str, Tensor]] = None) -> "Grid":
+def make_grid(
+    specs: list[Spec],
+    shapes: dict[str, tuple[int, ...]],
+    dtypes: dict[str, torch.dtype],
+    device: torch.device,
+    max_points: int,
+    nodes: None | int | dict[str, int],
+    fill: dict[str, Tensor] | None = None,
+) -> Grid:
     """The grid of ``specs`` with node counts from :func:`choose_nodes`."""
-    return Grid(build(specs, choose_nodes(specs, max_points, nodes), dtypes, device), shapes, dtypes, device, fill)
+    return Grid(
+        build(specs, choose_nodes(specs, max_points, nodes), dtypes, device),
+        shapes,
+        dtypes,
+        device,
+        fill,
+    )
 
 
 def chunk_size(shapes: dict[str, tuple[int, ...]]) -> int:
@@ -173,9 +223,14 @@ def chunk_size(shapes: dict[str, tuple[int, ...]]) -> int:
 class Grid:
     """Tensor product of variables' rules, walked in chunks (mixed-radix indexing)."""
 
-    def __init__(self, variables: list[Variable], shapes: dict[str, tuple[int, ...]],
-                 dtypes: dict[str, torch.dtype], device: torch.device,
-                 fill: Optional[dict[str, Tensor]] = None) -> None:
+    def __init__(
+        self,
+        variables: list[Variable],
+        shapes: dict[str, tuple[int, ...]],
+        dtypes: dict[str, torch.dtype],
+        device: torch.device,
+        fill: dict[str, Tensor] | None = None,
+    ) -> None:
         self.variables = variables
         self.fill = fill  # flat values of positions no variable covers (default 0)
         self.shapes = shapes
@@ -193,7 +248,10 @@ class Grid:
         """Yield ``(draws, weights)``: draws ``{law: [C, *shape]}``, weights ``[C]`` (float64)."""
         for start in range(0, self.size, chunk):
             idx = torch.arange(start, min(start + chunk, self.size), device=self.device)
-            digits = [torch.div(idx, stride, rounding_mode="floor") % m for m, stride in zip(self.sizes, self.strides)]
+            digits = [
+                torch.div(idx, stride, rounding_mode="floor") % m
+                for m, stride in zip(self.sizes, self.strides, strict=False)
+            ]
             yield self.at(torch.stack(digits, 1) if digits else idx[:, None])
 
     def at(self, digits: Tensor) -> tuple[dict[str, Tensor], Tensor]:
@@ -202,8 +260,15 @@ class Grid:
         if self.fill is not None:
             flat = {name: self.fill[name].expand(C, -1).clone() for name in self.shapes}
         else:
-            flat = {name: torch.zeros(C, int(np.prod(shape)) if shape else 1, dtype=self.dtypes[name],
-                                      device=self.device) for name, shape in self.shapes.items()}
+            flat = {
+                name: torch.zeros(
+                    C,
+                    int(np.prod(shape)) if shape else 1,
+                    dtype=self.dtypes[name],
+                    device=self.device,
+                )
+                for name, shape in self.shapes.items()
+            }
         w = torch.ones(C, dtype=torch.float64, device=self.device)
         for i, v in enumerate(self.variables):
             digit = digits[:, i]
@@ -212,8 +277,9 @@ class Grid:
             w = w * v.weights[digit]
         return {name: x.reshape(C, *self.shapes[name]) for name, x in flat.items()}, w
 
-    def probe(self, gradients: Callable[[dict[str, Tensor]], Tensor], *, within: bool,
-              probes: int = 16) -> tuple[dict[str, Tensor], Tensor]:
+    def probe(
+        self, gradients: Callable[[dict[str, Tensor]], Tensor], *, within: bool, probes: int = 16
+    ) -> tuple[dict[str, Tensor], Tensor]:
         """Which gradient components depend on each law (``within=False``), or vary within
         the law's pieces between breakpoints (``within=True``), found by probing.
 
@@ -230,8 +296,13 @@ class Grid:
             probe. A component never seen nonzero shows nothing about its laws.
         """
         gen = torch.Generator().manual_seed(0)
-        digits = torch.stack([torch.multinomial(v.weights.cpu(), probes, replacement=True, generator=gen)
-                              for v in self.variables], 1).to(self.device)
+        digits = torch.stack(
+            [
+                torch.multinomial(v.weights.cpu(), probes, replacement=True, generator=gen)
+                for v in self.variables
+            ],
+            1,
+        ).to(self.device)
         G0 = gradients(self.at(digits)[0])
         seen = (G0 != 0).any(0)
         found: dict[str, Tensor] = {}
@@ -257,7 +328,7 @@ class Grid:
             found[law] = changed if tried else torch.ones_like(changed)
         return found, seen
 
-    def _move(self, i: int, digit: Tensor, target: Optional[int], gen: torch.Generator) -> Tensor:
+    def _move(self, i: int, digit: Tensor, target: int | None, gen: torch.Generator) -> Tensor:
         """Other node indices of variable i drawn by weight: in piece ``target`` (the last
         piece if it has fewer), anywhere if ``target`` is -1, or in the same piece as
         before if ``target`` is None."""
@@ -271,14 +342,20 @@ class Grid:
                 allowed = piece == (piece[d] if target is None else min(target, int(piece.max())))
             allowed[d] = False
             if bool(allowed.any()):
-                out[k] = int(torch.multinomial(torch.where(allowed, w, torch.zeros_like(w)), 1, generator=gen))
+                out[k] = int(
+                    torch.multinomial(
+                        torch.where(allowed, w, torch.zeros_like(w)), 1, generator=gen
+                    )
+                )
         return out
 
 
-def freeze(specs: list[Spec], variables: list[Variable], laws: Sequence[str], *, per_piece: bool) -> list[Spec]:
+def freeze(
+    specs: list[Spec], variables: list[Variable], laws: Sequence[str], *, per_piece: bool
+) -> list[Spec]:
     """Replace the rules of ``laws`` by one node (per piece): the heaviest, with the total weight."""
     out = []
-    for spec, v in zip(specs, variables):
+    for spec, v in zip(specs, variables, strict=False):
         if spec.law in laws:
             groups = v.piece if per_piece else torch.zeros_like(v.piece)
             rows, mass = [], []
@@ -288,14 +365,23 @@ def freeze(specs: list[Spec], variables: list[Variable], laws: Sequence[str], *,
                 rows.append(v.values[k].double().cpu().numpy())
                 mass.append(float(v.weights[members].sum()))
             values, weights = np.stack(rows), np.asarray(mass)
-            spec = Spec(spec.law, spec.positions, lambda n, x=values, w=weights: (x, w),
-                        ("frozen", tuple(values.reshape(-1).tolist())), 1, "fixed", len(weights),
-                        partner=spec.partner)
+            spec = Spec(
+                spec.law,
+                spec.positions,
+                lambda n, x=values, w=weights: (x, w),
+                ("frozen", tuple(values.reshape(-1).tolist())),
+                1,
+                "fixed",
+                len(weights),
+                partner=spec.partner,
+            )
         out.append(spec)
     return out
 
 
-def batch_groups(specs: list[Spec], shapes: dict[str, tuple[int, ...]], batch: tuple[int, ...]) -> list[list[int]]:
+def batch_groups(
+    specs: list[Spec], shapes: dict[str, tuple[int, ...]], batch: tuple[int, ...]
+) -> list[list[int]]:
     """Indices of the variables of every batch element (one group if that is not possible).
 
     Batch elements are independent expectations: the gradient of surrogate element b
@@ -306,11 +392,11 @@ def batch_groups(specs: list[Spec], shapes: dict[str, tuple[int, ...]], batch: t
     nb = len(batch)
     B = int(np.prod(batch)) if nb else 1
     every = [list(range(len(specs)))]
-    if B == 1 or any(tuple(shape[1:1 + nb]) != tuple(batch) for shape in shapes.values()):
+    if B == 1 or any(tuple(shape[1 : 1 + nb]) != tuple(batch) for shape in shapes.values()):
         return every
     groups: list[list[int]] = [[] for _ in range(B)]
     for i, spec in enumerate(specs):
-        rest = int(np.prod(shapes[spec.law][1 + nb:]))
+        rest = int(np.prod(shapes[spec.law][1 + nb :]))
         members = {(int(p) // rest) % B for p in spec.positions}
         if len(members) != 1:
             return every
@@ -318,12 +404,18 @@ def batch_groups(specs: list[Spec], shapes: dict[str, tuple[int, ...]], batch: t
     return groups
 
 
-def fill_values(variables: list[Variable], shapes: dict[str, tuple[int, ...]],
-                dtypes: dict[str, torch.dtype], device: torch.device) -> dict[str, Tensor]:
+def fill_values(
+    variables: list[Variable],
+    shapes: dict[str, tuple[int, ...]],
+    dtypes: dict[str, torch.dtype],
+    device: torch.device,
+) -> dict[str, Tensor]:
     """Flat law values with every variable at its heaviest node: valid draws for the
     positions a batch element's grid does not cover."""
-    out = {name: torch.zeros(int(np.prod(shape)) if shape else 1, dtype=dtypes[name], device=device)
-           for name, shape in shapes.items()}
+    out = {
+        name: torch.zeros(int(np.prod(shape)) if shape else 1, dtype=dtypes[name], device=device)
+        for name, shape in shapes.items()
+    }
     for v in variables:
         for law, positions, cols in v.columns():
             out[law][positions] = v.values[int(torch.argmax(v.weights)), cols].to(dtypes[law])

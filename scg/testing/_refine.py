@@ -17,8 +17,8 @@ rounding count as converged), or the next grid would exceed ``max_points`` — t
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -39,9 +39,18 @@ class Refined:
     counts: list[int]
 
 
-def refine(specs: list[Spec], counts: list[int], evaluate: Callable[[list[int]], tuple[Tensor, Tensor]], *,
-           rtol: float, atol: float, max_points: int, what: str, rows: tuple[str, ...],
-           columns: Optional[Sequence[int]] = None) -> Refined:
+def refine(
+    specs: list[Spec],
+    counts: list[int],
+    evaluate: Callable[[list[int]], tuple[Tensor, Tensor]],
+    *,
+    rtol: float,
+    atol: float,
+    max_points: int,
+    what: str,
+    rows: tuple[str, ...],
+    columns: Sequence[int] | None = None,
+) -> Refined:
     """Double the nodes of the variables whose refinement changes ``evaluate`` most, until converged.
 
     Args:
@@ -90,17 +99,42 @@ def refine(specs: list[Spec], counts: list[int], evaluate: Callable[[list[int]],
         share = 1.0 / max(1, len(movable))
         worse = [i for i, e in errors.items() if bool((e > share * tol).any())]
         if not worse or stuck & set(worse):
-            raise _not_converged(specs, counts, value, error, errors, tol, what, rows, columns, rtol, atol,
-                                 max_points)
+            raise _not_converged(
+                specs,
+                counts,
+                value,
+                error,
+                errors,
+                tol,
+                what,
+                rows,
+                columns,
+                rtol,
+                atol,
+                max_points,
+            )
         for i in worse:
             counts[i] *= 2
 
 
-def _not_converged(specs: list[Spec], counts: list[int], value: Tensor, error: Tensor, errors: dict[int, Tensor],
-                   tol: Tensor, what: str, rows: tuple[str, ...], columns: Optional[Sequence[int]], rtol: float,
-                   atol: float, max_points: int) -> ValueError:
+def _not_converged(
+    specs: list[Spec],
+    counts: list[int],
+    value: Tensor,
+    error: Tensor,
+    errors: dict[int, Tensor],
+    tol: Tensor,
+    what: str,
+    rows: tuple[str, ...],
+    columns: Sequence[int] | None,
+    rtol: float,
+    atol: float,
+    max_points: int,
+) -> ValueError:
     worst = max(errors, key=lambda i: float(torch.nan_to_num(errors[i] / tol, nan=math.inf).max()))
-    r, p = divmod(int(torch.argmax(torch.nan_to_num(error / tol, nan=math.inf)).item()), value.shape[1])
+    r, p = divmod(
+        int(torch.argmax(torch.nan_to_num(error / tol, nan=math.inf)).item()), value.shape[1]
+    )
     v, e = float(value[r, p]), float(error[r, p])
     p = p if columns is None else int(columns[p])
     return ValueError(

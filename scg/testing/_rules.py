@@ -30,32 +30,44 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
 from torch.distributions import (
-    Bernoulli,
-    Binomial,
-    Categorical,
     Distribution,
     Exponential,
-    Geometric,
     Laplace,
     Normal,
     OneHotCategorical,
-    Poisson,
     Uniform,
 )
 
 from scg._dist import unwrap
-from scg.laws import DoubleSidedMaxwell, FromDistribution, Law, Rayleigh, StandardNormal, StandardUniform
+from scg.laws import (
+    DoubleSidedMaxwell,
+    FromDistribution,
+    Law,
+    Rayleigh,
+    StandardNormal,
+    StandardUniform,
+)
 from scg.testing import quadrature as Q
 from scg.testing._scalar import TAIL, _discrete_support, _key, _np_log_prob, element_dist
 
-__all__ = ["Spec", "rule", "law_specs", "nested_uniform_spec", "distribution_specs", "element_dist", "piece_edges",
-           "sample_dtype", "TAIL", "GAUSS_MAX"]
+__all__ = [
+    "Spec",
+    "rule",
+    "law_specs",
+    "nested_uniform_spec",
+    "distribution_specs",
+    "element_dist",
+    "piece_edges",
+    "sample_dtype",
+    "TAIL",
+    "GAUSS_MAX",
+]
 
 Rule = tuple[np.ndarray, np.ndarray]
 
@@ -75,9 +87,11 @@ class Spec:
     pieces: int = 1
     kind: str = "fixed"  # "fixed" (enumeration) or a rule kind ("hermite", "de", ...)
     size: int = 0  # number of values when kind == "fixed"
-    edges: Optional[tuple[float, ...]] = None  # piece edges (continuous variables)
+    edges: tuple[float, ...] | None = None  # piece edges (continuous variables)
     shared: bool = False  # the key determines the rule completely: cache it across calls
-    partner: Optional[tuple[str, np.ndarray]] = None  # (law, positions) of a nested second coordinate
+    partner: tuple[str, np.ndarray] | None = (
+        None  # (law, positions) of a nested second coordinate
+    )
 
 
 #: Rules of shared specs, by ``key + (n,)``, least recently used first.
@@ -120,20 +134,24 @@ def _pieces_rule(
     kind: str,
     edges: list[float],
     n: int,
-    log_density: Optional[Callable[[np.ndarray], np.ndarray]],
+    log_density: Callable[[np.ndarray], np.ndarray] | None,
     center: float,
     scale: float,
 ) -> Rule:
     xs, ws = [], []
-    for a, b in zip(edges[:-1], edges[1:]):
+    for a, b in zip(edges[:-1], edges[1:], strict=False):
         if kind == "legendre":
             x, w = Q.gauss_legendre(n, a, b)
             if log_density is not None:
                 w = w * np.exp(log_density(x))
         elif kind == "de":
-            x, w = Q.double_exponential(n, a, b, center=center, scale=scale, log_density=log_density)
+            x, w = Q.double_exponential(
+                n, a, b, center=center, scale=scale, log_density=log_density
+            )
         elif n > GAUSS_MAX:  # "gauss" beyond what the discretised Stieltjes procedure resolves
-            x, w = Q.double_exponential(n, a, b, center=center, scale=scale, log_density=log_density)
+            x, w = Q.double_exponential(
+                n, a, b, center=center, scale=scale, log_density=log_density
+            )
         else:  # "gauss"
             if log_density is None:  # pragma: no cover - constructed with a density
                 raise ValueError("a Gauss rule on pieces needs the law's density.")
@@ -149,7 +167,7 @@ def _continuous_spec(
     positions: np.ndarray,
     kind: str,
     edges: list[float],
-    log_density: Optional[Callable[[np.ndarray], np.ndarray]],
+    log_density: Callable[[np.ndarray], np.ndarray] | None,
     key: tuple,
     center: float = 0.0,
     scale: float = 1.0,
@@ -161,26 +179,43 @@ def _continuous_spec(
     if kind == "maxwell" and pieces > 1:
         kind = "gauss"
     if kind == "hermite":
+
         def make(n: int) -> Rule:
             x, w = Q.gauss_hermite(n)
             return center + scale * x, w
     elif kind == "maxwell":
+
         def make(n: int) -> Rule:
             return Q.maxwell_rule(n)
     else:
+
         def make(n: int) -> Rule:
             return _pieces_rule(kind, edges, n, log_density, center, scale)
-    return Spec(law, positions, make, key + (kind, tuple(edges)), pieces, kind, edges=tuple(edges), shared=shared)
+
+    return Spec(
+        law,
+        positions,
+        make,
+        key + (kind, tuple(edges)),
+        pieces,
+        kind,
+        edges=tuple(edges),
+        shared=shared,
+    )
 
 
-def _fixed_spec(law: str, positions: np.ndarray, values: np.ndarray, probs: np.ndarray, key: tuple) -> Spec:
+def _fixed_spec(
+    law: str, positions: np.ndarray, values: np.ndarray, probs: np.ndarray, key: tuple
+) -> Spec:
     keep = probs > 0
     values, probs = values[keep], probs[keep]
-    return Spec(law, positions, lambda n: (values, probs / probs.sum()), key, 1, "fixed", len(probs))
+    return Spec(
+        law, positions, lambda n: (values, probs / probs.sum()), key, 1, "fixed", len(probs)
+    )
 
 
 def distribution_specs(
-    law: str, dist: Distribution, shape: tuple[int, ...], points: Optional[np.ndarray]
+    law: str, dist: Distribution, shape: tuple[int, ...], points: np.ndarray | None
 ) -> list[Spec]:
     """Variables of a :class:`FromDistribution` law: one per (sample, element).
 
@@ -198,7 +233,9 @@ def distribution_specs(
         K = int(base.probs.shape[-1])
         probs = base.probs.detach().expand(*batch, K).reshape(M, K).double().numpy()
         for j in range(M):
-            spec = _fixed_spec(law, np.arange(K), np.eye(K), probs[j], ("onehot", tuple(probs[j].tolist())))
+            spec = _fixed_spec(
+                law, np.arange(K), np.eye(K), probs[j], ("onehot", tuple(probs[j].tolist()))
+            )
             for s in range(S):
                 specs.append(replace(spec, positions=(s * M + j) * K + np.arange(K)))
         return specs
@@ -216,10 +253,14 @@ def distribution_specs(
             with torch.no_grad():
                 lp = d.log_prob(torch.as_tensor(support, dtype=dtype))
             key = _key(d) + ("support", len(support))
-            per_element.append(_fixed_spec(law, np.array([j]), support, lp.exp().double().numpy(), key))
+            per_element.append(
+                _fixed_spec(law, np.array([j]), support, lp.exp().double().numpy(), key)
+            )
             continue
         if getattr(d.support, "is_discrete", False):
-            raise TypeError(f"the exact harness cannot enumerate the support of {type(base).__name__}.")
+            raise TypeError(
+                f"the exact harness cannot enumerate the support of {type(base).__name__}."
+            )
         lo = float(getattr(d.support, "lower_bound", -math.inf))
         hi = float(getattr(d.support, "upper_bound", math.inf))
         cuts = [] if points is None else list(points[j])
@@ -243,15 +284,26 @@ def distribution_specs(
             kind = "gauss"  # Gauss rules of the discretised density (scores polynomial on pieces)
         else:
             kind = "de"  # Beta, Gamma, others: scores may be log-singular at the ends
-        per_element.append(_continuous_spec(law, np.array([j]), kind, edges, _np_log_prob(d, dtype), _key(d),
-                                            center, scale, shared=type(d).__module__.startswith("torch.")))
+        per_element.append(
+            _continuous_spec(
+                law,
+                np.array([j]),
+                kind,
+                edges,
+                _np_log_prob(d, dtype),
+                _key(d),
+                center,
+                scale,
+                shared=type(d).__module__.startswith("torch."),
+            )
+        )
     for s in range(S):
         for j, spec in enumerate(per_element):
             specs.append(replace(spec, positions=np.array([s * M + j])))
     return specs
 
 
-def law_specs(name: str, law: Law, points: Optional[np.ndarray] = None) -> list[Spec]:
+def law_specs(name: str, law: Law, points: np.ndarray | None = None) -> list[Spec]:
     """Variables of one law.
 
     Args:
@@ -290,8 +342,16 @@ def law_specs(name: str, law: Law, points: Optional[np.ndarray] = None) -> list[
             cuts += list(points[i])
         edges = piece_edges(lo, hi, cuts)
         dens = None if isinstance(law, StandardUniform) else log_density
-        spec = _continuous_spec(name, np.array([i]), kind, edges, dens, (type(law),),
-                                center=1.25 if isinstance(law, Rayleigh) else 0.0, shared=type(law) in _OWN_LAWS)
+        spec = _continuous_spec(
+            name,
+            np.array([i]),
+            kind,
+            edges,
+            dens,
+            (type(law),),
+            center=1.25 if isinstance(law, Rayleigh) else 0.0,
+            shared=type(law) in _OWN_LAWS,
+        )
         if isinstance(law, StandardUniform):
             spec.make = _clipped(spec.make)
         specs.append(spec)
@@ -305,6 +365,7 @@ _OWN_LAWS = (StandardNormal, StandardUniform, Rayleigh, DoubleSidedMaxwell)
 def _clipped(make: Callable[[int], Rule]) -> Callable[[int], Rule]:
     """Keep uniform nodes in ``[2^-53, 1 − 2^-53]``: closer to 0 or 1 than float64
     resolves near 1, maps like ``u − ½`` lose the node (``log1p(−2|u − ½|) = −inf``)."""
+
     def clipped(n: int) -> Rule:
         x, w = make(n)
         keep = (x >= 2.0**-53) & (x <= 1.0 - 2.0**-53)
@@ -313,9 +374,9 @@ def _clipped(make: Callable[[int], Rule]) -> Callable[[int], Rule]:
     return clipped
 
 
-
-
-def nested_uniform_spec(outer: Spec, law: str, positions: np.ndarray, cuts: Sequence[float]) -> Spec:
+def nested_uniform_spec(
+    outer: Spec, law: str, positions: np.ndarray, cuts: Sequence[float]
+) -> Spec:
     """A nested rule for ``(x, u)``, x by ``outer``'s rule and u ~ U(0, 1) split at ``c / x``.
 
     For a cost of ``a + b·x·u`` (measure-valued σ coupling ``μ + σMU``) that jumps where
@@ -328,12 +389,20 @@ def nested_uniform_spec(outer: Spec, law: str, positions: np.ndarray, cuts: Sequ
         xs, ws = (np.asarray(a, dtype=np.float64) for a in rule(outer, n))
         xs = xs.reshape(len(ws), -1)[:, 0]
         rows, weights = [], []
-        for x, w in zip(xs, ws):
+        for x, w in zip(xs, ws, strict=False):
             edges = piece_edges(0.0, 1.0, [c / x for c in cuts] if x != 0 else [])
             u, v = _clipped(lambda k: _pieces_rule("de", edges, k, None, 0.0, 1.0))(n)
             rows.append(np.stack([np.full_like(u, x), u], 1))
             weights.append(w * v)
         return np.concatenate(rows), np.concatenate(weights)
 
-    return Spec(outer.law, outer.positions, make, outer.key + ("nested", law, tuple(cuts)),
-                outer.pieces * (len(cuts) + 1), outer.kind, edges=None, partner=(law, np.asarray(positions)))
+    return Spec(
+        outer.law,
+        outer.positions,
+        make,
+        outer.key + ("nested", law, tuple(cuts)),
+        outer.pieces * (len(cuts) + 1),
+        outer.kind,
+        edges=None,
+        partner=(law, np.asarray(positions)),
+    )

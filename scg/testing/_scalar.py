@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -29,7 +29,11 @@ def element_dist(base: Distribution, index: int) -> Distribution:
         if not isinstance(value, Tensor):
             params[name] = value
             continue
-        extra = tuple(value.shape[len(value.shape) - (value.dim() - len(batch)):]) if value.dim() > len(batch) else ()
+        extra = (
+            tuple(value.shape[len(value.shape) - (value.dim() - len(batch)) :])
+            if value.dim() > len(batch)
+            else ()
+        )
         v = value.detach().expand(batch + extra).reshape(-1, *extra)[index]
         params[name] = v
     return type(base)(**params, validate_args=False)
@@ -44,7 +48,7 @@ def _np_log_prob(d: Distribution, dtype: torch.dtype) -> Callable[[np.ndarray], 
     return log_prob
 
 
-def _discrete_support(d: Distribution) -> Optional[np.ndarray]:
+def _discrete_support(d: Distribution) -> np.ndarray | None:
     """Support values of a scalar discrete distribution (truncated where the tail < TAIL)."""
     if isinstance(d, Bernoulli):
         return np.array([0.0, 1.0])
@@ -60,7 +64,9 @@ def _discrete_support(d: Distribution) -> Optional[np.ndarray]:
             p = float(d.probs)
             top = 0 if p >= 1.0 else int(math.ceil(math.log(TAIL * 1e-3) / math.log1p(-p))) + 1
         if top > 10**6:
-            raise ValueError(f"the support of {type(d).__name__} is too long to enumerate (> 1e6 values).")
+            raise ValueError(
+                f"the support of {type(d).__name__} is too long to enumerate (> 1e6 values)."
+            )
         k = np.arange(top + 1, dtype=np.float64)
         with torch.no_grad():
             pmf = d.log_prob(torch.as_tensor(k, dtype=torch.float64)).exp().numpy()

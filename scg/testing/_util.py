@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Optional, Sequence, Union
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -12,7 +12,16 @@ from torch.distributions import Distribution
 
 from scg._checks import check_positive_int as check_int
 
-__all__ = ["no_validation", "frozen", "as_params", "check_int", "check_nodes", "check_tolerance", "flat", "labels"]
+__all__ = [
+    "no_validation",
+    "frozen",
+    "as_params",
+    "check_int",
+    "check_nodes",
+    "check_tolerance",
+    "flat",
+    "labels",
+]
 
 
 @contextlib.contextmanager
@@ -38,15 +47,19 @@ def frozen(module: nn.Module) -> Iterator[None]:
             m.training = mode
 
 
-def as_params(params: Union[Tensor, Sequence[Tensor]]) -> tuple[Tensor, ...]:
+def as_params(params: Tensor | Sequence[Tensor]) -> tuple[Tensor, ...]:
     if isinstance(params, Tensor):
         params = (params,)
     if not isinstance(params, (tuple, list)) or not params:
-        raise TypeError(f"`params` must be a non-empty tuple of tensors; got {type(params).__name__}.")
+        raise TypeError(
+            f"`params` must be a non-empty tuple of tensors; got {type(params).__name__}."
+        )
     out = []
     for i, p in enumerate(params):
         if not isinstance(p, Tensor) or not p.is_floating_point():
-            raise TypeError(f"`params[{i}]` must be a floating-point tensor; got {type(p).__name__}.")
+            raise TypeError(
+                f"`params[{i}]` must be a floating-point tensor; got {type(p).__name__}."
+            )
         out.append(p.detach().clone())
     return tuple(out)
 
@@ -63,13 +76,18 @@ def check_nodes(nodes: object) -> None:
 
 def check_tolerance(rtol: float, atol: float) -> None:
     for name, value in (("rtol", rtol), ("atol", atol)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 or value == float("inf"):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not value >= 0
+            or value == float("inf")
+        ):
             raise ValueError(f"`{name}` must be a finite number >= 0; got {value!r}.")
     if rtol == 0 and atol == 0:
         raise ValueError("`rtol` and `atol` must not both be 0 (no quadrature reaches zero error).")
 
 
-def flat(grads: Sequence[Tensor], C: Optional[int] = None) -> Tensor:
+def flat(grads: Sequence[Tensor], C: int | None = None) -> Tensor:
     if C is None:
         return torch.cat([g.reshape(-1) for g in grads]).double()
     return torch.cat([g.reshape(C, -1) for g in grads], dim=1).double()

@@ -18,8 +18,8 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -65,8 +65,8 @@ class TestCost:
     combine: str = "sum"
     breakpoints: tuple[float, ...] = ()
     smooth: bool = True
-    degree: Optional[int] = None
-    project: Optional[Callable[[Tensor], Tensor]] = None
+    degree: int | None = None
+    project: Callable[[Tensor], Tensor] | None = None
 
     def __call__(self, z: Tensor) -> Tensor:
         x = _float(z)
@@ -78,11 +78,11 @@ class TestCost:
         return y
 
     @property
-    def points(self) -> Optional[list[float]]:
+    def points(self) -> list[float] | None:
         """Breakpoints as a list for ``breakpoints=`` (``None`` when there are none)."""
         return list(self.breakpoints) or None
 
-    def with_event_ndim(self, event_ndim: int) -> "TestCost":
+    def with_event_ndim(self, event_ndim: int) -> TestCost:
         """The same cost reducing ``event_ndim`` trailing dims."""
         return replace(self, event_ndim=_check_event_ndim(event_ndim))
 
@@ -113,7 +113,9 @@ def polynomial(coefficients: Sequence[float], *, event_ndim: int = 0) -> TestCos
     cs = list(coefficients)
     if not cs:
         raise ValueError("`coefficients` must be non-empty; got [].")
-    return TestCost(f"poly{tuple(cs)}", _poly(cs), _check_event_ndim(event_ndim), degree=len(cs) - 1)
+    return TestCost(
+        f"poly{tuple(cs)}", _poly(cs), _check_event_ndim(event_ndim), degree=len(cs) - 1
+    )
 
 
 def shifted_square(k: float, *, event_ndim: int = 0) -> TestCost:
@@ -131,15 +133,25 @@ def product(coefficients: Sequence[float], *, event_ndim: int = 1) -> TestCost:
     cs = list(coefficients)
     if not cs:
         raise ValueError("`coefficients` must be non-empty; got [].")
-    return TestCost(f"prod poly{tuple(cs)}", _poly(cs), _check_event_ndim(event_ndim), combine="prod",
-                    degree=(len(cs) - 1))
+    return TestCost(
+        f"prod poly{tuple(cs)}",
+        _poly(cs),
+        _check_event_ndim(event_ndim),
+        combine="prod",
+        degree=(len(cs) - 1),
+    )
 
 
 def threshold(c: float, *, event_ndim: int = 0) -> TestCost:
     """``1[x > c]`` (a step at ``c``; breakpoint ``c``)."""
     c = float(c)
-    return TestCost(f"1[x>{c}]", lambda x: (x > c).to(x.dtype), _check_event_ndim(event_ndim),
-                    breakpoints=(c,), smooth=False)
+    return TestCost(
+        f"1[x>{c}]",
+        lambda x: (x > c).to(x.dtype),
+        _check_event_ndim(event_ndim),
+        breakpoints=(c,),
+        smooth=False,
+    )
 
 
 def indicator(a: float, b: float, *, event_ndim: int = 0) -> TestCost:
@@ -147,8 +159,13 @@ def indicator(a: float, b: float, *, event_ndim: int = 0) -> TestCost:
     a, b = float(a), float(b)
     if not a < b:
         raise ValueError(f"`a` must be < `b`; got a={a}, b={b}.")
-    return TestCost(f"1[{a}<x<={b}]", lambda x: ((x > a) & (x <= b)).to(x.dtype),
-                    _check_event_ndim(event_ndim), breakpoints=(a, b), smooth=False)
+    return TestCost(
+        f"1[{a}<x<={b}]",
+        lambda x: ((x > a) & (x <= b)).to(x.dtype),
+        _check_event_ndim(event_ndim),
+        breakpoints=(a, b),
+        smooth=False,
+    )
 
 
 def cosine(k: float, *, event_ndim: int = 0) -> TestCost:

@@ -10,7 +10,8 @@ refined until a tolerance is met (:mod:`scg.testing._refine`); :func:`exact_grad
 from __future__ import annotations
 
 import warnings
-from typing import Callable, NamedTuple, Optional, Sequence, Union
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -21,7 +22,16 @@ from scg.testing import _grid, _rules
 from scg.testing._breakpoints import Breakpoints, law_points, nested_points
 from scg.testing._gradient import MakeDist, exact_gradient
 from scg.testing._refine import refine
-from scg.testing._util import as_params, check_int, check_nodes, check_tolerance, flat, frozen, labels, no_validation
+from scg.testing._util import (
+    as_params,
+    check_int,
+    check_nodes,
+    check_tolerance,
+    flat,
+    frozen,
+    labels,
+    no_validation,
+)
 
 __all__ = ["ExactMoments", "exact_moments", "exact_gradient", "assert_unbiased"]
 
@@ -51,16 +61,16 @@ class ExactMoments(NamedTuple):
 def exact_moments(
     estimator: nn.Module,
     make_dist: MakeDist,
-    params: Union[Tensor, Sequence[Tensor]],
+    params: Tensor | Sequence[Tensor],
     f: Callable[[Tensor], Tensor],
     *,
     num_samples: int = 1,
     breakpoints: Breakpoints = None,
-    nodes: Union[None, int, dict[str, int]] = None,
+    nodes: None | int | dict[str, int] = None,
     max_points: int = 2_000_000,
     rtol: float = 1e-8,
     atol: float = 1e-12,
-    context: Optional[Tensor] = None,
+    context: Tensor | None = None,
 ) -> ExactMoments:
     r"""Mean, second moment and variance of one estimate of :math:`∇_θ E[f]`, by quadrature to a tolerance.
 
@@ -147,7 +157,9 @@ def exact_moments(
     check_int("max_points", max_points)
     check_nodes(nodes)
     check_tolerance(rtol, atol)
-    if not callable(getattr(estimator, "laws", None)) or not callable(getattr(estimator, "surrogate", None)):
+    if not callable(getattr(estimator, "laws", None)) or not callable(
+        getattr(estimator, "surrogate", None)
+    ):
         raise TypeError(f"`estimator` must be an scg Estimator; got {type(estimator).__name__}.")
     for arg, value in (("make_dist", make_dist), ("f", f)):
         if not callable(value):
@@ -164,7 +176,10 @@ def exact_moments(
                 "explicit reparameterisation (Normal, Laplace, Exponential, Uniform, ...) or ScoreFunction."
             )
         # `nodes` may also name "z", exact_gradient's own law (assert_unbiased passes it to both)
-        for arg, given, known in (("breakpoints", breakpoints, set(laws)), ("nodes", nodes, set(laws) | {"z"})):
+        for arg, given, known in (
+            ("breakpoints", breakpoints, set(laws)),
+            ("nodes", nodes, set(laws) | {"z"}),
+        ):
             if isinstance(given, dict) and not set(given) <= known:
                 raise ValueError(
                     f"`{arg}` names laws {sorted(set(given) - known)} that "
@@ -172,7 +187,9 @@ def exact_moments(
                 )
         specs: list[_rules.Spec] = []
         for law_name, law in laws.items():
-            specs += _rules.law_specs(law_name, law, law_points(estimator, dist0, law_name, law, breakpoints))
+            specs += _rules.law_specs(
+                law_name, law, law_points(estimator, dist0, law_name, law, breakpoints)
+            )
         specs = _nest(specs, nested_points(estimator, dist0, laws, breakpoints))
         shapes = {law_name: tuple(law.shape) for law_name, law in laws.items()}
         dtypes = {law_name: _rules.sample_dtype(law) for law_name, law in laws.items()}
@@ -181,32 +198,55 @@ def exact_moments(
         groups = _grid.batch_groups(specs, shapes, tuple(dist0.batch_shape))
         fill = None
         if len(groups) > 1:  # batch elements are integrated one at a time, the others held fixed
-            fill = _grid.fill_values(_grid.build(specs, [1] * len(specs), dtypes, device), shapes, dtypes, device)
+            fill = _grid.fill_values(
+                _grid.build(specs, [1] * len(specs), dtypes, device), shapes, dtypes, device
+            )
         P = sum(p.numel() for p in ps)
         total = torch.zeros(2, P, dtype=torch.float64, device=device)  # mean, variance
         error = torch.zeros(2, P, dtype=torch.float64, device=device)
         state = {"vmap": True}
         for b, members in enumerate(groups):
-            def surrogate_sum(p: tuple[Tensor, ...], draws: dict[str, Tensor], b: int = b) -> Tensor:
+
+            def surrogate_sum(
+                p: tuple[Tensor, ...], draws: dict[str, Tensor], b: int = b
+            ) -> Tensor:
                 out = estimator.surrogate(f, make_dist(*p), draws, context=context)
                 return out.reshape(-1)[b] if len(groups) > 1 else out.sum()
 
             batched = torch.func.vmap(torch.func.grad(surrogate_sum), in_dims=(None, 0))
             parts = _simplify(
-                [specs[i] for i in members], lambda d: flat(batched(ps, d), len(next(iter(d.values())))),
-                lambda sp: _grid.make_grid(sp, shapes, dtypes, device, 2**62, nodes, fill), P,
+                [specs[i] for i in members],
+                lambda d: flat(batched(ps, d), len(next(iter(d.values())))),
+                lambda sp: _grid.make_grid(sp, shapes, dtypes, device, 2**62, nodes, fill),
+                P,
             )
             for comps, sub in parts:
-                def evaluate(counts: list[int], sub: list[_rules.Spec] = sub, comps: Tensor = comps,
-                             surrogate_sum: Callable = surrogate_sum, batched: Callable = batched
-                             ) -> tuple[Tensor, Tensor]:
-                    grid = _grid.Grid(_grid.build(sub, counts, dtypes, device), shapes, dtypes, device, fill)
+
+                def evaluate(
+                    counts: list[int],
+                    sub: list[_rules.Spec] = sub,
+                    comps: Tensor = comps,
+                    surrogate_sum: Callable = surrogate_sum,
+                    batched: Callable = batched,
+                ) -> tuple[Tensor, Tensor]:
+                    grid = _grid.Grid(
+                        _grid.build(sub, counts, dtypes, device), shapes, dtypes, device, fill
+                    )
                     value, scale = _integrate(grid, surrogate_sum, batched, ps, estimator, state)
                     return value[:, comps], scale[:, comps]
 
                 start = _grid.choose_nodes(sub, max_points, nodes, headroom=2)
-                done = refine(sub, start, evaluate, rtol=rtol, atol=atol, max_points=max_points,
-                              what=f"exact_moments of {name}", rows=("mean", "variance"), columns=comps.tolist())
+                done = refine(
+                    sub,
+                    start,
+                    evaluate,
+                    rtol=rtol,
+                    atol=atol,
+                    max_points=max_points,
+                    what=f"exact_moments of {name}",
+                    rows=("mean", "variance"),
+                    columns=comps.tolist(),
+                )
                 total[:, comps] += done.value  # independent batch elements: means and variances add
                 error[:, comps] += done.error
     mean, variance = total
@@ -217,18 +257,32 @@ def _nest(specs: list[_rules.Spec], nested: dict[str, tuple[str, np.ndarray]]) -
     """Replace the rules of an inner law and its outer law, element by element, by nested rules."""
     for inner, (outer, cuts) in nested.items():
         inner_at = {int(s.positions[0]): s for s in specs if s.law == inner}
-        specs = [_rules.nested_uniform_spec(s, inner, inner_at[int(s.positions[0])].positions,
-                                            cuts[int(s.positions[0])]) if s.law == outer else s
-                 for s in specs if s.law != inner]
+        specs = [
+            _rules.nested_uniform_spec(
+                s, inner, inner_at[int(s.positions[0])].positions, cuts[int(s.positions[0])]
+            )
+            if s.law == outer
+            else s
+            for s in specs
+            if s.law != inner
+        ]
     return specs
 
 
-def _integrate(grid: _grid.Grid, total: Callable, batched: Callable, ps: tuple[Tensor, ...],
-               estimator: nn.Module, state: dict) -> tuple[Tensor, Tensor]:
+def _integrate(
+    grid: _grid.Grid,
+    total: Callable,
+    batched: Callable,
+    ps: tuple[Tensor, ...],
+    estimator: nn.Module,
+    state: dict,
+) -> tuple[Tensor, Tensor]:
     """``[mean, variance]`` of the gradient over the grid, and ``[E|ĝ|, E ĝ²]`` (the summands' scale)."""
     P = sum(p.numel() for p in ps)
     s0 = torch.zeros((), dtype=torch.float64, device=ps[0].device)
-    mean, m2, s_abs, s_sq = (torch.zeros(P, dtype=torch.float64, device=ps[0].device) for _ in range(4))
+    mean, m2, s_abs, s_sq = (
+        torch.zeros(P, dtype=torch.float64, device=ps[0].device) for _ in range(4)
+    )
     for draws, w in grid.chunks(_grid.chunk_size(grid.shapes)):
         G = None
         if state["vmap"]:
@@ -244,7 +298,9 @@ def _integrate(grid: _grid.Grid, total: Callable, batched: Callable, ps: tuple[T
                     stacklevel=3,
                 )
         if G is None:
-            G = torch.stack([_loop_grad(total, ps, {k: v[i] for k, v in draws.items()}) for i in range(len(w))])
+            G = torch.stack(
+                [_loop_grad(total, ps, {k: v[i] for k, v in draws.items()}) for i in range(len(w))]
+            )
         G = G.detach()
         if not bool(torch.isfinite(G).all()):
             i = int((~torch.isfinite(G)).any(1).nonzero()[0, 0])
@@ -266,8 +322,12 @@ def _integrate(grid: _grid.Grid, total: Callable, batched: Callable, ps: tuple[T
     return torch.stack([mean, m2 / s0]), torch.stack([s_abs, s_sq]) / s0
 
 
-def _simplify(specs: list[_rules.Spec], gradients: Callable[[dict[str, Tensor]], Tensor],
-              probe_grid: Callable[[list[_rules.Spec]], _grid.Grid], P: int) -> list[tuple[Tensor, list[_rules.Spec]]]:
+def _simplify(
+    specs: list[_rules.Spec],
+    gradients: Callable[[dict[str, Tensor]], Tensor],
+    probe_grid: Callable[[list[_rules.Spec]], _grid.Grid],
+    P: int,
+) -> list[tuple[Tensor, list[_rules.Spec]]]:
     """Split the gradient's components by the laws they depend on, and simplify each part's rules.
 
     Components are grouped by the set of laws they depend on (found by probing); each
@@ -294,7 +354,9 @@ def _simplify(specs: list[_rules.Spec], gradients: Callable[[dict[str, Tensor]],
                 continue
             parts.setdefault(tuple(law for law, d in depends.items() if bool(d[p])), []).append(p)
         if unseen:  # zero at every probe (e.g. another batch element's parameters): no evidence,
-            widest = max(parts, key=len) if parts else tuple(depends)  # so the grid of the most laws
+            widest = (
+                max(parts, key=len) if parts else tuple(depends)
+            )  # so the grid of the most laws
             parts.setdefault(widest, []).extend(unseen)
         out = []
         for laws, components in parts.items():
@@ -302,7 +364,9 @@ def _simplify(specs: list[_rules.Spec], gradients: Callable[[dict[str, Tensor]],
             sub = _grid.freeze(specs, grid.variables, inert, per_piece=False) if inert else specs
             comps = torch.tensor(sorted(components))
             varies, seen_here = probe_grid(sub).probe(lambda d: gradients(d)[:, comps], within=True)
-            constant = [law for law, d in varies.items() if bool(seen_here.any()) and not bool(d.any())]
+            constant = [
+                law for law, d in varies.items() if bool(seen_here.any()) and not bool(d.any())
+            ]
             if constant:
                 sub = _grid.freeze(sub, probe_grid(sub).variables, constant, per_piece=True)
             out.append((comps, sub))
@@ -315,22 +379,22 @@ def _loop_grad(total: Callable, ps: tuple[Tensor, ...], draws: dict[str, Tensor]
     leaves = tuple(p.clone().requires_grad_(True) for p in ps)
     out = total(leaves, draws)
     grads = torch.autograd.grad(out, leaves, allow_unused=True)
-    return flat([torch.zeros_like(p) if g is None else g for p, g in zip(leaves, grads)])
+    return flat([torch.zeros_like(p) if g is None else g for p, g in zip(leaves, grads, strict=False)])
 
 
 def assert_unbiased(
     estimator: nn.Module,
     make_dist: MakeDist,
-    params: Union[Tensor, Sequence[Tensor]],
+    params: Tensor | Sequence[Tensor],
     f: Callable[[Tensor], Tensor],
     *,
     num_samples: int = 1,
     atol: float = 1e-8,
     rtol: float = 1e-7,
     breakpoints: Breakpoints = None,
-    nodes: Union[None, int, dict[str, int]] = None,
+    nodes: None | int | dict[str, int] = None,
     max_points: int = 2_000_000,
-    context: Optional[Tensor] = None,
+    context: Tensor | None = None,
 ) -> ExactMoments:
     """Assert ``E[∇ surrogate] = ∇ E[f]`` exactly (to ``atol + rtol·|∇E[f]|`` per parameter).
 
@@ -350,10 +414,29 @@ def assert_unbiased(
             tolerance cannot be reached within ``max_points``).
     """
     check_tolerance(rtol, atol)
-    m = exact_moments(estimator, make_dist, params, f, num_samples=num_samples, breakpoints=breakpoints,
-                      nodes=nodes, max_points=max_points, rtol=rtol / 10, atol=atol / 10, context=context)
-    g = exact_gradient(make_dist, params, f, breakpoints=breakpoints, nodes=nodes, max_points=max_points,
-                       rtol=rtol / 10, atol=atol / 10)
+    m = exact_moments(
+        estimator,
+        make_dist,
+        params,
+        f,
+        num_samples=num_samples,
+        breakpoints=breakpoints,
+        nodes=nodes,
+        max_points=max_points,
+        rtol=rtol / 10,
+        atol=atol / 10,
+        context=context,
+    )
+    g = exact_gradient(
+        make_dist,
+        params,
+        f,
+        breakpoints=breakpoints,
+        nodes=nodes,
+        max_points=max_points,
+        rtol=rtol / 10,
+        atol=atol / 10,
+    )
     diff = (m.mean - g).abs()
     bad = ~(diff <= atol + rtol * g.abs())  # nan counts as a failure
     if bool(bad.any()):
@@ -361,8 +444,10 @@ def assert_unbiased(
         rows = [f"  {'parameter':<16} {'E[estimate]':>17} {'∇E[f]':>17} {'|diff|':>10}"]
         for k in range(len(g)):
             mark = "  <-" if bool(bad[k]) else ""
-            rows.append(f"  {names[k]:<16} {float(m.mean[k]):>17.10e} {float(g[k]):>17.10e} "
-                        f"{float(diff[k]):>10.3e}{mark}")
+            rows.append(
+                f"  {names[k]:<16} {float(m.mean[k]):>17.10e} {float(g[k]):>17.10e} "
+                f"{float(diff[k]):>10.3e}{mark}"
+            )
         raise AssertionError(
             f"{type(estimator).__name__} is biased here: E[∇ surrogate] != ∇ E[f] for "
             f"{int(bad.sum())} of {len(g)} parameters (num_samples={num_samples}, atol={atol}, rtol={rtol}).\n"
