@@ -135,9 +135,7 @@ class Case:
     inner: int = 5  # steps per timed block
     rounds: int = 30  # timed blocks per contender
     skipped: list[str] = field(default_factory=list)
-    grad_groups: list[list[str]] = field(
-        default_factory=list
-    )  # contenders whose gradients must agree
+    grad_groups: list[list[str]] = field(default_factory=list)  # contenders whose gradients must agree
     rtol: float = 1e-5
 
     def check(self, seed: int = 0) -> list[str]:
@@ -170,17 +168,12 @@ class Case:
                 torch.manual_seed(seed)
                 grads[n] = by_name[n].grads().detach().double()
             g0 = grads[present[0]]
-            worst = max(
-                float((g - g0).abs().max() / g0.abs().max().clamp_min(1e-30))
-                for g in grads.values()
-            )
+            worst = max(float((g - g0).abs().max() / g0.abs().max().clamp_min(1e-30)) for g in grads.values())
             if worst > 1e-4:
                 raise Mismatch(
                     f"{self.name}: gradients of {present} differ (max relative difference {worst:.2g})"
                 )
-            lines.append(
-                f"gradients of {', '.join(present)} agree (max difference / max |g| = {worst:.1e})"
-            )
+            lines.append(f"gradients of {', '.join(present)} agree (max difference / max |g| = {worst:.1e})")
         return lines
 
 
@@ -207,9 +200,7 @@ def time_case(case: Case, opts: Options) -> Result:
         baseline=case.baseline,
     )
     result.notes.extend(lines)
-    result.notes.append(
-        f"{rounds} interleaved rounds x {inner} steps per contender after 1 warm-up block"
-    )
+    result.notes.append(f"{rounds} interleaved rounds x {inner} steps per contender after 1 warm-up block")
     result.tables.append(step_table(rows, case.baseline))
     return result
 

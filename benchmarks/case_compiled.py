@@ -130,9 +130,7 @@ def vae_case(opts: Options) -> Case:
     pyro = peer("pyro", skipped, "pyro Trace_ELBO")
     if pyro is not None:
         pyro.clear_param_store()
-        contenders.append(
-            case_vae.make_pyro(pyro, copy.deepcopy(enc0), copy.deepcopy(dec0), x, tag="cvae")
-        )
+        contenders.append(case_vae.make_pyro(pyro, copy.deepcopy(enc0), copy.deepcopy(dec0), x, tag="cvae"))
     setup = (
         f"case 1's Gaussian VAE: GaussianEncoder 64-{'-'.join(map(str, hidden))}-2x{latent}, BernoulliDecoder, "
         f"batch {batch} digits, 1 sample, MC KL; scg.expectation + Pathwise vs z = μ + σε by hand; Adam lr {LR}"
@@ -234,8 +232,7 @@ def sbn_case(opts: Options) -> Case:
     )
     return Case(
         f"{NAME}-sbn",
-        "6b. Sigmoid belief net, score function + moving average: eager vs torch.compile "
-        "(training step)",
+        "6b. Sigmoid belief net, score function + moving average: eager vs torch.compile (training step)",
         setup,
         "hand-written, compiled",
         contenders,
@@ -263,14 +260,8 @@ def report(case: Case, opts: Options, pyro: str) -> Result:
         f"{ratio(rows, 'scg', 'hand-written'):.3f}"
     )
     if not case.skipped:
-        result.notes.append(
-            f"{pyro} (eager) / scg, compiled = {ratio(rows, pyro, 'scg, compiled'):.2f}"
-        )
-    backend = (
-        f"the {QUICK_BACKEND} backend (--quick)"
-        if opts.quick
-        else "inductor with fallback_random=True"
-    )
+        result.notes.append(f"{pyro} (eager) / scg, compiled = {ratio(rows, pyro, 'scg, compiled'):.2f}")
+    backend = f"the {QUICK_BACKEND} backend (--quick)" if opts.quick else "inductor with fallback_random=True"
     result.notes.append(
         f"compiled: torch.compile(loss, fullgraph=True), {backend}; "
         "backward and Adam outside the compiled function"

@@ -75,9 +75,7 @@ def make_cv(bnet: nn.Module | None):
     import scg
 
     b = scg.baselines
-    return (
-        b.MovingAverage(DECAY) if bnet is None else b.chain(b.MovingAverage(DECAY), b.Learned(bnet))
-    )
+    return b.MovingAverage(DECAY) if bnet is None else b.chain(b.MovingAverage(DECAY), b.Learned(bnet))
 
 
 def make_models_sbn(m: nn.Module, bnet: nn.Module | None, x: Tensor) -> Contender:
@@ -98,18 +96,14 @@ def make_models_sbn(m: nn.Module, bnet: nn.Module | None, x: Tensor) -> Contende
         m.loss(x).backward()
         return flat_grads(modules)
 
-    return Contender(
-        "scg.models.DiscreteVAE", step, value=lambda: float(m.loss(x).detach()), grads=grads
-    )
+    return Contender("scg.models.DiscreteVAE", step, value=lambda: float(m.loss(x).detach()), grads=grads)
 
 
 def log_densities(
     m: nn.Module, logits: Tensor, b: Tensor, x: Tensor, *, with_q: bool = True
 ) -> tuple[Tensor, ...]:
     """``log q(b|x)`` (unless ``with_q=False``), ``log p(b)``, ``log p(x|b)`` for b ``[S, B, Z]`` -> ``[S, B]`` each."""
-    log_pb = -F.binary_cross_entropy_with_logits(
-        m.prior.logits.expand_as(b), b, reduction="none"
-    ).sum(-1)
+    log_pb = -F.binary_cross_entropy_with_logits(m.prior.logits.expand_as(b), b, reduction="none").sum(-1)
     out = m.decoder.net(b)
     log_px = -F.binary_cross_entropy_with_logits(out, x.expand_as(out), reduction="none").sum(-1)
     if not with_q:
@@ -170,9 +164,7 @@ class Hand:
             log_pb, log_px = log_densities(self.m, logits, b, x, with_q=False)
             f = log_q - log_pb - log_px
         else:
-            b = torch.bernoulli(
-                torch.sigmoid(logits.detach()).expand(1, *logits.shape)
-            )  # [1, B, Z]
+            b = torch.bernoulli(torch.sigmoid(logits.detach()).expand(1, *logits.shape))  # [1, B, Z]
             log_q, log_pb, log_px = log_densities(self.m, logits, b, x)
             f = log_q - log_pb - log_px  # [1, B]
         signal = f.detach()
@@ -188,9 +180,7 @@ class Hand:
         return f.mean(), surrogate.mean()
 
 
-def make_hand(
-    m: nn.Module, bnet: nn.Module | None, x: Tensor, *, dists: bool = False
-) -> Contender:
+def make_hand(m: nn.Module, bnet: nn.Module | None, x: Tensor, *, dists: bool = False) -> Contender:
     hand = Hand(m, bnet, dists=dists)
     modules = [m.encoder, m.decoder, m.prior] + ([bnet] if bnet is not None else [])
     opt = torch.optim.Adam([p for mod in modules for p in mod.parameters()], lr=LR)
@@ -230,9 +220,7 @@ def make_pyro(pyro, m: nn.Module, bnet: nn.Module | None, x: Tensor, tag: str) -
                 "b",
                 dist.Bernoulli(logits=prior.logits.expand(B, -1), validate_args=False).to_event(1),
             )
-            pyro.sample(
-                "x", dist.Bernoulli(logits=dec.net(b), validate_args=False).to_event(1), obs=x
-            )
+            pyro.sample("x", dist.Bernoulli(logits=dec.net(b), validate_args=False).to_event(1), obs=x)
 
     def guide(x: Tensor) -> None:
         pyro.module(f"{tag}_encoder", enc)
@@ -247,9 +235,7 @@ def make_pyro(pyro, m: nn.Module, bnet: nn.Module | None, x: Tensor, tag: str) -
 
     elbo = TraceGraph_ELBO()
     svi = SVI(model, guide, pyro.optim.Adam({"lr": LR}), elbo)
-    return Contender(
-        "pyro TraceGraph_ELBO", lambda: svi.step(x), value=lambda: elbo.loss(model, guide, x)
-    )
+    return Contender("pyro TraceGraph_ELBO", lambda: svi.step(x), value=lambda: elbo.loss(model, guide, x))
 
 
 def build(opts: Options, learned: bool) -> Case:
@@ -301,9 +287,7 @@ def run_variant(opts: Options, learned: bool) -> Result:
     case = build(opts, learned)
     result = time_case(case, opts)
     sf, pkg, pyro = "scg ScoreFunction", "scg.models.DiscreteVAE", "pyro TraceGraph_ELBO"
-    result.targets.append(
-        Target(f"{sf} / hand-written", ratio(result.rows, sf, "hand-written"), "<=", 1.05)
-    )
+    result.targets.append(Target(f"{sf} / hand-written", ratio(result.rows, sf, "hand-written"), "<=", 1.05))
     result.notes.append(f"{pkg} / hand-written = {ratio(result.rows, pkg, 'hand-written'):.3f}")
     hd = "hand-written, torch.distributions"
     result.notes.append(

@@ -72,9 +72,7 @@ def pyro_loss(pyro, encoder: nn.Module, decoder: nn.Module, x: Tensor):
         with pyro.plate("data", B):
             zeros = x.new_zeros(B, LATENT)
             z = pyro.sample("z", dist.Normal(zeros, torch.ones_like(zeros)).to_event(1))
-            pyro.sample(
-                "x", dist.Bernoulli(logits=decoder(z), validate_args=False).to_event(1), obs=x
-            )
+            pyro.sample("x", dist.Bernoulli(logits=decoder(z), validate_args=False).to_event(1), obs=x)
 
     def guide_with(p):
         def guide(x: Tensor) -> None:
@@ -108,13 +106,9 @@ def run(opts: Options) -> Result:
         "loop of backward()": lambda: loop_estimates(encoder, x, neg_elbo, num),
         "gradient_samples": lambda: vectorised_estimates(encoder, x, neg_elbo, num),
         REUSED_LOOP: lambda: loop_estimates(encoder, x, neg_elbo, num, out=loop_buffer),
-        REUSED_VECTORISED: lambda: vectorised_estimates(
-            encoder, x, neg_elbo, num, out=vectorised_buffer
-        ),
+        REUSED_VECTORISED: lambda: vectorised_estimates(encoder, x, neg_elbo, num, out=vectorised_buffer),
         "hand-written loop (no scg)": lambda: hand_loop_estimates(encoder, x, decoder, num),
-        HAND_VECTORISED: lambda: hand_vectorised_estimates(
-            encoder, x, decoder, num, chunk, out=floor_buffer
-        ),
+        HAND_VECTORISED: lambda: hand_vectorised_estimates(encoder, x, decoder, num, chunk, out=floor_buffer),
     }
     values = {}
     torch.manual_seed(opts.seed)
@@ -133,9 +127,7 @@ def run(opts: Options) -> Result:
             scg.diagnostics.gradient_samples(lambda p: loss(p), params, 2)
             notes.append("Pyro's loss under gradient_samples (vmap) worked")
         except Exception as e:  # noqa: BLE001 - reported, not handled
-            notes.append(
-                f"Pyro's loss under torch.func.vmap: {type(e).__name__}: {str(e).splitlines()[0]}"
-            )
+            notes.append(f"Pyro's loss under torch.func.vmap: {type(e).__name__}: {str(e).splitlines()[0]}")
     for name, v in values.items():
         if not close(v, values["scg"], rtol=1e-5, atol=1e-3):
             raise Mismatch(
@@ -157,8 +149,7 @@ def run(opts: Options) -> Result:
     )
     notes.insert(
         0,
-        "objective values (one estimate, same seed): "
-        + ", ".join(f"{k} {v:.6g}" for k, v in values.items()),
+        "objective values (one estimate, same seed): " + ", ".join(f"{k} {v:.6g}" for k, v in values.items()),
     )
     results: dict[str, Tensor] = {}
 
@@ -206,9 +197,7 @@ def run(opts: Options) -> Result:
         f"(intensities), negative ELBO with analytic KL summed over the batch, scg.Pathwise; "
         f"{num} gradient estimates per call; times are per call (all {num} estimates)"
     )
-    result = Result(
-        NAME, TITLE, setup, rows=rows, notes=notes, skipped=skipped, baseline="gradient_samples"
-    )
+    result = Result(NAME, TITLE, setup, rows=rows, notes=notes, skipped=skipped, baseline="gradient_samples")
     result.tables.append(step_table(rows, "gradient_samples").replace("ms/step", "ms/call"))
     by = {r.name: r.median for r in rows}
     result.targets.append(

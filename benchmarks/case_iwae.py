@@ -50,9 +50,7 @@ FULL = dict(
     chunk=500,
     eval_batch=100,
 )
-QUICK = dict(
-    ks=(1, 10, 100, 200), batch=4, hidden=(16,), latent=4, test=40, chunk=20, eval_batch=20
-)
+QUICK = dict(ks=(1, 10, 100, 200), batch=4, hidden=(16,), latent=4, test=40, chunk=20, eval_batch=20)
 LR = 1e-3
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -63,9 +61,7 @@ def hand_bound(enc: nn.Module, dec: nn.Module, x: Tensor, K: int) -> Tensor:
     eps = torch.randn((K, *loc.shape), dtype=loc.dtype, device=loc.device)
     z = loc + scale * eps
     logits = dec.net(z)
-    log_px = -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(
-        -1
-    )
+    log_px = -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(-1)
     log_q = (-0.5 * eps * eps - torch.log(scale) - HALF_LOG_2PI).sum(-1)
     log_pz = (-0.5 * z * z - HALF_LOG_2PI).sum(-1)
     return torch.logsumexp(log_pz + log_px - log_q, dim=0) - math.log(K)
@@ -162,9 +158,7 @@ def run(opts: Options) -> Result:
             batch_size=cfg["eval_batch"],
         )
         ev_rounds = opts.rounds or (2 if opts.quick else (3 if K >= 1000 else 5))
-        ev = blocks(
-            {"eval": evaluate}, rounds=ev_rounds, inner=1, warmup=1, clock=opts.clock, device=device
-        )
+        ev = blocks({"eval": evaluate}, rounds=ev_rounds, inner=1, warmup=1, clock=opts.clock, device=device)
         ev_med = summarise(ev, "eval")[0].median
         ev_mem = peak_memory(evaluate, device=device)
         s, h = summary["scg"], summary["hand-written"]
@@ -194,15 +188,9 @@ def run(opts: Options) -> Result:
     result.tables.append("\n".join(header + rows))
     ks = list(cfg["ks"])
     big = [i for i, k in enumerate(ks) if k >= 100]
-    t_slope = (
-        slope([ks[i] for i in big], [train_t[i] for i in big]) if len(big) >= 2 else float("nan")
-    )
-    m_slope = (
-        slope([ks[i] for i in big], [train_m[i] for i in big]) if len(big) >= 2 else float("nan")
-    )
-    e_slope = (
-        slope([ks[i] for i in big], [eval_t[i] for i in big]) if len(big) >= 2 else float("nan")
-    )
+    t_slope = slope([ks[i] for i in big], [train_t[i] for i in big]) if len(big) >= 2 else float("nan")
+    m_slope = slope([ks[i] for i in big], [train_m[i] for i in big]) if len(big) >= 2 else float("nan")
+    e_slope = slope([ks[i] for i in big], [eval_t[i] for i in big]) if len(big) >= 2 else float("nan")
     if len(big) >= 2:
         marginal = ", ".join(
             f"K {ks[i]}->{ks[j]}: {1e6 * (train_t[j] - train_t[i]) / (ks[j] - ks[i]):.1f} us"

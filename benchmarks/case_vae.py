@@ -92,9 +92,7 @@ def cost_fn(loc: Tensor, scale: Tensor, dec: nn.Module, x: Tensor):
 
     def cost(z: Tensor) -> Tensor:
         logits = dec.net(z)
-        nll = F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(
-            -1
-        )
+        nll = F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(-1)
         e = (z - loc) / scale
         log_q = (-0.5 * e * e - log_scale - HALF_LOG_2PI).sum(-1)
         log_pz = (-0.5 * z * z - HALF_LOG_2PI).sum(-1)
@@ -126,9 +124,7 @@ def hand_dists_loss(enc: nn.Module, dec: nn.Module, x: Tensor) -> Tensor:
     from torch.distributions import Independent, Normal
 
     loc, scale, _ = enc.params(x)
-    z = Independent(Normal(loc, scale), 1).rsample(
-        (1,)
-    )  # loc + ε·scale, ε from the same generator call
+    z = Independent(Normal(loc, scale), 1).rsample((1,))  # loc + ε·scale, ε from the same generator call
     return cost_fn(loc, scale, dec, x)(z).mean(0).mean()
 
 
@@ -161,9 +157,7 @@ def make_pyro(pyro, enc: nn.Module, dec: nn.Module, x: Tensor, tag: str = "vae")
         with pyro.plate("data", B), poutine.scale(scale=1.0 / B):
             zeros = x.new_zeros(B, L)
             z = pyro.sample("z", dist.Normal(zeros, torch.ones_like(zeros)).to_event(1))
-            pyro.sample(
-                "x", dist.Bernoulli(logits=dec.net(z), validate_args=False).to_event(1), obs=x
-            )
+            pyro.sample("x", dist.Bernoulli(logits=dec.net(z), validate_args=False).to_event(1), obs=x)
 
     def guide(x: Tensor) -> None:
         pyro.module(f"{tag}_encoder", enc)
@@ -204,9 +198,7 @@ def build(opts: Options) -> Case:
 
     pathwise = scg.Pathwise()
     contenders = [
-        make_loss_contender(
-            "scg.expectation", lambda e, d, x: scg_loss(e, d, x, pathwise), *copies(), x
-        ),
+        make_loss_contender("scg.expectation", lambda e, d, x: scg_loss(e, d, x, pathwise), *copies(), x),
         make_models_vae(*copies(), x),
         make_loss_contender("hand-written", hand_loss, *copies(), x),
         make_loss_contender("hand-written, torch.distributions", hand_dists_loss, *copies(), x),

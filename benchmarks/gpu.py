@@ -98,7 +98,9 @@ def device_lines(cuda: bool) -> list[str]:
         props = torch.cuda.get_device_properties(0)
         device = f"{torch.cuda.get_device_name(0)} ({props.total_memory / 2**30:.0f} GiB), {torch.cuda.device_count()} visible"
     else:
-        device = f"CPU only: {platform.processor() or platform.machine()}, {os.cpu_count()} cores (no CUDA device)"
+        device = (
+            f"CPU only: {platform.processor() or platform.machine()}, {os.cpu_count()} cores (no CUDA device)"
+        )
     return [
         f"- device: {device}",
         f"- torch {torch.__version__}; CUDA {torch.version.cuda or 'none'}; "
@@ -129,9 +131,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument(
         "--studies", default=None, help="comma-separated subset of `scg-study list` (default all)"
     )
-    parser.add_argument(
-        "--cases", default=None, help="comma-separated benchmark cases (default all)"
-    )
+    parser.add_argument("--cases", default=None, help="comma-separated benchmark cases (default all)")
     parser.add_argument(
         "--tests", default="tests", help="where pytest looks for the CUDA tests (default tests)"
     )
@@ -151,9 +151,7 @@ def main(argv: list[str] | None = None) -> Path:
     for item in args.size:
         study, _, size = item.partition("=")
         if size not in SIZES:
-            parser.error(
-                f"`--size` must be STUDY=SIZE with SIZE one of {list(SIZES)}; got {item!r}."
-            )
+            parser.error(f"`--size` must be STUDY=SIZE with SIZE one of {list(SIZES)}; got {item!r}.")
         sizes[study] = size
 
     cuda = torch.cuda.is_available() and not args.cpu
@@ -231,9 +229,7 @@ def main(argv: list[str] | None = None) -> Path:
     ]
     for name, size, step, n in studies:
         note = step.status + (
-            "; rerun the same command to resume the finished cells"
-            if step.returncode is None
-            else ""
+            "; rerun the same command to resume the finished cells" if step.returncode is None else ""
         )
         lines.append(f"| {name} | {size} | {step.seconds:.0f} | {note} | {n} | studies/{name}/ |")
     lines += [
@@ -244,11 +240,7 @@ def main(argv: list[str] | None = None) -> Path:
         "",
     ]
     md = out / "benchmarks.md"
-    lines += [
-        md.read_text()
-        if md.exists()
-        else f"(no tables; the log ends with)\n\n```\n{bench.tail}\n```"
-    ]
+    lines += [md.read_text() if md.exists() else f"(no tables; the log ends with)\n\n```\n{bench.tail}\n```"]
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n")
     print(f"report: {report}", flush=True)

@@ -61,9 +61,7 @@ def build(batch: int, seed: int = 0):
     torch.manual_seed(seed)
     x = torch.tensor(load_digits().data[:batch], dtype=torch.float32) / 16.0  # [B, 64] in [0, 1]
     encoder = nn.Sequential(nn.Linear(64, 128), nn.Tanh(), nn.Linear(128, 2 * LATENT))
-    decoder = nn.Linear(LATENT, 64).requires_grad_(
-        False
-    )  # fixed: gradients w.r.t. the encoder only
+    decoder = nn.Linear(LATENT, 64).requires_grad_(False)  # fixed: gradients w.r.t. the encoder only
     estimator = scg.Pathwise()
 
     def neg_elbo(out: Tensor) -> Tensor:
@@ -92,9 +90,7 @@ def backward_loop(module: nn.Module, loss, num: int, out: Tensor | None = None) 
     return out
 
 
-def loop_estimates(
-    encoder: nn.Module, x: Tensor, neg_elbo, num: int, out: Tensor | None = None
-) -> Tensor:
+def loop_estimates(encoder: nn.Module, x: Tensor, neg_elbo, num: int, out: Tensor | None = None) -> Tensor:
     """The loop of ``backward()`` through scg's loss."""
     return backward_loop(encoder, lambda: neg_elbo(encoder(x)), num, out)
 
@@ -163,9 +159,7 @@ def hand_vectorised_estimates(
         eps = torch.randn(n, B, L, device=x.device)
         dlogits = ((loc + scale * eps) @ Wd.T + bd).sigmoid_().sub_(x)
         dz = dlogits @ Wd
-        dout = torch.cat(
-            [dz + loc, dz.mul_(eps).mul_(scale).add_(scale * scale - 1)], -1
-        )  # [n, B, 2L]
+        dout = torch.cat([dz + loc, dz.mul_(eps).mul_(scale).add_(scale * scale - 1)], -1)  # [n, B, 2L]
         rows = out[start : start + n]
         torch.bmm(
             dout.transpose(1, 2),
@@ -200,9 +194,7 @@ def check_same_estimator(a: Tensor, b: Tensor) -> str:
     z = ((sa.mean - sb.mean)[ok] / se[ok]).abs()
     threshold = float(stats.norm.isf(1e-3 / (2 * int(ok.sum()))))
     ratio = float(sa.variance.sum() / sb.variance.sum())
-    verdict = (
-        "same estimator" if float(z.max()) < threshold and abs(ratio - 1) < 0.2 else "MISMATCH"
-    )
+    verdict = "same estimator" if float(z.max()) < threshold and abs(ratio - 1) < 0.2 else "MISMATCH"
     return (
         f"check: max |z| of mean difference over {int(ok.sum())} parameters = {float(z.max()):.2f} "
         f"(threshold {threshold:.2f}); total variance ratio loop/vectorised = {ratio:.3f} -> {verdict}"
@@ -211,12 +203,8 @@ def check_same_estimator(a: Tensor, b: Tensor) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--num", type=int, default=1000, help="gradient estimates per run (default 1000)"
-    )
-    parser.add_argument(
-        "--repeats", type=int, default=5, help="interleaved timed repeats (default 5)"
-    )
+    parser.add_argument("--num", type=int, default=1000, help="gradient estimates per run (default 1000)")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved timed repeats (default 5)")
     parser.add_argument("--batch", type=int, default=16, help="digits per estimate (default 16)")
     parser.add_argument(
         "--chunk-size",
@@ -251,9 +239,7 @@ def main(argv: list[str] | None = None) -> None:
     loop_buffer, vectorised_buffer = torch.empty(args.num, P), torch.empty(args.num, P)
     candidates = {
         "loop of backward()": lambda: loop_estimates(encoder, x, neg_elbo, args.num),
-        "gradient_samples": lambda: vectorised_estimates(
-            encoder, x, neg_elbo, args.num, args.chunk_size
-        ),
+        "gradient_samples": lambda: vectorised_estimates(encoder, x, neg_elbo, args.num, args.chunk_size),
         REUSED_LOOP: lambda: loop_estimates(encoder, x, neg_elbo, args.num, out=loop_buffer),
         REUSED_VECTORISED: lambda: vectorised_estimates(
             encoder, x, neg_elbo, args.num, args.chunk_size, out=vectorised_buffer
@@ -270,9 +256,7 @@ def main(argv: list[str] | None = None) -> None:
     for threads in [int(t) for t in args.threads.split(",")]:
         torch.set_num_threads(threads)
         print(f"\n### torch threads = {threads}\n")
-        times = blocks(
-            {k: keep(k, f) for k, f in candidates.items()}, rounds=args.repeats, clock=args.clock
-        )
+        times = blocks({k: keep(k, f) for k, f in candidates.items()}, rounds=args.repeats, clock=args.clock)
         print(report(times, baseline="loop of backward()"))
         med = medians(times)
         ratio = med["loop of backward()"] / med["gradient_samples"]
@@ -283,9 +267,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     for name, out in results.items():
         if out.shape != (args.num, P):
-            raise RuntimeError(
-                f"{name} returned shape {list(out.shape)}; expected {[args.num, P]}."
-            )
+            raise RuntimeError(f"{name} returned shape {list(out.shape)}; expected {[args.num, P]}.")
     print(check_same_estimator(results["loop of backward()"], results["gradient_samples"]))
 
 

@@ -125,9 +125,7 @@ def main(argv: list[str] | None = None) -> list[Result]:
     parser.add_argument(
         "--case", action="append", choices=list(CASES), help="case to run (repeatable; default all)"
     )
-    parser.add_argument(
-        "--quick", action="store_true", help="tiny sizes and 3 rounds (a smoke run)"
-    )
+    parser.add_argument("--quick", action="store_true", help="tiny sizes and 3 rounds (a smoke run)")
     parser.add_argument(
         "--rounds", type=int, default=None, help="timed rounds per contender (default: per case)"
     )
@@ -145,9 +143,7 @@ def main(argv: list[str] | None = None) -> list[Result]:
         action="store_true",
         help="keep torch/pyro distribution argument validation on (default off for every contender)",
     )
-    parser.add_argument(
-        "--markdown", default=None, help="also write the report as markdown to this file"
-    )
+    parser.add_argument("--markdown", default=None, help="also write the report as markdown to this file")
     args = parser.parse_args(argv)
     clock = args.clock or ("wall" if args.device.startswith("cuda") else "cpu")
     opts = Options(
@@ -182,12 +178,7 @@ def main(argv: list[str] | None = None) -> list[Result]:
     print("\n## Summary\n\n" + summary(results) + "\n\n" + footer[0])
     if args.markdown:
         with open(args.markdown, "w") as fh:
-            fh.write(
-                "\n".join(f"{h}  " for h in header)
-                + "\n\n## Summary\n\n"
-                + summary(results)
-                + "\n\n"
-            )
+            fh.write("\n".join(f"{h}  " for h in header) + "\n\n## Summary\n\n" + summary(results) + "\n\n")
             fh.write("\n".join(render(r) for r in results) + "\n" + footer[0] + "\n")
     return results
 

@@ -48,9 +48,7 @@ def main(argv=None) -> None:
     print(
         "VAE       test log p(x) ≈",
         round(
-            float(
-                log_likelihood(vae, test.to(next(vae.parameters()).device), num_samples=K).mean()
-            ),
+            float(log_likelihood(vae, test.to(next(vae.parameters()).device), num_samples=K).mean()),
             2,
         ),
         " active units:",
@@ -91,9 +89,7 @@ def main(argv=None) -> None:
 
     # 6. Bayesian logistic regression on breast cancer; minibatches of 32 scaled by N/B; any estimator.
     x, y, _, _ = breast_cancer()
-    blr = BayesianLogisticRegression(
-        x, y, estimator=scg.MeasureValued(), num_samples=10, batch_size=32
-    )
+    blr = BayesianLogisticRegression(x, y, estimator=scg.MeasureValued(), num_samples=10, batch_size=32)
     opt = torch.optim.SGD(blr.parameters(), lr=1e-3)
     for _ in range(5 if args.tiny else 500):
         opt.zero_grad()

@@ -39,9 +39,7 @@ def atomic_write(path: PathLike, write: Callable[[BinaryIO], object]) -> Path:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(
-            tmp, 0o666 & ~_umask()
-        )  # mkstemp's 0600 would leak into results meant to be shared
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would leak into results meant to be shared
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

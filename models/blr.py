@@ -75,9 +75,7 @@ class BayesianLogisticRegression(nn.Module):
     ) -> None:
         super().__init__()
         if x.dim() != 2 or y.dim() != 1 or x.shape[0] != y.shape[0]:
-            raise ValueError(
-                f"`x` must be [N, D] and `y` [N]; got {list(x.shape)} and {list(y.shape)}."
-            )
+            raise ValueError(f"`x` must be [N, D] and `y` [N]; got {list(x.shape)} and {list(y.shape)}.")
         check_positive_int("num_samples", num_samples)
         check_positive("prior_std", prior_std)
         check_positive("init_std", init_std)
@@ -86,9 +84,7 @@ class BayesianLogisticRegression(nn.Module):
         self.minibatch = scg.minibatch.Minibatch(x.shape[0], batch_size)
         self.num_samples, self.prior_std = num_samples, float(prior_std)
         self.loc = nn.Parameter(torch.zeros(x.shape[1], dtype=x.dtype))
-        self.raw_scale = nn.Parameter(
-            torch.full((x.shape[1],), _inv_softplus(init_std), dtype=x.dtype)
-        )
+        self.raw_scale = nn.Parameter(torch.full((x.shape[1],), _inv_softplus(init_std), dtype=x.dtype))
         self.estimator = estimator if estimator is not None else scg.Pathwise()
 
     @property
@@ -115,9 +111,7 @@ class BayesianLogisticRegression(nn.Module):
             logits, y.expand_as(logits), reduction="none"
         ).sum(-1)
 
-    def objective(
-        self, index: Tensor | None = None, *, draws: dict[str, Tensor] | None = None
-    ) -> Tensor:
+    def objective(self, index: Tensor | None = None, *, draws: dict[str, Tensor] | None = None) -> Tensor:
         r"""Surrogate of the doubly stochastic :math:`−\mathrm{ELBO}` (a scalar).
 
         Args:

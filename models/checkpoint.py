@@ -67,9 +67,7 @@ def _fingerprint(model: nn.Module, train: Tensor, val: Tensor | None, config: An
     """What a resumed run must share with the run that wrote the checkpoint (``config``: a ``TrainConfig``)."""
     return {
         "config": {k: v for k, v in asdict(config).items() if k not in _RESUMABLE_CHANGES},
-        "model": _digest(
-            lambda h: h.update(repr(model).encode())
-        ),  # structure and estimator settings
+        "model": _digest(lambda h: h.update(repr(model).encode())),  # structure and estimator settings
         "train": _digest(lambda h: _tensor_bytes(h, train)),
         "val": None if val is None else _digest(lambda h: _tensor_bytes(h, val)),
     }

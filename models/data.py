@@ -161,9 +161,7 @@ class LinearGaussian:
 
     def log_prob(self, x: Tensor) -> Tensor:
         """Exact :math:`\\log p(x)`, ``[N, D] -> [N]``."""
-        dist = torch.distributions.MultivariateNormal(
-            self.bias, covariance_matrix=self.marginal_covariance()
-        )
+        dist = torch.distributions.MultivariateNormal(self.bias, covariance_matrix=self.marginal_covariance())
         return dist.log_prob(x)
 
     def posterior(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -226,9 +224,7 @@ def linear_gaussian(
     check_positive_int("data_dim", data_dim)
     check_positive_int("latent_dim", latent_dim)
     if not (isinstance(sizes, (tuple, list)) and len(sizes) == 3):
-        raise ValueError(
-            f"`sizes` must be (train, validation, test) sizes, three ints; got {sizes!r}."
-        )
+        raise ValueError(f"`sizes` must be (train, validation, test) sizes, three ints; got {sizes!r}.")
     for size in sizes:
         check_positive_int("sizes", size)
     check_positive("noise_std", noise_std)
@@ -272,9 +268,7 @@ def breast_cancer(
 
     data = load_breast_cancer()
     x, y = data.data.astype(np.float64), data.target.astype(np.float64)
-    perm = (
-        np.random.default_rng(seed).permutation(len(x)) if test_fraction > 0 else np.arange(len(x))
-    )
+    perm = np.random.default_rng(seed).permutation(len(x)) if test_fraction > 0 else np.arange(len(x))
     m = int(round(test_fraction * len(x)))
     tr, te = perm[: len(x) - m], perm[len(x) - m :]
     mean, std = x[tr].mean(0), x[tr].std(0)
@@ -331,9 +325,7 @@ def _find_idx(folder: Path, key: str) -> Path:
     )
 
 
-def load_mnist(
-    path: PathLike, *, val_size: int = 10000, dtype: torch.dtype = torch.float32
-) -> Splits:
+def load_mnist(path: PathLike, *, val_size: int = 10000, dtype: torch.dtype = torch.float32) -> Splits:
     """MNIST or Fashion-MNIST from files the user has: a folder of IDX files or an ``.npz``.
 
     The folder holds ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
@@ -363,9 +355,7 @@ def load_mnist(
                 )
             arrays = {k: np.asarray(npz[k]) for k in _IDX_NAMES}
     else:
-        raise ValueError(
-            f"`path` must be a folder of IDX files or an existing .npz file; got {str(path)!r}."
-        )
+        raise ValueError(f"`path` must be a folder of IDX files or an existing .npz file; got {str(path)!r}.")
     n_train = len(arrays["x_train"])
     if isinstance(val_size, bool) or not isinstance(val_size, int) or not 0 <= val_size < n_train:
         raise ValueError(f"`val_size` must be an int in [0, {n_train}); got {val_size!r}.")

@@ -80,9 +80,7 @@ class _RelaxNet(nn.Module):
         return self.net(torch.sigmoid(z)).squeeze(-1)
 
 
-def make_estimator(
-    name: str, *, x_dim: int, z_dim: int, temperature: float = 0.5
-) -> scg.Estimator | None:
+def make_estimator(name: str, *, x_dim: int, z_dim: int, temperature: float = 0.5) -> scg.Estimator | None:
     """The scg estimator for ``name`` (``None`` for ``"vimco"``, which is an objective, not an estimator)."""
     b = scg.baselines
     if name not in DISCRETE_ESTIMATORS:
@@ -141,9 +139,7 @@ class DiscreteVAE(nn.Module):
         check_positive_int("evaluations", evaluations)
         check_positive("temperature", temperature)
         self.estimator_name = estimator
-        self.estimator = make_estimator(
-            estimator, x_dim=x_dim, z_dim=z_dim, temperature=temperature
-        )
+        self.estimator = make_estimator(estimator, x_dim=x_dim, z_dim=z_dim, temperature=temperature)
         cost = DISCRETE_ESTIMATORS[estimator]
         if evaluations % cost:
             raise ValueError(

@@ -81,9 +81,7 @@ def local_slice(n: int, rank: int, world: int) -> slice:
         [slice(0, 3, None), slice(3, 5, None)]
     """
     if world < 1 or not 0 <= rank < world:
-        raise ValueError(
-            f"`rank` must be in [0, world) with world >= 1; got rank={rank}, world={world}."
-        )
+        raise ValueError(f"`rank` must be in [0, world) with world >= 1; got rank={rank}, world={world}.")
     if n < 0:
         raise ValueError(f"`n` must be >= 0; got {n}.")
     base, extra = divmod(n, world)
@@ -126,9 +124,7 @@ class DataParallelStep:
         group: dist.ProcessGroup | None = None,
     ) -> None:
         if not callable(getattr(model, "loss", None)):
-            raise TypeError(
-                f"`model` must have a loss(x, *, step) method; got {type(model).__name__}."
-            )
+            raise TypeError(f"`model` must have a loss(x, *, step) method; got {type(model).__name__}.")
         self.model, self.group = model, group
         self.rank, self.world = rank_and_world(group)
         self.ddp: DistributedDataParallel | None = None
@@ -159,9 +155,7 @@ class DataParallelStep:
             This rank's (unweighted, detached) loss :math:`L_r`; NaN when ``n_r = 0``.
         """
         if total < max(1, x.shape[0]):
-            raise ValueError(
-                f"`total` must be >= the local batch size {x.shape[0]} and >= 1; got {total}."
-            )
+            raise ValueError(f"`total` must be >= the local batch size {x.shape[0]} and >= 1; got {total}.")
         k = int(x.shape[0])
         weight = self.world * k / total
         empty = k == 0
@@ -208,9 +202,7 @@ def _gather(obj: Any, world: int) -> list[Any]:
 class _DataParallelSteps(_Steps):
     """Rank r's part in :func:`scg.models.fit`'s loop (see the module docstring for the why)."""
 
-    def __init__(
-        self, device: torch.device, rank: int, world: int, find_unused_parameters: bool
-    ) -> None:
+    def __init__(self, device: torch.device, rank: int, world: int, find_unused_parameters: bool) -> None:
         super().__init__(device)
         self.rank, self.world, self.find_unused = rank, world, find_unused_parameters
         self.stepper: DataParallelStep | None = None
@@ -246,9 +238,7 @@ class _DataParallelSteps(_Steps):
     def state(self) -> dict[str, Any]:
         rngs = _gather(torch.get_rng_state(), self.world)
         cuda = (
-            _gather(torch.cuda.get_rng_state(self.device), self.world)
-            if self.device.type == "cuda"
-            else None
+            _gather(torch.cuda.get_rng_state(self.device), self.world) if self.device.type == "cuda" else None
         )
         return {
             "rng": rngs[0],
@@ -278,9 +268,7 @@ class _DataParallelSteps(_Steps):
 def _device(device: str | torch.device) -> torch.device:
     dev = resolve_device(device)
     local = os.environ.get("LOCAL_RANK", "")
-    if (
-        dev.type == "cuda" and dev.index is None and local.isdigit()
-    ):  # pragma: no cover - no GPU in CI
+    if dev.type == "cuda" and dev.index is None and local.isdigit():  # pragma: no cover - no GPU in CI
         dev = torch.device("cuda", int(local) % torch.cuda.device_count())
     if dev.type == "cuda":  # pragma: no cover
         torch.cuda.set_device(dev)
@@ -356,9 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Data-parallel training of the digits VAE (see docs/distributed.md).",
     )
     p.add_argument("--epochs", type=int, default=200)
-    p.add_argument(
-        "--batch-size", type=int, default=50, help="per rank (global batch = ranks x this)"
-    )
+    p.add_argument("--batch-size", type=int, default=50, help="per rank (global batch = ranks x this)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0, help="order seed; rank r draws with seed + r")
     p.add_argument(
@@ -380,9 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="checkpoint folder (resumable)")
     p.add_argument("--json", default=None, help="append the result line to this file (rank 0)")
     args = p.parse_args(argv)
-    torch.manual_seed(
-        args.seed if args.init_seed is None else args.init_seed
-    )  # the same init on every rank
+    torch.manual_seed(args.seed if args.init_seed is None else args.init_seed)  # the same init on every rank
     data = digits()
     model = VAE(
         GaussianEncoder(64, args.z_dim, (args.hidden,)),
@@ -397,9 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         progress=False,
     )
     t0 = time.perf_counter()
-    history = fit_distributed(
-        model, data.train, data.val, config=cfg, out_dir=args.out, device=args.device
-    )
+    history = fit_distributed(model, data.train, data.val, config=cfg, out_dir=args.out, device=args.device)
     seconds = time.perf_counter() - t0
     rank, world = rank_and_world()
     result = {
@@ -430,9 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if (
-    __name__ == "__main__"
-):  # pragma: no cover - exercised through torchrun in tests/test_distributed.py
+if __name__ == "__main__":  # pragma: no cover - exercised through torchrun in tests/test_distributed.py
     import sys
 
     from torch.distributed.elastic.multiprocessing.errors import record

@@ -113,9 +113,7 @@ def active_units(
     """
     check_positive("threshold", threshold)
     if x.shape[0] < 2:
-        raise ValueError(
-            f"`x` must hold at least 2 data points (a variance over x); got {x.shape[0]}."
-        )
+        raise ValueError(f"`x` must hold at least 2 data points (a variance over x); got {x.shape[0]}.")
     means = posterior_means(encoder, x, num_samples=num_samples)
     var = means.var(dim=0, unbiased=False)
     return int((var > threshold).sum()), var

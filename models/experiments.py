@@ -44,9 +44,7 @@ EXPERIMENTS = {
 
 def main(argv: list[str] | None = None) -> None:
     """Parse the command line, run the experiment (finished cells are read back) and print its tables."""
-    p = argparse.ArgumentParser(
-        prog="python -m scg.models.experiments", description=__doc__.split("\n")[0]
-    )
+    p = argparse.ArgumentParser(prog="python -m scg.models.experiments", description=__doc__.split("\n")[0])
     p.add_argument("name", choices=list(EXPERIMENTS))
     p.add_argument("--out", default="runs/models")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")

@@ -33,9 +33,7 @@ def blr(args: argparse.Namespace) -> str:
         "measure-valued": lambda: scg.MeasureValued(),
         "score function": lambda: scg.ScoreFunction(),
         "score function + moving average": lambda: scg.ScoreFunction(baseline=b.MovingAverage()),
-        "score function + delta (optimal c)": lambda: scg.ScoreFunction(
-            baseline=b.Delta("optimal")
-        ),
+        "score function + delta (optimal c)": lambda: scg.ScoreFunction(baseline=b.Delta("optimal")),
     }
     checkpoints = sorted({0, steps // 10, steps})
     out = Path(args.out) / "blr"

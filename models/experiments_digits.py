@@ -105,9 +105,7 @@ def iwae(args: argparse.Namespace) -> str:
         f"Digits (binarised 8×8; 1000/350/447), 64-{H[0]}-{H[1]}-{L} tanh, test −log p(x) with K = {K}, "
         f"{args.seeds} seeds (mean ± std), early stopping on validation (patience {args.patience}), "
         f"≤ {epochs} epochs:\n"
-        + table(
-            ["k", "VAE −log p(x)", "VAE active units", "IWAE −log p(x)", "IWAE active units"], rows
-        )
+        + table(["k", "VAE −log p(x)", "VAE active units", "IWAE −log p(x)", "IWAE active units"], rows)
     )
 
 
@@ -121,9 +119,7 @@ def flows(args: argparse.Namespace) -> str:
     L, H = 20, (100, 100)
     epochs = 2 if args.smoke else args.epochs
     out = Path(args.out) / "flows"
-    cells = [("none", 0)] + [
-        (k, n) for k in ("planar", "radial", "iaf", "coupling") for n in (2, 8)
-    ]
+    cells = [("none", 0)] + [(k, n) for k in ("planar", "radial", "iaf", "coupling") for n in (2, 8)]
     results: dict[tuple[str, int], list[dict]] = {}
     for seed in range(args.seeds):
         sub = argparse.Namespace(**{**vars(args), "seed": seed})
@@ -131,9 +127,7 @@ def flows(args: argparse.Namespace) -> str:
 
             def make(kind=kind, length=length):
                 enc = GaussianEncoder(64, L, H)
-                layers = (
-                    flow_layers(kind, L, length, context_dim=H[-1], hidden=(64,)) if length else []
-                )
+                layers = flow_layers(kind, L, length, context_dim=H[-1], hidden=(64,)) if length else []
                 return VAE(FlowPosterior(enc, layers), BernoulliDecoder(L, 64, H), kl="mc")
 
             r = cell(
@@ -190,11 +184,7 @@ def discrete(args: argparse.Namespace) -> str:
                 torch.manual_seed(seed)
                 train_elbo = float(m.bound(d.train.to(dev), num_samples=10).mean())
                 test_elbo = float(m.bound(d.test.to(dev), num_samples=10).mean())
-                ll = float(
-                    log_likelihood(
-                        m, d.test.to(dev), num_samples=100 if args.smoke else 1000
-                    ).mean()
-                )
+                ll = float(log_likelihood(m, d.test.to(dev), num_samples=100 if args.smoke else 1000).mean())
                 return {
                     "train_elbo": train_elbo,
                     "val_curve": h.val_bound,

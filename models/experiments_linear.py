@@ -32,9 +32,7 @@ def linear_gaussian(args: argparse.Namespace) -> str:
     exact_true = float(truth.log_prob(s.test).mean())
     epochs = 3 if args.smoke else 300
     K = 50 if args.smoke else 5000
-    cfg = TrainConfig(
-        epochs=epochs, batch_size=100, lr=3e-3, seed=args.seed, progress=not args.quiet
-    )
+    cfg = TrainConfig(epochs=epochs, batch_size=100, lr=3e-3, seed=args.seed, progress=not args.quiet)
 
     def linear_vae(folder: Path) -> dict:
         torch.manual_seed(args.seed)
@@ -68,9 +66,7 @@ def linear_gaussian(args: argparse.Namespace) -> str:
             dec.requires_grad_(False)
             enc = GaussianEncoder(10, 2, (32,))
             q = (
-                FlowPosterior(
-                    enc, flow_layers(kind, 2, length, context_dim=enc.feature_dim, hidden=(32,))
-                )
+                FlowPosterior(enc, flow_layers(kind, 2, length, context_dim=enc.feature_dim, hidden=(32,)))
                 if kind
                 else enc
             )
@@ -102,9 +98,7 @@ def linear_gaussian(args: argparse.Namespace) -> str:
             config=vars(args),
         )
         closed = 1 - fr["gap"] / mf["gap"]
-        rows.append(
-            [f"{kind} × {length}", f"{fr['elbo']:.4f}", f"{fr['gap']:.4f}", f"{100 * closed:.0f}%"]
-        )
+        rows.append([f"{kind} × {length}", f"{fr['elbo']:.4f}", f"{fr['gap']:.4f}", f"{100 * closed:.0f}%"])
     report = [
         "Linear VAE on linear-Gaussian data (test set, nats per data point):",
         table(

@@ -67,9 +67,7 @@ class FlowLayer(nn.Module):
 
 
 class _Amortised(FlowLayer):
-    def __init__(
-        self, sizes: Sequence[int], context_dim: int | None, init_std: float = 0.01
-    ) -> None:
+    def __init__(self, sizes: Sequence[int], context_dim: int | None, init_std: float = 0.01) -> None:
         super().__init__()
         self.sizes = list(sizes)
         total = sum(sizes)
@@ -85,9 +83,7 @@ class _Amortised(FlowLayer):
     def raw(self, h: Tensor | None) -> list[Tensor]:
         if self.head is not None:
             if h is None:
-                raise ValueError(
-                    "`h` must be given: this layer is amortised (built with context_dim)."
-                )
+                raise ValueError("`h` must be given: this layer is amortised (built with context_dim).")
             out = self.head(h)
         else:
             out = self.flat
@@ -135,9 +131,7 @@ class IAF(FlowLayer):
         self.gate_bias = gate_bias
 
     def transform(self, h: Tensor | None) -> Transform:
-        return IAFTransform(
-            self.made, h if self.made.context is not None else None, gate_bias=self.gate_bias
-        )
+        return IAFTransform(self.made, h if self.made.context is not None else None, gate_bias=self.gate_bias)
 
 
 class _CouplingNet(nn.Module):
@@ -153,9 +147,7 @@ class _CouplingNet(nn.Module):
     def forward(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         if self.context_dim:
             if context is None:
-                raise ValueError(
-                    "`context` must be given: this coupling net was built with a context_dim."
-                )
+                raise ValueError("`context` must be given: this coupling net was built with a context_dim.")
             x = torch.cat([x, context.expand(*x.shape[:-1], -1)], dim=-1)
         s, t = self.net(x).chunk(2, dim=-1)
         return self.scale * torch.tanh(s), t
@@ -235,9 +227,7 @@ class FlowPosterior(nn.Module):
         super().__init__()
         for layer in layers:
             if not isinstance(layer, FlowLayer):
-                raise TypeError(
-                    f"`layers` must hold FlowLayer modules; got {type(layer).__name__}."
-                )
+                raise TypeError(f"`layers` must hold FlowLayer modules; got {type(layer).__name__}.")
         self.encoder = encoder
         self.layers = nn.ModuleList(layers)
 

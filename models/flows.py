@@ -199,9 +199,7 @@ class MADE(nn.Module):
         out_mask = deg_in.unsqueeze(-1) > degrees[-1].unsqueeze(0)
         self.hidden_layers = nn.ModuleList(layers)
         self.out = _MaskedLinear(len(degrees[-1]), 2 * dim, torch.cat([out_mask, out_mask]))
-        nn.init.zeros_(
-            self.out.weight
-        )  # start with m = s = 0: every IAF step begins as a constant gate
+        nn.init.zeros_(self.out.weight)  # start with m = s = 0: every IAF step begins as a constant gate
         nn.init.zeros_(self.out.bias)
         self.context = nn.Linear(context_dim, hidden[0]) if context_dim else None
         self.act = activation()

@@ -135,7 +135,6 @@ class IWAE(VAE):
     def bound(self, x: Tensor, *, num_samples: int = 1) -> Tensor:
         """The K-sample bound per data point (K = the model's ``num_samples``; ``num_samples`` repeats it)."""
         vals = [
-            scg.objectives.log_mean_exp(self.log_weights(x, self.num_samples))
-            for _ in range(num_samples)
+            scg.objectives.log_mean_exp(self.log_weights(x, self.num_samples)) for _ in range(num_samples)
         ]
         return torch.stack(vals).mean(0)

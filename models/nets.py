@@ -36,9 +36,7 @@ _MIN_SCALE = 1e-4
 def mlp(sizes: Sequence[int], activation: type[nn.Module] = nn.Tanh) -> nn.Sequential:
     """Fully connected layers ``sizes[0] -> ... -> sizes[-1]``, ``activation`` between (not after the last)."""
     if len(sizes) < 2:
-        raise ValueError(
-            f"`sizes` must have at least 2 entries (input and output); got {list(sizes)}."
-        )
+        raise ValueError(f"`sizes` must have at least 2 entries (input and output); got {list(sizes)}.")
     for s in sizes:
         check_positive_int("sizes", s)
     layers: list[nn.Module] = []
@@ -142,9 +140,7 @@ class BernoulliDecoder(nn.Module):
         self.net = mlp([z_dim, *hidden, x_dim], activation)
 
     def forward(self, z: Tensor) -> Distribution:
-        return Independent(
-            Bernoulli(logits=self.net(z), validate_args=False), 1, validate_args=False
-        )
+        return Independent(Bernoulli(logits=self.net(z), validate_args=False), 1, validate_args=False)
 
 
 class GaussianDecoder(nn.Module):
@@ -196,9 +192,7 @@ class StandardNormalPrior(nn.Module):
         # Expanded constant buffers (no allocation per call); no argument validation: the
         # parameters are these constants, valid by construction.
         shape = (*batch_shape, self.z_dim)
-        return Independent(
-            Normal(self.zero.expand(shape), self.one.expand(shape), validate_args=False), 1
-        )
+        return Independent(Normal(self.zero.expand(shape), self.one.expand(shape), validate_args=False), 1)
 
 
 class BernoulliPrior(nn.Module):
@@ -213,6 +207,4 @@ class BernoulliPrior(nn.Module):
             self.register_buffer("logits", logits)
 
     def forward(self, batch_shape: Sequence[int] = ()) -> Distribution:
-        return Independent(
-            Bernoulli(logits=self.logits.expand(*batch_shape, -1), validate_args=False), 1
-        )
+        return Independent(Bernoulli(logits=self.logits.expand(*batch_shape, -1), validate_args=False), 1)

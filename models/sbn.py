@@ -101,11 +101,7 @@ def sbn_estimators(
         if name == "reinforce":
             out.append(scg.ScoreFunction(B.MovingAverage()))
         elif name == "nvil":
-            out.append(
-                scg.ScoreFunction(
-                    B.chain(B.MovingAverage(), B.Learned(_Scalar(d_in)), B.Normalize())
-                )
-            )
+            out.append(scg.ScoreFunction(B.chain(B.MovingAverage(), B.Learned(_Scalar(d_in)), B.Normalize())))
         elif name == "rloo":
             out.append(scg.ScoreFunction(B.LeaveOneOut()))
         elif name == "disarm":
@@ -157,9 +153,7 @@ class SigmoidBeliefNet(nn.Module):
             raise ValueError("`layers` must name at least one stochastic layer; got ().")
         for w in layers:
             check_positive_int("layers", w)
-        if len(estimators) != len(layers) or not all(
-            isinstance(e, scg.Estimator) for e in estimators
-        ):
+        if len(estimators) != len(layers) or not all(isinstance(e, scg.Estimator) for e in estimators):
             raise ValueError(
                 f"`estimators` must be {len(layers)} scg Estimators, one per layer; got {len(estimators)}."
             )

@@ -76,9 +76,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if not (text in ("cpu", "cuda") or re.fullmatch(r"cuda:\d+", text)):
         raise ValueError(f'`device` must be "auto", "cpu", "cuda" or "cuda:N"; got {device!r}.')
     if text.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(
-            f'`device` {text!r} was requested but CUDA is not available; use "auto" or "cpu".'
-        )
+        raise ValueError(f'`device` {text!r} was requested but CUDA is not available; use "auto" or "cpu".')
     return torch.device(text)
 
 
@@ -109,9 +107,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise TypeError(
-                f"`seed` must be an int; got {type(self.seed).__name__} ({self.seed!r})."
-            )
+            raise TypeError(f"`seed` must be an int; got {type(self.seed).__name__} ({self.seed!r}).")
         check_positive_int("epochs", self.epochs)
         check_positive_int("batch_size", self.batch_size)
         check_positive("lr", self.lr)
@@ -256,9 +252,7 @@ def fit(
     )
 
 
-def _check_fit_args(
-    model: object, train: object, val: object, config: object, stop_after: object
-) -> None:
+def _check_fit_args(model: object, train: object, val: object, config: object, stop_after: object) -> None:
     """The argument checks of :func:`fit` and ``fit_distributed``: ``TypeError``/``ValueError`` naming the argument."""
     if not isinstance(model, nn.Module):
         raise TypeError(
@@ -268,9 +262,7 @@ def _check_fit_args(
         if data is None and name == "val":
             continue
         if not isinstance(data, Tensor):
-            raise TypeError(
-                f"`{name}` must be a tensor [N, ...] of data points; got {type(data).__name__}."
-            )
+            raise TypeError(f"`{name}` must be a tensor [N, ...] of data points; got {type(data).__name__}.")
         if data.dim() < 2 or data.shape[0] < 1:
             raise ValueError(
                 f"`{name}` must have shape [N, ...] with N >= 1 data points on dim 0 and at least one "
@@ -321,12 +313,7 @@ def _train(
     batches = math.ceil(n / per_step)
     end_epoch = config.epochs if stop_after is None else min(config.epochs, stop_after)
     bar, best_state = None, None
-    if (
-        config.progress
-        and steps.rank == 0
-        and start_epoch < end_epoch
-        and not history.stopped_early
-    ):
+    if config.progress and steps.rank == 0 and start_epoch < end_epoch and not history.stopped_early:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=(end_epoch - start_epoch) * batches, desc=steps.desc, leave=False)
@@ -367,16 +354,11 @@ def _train(
                     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                     if out is not None and steps.rank == 0:
                         atomic_save(best_state, out / "best.pt")
-                elif (
-                    config.patience is not None
-                    and epoch + 1 - history.best_epoch >= config.patience
-                ):
+                elif config.patience is not None and epoch + 1 - history.best_epoch >= config.patience:
                     history.stopped_early = True
             history.epochs.append(record)
             if bar is not None:
-                bar.set_postfix(
-                    loss=f"{record['train_loss']:.3f}", val=f"{record['val_bound']:.3f}"
-                )
+                bar.set_postfix(loss=f"{record['train_loss']:.3f}", val=f"{record['val_bound']:.3f}")
             if out is not None:
                 state = steps.state()  # collective: every rank
                 if steps.rank == 0:

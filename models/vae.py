@@ -94,9 +94,7 @@ class VAE(nn.Module):
         if kl not in KL_MODES:
             raise ValueError(f"`kl` must be one of {KL_MODES}; got {kl!r}.")
         if estimator is not None and not isinstance(estimator, scg.Estimator):
-            raise TypeError(
-                f"`estimator` must be an scg Estimator; got {type(estimator).__name__}."
-            )
+            raise TypeError(f"`estimator` must be an scg Estimator; got {type(estimator).__name__}.")
         check_positive_int("num_samples", num_samples)
         self.encoder, self.decoder = encoder, decoder
         self.prior = prior if prior is not None else StandardNormalPrior(encoder.z_dim)

@@ -37,7 +37,9 @@ __all__ = [
 ]
 
 #: The message of a non-finite cost, eager (ValueError) and compiled (torch._assert_async) alike.
-NON_FINITE_COST = "`f` must return finite costs; got non-finite values (inf or nan) — check f for overflow or log(0)."
+NON_FINITE_COST = (
+    "`f` must return finite costs; got non-finite values (inf or nan) — check f for overflow or log(0)."
+)
 
 
 def compiling() -> bool:

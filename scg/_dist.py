@@ -45,9 +45,7 @@ def base_of_kind(
 ) -> tuple[Distribution, int]:
     """``unwrap(dist)`` if its base is one of ``kinds``; else a TypeError naming ``name`` and the ``kind`` it needs."""
     if not isinstance(dist, Distribution):
-        raise TypeError(
-            f"`dist` must be a torch.distributions.Distribution; got {type(dist).__name__}."
-        )
+        raise TypeError(f"`dist` must be a torch.distributions.Distribution; got {type(dist).__name__}.")
     base, k = unwrap(dist)
     if not isinstance(base, kinds):
         raise TypeError(
@@ -68,9 +66,7 @@ def parameters_of(dist: Distribution) -> dict[str, Tensor]:
         if isinstance(_class_attribute(type(base), name), lazy_property):
             value = base.__dict__.get(name)  # set at construction, or a cached derived value
         else:
-            value = getattr(
-                base, name, None
-            )  # plain attribute or property (e.g. Beta's concentrations)
+            value = getattr(base, name, None)  # plain attribute or property (e.g. Beta's concentrations)
         if isinstance(value, Tensor):
             out[name] = value
     if "logits" in out and "probs" in out:  # one is a cached lazy property of the other
@@ -90,9 +86,7 @@ def _class_attribute(cls: type, name: str) -> object:
     return None
 
 
-def evaluate(
-    f: Callable[[Tensor], Tensor], z: Tensor, dist: Distribution, num_samples: int
-) -> Tensor:
+def evaluate(f: Callable[[Tensor], Tensor], z: Tensor, dist: Distribution, num_samples: int) -> Tensor:
     """Call ``f(z)`` and check it returned costs of shape ``[S, *batch_shape]``, finite.
 
     The finiteness check reads a value on the host in eager mode on the CPU (as

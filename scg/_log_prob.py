@@ -25,9 +25,7 @@ from torch.distributions import Distribution
 
 __all__ = ["log_prob", "share", "unshare"]
 
-_SHARED: ContextVar[tuple[tuple[Distribution, Tensor, Tensor], ...]] = ContextVar(
-    "scg_log_prob", default=()
-)
+_SHARED: ContextVar[tuple[tuple[Distribution, Tensor, Tensor], ...]] = ContextVar("scg_log_prob", default=())
 
 
 def log_prob(dist: Distribution, value: Tensor) -> Tensor:
@@ -50,9 +48,7 @@ def log_prob(dist: Distribution, value: Tensor) -> Tensor:
         >>> elbo_cost = lambda b: scg.log_prob(q, b) + (b - 0.4).pow(2).sum(-1)
         >>> loss = scg.expectation(elbo_cost, q, scg.ScoreFunction(), num_samples=4)
     """
-    if (
-        torch.compiler.is_compiling()
-    ):  # a ContextVar cannot be traced; inductor merges the duplicate
+    if torch.compiler.is_compiling():  # a ContextVar cannot be traced; inductor merges the duplicate
         return dist.log_prob(value)
     for d, z, lp in _SHARED.get():
         if d is dist and z is value:

@@ -21,9 +21,7 @@ def check_positive_int(name: str, value: object, minimum: int = 1) -> int:
 def check_positive(name: str, value: float) -> float:
     """Return ``value`` if it is a finite positive number; raise otherwise."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(
-            f"`{name}` must be a positive float; got {type(value).__name__} ({value!r})."
-        )
+        raise TypeError(f"`{name}` must be a positive float; got {type(value).__name__} ({value!r}).")
     if not (value > 0) or value == float("inf"):
         raise ValueError(f"`{name}` must be positive and finite; got {value}.")
     return float(value)

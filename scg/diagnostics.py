@@ -29,9 +29,7 @@ DEFAULT_CHUNK_ELEMENTS: int = 2**22
 def _floating(leaves: list[Tensor], labels: list[str]) -> None:
     for t, label in zip(leaves, labels, strict=False):
         if not (t.is_floating_point() or t.is_complex()):
-            raise TypeError(
-                f"`params` must be floating-point tensors; got dtype {t.dtype} for {label}."
-            )
+            raise TypeError(f"`params` must be floating-point tensors; got dtype {t.dtype} for {label}.")
 
 
 def _leaves(params: Params) -> tuple[Any, list[Tensor]]:
@@ -47,9 +45,7 @@ def _leaves(params: Params) -> tuple[Any, list[Tensor]]:
             raise ValueError("`params` must not be empty; got an empty mapping.")
         for name, value in items:
             if not isinstance(value, Tensor):
-                raise TypeError(
-                    f"`params` values must be tensors; got {type(value).__name__} for {name!r}."
-                )
+                raise TypeError(f"`params` values must be tensors; got {type(value).__name__} for {name!r}.")
         _floating([v for _, v in items], [repr(name) for name, _ in items])
         detached: Any = {name: value.detach() for name, value in items}
         return detached, list(detached.values())
@@ -70,9 +66,7 @@ def _leaves(params: Params) -> tuple[Any, list[Tensor]]:
     )
 
 
-def _check_out(
-    out: object, shape: tuple[int, int], dtype: torch.dtype, device: torch.device
-) -> None:
+def _check_out(out: object, shape: tuple[int, int], dtype: torch.dtype, device: torch.device) -> None:
     if not isinstance(out, Tensor):
         raise TypeError(f"`out` must be a torch.Tensor or None; got {type(out).__name__}.")
     if tuple(out.shape) != shape:
@@ -82,9 +76,7 @@ def _check_out(
     if out.device != device:
         raise ValueError(f"`out` must be on the device of `params`, {device}; got {out.device}.")
     if not out.is_contiguous():
-        raise ValueError(
-            "`out` must be contiguous; got a non-contiguous tensor (pass out.contiguous())."
-        )
+        raise ValueError("`out` must be contiguous; got a non-contiguous tensor (pass out.contiguous()).")
     if out.requires_grad:
         raise ValueError("`out` must not require grad; got a tensor with requires_grad=True.")
 
@@ -215,17 +207,9 @@ def gradient_samples(
             torch.no_grad()
         ):  # gradients of fn's closed-over tensors that require grad stay out of the result
             torch.cat(flat, dim=1, out=out[start : start + size])
-    if (
-        out.is_cpu
-    ):  # one reduction; on an accelerator the check would cost a host sync, so it is skipped
-        suspect = ~torch.isfinite(
-            out.sum(1)
-        )  # a row sum is finite iff its terms are (or they overflow)
-        rows = [
-            i
-            for i in suspect.nonzero().flatten().tolist()
-            if not bool(torch.isfinite(out[i]).all())
-        ]
+    if out.is_cpu:  # one reduction; on an accelerator the check would cost a host sync, so it is skipped
+        suspect = ~torch.isfinite(out.sum(1))  # a row sum is finite iff its terms are (or they overflow)
+        rows = [i for i in suspect.nonzero().flatten().tolist() if not bool(torch.isfinite(out[i]).all())]
         if rows:
             raise ValueError(
                 f"`fn` must have finite gradients; {len(rows)} of {num} estimates are not (rows {rows[:5]}"
@@ -328,9 +312,7 @@ def summary(samples: Tensor, reference: Tensor | None = None) -> Summary:
     if not samples.is_floating_point():
         samples = samples.to(torch.get_default_dtype())
     samples = samples.detach()
-    constant = (samples == samples[:1]).all(
-        0
-    )  # all N estimates equal: mean is that value, variance 0
+    constant = (samples == samples[:1]).all(0)  # all N estimates equal: mean is that value, variance 0
     mean = torch.where(constant, samples[0], samples.mean(0))
     variance = torch.where(constant, torch.zeros_like(mean), samples.var(0, correction=1))
     std = variance.sqrt()
@@ -339,9 +321,7 @@ def summary(samples: Tensor, reference: Tensor | None = None) -> Summary:
     z = None
     if reference is not None:
         if not isinstance(reference, Tensor):
-            raise TypeError(
-                f"`reference` must be a torch.Tensor [P]; got {type(reference).__name__}."
-            )
+            raise TypeError(f"`reference` must be a torch.Tensor [P]; got {type(reference).__name__}.")
         reference = reference.detach().to(samples).reshape(-1)
         if reference.numel() != samples.shape[1]:
             raise ValueError(

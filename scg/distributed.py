@@ -48,9 +48,7 @@ def _env_int(name: str) -> int | None:
     try:
         return int(text)
     except ValueError:
-        raise ValueError(
-            f"environment variable `{name}` must be an integer; got {text!r}."
-        ) from None
+        raise ValueError(f"environment variable `{name}` must be an integer; got {text!r}.") from None
 
 
 def env_world_size() -> int:
@@ -134,9 +132,7 @@ def init_from_env(
     if backend is None:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     kwargs = {} if timeout is None else {"timeout": timeout}
-    dist.init_process_group(
-        backend=backend, init_method="env://", rank=rank, world_size=world, **kwargs
-    )
+    dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world, **kwargs)
     return rank, world
 
 

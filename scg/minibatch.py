@@ -94,9 +94,7 @@ def subsample(
     """
     _check(n, batch_size)
     if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(
-            f"`generator` must be a torch.Generator or None; got {type(generator).__name__}."
-        )
+        raise TypeError(f"`generator` must be a torch.Generator or None; got {type(generator).__name__}.")
     if n <= max(PERMUTATION_LIMIT, 4 * batch_size):
         indices = torch.randperm(n, generator=generator, device=device)[:batch_size]
     else:  # n far larger than B: memory O(B), not O(N)
@@ -119,12 +117,8 @@ def _distinct_draws(
         draw = torch.randint(n, (2 * (b - kept.numel()) + 8,), generator=generator, device=device)
         both = torch.cat([kept, draw])
         _, inverse = torch.unique(both, return_inverse=True)
-        first = torch.full(
-            (int(inverse.max()) + 1,), both.numel(), dtype=torch.long, device=both.device
-        )
-        first.scatter_reduce_(
-            0, inverse, torch.arange(both.numel(), device=both.device), reduce="amin"
-        )
+        first = torch.full((int(inverse.max()) + 1,), both.numel(), dtype=torch.long, device=both.device)
+        first.scatter_reduce_(0, inverse, torch.arange(both.numel(), device=both.device), reduce="amin")
         kept = both[first.sort().values]
     return kept[:b]
 

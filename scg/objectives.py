@@ -48,9 +48,7 @@ def _check_pair(log_p: Tensor, log_q: Tensor, *, min_k: int = 1) -> None:
         if not isinstance(t, Tensor):
             raise TypeError(f"`{name}` must be a torch.Tensor [K, *batch]; got {type(t).__name__}.")
         if t.dim() == 0:
-            raise ValueError(
-                f"`{name}` must have shape [K, *batch] with K samples on dim 0; got a scalar."
-            )
+            raise ValueError(f"`{name}` must have shape [K, *batch] with K samples on dim 0; got a scalar.")
         if not t.is_floating_point():
             raise TypeError(f"`{name}` must be a floating-point tensor; got dtype {t.dtype}.")
     if log_p.shape != log_q.shape:
@@ -58,9 +56,7 @@ def _check_pair(log_p: Tensor, log_q: Tensor, *, min_k: int = 1) -> None:
             f"`log_p` and `log_q` must have the same shape [K, *batch]; got {list(log_p.shape)} and {list(log_q.shape)}."
         )
     if log_p.shape[0] < min_k:
-        raise ValueError(
-            f"`log_p` must hold K >= {min_k} samples on dim 0; got K = {log_p.shape[0]}."
-        )
+        raise ValueError(f"`log_p` must hold K >= {min_k} samples on dim 0; got K = {log_p.shape[0]}.")
     _check_finite(log_p, log_q)
 
 
@@ -80,9 +76,7 @@ def _check_finite(log_p: Tensor, log_q: Tensor) -> None:
                 f"`{name}` must not hold NaN or +inf; got {int((torch.isnan(t) | (t == math.inf)).sum())} such values."
             )
     if (lq == -math.inf).any():
-        raise ValueError(
-            "`log_q` must be finite (the log-density of the proposal's own samples); got -inf."
-        )
+        raise ValueError("`log_q` must be finite (the log-density of the proposal's own samples); got -inf.")
     if (lp == -math.inf).all(0).any():
         raise ValueError(
             "`log_p` must be finite for at least one of the K samples of every batch element; got "
@@ -180,9 +174,7 @@ def iwae(
     """
     _check_pair(log_p, log_q)
     if gradient not in _GRADIENTS:
-        raise ValueError(
-            f"`gradient` must be one of {', '.join(map(repr, _GRADIENTS))}; got {gradient!r}."
-        )
+        raise ValueError(f"`gradient` must be one of {', '.join(map(repr, _GRADIENTS))}; got {gradient!r}.")
     log_w = log_p - log_q
     if gradient == "reparam" or (gradient == "stl" and z is None):
         return log_mean_exp(log_w)

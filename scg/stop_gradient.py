@@ -81,9 +81,7 @@ def stop_gradient(dist: Distribution) -> Distribution:
         Carlo Objectives", ICLR 2019. https://arxiv.org/abs/1810.04152
     """
     if not isinstance(dist, Distribution):
-        raise TypeError(
-            f"`dist` must be a torch.distributions.Distribution; got {type(dist).__name__}."
-        )
+        raise TypeError(f"`dist` must be a torch.distributions.Distribution; got {type(dist).__name__}.")
     return _Stopper()(dist, "dist")
 
 
@@ -241,9 +239,7 @@ def _describe(obj: Any) -> str:
 @functools.lru_cache(maxsize=1024)
 def _global_names(code: types.CodeType) -> frozenset[str]:
     """Names the code (and the functions defined in it) loads as globals — not attribute names."""
-    names = {
-        i.argval for i in dis.get_instructions(code) if i.opname in ("LOAD_GLOBAL", "LOAD_NAME")
-    }
+    names = {i.argval for i in dis.get_instructions(code) if i.opname in ("LOAD_GLOBAL", "LOAD_NAME")}
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
             names |= _global_names(const)

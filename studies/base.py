@@ -132,11 +132,7 @@ def _coerce(text: str, current: Any, hint: Any, key: str, valid: Sequence[str]) 
     Tuples are comma-separated and ``""`` is the empty tuple; items take the
     annotation's item type (``tuple[int, ...]``), else the type of the current first item.
     """
-    if (
-        hint is tuple
-        or typing.get_origin(hint) is tuple
-        or (hint is None and isinstance(current, tuple))
-    ):
+    if hint is tuple or typing.get_origin(hint) is tuple or (hint is None and isinstance(current, tuple)):
         args = typing.get_args(hint)
         kind: type = str
         if args and args[0] in _SCALARS:
@@ -180,9 +176,7 @@ def apply_overrides(cfg: Any, overrides: Sequence[str]) -> Any:
     changes: dict[str, Any] = {}
     for item in overrides:
         if "=" not in item:
-            raise ValueError(
-                f"--set expects key=value; got {item!r}. Valid keys: {', '.join(valid)}."
-            )
+            raise ValueError(f"--set expects key=value; got {item!r}. Valid keys: {', '.join(valid)}.")
         key, text = item.split("=", 1)
         key = key.strip()
         if key not in valid:

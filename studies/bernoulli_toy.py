@@ -108,12 +108,8 @@ class ARM(scg.Estimator):
         base = bernoulli_base(dist, "ARM")[0]
         shape = (num_samples, *dist.batch_shape, *dist.event_shape)
         theta = torch.sigmoid(base.logits.detach()).expand(shape)
-        points = torch.stack(
-            [torch.minimum(theta, 1 - theta), torch.maximum(theta, 1 - theta)], dim=-1
-        )
-        return {
-            "u": StandardUniform(shape=shape, dtype=theta.dtype, device=theta.device, points=points)
-        }
+        points = torch.stack([torch.minimum(theta, 1 - theta), torch.maximum(theta, 1 - theta)], dim=-1)
+        return {"u": StandardUniform(shape=shape, dtype=theta.dtype, device=theta.device, points=points)}
 
     def surrogate(
         self,
@@ -259,11 +255,7 @@ class BernoulliToyConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be an int >= 1; got {value!r}.")
-        if (
-            isinstance(self.cv_warmup, bool)
-            or not isinstance(self.cv_warmup, int)
-            or self.cv_warmup < 0
-        ):
+        if isinstance(self.cv_warmup, bool) or not isinstance(self.cv_warmup, int) or self.cv_warmup < 0:
             raise ValueError(f"`cv_warmup` must be an int >= 0; got {self.cv_warmup!r}.")
         if self.num_estimates < 2:
             raise ValueError(
@@ -280,9 +272,7 @@ class BernoulliToyConfig:
                 raise ValueError(f"`targets` must lie in (0, 1); got {t!r}.")
         for name in (*self.variance_estimators, *self.train_estimators):
             if name not in ESTIMATORS:
-                raise ValueError(
-                    f"unknown estimator {name!r}; valid estimators: {', '.join(ESTIMATORS)}."
-                )
+                raise ValueError(f"unknown estimator {name!r}; valid estimators: {', '.join(ESTIMATORS)}.")
         if "nvil" in self.variance_estimators:
             raise ValueError(
                 "`variance_estimators` cannot include 'nvil' (its learned baseline is trained "
@@ -300,9 +290,7 @@ class BernoulliToyConfig:
             )
         for name in ("dtype", "train_dtype"):
             if getattr(self, name) not in ("float64", "float32"):
-                raise ValueError(
-                    f"`{name}` must be float64 or float32; got {getattr(self, name)!r}."
-                )
+                raise ValueError(f"`{name}` must be float64 or float32; got {getattr(self, name)!r}.")
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"`schedule` must be cosine or constant; got {self.schedule!r}.")
 
@@ -398,15 +386,11 @@ class BernoulliToy(Study):
         try:
             if cell["part"] == "variance":
                 return self._variance(cfg, float(cell["t"]), ctx)
-            return self._train(
-                cfg, float(cell["t"]), str(cell["estimator"]), cell.get("budget"), ctx
-            )
+            return self._train(cfg, float(cell["t"]), str(cell["estimator"]), cell.get("budget"), ctx)
         finally:
             torch.set_num_threads(threads)
 
-    def _variance(
-        self, cfg: BernoulliToyConfig, t: float, ctx: CellContext
-    ) -> list[dict[str, Any]]:
+    def _variance(self, cfg: BernoulliToyConfig, t: float, ctx: CellContext) -> list[dict[str, Any]]:
         dev = ctx.device
         dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
 
@@ -460,9 +444,7 @@ class BernoulliToy(Study):
                     opt.step()
                 note = f"control variate trained for {cfg.cv_warmup} Adam steps at phi = 0, then frozen"
             est.eval()
-            exact = scg.testing.exact_moments(
-                est, lambda l: Bernoulli(logits=l), (zero,), f, num_samples=S
-            )
+            exact = scg.testing.exact_moments(est, lambda l: Bernoulli(logits=l), (zero,), f, num_samples=S)
             exact_var = float(exact.variance[0])
             if exact_var <= 1e-20 * grad * grad:  # zero up to quadrature rounding (DisARM: ~1e-37)
                 exact_var = 0.0
@@ -540,9 +522,7 @@ class BernoulliToy(Study):
             )
         return rows
 
-    def plot(
-        self, rows: Sequence[Mapping[str, Any]], cfg: BernoulliToyConfig, out_dir: Path
-    ) -> list[Path]:
+    def plot(self, rows: Sequence[Mapping[str, Any]], cfg: BernoulliToyConfig, out_dir: Path) -> list[Path]:
         from scg.studies.bernoulli_toy_plot import plot_convergence, plot_training, plot_variance
 
         paths = []

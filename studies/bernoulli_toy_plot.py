@@ -91,14 +91,10 @@ def plot_variance(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
                     label="exact (quadrature)" if i == 0 else None,
                 )
             elif ex is not None:
-                ax.text(
-                    i, floor * 1.5, "0\n(exact)", ha="center", va="bottom", fontsize=8, color=color
-                )
+                ax.text(i, floor * 1.5, "0\n(exact)", ha="center", va="bottom", fontsize=8, color=color)
             if v is not None and v > 0:
                 lo = min(2 * (se or 0.0), 0.95 * v)
-                ax.errorbar(
-                    i, v, yerr=[[lo], [2 * (se or 0.0)]], fmt="o", color=color, ms=5, capsize=3
-                )
+                ax.errorbar(i, v, yerr=[[lo], [2 * (se or 0.0)]], fmt="o", color=color, ms=5, capsize=3)
             if ref is not None and ref > 0:
                 ax.plot([i - 0.35, i + 0.35], [ref, ref], "k--", lw=1)
             g, m, mse = (
@@ -107,31 +103,23 @@ def plot_variance(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
                 number(r.get("std_error")),
             )
             if g and m is not None:
-                bx.errorbar(
-                    i, m / g, yerr=2 * (mse or 0.0) / abs(g), fmt="o", color=color, ms=5, capsize=3
-                )
+                bx.errorbar(i, m / g, yerr=2 * (mse or 0.0) / abs(g), fmt="o", color=color, ms=5, capsize=3)
                 em = number(r.get("exact_mean"))
                 if em is not None:
-                    bx.plot(
-                        [i - 0.35, i + 0.35], [em / g, em / g], "-", color=color, lw=2, alpha=0.5
-                    )
+                    bx.plot([i - 0.35, i + 0.35], [em / g, em / g], "-", color=color, lw=2, alpha=0.5)
         ax.set_yscale("log")
         ax.set_ylim(bottom=floor)
         ax.set_xticks(range(len(names)))
         ax.set_xticklabels([_variance_label(n) for n in names], rotation=40, ha="right", fontsize=8)
         ax.set_ylabel("variance of one estimate at φ = 0")
-        ax.set_title(
-            f"t = {t:g}: exact bars, sampled dots ± 2 SE, docs/references.md dashed", fontsize=9
-        )
+        ax.set_title(f"t = {t:g}: exact bars, sampled dots ± 2 SE, docs/references.md dashed", fontsize=9)
         ax.grid(True, axis="y", which="both", alpha=0.25)
         bx.axhline(1.0, color="gray", lw=1)
         bx.set_xticks(range(len(names)))
         bx.set_xticklabels([_variance_label(n) for n in names], rotation=40, ha="right", fontsize=8)
         bx.set_ylabel("E[estimate] / true gradient")
         bx.set_title("bias: 1 = unbiased (line exact, dot sampled ± 2 SE)", fontsize=9)
-    fig.suptitle(
-        "Bernoulli toy $E[(b-t)^2]$, $b \\sim$ Bern$(\\sigma(\\phi))$ at $\\phi = 0$", fontsize=11
-    )
+    fig.suptitle("Bernoulli toy $E[(b-t)^2]$, $b \\sim$ Bern$(\\sigma(\\phi))$ at $\\phi = 0$", fontsize=11)
     return _save(plt, fig, path, dpi=110)
 
 
@@ -152,13 +140,7 @@ def _final(
 
 def _budgets(rows: Sequence[Mapping[str, Any]]) -> list[int]:
     return sorted(
-        {
-            int(b)
-            for r in rows
-            if r.get("part") == "train"
-            for b in [number(r.get("budget"))]
-            if b is not None
-        }
+        {int(b) for r in rows if r.get("part") == "train" for b in [number(r.get("budget"))] if b is not None}
     )
 
 
@@ -186,9 +168,7 @@ def plot_training(rows: Sequence[Mapping[str, Any]], cfg: Any, path: Path) -> Pa
                     (
                         r
                         for r in tr
-                        if float(r["t"]) == t
-                        and r["estimator"] == name
-                        and number(r.get("budget")) == kk
+                        if float(r["t"]) == t and r["estimator"] == name and number(r.get("budget")) == kk
                     ),
                     key=lambda r: int(r["step"]),
                 )
@@ -239,16 +219,11 @@ def plot_convergence(rows: Sequence[Mapping[str, Any]], cfg: Any, path: Path) ->
     cols = [(k, t) for k in budgets for t in targets]
     fig, ax = plt.subplots(figsize=(1.1 * len(cols) + 2.6, 0.42 * (len(names) + 1) + 1.4))
     grid = [
-        [
-            number(final[(t, k, n)].get("converged_fraction")) if (t, k, n) in final else None
-            for k, t in cols
-        ]
+        [number(final[(t, k, n)].get("converged_fraction")) if (t, k, n) in final else None for k, t in cols]
         for n in [*names, "exact"]
     ]
     exact = [
-        number(final[(t, None, "exact")].get("converged_fraction"))
-        if (t, None, "exact") in final
-        else None
+        number(final[(t, None, "exact")].get("converged_fraction")) if (t, None, "exact") in final else None
         for _, t in cols
     ]
     grid[-1] = exact

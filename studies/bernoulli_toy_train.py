@@ -60,8 +60,7 @@ def samples_for_budget(est: scg.Estimator, budget: int, *, min_samples: int = 1)
     S = budget // per
     if S < min_samples:
         raise ValueError(
-            f"`budget` {budget} gives {type(est).__name__} S = {S} samples; it needs at least "
-            f"{min_samples}."
+            f"`budget` {budget} gives {type(est).__name__} S = {S} samples; it needs at least {min_samples}."
         )
     return S
 

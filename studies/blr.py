@@ -167,10 +167,10 @@ class BLR(Study):
     """Bayesian logistic regression: ELBO vs step and per-dimension gradient variance per estimator."""
 
     name = "blr"
-    description = "Bayesian logistic regression (breast cancer): ELBO vs step, per-dimension gradient variance"
-    reproduces = (
-        "Mohamed et al. 2020 §8.3 (Figs. 13-14): PW/MVD lowest variance, SF highest, CVs between"
+    description = (
+        "Bayesian logistic regression (breast cancer): ELBO vs step, per-dimension gradient variance"
     )
+    reproduces = "Mohamed et al. 2020 §8.3 (Figs. 13-14): PW/MVD lowest variance, SF highest, CVs between"
     time = {
         "smoke": "3 s",
         "default": "1 min on 2 CPU cores with 1 torch thread (2000 steps)",
@@ -212,9 +212,7 @@ class BLR(Study):
             )
         return [{"estimator": e} for e in cfg.estimators]
 
-    def run_cell(
-        self, cfg: BLRConfig, cell: Mapping[str, Any], ctx: CellContext
-    ) -> list[dict[str, Any]]:
+    def run_cell(self, cfg: BLRConfig, cell: Mapping[str, Any], ctx: CellContext) -> list[dict[str, Any]]:
         name = cell["estimator"]
         x, y, _, _ = breast_cancer()
         x, y = x.to(ctx.device), y.to(ctx.device)
@@ -257,9 +255,7 @@ class BLR(Study):
             if t in var_at:
                 m.eval()
                 batches = [
-                    torch.randperm(m.n, generator=ctx.generator, device=ctx.device)[
-                        : cfg.batch_size
-                    ]
+                    torch.randperm(m.n, generator=ctx.generator, device=ctx.device)[: cfg.batch_size]
                     for _ in range(cfg.grad_batches)
                 ]
                 g = torch.stack(
@@ -329,9 +325,7 @@ def ordering(
     by: dict[int, dict[str, list[float]]] = {}
     for r in rows:
         if r.get("kind") == "variance":
-            by.setdefault(int(r["step"]), {}).setdefault(str(r["estimator"]), []).append(
-                float(r[column])
-            )
+            by.setdefault(int(r["step"]), {}).setdefault(str(r["estimator"]), []).append(float(r[column]))
     out = {}
     for step, per in sorted(by.items()):
         med = {e: sorted(v)[len(v) // 2] for e, v in per.items()}
@@ -371,20 +365,14 @@ def summary_table(rows: Sequence[Mapping[str, Any]], column: str = "median_varia
     summ = [r for r in rows if r.get("kind") == "summary"]
     ests = [e for e in TABLE_ORDER if any(r["estimator"] == e for r in summ)]
     ests += sorted({str(r["estimator"]) for r in summ} - set(ests))
-    cell = {
-        (int(r["step"]), str(r["estimator"])): (float(r[column]), float(r[column + "_se"]))
-        for r in summ
-    }
+    cell = {(int(r["step"]), str(r["estimator"])): (float(r[column]), float(r[column + "_se"])) for r in summ}
     steps = sorted({s for s, _ in cell})
     lines = [
         "| step | " + " | ".join(TABLE_LABELS.get(e, e) for e in ests) + " |",
         "|---|" + "---|" * len(ests),
     ]
     for t in steps:
-        vals = [
-            f"{_fmt(cell[t, e][0])} ± {_fmt(cell[t, e][1])}" if (t, e) in cell else "–"
-            for e in ests
-        ]
+        vals = [f"{_fmt(cell[t, e][0])} ± {_fmt(cell[t, e][1])}" if (t, e) in cell else "–" for e in ests]
         lines.append(f"| {t} | " + " | ".join(vals) + " |")
     return "\n".join(lines)
 

@@ -33,9 +33,7 @@ def plot_blr(rows: Sequence[Mapping[str, Any]], cfg: Any, out: Path) -> list[Pat
     """Three PNGs: ``blr_elbo.png``, ``blr_variance_steps.png``, ``blr_variance_dims.png``."""
     plt = pyplot()
     ests = [
-        e
-        for e in cfg.estimators
-        if any(r.get("estimator") == e and r.get("kind") == "elbo" for r in rows)
+        e for e in cfg.estimators if any(r.get("estimator") == e and r.get("kind") == "elbo" for r in rows)
     ]
     elbo = [r for r in rows if r.get("kind") == "elbo"]
     var = [r for r in rows if r.get("kind") == "variance"]
@@ -71,19 +69,13 @@ def plot_blr(rows: Sequence[Mapping[str, Any]], cfg: Any, out: Path) -> list[Pat
 
     D = 1 + max([int(r["dim"]) for r in var], default=0)
     dims = [d for d in DIMS if d < D]
-    fig, axes = plt.subplots(
-        2, len(dims), figsize=(3.2 * len(dims), 6.2), squeeze=False, sharex=True
-    )
+    fig, axes = plt.subplots(2, len(dims), figsize=(3.2 * len(dims), 6.2), squeeze=False, sharex=True)
     for i, param in enumerate(("loc", "raw_scale")):
         for j, d in enumerate(dims):
             ax = axes[i][j]
             for e in ests:
                 rs = sorted(
-                    (
-                        r
-                        for r in var
-                        if r["estimator"] == e and r["parameter"] == param and r["dim"] == d
-                    ),
+                    (r for r in var if r["estimator"] == e and r["parameter"] == param and r["dim"] == d),
                     key=lambda r: r["step"],
                 )
                 steps = [r["step"] for r in rs]
@@ -123,11 +115,7 @@ def plot_blr(rows: Sequence[Mapping[str, Any]], cfg: Any, out: Path) -> list[Pat
             ax = axes[i][j]
             for e in ests:
                 rs = sorted(
-                    (
-                        r
-                        for r in var
-                        if r["estimator"] == e and r["parameter"] == param and r["step"] == t
-                    ),
+                    (r for r in var if r["estimator"] == e and r["parameter"] == param and r["step"] == t),
                     key=lambda r: r["dim"],
                 )
                 ax.plot(

@@ -24,15 +24,11 @@ def _csv_names(valid: Callable[[], Sequence[str]], kind: str) -> Callable[[str],
     def parse(text: str) -> tuple[str, ...]:
         names = tuple(n.strip() for n in text.split(",") if n.strip())
         if not names:
-            raise argparse.ArgumentTypeError(
-                f"expected a comma-separated list of {kind}s; got {text!r}"
-            )
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {kind}s; got {text!r}")
         allowed = list(valid())
         for n in names:
             if n not in allowed:
-                raise argparse.ArgumentTypeError(
-                    f"unknown {kind} {n!r}; valid {kind}s: {', '.join(allowed)}"
-                )
+                raise argparse.ArgumentTypeError(f"unknown {kind} {n!r}; valid {kind}s: {', '.join(allowed)}")
         return names
 
     return parse
@@ -152,9 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip the exact moments (scg.testing harness)",
     )
     p.add_argument("--no-plot", dest="plot", action="store_false", help="do not draw compare.png")
-    p.add_argument(
-        "--smoke", action="store_true", help=f"tiny run for tests: N = {_SMOKE_ESTIMATES}"
-    )
+    p.add_argument("--smoke", action="store_true", help=f"tiny run for tests: N = {_SMOKE_ESTIMATES}")
     p.add_argument("--quiet", "-q", action="store_true", help="no table, no progress bar")
 
     p_run = sub.add_parser(
@@ -175,17 +169,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a config field (repeatable); unknown keys list the valid ones",
     )
     size = p_run.add_mutually_exclusive_group()
-    size.add_argument(
-        "--smoke", action="store_true", help="tiny configuration (seconds; used by the tests)"
-    )
+    size.add_argument("--smoke", action="store_true", help="tiny configuration (seconds; used by the tests)")
     size.add_argument(
         "--full",
         action="store_true",
         help="full-size configuration (meant for a GPU; `scg-study list` gives the times)",
     )
-    p_run.add_argument(
-        "--seed", type=int, default=0, help="run seed (default 0); cells are seeded from it"
-    )
+    p_run.add_argument("--seed", type=int, default=0, help="run seed (default 0); cells are seeded from it")
     p_run.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda[:N]")
     p_run.add_argument(
         "--out",
@@ -268,8 +258,7 @@ def _cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: Se
         print(f"scg-study run: error: {exc}", file=sys.stderr)
         return 2
     print(
-        f"{study.name}: ran {len(result.ran)} cell(s), skipped {len(result.skipped)} finished; "
-        f"wrote {out}",
+        f"{study.name}: ran {len(result.ran)} cell(s), skipped {len(result.skipped)} finished; wrote {out}",
         file=sys.stderr,
     )
     return 0
@@ -285,9 +274,7 @@ def _check_out(out: Path, parser: argparse.ArgumentParser) -> None:
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
-        parser.error(
-            f"`--out` {out} cannot be written ({exc.strerror or exc}); choose another folder."
-        )
+        parser.error(f"`--out` {out} cannot be written ({exc.strerror or exc}); choose another folder.")
 
 
 def _shard() -> tuple[int, int]:
@@ -299,17 +286,13 @@ def _shard() -> tuple[int, int]:
     return current_shard()
 
 
-def _cmd_compare(
-    args: argparse.Namespace, parser: argparse.ArgumentParser, argv: Sequence[str]
-) -> int:
+def _cmd_compare(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
     from scg.studies._io import manifest
     from scg.studies.compare import COLUMNS, TIMING_COLUMNS, CompareConfig, config_dict, run_compare
     from scg.studies.problems import resolve_problems
     from scg.studies.report import format_table, write_compare
 
-    num_estimates = args.num_estimates or (
-        _SMOKE_ESTIMATES if args.smoke else CompareConfig.num_estimates
-    )
+    num_estimates = args.num_estimates or (_SMOKE_ESTIMATES if args.smoke else CompareConfig.num_estimates)
     try:
         cfg = CompareConfig(
             problems=args.problems,
@@ -341,13 +324,10 @@ def _cmd_compare(
         argv=["compare", *argv],
         extra={
             "notes": result.notes,
-            "files": ["results.csv", "timings.csv", "manifest.json"]
-            + (["compare.png"] if args.plot else []),
+            "files": ["results.csv", "timings.csv", "manifest.json"] + (["compare.png"] if args.plot else []),
         },
     )
-    paths = write_compare(
-        cfg.out, result.rows, result.timings, meta, COLUMNS, TIMING_COLUMNS, plot=args.plot
-    )
+    paths = write_compare(cfg.out, result.rows, result.timings, meta, COLUMNS, TIMING_COLUMNS, plot=args.plot)
     if not args.quiet:
         print(format_table(result.rows, result.timings, descriptions))
     for note in result.notes:

@@ -153,9 +153,7 @@ class CompareConfig:
             raise ValueError(f"`engine` must be auto, vmap or batch; got {self.engine!r}.")
         for name in self.estimators or ():
             if name not in ESTIMATORS:
-                raise ValueError(
-                    f"unknown estimator {name!r}; valid estimators: {', '.join(ESTIMATORS)}."
-                )
+                raise ValueError(f"unknown estimator {name!r}; valid estimators: {', '.join(ESTIMATORS)}.")
 
 
 @dataclass
@@ -230,9 +228,7 @@ class _Context:
                 breakpoints=problem.breakpoints,
             )
         for w in caught:
-            self.result.notes.append(
-                f"{problem.name} / {label or type(estimator).__name__}: {w.message}"
-            )
+            self.result.notes.append(f"{problem.name} / {label or type(estimator).__name__}: {w.message}")
         return out
 
     def optimal_baselines(self, problem: Problem) -> list[float]:
@@ -252,9 +248,7 @@ class _Context:
                         .cpu()
                     )
             except Exception as exc:  # noqa: BLE001 - fall back to the pilot below
-                self.result.notes.append(
-                    f"{problem.name}: exact b* failed ({type(exc).__name__}: {exc})."
-                )
+                self.result.notes.append(f"{problem.name}: exact b* failed ({type(exc).__name__}: {exc}).")
             else:
                 curvature = m2[2] + m2[0] - 2 * m2[1]  # 2 E[s²]
                 slope = m2[0] - m2[2]  # 4 E[f s²]
@@ -271,15 +265,11 @@ class _Context:
             for b in (0.0, 1.0):
                 _seed(seed)  # same draws for both: their difference is the score
                 grads.append(
-                    sample_gradients(
-                        _to(self.device, _sf(b)), problem, params, 1, N, self.cfg.engine
-                    )[0]
+                    sample_gradients(_to(self.device, _sf(b)), problem, params, 1, N, self.cfg.engine)[0]
                 )
             score = grads[0] - grads[1]
             bstar = (grads[0] * score).mean(0) / (score * score).mean(0).clamp_min(1e-300)
-            self.result.notes.append(
-                f"{problem.name}: b* estimated from an independent pilot of {N} draws."
-            )
+            self.result.notes.append(f"{problem.name}: b* estimated from an independent pilot of {N} draws.")
         self._baselines[problem.name] = [float(v) for v in bstar.cpu()]
         return self._baselines[problem.name]
 
@@ -328,9 +318,7 @@ def _to(device: torch.device, est: Estimator) -> Estimator:
 
 
 def _row(problem: Problem, name: str, label: str, **values: Any) -> dict[str, Any]:
-    return row(
-        COLUMNS, **{"problem": problem.name, "estimator": name, "parameter": label, **values}
-    )
+    return row(COLUMNS, **{"problem": problem.name, "estimator": name, "parameter": label, **values})
 
 
 def _run_variant(
@@ -410,9 +398,7 @@ def _run_variant(
                 if unplaced and not _mean_is_exact(est, exact_mean[p], exact_var[p], grad[p])
             ]
             if wrong:
-                points = (
-                    torch.as_tensor(problem.breakpoints, dtype=torch.float64).reshape(-1).tolist()
-                )
+                points = torch.as_tensor(problem.breakpoints, dtype=torch.float64).reshape(-1).tolist()
                 check = (
                     "a biased estimator's cannot be checked"
                     if not est.unbiased
@@ -483,9 +469,7 @@ def run_compare(cfg: CompareConfig, *, progress: bool = True) -> CompareResult:
         try:
             variants = ESTIMATORS[name].build(problem, cfg.num_samples, ctx.optimal_baselines)
         except Unavailable as exc:
-            result.rows.extend(
-                _row(problem, name, lab, status="skipped", note=str(exc)) for lab in labels
-            )
+            result.rows.extend(_row(problem, name, lab, status="skipped", note=str(exc)) for lab in labels)
             continue
         for index, variant in enumerate(variants):
             rows, timings = _run_variant(ctx, problem, name, index, variant, grads[problem.name])

@@ -180,9 +180,7 @@ class _Shadow:
 
     def __init__(self, model: DiscreteVAE, lr: float) -> None:
         self.model = model
-        self.params = (
-            [p for p in model.estimator.parameters()] if model.estimator is not None else []
-        )
+        self.params = [p for p in model.estimator.parameters()] if model.estimator is not None else []
         self.opt = torch.optim.Adam(self.params, lr=lr) if self.params else None
 
     def step(self, x: Tensor, step: int) -> None:
@@ -198,9 +196,7 @@ class _Shadow:
 
 def _has_state(model: DiscreteVAE) -> bool:
     est = model.estimator
-    return est is not None and (
-        any(True for _ in est.parameters()) or any(True for _ in est.buffers())
-    )
+    return est is not None and (any(True for _ in est.parameters()) or any(True for _ in est.buffers()))
 
 
 class DiscreteVAEStudy(Study):
@@ -267,9 +263,7 @@ class DiscreteVAEStudy(Study):
         fixed = train[: cfg.grad_batch]
         with torch.random.fork_rng(devices=[]):  # the initial encoder/decoder/prior of this seed
             torch.manual_seed(cfg.init_seed + seed)
-            init = DiscreteVAE(
-                train.shape[1], cfg.z_dim, cfg.hidden, estimator="reinforce", evaluations=6
-            )
+            init = DiscreteVAE(train.shape[1], cfg.z_dim, cfg.hidden, estimator="reinforce", evaluations=6)
         names = list(dict.fromkeys((*cfg.estimators, cfg.reference)))
         models: dict[str, DiscreteVAE] = {}
         for e in names:
@@ -289,11 +283,7 @@ class DiscreteVAEStudy(Study):
                 setattr(m, part, getattr(init, part))
             models[e] = m.to(dev)
         ref = models[cfg.reference]
-        shadows = [
-            _Shadow(models[e], cfg.lr)
-            for e in names
-            if e != cfg.reference and _has_state(models[e])
-        ]
+        shadows = [_Shadow(models[e], cfg.lr) for e in names if e != cfg.reference and _has_state(models[e])]
         opt = torch.optim.Adam(ref.parameters(), lr=cfg.lr)
         P = sum(p.numel() for p in ref.encoder.parameters())
         u = torch.randn(P, generator=torch.Generator().manual_seed(12345), dtype=torch.float64)
@@ -327,9 +317,7 @@ class DiscreteVAEStudy(Study):
                 )
             if step in var_at:
                 rows.extend(
-                    self._measure(
-                        cfg, models, fixed, u, {**base, "step": step, "epoch": step / per_epoch}
-                    )
+                    self._measure(cfg, models, fixed, u, {**base, "step": step, "epoch": step / per_epoch})
                 )
             if step == steps:
                 break
@@ -389,9 +377,7 @@ class DiscreteVAEStudy(Study):
             r["relative_variance"] = r["var_sum"] / denom if denom > 0 else float("nan")
         return out
 
-    def plot(
-        self, rows: Sequence[Mapping[str, Any]], cfg: DiscreteVAEConfig, out_dir: Path
-    ) -> list[Path]:
+    def plot(self, rows: Sequence[Mapping[str, Any]], cfg: DiscreteVAEConfig, out_dir: Path) -> list[Path]:
         from scg.studies.discrete_vae_plot import plot_discrete
 
         return plot_discrete(rows, cfg, Path(out_dir))
@@ -407,9 +393,7 @@ def _mean_se(values: Sequence[float]) -> tuple[float, float, int]:
     return mu, se, n
 
 
-def summary(
-    rows: Sequence[Mapping[str, Any]], *, against: str = "reinforce"
-) -> list[dict[str, Any]]:
+def summary(rows: Sequence[Mapping[str, Any]], *, against: str = "reinforce") -> list[dict[str, Any]]:
     """Per checkpoint and estimator, over seeds: relative variance and its ratio ``against`` / estimator.
 
     ``ratio`` is, per seed, ``relative_variance[against] / relative_variance[estimator]`` at the same

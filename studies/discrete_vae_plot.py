@@ -27,11 +27,7 @@ def plot_discrete(rows: Sequence[Mapping[str, Any]], cfg: Any, out: Path) -> lis
     for i, e in enumerate(ests):
         rs = sorted((r for r in summ if r["estimator"] == e), key=lambda r: r["step"])
         S = next(
-            (
-                r["num_samples"]
-                for r in rows
-                if r.get("kind") == "variance" and r.get("estimator") == e
-            ),
+            (r["num_samples"] for r in rows if r.get("kind") == "variance" and r.get("estimator") == e),
             "?",
         )
         for ax, col in ((axes[0], "relative_variance"), (axes[1], "ratio")):

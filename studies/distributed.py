@@ -88,9 +88,7 @@ def current_shard() -> tuple[int, int]:
         _HOOKED = True
         previous = sys.excepthook
 
-        def hook(
-            kind: type[BaseException], exc: BaseException, tb: TracebackType | None
-        ) -> None:
+        def hook(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
             _record(exc)
             print(failure_message(exc, rank, world), file=sys.stderr, flush=True)
             previous(kind, exc, tb)
@@ -103,10 +101,7 @@ def current_shard() -> tuple[int, int]:
 def failure_message(exc: BaseException, rank: int, world: int) -> str:
     """The line a failing rank prints before its traceback."""
     text = f"{type(exc).__name__}: {exc}".strip()
-    lost = (
-        isinstance(exc, getattr(dist, "DistBackendError", ()))
-        or "closed by peer" in str(exc).lower()
-    )
+    lost = isinstance(exc, getattr(dist, "DistBackendError", ())) or "closed by peer" in str(exc).lower()
     if lost:
         return (
             f"scg-study: rank {rank} of {world} lost contact with another rank (that rank failed; see its "
@@ -128,9 +123,7 @@ def _record(exc: BaseException) -> None:
         "message": {
             "message": f"{type(exc).__name__}: {exc}",
             "extraInfo": {
-                "py_callstack": "".join(
-                    traceback.format_exception(type(exc), exc, exc.__traceback__)
-                ),
+                "py_callstack": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
                 "timestamp": str(int(time.time())),
             },
         }

@@ -149,9 +149,7 @@ def _per_datum_moments(
         b2, tau = beta**2, 1 - beta**2
         sq_mu = (b2 * L2t2 + tau * L2) / s**2
         # E[(ε²−1)² | t] with ε ~ N(βt, τ): (m⁴ + 6m²τ + 3τ²) − 2(m² + τ) + 1, m = βt
-        sq_s = (
-            b2**2 * L2t4 + (6 * b2 * tau - 2 * b2) * L2t2 + (3 * tau**2 - 2 * tau + 1) * L2
-        ) / s**2
+        sq_s = (b2**2 * L2t4 + (6 * b2 * tau - 2 * b2) * L2t2 + (3 * tau**2 - 2 * tau + 1) * L2) / s**2
     else:  # pragma: no cover - cells() validates
         raise ValueError(est)
     mean = torch.cat([mean_mu, mean_s], -1)
@@ -208,9 +206,7 @@ def decomposition(parts: Mapping[str, Any], B: int, S: int) -> tuple[Tensor, Ten
     return sub, mc, k_off * parts["T_se"] / S
 
 
-def _sampled(
-    est: str, mu: Tensor, s: Tensor, x: Tensor, y: Tensor, B: int, S: int, R: int
-) -> Tensor:
+def _sampled(est: str, mu: Tensor, s: Tensor, x: Tensor, y: Tensor, B: int, S: int, R: int) -> Tensor:
     """``[R, 2D]`` doubly stochastic estimates from scg.minibatch + scg.expectation (vmapped)."""
     N = x.shape[0]
     estimator = ESTIMATORS[est]()
@@ -231,10 +227,10 @@ class DoublyStochastic(Study):
     """Variance of the doubly stochastic BLR gradient split into data-subsampling and MC parts."""
 
     name = "doubly-stochastic"
-    description = "BLR gradient variance vs batch size B and samples S: subsampling + MC (law of total variance)"
-    reproduces = (
-        "Titsias & Lazaro-Gredilla 2014 / Mohamed et al. 2020 §8: sampled total = subsampling + MC"
+    description = (
+        "BLR gradient variance vs batch size B and samples S: subsampling + MC (law of total variance)"
     )
+    reproduces = "Titsias & Lazaro-Gredilla 2014 / Mohamed et al. 2020 §8: sampled total = subsampling + MC"
     time = {
         "smoke": "4 s",
         "default": "4 min (2 CPU cores)",
@@ -309,14 +305,8 @@ class DoublyStochastic(Study):
         got, want, se = parts["mean_check"]
         rows = []
         for group in GROUPS:
-            sl = (
-                slice(0, 2 * D)
-                if group == "all"
-                else (slice(0, D) if group == "mu" else slice(D, 2 * D))
-            )
-            sq = (
-                centred[:, sl].pow(2).sum(1) * G.shape[0] / (G.shape[0] - 1)
-            )  # per-estimate contribution
+            sl = slice(0, 2 * D) if group == "all" else (slice(0, D) if group == "mu" else slice(D, 2 * D))
+            sq = centred[:, sl].pow(2).sum(1) * G.shape[0] / (G.shape[0] - 1)  # per-estimate contribution
             v_s, v_se = float(sq.mean()), float(sq.std() / math.sqrt(G.shape[0]))
             v_sub, v_mc = float(sub[sl].sum()), float(mc[sl].sum())
             v_mc_se = float(mc_se[sl].pow(2).sum().sqrt())
@@ -335,15 +325,11 @@ class DoublyStochastic(Study):
                     "var_total_exact": total,
                     "var_total_sampled": v_s,
                     "var_total_sampled_se": v_se,
-                    "z": (v_s - total) / math.sqrt(v_se**2 + v_mc_se**2)
-                    if v_se > 0
-                    else float("nan"),
+                    "z": (v_s - total) / math.sqrt(v_se**2 + v_mc_se**2) if v_se > 0 else float("nan"),
                     "rel_error": v_s / total - 1 if total > 0 else float("nan"),
                     "mc_fraction": v_mc / total if total > 0 else float("nan"),
                     "grad_estimates": cfg.grad_estimates,
-                    "quadrature_vs_sampled_mean_z": float(
-                        ((got[sl] - want[sl]) / se[sl]).abs().max()
-                    ),
+                    "quadrature_vs_sampled_mean_z": float(((got[sl] - want[sl]) / se[sl]).abs().max()),
                 }
             )
         return rows

@@ -76,9 +76,7 @@ def plot_decomposition(rows: Sequence[Mapping[str, Any]], cfg: Any, out: Path) -
             ax.set_title(f"{e.replace('_', ' ')} — posterior at {p}", fontsize=10)
             ax.grid(alpha=0.3, which="both")
     axes[0][-1].legend(fontsize=6.5, ncol=1, loc="lower left")
-    fig.suptitle(
-        "Doubly stochastic BLR gradient: Var = subsampling + Monte Carlo (law of total variance)"
-    )
+    fig.suptitle("Doubly stochastic BLR gradient: Var = subsampling + Monte Carlo (law of total variance)")
     fig.tight_layout()
     path = save_figure(fig, out / "doubly_stochastic.png", dpi=110)
     plt.close(fig)

@@ -70,9 +70,7 @@ def _simple(class_name: str, **kwargs: object) -> Builder:
     return build
 
 
-def _score_function(
-    problem: Problem, S: int, _opt: Callable[[Problem], list[float]]
-) -> list[Variant]:
+def _score_function(problem: Problem, S: int, _opt: Callable[[Problem], list[float]]) -> list[Variant]:
     return [Variant(scg.ScoreFunction(), None, S)]
 
 
@@ -86,17 +84,11 @@ def _optimal(problem: Problem, S: int, opt: Callable[[Problem], list[float]]) ->
 
 def _rloo(problem: Problem, S: int, _opt: Callable[[Problem], list[float]]) -> list[Variant]:
     S_eff = max(S, scg.baselines.LeaveOneOut.min_samples)
-    note = (
-        "" if S_eff == S else f"num_samples raised from {S} to {S_eff} (LeaveOneOut needs S >= 2)"
-    )
-    return [
-        Variant(scg.ScoreFunction(baseline=scg.baselines.LeaveOneOut()), None, S_eff, note=note)
-    ]
+    note = "" if S_eff == S else f"num_samples raised from {S} to {S_eff} (LeaveOneOut needs S >= 2)"
+    return [Variant(scg.ScoreFunction(baseline=scg.baselines.LeaveOneOut()), None, S_eff, note=note)]
 
 
-def _moving_average(
-    problem: Problem, S: int, _opt: Callable[[Problem], list[float]]
-) -> list[Variant]:
+def _moving_average(problem: Problem, S: int, _opt: Callable[[Problem], list[float]]) -> list[Variant]:
     est = scg.ScoreFunction(baseline=scg.baselines.MovingAverage())
     return [Variant(est, None, S, note="baseline warmed up, then frozen")]
 
@@ -104,17 +96,13 @@ def _moving_average(
 ESTIMATORS: dict[str, EstimatorSpec] = {
     s.name: s
     for s in (
-        EstimatorSpec(
-            "score_function", "ScoreFunction() — REINFORCE, no baseline (SF)", _score_function
-        ),
+        EstimatorSpec("score_function", "ScoreFunction() — REINFORCE, no baseline (SF)", _score_function),
         EstimatorSpec(
             "score_function_optimal",
             "ScoreFunction(baseline=Constant(b*)) — exact variance-optimal constant per parameter (SF*)",
             _optimal,
         ),
-        EstimatorSpec(
-            "rloo", "ScoreFunction(baseline=LeaveOneOut()) — RLOO, S >= 2 (S raised to 2)", _rloo
-        ),
+        EstimatorSpec("rloo", "ScoreFunction(baseline=LeaveOneOut()) — RLOO, S >= 2 (S raised to 2)", _rloo),
         EstimatorSpec(
             "moving_average",
             "ScoreFunction(baseline=MovingAverage()) — warmed up on 200 calls, then frozen",

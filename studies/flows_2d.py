@@ -91,17 +91,13 @@ def _u2(z: Tensor) -> Tensor:
 def _u3(z: Tensor) -> Tensor:
     z1, z2 = z[..., 0], z[..., 1]
     w2 = 3 * torch.exp(-0.5 * ((z1 - 1) / 0.6) ** 2)
-    return -torch.logaddexp(
-        -0.5 * ((z2 - _w1(z1)) / 0.35) ** 2, -0.5 * ((z2 - _w1(z1) + w2) / 0.35) ** 2
-    )
+    return -torch.logaddexp(-0.5 * ((z2 - _w1(z1)) / 0.35) ** 2, -0.5 * ((z2 - _w1(z1) + w2) / 0.35) ** 2)
 
 
 def _u4(z: Tensor) -> Tensor:
     z1, z2 = z[..., 0], z[..., 1]
     w3 = 3 * torch.sigmoid((z1 - 1) / 0.3)
-    return -torch.logaddexp(
-        -0.5 * ((z2 - _w1(z1)) / 0.4) ** 2, -0.5 * ((z2 - _w1(z1) + w3) / 0.35) ** 2
-    )
+    return -torch.logaddexp(-0.5 * ((z2 - _w1(z1)) / 0.4) ** 2, -0.5 * ((z2 - _w1(z1) + w3) / 0.35) ** 2)
 
 
 #: The four energy functions of Rezende & Mohamed (2015), Table 1: ``[..., 2] -> [...]``.
@@ -116,9 +112,7 @@ def potential(name: str) -> Callable[[Tensor], Tensor]:
     return POTENTIALS[name]
 
 
-def grid_points(
-    G: int, dtype: torch.dtype = torch.float64, device: Any = "cpu"
-) -> tuple[Tensor, float]:
+def grid_points(G: int, dtype: torch.dtype = torch.float64, device: Any = "cpu") -> tuple[Tensor, float]:
     """Midpoints of a G×G grid of [−4, 4]², ``[G*G, 2]`` (row-major: z2 varies slowest), and the spacing h."""
     h = 2 * BOX / G
     c = -BOX + h * (torch.arange(G, dtype=dtype, device=device) + 0.5)
@@ -129,11 +123,7 @@ def grid_points(
 def encode_image(density: np.ndarray) -> str:
     """``[G, G]`` non-negative array → 8-bit image (scaled to its max), zlib-compressed, base64 text."""
     top = float(density.max()) if density.size else 0.0
-    img = (
-        np.zeros(density.shape, np.uint8)
-        if top <= 0
-        else np.round(255 * density / top).astype(np.uint8)
-    )
+    img = np.zeros(density.shape, np.uint8) if top <= 0 else np.round(255 * density / top).astype(np.uint8)
     return f"{img.shape[0]}:" + base64.b64encode(zlib.compress(img.tobytes(), 9)).decode("ascii")
 
 
@@ -185,16 +175,16 @@ class Flows2DConfig:
 
 
 def _flow(layers: torch.nn.ModuleList, base: Independent) -> TransformedDistribution:
-    return TransformedDistribution(
-        base, [layer.transform(None) for layer in layers], validate_args=False
-    )
+    return TransformedDistribution(base, [layer.transform(None) for layer in layers], validate_args=False)
 
 
 class Flows2D(Study):
     """Planar / radial / affine-coupling flows of length 2, 8, 32 on U1–U4: densities and box KL."""
 
     name = "flows-2d"
-    description = "planar/radial/coupling flows on the 2-D potentials U1-U4: density pictures and KL on [-4,4]^2"
+    description = (
+        "planar/radial/coupling flows on the 2-D potentials U1-U4: density pictures and KL on [-4,4]^2"
+    )
     reproduces = "Rezende & Mohamed 2015 Fig. 3: longer flows fit U1-U4 better (KL falls with K)"
     time = {
         "smoke": "5 s",
@@ -227,13 +217,8 @@ class Flows2D(Study):
         ):
             bad = [v for v in values if v not in valid]
             if bad:
-                raise ValueError(
-                    f"unknown {name} {bad} for flows-2d; valid {name}: {', '.join(valid)}."
-                )
-        if (
-            any(k < 1 for k in cfg.lengths)
-            or min(cfg.steps, cfg.anneal_steps, cfg.num_samples, cfg.grid) < 1
-        ):
+                raise ValueError(f"unknown {name} {bad} for flows-2d; valid {name}: {', '.join(valid)}.")
+        if any(k < 1 for k in cfg.lengths) or min(cfg.steps, cfg.anneal_steps, cfg.num_samples, cfg.grid) < 1:
             raise ValueError(
                 "`lengths`, `steps`, `anneal_steps`, `num_samples` and `grid` must be >= 1; got "
                 f"{cfg.lengths}, {cfg.steps}, {cfg.anneal_steps}, {cfg.num_samples}, {cfg.grid}."
@@ -248,9 +233,7 @@ class Flows2D(Study):
             for s in range(cfg.seeds)
         ]
 
-    def run_cell(
-        self, cfg: Flows2DConfig, cell: Mapping[str, Any], ctx: CellContext
-    ) -> list[dict[str, Any]]:
+    def run_cell(self, cfg: Flows2DConfig, cell: Mapping[str, Any], ctx: CellContext) -> list[dict[str, Any]]:
         before = torch.get_num_threads()
         torch.set_num_threads(cfg.threads)
         try:
@@ -258,19 +241,13 @@ class Flows2D(Study):
         finally:
             torch.set_num_threads(before)
 
-    def _fit(
-        self, cfg: Flows2DConfig, cell: Mapping[str, Any], ctx: CellContext
-    ) -> list[dict[str, Any]]:
+    def _fit(self, cfg: Flows2DConfig, cell: Mapping[str, Any], ctx: CellContext) -> list[dict[str, Any]]:
         U = potential(cell["potential"])
         kind, K, dev = cell["kind"], int(cell["length"]), ctx.device
         layers = flow_layers(kind, 2, K, hidden=(cfg.coupling_hidden,)).to(dev)
         zero = torch.zeros(2, device=dev)
-        base = Independent(
-            Normal(zero, torch.ones_like(zero), validate_args=False), 1, validate_args=False
-        )
-        opt = torch.optim.Adam(
-            layers.parameters(), lr=cfg.lr_coupling if kind == "coupling" else cfg.lr
-        )
+        base = Independent(Normal(zero, torch.ones_like(zero), validate_args=False), 1, validate_args=False)
+        opt = torch.optim.Adam(layers.parameters(), lr=cfg.lr_coupling if kind == "coupling" else cfg.lr)
         est = scg.Pathwise()
         last = math.nan
 
@@ -329,9 +306,7 @@ class Flows2D(Study):
             }
         ]
 
-    def plot(
-        self, rows: Sequence[Mapping[str, Any]], cfg: Flows2DConfig, out_dir: Path
-    ) -> list[Path]:
+    def plot(self, rows: Sequence[Mapping[str, Any]], cfg: Flows2DConfig, out_dir: Path) -> list[Path]:
         from scg.studies.flows_2d_plot import plot_flows
 
         return plot_flows(rows, cfg, Path(out_dir))
@@ -348,11 +323,7 @@ def summary(rows: Sequence[Mapping[str, Any]], column: str = "kl_box") -> list[d
     out = []
     for (u, k, n), v in groups.items():
         mean = sum(v) / len(v)
-        se = (
-            math.sqrt(sum((x - mean) ** 2 for x in v) / (len(v) - 1) / len(v))
-            if len(v) > 1
-            else math.nan
-        )
+        se = math.sqrt(sum((x - mean) ** 2 for x in v) / (len(v) - 1) / len(v)) if len(v) > 1 else math.nan
         out.append(
             {
                 "potential": u,

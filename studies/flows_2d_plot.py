@@ -100,9 +100,7 @@ def plot_flows(rows: Sequence[Mapping[str, Any]], cfg: Any, out: Path) -> list[P
                     for r in ok
                     if r["potential"] == u and r["kind"] == k
                 ]
-                ax.plot(
-                    [e[0] for e in each], [e[1] for e in each], ".", color=f"C{c}", alpha=0.4, ms=4
-                )
+                ax.plot([e[0] for e in each], [e[1] for e in each], ".", color=f"C{c}", alpha=0.4, ms=4)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xticks(list(cfg.lengths))

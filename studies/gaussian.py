@@ -320,12 +320,8 @@ class Gaussian(Study):
     """Mohamed et al. 2020 §3: SF / SF* / PW / MVD variance on Gaussian costs, and vs dimension."""
 
     name = "gaussian"
-    description = (
-        "Mohamed et al. 2020 §3: variance of SF, SF*, PW, MVD on (x-k)^2, exp(-kx^2), cos kx; vs D"
-    )
-    reproduces = (
-        "Mohamed et al. 2020 §3, Figs. 3-4 (curves; reference values at 4 points derived here)"
-    )
+    description = "Mohamed et al. 2020 §3: variance of SF, SF*, PW, MVD on (x-k)^2, exp(-kx^2), cos kx; vs D"
+    reproduces = "Mohamed et al. 2020 §3, Figs. 3-4 (curves; reference values at 4 points derived here)"
     time = {
         "smoke": "5 s",
         "default": "1 min on 2 idle CPU cores",
@@ -372,9 +368,7 @@ class Gaussian(Study):
             return self._dimension(cfg, int(cell["D"]), ctx)
         return self._cost(cfg, str(cell["family"]), float(cell["k"]), ctx)
 
-    def _cost(
-        self, cfg: GaussianConfig, family: str, k: float, ctx: CellContext
-    ) -> list[dict[str, Any]]:
+    def _cost(self, cfg: GaussianConfig, family: str, k: float, ctx: CellContext) -> list[dict[str, Any]]:
         dev, dtype = ctx.device, _dtype(cfg)
         f = cost(family, k)
         nodes = _COS_NODES if family == "cos" else None
@@ -398,9 +392,7 @@ class Gaussian(Study):
         variants: list[tuple[str, scg.Estimator, list[int], float | None, Any]] = []
         for name in cfg.estimators:
             if name == "score_function":
-                variants.append(
-                    (name, scg.ScoreFunction(), [0, 1], None, (sf["mean"], sf["variance"]))
-                )
+                variants.append((name, scg.ScoreFunction(), [0, 1], None, (sf["mean"], sf["variance"])))
             elif name == "score_function_optimal":
                 for p, b in enumerate(sf["bstar"]):
                     variants.append(
@@ -434,9 +426,7 @@ class Gaussian(Study):
                     for p in idx
                 ]
                 continue
-            exact_mean, exact_var = exact or _exact(
-                est, f, nodes, dev, split=name == "measure_valued"
-            )
+            exact_mean, exact_var = exact or _exact(est, f, nodes, dev, split=name == "measure_valued")
             torch.manual_seed(ctx.seed)  # common random numbers across the estimators of a cell
             moments = sample_until(
                 est,
@@ -516,9 +506,7 @@ class Gaussian(Study):
             )
         return rows
 
-    def plot(
-        self, rows: Sequence[Mapping[str, Any]], cfg: GaussianConfig, out_dir: Path
-    ) -> list[Path]:
+    def plot(self, rows: Sequence[Mapping[str, Any]], cfg: GaussianConfig, out_dir: Path) -> list[Path]:
         from scg.studies.gaussian_plot import plot_cost, plot_dimension
 
         paths = []

@@ -73,9 +73,7 @@ def _draw(
         if pts:
             xs = [a for a, _, _ in pts]
             ys = [b for _, b, _ in pts]
-            low = [
-                min(2 * c, 0.95 * b) for _, b, c in pts
-            ]  # ±2 SE, clipped above 0 on the log axis
+            low = [min(2 * c, 0.95 * b) for _, b, c in pts]  # ±2 SE, clipped above 0 on the log axis
             high = [2 * c for _, _, c in pts]
             ax.errorbar(
                 xs,
@@ -98,9 +96,7 @@ def plot_cost(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
     """Variance of one estimate vs k: one panel per (cost family, parameter), log y; exact lines, sampled dots."""
     plt = pyplot()
     cost_rows = [r for r in rows if r.get("part") == "cost"]
-    families = [
-        f for f in ("square", "bump", "cos") if any(r.get("family") == f for r in cost_rows)
-    ]
+    families = [f for f in ("square", "bump", "cos") if any(r.get("family") == f for r in cost_rows)]
     estimators = [
         e
         for e in ("score_function", "score_function_optimal", "pathwise", "measure_valued")
@@ -110,9 +106,7 @@ def plot_cost(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
     for j, family in enumerate(families):
         for i, param in enumerate(("mu", "sigma")):
             ax = axes[i][j]
-            sub = [
-                r for r in cost_rows if r.get("family") == family and r.get("parameter") == param
-            ]
+            sub = [r for r in cost_rows if r.get("family") == family and r.get("parameter") == param]
             _draw(ax, sub, "k", estimators, log_x=family != "square")
             ax.set_title(f"{_TITLES[family]}: {_PARAM[param]}", fontsize=11)
             ax.set_xlabel("k")

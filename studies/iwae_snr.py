@@ -169,9 +169,7 @@ def setup(cfg: IWAESNRConfig, device: torch.device) -> tuple[Tensor, dict[str, T
         "b": mu_star / 2 + eps * torch.randn(D, generator=g, dtype=torch.float64),
         "mu": mu_star + eps * torch.randn(D, generator=g, dtype=torch.float64),
     }
-    return x.to(device=device, dtype=dtype), {
-        k: v.to(device=device, dtype=dtype) for k, v in params.items()
-    }
+    return x.to(device=device, dtype=dtype), {k: v.to(device=device, dtype=dtype) for k, v in params.items()}
 
 
 def log_px(x: Tensor, mu: Tensor) -> float:
@@ -186,15 +184,9 @@ def bound_fn(x: Tensor, K: int, method: str, std: float) -> Callable[[dict[str, 
     def fn(p: dict[str, Tensor]) -> Tensor:
         m = x @ p["A"].T + p["b"]  # [B, D]
         q = Independent(Normal(m, std, validate_args=False), 1, validate_args=False)
-        z = m + std * torch.randn(
-            (K, *m.shape), dtype=m.dtype, device=m.device
-        )  # out of place: vmap-safe
+        z = m + std * torch.randn((K, *m.shape), dtype=m.dtype, device=m.device)  # out of place: vmap-safe
         D = m.shape[-1]
-        log_p = (
-            -0.5 * ((z - p["mu"]) ** 2).sum(-1)
-            - 0.5 * ((x - z) ** 2).sum(-1)
-            - 2 * D * _HALF_LOG_2PI
-        )
+        log_p = -0.5 * ((z - p["mu"]) ** 2).sum(-1) - 0.5 * ((x - z) ** 2).sum(-1) - 2 * D * _HALF_LOG_2PI
         if method == "reparam":
             return scg.objectives.iwae(log_p, q.log_prob(z)).sum()
         log_q = scg.stop_gradient(q).log_prob(z)
@@ -205,9 +197,7 @@ def bound_fn(x: Tensor, K: int, method: str, std: float) -> Callable[[dict[str, 
     return fn
 
 
-def gradients(
-    cfg: IWAESNRConfig, x: Tensor, params: dict[str, Tensor], K: int, method: str
-) -> Tensor:
+def gradients(cfg: IWAESNRConfig, x: Tensor, params: dict[str, Tensor], K: int, method: str) -> Tensor:
     """``[M, D² + 2D]`` independent estimates of the full-data gradient (A, b, μ), chunked over points."""
     N, D, M = x.shape[0], x.shape[1], cfg.num_estimates
     per_estimate = N * K * D
@@ -223,9 +213,7 @@ def gradients(
     return torch.stack(parts).sum(0)
 
 
-def bound_estimate(
-    cfg: IWAESNRConfig, x: Tensor, params: dict[str, Tensor], K: int
-) -> tuple[float, float]:
+def bound_estimate(cfg: IWAESNRConfig, x: Tensor, params: dict[str, Tensor], K: int) -> tuple[float, float]:
     """Mean and standard error of the bound :math:`\\sum_n \\log \\frac1K \\sum_k w_{nk}` over ``bound_draws`` draws."""
     std = math.sqrt(cfg.q_variance)
     points = max(1, min(x.shape[0], cfg.max_elements // (K * x.shape[1])))
@@ -325,10 +313,10 @@ class IWAESNR(Study):
     """Rainforth et al. 2018: inference/generative gradient SNR vs K for IWAE, STL and DReG."""
 
     name = "iwae-snr"
-    description = "Rainforth et al. 2018 linear-Gaussian: SNR of inference/generative gradients vs K (IWAE, STL, DReG)"
-    reproduces = (
-        "Rainforth et al. 2018 Fig. 2 (SNR slopes -1/2, +1/2); Tucker et al. 2019 (DReG +1/2)"
+    description = (
+        "Rainforth et al. 2018 linear-Gaussian: SNR of inference/generative gradients vs K (IWAE, STL, DReG)"
     )
+    reproduces = "Rainforth et al. 2018 Fig. 2 (SNR slopes -1/2, +1/2); Tucker et al. 2019 (DReG +1/2)"
     time = {
         "smoke": "5 s",
         "default": "2 min on 2 CPU cores with 1 torch thread (N = 1024, K <= 1000)",
@@ -353,9 +341,7 @@ class IWAESNR(Study):
     def cells(self, cfg: IWAESNRConfig) -> list[dict[str, Any]]:
         return [{"method": m} for m in cfg.methods]
 
-    def run_cell(
-        self, cfg: IWAESNRConfig, cell: Mapping[str, Any], ctx: CellContext
-    ) -> list[dict[str, Any]]:
+    def run_cell(self, cfg: IWAESNRConfig, cell: Mapping[str, Any], ctx: CellContext) -> list[dict[str, Any]]:
         method = str(cell["method"])
         x, params = setup(cfg, ctx.device)
         P_inf = cfg.dim * cfg.dim + cfg.dim
@@ -373,9 +359,7 @@ class IWAESNR(Study):
             signal = {"inference": mean, "generative": mean}
             source = {"inference": "own mean", "generative": "own mean"}
             rows_of: dict[str, Tensor | None] = {"inference": None, "generative": None}
-            if (
-                method == "reparam"
-            ):  # E[g_IWAE] = E[g_DReG] for the inference network: the precise mean
+            if method == "reparam":  # E[g_IWAE] = E[g_DReG] for the inference network: the precise mean
                 torch.manual_seed(seed)
                 rows_of["inference"] = gradients(cfg, x, params, K, "dreg").double()
                 signal["inference"] = rows_of["inference"].mean(0)
@@ -464,9 +448,7 @@ class IWAESNR(Study):
             )
         return rows
 
-    def plot(
-        self, rows: Sequence[Mapping[str, Any]], cfg: IWAESNRConfig, out_dir: Path
-    ) -> list[Path]:
+    def plot(self, rows: Sequence[Mapping[str, Any]], cfg: IWAESNRConfig, out_dir: Path) -> list[Path]:
         from scg.studies.iwae_snr_plot import plot_snr
 
         return [plot_snr(rows, cfg, Path(out_dir) / "iwae_snr.png")]

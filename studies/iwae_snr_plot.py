@@ -65,9 +65,7 @@ def plot_snr(rows: Sequence[Mapping[str, Any]], cfg: Any, path: Path) -> Path:
             label = LABELS[m]
             if slope is not None:
                 se = number(fit.get("slope_se")) if fit else None
-                label += f": slope {slope:+.2f}" + (
-                    f" ± {se:.2f}" if se is not None and se == se else ""
-                )
+                label += f": slope {slope:+.2f}" + (f" ± {se:.2f}" if se is not None and se == se else "")
             errs = [number(r.get("snr_se")) or 0.0 for r in sub]
             ax.errorbar(ks, ys, yerr=errs, fmt="o-", color=COLORS[m], capsize=2, label=label)
             if slope is not None and fit is not None:

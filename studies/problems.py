@@ -115,9 +115,7 @@ class Problem:
                 out.extend(f"{name}[{i}]" for i in range(n))
         return out
 
-    def dist(
-        self, *, dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu"
-    ) -> Distribution:
+    def dist(self, *, dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu") -> Distribution:
         """The distribution at θ (parameters detached)."""
         return self.make_dist(*self.tensors(dtype=dtype, device=device))
 
@@ -257,9 +255,7 @@ def load_user_problem(spec: str) -> list[Problem]:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ValueError(
-            f"`--problem` {spec!r}: cannot import module {module_name!r} ({exc})."
-        ) from exc
+        raise ValueError(f"`--problem` {spec!r}: cannot import module {module_name!r} ({exc}).") from exc
     factory = getattr(module, attr, None)
     if factory is None or not callable(factory):
         raise ValueError(f"`--problem` {spec!r}: module {module_name!r} has no function {attr!r}.")
@@ -274,9 +270,7 @@ def load_user_problem(spec: str) -> list[Problem]:
     return items
 
 
-def resolve_problems(
-    names: Sequence[str] | None = None, user: Sequence[str] = ()
-) -> list[Problem]:
+def resolve_problems(names: Sequence[str] | None = None, user: Sequence[str] = ()) -> list[Problem]:
     """Embedded problems selected by ``names`` (individual names or groups; ``None`` = all)
     followed by the user problems ``module:function``.
 

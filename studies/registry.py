@@ -27,8 +27,6 @@ def study_names() -> list[str]:
 def get_study(name: str) -> Study:
     """The study called ``name``; ``ValueError`` listing the valid names otherwise."""
     if name not in STUDIES:
-        raise ValueError(
-            f"unknown study {name!r}; valid studies: {', '.join(STUDIES) or '(none)'}."
-        )
+        raise ValueError(f"unknown study {name!r}; valid studies: {', '.join(STUDIES) or '(none)'}.")
     module, cls = STUDIES[name].split(":")
     return getattr(importlib.import_module(module), cls)()

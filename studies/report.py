@@ -80,9 +80,7 @@ def format_table(
     variance, relative error of the variance and its z-score, SNR, bias z,
     evaluations of f per estimate, microseconds per estimate (when ``timings`` are given).
     """
-    times = {
-        (t["problem"], t["estimator"], t["parameter"]): float(t["us_per_estimate"]) for t in timings
-    }
+    times = {(t["problem"], t["estimator"], t["parameter"]): float(t["us_per_estimate"]) for t in timings}
     est_w = max([9] + [len(str(r["estimator"])) for r in rows])
     par_w = max([5] + [len(str(r["parameter"])) for r in rows])
     head = (
@@ -101,9 +99,7 @@ def format_table(
         seen: set[tuple[str, str, str]] = set()
         for r in prow:
             left = f"{r['estimator']:<{est_w}} {r['parameter']:<{par_w}} "
-            if (
-                r["status"] != "ok"
-            ):  # one line per estimator when all its parameters share the reason
+            if r["status"] != "ok":  # one line per estimator when all its parameters share the reason
                 key = (str(r["estimator"]), str(r["status"]), str(r.get("note") or ""))
                 if key in seen:
                     continue
@@ -131,9 +127,7 @@ def format_table(
     return "\n".join(lines).rstrip() + "\n"
 
 
-def plot_compare(
-    rows: Sequence[Mapping[str, Any]], path: str | Path, *, title: str | None = None
-) -> Path:
+def plot_compare(rows: Sequence[Mapping[str, Any]], path: str | Path, *, title: str | None = None) -> Path:
     """Dot plot of the variance of one estimate, sampled (±2 SE) next to exact, one panel per problem.
 
     Log-scale x axis; zero variances (e.g. DisARM on the Bernoulli toy; below
@@ -157,18 +151,14 @@ def plot_compare(
         prow = [r for r in ok if r["problem"] == problem]
         ax.set_title(problem, fontsize=10)
         if not prow:
-            ax.text(
-                0.5, 0.5, "no estimator applied", ha="center", va="center", transform=ax.transAxes
-            )
+            ax.text(0.5, 0.5, "no estimator applied", ha="center", va="center", transform=ax.transAxes)
             ax.set_yticks([])
             continue
 
         def zero(r: Mapping[str, Any], v: float) -> bool:
             # a variance 0 in exact arithmetic comes out of float64 as ~1e-17 or ~1e-37: call it 0
             scale = max(
-                _num(r["exact_gradient"]) ** 2
-                if not math.isnan(_num(r["exact_gradient"]))
-                else 0.0,
+                _num(r["exact_gradient"]) ** 2 if not math.isnan(_num(r["exact_gradient"])) else 0.0,
                 _num(r["mean"]) ** 2,
             )
             return v == 0 or (v > 0 and v <= 1e-10 * scale)

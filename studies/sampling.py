@@ -88,9 +88,7 @@ def sample_gradients(
     """
     gs = _gradient_samples() if engine in ("auto", "vmap") else None
     if engine == "vmap" and gs is None:
-        raise ValueError(
-            "`engine` 'vmap' needs scg.diagnostics.gradient_samples, which is not importable."
-        )
+        raise ValueError("`engine` 'vmap' needs scg.diagnostics.gradient_samples, which is not importable.")
     if gs is not None:
 
         def fn(q: list[Tensor]) -> Tensor:
@@ -183,18 +181,14 @@ def statistics(samples: Any, exact_gradient: float, exact_variance: float) -> di
     estimates for a heavy-tailed estimator: compare ``variance_std_error``).
     """
     N = samples.shape[0]
-    if bool(
-        (samples == samples[0]).all()
-    ):  # a constant estimator (e.g. DisARM on one Bernoulli): exactly 0
+    if bool((samples == samples[0]).all()):  # a constant estimator (e.g. DisARM on one Bernoulli): exactly 0
         return _summary(N, float(samples[0]), 0.0, 0.0, exact_gradient, exact_variance)
     mean = float(samples.mean())
     centred = samples - mean
     m2, m4 = float((centred**2).mean()), float((centred**4).mean())
     var = float((centred**2).sum() / (N - 1))
     var_se = float(
-        variance_std_error(
-            N, torch.tensor(m2, dtype=torch.float64), torch.tensor(m4, dtype=torch.float64)
-        )
+        variance_std_error(N, torch.tensor(m2, dtype=torch.float64), torch.tensor(m4, dtype=torch.float64))
     )
     return _summary(N, mean, var, var_se, exact_gradient, exact_variance)
 
@@ -208,18 +202,14 @@ class Moments:
 
     def __init__(self, shift: Tensor) -> None:
         self.shift = shift.detach().double().reshape(-1)
-        self.sums = torch.zeros(
-            4, self.shift.numel(), dtype=torch.float64, device=self.shift.device
-        )
+        self.sums = torch.zeros(4, self.shift.numel(), dtype=torch.float64, device=self.shift.device)
         self.low = torch.full_like(self.shift, math.inf)
         self.high = torch.full_like(self.shift, -math.inf)
         self.n = 0
 
     def update(self, G: Tensor) -> None:
         """Add estimates ``G [n, P]``."""
-        if (
-            G.device.type == "cpu"
-        ):  # small reductions: one thread (parallel regions cost ms on a busy CPU)
+        if G.device.type == "cpu":  # small reductions: one thread (parallel regions cost ms on a busy CPU)
             threads = torch.get_num_threads()
             torch.set_num_threads(1)
             try:

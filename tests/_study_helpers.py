@@ -41,9 +41,7 @@ def assert_cuda_smoke_run(study: Any, out: Path) -> None:
     """The smoke size of ``study`` runs on the GPU: every row ok, the manifest names a CUDA device."""
     from scg.studies.runner import run_study
 
-    res = run_study(
-        study, study.smoke(), out, device="cuda", progress=False, plot=False, preset="smoke"
-    )
+    res = run_study(study, study.smoke(), out, device="cuda", progress=False, plot=False, preset="smoke")
     assert res.rows and all(r["status"] == "ok" for r in res.rows)
     assert manifest(out)["device"].startswith("cuda")
 

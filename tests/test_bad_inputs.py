@@ -190,11 +190,7 @@ def _fit(model=None, train=None, **kw):
     def call():
         from scg.models import VAE, BernoulliDecoder, GaussianEncoder, TrainConfig, fit
 
-        m = (
-            model
-            if model is not None
-            else VAE(GaussianEncoder(4, 2, (4,)), BernoulliDecoder(2, 4, (4,)))
-        )
+        m = model if model is not None else VAE(GaussianEncoder(4, 2, (4,)), BernoulliDecoder(2, 4, (4,)))
         x = train if train is not None else torch.rand(8, 4).round()
         kw.setdefault("config", TrainConfig(epochs=1, batch_size=4, progress=False))
         fit(m, x, **kw)
@@ -1109,9 +1105,7 @@ def test_an_oversized_exact_grid_is_refused_at_once_with_a_readable_size():
 
     p = (torch.tensor(0.3, dtype=torch.float64),)
     start = time.process_time()
-    with pytest.raises(
-        ValueError, match=r"the exact grid needs about 10\^\d+\.\d points > `max_points` = "
-    ):
+    with pytest.raises(ValueError, match=r"the exact grid needs about 10\^\d+\.\d points > `max_points` = "):
         scg.testing.exact_moments(
             scg.RELAX(),
             lambda l: torch.distributions.Bernoulli(logits=l),

@@ -45,9 +45,7 @@ def test_state_frozen_in_eval_mode_and_under_vmap():
     def loss(lg, _):
         return scg.expectation(lambda b: b, Bernoulli(logits=lg), est, num_samples=3).sum()
 
-    torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0), randomness="different")(
-        logits, torch.zeros(4)
-    )
+    torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0), randomness="different")(logits, torch.zeros(4))
     assert ma.steps == 0 and float(ma.value) == 0.0
     scg.expectation(lambda b: b, Bernoulli(logits=logits), est, num_samples=3)
     assert ma.steps == 1 and float(ma.value) > 0.0
@@ -215,9 +213,7 @@ def test_normalize_saturates_a_variance_beyond_the_dtypes_range():
 def test_moving_average_matches_bias_corrected_oracle_over_five_steps():
     """Oracle: c_t = β c_{t−1} + (1 − β) Ā_{t−1}, b_t = c_t / (1 − β^t); step t subtracts b_{t−1}."""
     ma = B.MovingAverage(0.9)
-    signals = [
-        torch.tensor([[0.3, -1.2], [2.5, 0.7], [1.1, -0.4]]) * (k + 1) ** 1.5 + k for k in range(5)
-    ]
+    signals = [torch.tensor([[0.3, -1.2], [2.5, 0.7], [1.1, -0.4]]) * (k + 1) ** 1.5 + k for k in range(5)]
     c, b_prev = 0.0, 0.0
     for t, a in enumerate(signals, start=1):
         out, extra = ma(a, None)
@@ -234,9 +230,7 @@ def test_first_moving_average_update_is_exactly_the_first_mean(dtype):
     ma = B.MovingAverage(0.9)
     a = torch.tensor([[0.3, -1.2], [2.5, 0.7]], dtype=dtype)
     ma(a, None)
-    assert ma.value.dtype == dtype and torch.equal(
-        ma.value, a.mean()
-    )  # b_1 = Ā_0: the weight is exactly 1
+    assert ma.value.dtype == dtype and torch.equal(ma.value, a.mean())  # b_1 = Ā_0: the weight is exactly 1
 
 
 def test_buffers_follow_the_signals_device():

@@ -133,9 +133,7 @@ def test_targets():
 
 
 def test_case_without_pyro_skips_and_says_so(monkeypatch):
-    monkeypatch.setitem(
-        sys.modules, "pyro", None
-    )  # import pyro -> ImportError, as when not installed
+    monkeypatch.setitem(sys.modules, "pyro", None)  # import pyro -> ImportError, as when not installed
     (result,) = runner.run_case("vae", QUICK)
     assert not [row for row in result.rows if row.name.startswith("pyro")]
     assert result.skipped and "not installed" in result.skipped[0]

@@ -33,9 +33,7 @@ try:  # the exact harness; the exact columns are empty without it
 except ImportError:  # pragma: no cover - depends on the installed scg
     HAVE_HARNESS = False
 
-needs_harness = pytest.mark.skipif(
-    not HAVE_HARNESS, reason="scg.testing.exact_moments not importable"
-)
+needs_harness = pytest.mark.skipif(not HAVE_HARNESS, reason="scg.testing.exact_moments not importable")
 
 # Two-sided normal quantile for a false-failure rate of 1e-3 over 4 checks (Bonferroni): Φ⁻¹(1 − 1e-3/8).
 Z4 = 3.66
@@ -101,9 +99,7 @@ def test_compare_writes_results_manifest_and_figure(tmp_path: Path) -> None:
     assert code == 0
     for name in ("results.csv", "timings.csv", "manifest.json", "compare.png"):
         assert (out / name).is_file(), name
-    assert not [
-        p for p in out.iterdir() if p.name.endswith(".tmp")
-    ]  # atomic writes leave no temp files
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]  # atomic writes leave no temp files
     with open(out / "results.csv", newline="") as fh:
         reader = csv.DictReader(fh)
         assert tuple(reader.fieldnames or ()) == COLUMNS
@@ -176,17 +172,12 @@ def test_sampled_variances_match_references(tmp_path: Path) -> None:
         assert abs(var - REF[key]) <= Z4 * se, (key, var, REF[key], se)
         assert abs(float(row["bias_z"])) <= Z4, key
     # the Bernoulli score-function estimate takes two values: its variance is within 2 % at N = 20000
-    assert (
-        abs(float(rows[("bernoulli-toy", "score_function", "phi")]["variance"]) / 1.5638e-2 - 1)
-        < 0.02
-    )
+    assert abs(float(rows[("bernoulli-toy", "score_function", "phi")]["variance"]) / 1.5638e-2 - 1) < 0.02
 
 
 @needs_harness
 def test_exact_variance_column_reproduces_references(tmp_path: Path) -> None:
-    keys = [
-        k for k in REF if k[1] != "measure_valued" or hasattr(__import__("scg"), "MeasureValued")
-    ]
+    keys = [k for k in REF if k[1] != "measure_valued" or hasattr(__import__("scg"), "MeasureValued")]
     code, out = _compare(
         tmp_path,
         "--problems",
@@ -373,9 +364,7 @@ def test_failing_estimator_is_an_error_row_and_exit_1(
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without a GPU")
-def test_cuda_without_gpu_is_a_clear_error(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_cuda_without_gpu_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _ = _compare(tmp_path, "--device", "cuda", "--problems", "bernoulli-toy")
     assert code == 2
     assert 'CUDA is not available; use "auto" or "cpu"' in capsys.readouterr().err
@@ -398,10 +387,7 @@ def test_a_misspelt_device_is_named_not_blamed_on_cuda(
         ]
     )
     assert code == 2
-    assert (
-        '`device` must be "auto", "cpu", "cuda" or "cuda:N"; got \'cudax\''
-        in capsys.readouterr().err
-    )
+    assert '`device` must be "auto", "cpu", "cuda" or "cuda:N"; got \'cudax\'' in capsys.readouterr().err
 
 
 def test_plot_redraws_figure_from_results(tmp_path: Path) -> None:
@@ -445,9 +431,7 @@ def test_closed_form_gradients() -> None:
     }
     for name, value in values.items():
         g = torch.autograd.grad(value, (mu, sigma))
-        assert get_problem(name).exact_gradient == pytest.approx(
-            [float(x) for x in g], abs=1e-12
-        ), name
+        assert get_problem(name).exact_gradient == pytest.approx([float(x) for x in g], abs=1e-12), name
     assert get_problem("bernoulli-toy").exact_gradient == pytest.approx((0.25 * 0.02,))
 
 
@@ -469,15 +453,9 @@ def test_problem_validation_and_registry_errors() -> None:
         Problem(name="x", make_dist=lambda x: x, params=(1.0,), f=3)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"`params` must be a non-empty tuple"):
         Problem(name="x", make_dist=lambda x: x, params=(), f=lambda z: z)
-    with pytest.raises(
-        ValueError, match=r"`param_names` must have one name per parameter \(1\); got 2"
-    ):
-        Problem(
-            name="x", make_dist=lambda x: x, params=(1.0,), f=lambda z: z, param_names=("a", "b")
-        )
-    with pytest.raises(
-        ValueError, match=r"unknown problem 'zzz'; valid problems: gaussian-square-k0"
-    ):
+    with pytest.raises(ValueError, match=r"`param_names` must have one name per parameter \(1\); got 2"):
+        Problem(name="x", make_dist=lambda x: x, params=(1.0,), f=lambda z: z, param_names=("a", "b"))
+    with pytest.raises(ValueError, match=r"unknown problem 'zzz'; valid problems: gaussian-square-k0"):
         get_problem("zzz")
     assert [p.name for p in resolve_problems(["gaussian"])] == [
         n for n in PROBLEMS if n.startswith("gaussian")
@@ -489,9 +467,7 @@ def test_problem_validation_and_registry_errors() -> None:
         f=lambda z: z,
         param_names=("w", "b"),
     ).labels() == ["w[0]", "w[1]", "b"]
-    with pytest.raises(
-        ValueError, match=r"unknown estimator 'x'; valid estimators: score_function"
-    ):
+    with pytest.raises(ValueError, match=r"unknown estimator 'x'; valid estimators: score_function"):
         CompareConfig(estimators=("x",))
     with pytest.raises(ValueError, match=r"`num_estimates` must be an int >= 1; got 0"):
         CompareConfig(num_estimates=0)
@@ -534,9 +510,7 @@ def test_statistics_edge_cases() -> None:
 def test_console_script_subprocess(tmp_path: Path) -> None:
     exe = Path(sys.executable).with_name("scg-study")
     command = (
-        [str(exe)]
-        if exe.exists()
-        else ([shutil.which("scg-study")] if shutil.which("scg-study") else None)
+        [str(exe)] if exe.exists() else ([shutil.which("scg-study")] if shutil.which("scg-study") else None)
     )
     if command is None:
         pytest.skip("scg-study console script not installed (pip install -e .)")
@@ -577,9 +551,7 @@ def test_ctrl_c_says_the_run_can_be_resumed(
     import scg.studies.runner as runner
 
     monkeypatch.setattr(runner, "run_study", interrupt)
-    code = cli.main(
-        ["run", "blr", "--smoke", "--no-plot", "--quiet", "--out", "/nonexistent/never-written"]
-    )
+    code = cli.main(["run", "blr", "--smoke", "--no-plot", "--quiet", "--out", "/nonexistent/never-written"])
     assert code == 130
     err = capsys.readouterr().err
     assert "interrupted; finished cells are kept — run the same command again to resume." in err
@@ -593,15 +565,10 @@ def test_out_that_is_a_file_is_refused_before_any_work(
     target.write_text("x")
     with pytest.raises(SystemExit) as exc:
         cli.main(["compare", "--problems", "bernoulli-toy", "--quiet", "--out", str(target)])
-    assert (
-        exc.value.code == 2
-        and f"`--out` must be a folder; {target} is a file." in capsys.readouterr().err
-    )
+    assert exc.value.code == 2 and f"`--out` must be a folder; {target} is a file." in capsys.readouterr().err
 
 
-def test_a_config_selecting_no_cells_is_an_error(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_a_config_selecting_no_cells_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = cli.main(
         [
             "run",

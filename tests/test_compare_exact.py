@@ -154,9 +154,7 @@ def test_unbiased_estimators_have_small_bias_z(rows: dict[tuple[str, str], dict[
             r = rows[(name, p)]
             z = float(r["bias_z"])
             assert abs(z) < Z, (name, p, z)
-            assert z == pytest.approx(
-                (float(r["mean"]) - GRAD[p]) / float(r["std_error"]), rel=1e-6
-            )
+            assert z == pytest.approx((float(r["mean"]) - GRAD[p]) / float(r["std_error"]), rel=1e-6)
 
 
 def test_exact_moments_are_kept_only_when_their_mean_is_the_gradient() -> None:
@@ -165,12 +163,6 @@ def test_exact_moments_are_kept_only_when_their_mean_is_the_gradient() -> None:
 
     mv, gumbel = scg.MeasureValued(), scg.GumbelSoftmax()
     assert _mean_is_exact(mv, GRAD["loc"] + 1e-12, 1e-3, GRAD["loc"])
-    assert not _mean_is_exact(
-        mv, GRAD["loc"] + 1e-6, 1e-3, GRAD["loc"]
-    )  # beyond 1e-8 · max(|∇|, sd)
-    assert not _mean_is_exact(
-        mv, 0.26596, 1.5e-31, GRAD["loc"]
-    )  # a quadrature that missed the jump
-    assert not _mean_is_exact(
-        gumbel, GRAD["loc"], 1e-3, GRAD["loc"]
-    )  # a biased estimator cannot be checked
+    assert not _mean_is_exact(mv, GRAD["loc"] + 1e-6, 1e-3, GRAD["loc"])  # beyond 1e-8 · max(|∇|, sd)
+    assert not _mean_is_exact(mv, 0.26596, 1.5e-31, GRAD["loc"])  # a quadrature that missed the jump
+    assert not _mean_is_exact(gumbel, GRAD["loc"], 1e-3, GRAD["loc"])  # a biased estimator cannot be checked

@@ -75,9 +75,7 @@ class Problem(nn.Module):
         return scg.expectation(cost, q, self.estimator, num_samples=S, context=context).sum()
 
 
-def _train(
-    model: nn.Module, step: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, seed: int = 0
-):
+def _train(model: nn.Module, step: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, seed: int = 0):
     """``STEPS`` steps of forward, backward and SGD; the losses, gradients and final state."""
     torch.manual_seed(seed)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
@@ -98,9 +96,7 @@ def _assert_same(eager, compiled) -> None:
     for a, b in zip(gc, ge, strict=False):
         assert a.keys() == b.keys()
         for name in a:
-            torch.testing.assert_close(
-                a[name], b[name], rtol=1e-5, atol=1e-6, msg=f"gradient of {name}"
-            )
+            torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=f"gradient of {name}")
     assert sc.keys() == se.keys()
     for name in sc:
         torch.testing.assert_close(sc[name], se[name], rtol=1e-5, atol=1e-6, msg=f"state {name}")
@@ -177,9 +173,7 @@ class GraphModel(nn.Module):
         g.cost("fit", ((z - 0.5) ** 2).sum(-1))
         g.cost(
             "rec",
-            F.binary_cross_entropy_with_logits(self.dec(b), x.expand_as(b), reduction="none").sum(
-                -1
-            ),
+            F.binary_cross_entropy_with_logits(self.dec(b), x.expand_as(b), reduction="none").sum(-1),
         )
         return g.surrogate()
 
@@ -215,9 +209,7 @@ def test_non_finite_cost_fails_in_compiled_code_with_the_eager_message():
 
     def step(shift: torch.Tensor) -> torch.Tensor:
         q = Independent(Normal(theta, 1.0), 1)
-        return scg.expectation(
-            lambda z: (z.sum(-1) + shift).log(), q, scg.Pathwise(), num_samples=S
-        ).sum()
+        return scg.expectation(lambda z: (z.sum(-1) + shift).log(), q, scg.Pathwise(), num_samples=S).sum()
 
     compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
     assert torch.isfinite(compiled(torch.tensor(100.0)))

@@ -169,9 +169,7 @@ def _grads(out: Tensor, params: list[Tensor], est: scg.Estimator) -> list[Tensor
 def test_registry_covers_every_exported_estimator() -> None:
     exported = {getattr(scg.estimators, n) for n in scg.estimators.__all__}
     classes = {
-        c
-        for c in exported
-        if isinstance(c, type) and issubclass(c, scg.Estimator) and c is not scg.Estimator
+        c for c in exported if isinstance(c, type) and issubclass(c, scg.Estimator) and c is not scg.Estimator
     }
     covered = {type(make()) for _, make, *_ in REGISTRY}
     assert classes - covered == set()
@@ -244,7 +242,5 @@ def test_estimator_without_parts_serves_expectation_but_not_a_graph() -> None:
     torch.manual_seed(0)
     eps = torch.randn(8, dtype=D)
     assert torch.equal(loss, (mu + eps).pow(2).mean(0))
-    with pytest.raises(
-        TypeError, match=r"must implement parts\(dist, draws\) to be a graph node; Plain"
-    ):
+    with pytest.raises(TypeError, match=r"must implement parts\(dist, draws\) to be a graph node; Plain"):
         scg.Graph(num_samples=2).sample("z", q, Plain())

@@ -46,9 +46,7 @@ def test_pathwise_delta_unbiased() -> None:
 def test_pathwise_delta_optimal_after_training_call_unbiased() -> None:
     est = scg.Pathwise(Delta("optimal"))
     mu, log_sd = (p.clone().requires_grad_(True) for p in PARAMS)
-    scg.expectation(
-        smooth, normal(mu, log_sd), est, num_samples=8
-    ).sum().backward()  # training mode
+    scg.expectation(smooth, normal(mu, log_sd), est, num_samples=8).sum().backward()  # training mode
     assert float(est.baseline.var) > 0.0
     c = float(est.baseline.current_coefficient(mu))
     assert c != 1.0
@@ -133,9 +131,7 @@ def test_pathwise_refusals_and_unbiased_flag() -> None:
 def test_graph_refuses_delta_for_pathwise() -> None:
     g = scg.Graph(num_samples=2)
     with pytest.raises(TypeError, match="Delta"):
-        g.sample(
-            "z", Normal(torch.zeros((), dtype=D), torch.ones((), dtype=D)), scg.Pathwise(Delta())
-        )
+        g.sample("z", Normal(torch.zeros((), dtype=D), torch.ones((), dtype=D)), scg.Pathwise(Delta()))
 
 
 def test_graph_pathwise_constant_baseline() -> None:
@@ -156,9 +152,7 @@ def test_graph_pathwise_constant_baseline() -> None:
 
 def test_measure_valued_delta_normal_unbiased() -> None:
     assert_unbiased(scg.MeasureValued(Delta()), normal, PARAMS, smooth, rtol=1e-6, atol=1e-7)
-    assert_unbiased(
-        scg.MeasureValued(baseline=Delta(0.5)), normal, PARAMS, smooth, rtol=1e-6, atol=1e-7
-    )
+    assert_unbiased(scg.MeasureValued(baseline=Delta(0.5)), normal, PARAMS, smooth, rtol=1e-6, atol=1e-7)
 
 
 def test_measure_valued_delta_exact_on_quadratic() -> None:
@@ -264,6 +258,4 @@ def test_measure_valued_refusals_and_unbiased_flag() -> None:
     assert not scg.MeasureValued(Normalize()).unbiased
     assert scg.MeasureValued(Delta()).unbiased and scg.MeasureValued().unbiased
     with pytest.raises(TypeError, match="Normal"):
-        scg.expectation(
-            lambda b: b, Bernoulli(logits=t(0.1)), scg.MeasureValued(Delta())
-        ).backward()
+        scg.expectation(lambda b: b, Bernoulli(logits=t(0.1)), scg.MeasureValued(Delta())).backward()

@@ -118,9 +118,7 @@ def _quadratic(estimator: scg.Estimator, num_samples: int, k: float = 0.5):
 
     def fn(p: dict[str, Tensor]) -> Tensor:
         q = Independent(Normal(p["mu"], p["sigma"]), 1)
-        return scg.expectation(
-            lambda z: ((z - k) ** 2).sum(-1), q, estimator, num_samples=num_samples
-        )
+        return scg.expectation(lambda z: ((z - k) ** 2).sum(-1), q, estimator, num_samples=num_samples)
 
     params = {"mu": torch.tensor([1.0, -0.5]), "sigma": torch.tensor([1.0, 0.6])}
     exact = torch.cat([2 * (params["mu"] - k), 2 * params["sigma"]])
@@ -137,9 +135,7 @@ def _quadratic(estimator: scg.Estimator, num_samples: int, k: float = 0.5):
         ),
     ],
 )
-def test_mean_matches_exact_gradient(
-    estimator: scg.Estimator, num_samples: int, chunk_size
-) -> None:
+def test_mean_matches_exact_gradient(estimator: scg.Estimator, num_samples: int, chunk_size) -> None:
     fn, params, exact = _quadratic(estimator, num_samples)
     g = gradient_samples(fn, params, 4000, chunk_size=chunk_size)
     assert g.shape == (4000, 4)
@@ -184,10 +180,7 @@ def test_module_with_functional_call() -> None:
     p = {k: v.clone().requires_grad_(True) for k, v in params.items()}
     q = dist(p).base_dist
     exact = torch.cat(
-        [
-            t.reshape(-1)
-            for t in torch.autograd.grad((q.loc**2 + q.scale**2).sum(), list(p.values()))
-        ]
+        [t.reshape(-1) for t in torch.autograd.grad((q.loc**2 + q.scale**2).sum(), list(p.values()))]
     )
     g = gradient_samples(fn, params, 3000)
     P = sum(v.numel() for v in params.values())
@@ -313,9 +306,7 @@ def test_summary_exact_estimate_has_z_zero(dtype: torch.dtype) -> None:
     samples = value.to(dtype).expand(20000, 4)
     s = summary(samples, reference.to(dtype))
     assert torch.equal(s.mean, value.to(dtype))  # the common value, not a sum's rounding of it
-    assert torch.equal(s.variance, torch.zeros(4, dtype=dtype)) and torch.equal(
-        s.std_error, s.variance
-    )
+    assert torch.equal(s.variance, torch.zeros(4, dtype=dtype)) and torch.equal(s.std_error, s.variance)
     assert torch.equal(s.z, torch.zeros(4, dtype=dtype))
 
 
@@ -403,9 +394,7 @@ def test_non_finite_estimates_are_refused_naming_the_rows():
 
     def fn(p):
         z = torch.randn(())
-        return (p[0] * z).sum() + torch.log(torch.relu(z)) * p[
-            1
-        ].sum()  # log(0) for z <= 0: -inf gradients
+        return (p[0] * z).sum() + torch.log(torch.relu(z)) * p[1].sum()  # log(0) for z <= 0: -inf gradients
 
     torch.manual_seed(0)
     with pytest.raises(

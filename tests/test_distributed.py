@@ -143,9 +143,7 @@ def _small_vae():
     from scg.models import VAE, BernoulliDecoder, GaussianEncoder
 
     torch.manual_seed(0)
-    est = scg.ScoreFunction(
-        baseline=scg.baselines.MovingAverage()
-    )  # running state: synced across ranks
+    est = scg.ScoreFunction(baseline=scg.baselines.MovingAverage())  # running state: synced across ranks
     return VAE(GaussianEncoder(8, 2, (6,)), BernoulliDecoder(2, 8, (6,)), estimator=est)
 
 
@@ -176,9 +174,7 @@ def _exact_over_subsets(rank: int, world: int) -> dict:
     full = _flat_grad(ref)
     stepper = DataParallelStep(model)
     grads, dev_batch = [], 0.0
-    for order in itertools.permutations(
-        range(4), n
-    ):  # every ordered global batch is equally likely
+    for order in itertools.permutations(range(4), n):  # every ordered global batch is equally likely
         idx = torch.tensor(order)
         model.zero_grad()
         stepper.backward(data[idx[local_slice(n, rank, world)]], total=n)
@@ -338,19 +334,13 @@ def launched(tmp_path_factory):
 
 
 def _reference_csv(tmp: Path) -> str:
-    res = run_study(
-        ToyDistStudy(), ToyConfig(), tmp / "single", seed=SEED, device="cpu", progress=False
-    )
+    res = run_study(ToyDistStudy(), ToyConfig(), tmp / "single", seed=SEED, device="cpu", progress=False)
     assert len(res.ran) == 6
     return (tmp / "single" / "results.csv").read_text()
 
 
 def _logged(folder: Path) -> list[dict]:
-    return [
-        json.loads(line)
-        for p in sorted(folder.glob("*.log"))
-        for line in p.read_text().splitlines()
-    ]
+    return [json.loads(line) for p in sorted(folder.glob("*.log")) for line in p.read_text().splitlines()]
 
 
 # ----------------------------------------------------------------------------- tests on the launches
@@ -365,12 +355,8 @@ def test_a_dead_rank_fails_the_launch_with_a_clear_message(launched):
     # torchrun names the first failure it observed: usually rank 1, but under heavy load rank 0 can
     # be torn down first; either way the failing rank's message is in the output (asserted above).
     if "rank      : 1 (local_rank: 1)" in summary:
-        assert (
-            "simulated failure in a cell" in summary
-        )  # the traceback reached torchrun's error file
-    assert not launched[
-        "csv_after_fail"
-    ]  # rank 0 never merged: it waited for rank 1 at the barrier
+        assert "simulated failure in a cell" in summary  # the traceback reached torchrun's error file
+    assert not launched["csv_after_fail"]  # rank 0 never merged: it waited for rank 1 at the barrier
     assert 0 < len(launched["left"]) < 6
 
 
@@ -380,9 +366,7 @@ def test_resumed_sharded_study_redoes_only_the_missing_cells(launched):
     cells = ToyDistStudy().cells(ToyConfig())
     done_before = set(launched["left"])
     digest = json.loads((tmp / "resumed" / "manifest.json").read_text())["config_hash"]
-    missing = [
-        c for i, c in enumerate(cells) if cell_path(tmp, i, c, digest).name not in done_before
-    ]
+    missing = [c for i, c in enumerate(cells) if cell_path(tmp, i, c, digest).name not in done_before]
     key = lambda c: json.dumps(c, sort_keys=True)  # noqa: E731
     assert len(missing) >= 2 and sorted(map(key, ran)) == sorted(map(key, missing))
     assert (tmp / "resumed" / "results.csv").read_text() == launched["reference"]
@@ -391,9 +375,7 @@ def test_resumed_sharded_study_redoes_only_the_missing_cells(launched):
 def test_sharded_study_writes_the_single_process_results_csv(launched):
     tmp = launched["tmp"]
     ran = _logged(tmp / "log-sharded")
-    assert (
-        len(ran) == 6 and len({json.dumps(c) for c in ran}) == 6
-    )  # every cell once, over both ranks
+    assert len(ran) == 6 and len({json.dumps(c) for c in ran}) == 6  # every cell once, over both ranks
     assert {p.name for p in (tmp / "log-sharded").glob("*.log")} == {"0.log", "1.log"}
     assert (tmp / "sharded" / "results.csv").read_text() == launched["reference"]
     man = json.loads((tmp / "sharded" / "manifest.json").read_text())
@@ -426,9 +408,7 @@ def test_two_ranks_train_like_one_process_with_twice_the_batch(launched):
     hist = fit(model, data, data[:5], config=TrainConfig(batch_size=6, **FIT_CFG))
     for k, v in model.state_dict().items():
         assert torch.allclose(v, saved["state"][k], atol=1e-10, rtol=0), k
-    assert torch.allclose(
-        torch.tensor(hist.train_loss), torch.tensor(saved["train_loss"]), atol=1e-10
-    )
+    assert torch.allclose(torch.tensor(hist.train_loss), torch.tensor(saved["train_loss"]), atol=1e-10)
     assert torch.allclose(torch.tensor(hist.val_bound), torch.tensor(saved["val"]), atol=1e-10)
 
 
@@ -494,9 +474,7 @@ def test_step_errors_and_empty_part():
     with pytest.raises(ValueError, match="`total` must be >= the local batch size 3"):
         step.backward(_rows(3, 2, 0), total=2)
     loss = step.backward(_rows(3, 2, 0)[:0], total=2)  # fewer points than ranks: zero contribution
-    assert (
-        math.isnan(float(loss)) and float(_flat_grad(model).abs().max()) == 0.0 and model.training
-    )
+    assert math.isnan(float(loss)) and float(_flat_grad(model).abs().max()) == 0.0 and model.training
 
 
 def test_env_helpers(monkeypatch):
@@ -516,22 +494,16 @@ def test_env_helpers(monkeypatch):
     with pytest.raises(ValueError, match="`WORLD_SIZE` must be >= 1; got 0"):
         init_from_env()
     monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(
-        ValueError, match="`RANK` must be set when WORLD_SIZE=2; launch with torchrun"
-    ):
+    with pytest.raises(ValueError, match="`RANK` must be set when WORLD_SIZE=2; launch with torchrun"):
         init_from_env()
     monkeypatch.setenv("RANK", "2")
     with pytest.raises(ValueError, match=r"`RANK` must be in \[0, 2\); got 2"):
         init_from_env()
     monkeypatch.setenv("RANK", "1")
-    with pytest.raises(
-        ValueError, match="MASTER_ADDR, MASTER_PORT must be set for a 2-process run"
-    ):
+    with pytest.raises(ValueError, match="MASTER_ADDR, MASTER_PORT must be set for a 2-process run"):
         init_from_env()
     monkeypatch.setenv("SCG_DIST_TIMEOUT", "-1")
-    with pytest.raises(
-        ValueError, match="`SCG_DIST_TIMEOUT` must be a positive number of seconds; got '-1'"
-    ):
+    with pytest.raises(ValueError, match="`SCG_DIST_TIMEOUT` must be a positive number of seconds; got '-1'"):
         current_shard()
 
 

@@ -48,9 +48,7 @@ def test_wrong_distribution_for_estimator(estimator, dist, match):
 
 
 def test_not_a_distribution():
-    with pytest.raises(
-        TypeError, match=r"`dist` must be a torch.distributions.Distribution; got Tensor"
-    ):
+    with pytest.raises(TypeError, match=r"`dist` must be a torch.distributions.Distribution; got Tensor"):
         scg.expectation(lambda z: z, torch.zeros(2), scg.ScoreFunction())
 
 
@@ -79,9 +77,7 @@ def test_cost_with_wrong_shape(estimator):
 def test_cost_not_a_tensor_and_not_float():
     with pytest.raises(TypeError, match=r"`f` must return a torch.Tensor; got float"):
         scg.expectation(lambda z: 1.0, normal(), scg.Pathwise())
-    with pytest.raises(
-        TypeError, match=r"`f` must return a floating-point tensor; got dtype torch.int64"
-    ):
+    with pytest.raises(TypeError, match=r"`f` must return a floating-point tensor; got dtype torch.int64"):
         scg.expectation(lambda z: z.long(), bern(), scg.ScoreFunction())
 
 
@@ -107,9 +103,7 @@ def test_estimator_and_baseline_types():
         match=r"`baseline` must be a control variate from scg.baselines or None; got float",
     ):
         scg.ScoreFunction(baseline=0.5)
-    with pytest.raises(
-        TypeError, match=r"`chain` arguments must be scg.baselines control variates; got int"
-    ):
+    with pytest.raises(TypeError, match=r"`chain` arguments must be scg.baselines control variates; got int"):
         B.chain(B.MovingAverage(), 3)
     with pytest.raises(TypeError, match=r"`module` must be a torch.nn.Module; got function"):
         B.Learned(lambda x: x)
@@ -140,9 +134,7 @@ def test_delta_needs_normal_and_valid_coefficient():
         match=r"`dist` must be a Normal \(or Independent Normal\) for Delta; got Bernoulli",
     ):
         scg.expectation(lambda b: b, bern(), scg.ScoreFunction(B.Delta()), num_samples=2)
-    with pytest.raises(
-        ValueError, match=r'`coefficient` must be a float or "optimal"; got \'best\''
-    ):
+    with pytest.raises(ValueError, match=r'`coefficient` must be a float or "optimal"; got \'best\''):
         B.Delta("best")
 
 

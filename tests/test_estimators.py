@@ -69,9 +69,7 @@ REGISTRY = {
     ),
     "rloo": (lambda: scg.ScoreFunction(B.LeaveOneOut()), ["normal", "bernoulli", "categorical"]),
     "nvil": (
-        lambda: scg.ScoreFunction(
-            B.chain(B.MovingAverage(), B.Learned(nn.Linear(3, 1)), B.Normalize())
-        ),
+        lambda: scg.ScoreFunction(B.chain(B.MovingAverage(), B.Learned(nn.Linear(3, 1)), B.Normalize())),
         ["bernoulli"],
     ),
     "delta": (lambda: scg.ScoreFunction(B.Delta()), ["normal"]),
@@ -182,11 +180,7 @@ def test_disarm_oracle():
     th = torch.sigmoid(phi.detach())
     b, bt = (u < th).double(), (1 - u < th).double()
     expected = (
-        0.5
-        * (f(b) - f(bt))[:, None]
-        * (-1.0) ** bt
-        * (b != bt).double()
-        * torch.sigmoid(phi.detach().abs())
+        0.5 * (f(b) - f(bt))[:, None] * (-1.0) ** bt * (b != bt).double() * torch.sigmoid(phi.detach().abs())
     ).mean(0)
     torch.testing.assert_close(phi.grad, expected, rtol=1e-10, atol=1e-12)
 
@@ -240,9 +234,7 @@ def test_relax_variance_gradient_matches_finite_differences_of_variance():
 def _hessian_of_surrogate(est, make_dist, param, f, draws):
     sur = est.surrogate(f, make_dist(param), draws).sum()
     (g,) = torch.autograd.grad(sur, param, create_graph=True)
-    return torch.stack(
-        [torch.autograd.grad(g[i], param, retain_graph=True)[0] for i in range(len(g))]
-    )
+    return torch.stack([torch.autograd.grad(g[i], param, retain_graph=True)[0] for i in range(len(g))])
 
 
 def test_score_function_hessian_exact_by_enumeration():

@@ -53,8 +53,7 @@ def test_device_lines_name_the_cpu_without_cuda():
 def test_unknown_study_size_is_refused_before_any_work(tmp_path, capsys):
     with pytest.raises(SystemExit):
         gpu.main(["--out", str(tmp_path / "gpu"), "--size", "blr=huge"])
-    assert (
-        "`--size` must be STUDY=SIZE with SIZE one of ['full', 'default', 'smoke']; got 'blr=huge'"
-        in (capsys.readouterr().err)
+    assert "`--size` must be STUDY=SIZE with SIZE one of ['full', 'default', 'smoke']; got 'blr=huge'" in (
+        capsys.readouterr().err
     )
     assert not (tmp_path / "gpu").exists()

@@ -170,9 +170,7 @@ def test_discrete_node_with_parameters_from_a_continuous_sample_exact():
         return bern_lp(p[2] * z, b), (z - 0.5) ** 2 + (b - 0.7) ** 2 * (1 + torch.sin(z))
 
     grid = [
-        ({"z": {"eps": t(x)}, "b": {"z": t(b)}}, w, {"eps": x, "b": b})
-        for x, w in gh(20)
-        for b in (0.0, 1.0)
+        ({"z": {"eps": t(x)}, "b": {"z": t(b)}}, w, {"eps": x, "b": b}) for x, w in gh(20) for b in (0.0, 1.0)
     ]
     exact_check(build, ref, t(0.2, -0.3, 1.1), grid)
 
@@ -188,9 +186,7 @@ def test_score_function_node_feeding_a_pathwise_node_exact():
         return bern_lp(p[0], v["a"]), torch.sin(z) + z**2 / 4
 
     grid = [
-        ({"a": {"z": t(a)}, "z": {"eps": t(x)}}, w, {"a": a, "eps": x})
-        for a in (0.0, 1.0)
-        for x, w in gh(20)
+        ({"a": {"z": t(a)}, "z": {"eps": t(x)}}, w, {"a": a, "eps": x}) for a in (0.0, 1.0) for x, w in gh(20)
     ]
     exact_check(build, ref, t(-0.3, 0.4, -0.5), grid)
 
@@ -268,9 +264,7 @@ def test_moving_average_and_learned_baselines_exact():
     g.surrogate().backward()
     signal = (1.0 - 0.0 + 0.3) ** 2 * 1.7
     expected = -2 * (signal - net(x).detach()) * torch.cat([x, t(1.0)])
-    torch.testing.assert_close(
-        torch.cat([net.weight.grad.reshape(-1), net.bias.grad]), expected.reshape(-1)
-    )
+    torch.testing.assert_close(torch.cat([net.weight.grad.reshape(-1), net.bias.grad]), expected.reshape(-1))
 
 
 def test_learned_baseline_on_a_child_node_takes_its_parents_exact():
@@ -309,9 +303,7 @@ def test_minibatch_scale_with_global_and_per_datum_latents_exact():
     for sub in subsets:
         idx = torch.tensor(sub)
         for a, w1, w2 in itertools.product((0.0, 1.0), repeat=3):
-            g = scg.Graph(
-                num_samples=1, draws={"a": {"z": t(a)}, "w": {"z": t(w1, w2).reshape(1, 2)}}
-            )
+            g = scg.Graph(num_samples=1, draws={"a": {"z": t(a)}, "w": {"z": t(w1, w2).reshape(1, 2)}})
             build_for(idx)(g, p)
             prob = torch.exp(
                 bern_lp(p[0], a) + bern_lp(p[1 + sub[0]], w1) + bern_lp(p[1 + sub[1]], w2)
@@ -373,21 +365,13 @@ def test_hessian_normal_node_matches_analytic(estimator):
     H = torch.zeros(2, 2)
     for x, w in gh(12):
         est = scg.ScoreFunction() if estimator == "score_function" else scg.Pathwise()
-        draws = (
-            {"z": {"z": t(mu + sigma * x)}}
-            if estimator == "score_function"
-            else {"z": {"eps": t(x)}}
-        )
+        draws = {"z": {"z": t(mu + sigma * x)}} if estimator == "score_function" else {"z": {"eps": t(x)}}
         g = scg.Graph(num_samples=1, draws=draws)
         z = g.sample("z", Normal(p[0], p[1]), est)
         g.cost("f", z**3)
         (grad,) = torch.autograd.grad(g.surrogate(), p, create_graph=True)
-        H += w * torch.stack(
-            [torch.autograd.grad(grad[i], p, retain_graph=True)[0] for i in range(2)]
-        )
-    torch.testing.assert_close(
-        H, t(6 * mu, 6 * sigma, 6 * sigma, 6 * mu).reshape(2, 2), atol=1e-10, rtol=0
-    )
+        H += w * torch.stack([torch.autograd.grad(grad[i], p, retain_graph=True)[0] for i in range(2)])
+    torch.testing.assert_close(H, t(6 * mu, 6 * sigma, 6 * sigma, 6 * mu).reshape(2, 2), atol=1e-10, rtol=0)
 
 
 # ------------------------------------------------------------ credit assignment
@@ -464,9 +448,7 @@ def test_value_is_the_sum_of_the_costs_monte_carlo_means_exactly():
         torch.manual_seed(3)
         theta = torch.randn(4, 3, requires_grad=True)
         x = torch.randn(3, 2)
-        nvil = scg.ScoreFunction(
-            B.chain(B.MovingAverage(), B.Learned(nn.Linear(2, 1)), B.Normalize())
-        )
+        nvil = scg.ScoreFunction(B.chain(B.MovingAverage(), B.Learned(nn.Linear(2, 1)), B.Normalize()))
         g = scg.Graph(num_samples=5)
         a = g.sample("a", Bernoulli(logits=theta[0]), nvil, context=x)
         z = g.sample("z", Normal(a * theta[1], theta[2].exp()))
@@ -497,9 +479,7 @@ def hand_written_dice(p, a, eps, b, x):
     lp_a = Bernoulli(logits=p[0] + x).log_prob(a)
     z = a * p[1] + p[2].exp() * eps
     lp_b = Bernoulli(logits=z * p[3]).log_prob(b)
-    return (box(lp_a) * (z - x) ** 2).mean(0).sum() + (box(lp_a + lp_b) * (b - 0.5) ** 2).mean(
-        0
-    ).sum()
+    return (box(lp_a) * (z - x) ** 2).mean(0).sum() + (box(lp_a + lp_b) * (b - 0.5) ** 2).mean(0).sum()
 
 
 def test_single_sample_oracle_matches_hand_written_dice():
@@ -553,9 +533,7 @@ def test_relaxed_node_matches_its_estimator_on_the_same_draws(relaxed):
     s = g.surrogate()
     ref = relaxed.surrogate(f, dist, {"u": g.draws["c"]["u"]})
     assert torch.equal(s, ref)
-    grad = torch.autograd.grad(s, logits, retain_graph=True)[
-        0
-    ]  # dist's normalised logits are shared
+    grad = torch.autograd.grad(s, logits, retain_graph=True)[0]  # dist's normalised logits are shared
     torch.testing.assert_close(grad, torch.autograd.grad(ref, logits)[0])
 
 
@@ -664,9 +642,7 @@ def _two_node(g, p=None):
 def test_error_duplicate_names():
     g = scg.Graph(num_samples=2)
     p, a = _two_node(g)
-    with pytest.raises(
-        ValueError, match=r"`name` must be unique in the graph; 'a' is already a node"
-    ):
+    with pytest.raises(ValueError, match=r"`name` must be unique in the graph; 'a' is already a node"):
         g.sample("a", Bernoulli(logits=p[1]))
     g.cost("f", a * p[1])
     with pytest.raises(ValueError, match=r"'f' is already a cost"):
@@ -678,9 +654,7 @@ def test_error_duplicate_names():
 def test_error_cost_depending_on_nothing():
     g = scg.Graph(num_samples=2)
     _two_node(g)
-    with pytest.raises(
-        ValueError, match=r"cost 'c' depends on no node and no parameter.*depends_on"
-    ):
+    with pytest.raises(ValueError, match=r"cost 'c' depends on no node and no parameter.*depends_on"):
         g.cost("c", torch.ones(2))
 
 
@@ -701,9 +675,7 @@ def test_error_sample_dims_do_not_match():
     with pytest.raises(ValueError, match=r"sample dims do not match: cost 'g' has shape \[4, 2\]"):
         g.cost("g", w[:, :2] * 2.0)
     with pytest.raises(ValueError, match=r"`draws\['a'\]\['z'\]` must have shape \[4\]; got \[2\]"):
-        scg.Graph(num_samples=4, draws={"a": {"z": torch.zeros(2)}}).sample(
-            "a", Bernoulli(logits=p[0])
-        )
+        scg.Graph(num_samples=4, draws={"a": {"z": torch.zeros(2)}}).sample("a", Bernoulli(logits=p[0]))
     with pytest.raises(ValueError, match=r"`draws\['a'\]` must contain 'eps'"):
         scg.Graph(num_samples=4, draws={"a": {"z": torch.zeros(4)}}).sample("a", Normal(p[0], 1.0))
 
@@ -718,9 +690,7 @@ def test_error_graph_used_after_surrogate():
         lambda: g.cost("h", a * p[1]),
         lambda: g.sample("b", Bernoulli(logits=p[1])),
     ):
-        with pytest.raises(
-            ValueError, match=r"already produced its surrogate\(\); a Graph is used once"
-        ):
+        with pytest.raises(ValueError, match=r"already produced its surrogate\(\); a Graph is used once"):
             call()
 
 
@@ -741,27 +711,17 @@ def test_error_unsupported_estimators_and_arguments():
         TypeError, match=r"must implement parts\(dist, draws\) to be a graph node; SurrogateOnly"
     ):
         g.sample("a", Bernoulli(logits=p[0]), SurrogateOnly())
-    with pytest.raises(
-        TypeError, match=r"`estimator` of node 'a' must be an scg Estimator; got Linear"
-    ):
+    with pytest.raises(TypeError, match=r"`estimator` of node 'a' must be an scg Estimator; got Linear"):
         g.sample("a", Bernoulli(logits=p[0]), nn.Linear(1, 1))
-    with pytest.raises(
-        TypeError, match=r"uses REBARControlVariate, which needs the cost as a function"
-    ):
+    with pytest.raises(TypeError, match=r"uses REBARControlVariate, which needs the cost as a function"):
         g.sample("a", Bernoulli(logits=p[0]), scg.RELAX())
     with pytest.raises(TypeError, match=r"uses Delta, which needs the cost as a function"):
         g.sample("a", Normal(p[0], 1.0), scg.ScoreFunction(B.Delta()))
     with pytest.raises(TypeError, match=r"has no rsample"):
         g.sample("a", Bernoulli(logits=p[0]), scg.Pathwise())
-    with pytest.raises(
-        ValueError, match=r"`num_samples` must be >= 2 for LeaveOneOut \(node 'a'\); got 1"
-    ):
-        scg.Graph(num_samples=1).sample(
-            "a", Bernoulli(logits=p[0]), scg.ScoreFunction(B.LeaveOneOut())
-        )
-    with pytest.raises(
-        TypeError, match=r"`dist` of node 'a' must be a torch.distributions.Distribution"
-    ):
+    with pytest.raises(ValueError, match=r"`num_samples` must be >= 2 for LeaveOneOut \(node 'a'\); got 1"):
+        scg.Graph(num_samples=1).sample("a", Bernoulli(logits=p[0]), scg.ScoreFunction(B.LeaveOneOut()))
+    with pytest.raises(TypeError, match=r"`dist` of node 'a' must be a torch.distributions.Distribution"):
         g.sample("a", p)
     with pytest.raises(ValueError, match=r"`depends_on` must name earlier nodes; got 'zz'"):
         g.sample("a", Bernoulli(logits=p[0]), depends_on=["zz"])
@@ -782,9 +742,7 @@ def test_error_unsupported_estimators_and_arguments():
     g.cost("f", a * p[1] / 0.0 * 0.0)  # nan: found once, when the surrogate is taken
     with pytest.raises(ValueError, match=r"`value` of cost 'f' must be finite; got inf or nan"):
         g.surrogate()
-    with pytest.raises(
-        ValueError, match=r"cannot be replayed: Gamma is reparameterised implicitly"
-    ):
+    with pytest.raises(ValueError, match=r"cannot be replayed: Gamma is reparameterised implicitly"):
         scg.Graph(num_samples=2, draws={"r": {}}).sample("r", Gamma(p[1].exp(), 1.0))
     with pytest.raises(ValueError, match=r"needs at least one cost"):
         scg.Graph(num_samples=2).surrogate()

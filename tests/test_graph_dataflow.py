@@ -37,9 +37,7 @@ def test_score_function_samples_are_leaves_and_draws_stay_detached():
     g.cost("f", z**2)
     g.surrogate().backward()
     assert a.grad is not None  # the leaf receives ∂L/∂a (unused by the estimator) ...
-    assert p.grad is not None and bool(
-        torch.isfinite(p.grad).all()
-    )  # ... the parameters their estimate
+    assert p.grad is not None and bool(torch.isfinite(p.grad).all())  # ... the parameters their estimate
 
 
 def test_in_place_edit_of_a_score_function_sample_raises_and_a_copy_is_tracked():
@@ -135,9 +133,7 @@ def test_shape_error_is_raised_by_cost_even_though_credit_is_assigned_later():
     with pytest.raises(ValueError, match=r"sample dims do not match: cost 'g' has shape \[4, 2\]"):
         g.cost("g", w[:, :2] * 2.0)
     a = g.sample("a", Bernoulli(logits=p[0]))  # [4]
-    g.cost(
-        "h", torch.ones(4, 2, dtype=torch.float64) * a[:, None] * p[0]
-    )  # aligns with a; w not read
+    g.cost("h", torch.ones(4, 2, dtype=torch.float64) * a[:, None] * p[0])  # aligns with a; w not read
     assert g.dependencies() == {"ok": ("w",), "h": ("a",)}
 
 
@@ -184,18 +180,14 @@ def test_walk_stops_once_every_node_is_covered_and_below_the_first_node():
     z = g.sample("z", Normal(a * h[1], 1.0))  # [5], child of a
     flow = g._flow
     cost = (z.exp() * h[2]).cos()
-    everything, full = _visits(
-        [cost.grad_fn], flow.boundaries, flow.first_sequence_nr, flow.leaves, None, 0
-    )
+    everything, full = _visits([cost.grad_fn], flow.boundaries, flow.first_sequence_nr, flow.leaves, None, 0)
     early, stopped = _visits(
         [cost.grad_fn], flow.boundaries, flow.first_sequence_nr, flow.leaves, flow.closures, 2
     )
     assert everything == early == {"z"}  # z's ancestors include a: finding z covers every node
     assert stopped < full
     no_floor, unbounded = _visits([cost.grad_fn], flow.boundaries, 0, flow.leaves, None, 0)
-    assert (
-        no_floor == {"z"} and unbounded > full
-    )  # without the first_sequence_nr it walks into the encoder
+    assert no_floor == {"z"} and unbounded > full  # without the first_sequence_nr it walks into the encoder
 
 
 def test_walk_does_not_stop_while_a_node_is_uncovered():
@@ -240,9 +232,7 @@ def test_credit_with_a_few_dependencies_among_many_nodes_keeps_sampling_order():
     p = torch.linspace(-1.0, 1.0, 9, dtype=torch.float64).requires_grad_()
     g = scg.Graph(num_samples=2)
     xs = [g.sample(f"n{i}", Bernoulli(logits=p[i]), scg.ScoreFunction()) for i in range(9)]
-    g.cost(
-        "late", xs[7] * p[0] + xs[2]
-    )  # 2 of 9 score-function nodes: found out of order, sorted back
+    g.cost("late", xs[7] * p[0] + xs[2])  # 2 of 9 score-function nodes: found out of order, sorted back
     g.cost("all", sum(xs) * p[1])
     s = g.surrogate()
     assert g.dependencies()["late"] == ("n2", "n7") and g._costs["late"].scored == ("n2", "n7")

@@ -107,11 +107,7 @@ def oracle_terms(P: dict, h1: torch.Tensor, h2: torch.Tensor, x: torch.Tensor):
     """(log q(h1|x), log q(h2|h1), log p(x, h1, h2)) for one configuration (vectors h1, h2)."""
     lq1 = log_bern(h1, enc1_logits(P, x))
     lq2 = log_bern(h2, enc2_logits(P, h1))
-    lp = (
-        log_bern(h2, P["a2"])
-        + log_bern(h1, P["V1"] @ h2 + P["d1"])
-        + log_bern(x, P["V0"] @ h1 + P["d0"])
-    )
+    lp = log_bern(h2, P["a2"]) + log_bern(h1, P["V1"] @ h2 + P["d1"]) + log_bern(x, P["V0"] @ h1 + P["d0"])
     return lq1, lq2, lp
 
 
@@ -288,9 +284,7 @@ def sf_both_grid(p0, n1=2, n2=2, S=1):
     return grid
 
 
-def primed(
-    est1: scg.Estimator, est2: scg.Estimator, nvil: bool
-) -> tuple[scg.Estimator, scg.Estimator]:
+def primed(est1: scg.Estimator, est2: scg.Estimator, nvil: bool) -> tuple[scg.Estimator, scg.Estimator]:
     """Run one training step so that running baselines hold a nonzero state, then freeze them."""
     torch.manual_seed(3)
     g = scg.Graph(num_samples=1)
@@ -409,9 +403,7 @@ def test_measure_valued_both_layers_exact():
     mass = 0.0
     for h1 in bits(n1):
         copies = mv_copies(h1)  # [5, n1]
-        pts = sf_points(
-            n2, [lambda h, r=r: q2_prob(p0, n1, n2, copies[r], h) for r in range(E1)], (E1, n2)
-        )
+        pts = sf_points(n2, [lambda h, r=r: q2_prob(p0, n1, n2, copies[r], h) for r in range(E1)], (E1, n2))
         z2 = torch.stack([z for z, _ in pts], dim=1).unsqueeze(1)  # [5, 1, K, n2]
         w = q1_prob(p0, n1, n2, h1) * t(*[wt for _, wt in pts])  # [K]
         K = w.shape[0]
@@ -471,9 +463,7 @@ def with_values(p0: torch.Tensor, n1: int, n2: int, **values: Sequence[float]) -
     return p
 
 
-RELAX_NODES = (
-    7  # Gauss–Legendre nodes per piece and dim (errors seen: 6e-8 at 4, 5e-11 at 6, 2e-14 at 8)
-)
+RELAX_NODES = 7  # Gauss–Legendre nodes per piece and dim (errors seen: 6e-8 at 4, 5e-11 at 6, 2e-14 at 8)
 
 
 @pytest.mark.parametrize("layer", ["layer1", "layer2"])
@@ -603,9 +593,7 @@ def neg_elbo(P: dict, x: torch.Tensor, h1: torch.Tensor, h2: torch.Tensor) -> to
     lq1 = log_bern(h1, P["W1"] @ x + P["c1"])
     lq2 = log_bern(h2, h1 @ P["W2"].T + P["c2"])
     lp = (
-        log_bern(h2, P["a2"])
-        + log_bern(h1, h2 @ P["V1"].T + P["d1"])
-        + log_bern(x, h1 @ P["V0"].T + P["d0"])
+        log_bern(h2, P["a2"]) + log_bern(h1, h2 @ P["V1"].T + P["d1"]) + log_bern(x, h1 @ P["V0"].T + P["d0"])
     )
     return lq1 + lq2 - lp
 
@@ -746,9 +734,7 @@ def test_user_antithetic_estimator_node_exact():
     p0 = t(0.3, -0.2, 1.4, -0.5, 0.8)
 
     def prob(p, z, b):  # q(b | z), plain torch
-        return torch.exp(
-            b * F.logsigmoid(p[2] * z + p[3]) + (1 - b) * F.logsigmoid(-(p[2] * z + p[3]))
-        )
+        return torch.exp(b * F.logsigmoid(p[2] * z + p[3]) + (1 - b) * F.logsigmoid(-(p[2] * z + p[3])))
 
     def oracle(n):
         p = p0.clone().requires_grad_(True)
@@ -756,9 +742,7 @@ def test_user_antithetic_estimator_node_exact():
         for x, w in gauss_hermite(n):
             z = p[0] + p[1].exp() * x
             for b in (0.0, 1.0):
-                total = total + w * prob(p, z, b) * (
-                    (z - p[4]) ** 2 + (b - 0.3) ** 2 * (1 + torch.sin(z))
-                )
+                total = total + w * prob(p, z, b) * ((z - p[4]) ** 2 + (b - 0.3) ** 2 * (1 + torch.sin(z)))
         return torch.autograd.grad(total, p)[0]
 
     grid = []

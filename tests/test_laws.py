@@ -12,9 +12,7 @@ from scg.laws import draw, sample_from
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("sample_shape", [(), (1,), (3,), (2, 4)])
 @pytest.mark.parametrize("kind", ["logits", "probs", "independent"])
-def test_bernoulli_draws_shape_dtype_no_grad(
-    dtype: torch.dtype, sample_shape: tuple, kind: str
-) -> None:
+def test_bernoulli_draws_shape_dtype_no_grad(dtype: torch.dtype, sample_shape: tuple, kind: str) -> None:
     torch.manual_seed(11)
     logits = torch.randn(5, 7, dtype=dtype, requires_grad=True)
     if kind == "probs":
@@ -39,9 +37,7 @@ def test_bernoulli_extreme_probabilities() -> None:
 
 def test_draw_under_vmap_differs_per_batch_element() -> None:
     q = Independent(Bernoulli(logits=torch.zeros(50, 20)), 1)
-    sums = torch.func.vmap(lambda _: sample_from(q, 1).sum(), randomness="different")(
-        torch.zeros(4)
-    )
+    sums = torch.func.vmap(lambda _: sample_from(q, 1).sum(), randomness="different")(torch.zeros(4))
     assert len(set(sums.tolist())) > 1  # four sums of 1000 fair coins: all equal with prob < 1e-6
     same = torch.func.vmap(lambda _: sample_from(q, 1).sum(), randomness="same")(torch.zeros(3))
     assert len(set(same.tolist())) == 1

@@ -29,9 +29,7 @@ class _Record(ControlVariate):
 
 
 def _bernoulli():
-    logits = torch.tensor(
-        [[0.3, -1.2, 0.8], [1.5, 0.1, -0.4]], dtype=torch.float64, requires_grad=True
-    )
+    logits = torch.tensor([[0.3, -1.2, 0.8], [1.5, 0.1, -0.4]], dtype=torch.float64, requires_grad=True)
     return logits, Independent(Bernoulli(logits=logits), 1)
 
 
@@ -72,9 +70,7 @@ def _elbo_like(shared: bool, seed: int, create_graph: bool):
     def cost(b: Tensor) -> Tensor:
         return lp(q, b) + ((b - 0.3) ** 2).sum(-1) * logits.sum()
 
-    loss = scg.expectation(
-        cost, q, scg.ScoreFunction(baseline=MovingAverage(0.5)), num_samples=5
-    ).sum()
+    loss = scg.expectation(cost, q, scg.ScoreFunction(baseline=MovingAverage(0.5)), num_samples=5).sum()
     (g,) = torch.autograd.grad(loss, logits, create_graph=create_graph)
     if not create_graph:
         return loss.detach(), g, None
@@ -102,9 +98,7 @@ def test_nested_expectations_see_their_own_samples():
         return b.sum(-1)
 
     def outer_cost(z: Tensor) -> Tensor:
-        value = scg.expectation(
-            inner_cost, inner, scg.ScoreFunction(baseline=inner_rec), num_samples=3
-        ).sum()
+        value = scg.expectation(inner_cost, inner, scg.ScoreFunction(baseline=inner_rec), num_samples=3).sum()
         seen["outer"] = scg.log_prob(outer, z)  # after the inner call returned: still the outer's
         return z.sum(-1) + value
 
@@ -120,9 +114,7 @@ def test_works_under_torch_func():
         def fn(params: list[Tensor]) -> Tensor:
             q = Independent(Bernoulli(logits=params[0]), 1)
             lp = scg.log_prob if shared else (lambda d, z: d.log_prob(z))
-            return scg.expectation(
-                lambda b: lp(q, b) + b.sum(-1), q, estimator, num_samples=2
-            ).sum()
+            return scg.expectation(lambda b: lp(q, b) + b.sum(-1), q, estimator, num_samples=2).sum()
 
         return fn
 

@@ -169,9 +169,7 @@ def expected_gradient(
     def surrogate(p: dict[str, Tensor], d: dict[str, Tensor]) -> Tensor:
         return estimator.surrogate(f, make(p), d)
 
-    grads = torch.func.vmap(torch.func.grad(surrogate), in_dims=(None, 0), chunk_size=20000)(
-        params, draws
-    )
+    grads = torch.func.vmap(torch.func.grad(surrogate), in_dims=(None, 0), chunk_size=20000)(params, draws)
     return {k: torch.einsum("g,g...->...", weights, v) for k, v in grads.items()}
 
 
@@ -188,9 +186,7 @@ def full_data_gradient(params: dict[str, Tensor], n: int = 60) -> dict[str, Tens
     return dict(zip(p, grads, strict=False))
 
 
-def _minibatch_average(
-    estimator: scg.Estimator, params, D: int, S: int, nodes
-) -> dict[str, Tensor]:
+def _minibatch_average(estimator: scg.Estimator, params, D: int, S: int, nodes) -> dict[str, Tensor]:
     subsets = list(itertools.combinations(range(N), B))
     total = {k: torch.zeros_like(v) for k, v in params.items()}
     for subset in subsets:
@@ -228,9 +224,7 @@ def _estimators() -> list:
 
 
 @pytest.mark.parametrize("estimator, D, S, nodes", _estimators())
-def test_minibatch_gradient_is_unbiased_for_full_data_gradient(
-    estimator, D: int, S: int, nodes
-) -> None:
+def test_minibatch_gradient_is_unbiased_for_full_data_gradient(estimator, D: int, S: int, nodes) -> None:
     params = {
         "loc": torch.tensor([0.3, -0.2], dtype=DT)[:D],
         "scale": torch.tensor([0.7, 0.5], dtype=DT)[:D],
@@ -241,9 +235,7 @@ def test_minibatch_gradient_is_unbiased_for_full_data_gradient(
         torch.testing.assert_close(got[k], want[k], rtol=0, atol=1e-10)
 
 
-@pytest.mark.parametrize(
-    "estimator, D, S, nodes", _estimators()[:3]
-)  # MeasureValued: above only (time)
+@pytest.mark.parametrize("estimator, D, S, nodes", _estimators()[:3])  # MeasureValued: above only (time)
 def test_minibatch_unbiased_with_scg_testing_harness(estimator, D: int, S: int, nodes) -> None:
     # The same statement through scg.testing's exact harness (skipped while it is absent).
     testing = pytest.importorskip("scg.testing")
@@ -272,10 +264,7 @@ def test_minibatch_unbiased_with_scg_testing_harness(estimator, D: int, S: int, 
 def test_subsample_of_a_huge_data_set_takes_memory_of_the_batch_only():
     idx, scale = scg.minibatch.subsample(10**12, 64, generator=torch.Generator().manual_seed(0))
     assert (
-        idx.shape == (64,)
-        and idx.unique().numel() == 64
-        and int(idx.min()) >= 0
-        and int(idx.max()) < 10**12
+        idx.shape == (64,) and idx.unique().numel() == 64 and int(idx.min()) >= 0 and int(idx.max()) < 10**12
     )
     assert scale == 10**12 / 64
 

@@ -69,17 +69,13 @@ def test_minibatch_objective_is_doubly_unbiased():
     m.zero_grad()
     m.kl().backward()
     kl_grad = torch.cat([m.loc.grad, m.raw_scale.grad])
-    full = torch.cat(
-        [g.reshape(-1) for g in exact_gradient(_make, PARAMS, lambda w: m.nll(w, x, y))]
-    )
+    full = torch.cat([g.reshape(-1) for g in exact_gradient(_make, PARAMS, lambda w: m.nll(w, x, y))])
     assert torch.allclose(mean + kl_grad, full + kl_grad, rtol=1e-9, atol=1e-11)
 
 
 def test_objective_wiring_with_replayed_draws():
     x, y = _tiny()
-    m = BayesianLogisticRegression(
-        x, y, batch_size=2, num_samples=3, estimator=scg.Pathwise()
-    ).double()
+    m = BayesianLogisticRegression(x, y, batch_size=2, num_samples=3, estimator=scg.Pathwise()).double()
     draws = m.estimator.draw(m.posterior(), 3)
     idx = torch.tensor([1, 3])
     value = m.objective(idx, draws=draws)
@@ -95,9 +91,7 @@ def test_training_on_breast_cancer_smoke():
     x, y, _, _ = breast_cancer()
     m = BayesianLogisticRegression(x, y, num_samples=5, estimator=scg.Pathwise())
     before = m.elbo(num_samples=200)
-    h = fit(
-        m, m.rows(), m.rows(), config=TrainConfig(epochs=3, batch_size=32, lr=0.05, progress=False)
-    )
+    h = fit(m, m.rows(), m.rows(), config=TrainConfig(epochs=3, batch_size=32, lr=0.05, progress=False))
     assert m.elbo(num_samples=200) > before and len(h.epochs) == 3
     assert m.accuracy() > 0.9
     assert m.bound(m.rows()[:5]).shape == (5,)
@@ -105,9 +99,7 @@ def test_training_on_breast_cancer_smoke():
 
 def test_blr_errors():
     x, y = _tiny()
-    with pytest.raises(
-        ValueError, match=r"`x` must be \[N, D\] and `y` \[N\]; got \[4, 2\] and \[3\]"
-    ):
+    with pytest.raises(ValueError, match=r"`x` must be \[N, D\] and `y` \[N\]; got \[4, 2\] and \[3\]"):
         BayesianLogisticRegression(x, y[:3])
     with pytest.raises(ValueError, match="`batch_size` must be <= `n` = 4"):
         BayesianLogisticRegression(x, y, batch_size=5)

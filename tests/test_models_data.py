@@ -39,11 +39,7 @@ def test_digits_split_is_fixed_binary_and_disjoint():
 
 def test_digits_intensities_and_threshold_error():
     d = data.digits(binarized=False, dtype=torch.float64)
-    assert (
-        d.train.dtype == torch.float64
-        and 0.0 <= float(d.train.min())
-        and float(d.train.max()) <= 1.0
-    )
+    assert d.train.dtype == torch.float64 and 0.0 <= float(d.train.min()) and float(d.train.max()) <= 1.0
     assert len(d.train.unique()) == 17
     with pytest.raises(ValueError, match=r"`threshold` must be in \(0, 1\); got 1.5"):
         data.digits(threshold=1.5)
@@ -70,9 +66,7 @@ def test_linear_gaussian_exact_density_and_posterior():
     # The mean-field gap is KL(best diagonal Gaussian || posterior), computed directly.
     prec = np.linalg.inv(cov.numpy())
     var = 1 / np.diag(prec)
-    kl = 0.5 * (
-        np.trace(prec @ np.diag(var)) - 3 + np.linalg.slogdet(cov.numpy())[1] - np.log(var).sum()
-    )
+    kl = 0.5 * (np.trace(prec @ np.diag(var)) - 3 + np.linalg.slogdet(cov.numpy())[1] - np.log(var).sum())
     assert truth.mean_field_gap() == pytest.approx(kl, rel=1e-9) and truth.mean_field_gap() > 0.1
 
 
@@ -116,9 +110,7 @@ def _write_idx(path, array, compress=False):
 
 
 def _fake_mnist(rng, n):
-    return rng.integers(0, 256, size=(n, 4, 3), dtype=np.uint8), rng.integers(
-        0, 10, size=n, dtype=np.uint8
-    )
+    return rng.integers(0, 256, size=(n, 4, 3), dtype=np.uint8), rng.integers(0, 10, size=n, dtype=np.uint8)
 
 
 @pytest.mark.parametrize("compress", [False, True])
@@ -159,9 +151,7 @@ def test_mnist_errors(tmp_path):
         data.read_idx(tmp_path / "short")
     with pytest.raises(ValueError, match="must contain train-images-idx3-ubyte"):
         data.load_mnist(tmp_path)
-    with pytest.raises(
-        ValueError, match="`path` must be a folder of IDX files or an existing .npz"
-    ):
+    with pytest.raises(ValueError, match="`path` must be a folder of IDX files or an existing .npz"):
         data.load_mnist(tmp_path / "nothing.npz")
     np.savez(tmp_path / "part.npz", x_train=np.zeros((2, 2)))
     with pytest.raises(ValueError, match="missing"):

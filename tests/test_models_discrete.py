@@ -58,9 +58,7 @@ def _tuples(S):
     return CONFIGS[idx].transpose(0, 1)  # [S, 4^S, 2]
 
 
-@pytest.mark.parametrize(
-    "name,hidden", [("reinforce", ()), ("nvil", ()), ("rloo", ()), ("rloo", (4,))]
-)
+@pytest.mark.parametrize("name,hidden", [("reinforce", ()), ("nvil", ()), ("rloo", ()), ("rloo", (4,))])
 def test_score_function_family_expected_gradient_is_exact(name, hidden):
     m = _model(name, hidden=hidden)
     S = 2
@@ -95,17 +93,12 @@ def test_disarm_expected_gradient_is_exact():
         theta = torch.sigmoid(m.encoder.net(X))[0]  # [2]
     lo, hi = torch.minimum(theta, 1 - theta), torch.maximum(theta, 1 - theta)
     edges = [
-        torch.stack([torch.zeros((), dtype=DT), lo[d], hi[d], torch.ones((), dtype=DT)])
-        for d in range(2)
+        torch.stack([torch.zeros((), dtype=DT), lo[d], hi[d], torch.ones((), dtype=DT)]) for d in range(2)
     ]
     mids = [0.5 * (e[1:] + e[:-1]) for e in edges]
     lens = [e[1:] - e[:-1] for e in edges]
-    u = torch.tensor(
-        list(itertools.product(mids[0].tolist(), mids[1].tolist())), dtype=DT
-    )  # [9, 2]
-    w = torch.tensor(
-        [a * b for a, b in itertools.product(lens[0].tolist(), lens[1].tolist())], dtype=DT
-    )
+    u = torch.tensor(list(itertools.product(mids[0].tolist(), mids[1].tolist())), dtype=DT)  # [9, 2]
+    w = torch.tensor([a * b for a, b in itertools.product(lens[0].tolist(), lens[1].tolist())], dtype=DT)
     xs = X.expand(9, 3)
     est = _grad(m, (w * m.objective(xs, draws={"u": u.unsqueeze(0)})).sum())
     exact = _grad(m, _exact_neg_elbo(m, X))
@@ -156,13 +149,9 @@ def test_every_estimator_trains_a_tiny_model(name):
 
 
 def test_discrete_errors():
-    with pytest.raises(
-        ValueError, match=r"`estimator` must be one of \('reinforce', .*\); got 'arm'"
-    ):
+    with pytest.raises(ValueError, match=r"`estimator` must be one of \('reinforce', .*\); got 'arm'"):
         DiscreteVAE(3, 2, estimator="arm")
-    with pytest.raises(
-        ValueError, match="`evaluations` must be a multiple of 3 for 'relax'; got 4"
-    ):
+    with pytest.raises(ValueError, match="`evaluations` must be a multiple of 3 for 'relax'; got 4"):
         DiscreteVAE(3, 2, estimator="relax", evaluations=4)
     with pytest.raises(ValueError, match="`evaluations` must be >= 2 for 'vimco'"):
         DiscreteVAE(3, 2, estimator="vimco", evaluations=1)

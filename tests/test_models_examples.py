@@ -48,7 +48,5 @@ def test_linear_gaussian_experiment_smoke_and_cached_rerun(tmp_path, capsys):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["iwae", "flows", "discrete", "blr"])
 def test_other_experiments_smoke(tmp_path, capsys, name):
-    main(
-        [name, "--smoke", "--quiet", "--seeds", "1", "--grad-samples", "10", "--out", str(tmp_path)]
-    )
+    main([name, "--smoke", "--quiet", "--seeds", "1", "--grad-samples", "10", "--out", str(tmp_path)])
     assert "|" in capsys.readouterr().out

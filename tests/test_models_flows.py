@@ -70,18 +70,14 @@ def test_log_det_matches_autograd_jacobian_and_inverse(name):
         y = t(x)
         J = jacobian(t._call, x)
         expected = torch.linalg.slogdet(J).logabsdet
-        assert float(t.log_abs_det_jacobian(x, y).detach()) == pytest.approx(
-            float(expected), abs=1e-10
-        )
+        assert float(t.log_abs_det_jacobian(x, y).detach()) == pytest.approx(float(expected), abs=1e-10)
         assert torch.allclose(t._inverse(y), x, atol=1e-10)
 
 
 @pytest.mark.parametrize("kind", ["planar", "radial", "iaf", "coupling"])
 def test_amortised_batched_parameters_broadcast_over_samples(kind):
     enc = GaussianEncoder(4, D, (5,)).double()
-    q = FlowPosterior(
-        enc, flow_layers(kind, D, 2, context_dim=enc.feature_dim, hidden=(8,))
-    ).double()
+    q = FlowPosterior(enc, flow_layers(kind, D, 2, context_dim=enc.feature_dim, hidden=(8,))).double()
     _perturb(q, 0.3)
     x = torch.randn(6, 4, dtype=torch.float64)
     d = q(x)
@@ -100,9 +96,7 @@ def test_flow_density_integrates_to_one(kind):
     # [-9, 9]^2 is < 1e-12 for these mild flows).
     torch.manual_seed(0)
     layers = _perturb(flow_layers(kind, 2, 3, hidden=(8,)).double(), 0.4, seed=5)
-    base = Independent(
-        Normal(torch.zeros(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64)), 1
-    )
+    base = Independent(Normal(torch.zeros(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64)), 1)
     d = TransformedDistribution(base, [layer.transform(None) for layer in layers])
     n = 201
     grid = torch.linspace(-9, 9, n, dtype=torch.float64)
@@ -125,9 +119,7 @@ def test_made_is_autoregressive():
 
 def test_planar_inverse_is_differentiable():
     torch.manual_seed(0)
-    args = tuple(
-        torch.randn(s, dtype=torch.float64, requires_grad=True) for s in [(D,), (D,), (), (D,)]
-    )
+    args = tuple(torch.randn(s, dtype=torch.float64, requires_grad=True) for s in [(D,), (D,), (), (D,)])
     assert torch.autograd.gradcheck(
         lambda u, w, b, y: PlanarTransform(u, w, b, cache_size=0)._inverse(y), args
     )

@@ -52,9 +52,7 @@ def test_disarm_copies_flow_through_the_layers():
 
 
 def test_bad_arguments():
-    with pytest.raises(
-        ValueError, match=r"`estimators` must be 2 scg Estimators, one per layer; got 1"
-    ):
+    with pytest.raises(ValueError, match=r"`estimators` must be 2 scg Estimators, one per layer; got 1"):
         SigmoidBeliefNet(64, (4, 4), sbn_estimators("disarm", 64, (4,)))
     with pytest.raises(ValueError, match=r"`name` must be one of .*; got 'arm'"):
         sbn_estimators("arm", 64, (4,))

@@ -74,9 +74,7 @@ def test_early_stopping_and_restore_best(tmp_path):
     train, val = _data()
     m = _model()
     # lr so large that the validation bound soon stops improving
-    cfg = TrainConfig(
-        epochs=30, batch_size=60, lr=0.5, patience=2, restore_best=True, progress=False
-    )
+    cfg = TrainConfig(epochs=30, batch_size=60, lr=0.5, patience=2, restore_best=True, progress=False)
     h = fit(m, train, val, config=cfg, out_dir=tmp_path)
     assert h.stopped_early and len(h.epochs) < 30
     assert len(h.epochs) - h.best_epoch == 2
@@ -140,9 +138,7 @@ def test_smoke_vae_iwae_flows_on_tiny_digits(kind, length, gradient):
         if gradient
         else VAE(q, dec, kl="mc" if kind else "analytic")
     )
-    h = fit(
-        m, d.train[:100], d.val[:50], config=TrainConfig(epochs=1, batch_size=50, progress=False)
-    )
+    h = fit(m, d.train[:100], d.val[:50], config=TrainConfig(epochs=1, batch_size=50, progress=False))
     assert torch.isfinite(torch.tensor(h.val_bound)).all()
     ll = log_likelihood(m, d.test[:10], num_samples=20, chunk_size=8)
     assert ll.shape == (10,) and torch.isfinite(ll).all()
@@ -204,9 +200,7 @@ def test_resume_refuses_a_different_config(tmp_path):
         config=TrainConfig(epochs=1, batch_size=30, seed=1, progress=False),
         out_dir=tmp_path,
     )
-    with pytest.raises(
-        ValueError, match=r"`config.seed` must match the checkpoint in .* \(1\); got 2"
-    ):
+    with pytest.raises(ValueError, match=r"`config.seed` must match the checkpoint in .* \(1\); got 2"):
         fit(
             _model(flow=False),
             train,
@@ -230,9 +224,7 @@ class _Payload:
 def test_a_checkpoint_with_a_pickled_payload_is_refused_without_running_it(tmp_path, name):
     train, val = _data()
     cfg = TrainConfig(epochs=2, batch_size=16, seed=3, progress=False, restore_best=True)
-    fit(
-        _model(), train, val, config=cfg, out_dir=tmp_path / "run"
-    )  # a finished run with both files
+    fit(_model(), train, val, config=cfg, out_dir=tmp_path / "run")  # a finished run with both files
     marker = tmp_path / "payload-ran"
     torch.save({"model": _Payload(marker)}, tmp_path / "run" / name)
     with pytest.raises(

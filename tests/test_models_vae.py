@@ -59,9 +59,9 @@ def _analytic_elbo(vae, x):
     W, b = lin.weight, lin.bias
     s2 = vae.decoder.log_scale.exp() ** 2
     mean = mu @ W.T + b
-    rec = Independent(Normal(mean, s2.sqrt().expand_as(mean)), 1).log_prob(x) - (
-        var @ (W**2).T
-    ).sum(-1) / (2 * s2)
+    rec = Independent(Normal(mean, s2.sqrt().expand_as(mean)), 1).log_prob(x) - (var @ (W**2).T).sum(-1) / (
+        2 * s2
+    )
     return rec - kl_divergence(q, vae.prior(q.batch_shape))
 
 
@@ -88,9 +88,7 @@ def test_vae_score_function_expected_gradient_is_exact():
     vae = _linear_vae(estimator=scg.ScoreFunction(baseline=scg.baselines.MovingAverage())).eval()
     q = vae.posterior(X1)
     nodes, weights = _gh(6, 2)  # f ∇log q is a polynomial of degree 3 in z
-    z = (
-        q.base_dist.loc + q.base_dist.scale * nodes
-    ).detach()  # [n, 2] quadrature points in z-space
+    z = (q.base_dist.loc + q.base_dist.scale * nodes).detach()  # [n, 2] quadrature points in z-space
     xs = X1.expand(len(weights), 2)
     est = _grads(vae, (weights * vae.objective(xs, draws={"z": z.unsqueeze(0)})).sum())
     exact = _grads(vae, -_analytic_elbo(vae, X1).sum())
@@ -113,9 +111,7 @@ def test_vae_bernoulli_decoder_pathwise_gradient_is_the_derivative_of_the_estima
     params = [p for p in vae.parameters()]
     direction = [torch.randn_like(p) for p in params]
     fd = central_difference(f, params, direction, h=1e-6)
-    assert float(g @ torch.cat([d.reshape(-1) for d in direction])) == pytest.approx(
-        float(fd), rel=1e-6
-    )
+    assert float(g @ torch.cat([d.reshape(-1) for d in direction])) == pytest.approx(float(fd), rel=1e-6)
 
 
 def test_analytic_and_mc_kl_agree_in_value():
@@ -146,17 +142,11 @@ def test_linear_warmup_and_beta_in_loss():
 def _iwae_model(gradient, K, flow=False, seed=0):
     torch.manual_seed(seed)
     enc = GaussianEncoder(2, 1, ()).double()
-    q = (
-        FlowPosterior(enc, flow_layers("planar", 1, 1, context_dim=enc.feature_dim)).double()
-        if flow
-        else enc
-    )
+    q = FlowPosterior(enc, flow_layers("planar", 1, 1, context_dim=enc.feature_dim)).double() if flow else enc
     if flow:
         with torch.no_grad():
             for p in q.layers.parameters():
-                p.add_(
-                    0.2 * torch.randn_like(p)
-                )  # mild: a near-singular flow defeats the quadrature
+                p.add_(0.2 * torch.randn_like(p))  # mild: a near-singular flow defeats the quadrature
     dec = GaussianDecoder(1, 2, (), init_scale=0.8).double()
     return IWAE(q, dec, num_samples=K, gradient=gradient)
 
@@ -258,9 +248,7 @@ def test_vae_and_iwae_errors():
     ):
         IWAE(enc, dec, gradient="vimco")
     flow_vae = VAE(FlowPosterior(enc, flow_layers("planar", 2, 1)), dec, kl="analytic")
-    with pytest.raises(
-        ValueError, match='`kl` must be "mc" for a TransformedDistribution posterior'
-    ):
+    with pytest.raises(ValueError, match='`kl` must be "mc" for a TransformedDistribution posterior'):
         flow_vae.loss(torch.zeros(3, 2))
     with pytest.raises(ValueError, match="`num_samples` must be"):
         log_likelihood(IWAE(enc, dec), torch.zeros(2, 2), num_samples=0)

@@ -117,9 +117,7 @@ def test_stl_elbo_gradient_is_zero_at_the_exact_posterior():
     sigma = torch.tensor(HALF, requires_grad=True)
     q = Normal(mu, sigma)
     z = q.rsample((16,))
-    grads = torch.autograd.grad(
-        elbo(log_joint(z, m), scg.stop_gradient(q).log_prob(z)), (mu, sigma)
-    )
+    grads = torch.autograd.grad(elbo(log_joint(z, m), scg.stop_gradient(q).log_prob(z)), (mu, sigma))
     assert max(abs(float(g)) for g in grads) < 1e-12
 
 
@@ -280,9 +278,7 @@ def test_errors():
         iwae(torch.tensor(0.0), torch.tensor(0.0))
     with pytest.raises(TypeError, match=r"`log_p` must be a floating-point tensor"):
         iwae(a.long(), b)
-    with pytest.raises(
-        ValueError, match=r"`gradient` must be one of 'reparam', 'stl', 'dreg'; got 'score'"
-    ):
+    with pytest.raises(ValueError, match=r"`gradient` must be one of 'reparam', 'stl', 'dreg'; got 'score'"):
         iwae(a, b, gradient="score")
     with pytest.raises(ValueError, match=r'`z` must be given for gradient="dreg"'):
         iwae(a, b, gradient="dreg")

@@ -19,9 +19,7 @@ def test_every_package_folder_is_listed_in_pyproject():
         for init in folder.rglob("__init__.py"):
             rel = init.parent.relative_to(folder).parts
             found.add(".".join((name, *rel)))
-    assert found == listed, (
-        f"pyproject packages {sorted(listed)} != package folders {sorted(found)}"
-    )
+    assert found == listed, f"pyproject packages {sorted(listed)} != package folders {sorted(found)}"
 
 
 @pytest.mark.parametrize(

@@ -71,14 +71,9 @@ def test_run_writes_files_and_same_seed_gives_identical_csv(tmp_path):
     assert a == (tmp_path / "b" / "results.csv").read_text()
     assert len(a.strip().splitlines()) == 1 + 6
     man = json.loads((tmp_path / "a" / "manifest.json").read_text())
-    assert (
-        man["study"] == "toy" and man["seed"] == 0 and "git_revision" in man and "versions" in man
-    )
+    assert man["study"] == "toy" and man["seed"] == 0 and "git_revision" in man and "versions" in man
     assert (tmp_path / "a" / "toy.txt").read_text() == "6"
-    assert (
-        main(["run", "toy", "--out", str(tmp_path / "c"), "-q", "--seed", "1", "--device", "cpu"])
-        == 0
-    )
+    assert main(["run", "toy", "--out", str(tmp_path / "c"), "-q", "--seed", "1", "--device", "cpu"]) == 0
     assert (tmp_path / "c" / "results.csv").read_text() != a
 
 
@@ -122,10 +117,7 @@ def test_cell_seed_depends_on_cell_not_order():
 
 def test_refuses_to_mix_runs_with_different_config(tmp_path, capsys):
     assert main(["run", "toy", "--out", str(tmp_path), "-q", "--device", "cpu"]) == 0
-    assert (
-        main(["run", "toy", "--out", str(tmp_path), "-q", "--set", "scale=2", "--device", "cpu"])
-        == 2
-    )
+    assert main(["run", "toy", "--out", str(tmp_path), "-q", "--set", "scale=2", "--device", "cpu"]) == 2
     assert "holds a run of toy with a different config or seed" in capsys.readouterr().err
 
 
@@ -137,9 +129,7 @@ def test_set_overrides_types_and_errors():
         ValueError, match=r"unknown key 'nope'; valid keys: sizes, scale, repeats, label, flag"
     ):
         apply_overrides(cfg, ["nope=1"])
-    with pytest.raises(
-        ValueError, match=r"--set repeats='two': expected an integer; valid keys: sizes"
-    ):
+    with pytest.raises(ValueError, match=r"--set repeats='two': expected an integer; valid keys: sizes"):
         apply_overrides(cfg, ["repeats=two"])
     with pytest.raises(ValueError, match=r"--set expects key=value; got 'scale'"):
         apply_overrides(cfg, ["scale"])
@@ -156,12 +146,7 @@ def test_cli_errors_list_valid_names(capsys):
 
 
 def test_plot_dir_redraws_from_cells(tmp_path):
-    assert (
-        main(
-            ["run", "toy", "--smoke", "--out", str(tmp_path), "-q", "--no-plot", "--device", "cpu"]
-        )
-        == 0
-    )
+    assert main(["run", "toy", "--smoke", "--out", str(tmp_path), "-q", "--no-plot", "--device", "cpu"]) == 0
     assert not (tmp_path / "toy.txt").exists()
     assert main(["plot", str(tmp_path)]) == 0
     assert (tmp_path / "toy.txt").read_text() == "4"
@@ -186,14 +171,10 @@ def test_full_and_smoke_together_fail_with_a_clear_message(tmp_path, capsys):
     assert not tmp_path.joinpath("manifest.json").exists()
 
 
-@pytest.mark.parametrize(
-    "flags, preset", [([], "default"), (["--smoke"], "smoke"), (["--full"], "full")]
-)
+@pytest.mark.parametrize("flags, preset", [([], "default"), (["--smoke"], "smoke"), (["--full"], "full")])
 def test_manifest_records_the_preset_and_its_config(tmp_path, flags, preset):
     out = tmp_path / preset
-    assert (
-        main(["run", "toy", *flags, "--out", str(out), "-q", "--no-plot", "--device", "cpu"]) == 0
-    )
+    assert main(["run", "toy", *flags, "--out", str(out), "-q", "--no-plot", "--device", "cpu"]) == 0
     man = _manifest(out)
     assert man["preset"] == preset
     want = dataclasses.asdict(ToyStudy().preset(preset))
@@ -230,9 +211,7 @@ def test_set_applies_on_top_of_the_full_preset(tmp_path):
         == 0
     )
     man = _manifest(out)
-    assert (
-        man["preset"] == "full" and man["config"]["label"] == "full"
-    )  # from full(), not the default
+    assert man["preset"] == "full" and man["config"]["label"] == "full"  # from full(), not the default
     assert man["config"]["repeats"] == 2 and man["config"]["sizes"] == [7]  # later --set wins
     assert ToyStudy.calls == [{"size": 7, "rep": 0}, {"size": 7, "rep": 1}]
 
@@ -247,13 +226,9 @@ def test_default_output_folder_names_the_preset(tmp_path, monkeypatch):
 
 def test_run_study_records_no_preset_for_a_hand_made_config_and_rejects_unknown_ones(tmp_path):
     study = ToyStudy()
-    run_study(
-        study, ToyConfig(sizes=(1,)), tmp_path / "a", device="cpu", progress=False, plot=False
-    )
+    run_study(study, ToyConfig(sizes=(1,)), tmp_path / "a", device="cpu", progress=False, plot=False)
     assert _manifest(tmp_path / "a")["preset"] is None
-    with pytest.raises(
-        ValueError, match=r"`preset` must be one of smoke, default, full or None; got 'huge'"
-    ):
+    with pytest.raises(ValueError, match=r"`preset` must be one of smoke, default, full or None; got 'huge'"):
         run_study(study, ToyConfig(), tmp_path / "b", device="cpu", progress=False, preset="huge")
     with pytest.raises(ValueError, match=r"`name` must be one of smoke, default, full; got 'huge'"):
         study.preset("huge")
@@ -313,10 +288,7 @@ def test_full_size_differs_from_the_default_and_its_readme_uses_the_flag(name):
     assert study.full() != study.default() and study.smoke() != study.default()
     assert set(study.time) == set(PRESETS)
     readme = (_DOCS / name / "README.md").read_text()
-    assert (
-        f"scg-study run {name} --full" in readme
-        or f"scg-study run {name} --device cuda --full" in readme
-    )
+    assert f"scg-study run {name} --full" in readme or f"scg-study run {name} --device cuda --full" in readme
 
 
 def test_a_deleted_manifest_and_a_changed_config_never_read_back_old_cells(tmp_path):

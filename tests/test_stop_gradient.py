@@ -108,9 +108,7 @@ def _cases():
             [loc, scale],
         ),
         "module_flow": (
-            lambda: Independent(
-                TransformedDistribution(Normal(loc, scale), [flow, flow.inv.inv]), 1
-            ),
+            lambda: Independent(TransformedDistribution(Normal(loc, scale), [flow, flow.inv.inv]), 1),
             [loc, scale, *flow.parameters()],
         ),
     }
@@ -125,12 +123,8 @@ def test_same_type_same_values_no_gradient_to_parameters(case):
     assert type(stopped) is type(dist)
     torch.manual_seed(0)
     z = dist.sample((3,))
-    if (
-        case == "module_flow"
-    ):  # the original inverts z from its transform cache, the copy computes it
-        torch.testing.assert_close(
-            stopped.log_prob(z), dist.log_prob(z).detach(), atol=1e-12, rtol=0
-        )
+    if case == "module_flow":  # the original inverts z from its transform cache, the copy computes it
+        torch.testing.assert_close(stopped.log_prob(z), dist.log_prob(z).detach(), atol=1e-12, rtol=0)
     else:
         assert torch.equal(stopped.log_prob(z), dist.log_prob(z))
     assert stopped.batch_shape == dist.batch_shape and stopped.event_shape == dist.event_shape
@@ -177,9 +171,7 @@ def test_transform_holding_a_module():
 
 
 def test_error_not_a_distribution():
-    with pytest.raises(
-        TypeError, match=r"`dist` must be a torch.distributions.Distribution; got Tensor"
-    ):
+    with pytest.raises(TypeError, match=r"`dist` must be a torch.distributions.Distribution; got Tensor"):
         scg.stop_gradient(torch.zeros(2))
 
 
@@ -290,9 +282,7 @@ def _holding_patterns():
         if kind == "tuple":
             return _Affine(lambda t: t.nets[0](_one()) * t.nets[1](_one()), nets=(n1, n2)), both
         if kind == "dict":
-            return _Affine(
-                lambda t: t.nets["a"](_one()) - t.nets["b"](_one()), nets={"a": n1, "b": n2}
-            ), both
+            return _Affine(lambda t: t.nets["a"](_one()) - t.nets["b"](_one()), nets={"a": n1, "b": n2}), both
         if kind == "nested_containers":
             st = lambda t: t.nets[0][0](_one()) + t.nets[1]["x"][0](_one())  # noqa: E731
             return _Affine(st, nets=[[n1], {"x": (n2,)}]), both
@@ -352,9 +342,7 @@ def _check_stopped(dist, params, z):
     got = torch.autograd.grad(lp.sum(), params, allow_unused=True)
     assert all(g is None or not g.any() for g in got)
     before = torch.autograd.grad(dist.log_prob(z).sum(), params, allow_unused=True)
-    assert all(g is not None and g.any() for g in before), (
-        "the original must depend on every parameter"
-    )
+    assert all(g is not None and g.any() for g in before), "the original must depend on every parameter"
     torch.manual_seed(3)
     a = dist.rsample((2,))
     torch.manual_seed(3)
@@ -369,9 +357,7 @@ def test_every_holding_pattern_is_detached(name):
     dist = TransformedDistribution(Normal(torch.zeros(2), 1.0), [t])
     stopped = _check_stopped(dist, params, torch.tensor([0.7, -1.3]))
     assert type(stopped.transforms[0]) is _Affine
-    assert dist.transforms[0] is t and all(
-        p.requires_grad for p in params
-    )  # the original is untouched
+    assert dist.transforms[0] is t and all(p.requires_grad for p in params)  # the original is untouched
 
 
 def test_nested_transforms_and_inverses_are_detached():
@@ -389,17 +375,13 @@ def test_nested_transforms_and_inverses_are_detached():
     parts = stopped.transforms[0].parts
     assert type(parts[0].base_transform) is _Affine and type(parts[1]._inv) is _Affine
     assert type(stopped.transforms[1].inv) is ModuleAffine
-    assert (
-        stopped.transforms[2] is stopped.transforms[3].base_transform
-    )  # one copy of the shared flow
+    assert stopped.transforms[2] is stopped.transforms[3].base_transform  # one copy of the shared flow
 
 
 def test_transforms_holding_distributions_and_distributions_holding_modules():
     mu = torch.tensor(0.4, requires_grad=True)
     sd = torch.tensor(1.3, requires_grad=True)
-    cdf = TransformedDistribution(
-        Normal(0.0, 1.0), [CumulativeDistributionTransform(Normal(mu, sd))]
-    )
+    cdf = TransformedDistribution(Normal(0.0, 1.0), [CumulativeDistributionTransform(Normal(mu, sd))])
     _check_stopped(cdf, [mu, sd], torch.tensor([0.2, 0.9]))
 
     class NetNormal(Normal):
@@ -493,9 +475,7 @@ def test_what_cannot_be_detached_is_refused_by_name(name):
     assert re.search(what, str(info.value)), str(info.value)
 
 
-_net = nn.Linear(
-    1, 2
-)  # a global whose name is also an attribute the function reads: not a global load
+_net = nn.Linear(1, 2)  # a global whose name is also an attribute the function reads: not a global load
 
 
 def _reads_an_attribute(t):
@@ -518,7 +498,5 @@ def test_callables_and_unknown_objects_without_gradient_paths_are_kept():
     stopped = _check_stopped(dist, list(net.parameters()), torch.tensor([0.7, -1.3]))
     assert stopped.transforms[0].act is torch.tanh and stopped.transforms[0].box is t.box
     net = _lin(12)
-    dist = TransformedDistribution(
-        Normal(torch.zeros(2), 1.0), [_Affine(_reads_an_attribute, _net=net)]
-    )
+    dist = TransformedDistribution(Normal(torch.zeros(2), 1.0), [_Affine(_reads_an_attribute, _net=net)])
     _check_stopped(dist, list(net.parameters()), torch.tensor([0.7, -1.3]))

@@ -106,9 +106,7 @@ def test_equal_budget_rule():
     assert samples_for_budget(build_estimator("disarm")[0], 3072) == 1536
     with pytest.raises(ValueError, match="`budget` must be a multiple of 3 for RELAX"):
         samples_for_budget(build_estimator("relax")[0], 4)
-    with pytest.raises(
-        ValueError, match="`budget` 1 gives ScoreFunction S = 1 samples; it needs at least 2"
-    ):
+    with pytest.raises(ValueError, match="`budget` 1 gives ScoreFunction S = 1 samples; it needs at least 2"):
         samples_for_budget(build_estimator("rloo")[0], 1, min_samples=2)
     with pytest.raises(ValueError, match="`budget` must be an int >= 1; got 0"):
         samples_for_budget(build_estimator("reinforce")[0], 0)
@@ -120,24 +118,16 @@ def test_curve_point_and_convergence_criterion():
     t = 0.499
     p = torch.tensor([0.01, 0.049, 0.051, 0.9], dtype=torch.float64)
     point = curve_point(torch.logit(p), t, 0.05)
-    assert (
-        point["converged_fraction"] == 0.5
-    )  # p <= 0.05: the expected loss within 5 % of its range
+    assert point["converged_fraction"] == 0.5  # p <= 0.05: the expected loss within 5 % of its range
     assert point["p_max"] == pytest.approx(0.9)
-    assert point["objective_gap"] == pytest.approx(
-        float((objective(p, t) - t * t).mean()), rel=1e-12
-    )
+    assert point["objective_gap"] == pytest.approx(float((objective(p, t) - t * t).mean()), rel=1e-12)
     gap = float(objective(torch.tensor(0.05, dtype=torch.float64), t) - t * t)
-    assert gap == pytest.approx(
-        0.05 * ((1 - t) ** 2 - t * t)
-    )  # 5 % of the loss's range [t^2, (1 - t)^2]
+    assert gap == pytest.approx(0.05 * ((1 - t) ** 2 - t * t))  # 5 % of the loss's range [t^2, (1 - t)^2]
 
 
 def _train_cell(cfg: BernoulliToyConfig, name: str, budget: int, seed: int = 7) -> dict:
     torch.manual_seed(seed)
-    ctx = CellContext(
-        device=torch.device("cpu"), seed=seed, generator=torch.Generator().manual_seed(seed)
-    )
+    ctx = CellContext(device=torch.device("cpu"), seed=seed, generator=torch.Generator().manual_seed(seed))
     rows = BernoulliToy().run_cell(
         cfg, {"part": "train", "t": 0.499, "budget": budget, "estimator": name}, ctx
     )
@@ -171,9 +161,7 @@ def test_arm_is_exactly_unbiased_with_the_closed_form_variance():
     logits = torch.tensor([0.0, 0.7, -1.3], dtype=torch.float64)
     for t in (0.49, 0.3):
         m = assert_unbiased(ARM(), lambda l: Bernoulli(logits=l), (logits,), lambda b: (b - t) ** 2)
-        assert float(m.variance[0]) == pytest.approx(
-            (1 - 2 * t) ** 2 / 48, rel=1e-9
-        )  # (f(1) - f(0))^2 / 48
+        assert float(m.variance[0]) == pytest.approx((1 - 2 * t) ** 2 / 48, rel=1e-9)  # (f(1) - f(0))^2 / 48
 
 
 def test_arm_on_a_coupled_cost_with_independent_bernoullis():
@@ -199,9 +187,7 @@ def test_arm_single_sample_oracle():
     b_up = torch.tensor(float(0.62 > 1 - theta), dtype=torch.float64)
     b_down = torch.tensor(float(0.62 < theta), dtype=torch.float64)
     assert float(out.detach()) == pytest.approx(float(0.5 * (f(b_up) + f(b_down))), abs=1e-12)
-    assert float(logits.grad) == pytest.approx(
-        float((f(b_up) - f(b_down)) * (0.62 - 0.5)), abs=1e-12
-    )
+    assert float(logits.grad) == pytest.approx(float((f(b_up) - f(b_down)) * (0.62 - 0.5)), abs=1e-12)
 
 
 def test_arm_rejects_other_distributions_and_bad_costs():
@@ -235,15 +221,9 @@ def test_build_estimator_and_config_errors():
 def test_three_sizes():
     study = BernoulliToy()
     default, full, smoke = study.default(), study.full(), study.smoke()
-    assert (
-        default == BernoulliToyConfig() and default.budgets == (6, 3072) and default.replicas == 32
-    )
+    assert default == BernoulliToyConfig() and default.budgets == (6, 3072) and default.replicas == 32
     assert full.replicas > default.replicas and full.num_estimates > default.num_estimates
-    assert (
-        set(default.budgets) <= set(full.budgets)
-        and full.steps == default.steps
-        and full.lr == default.lr
-    )
+    assert set(default.budgets) <= set(full.budgets) and full.steps == default.steps and full.lr == default.lr
     assert smoke.replicas < default.replicas and smoke.steps < default.steps
 
 

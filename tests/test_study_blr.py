@@ -75,9 +75,7 @@ def test_smoke_run(tmp_path):
 
 def test_median_bootstrap_se_is_zero_without_batch_spread_and_positive_with_it():
     gen = torch.Generator().manual_seed(0)
-    g = torch.randn(1, 6, 5, generator=gen, dtype=torch.float64).expand(
-        4, 6, 5
-    )  # identical batches
+    g = torch.randn(1, 6, 5, generator=gen, dtype=torch.float64).expand(4, 6, 5)  # identical batches
     out = median_bootstrap(g, 50, gen)
     assert out["median_variance_mc_se"] == pytest.approx(0.0, abs=1e-12)
     assert out["median_variance_mc"] == pytest.approx(float(g[0].var(0).sort().values[2]))

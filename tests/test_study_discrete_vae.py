@@ -23,11 +23,7 @@ def test_smoke_run(tmp_path):
     var = [r for r in rows if r["kind"] == "variance"]
     assert {r["estimator"] for r in var} == set(DISCRETE_ESTIMATORS)
     for r in var:  # equal cost: S × (evaluations of f per sample) = E for every estimator
-        assert (
-            int(r["num_samples"]) * DISCRETE_ESTIMATORS[r["estimator"]]
-            == int(r["evaluations"])
-            == 6
-        )
+        assert int(r["num_samples"]) * DISCRETE_ESTIMATORS[r["estimator"]] == int(r["evaluations"]) == 6
     assert len(var) == 2 * 2 * len(DISCRETE_ESTIMATORS)  # 2 seeds × 2 checkpoints × every estimator
     assert {r["engine"] for r in var} == {"vmap"}  # the model is torch.func-traceable
     for r in var:
@@ -50,9 +46,7 @@ def test_every_estimator_is_measured_at_the_same_parameters(tmp_path):
     for r in var:
         sums.setdefault((r["seed"], r["step"]), set()).add(r["param_checksum"])
     assert len(sums) == 4 and all(len(v) == 1 for v in sums.values())
-    assert (
-        len({next(iter(v)) for v in sums.values()}) == 4
-    )  # the checkpoints are different parameters
+    assert len({next(iter(v)) for v in sums.values()}) == 4  # the checkpoints are different parameters
     shared = {}
     for r in var:
         shared.setdefault((r["seed"], r["step"]), set()).add(r["mean_sq_norm_shared"])

@@ -29,10 +29,7 @@ DOCS_FULL = DOCS.with_name("results_full.csv")
 def _close_to_table(exact: float, published: float) -> bool:
     """The table has 4 significant digits (e.g. 0.0126 for 0.012568)."""
     digits = 4 if published >= 1 else 3
-    return (
-        abs(exact - published)
-        <= 0.51 * 10 ** (math.floor(math.log10(abs(published))) - digits + 1) + 1e-9
-    )
+    return abs(exact - published) <= 0.51 * 10 ** (math.floor(math.log10(abs(published))) - digits + 1) + 1e-9
 
 
 smoke = smoke_fixture("gaussian")  # module scope: (out, rows) of one CPU smoke run
@@ -94,9 +91,7 @@ def test_sampled_variances_agree_with_exact_ones(smoke):
         assert abs(num(r, "variance_rel_error")) <= 0.02, r
 
 
-@pytest.mark.skipif(
-    not DOCS.is_file(), reason="docs/studies/gaussian/results.csv not generated yet"
-)
+@pytest.mark.skipif(not DOCS.is_file(), reason="docs/studies/gaussian/results.csv not generated yet")
 def test_documented_default_run_matches_the_table_within_2_percent():
     with open(DOCS, newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -117,9 +112,7 @@ def test_documented_full_size_table_rows_match_within_half_a_percent():
     table = [r for r in rows if r["part"] == "cost" and r["reference_variance"] not in ("", None)]
     assert len(table) == 32 == len(rows)
     for r in table:
-        assert num(r, "variance_std_error") <= 0.0016 * num(r, "variance"), (
-            r
-        )  # the run reached its precision
+        assert num(r, "variance_std_error") <= 0.0016 * num(r, "variance"), r  # the run reached its precision
         assert abs(num(r, "variance") / num(r, "reference_variance") - 1) <= 0.005, r
         assert abs(num(r, "variance") / num(r, "exact_variance") - 1) <= 0.005, r
 
@@ -208,9 +201,7 @@ def test_variance_of_the_sample_variance_is_exact_for_normal_draws(N):
     weights = torch.cartesian_prod(*[w] * N).prod(1)
     m2, m4 = _central_moments(draws)
     exact = 2 * sigma**4 / (N - 1)
-    assert float((weights * sample_variance_variance(N, m2, m4)).sum()) == pytest.approx(
-        exact, rel=1e-12
-    )
+    assert float((weights * sample_variance_variance(N, m2, m4)).sum()) == pytest.approx(exact, rel=1e-12)
     s2 = m2 * N / (N - 1)  # plugging in m4 and s⁴ instead is biased low by far more than rounding
     plug_in = float((weights * (m4 - (N - 3) / (N - 1) * s2 * s2) / N).sum())
     assert plug_in < 0.8 * exact
@@ -228,9 +219,7 @@ def test_variance_of_the_sample_variance_is_unbiased_for_a_skewed_discrete_law(N
     m2, m4 = _central_moments(draws)
     s2 = m2 * N / (N - 1)
     exact = float((weights * s2**2).sum() - (weights * s2).sum() ** 2)
-    assert float((weights * sample_variance_variance(N, m2, m4)).sum()) == pytest.approx(
-        exact, rel=1e-12
-    )
+    assert float((weights * sample_variance_variance(N, m2, m4)).sum()) == pytest.approx(exact, rel=1e-12)
 
 
 def test_variance_std_error_of_statistics_and_moments():
@@ -241,9 +230,7 @@ def test_variance_std_error_of_statistics_and_moments():
     m2, m4 = _central_moments(two[None])
     assert float(sample_variance_variance(8, m2, m4)) < 0
     floor = 8 / 7 * math.sqrt(2 / (8 * 7))
-    assert statistics(two.numpy(), 0.0, 1.0)["variance_std_error"] == pytest.approx(
-        floor, rel=1e-14
-    )
+    assert statistics(two.numpy(), 0.0, 1.0)["variance_std_error"] == pytest.approx(floor, rel=1e-14)
     # Heavy tails: the SE is the square root of the unbiased estimate, the same in both reductions.
     g = torch.randn(1000, generator=torch.Generator().manual_seed(1), dtype=torch.float64) ** 3
     m2, m4 = _central_moments(g[None])
@@ -264,11 +251,7 @@ def test_constant_estimates_have_zero_variance():
     m = Moments(torch.zeros(1, dtype=torch.float64))
     m.update(torch.full((10, 1), 0.1, dtype=torch.float64))
     stats = m.stats(0, 0.1, 0.0)
-    assert (
-        stats["variance"] == 0.0
-        and stats["variance_rel_error"] == 0.0
-        and stats["variance_z"] == 0.0
-    )
+    assert stats["variance"] == 0.0 and stats["variance_rel_error"] == 0.0 and stats["variance_z"] == 0.0
 
 
 @pytest.mark.parametrize(

@@ -34,26 +34,18 @@ def test_smoke_rows_fits_and_figure(smoke):
     assert all(num(r, "snr") > 0 and num(r, "mean_std") > 0 for r in snr)
     fits = {(r["method"], r["group"]): r for r in rows if r["part"] == "fit"}
     assert len(fits) == 6 and all(math.isfinite(num(r, "slope")) for r in fits.values())
-    for r in (
-        fits.values()
-    ):  # every slope has its standard errors (bootstrap over the M estimates, and OLS)
+    for r in fits.values():  # every slope has its standard errors (bootstrap over the M estimates, and OLS)
         assert num(r, "slope_se") > 0 and num(r, "slope_se_ols") >= 0 and int(r["bootstrap"]) > 1
         assert num(r, "slope_ci_low") <= num(r, "slope_ci_high")
     assert all(num(r, "snr_se") > 0 for r in snr)
     # Signs only at this size: the IWAE inference SNR falls with K, DReG's rises.
-    assert (
-        num(fits[("reparam", "inference")], "slope") < 0 < num(fits[("dreg", "inference")], "slope")
-    )
+    assert num(fits[("reparam", "inference")], "slope") < 0 < num(fits[("dreg", "inference")], "slope")
 
 
 def test_bound_is_below_the_exact_log_marginal_and_tightens(smoke):
     _, rows = smoke
     sub = sorted(
-        (
-            r
-            for r in rows
-            if r["part"] == "snr" and r["method"] == "reparam" and r["group"] == "inference"
-        ),
+        (r for r in rows if r["part"] == "snr" and r["method"] == "reparam" and r["group"] == "inference"),
         key=lambda r: int(r["K"]),
     )
     exact = num(sub[0], "log_px_exact")
@@ -142,9 +134,7 @@ def test_config_errors(kwargs, match):
         IWAESNRConfig(**kwargs)
 
 
-@pytest.mark.skipif(
-    not DOCS.is_file(), reason="docs/studies/iwae-snr/results.csv not generated yet"
-)
+@pytest.mark.skipif(not DOCS.is_file(), reason="docs/studies/iwae-snr/results.csv not generated yet")
 def test_documented_run_has_the_claimed_slopes_with_standard_errors():
     """The claims of docs/studies/iwae-snr/README.md, checked on its results.csv (K up to 1000, fits over K >= 30)."""
     with open(DOCS, newline="") as fh:
@@ -167,10 +157,7 @@ def test_documented_run_has_the_claimed_slopes_with_standard_errors():
     # below it, by more than 2 SE, over K = 30-1000
     assert 0.4 < num(fits[("dreg", "inference")], "slope") < 0.5 and z("dreg", "inference", 0.5) > 2
     for method in ("reparam", "stl", "dreg"):
-        assert (
-            0.3 < num(fits[(method, "generative")], "slope") < 0.5
-            and z(method, "generative", 0.5) > 2
-        )
+        assert 0.3 < num(fits[(method, "generative")], "slope") < 0.5 and z(method, "generative", 0.5) > 2
 
 
 @pytest.mark.cuda
@@ -178,7 +165,5 @@ def test_cuda_cells_run(tmp_path):  # pragma: no cover - no GPU on CI
     from scg.studies.iwae_snr import IWAESNR
     from scg.studies.runner import run_study
 
-    res = run_study(
-        IWAESNR(), IWAESNR().smoke(), tmp_path, device="cuda", progress=False, plot=False
-    )
+    res = run_study(IWAESNR(), IWAESNR().smoke(), tmp_path, device="cuda", progress=False, plot=False)
     assert all(math.isfinite(num(r, "snr")) for r in res.rows if r["part"] == "snr")

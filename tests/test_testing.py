@@ -127,42 +127,32 @@ def test_cached_rules_are_read_only_and_callers_get_copies():
         x[:], w[:] = 0.0, 0.0  # a caller mutating its rule ...
         again = make()  # ... does not reach the cache
         assert np.array_equal(again[0], expected[0]) and np.array_equal(again[1], expected[1])
-    spec = _rules.law_specs("w", Rayleigh((1,), dtype=D64), np.array([[1.0]]))[
-        0
-    ]  # Gauss rules on 2 pieces
+    spec = _rules.law_specs("w", Rayleigh((1,), dtype=D64), np.array([[1.0]]))[0]  # Gauss rules on 2 pieces
     assert spec.shared and spec.kind == "gauss"
     first = _rules.rule(spec, 9)
     assert (
-        _rules.rule(spec, 9)[0] is first[0]
-        and not first[0].flags.writeable
-        and not first[1].flags.writeable
+        _rules.rule(spec, 9)[0] is first[0] and not first[0].flags.writeable and not first[1].flags.writeable
     )
     with pytest.raises(ValueError, match="read-only"):
         first[1][0] = 0.0
     fresh = spec.make(9)  # the cached rule is the rule, bit for bit
     assert np.array_equal(first[0], fresh[0]) and np.array_equal(first[1], fresh[1])
 
-    class Shifted(
-        StandardNormal
-    ):  # a user-defined law: its density is not fixed by scg, so not shared
+    class Shifted(StandardNormal):  # a user-defined law: its density is not fixed by scg, so not shared
         def log_density(self, x):
             return super().log_density(x - 1.0)
 
     assert not _rules.law_specs("eps", Shifted((1,)))[0].shared
     d = Normal(t(0.5), t(1.5))
     assert _rules.distribution_specs("z", d, (1,), None)[0].shared
-    assert not _rules.distribution_specs(
-        "z", type("MyNormal", (Normal,), {})(t(0.5), t(1.5)), (1,), None
-    )[0].shared
+    assert not _rules.distribution_specs("z", type("MyNormal", (Normal,), {})(t(0.5), t(1.5)), (1,), None)[
+        0
+    ].shared
     # Repeated harness calls (rules from the cache) give the very same moments as a cold cache.
     _rules._CACHE.clear()
-    cold = exact_moments(
-        scg.ScoreFunction(), normal, (t(0.5), t(1.5)), costs.threshold(0.2), breakpoints=0.2
-    )
+    cold = exact_moments(scg.ScoreFunction(), normal, (t(0.5), t(1.5)), costs.threshold(0.2), breakpoints=0.2)
     assert len(_rules._CACHE) > 0
-    warm = exact_moments(
-        scg.ScoreFunction(), normal, (t(0.5), t(1.5)), costs.threshold(0.2), breakpoints=0.2
-    )
+    warm = exact_moments(scg.ScoreFunction(), normal, (t(0.5), t(1.5)), costs.threshold(0.2), breakpoints=0.2)
     assert all(torch.equal(a, b) for a, b in zip(cold, warm, strict=False))
 
 
@@ -203,9 +193,7 @@ def test_exact_gradient_threshold_needs_breakpoints():
     ],
 )
 def test_exact_gradient_closed_forms_one_parameter(make, params, f, expected):
-    torch.testing.assert_close(
-        exact_gradient(make, params, f), expected(*params), atol=1e-10, rtol=1e-10
-    )
+    torch.testing.assert_close(exact_gradient(make, params, f), expected(*params), atol=1e-10, rtol=1e-10)
 
 
 def test_exact_gradient_categorical_and_one_hot():
@@ -224,9 +212,7 @@ def test_exact_gradient_continuous_families():
     torch.testing.assert_close(g, torch.cat([2 * mu, 4 * b]), atol=1e-10, rtol=1e-10)
     a, c = t(0.5, 2.0), t(3.0, 1.5)  # Beta: E x = a/(a+c)
     g = exact_gradient(lambda a, c: Beta(a, c), (a, c), lambda z: z)
-    torch.testing.assert_close(
-        g, torch.cat([c / (a + c) ** 2, -a / (a + c) ** 2]), atol=1e-10, rtol=1e-9
-    )
+    torch.testing.assert_close(g, torch.cat([c / (a + c) ** 2, -a / (a + c) ** 2]), atol=1e-10, rtol=1e-9)
     g = exact_gradient(lambda a, r: Gamma(a, r), (a, c), lambda z: z)  # Gamma: E x = α/β
     torch.testing.assert_close(g, torch.cat([1 / c, -a / c**2]), atol=1e-10, rtol=1e-9)
 
@@ -270,9 +256,7 @@ def test_unbiased_on_normal(case, name):
     estimator = {
         "none": lambda: scg.ScoreFunction(),
         "constant": lambda: scg.ScoreFunction(baseline=Constant(2.5)),
-        "moving_average": lambda: _warm(
-            scg.ScoreFunction(baseline=MovingAverage(0.5)), make, params, f, 4
-        ),
+        "moving_average": lambda: _warm(scg.ScoreFunction(baseline=MovingAverage(0.5)), make, params, f, 4),
         "delta": lambda: scg.ScoreFunction(baseline=Delta()),
         "pathwise": lambda: scg.Pathwise(),
     }[name]()
@@ -324,9 +308,7 @@ DISCRETE = [
 
 
 @pytest.mark.parametrize("case", range(len(DISCRETE)))
-@pytest.mark.parametrize(
-    "S, baseline", [(1, None), (1, "constant"), (2, "moving_average"), (2, "loo")]
-)
+@pytest.mark.parametrize("S, baseline", [(1, None), (1, "constant"), (2, "moving_average"), (2, "loo")])
 def test_score_function_unbiased_on_discrete(case, S, baseline):
     make, params, f = DISCRETE[case]
     if baseline == "moving_average":
@@ -366,9 +348,7 @@ def test_pathwise_unbiased_on_other_continuous(make, params):
 
 def test_score_function_with_threshold_and_breakpoints():
     f = costs.indicator(-0.2, 0.9)
-    assert_unbiased(
-        scg.ScoreFunction(), normal, (t(0.5, -1.0), t(0.7, 1.3)), f, breakpoints=f.points
-    )
+    assert_unbiased(scg.ScoreFunction(), normal, (t(0.5, -1.0), t(0.7, 1.3)), f, breakpoints=f.points)
     assert_unbiased(
         scg.ScoreFunction(),
         lambda m, s: Laplace(m, s),
@@ -471,18 +451,14 @@ def test_gaussian_variance_anchors_measure_valued(name):
 def test_squared_norm_anchors(D):
     params, f = (torch.zeros(D, dtype=D64), torch.ones(D, dtype=D64)), costs.squared_norm()
     sf = exact_moments(scg.ScoreFunction(), indep_normal, params, f).variance[0]
-    sf_b = exact_moments(
-        scg.ScoreFunction(baseline=Constant(float(D))), indep_normal, params, f
-    ).variance[0]
+    sf_b = exact_moments(scg.ScoreFunction(baseline=Constant(float(D))), indep_normal, params, f).variance[0]
     pw = exact_moments(scg.Pathwise(), indep_normal, params, f).variance[0]
     assert float(sf) == pytest.approx((D + 2) * (D + 4), rel=1e-8)
     assert float(sf_b) == pytest.approx(2 * D + 8, rel=1e-8)
     assert float(pw) == pytest.approx(4.0, rel=1e-8)
 
 
-@pytest.mark.parametrize(
-    "target, reinforce, rloo", [(0.49, 1.5638e-2, 2.5e-5), (0.499, 1.5625e-2, 2.5e-7)]
-)
+@pytest.mark.parametrize("target, reinforce, rloo", [(0.49, 1.5638e-2, 2.5e-5), (0.499, 1.5625e-2, 2.5e-7)])
 def test_bernoulli_toy_anchors(target, reinforce, rloo):
     make, params = (lambda l: Bernoulli(logits=l)), (t(0.0),)
     f = lambda b: (b - target) ** 2  # noqa: E731
@@ -499,9 +475,7 @@ def test_bernoulli_toy_disarm_has_zero_variance():
     DisARM = getattr(scg, "DisARM", None)
     if DisARM is None:
         pytest.skip("scg.DisARM is not available yet")
-    m = assert_unbiased(
-        DisARM(), lambda l: Bernoulli(logits=l), (t(0.0),), lambda b: (b - 0.49) ** 2
-    )
+    m = assert_unbiased(DisARM(), lambda l: Bernoulli(logits=l), (t(0.0),), lambda b: (b - 0.49) ** 2)
     assert float(m.variance) == pytest.approx(0.0, abs=1e-15)
 
 
@@ -517,9 +491,7 @@ def test_exact_moments_fields_and_consistency():
 
 
 def test_estimator_state_and_mode_are_untouched():
-    est = _warm(
-        scg.ScoreFunction(baseline=MovingAverage(0.5)), normal, (t(0.5), t(1.0)), quartic, 2
-    )
+    est = _warm(scg.ScoreFunction(baseline=MovingAverage(0.5)), normal, (t(0.5), t(1.0)), quartic, 2)
     before = {k: v.clone() for k, v in est.state_dict().items()}
     est.baseline.eval()
     assert_unbiased(est, normal, (t(0.5), t(1.0)), quartic)
@@ -586,9 +558,7 @@ def test_batch_elements_on_their_own_grids_match_the_full_product(monkeypatch):
         exact_moments(est, make, params, f, num_samples=S, nodes=9)
         for (est, make, params, S), f in zip(cases, fs, strict=False)
     ]
-    monkeypatch.setattr(
-        _grid, "batch_groups", lambda specs, shapes, batch: [list(range(len(specs)))]
-    )
+    monkeypatch.setattr(_grid, "batch_groups", lambda specs, shapes, batch: [list(range(len(specs)))])
     for (est, make, params, S), f, m in zip(cases, fs, split, strict=False):
         full = exact_moments(est, make, params, f, num_samples=S, nodes=9)
         torch.testing.assert_close(m.mean, full.mean, atol=1e-10, rtol=1e-12)
@@ -636,13 +606,9 @@ def test_harness_errors():
         )
     with pytest.raises(ValueError, match=r"`breakpoints` must broadcast"):
         exact_gradient(normal, (t(0.5, 1.0), t(1.0, 1.0)), quartic, breakpoints=torch.zeros(3, 2))
-    with pytest.raises(
-        ValueError, match=r"`breakpoints` names laws \['u'\] that Pathwise does not draw"
-    ):
+    with pytest.raises(ValueError, match=r"`breakpoints` names laws \['u'\] that Pathwise does not draw"):
         exact_moments(scg.Pathwise(), normal, params, quartic, breakpoints={"u": torch.zeros(1, 1)})
-    with pytest.raises(
-        ValueError, match="not finite at a grid point"
-    ):  # GH with 5 nodes has a node at 0
+    with pytest.raises(ValueError, match="not finite at a grid point"):  # GH with 5 nodes has a node at 0
         exact_moments(scg.Pathwise(), normal, (t(0.0), t(1.0)), lambda z: 1.0 / z, nodes=5)
 
 

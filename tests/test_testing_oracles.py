@@ -47,9 +47,7 @@ class Cost:
     f: Callable[[float], float]  # the oracle's scalar cost
     df: Callable[[float], float] | None  # its derivative (None: not differentiable)
     torch_f: Callable[[torch.Tensor], torch.Tensor]  # the harness's cost
-    features: tuple[
-        float, ...
-    ]  # z-values where f jumps or peaks (the oracle splits its intervals there)
+    features: tuple[float, ...]  # z-values where f jumps or peaks (the oracle splits its intervals there)
     jumps: tuple[float, ...] = ()  # the breakpoints the harness is given
 
 
@@ -179,9 +177,7 @@ ESTIMATORS = {
 
 
 def _cases() -> list[tuple[str, str]]:
-    return [
-        (e, c) for e in ESTIMATORS for c in COSTS if not (e == "pathwise" and COSTS[c].df is None)
-    ]
+    return [(e, c) for e in ESTIMATORS for c in COSTS if not (e == "pathwise" and COSTS[c].df is None)]
 
 
 def _breakpoints(estimator: str, key: str) -> list[float] | None:
@@ -238,9 +234,7 @@ def test_exact_moments_match_the_oracle(estimator, key):
     )
     # the error estimates are what they claim: small, and not smaller than the actual error by much
     assert bool((m.mean_error <= 1e-8 * m.mean.abs() + 1e-9).all())
-    assert float((m.mean - torch.tensor(means, dtype=D64)).abs().max()) <= 1e-6 * max(
-        map(abs, means)
-    )
+    assert float((m.mean - torch.tensor(means, dtype=D64)).abs().max()) <= 1e-6 * max(map(abs, means))
 
 
 def test_the_reproductions_of_the_issue():
@@ -257,9 +251,7 @@ def test_the_reproductions_of_the_issue():
     # small explicit nodes are a start, not a promise of exactness: the measure-valued σ terms converge
     means, variances = oracle("measure_valued", COSTS["square"], 1.0, 1.0)
     for nodes in (4, 8):
-        m = exact_moments(
-            scg.MeasureValued(), Normal, (one, one), COSTS["square"].torch_f, nodes=nodes
-        )
+        m = exact_moments(scg.MeasureValued(), Normal, (one, one), COSTS["square"].torch_f, nodes=nodes)
         np.testing.assert_allclose(m.mean.numpy(), means, rtol=1e-6)
         np.testing.assert_allclose(m.variance.numpy(), variances, rtol=1e-6)
 
@@ -277,9 +269,7 @@ def test_unreachable_accuracy_raises():
     with pytest.raises(
         ValueError, match=r"law 'z' has not converged.*Pass `breakpoints`"
     ):  # a jump left unsplit
-        exact_moments(
-            scg.ScoreFunction(), Normal, (one, one), COSTS["indicator"].torch_f, max_points=10_000
-        )
+        exact_moments(scg.ScoreFunction(), Normal, (one, one), COSTS["indicator"].torch_f, max_points=10_000)
     with pytest.raises(ValueError, match=r"`rtol` must be a finite number >= 0; got -1"):
         exact_moments(scg.Pathwise(), Normal, (one, one), f, rtol=-1)
     with pytest.raises(ValueError, match=r"`rtol` and `atol` must not both be 0"):

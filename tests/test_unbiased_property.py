@@ -41,9 +41,7 @@ def number(lo: float, hi: float) -> st.SearchStrategy[float]:
 
 
 def vector(lo: float, hi: float, n: int) -> st.SearchStrategy[torch.Tensor]:
-    return st.lists(number(lo, hi), min_size=n, max_size=n).map(
-        lambda v: torch.tensor(v, dtype=D64)
-    )
+    return st.lists(number(lo, hi), min_size=n, max_size=n).map(lambda v: torch.tensor(v, dtype=D64))
 
 
 def scalar_costs(
@@ -58,9 +56,7 @@ def scalar_costs(
     ]
     if event_ndim == 1:
         options.append(
-            st.lists(number(-1, 1), min_size=2, max_size=3).map(
-                lambda c: costs.product(c, event_ndim=1)
-            )
+            st.lists(number(-1, 1), min_size=2, max_size=3).map(lambda c: costs.product(c, event_ndim=1))
         )
     return st.one_of(*options)
 
@@ -112,13 +108,9 @@ def check_all(family: str, make: Callable, params: tuple, f: costs.TestCost, ele
     dist = make(*params)
     for name, estimator, S, extra in registry(family, dist, f, elements):
         try:
-            assert_unbiased(
-                estimator, make, params, f, num_samples=S, breakpoints=f.points, **extra
-            )
+            assert_unbiased(estimator, make, params, f, num_samples=S, breakpoints=f.points, **extra)
         except AssertionError as exc:
-            raise AssertionError(
-                f"{name} on {family} with {f!r}, params {params}:\n{exc}"
-            ) from None
+            raise AssertionError(f"{name} on {family} with {f!r}, params {params}:\n{exc}") from None
 
 
 # ----------------------------------------------------------------------------- properties

@@ -121,9 +121,7 @@ class ControlVariate(nn.Module):
     #: serve a :class:`scg.Graph` node, whose costs are tensors.
     needs_cost_function: bool = False
 
-    def forward(
-        self, signal: Tensor, ctx: SignalContext
-    ) -> tuple[Tensor, Tensor | None]:  # pragma: no cover
+    def forward(self, signal: Tensor, ctx: SignalContext) -> tuple[Tensor, Tensor | None]:  # pragma: no cover
         raise NotImplementedError
 
     def updating(self, signal: Tensor) -> bool:
@@ -159,9 +157,7 @@ def chain(*transforms: ControlVariate) -> Chain:
     return Chain(*transforms)
 
 
-def check_baseline(
-    baseline: object, refuse: tuple[type, ...] = (), why: str = ""
-) -> ControlVariate | None:
+def check_baseline(baseline: object, refuse: tuple[type, ...] = (), why: str = "") -> ControlVariate | None:
     """``baseline`` if it is a control variate or ``None``; a ``TypeError`` naming the argument otherwise.
 
     A baseline containing one of the ``refuse`` types is a ``ValueError`` with the message ``why``.

@@ -66,17 +66,11 @@ class Delta(_RunningState):
         super().__init__()
         if isinstance(coefficient, str):
             if coefficient != "optimal":
-                raise ValueError(
-                    f'`coefficient` must be a float or "optimal"; got {coefficient!r}.'
-                )
+                raise ValueError(f'`coefficient` must be a float or "optimal"; got {coefficient!r}.')
         elif isinstance(coefficient, bool) or not isinstance(coefficient, (int, float)):
-            raise TypeError(
-                f'`coefficient` must be a float or "optimal"; got {type(coefficient).__name__}.'
-            )
+            raise TypeError(f'`coefficient` must be a float or "optimal"; got {type(coefficient).__name__}.')
         elif not math.isfinite(coefficient):
-            raise ValueError(
-                f'`coefficient` must be a finite float or "optimal"; got {coefficient}.'
-            )
+            raise ValueError(f'`coefficient` must be a finite float or "optimal"; got {coefficient}.')
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"`decay` must be in [0, 1); got {decay}.")
         self.coefficient = coefficient
@@ -112,9 +106,7 @@ class Delta(_RunningState):
         f0 = f(mu0.unsqueeze(0)).squeeze(0).detach()
         grad_fn = torch.func.grad(total)
         g = grad_fn(mu0).detach()
-        n_event = max(
-            1, math.prod(event)
-        )  # a Python int: no tensor, no host read under torch.compile
+        n_event = max(1, math.prod(event))  # a Python int: no tensor, no host read under torch.compile
         basis = torch.eye(n_event, dtype=mu0.dtype, device=mu0.device).reshape(
             n_event, *([1] * len(batch)), *event
         )

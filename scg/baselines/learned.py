@@ -21,9 +21,7 @@ def default_features(ctx: SignalContext) -> Tensor:
     parts = []
     for value in parameters_of(ctx.dist).values():
         v = (
-            value.detach().expand(
-                *batch, *value.shape[len(value.shape) - max(value.dim() - len(batch), 0) :]
-            )
+            value.detach().expand(*batch, *value.shape[len(value.shape) - max(value.dim() - len(batch), 0) :])
             if value.dim() >= len(batch)
             else value.detach().expand(batch)
         )
@@ -68,14 +66,8 @@ class Learned(ControlVariate):
         full = tuple(signal.shape)
         if tuple(b.shape) in (batch + (1,), full + (1,)):
             b = b.squeeze(-1)
-        if (
-            tuple(b.shape) not in (batch, full)
-            and b.numel() == signal.numel()
-            and b.dim() > signal.dim()
-        ):
-            b = b.reshape(
-                full
-            )  # a per-row context with several sample dims (a child node below copies)
+        if tuple(b.shape) not in (batch, full) and b.numel() == signal.numel() and b.dim() > signal.dim():
+            b = b.reshape(full)  # a per-row context with several sample dims (a child node below copies)
         if tuple(b.shape) not in (batch, full):
             raise ValueError(
                 f"`module` of Learned must return [*batch_shape] = {list(batch)} or, when the context "

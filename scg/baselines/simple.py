@@ -55,9 +55,7 @@ class _RunningState(ControlVariate):
         if "steps" in self._buffers:
             self._follow("steps", like, torch.long)
 
-    def _load_from_state_dict(
-        self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any
-    ) -> None:
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
         for name in self._floating:
             saved = state_dict.get(prefix + name)
             buf = self._buffers.get(name)
@@ -160,9 +158,7 @@ class MovingAverage(_RunningState):
         if self.optimal:
             return self._forward_optimal(signal, ctx, updating)
         b = self._buffers["value"]
-        out = signal - (
-            b if b.dtype == signal.dtype and b.device == signal.device else b.to(signal)
-        )
+        out = signal - (b if b.dtype == signal.dtype and b.device == signal.device else b.to(signal))
         if updating:
             # In-place update of buffers from detached values: records no graph, and ``out``
             # (a subtraction saves no inputs) is unaffected.

@@ -152,9 +152,7 @@ class Estimator(nn.Module):
     def laws(self, dist: Distribution, num_samples: int) -> dict[str, Law]:  # pragma: no cover
         raise NotImplementedError(f"{type(self).__name__} must implement laws(dist, num_samples).")
 
-    def parts(
-        self, dist: Distribution, draws: dict[str, Tensor], *, context: Tensor | None = None
-    ) -> Parts:
+    def parts(self, dist: Distribution, draws: dict[str, Tensor], *, context: Tensor | None = None) -> Parts:
         raise NotImplementedError(
             f"{type(self).__name__} implements no parts(dist, draws): it can serve scg.expectation "
             "(through its surrogate()) but not be a node of scg.Graph."
@@ -163,9 +161,7 @@ class Estimator(nn.Module):
     def check(self, dist: Distribution) -> None:
         """Raise ``TypeError`` if the estimator does not apply to ``dist``."""
         if not isinstance(dist, Distribution):
-            raise TypeError(
-                f"`dist` must be a torch.distributions.Distribution; got {type(dist).__name__}."
-            )
+            raise TypeError(f"`dist` must be a torch.distributions.Distribution; got {type(dist).__name__}.")
 
     def evaluations(self, dist: Distribution, num_samples: int) -> int:
         """Number of evaluations of ``f`` (per batch element) for one estimate."""
@@ -254,9 +250,7 @@ def default_estimator(dist: Distribution, num_samples: int) -> Estimator:
     from scg.estimators.score_function import ScoreFunction
 
     if not isinstance(dist, Distribution):
-        raise TypeError(
-            f"`dist` must be a torch.distributions.Distribution; got {type(dist).__name__}."
-        )
+        raise TypeError(f"`dist` must be a torch.distributions.Distribution; got {type(dist).__name__}.")
     if dist.has_rsample:
         return Pathwise()
     return ScoreFunction(baseline=LeaveOneOut() if num_samples >= 2 else None)

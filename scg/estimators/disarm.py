@@ -80,16 +80,10 @@ class DisARM(Estimator):
         base, _ = bernoulli_base(dist, "DisARM")
         shape = (num_samples, *dist.batch_shape, *dist.event_shape)
         theta = torch.sigmoid(base.logits.detach()).expand(shape)
-        points = torch.stack(
-            [torch.minimum(theta, 1 - theta), torch.maximum(theta, 1 - theta)], dim=-1
-        )
-        return {
-            "u": StandardUniform(shape=shape, dtype=theta.dtype, device=theta.device, points=points)
-        }
+        points = torch.stack([torch.minimum(theta, 1 - theta), torch.maximum(theta, 1 - theta)], dim=-1)
+        return {"u": StandardUniform(shape=shape, dtype=theta.dtype, device=theta.device, points=points)}
 
-    def parts(
-        self, dist: Distribution, draws: dict[str, Tensor], *, context: Tensor | None = None
-    ) -> Parts:
+    def parts(self, dist: Distribution, draws: dict[str, Tensor], *, context: Tensor | None = None) -> Parts:
         base, _ = bernoulli_base(dist, "DisARM")
         u = draws["u"]
         event_dims = tuple(range(-len(dist.event_shape), 0))
@@ -100,9 +94,7 @@ class DisARM(Estimator):
         # (−1)^{b̃} 1[b ≠ b̃] σ(|φ|): the per-element factor of the pair's cost difference
         factor = (1 - 2 * b_anti) * (b != b_anti).to(u.dtype) * torch.sigmoid(phi.detach().abs())
 
-        def term(
-            signal: Tensor, f: Cost | None, sample_dims: int
-        ) -> tuple[Tensor, Tensor | None]:
+        def term(signal: Tensor, f: Cost | None, sample_dims: int) -> tuple[Tensor, Tensor | None]:
             diff = 0.5 * (signal[0] - signal[1]).detach()  # [n, *batch]
             diff = diff.reshape(*diff.shape, *([1] * len(event_dims)))
             rows = (phi - phi.detach()) * (diff * factor)

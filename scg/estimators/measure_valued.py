@@ -167,9 +167,7 @@ class MeasureValued(Estimator):
         ref = base.probs if not isinstance(base, Poisson) else base.rate
         return {"z": FromDistribution(shape=shape, dist=dist, dtype=ref.dtype, device=ref.device)}
 
-    def parts(
-        self, dist: Distribution, draws: dict[str, Tensor], *, context: Tensor | None = None
-    ) -> Parts:
+    def parts(self, dist: Distribution, draws: dict[str, Tensor], *, context: Tensor | None = None) -> Parts:
         self.check(dist)
         base, k = unwrap(dist)
         batch = tuple(dist.batch_shape)
@@ -190,9 +188,7 @@ class MeasureValued(Estimator):
         if isinstance(base, Bernoulli):
             p = base.probs.expand(tuple(batch) + tuple(full[1 + nb :])).reshape(*batch, E)
             ones, zeros = torch.ones_like(zf), torch.zeros_like(zf)
-            value = copies_of(
-                torch.cat([zf.unsqueeze(0), replace_each(zf, ones), replace_each(zf, zeros)])
-            )
+            value = copies_of(torch.cat([zf.unsqueeze(0), replace_each(zf, ones), replace_each(zf, zeros)]))
 
             def gradient(signal: Tensor) -> Tensor:
                 f1, f0 = signal[1 : 1 + E], signal[1 + E :]
@@ -206,9 +202,9 @@ class MeasureValued(Estimator):
                 return ((lam - lam.detach()) * g).sum(-1)
         else:  # Categorical / OneHotCategorical
             K = base.probs.shape[-1]
-            probs = base.probs.expand(
-                tuple(batch) + tuple(full[1 + nb : 1 + nb + k]) + (K,)
-            ).reshape(*batch, E, K)
+            probs = base.probs.expand(tuple(batch) + tuple(full[1 + nb : 1 + nb + k]) + (K,)).reshape(
+                *batch, E, K
+            )
             cands = [zf.unsqueeze(0)]
             for c in range(K):
                 if trailing:
@@ -225,9 +221,7 @@ class MeasureValued(Estimator):
                 )  # [n,*batch,E,K]
                 return ((probs - probs.detach()) * g).sum((-1, -2))
 
-        def term(
-            signal: Tensor, f: Cost | None, sample_dims: int
-        ) -> tuple[Tensor, Tensor | None]:
+        def term(signal: Tensor, f: Cost | None, sample_dims: int) -> tuple[Tensor, Tensor | None]:
             signal, extra = self._controlled(signal, value, dist, f, context)
             rows = gradient(signal)
             return rows, extra
@@ -295,18 +289,14 @@ class MeasureValued(Estimator):
         loc_e = split_event(loc.unsqueeze(0), nb, k).squeeze(0)
         scale_e = split_event(scale.unsqueeze(0), nb, k).squeeze(0)
 
-        def term(
-            signal: Tensor, f: Cost | None, sample_dims: int
-        ) -> tuple[Tensor, Tensor | None]:
+        def term(signal: Tensor, f: Cost | None, sample_dims: int) -> tuple[Tensor, Tensor | None]:
             signal, extra = self._controlled(signal, value, dist, f, context)
             fw_p, fw_m, fm_p, fm_m = (
                 signal[1:].detach().reshape(4, E, n, *batch).movedim(1, -1)
             )  # [n, *batch, E]
             g_mu = (fw_p - fw_m) / (sd_e * math.sqrt(2 * math.pi))
             g_sd = (fm_p - fm_m) / sd_e
-            return ((loc_e - loc_e.detach()) * g_mu + (scale_e - scale_e.detach()) * g_sd).sum(
-                -1
-            ), extra
+            return ((loc_e - loc_e.detach()) * g_mu + (scale_e - scale_e.detach()) * g_sd).sum(-1), extra
 
         return Parts(value, copies=_first(value.shape[0], eps), term=term)
 

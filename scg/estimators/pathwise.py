@@ -233,29 +233,21 @@ class Pathwise(Estimator):
             shape = (num_samples, *dist.batch_shape, *dist.event_shape)
             return {"z": ImplicitSample(shape=shape, dist=dist)}
         law_cls, _, base = rep
-        return {
-            "eps": law_like(law_cls, (num_samples, *base.batch_shape, *base.event_shape), base.mean)
-        }
+        return {"eps": law_like(law_cls, (num_samples, *base.batch_shape, *base.event_shape), base.mean)}
 
-    def parts(
-        self, dist: Distribution, draws: dict[str, Tensor], *, context: Tensor | None = None
-    ) -> Parts:
+    def parts(self, dist: Distribution, draws: dict[str, Tensor], *, context: Tensor | None = None) -> Parts:
         if "eps" not in draws:  # implicit reparameterisation: the draw is dist.rsample's own sample
             z = draws["z"]
         else:
             rep = _reparameterize(dist)
             if rep is None:
-                raise TypeError(
-                    f"`dist` {type(dist).__name__} has no explicit noise for Pathwise draws."
-                )
+                raise TypeError(f"`dist` {type(dist).__name__} has no explicit noise for Pathwise draws.")
             z = rep[1](draws["eps"])
         baseline = self.baseline
         if baseline is None:
             return Parts(z)
 
-        def term(
-            signal: Tensor, f: Cost | None, sample_dims: int
-        ) -> tuple[Tensor, Tensor | None]:
+        def term(signal: Tensor, f: Cost | None, sample_dims: int) -> tuple[Tensor, Tensor | None]:
             shape = signal.shape
             rows = signal_rows(signal, sample_dims, baseline)
             lp = dist.log_prob(z.detach()).detach().reshape(rows.shape)

@@ -115,12 +115,8 @@ class RELAX(Estimator):
     def __init__(self, control_variate: nn.Module | None = None) -> None:
         super().__init__()
         if control_variate is not None and not isinstance(control_variate, nn.Module):
-            raise TypeError(
-                f"`control_variate` must be an nn.Module; got {type(control_variate).__name__}."
-            )
-        self.control_variate = (
-            control_variate if control_variate is not None else REBARControlVariate()
-        )
+            raise TypeError(f"`control_variate` must be an nn.Module; got {type(control_variate).__name__}.")
+        self.control_variate = control_variate if control_variate is not None else REBARControlVariate()
 
     def check(self, dist: Distribution) -> None:
         bernoulli_base(dist, "RELAX")
@@ -138,9 +134,7 @@ class RELAX(Estimator):
             "v": StandardUniform(shape=shape, **kw),
         }
 
-    def parts(
-        self, dist: Distribution, draws: dict[str, Tensor], *, context: Tensor | None = None
-    ) -> Parts:
+    def parts(self, dist: Distribution, draws: dict[str, Tensor], *, context: Tensor | None = None) -> Parts:
         base, _ = bernoulli_base(dist, "RELAX")
         u, v = draws["u"], draws["v"]
         eps = torch.finfo(u.dtype).eps
@@ -150,9 +144,7 @@ class RELAX(Estimator):
         b = (phi0 + _logit(u) > 0).to(u.dtype)
         cv = self.control_variate
 
-        def term(
-            signal: Tensor, f: Cost | None, sample_dims: int
-        ) -> tuple[Tensor, Tensor | None]:
+        def term(signal: Tensor, f: Cost | None, sample_dims: int) -> tuple[Tensor, Tensor | None]:
             cost_fn = f if f is not None else _no_cost_function
             f_b = signal.detach()
             psi = dict(cv.named_parameters())
@@ -181,9 +173,7 @@ class RELAX(Estimator):
                 return (signal_ * log_p + checked_cv(params, z) - checked_cv(params, z_tilde)).sum()
 
             def g_hat(params: dict[str, Tensor]) -> Tensor:
-                return torch.func.grad(inner)(
-                    phi0, params
-                )  # [n, *batch, *event]: per-row estimates
+                return torch.func.grad(inner)(phi0, params)  # [n, *batch, *event]: per-row estimates
 
             extra = None
             if psi:

@@ -47,9 +47,7 @@ class _Relaxation(Estimator):
             jump = self._jump(torch.sigmoid(ref.detach()))
             if jump is not None:  # where the discrete sample, hence the integrand, jumps in u
                 points = jump.expand(shape).unsqueeze(-1)
-        return {
-            "u": StandardUniform(shape=shape, dtype=ref.dtype, device=ref.device, points=points)
-        }
+        return {"u": StandardUniform(shape=shape, dtype=ref.dtype, device=ref.device, points=points)}
 
     def _jump(self, p: Tensor) -> Tensor | None:
         return None
@@ -91,9 +89,7 @@ class GumbelSoftmax(_Relaxation):
         self.temperature = check_positive("temperature", temperature)
         self.hard = bool(hard)
 
-    def parts(
-        self, dist: Distribution, draws: dict[str, Tensor], *, context: Tensor | None = None
-    ) -> Parts:
+    def parts(self, dist: Distribution, draws: dict[str, Tensor], *, context: Tensor | None = None) -> Parts:
         base = _discrete_base(dist, self.name)
         u = draws["u"]
         if isinstance(base, Bernoulli):
@@ -137,9 +133,7 @@ class StraightThrough(_Relaxation):
 
     name = "StraightThrough"
 
-    def parts(
-        self, dist: Distribution, draws: dict[str, Tensor], *, context: Tensor | None = None
-    ) -> Parts:
+    def parts(self, dist: Distribution, draws: dict[str, Tensor], *, context: Tensor | None = None) -> Parts:
         base = _discrete_base(dist, self.name)
         u = draws["u"]
         if isinstance(base, Bernoulli):

@@ -73,18 +73,14 @@ class ScoreFunction(Estimator):
         kw = {} if ref is None else {"dtype": ref.dtype, "device": ref.device}
         return {"z": FromDistribution(shape=shape, dist=dist, **kw)}
 
-    def parts(
-        self, dist: Distribution, draws: dict[str, Tensor], *, context: Tensor | None = None
-    ) -> Parts:
+    def parts(self, dist: Distribution, draws: dict[str, Tensor], *, context: Tensor | None = None) -> Parts:
         z = draws["z"].detach()  # replayed draws may be attached; the score function needs z fixed
         log_q = dist.log_prob(z)
         baseline = self.baseline
         if baseline is None:
             return Parts(z, log_prob=log_q)
 
-        def term(
-            signal: Tensor, f: Cost | None, sample_dims: int
-        ) -> tuple[Tensor, Tensor | None]:
+        def term(signal: Tensor, f: Cost | None, sample_dims: int) -> tuple[Tensor, Tensor | None]:
             shape = signal.shape
             rows = signal_rows(signal, sample_dims, baseline)
             lp = log_q if sample_dims == 1 else log_q.reshape(rows.shape)

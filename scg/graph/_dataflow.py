@@ -100,9 +100,7 @@ class Tracker:
         if fn is None:
             if not in_transform():  # eager mode: the value becomes a leaf that requires grad
                 value = value.detach().requires_grad_()
-                self.leaves[id(value)] = (
-                    name  # the graph's node keeps the value alive: the id stays its own
-                )
+                self.leaves[id(value)] = name  # the graph's node keeps the value alive: the id stays its own
                 if self.first_sequence_nr < 0:
                     self.first_sequence_nr = (
                         next_sequence_nr()
@@ -131,9 +129,7 @@ class Tracker:
         found: set[str] = set()
         _roots_of(dist, roots, found, self.leaves, 0)
         if roots:
-            found |= walk(
-                roots, self.boundaries, self.first_sequence_nr, self.leaves, self.closures, nodes
-            )
+            found |= walk(roots, self.boundaries, self.first_sequence_nr, self.leaves, self.closures, nodes)
         return found
 
     def origin(self, t: Tensor) -> tuple[Any | None, str | None]:
@@ -151,9 +147,7 @@ class Tracker:
         ``nodes``: how many graph nodes there were when ``root`` was created
         (later ones cannot be read by it).
         """
-        return walk(
-            (root,), self.boundaries, self.first_sequence_nr, self.leaves, self.closures, nodes
-        )
+        return walk((root,), self.boundaries, self.first_sequence_nr, self.leaves, self.closures, nodes)
 
 
 def autograd_node(t: Tensor) -> Any | None:
@@ -250,9 +244,7 @@ def walk(
     return found
 
 
-def _roots_of(
-    obj: Any, roots: list[Any], found: set[str], leaves: Mapping[int, str], depth: int
-) -> None:
+def _roots_of(obj: Any, roots: list[Any], found: set[str], leaves: Mapping[int, str], depth: int) -> None:
     """Collect the autograd nodes of the tensors a distribution was built from.
 
     Recurses into base distributions, transforms and lists or tuples of them
@@ -276,16 +268,12 @@ def _roots_of(
             _roots_of(value, roots, found, leaves, depth + 1)
 
 
-def aligned_shape(
-    source: tuple[int, ...], target: tuple[int, ...], lead: int = 1
-) -> tuple[int, ...] | None:
+def aligned_shape(source: tuple[int, ...], target: tuple[int, ...], lead: int = 1) -> tuple[int, ...] | None:
     """Shape of ``align(x, target, lead)`` for ``x`` of shape ``source``, or ``None`` if they do not align."""
     rank = len(target)
     if len(source) < lead:
         return None
-    shape = (
-        list(source[:rank]) if len(source) >= rank else list(source) + [1] * (rank - len(source))
-    )
+    shape = list(source[:rank]) if len(source) >= rank else list(source) + [1] * (rank - len(source))
     for i in range(lead):
         if shape[i] not in (1, target[i]) and target[i] != 1:
             return None

@@ -132,9 +132,7 @@ class Graph:
             check_positive_int("num_samples", num_samples)
         self.num_samples = num_samples
         if draws is not None and not isinstance(draws, Mapping):
-            raise TypeError(
-                f"`draws` must be a mapping node name -> draws; got {type(draws).__name__}."
-            )
+            raise TypeError(f"`draws` must be a mapping node name -> draws; got {type(draws).__name__}.")
         for key, value in (draws or {}).items():
             if not isinstance(value, Mapping):
                 raise TypeError(
@@ -143,14 +141,10 @@ class Graph:
         self._replay = {k: dict(v) for k, v in draws.items()} if draws else None
         self._nodes: dict[str, Node] = {}
         self._costs: dict[str, Cost] = {}
-        self._scoring: list[
-            str
-        ] = []  # score-function nodes with a log-probability, in sampling order
+        self._scoring: list[str] = []  # score-function nodes with a log-probability, in sampling order
         self._flow = Tracker()  # the nodes' values in the autograd graph
         self._integer_valued: set[str] = set()  # integer-valued nodes (invisible to autograd)
-        self._lp_shapes: set[torch.Size] = (
-            set()
-        )  # shapes of the score-function nodes' log-probabilities
+        self._lp_shapes: set[torch.Size] = set()  # shapes of the score-function nodes' log-probabilities
         self._sizes: list[int] = [num_samples]  # sample dims from S outwards
         self._axes: list[Tensor | None] = [None]  # their weights (None: uniform)
         self._done = False
@@ -195,9 +189,7 @@ class Graph:
         check_node_estimator(name, estimator, dist, S)
         tracking = torch.is_grad_enabled()
         flow = self._flow
-        parents = (
-            flow.parents(dist, len(nodes)) if tracking and flow.first_sequence_nr >= 0 else set()
-        )
+        parents = flow.parents(dist, len(nodes)) if tracking and flow.first_sequence_nr >= 0 else set()
         if depends_on is not None:
             parents |= self._resolve(depends_on)
         batch_shape = tuple(dist.batch_shape)
@@ -207,15 +199,11 @@ class Graph:
             if hidden:  # integer-valued (or untracked) earlier nodes: assume they feed this one
                 child = True
                 parents |= hidden
-        if (
-            depends_on is None and child and self._integer_valued
-        ):  # a child may read integer samples unseen
+        if depends_on is None and child and self._integer_valued:  # a child may read integer samples unseen
             parents |= self._integer_valued
         if child:
             base_rank = (
-                self._prefix_rank(batch_shape)
-                if not tracking
-                else max(nodes[p].rank for p in parents)
+                self._prefix_rank(batch_shape) if not tracking else max(nodes[p].rank for p in parents)
             )
             self._check_prefix(name, batch_shape, base_rank, parents)
             prefix = batch_shape[:base_rank]
@@ -297,9 +285,7 @@ class Graph:
         if self._done or type(name) is not str or not name or name in nodes or name in self._costs:
             self._check_new("cost", name)
         if not isinstance(value, Tensor):
-            raise TypeError(
-                f"`value` of cost {name!r} must be a torch.Tensor; got {type(value).__name__}."
-            )
+            raise TypeError(f"`value` of cost {name!r} must be a torch.Tensor; got {type(value).__name__}.")
         if not value.is_floating_point():
             raise TypeError(
                 f"`value` of cost {name!r} must be a floating-point tensor; got dtype {value.dtype}."
@@ -333,12 +319,9 @@ class Graph:
                 known |= self._resolve(depends_on)
             cost = Cost(name, value, scale, root, known, len(nodes), depends_on is not None)
             if len(self._sizes) > 1 or any(
-                lp != shape and aligned_shape(tuple(lp), tuple(shape)) is None
-                for lp in self._lp_shapes
+                lp != shape and aligned_shape(tuple(lp), tuple(shape)) is None for lp in self._lp_shapes
             ):
-                self._resolve_dependencies(
-                    cost
-                )  # raises here if the cost does not line up with its nodes
+                self._resolve_dependencies(cost)  # raises here if the cost does not line up with its nodes
         else:
             if depends_on is not None:
                 self._resolve(depends_on)
@@ -358,9 +341,7 @@ class Graph:
             self._check_new("surrogate")
         self._done = True
         if not self._costs:
-            raise ValueError(
-                "a Graph needs at least one cost before surrogate(); call g.cost(name, value)."
-            )
+            raise ValueError("a Graph needs at least one cost before surrogate(); call g.cost(name, value).")
         for c in self._costs.values():
             if c.deps is None:
                 self._resolve_dependencies(c)
@@ -404,13 +385,9 @@ class Graph:
 
     def _prefix_rank(self, shape: tuple[int, ...]) -> int:
         """The most sample dims ``shape`` starts with (S last, copies as 1 or their size), or 0."""
-        return next(
-            (r for r in range(len(self._sizes), 0, -1) if starts_with(shape, self._sizes, r)), 0
-        )
+        return next((r for r in range(len(self._sizes), 0, -1) if starts_with(shape, self._sizes, r)), 0)
 
-    def _check_prefix(
-        self, name: str, batch_shape: tuple[int, ...], rank: int, parents: set[str]
-    ) -> None:
+    def _check_prefix(self, name: str, batch_shape: tuple[int, ...], rank: int, parents: set[str]) -> None:
         if not (rank > 0 and starts_with(batch_shape, self._sizes, rank)):
             want = list(reversed(self._sizes[: max(rank, 1)]))
             raise ValueError(

@@ -100,9 +100,7 @@ class Node:
         self.rank = rank
         self.base_rank = base_rank
         self.lift = lift
-        self.sample_shape = (
-            sample_shape  # the value's sample dims, outermost first (1 where broadcast)
-        )
+        self.sample_shape = sample_shape  # the value's sample dims, outermost first (1 where broadcast)
 
     @property
     def score(self) -> bool:
@@ -176,20 +174,18 @@ class Cost:
         self.scored: tuple[str, ...] = ()
         self.root = root
         self.known = known
-        self.nodes_before = nodes_before  # graph nodes when the cost was registered (the walk can find no later one)
-        self.rank = 1
-        self.narrow = (
-            narrow  # depends_on given: assumed dependencies on integer-valued nodes are dropped
+        self.nodes_before = (
+            nodes_before  # graph nodes when the cost was registered (the walk can find no later one)
         )
+        self.rank = 1
+        self.narrow = narrow  # depends_on given: assumed dependencies on integer-valued nodes are dropped
 
     def __repr__(self) -> str:
         deps = "pending" if self.deps is None else sorted(self.deps)
         return f"Cost({self.name!r}, deps={deps}, scale={self.scale})"
 
 
-def check_node_estimator(
-    name: str, estimator: object, dist: Distribution, num_samples: int
-) -> Estimator:
+def check_node_estimator(name: str, estimator: object, dist: Distribution, num_samples: int) -> Estimator:
     """Raise ``TypeError``/``ValueError`` unless ``estimator`` can serve node ``name``.
 
     It must be an :class:`~scg.Estimator` that implements ``parts``, apply to ``dist``,
@@ -267,7 +263,5 @@ def draw_parts(
             f"`{type(estimator).__name__}.parts` must return scg.Parts; got {type(parts).__name__}."
         )
     if parts.copies is not None and parts.log_prob is not None:
-        raise ValueError(
-            f"`{type(estimator).__name__}.parts` must not give both `log_prob` and `copies`."
-        )
+        raise ValueError(f"`{type(estimator).__name__}.parts` must not give both `log_prob` and `copies`.")
     return parts, draws

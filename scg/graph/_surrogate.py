@@ -41,9 +41,7 @@ def _mean_dim(x: Tensor, dim: int, w: Tensor | None) -> Tensor:
     return (w.to(x).reshape(shape) * x).sum(dim, keepdim=True)
 
 
-def signal_of(
-    node: Node, costs: Iterable[Cost], axes: Sequence[Tensor | None]
-) -> Tensor | None:
+def signal_of(node: Node, costs: Iterable[Cost], axes: Sequence[Tensor | None]) -> Tensor | None:
     """Node w's learning signal :math:`A_w = \\sum_{c ∋ w} s_c c` in w's graph shape ``[*sample dims, *batch]``.
 
     A cost's sample dims beyond w's, and those along which w's value is broadcast, are
@@ -154,6 +152,4 @@ def check_finite(total: Tensor, costs: Iterable[Cost]) -> None:
     for c in costs:
         if not bool(torch.isfinite(c.value).all()):
             raise ValueError(f"`value` of cost {c.name!r} must be finite; got inf or nan.")
-    raise ValueError(
-        "the surrogate is not finite (inf or nan): check the control variates' inputs."
-    )
+    raise ValueError("the surrogate is not finite (inf or nan): check the control variates' inputs.")

@@ -132,20 +132,14 @@ def law_points(
         return z
     standard = _measure_valued_normal(estimator, dist, law, z)
     if standard is not None:
-        return {"eps": standard, "m": standard, "w": np.concatenate([standard, -standard], 1)}.get(
-            name
-        )
+        return {"eps": standard, "m": standard, "w": np.concatenate([standard, -standard], 1)}.get(name)
     hook = getattr(estimator, "noise_breakpoints", None)
-    if (
-        callable(hook) and z is not None
-    ):  # an estimator may map z-space points into its own noise space
+    if callable(hook) and z is not None:  # an estimator may map z-space points into its own noise space
         mapped = hook(dist, int(law.shape[0]), torch.as_tensor(z)).get(name)
         return (
             None
             if mapped is None
-            else torch.as_tensor(mapped, dtype=torch.float64)
-            .reshape(int(np.prod(law.shape)), -1)
-            .numpy()
+            else torch.as_tensor(mapped, dtype=torch.float64).reshape(int(np.prod(law.shape)), -1).numpy()
         )
     return _pathwise_points(estimator, dist, law, z)
 

@@ -56,9 +56,7 @@ class Variable:
     values: Tensor  # [m, width (+ width of the partner)]
     weights: Tensor  # [m] float64
     piece: Tensor  # [m] long, the piece of every node (discrete values: one piece each)
-    partner: tuple[str, Tensor] | None = (
-        None  # a second law's (name, positions) in a nested rule
-    )
+    partner: tuple[str, Tensor] | None = None  # a second law's (name, positions) in a nested rule
 
     def columns(self) -> list[tuple[str, Tensor, slice]]:
         """``(law, positions, columns of values)`` for the law and its partner."""
@@ -111,9 +109,7 @@ def choose_nodes(
         for i in cont
         if nodes is not None and (isinstance(nodes, int) or specs[i].law in nodes)
     }
-    counts = [
-        given.get(i, _LIMITS[s.kind][0] if s.kind != "fixed" else 0) for i, s in enumerate(specs)
-    ]
+    counts = [given.get(i, _LIMITS[s.kind][0] if s.kind != "fixed" else 0) for i, s in enumerate(specs)]
 
     def log_total() -> float:
         return log_fixed + sum(math.log(_count(specs[i], counts[i])) for i in cont)
@@ -121,19 +117,12 @@ def choose_nodes(
     room = max(1, max_points // headroom)
     floors = [given.get(i, _LIMITS[specs[i].kind][2]) for i in cont]
     log_min = log_fixed + sum(math.log(_count(specs[i], n)) for i, n in zip(cont, floors, strict=False))
-    if (
-        log_min > math.log(room) + 1e-9
-    ):  # even the smallest grid is too large: refuse in O(variables)
-        counts = [
-            given.get(i, _LIMITS[s.kind][2] if s.kind != "fixed" else 0)
-            for i, s in enumerate(specs)
-        ]
+    if log_min > math.log(room) + 1e-9:  # even the smallest grid is too large: refuse in O(variables)
+        counts = [given.get(i, _LIMITS[s.kind][2] if s.kind != "fixed" else 0) for i, s in enumerate(specs)]
     elif len(given) < len(cont):
         for limit, floor in ((min(_TARGET, room), 1), (room, 2)):
             while log_total() > math.log(limit) + 1e-9:
-                movable = [
-                    i for i in cont if i not in given and counts[i] > _LIMITS[specs[i].kind][floor]
-                ]
+                movable = [i for i in cont if i not in given and counts[i] > _LIMITS[specs[i].kind][floor]]
                 if not movable:
                     break
                 i = max(movable, key=lambda i: counts[i] / _LIMITS[specs[i].kind][0])
@@ -141,9 +130,7 @@ def choose_nodes(
                 counts[i] = max(n_floor, min(counts[i] - 1, int(counts[i] * 0.85)))
     if log_total() > math.log(room) + 1e-9:
         pieces = sorted({specs[i].pieces for i in cont})
-        how = (
-            f"`nodes` = {nodes!r} per piece" if nodes is not None else "the minimum nodes per piece"
-        )
+        how = f"`nodes` = {nodes!r} per piece" if nodes is not None else "the minimum nodes per piece"
         raise ValueError(
             f"the exact grid needs about {_power_of_ten(log_total())} points > `max_points` = {max_points}"
             f"{'' if headroom == 1 else f' / {headroom} (room to refine)'}: "
@@ -343,9 +330,7 @@ class Grid:
             allowed[d] = False
             if bool(allowed.any()):
                 out[k] = int(
-                    torch.multinomial(
-                        torch.where(allowed, w, torch.zeros_like(w)), 1, generator=gen
-                    )
+                    torch.multinomial(torch.where(allowed, w, torch.zeros_like(w)), 1, generator=gen)
                 )
         return out
 

@@ -132,9 +132,7 @@ def _not_converged(
     max_points: int,
 ) -> ValueError:
     worst = max(errors, key=lambda i: float(torch.nan_to_num(errors[i] / tol, nan=math.inf).max()))
-    r, p = divmod(
-        int(torch.argmax(torch.nan_to_num(error / tol, nan=math.inf)).item()), value.shape[1]
-    )
+    r, p = divmod(int(torch.argmax(torch.nan_to_num(error / tol, nan=math.inf)).item()), value.shape[1])
     v, e = float(value[r, p]), float(error[r, p])
     p = p if columns is None else int(columns[p])
     return ValueError(

@@ -89,9 +89,7 @@ class Spec:
     size: int = 0  # number of values when kind == "fixed"
     edges: tuple[float, ...] | None = None  # piece edges (continuous variables)
     shared: bool = False  # the key determines the rule completely: cache it across calls
-    partner: tuple[str, np.ndarray] | None = (
-        None  # (law, positions) of a nested second coordinate
-    )
+    partner: tuple[str, np.ndarray] | None = None  # (law, positions) of a nested second coordinate
 
 
 #: Rules of shared specs, by ``key + (n,)``, least recently used first.
@@ -145,13 +143,9 @@ def _pieces_rule(
             if log_density is not None:
                 w = w * np.exp(log_density(x))
         elif kind == "de":
-            x, w = Q.double_exponential(
-                n, a, b, center=center, scale=scale, log_density=log_density
-            )
+            x, w = Q.double_exponential(n, a, b, center=center, scale=scale, log_density=log_density)
         elif n > GAUSS_MAX:  # "gauss" beyond what the discretised Stieltjes procedure resolves
-            x, w = Q.double_exponential(
-                n, a, b, center=center, scale=scale, log_density=log_density
-            )
+            x, w = Q.double_exponential(n, a, b, center=center, scale=scale, log_density=log_density)
         else:  # "gauss"
             if log_density is None:  # pragma: no cover - constructed with a density
                 raise ValueError("a Gauss rule on pieces needs the law's density.")
@@ -204,14 +198,10 @@ def _continuous_spec(
     )
 
 
-def _fixed_spec(
-    law: str, positions: np.ndarray, values: np.ndarray, probs: np.ndarray, key: tuple
-) -> Spec:
+def _fixed_spec(law: str, positions: np.ndarray, values: np.ndarray, probs: np.ndarray, key: tuple) -> Spec:
     keep = probs > 0
     values, probs = values[keep], probs[keep]
-    return Spec(
-        law, positions, lambda n: (values, probs / probs.sum()), key, 1, "fixed", len(probs)
-    )
+    return Spec(law, positions, lambda n: (values, probs / probs.sum()), key, 1, "fixed", len(probs))
 
 
 def distribution_specs(
@@ -233,9 +223,7 @@ def distribution_specs(
         K = int(base.probs.shape[-1])
         probs = base.probs.detach().expand(*batch, K).reshape(M, K).double().numpy()
         for j in range(M):
-            spec = _fixed_spec(
-                law, np.arange(K), np.eye(K), probs[j], ("onehot", tuple(probs[j].tolist()))
-            )
+            spec = _fixed_spec(law, np.arange(K), np.eye(K), probs[j], ("onehot", tuple(probs[j].tolist())))
             for s in range(S):
                 specs.append(replace(spec, positions=(s * M + j) * K + np.arange(K)))
         return specs
@@ -253,14 +241,10 @@ def distribution_specs(
             with torch.no_grad():
                 lp = d.log_prob(torch.as_tensor(support, dtype=dtype))
             key = _key(d) + ("support", len(support))
-            per_element.append(
-                _fixed_spec(law, np.array([j]), support, lp.exp().double().numpy(), key)
-            )
+            per_element.append(_fixed_spec(law, np.array([j]), support, lp.exp().double().numpy(), key))
             continue
         if getattr(d.support, "is_discrete", False):
-            raise TypeError(
-                f"the exact harness cannot enumerate the support of {type(base).__name__}."
-            )
+            raise TypeError(f"the exact harness cannot enumerate the support of {type(base).__name__}.")
         lo = float(getattr(d.support, "lower_bound", -math.inf))
         hi = float(getattr(d.support, "upper_bound", math.inf))
         cuts = [] if points is None else list(points[j])
@@ -374,9 +358,7 @@ def _clipped(make: Callable[[int], Rule]) -> Callable[[int], Rule]:
     return clipped
 
 
-def nested_uniform_spec(
-    outer: Spec, law: str, positions: np.ndarray, cuts: Sequence[float]
-) -> Spec:
+def nested_uniform_spec(outer: Spec, law: str, positions: np.ndarray, cuts: Sequence[float]) -> Spec:
     """A nested rule for ``(x, u)``, x by ``outer``'s rule and u ~ U(0, 1) split at ``c / x``.
 
     For a cost of ``a + b·x·u`` (measure-valued σ coupling ``μ + σMU``) that jumps where

@@ -64,9 +64,7 @@ def _discrete_support(d: Distribution) -> np.ndarray | None:
             p = float(d.probs)
             top = 0 if p >= 1.0 else int(math.ceil(math.log(TAIL * 1e-3) / math.log1p(-p))) + 1
         if top > 10**6:
-            raise ValueError(
-                f"the support of {type(d).__name__} is too long to enumerate (> 1e6 values)."
-            )
+            raise ValueError(f"the support of {type(d).__name__} is too long to enumerate (> 1e6 values).")
         k = np.arange(top + 1, dtype=np.float64)
         with torch.no_grad():
             pmf = d.log_prob(torch.as_tensor(k, dtype=torch.float64)).exp().numpy()

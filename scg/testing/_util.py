@@ -51,15 +51,11 @@ def as_params(params: Tensor | Sequence[Tensor]) -> tuple[Tensor, ...]:
     if isinstance(params, Tensor):
         params = (params,)
     if not isinstance(params, (tuple, list)) or not params:
-        raise TypeError(
-            f"`params` must be a non-empty tuple of tensors; got {type(params).__name__}."
-        )
+        raise TypeError(f"`params` must be a non-empty tuple of tensors; got {type(params).__name__}.")
     out = []
     for i, p in enumerate(params):
         if not isinstance(p, Tensor) or not p.is_floating_point():
-            raise TypeError(
-                f"`params[{i}]` must be a floating-point tensor; got {type(p).__name__}."
-            )
+            raise TypeError(f"`params[{i}]` must be a floating-point tensor; got {type(p).__name__}.")
         out.append(p.detach().clone())
     return tuple(out)
 

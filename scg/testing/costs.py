@@ -113,9 +113,7 @@ def polynomial(coefficients: Sequence[float], *, event_ndim: int = 0) -> TestCos
     cs = list(coefficients)
     if not cs:
         raise ValueError("`coefficients` must be non-empty; got [].")
-    return TestCost(
-        f"poly{tuple(cs)}", _poly(cs), _check_event_ndim(event_ndim), degree=len(cs) - 1
-    )
+    return TestCost(f"poly{tuple(cs)}", _poly(cs), _check_event_ndim(event_ndim), degree=len(cs) - 1)
 
 
 def shifted_square(k: float, *, event_ndim: int = 0) -> TestCost:

@@ -157,9 +157,7 @@ def exact_moments(
     check_int("max_points", max_points)
     check_nodes(nodes)
     check_tolerance(rtol, atol)
-    if not callable(getattr(estimator, "laws", None)) or not callable(
-        getattr(estimator, "surrogate", None)
-    ):
+    if not callable(getattr(estimator, "laws", None)) or not callable(getattr(estimator, "surrogate", None)):
         raise TypeError(f"`estimator` must be an scg Estimator; got {type(estimator).__name__}.")
     for arg, value in (("make_dist", make_dist), ("f", f)):
         if not callable(value):
@@ -187,9 +185,7 @@ def exact_moments(
                 )
         specs: list[_rules.Spec] = []
         for law_name, law in laws.items():
-            specs += _rules.law_specs(
-                law_name, law, law_points(estimator, dist0, law_name, law, breakpoints)
-            )
+            specs += _rules.law_specs(law_name, law, law_points(estimator, dist0, law_name, law, breakpoints))
         specs = _nest(specs, nested_points(estimator, dist0, laws, breakpoints))
         shapes = {law_name: tuple(law.shape) for law_name, law in laws.items()}
         dtypes = {law_name: _rules.sample_dtype(law) for law_name, law in laws.items()}
@@ -207,9 +203,7 @@ def exact_moments(
         state = {"vmap": True}
         for b, members in enumerate(groups):
 
-            def surrogate_sum(
-                p: tuple[Tensor, ...], draws: dict[str, Tensor], b: int = b
-            ) -> Tensor:
+            def surrogate_sum(p: tuple[Tensor, ...], draws: dict[str, Tensor], b: int = b) -> Tensor:
                 out = estimator.surrogate(f, make_dist(*p), draws, context=context)
                 return out.reshape(-1)[b] if len(groups) > 1 else out.sum()
 
@@ -229,9 +223,7 @@ def exact_moments(
                     surrogate_sum: Callable = surrogate_sum,
                     batched: Callable = batched,
                 ) -> tuple[Tensor, Tensor]:
-                    grid = _grid.Grid(
-                        _grid.build(sub, counts, dtypes, device), shapes, dtypes, device, fill
-                    )
+                    grid = _grid.Grid(_grid.build(sub, counts, dtypes, device), shapes, dtypes, device, fill)
                     value, scale = _integrate(grid, surrogate_sum, batched, ps, estimator, state)
                     return value[:, comps], scale[:, comps]
 
@@ -280,9 +272,7 @@ def _integrate(
     """``[mean, variance]`` of the gradient over the grid, and ``[E|ĝ|, E ĝ²]`` (the summands' scale)."""
     P = sum(p.numel() for p in ps)
     s0 = torch.zeros((), dtype=torch.float64, device=ps[0].device)
-    mean, m2, s_abs, s_sq = (
-        torch.zeros(P, dtype=torch.float64, device=ps[0].device) for _ in range(4)
-    )
+    mean, m2, s_abs, s_sq = (torch.zeros(P, dtype=torch.float64, device=ps[0].device) for _ in range(4))
     for draws, w in grid.chunks(_grid.chunk_size(grid.shapes)):
         G = None
         if state["vmap"]:
@@ -354,9 +344,7 @@ def _simplify(
                 continue
             parts.setdefault(tuple(law for law, d in depends.items() if bool(d[p])), []).append(p)
         if unseen:  # zero at every probe (e.g. another batch element's parameters): no evidence,
-            widest = (
-                max(parts, key=len) if parts else tuple(depends)
-            )  # so the grid of the most laws
+            widest = max(parts, key=len) if parts else tuple(depends)  # so the grid of the most laws
             parts.setdefault(widest, []).extend(unseen)
         out = []
         for laws, components in parts.items():
@@ -364,9 +352,7 @@ def _simplify(
             sub = _grid.freeze(specs, grid.variables, inert, per_piece=False) if inert else specs
             comps = torch.tensor(sorted(components))
             varies, seen_here = probe_grid(sub).probe(lambda d: gradients(d)[:, comps], within=True)
-            constant = [
-                law for law, d in varies.items() if bool(seen_here.any()) and not bool(d.any())
-            ]
+            constant = [law for law, d in varies.items() if bool(seen_here.any()) and not bool(d.any())]
             if constant:
                 sub = _grid.freeze(sub, probe_grid(sub).variables, constant, per_piece=True)
             out.append((comps, sub))

@@ -74,18 +74,14 @@ def _checked(name: str, n: int, x: np.ndarray, w: np.ndarray) -> Rule:
     """Nodes and weights after the checks every Gauss rule must pass: finite nodes, finite
     non-negative weights (weights that underflow to 0 in the far tails are dropped)."""
     if not (np.isfinite(x).all() and np.isfinite(w).all() and (w >= 0).all() and w.sum() > 0):
-        raise ValueError(
-            f"the {n}-node {name} rule has non-finite or negative weights; use fewer nodes."
-        )
+        raise ValueError(f"the {n}-node {name} rule has non-finite or negative weights; use fewer nodes.")
     keep = w > 0
     return x[keep], w[keep]
 
 
 @functools.lru_cache(maxsize=256)
 def _hermite(n: int) -> Rule:
-    x, w = _checked(
-        "Gauss–Hermite", n, *roots_hermitenorm(n)
-    )  # Golub–Welsch / asymptotics: stable at any n
+    x, w = _checked("Gauss–Hermite", n, *roots_hermitenorm(n))  # Golub–Welsch / asymptotics: stable at any n
     return _read_only(x, w / w.sum())
 
 
