@@ -373,7 +373,7 @@ def nested_uniform_spec(outer: Spec, law: str, positions: np.ndarray, cuts: Sequ
         rows, weights = [], []
         for x, w in zip(xs, ws, strict=False):
             edges = piece_edges(0.0, 1.0, [c / x for c in cuts] if x != 0 else [])
-            u, v = _clipped(lambda k: _pieces_rule("de", edges, k, None, 0.0, 1.0))(n)
+            u, v = _clipped(lambda k, e=edges: _pieces_rule("de", e, k, None, 0.0, 1.0))(n)
             rows.append(np.stack([np.full_like(u, x), u], 1))
             weights.append(w * v)
         return np.concatenate(rows), np.concatenate(weights)
