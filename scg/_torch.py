@@ -14,7 +14,9 @@ Behaviours relied on:
   ``AccumulateGrad`` node whose ``variable`` is the leaf itself;
 * tensors inside ``torch.func`` transforms are wrappers; unwrapping one level at a
   time reaches the level that records autograd; the interpreter stack is non-empty
-  exactly inside a transform.
+  exactly inside a transform;
+* inside ``DisableTorchFunctionSubclass`` an operation on a tensor subclass runs as
+  on a plain tensor and returns plain tensors (the graph's integer samples).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ __all__ = [
     "sequence_nr",
     "inputs_of",
     "leaf_variable",
+    "plain_torch_function",
 ]
 
 #: The autograd node type of leaves that require grad (their gradient accumulator).
@@ -76,3 +79,9 @@ def inputs_of(fn: Any) -> Iterator[Any | None]:
 def leaf_variable(fn: Any) -> Tensor:
     """The leaf tensor of a gradient accumulator node (type :data:`LEAF`)."""
     return fn.variable
+
+
+def plain_torch_function(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``func(*args, **kwargs)`` with tensor subclasses' ``__torch_function__`` disabled (plain results)."""
+    with torch._C.DisableTorchFunctionSubclass():
+        return func(*args, **kwargs)

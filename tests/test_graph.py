@@ -537,20 +537,26 @@ def test_relaxed_node_matches_its_estimator_on_the_same_draws(relaxed):
     torch.testing.assert_close(grad, torch.autograd.grad(ref, logits)[0])
 
 
-def test_integer_valued_node_is_credited_conservatively_and_depends_on_overrides():
+@pytest.mark.parametrize("mode", ["tracked", "escaped", "explicit"])
+def test_integer_valued_node_is_tracked_escapes_are_conservative_and_depends_on_overrides(mode):
+    """An integer Categorical sample is credited by data flow (indexing with it included); once its
+    value leaves the tensor domain (``int(c[0])``) later costs are assumed to depend on it; and
+    ``depends_on=`` narrows credit either way. Exact by enumeration in every mode."""
     table = t(0.5, -1.0, 2.0).requires_grad_()
 
-    def build(g, p, explicit):
+    def build(g, p, mode):
+        explicit = mode == "explicit"
         c = g.sample("c", Categorical(logits=p[:3]), scg.ScoreFunction())
         n = g.sample("n", Bernoulli(logits=p[3]), depends_on=[] if explicit else None)
-        g.cost("fc", table[c] ** 2)  # indexing with an integer sample: invisible to autograd
+        g.cost("fc", table[c] ** 2)  # indexing with an integer sample
+        if mode == "escaped":
+            _ = int(c[0])  # a Python int: whatever is computed from it cannot be seen
         g.cost("fn", (n - 0.2) ** 2, depends_on=["n"] if explicit else None)
         return g
 
-    g = build(scg.Graph(num_samples=2), t(0.1, 0.2, -0.3, 0.4).requires_grad_(), explicit=True)
-    assert g.dependencies() == {"fc": ("c",), "fn": ("n",)}
-    g = build(scg.Graph(num_samples=2), t(0.1, 0.2, -0.3, 0.4).requires_grad_(), explicit=False)
-    assert g.dependencies() == {"fc": ("c",), "fn": ("c", "n")}
+    g = build(scg.Graph(num_samples=2), t(0.1, 0.2, -0.3, 0.4).requires_grad_(), mode)
+    expected = ("c", "n") if mode == "escaped" else ("n",)
+    assert g.dependencies() == {"fc": ("c",), "fn": expected}
 
     def ref(p, v):
         c, n = v["c"], v["n"]
@@ -562,7 +568,7 @@ def test_integer_valued_node_is_credited_conservatively_and_depends_on_overrides
         for c in range(3)
         for n in (0.0, 1.0)
     ]
-    exact_check(lambda g, p: build(g, p, True), ref, t(0.1, 0.2, -0.3, 0.4), grid)
+    exact_check(lambda g, p: build(g, p, mode), ref, t(0.1, 0.2, -0.3, 0.4), grid)
 
 
 # ----------------------------------------------------------------- torch.func

@@ -49,3 +49,19 @@ def test_transforms_wrap_tensors_and_unwrapping_reaches_the_autograd_level():
     torch.func.vmap(torch.func.grad(f))(torch.ones(3, 2))
     assert seen == {"inside": True, "wrapped": True, "grad_fn": True}
     assert not T.in_transform() and not T.is_wrapped(torch.ones(1))
+
+
+def test_disabling_subclass_torch_function_runs_operations_as_on_plain_tensors():
+    calls = []
+
+    class Sub(torch.Tensor):
+        @classmethod
+        def __torch_function__(cls, func, types, args=(), kwargs=None):
+            calls.append(func)
+            return T.plain_torch_function(func, args, kwargs or {})
+
+    x = torch.arange(3).as_subclass(Sub)
+    y = x + 1
+    assert type(y) is torch.Tensor and torch.equal(y, torch.tensor([1, 2, 3]))
+    assert len(calls) == 1  # the inner call did not dispatch to the subclass again
+    assert x.add_(1) is x and type(x) is Sub  # in-place: the same object comes back

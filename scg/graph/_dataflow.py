@@ -52,6 +52,7 @@ from scg._torch import (
     sequence_nr,
     unwrapped,
 )
+from scg.graph._integer import IntegerSample, Source, tag
 
 _CONTAINERS = (Distribution, Transform)
 
@@ -119,6 +120,23 @@ class Tracker:
             self.first_sequence_nr = sequence_nr(fn)
         self.boundaries[fn] = name
         return value
+
+    def track_integer(
+        self, name: str, value: Tensor, ancestors: frozenset[str] = frozenset()
+    ) -> tuple[IntegerSample, Source]:
+        """Register integer-valued node ``name``; return its value as an :class:`IntegerSample` and its source.
+
+        The source's marker (a zero scalar leaf that requires grad) stands for the
+        node in the autograd graph: floating-point results computed from the value
+        add it (:mod:`scg.graph._integer`), so the walk finds the node as a leaf.
+        """
+        self.closures[name] = ancestors.union((name,))
+        marker = torch.zeros((), device=value.device, requires_grad=True)
+        source = Source(name, marker)
+        self.leaves[id(marker)] = name  # the source keeps the marker alive: the id stays its own
+        if self.first_sequence_nr < 0:
+            self.first_sequence_nr = next_sequence_nr()
+        return tag(value, source), source
 
     def parents(self, dist: Distribution, nodes: int) -> set[str]:
         """Names of the graph nodes that ``dist``'s parameters were computed from (see :func:`walk`).
@@ -254,7 +272,9 @@ def _roots_of(obj: Any, roots: list[Any], found: set[str], leaves: Mapping[int, 
     if depth > 8:  # distributions are shallow; stop on pathological cycles
         return
     for value in vars(obj).values() if isinstance(obj, _CONTAINERS) else obj:
-        if isinstance(value, Tensor):
+        if isinstance(value, IntegerSample):  # an integer parameter (e.g. Binomial's total_count)
+            found |= {leaves[id(s.marker)] for s in value.sources if id(s.marker) in leaves}
+        elif isinstance(value, Tensor):
             fn = value.grad_fn
             if fn is not None:
                 roots.append(fn)

@@ -8,10 +8,12 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
-from scg._checks import check_positive, check_positive_int
+from scg._checks import check_positive, check_positive_int, compiling
+from scg._torch import in_transform
 from scg.estimators.base import Estimator, default_estimator
 from scg.graph._credit import resolve_dependencies
 from scg.graph._dataflow import Tracker, aligned_shape, is_tracked
+from scg.graph._integer import Source
 from scg.graph._nodes import Cost, Node, check_node_estimator, draw_parts, starts_with
 from scg.graph._surrogate import surrogate
 
@@ -65,10 +67,12 @@ class Graph:
     * non-differentiable uses of a sample (comparisons, ``.long()``, indexing with a
       sample): declare them with ``depends_on=[...]``; ``g.dependencies()`` shows
       what was found;
-    * integer-valued samples (``Categorical``) carry no autograd history: every later
-      cost and node without ``depends_on`` is assumed to depend on them (unbiased,
-      more variance than necessary) — pass ``depends_on=`` to narrow it, or use
-      ``OneHotCategorical``, whose float samples are tracked;
+    * integer-valued samples (``Categorical``) carry no autograd history: they are
+      handed out as a tensor subclass that tracks torch operations on them
+      (``table[c]``, ``F.one_hot(c)``, comparisons); once the value leaves the tensor
+      domain (``.item()``, ``int(c)``, writes into untracked tensors) later costs and
+      nodes are assumed to depend on it (unbiased, more variance than necessary);
+      ``depends_on=`` narrows credit in every case;
     * detached samples are handed out as leaves that require grad, so that autograd
       records who reads them (consequences: ``docs/graph.md``).
 
@@ -143,7 +147,8 @@ class Graph:
         self._costs: dict[str, Cost] = {}
         self._scoring: list[str] = []  # score-function nodes with a log-probability, in sampling order
         self._flow = Tracker()  # the nodes' values in the autograd graph
-        self._integer_valued: set[str] = set()  # integer-valued nodes (invisible to autograd)
+        self._integer_valued: set[str] = set()  # integer-valued nodes whose data flow is not tracked
+        self._sources: list[Source] = []  # integer-valued nodes tracked through torch operations
         self._lp_shapes: set[torch.Size] = set()  # shapes of the score-function nodes' log-probabilities
         self._sizes: list[int] = [num_samples]  # sample dims from S outwards
         self._axes: list[Tensor | None] = [None]  # their weights (None: uniform)
@@ -194,13 +199,14 @@ class Graph:
             parents |= self._resolve(depends_on)
         batch_shape = tuple(dist.batch_shape)
         child = bool(parents)
+        unseen = self._unseen_integers()
         if depends_on is None and not child and self._prefix_rank(batch_shape):
-            hidden = self._integer_valued if tracking else set(nodes)
+            hidden = unseen if tracking else set(nodes)
             if hidden:  # integer-valued (or untracked) earlier nodes: assume they feed this one
                 child = True
                 parents |= hidden
-        if depends_on is None and child and self._integer_valued:  # a child may read integer samples unseen
-            parents |= self._integer_valued
+        if depends_on is None and child and unseen:  # a child may read integer samples unseen
+            parents |= unseen
         if child:
             base_rank = (
                 self._prefix_rank(batch_shape) if not tracking else max(nodes[p].rank for p in parents)
@@ -251,6 +257,10 @@ class Graph:
                 node.log_prob = parts.log_prob.squeeze(0) if child else parts.log_prob
             if not integer_valued:
                 value = flow.track(name, value, node.ancestors)
+            elif not (in_transform() or compiling()):
+                value, source = flow.track_integer(name, value, node.ancestors)
+                self._sources.append(source)
+                integer_valued = False
         node.value = value
         nodes[name] = node
         if integer_valued:
@@ -259,6 +269,10 @@ class Graph:
             self._scoring.append(name)
             self._lp_shapes.add(node.log_prob.shape)
         return value
+
+    def _unseen_integers(self) -> set[str]:
+        """Integer-valued nodes whose readers cannot all be seen: untracked, or escaped tracking."""
+        return self._integer_valued | {s.name for s in self._sources if s.escaped}
 
     # ------------------------------------------------------------------ costs
     def cost(
@@ -307,8 +321,9 @@ class Graph:
                     root, leaf = self._flow.origin(value)
             known = set() if leaf is None else {leaf}
             if depends_on is None:
-                if self._integer_valued:
-                    known |= self._integer_valued
+                unseen = self._unseen_integers()
+                if unseen:
+                    known |= unseen
                 elif root is None and leaf is None and not is_tracked(value):
                     raise ValueError(
                         f"cost {name!r} depends on no node and no parameter (its value has no autograd history). "

@@ -90,7 +90,7 @@ def surrogate(
     Raises:
         ValueError: the surrogate is not finite (see :func:`check_finite`).
     """
-    boxes: dict[tuple[tuple[str, ...], tuple[int, ...]], Tensor] = {}
+    boxes: dict[tuple[tuple[str, ...], tuple[int, ...]], Tensor | None] = {}
     total: Tensor | None = None
     for c in costs:
         tau: Tensor | None = None
@@ -102,12 +102,14 @@ def surrogate(
                 for n in c.scored:
                     node = nodes[n]
                     lp = node.log_prob
+                    if lp is None:  # not reached: scored nodes have a log-probability
+                        continue
                     if node.rank < c.rank:
-                        lp = lp.reshape((1,) * (c.rank - node.rank) + tuple(lp.shape))  # type: ignore[union-attr]
-                    if lp.shape != shape:  # type: ignore[union-attr]
-                        lp = align(lp, shape, c.rank)  # type: ignore[arg-type]
+                        lp = lp.reshape((1,) * (c.rank - node.rank) + tuple(lp.shape))
+                    if lp.shape != shape:
+                        lp = align(lp, shape, c.rank)
                     tau = lp if tau is None else tau + lp
-                boxes[key] = tau  # type: ignore[assignment]
+                boxes[key] = tau
         t = cost_term(c.value, tau, _axes(axes, c.rank)).sum()
         if c.scale != 1.0:
             t = t * c.scale
