@@ -50,6 +50,7 @@ References:
 
 from __future__ import annotations
 
+import datetime
 import inspect
 import json
 import math
@@ -64,11 +65,15 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from scg.distributed import init_from_env, rank_and_world, rank_seed, sync_buffers
+from scg.checks import check_positive
+from scg.distributed import init_from_env, rank_and_world, rank_seed, sync_buffers, timeout_from_env
 from scg.models.checkpoint import load_checkpoint
 from scg.models.train import History, TrainConfig, _check_fit_args, _Steps, _train, resolve_device
 
-__all__ = ["local_slice", "DataParallelStep", "fit_distributed"]
+__all__ = ["local_slice", "DataParallelStep", "fit_distributed", "DEFAULT_TIMEOUT"]
+
+#: Default seconds a training collective waits for the slowest rank (torch's default for gloo).
+DEFAULT_TIMEOUT = 1800.0
 
 _DDP_ARGS = inspect.signature(DistributedDataParallel.__init__).parameters
 
@@ -286,6 +291,7 @@ def fit_distributed(
     transform: Callable[[Tensor], Tensor] | None = None,
     stop_after: int | None = None,
     find_unused_parameters: bool = False,
+    timeout: float | None = None,
 ) -> History:
     r""":func:`scg.models.fit` on W processes: each rank trains on its part of a global batch of W·B.
 
@@ -306,13 +312,19 @@ def fit_distributed(
         transform: applied to each rank's batch (e.g. dynamic binarisation, from the rank's RNG).
         stop_after: end after this many epochs in total (simulates a killed run).
         find_unused_parameters: DDP option for models whose loss leaves some parameters unused.
+        timeout: seconds a collective waits for the slowest rank before this rank fails
+            (a rank that stops responding); default ``SCG_DIST_TIMEOUT`` if set, else
+            :data:`DEFAULT_TIMEOUT` (30 minutes, torch's own default).
 
     Returns:
         :class:`~scg.models.History` (the same on every rank).
     """
     _check_fit_args(model, train, val, config, stop_after)
     dev = _device(device)
-    rank, world = init_from_env(backend="nccl" if dev.type == "cuda" else "gloo")
+    if timeout is not None:
+        check_positive("timeout", timeout)
+    wait = timeout_from_env(DEFAULT_TIMEOUT) if timeout is None else datetime.timedelta(seconds=timeout)
+    rank, world = init_from_env(backend="nccl" if dev.type == "cuda" else "gloo", timeout=wait)
     steps = _DataParallelSteps(dev, rank, world, find_unused_parameters)
     return _train(
         steps,
@@ -365,6 +377,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=None, help="checkpoint folder (resumable)")
     p.add_argument("--json", default=None, help="append the result line to this file (rank 0)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="seconds a rank waits for the slowest one (default SCG_DIST_TIMEOUT, else 1800)",
+    )
     args = p.parse_args(argv)
     torch.manual_seed(args.seed if args.init_seed is None else args.init_seed)  # the same init on every rank
     data = digits()
@@ -381,7 +399,9 @@ def main(argv: list[str] | None = None) -> int:
         progress=False,
     )
     t0 = time.perf_counter()
-    history = fit_distributed(model, data.train, data.val, config=cfg, out_dir=args.out, device=args.device)
+    history = fit_distributed(
+        model, data.train, data.val, config=cfg, out_dir=args.out, device=args.device, timeout=args.timeout
+    )
     seconds = time.perf_counter() - t0
     rank, world = rank_and_world()
     result = {

@@ -10,6 +10,11 @@ state of control variates (moving averages, normalisers) consistent across ranks
 * :func:`rank_seed` — the seed of a rank: ``seed + rank``.
 * :func:`sync_buffers` — replace every buffer of a module by its mean over the
   ranks (exactly unchanged where the ranks agree).
+* :func:`timeout_from_env` — the collective timeout from ``SCG_DIST_TIMEOUT``
+  (seconds), used by :func:`scg.models.distributed.fit_distributed` and sharded studies.
+
+Under ``torchrun`` a rank also exits when its launcher dies (:func:`init_from_env`
+starts a watchdog), so a killed ``torchrun`` leaves no rank running on its own.
 
 Why averaging buffers keeps the estimators unbiased: a running baseline used at
 step t is built from the learning signals of steps < t (on every rank); those
@@ -33,12 +38,23 @@ from __future__ import annotations
 
 import datetime
 import os
+import sys
+import threading
+import time
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-__all__ = ["init_from_env", "rank_and_world", "rank_seed", "sync_buffers", "env_world_size"]
+__all__ = [
+    "init_from_env",
+    "rank_and_world",
+    "rank_seed",
+    "sync_buffers",
+    "env_world_size",
+    "timeout_from_env",
+    "exit_with_launcher",
+]
 
 
 def _env_int(name: str) -> int | None:
@@ -131,9 +147,64 @@ def init_from_env(
         )
     if backend is None:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-    kwargs = {} if timeout is None else {"timeout": timeout}
-    dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world, **kwargs)
+    # timeout=None is the backend's default timeout
+    dist.init_process_group(
+        backend=backend, init_method="env://", rank=rank, world_size=world, timeout=timeout
+    )
+    if os.environ.get("TORCHELASTIC_RUN_ID"):  # launched by torchrun: do not outlive it
+        exit_with_launcher()
     return rank, world
+
+
+def timeout_from_env(default: float) -> datetime.timedelta:
+    """The timeout of collectives: ``SCG_DIST_TIMEOUT`` seconds if set, else ``default`` seconds.
+
+    Raises:
+        ValueError: ``SCG_DIST_TIMEOUT`` is set but not a positive finite number.
+    """
+    text = os.environ.get("SCG_DIST_TIMEOUT", "").strip()
+    if not text:
+        return datetime.timedelta(seconds=default)
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise ValueError(
+            f"environment variable `SCG_DIST_TIMEOUT` must be a positive number of seconds; got {text!r}."
+        )
+    return datetime.timedelta(seconds=value)
+
+
+_WATCHING = False
+
+
+def exit_with_launcher(interval: float = 0.5) -> None:
+    """End this process soon after its parent (the launcher) dies; idempotent.
+
+    A daemon thread compares ``os.getppid()`` with its value at the call every
+    ``interval`` seconds; when the parent is gone (the process was re-parented),
+    it prints one line and ends the process with exit code 1 (``os._exit``: no
+    further writes). Atomic writes elsewhere leave no partial result behind.
+    """
+    global _WATCHING
+    if _WATCHING:
+        return
+    _WATCHING = True
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval)
+            if os.getppid() != parent:
+                print(
+                    f"scg: the launcher (pid {parent}) of this rank is gone; exiting.",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                os._exit(1)
+
+    threading.Thread(target=watch, name="scg-launcher-watchdog", daemon=True).start()
 
 
 def _source(group: dist.ProcessGroup | None) -> int:

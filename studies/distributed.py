@@ -28,7 +28,6 @@ Environment: ``SCG_DIST_BACKEND`` (default ``gloo``) and ``SCG_DIST_TIMEOUT``
 from __future__ import annotations
 
 import atexit
-import datetime
 import json
 import os
 import sys
@@ -39,7 +38,7 @@ from types import TracebackType
 import torch
 import torch.distributed as dist
 
-from scg.distributed import env_world_size, init_from_env, rank_and_world
+from scg.distributed import env_world_size, init_from_env, rank_and_world, timeout_from_env
 
 __all__ = ["current_shard", "barrier", "failure_message", "DEFAULT_TIMEOUT"]
 
@@ -47,21 +46,6 @@ __all__ = ["current_shard", "barrier", "failure_message", "DEFAULT_TIMEOUT"]
 DEFAULT_TIMEOUT = 86400.0
 
 _HOOKED = False
-
-
-def _timeout() -> datetime.timedelta:
-    text = os.environ.get("SCG_DIST_TIMEOUT", "").strip()
-    if not text:
-        return datetime.timedelta(seconds=DEFAULT_TIMEOUT)
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value > 0 or value == float("inf"):
-        raise ValueError(
-            f"environment variable `SCG_DIST_TIMEOUT` must be a positive number of seconds; got {text!r}."
-        )
-    return datetime.timedelta(seconds=value)
 
 
 def current_shard() -> tuple[int, int]:
@@ -80,7 +64,7 @@ def current_shard() -> tuple[int, int]:
     if env_world_size() == 1 and not dist.is_initialized():
         return 0, 1
     backend = os.environ.get("SCG_DIST_BACKEND", "").strip() or "gloo"
-    rank, world = init_from_env(backend=backend, timeout=_timeout())
+    rank, world = init_from_env(backend=backend, timeout=timeout_from_env(DEFAULT_TIMEOUT))
     local = os.environ.get("LOCAL_RANK", "")
     if torch.cuda.is_available() and local.isdigit():  # pragma: no cover - no GPU in CI
         torch.cuda.set_device(int(local) % torch.cuda.device_count())

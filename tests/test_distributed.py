@@ -15,6 +15,7 @@ This file is also the worker script: ``torchrun ... tests/test_distributed.py MO
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import itertools
@@ -24,6 +25,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from statistics import NormalDist
 
@@ -39,6 +41,7 @@ from scg.studies.base import Study
 from scg.studies.runner import cell_path, run_study
 
 TIMEOUT = 120
+HUNG_TIMEOUT = 3.0  # seconds the training collectives of the `hung` launch wait
 STUDY = "toy-dist"
 SEED = 7
 
@@ -256,10 +259,37 @@ def _fit_runs(tmp: Path, rank: int, world: int) -> dict:
     }
 
 
+def _hung_rank(tmp: Path) -> int:
+    batches = []
+
+    def transform(x: torch.Tensor) -> torch.Tensor:
+        batches.append(1)
+        if len(batches) == 2 and int(os.environ["RANK"]) == 1:
+            time.sleep(600)  # stops responding: rank 0 waits at the gradient all-reduce
+        return x
+
+    x = torch.bernoulli(torch.full((40, 8), 0.4), generator=torch.Generator().manual_seed(5))
+    cfg = TrainConfig(epochs=3, batch_size=4, lr=1e-2, seed=2, progress=False)
+    fit_distributed(_small_vae(), x, config=cfg, transform=transform, timeout=HUNG_TIMEOUT)
+    return 0
+
+
 def _worker(mode: str, tmp: Path) -> int:
     if mode == "fail":
         os.environ["SCG_TEST_FAIL_RANK"] = "1"
         _run_study(tmp / "resumed", tmp / "log-fail")
+        return 0
+    if mode == "study":  # the sharded study alone (for repeated launches: docs/distributed.md)
+        _run_study(tmp / "sharded", tmp / "log-sharded")
+        return 0
+    if mode == "hung":  # rank 1 stops responding in its second batch; rank 0 must time out
+        return _hung_rank(tmp)
+    if mode == "orphan":  # both ranks wait; the test kills torchrun itself
+        init_from_env(backend="gloo")
+        (tmp / f"pid-{rank_and_world()[0]}").write_text(str(os.getpid()))
+        for _ in range(1200):
+            (tmp / f"alive-{rank_and_world()[0]}").write_text("1")
+            time.sleep(0.1)
         return 0
     _run_study(tmp / "resumed", tmp / "log-resume")
     _run_study(tmp / "sharded", tmp / "log-sharded")
@@ -279,6 +309,17 @@ def _worker(mode: str, tmp: Path) -> int:
 
 
 def _launch(mode: str, tmp: Path) -> subprocess.CompletedProcess:
+    proc = _start(mode, tmp)
+    try:
+        out, _ = proc.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        pytest.fail(f"torchrun {mode} did not finish within {TIMEOUT} s:\n{out[-4000:]}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, "")
+
+
+def _start(mode: str, tmp: Path) -> subprocess.Popen:
     torchrun = Path(sys.executable).with_name("torchrun")
     env = {
         k: v
@@ -298,7 +339,7 @@ def _launch(mode: str, tmp: Path) -> subprocess.CompletedProcess:
         mode,
         str(tmp),
     ]
-    proc = subprocess.Popen(
+    return subprocess.Popen(
         cmd,
         env=env,
         stdout=subprocess.PIPE,
@@ -306,13 +347,6 @@ def _launch(mode: str, tmp: Path) -> subprocess.CompletedProcess:
         text=True,
         start_new_session=True,
     )
-    try:
-        out, _ = proc.communicate(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        pytest.fail(f"torchrun {mode} did not finish within {TIMEOUT} s:\n{out[-4000:]}")
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, "")
 
 
 @pytest.fixture(scope="module")
@@ -415,6 +449,45 @@ def test_two_ranks_train_like_one_process_with_twice_the_batch(launched):
 def test_distributed_resume_reproduces_the_uninterrupted_run(launched):
     r = launched["result"]["fit"]
     assert r["has_buffer"] and r["resume_equal"] and r["ranks_equal"] and r["epochs"] == 3
+
+
+def test_a_rank_that_stops_responding_fails_training_after_the_timeout(tmp_path):
+    """``fit_distributed(timeout=3)``: rank 0 gives up on the hung rank 1 within seconds, not torch's
+    default 30 minutes, and the launch fails."""
+    start = time.monotonic()
+    res = _launch("hung", tmp_path)
+    elapsed = time.monotonic() - start
+    assert res.returncode != 0, res.stdout[-3000:]
+    assert elapsed < 60, f"took {elapsed:.0f} s:\n{res.stdout[-3000:]}"
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state in ("Z", "X")  # exited (a zombie waiting to be reaped counts as gone)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc")
+def test_ranks_exit_when_torchrun_is_killed(tmp_path):
+    proc = _start("orphan", tmp_path)
+    try:
+        deadline = time.monotonic() + 60
+        while not all((tmp_path / f"alive-{r}").exists() for r in (0, 1)):
+            assert time.monotonic() < deadline and proc.poll() is None, proc.stdout.read()[-3000:]
+            time.sleep(0.1)
+        pids = [int((tmp_path / f"pid-{r}").read_text()) for r in (0, 1)]
+        os.kill(proc.pid, signal.SIGKILL)  # the launcher alone: its ranks are not told
+        proc.wait()
+        deadline = time.monotonic() + 10
+        while not all(_gone(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert all(_gone(p) for p in pids), "ranks outlived their launcher"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of the session
+        proc.communicate()
 
 
 # ----------------------------------------------------------------------------- in-process tests
