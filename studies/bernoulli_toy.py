@@ -11,8 +11,8 @@ REINFORCE with a moving-average baseline (warmed up on 200 calls, then frozen), 
 (S = 2), ARM, DisARM, RELAX (control variate trained for ``cv_warmup`` steps at φ = 0,
 then frozen) and Gumbel-softmax (τ = 0.5, biased): exact values from
 :func:`scg.testing.exact_moments` next to N sampled estimates and docs/references.md's values.
-ARM is not a library estimator: :class:`ARM` below implements it as an
-:class:`scg.Estimator` (a uniform law with its breakpoints), so the harness checks it too.
+ARM is :class:`scg.estimators.arm.ARM` (a uniform law with its breakpoints), so the harness
+checks it too.
 
 Part 2 (``part = "train"``, :mod:`scg.studies.bernoulli_toy_train`): R = 32 replicas of
 φ (a batch dimension of ``Bernoulli(logits=φ)``) trained from φ = 0 with Adam (lr 0.2,
@@ -43,20 +43,19 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Bernoulli, Distribution
+from torch.distributions import Bernoulli
 
 import scg
 from scg.baselines import Learned, LeaveOneOut, MovingAverage, Normalize, chain
 from scg.estimators import NeuralControlVariate
-from scg.estimators.disarm import bernoulli_base
-from scg.laws import Law, StandardUniform
+from scg.estimators.arm import ARM
 from scg.studies._io import row
 from scg.studies.base import CellContext, Study
 from scg.studies.bernoulli_toy_train import samples_for_budget, train_replicas
@@ -77,68 +76,6 @@ REFERENCE: dict[float, dict[str, float]] = {
     0.49: {"reinforce": 1.5638e-2, "rloo": 2.5e-5, "arm": 8.333e-6, "disarm": 0.0},
     0.499: {"reinforce": 1.5625e-2, "rloo": 2.5e-7, "arm": 8.333e-8, "disarm": 0.0},
 }
-
-
-class ARM(scg.Estimator):
-    r"""ARM (Augment-REINFORCE-Merge) for Bernoulli latents :math:`b_d \sim \mathrm{Bern}(σ(φ_d))`.
-
-    .. math::
-        \hat g_{φ_d} = \big(f(1[u > σ(−φ)]) − f(1[u < σ(φ)])\big)\,(u_d − ½), \qquad u \sim U(0, 1)^D
-
-    Requires: Bernoulli (optionally ``Independent``); f need not be differentiable.
-
-    Properties: unbiased; the two evaluations are antithetic Bernoulli(σ(φ)) draws
-    (the value is their mean); DisARM integrates u out given the pair and has lower
-    variance. At φ = 0 with one Bernoulli the variance is :math:`(f(1) − f(0))^2 / 48`.
-    2 evaluations of f per sample. The law of u carries the breakpoints σ(±φ), where the
-    integrand jumps, so :func:`scg.testing.exact_moments` integrates it exactly.
-
-    References:
-        Yin & Zhou, "ARM: Augment-REINFORCE-Merge Gradient for Stochastic Binary Networks",
-        ICLR 2019. https://arxiv.org/abs/1807.11143
-    """
-
-    def check(self, dist: Distribution) -> None:
-        bernoulli_base(dist, "ARM")[0]
-
-    def evaluations(self, dist: Distribution, num_samples: int) -> int:
-        return 2 * num_samples
-
-    def laws(self, dist: Distribution, num_samples: int) -> dict[str, Law]:
-        base = bernoulli_base(dist, "ARM")[0]
-        shape = (num_samples, *dist.batch_shape, *dist.event_shape)
-        theta = torch.sigmoid(base.logits.detach()).expand(shape)
-        points = torch.stack([torch.minimum(theta, 1 - theta), torch.maximum(theta, 1 - theta)], dim=-1)
-        return {"u": StandardUniform(shape=shape, dtype=theta.dtype, device=theta.device, points=points)}
-
-    def surrogate(
-        self,
-        f: Callable[[Tensor], Tensor],
-        dist: Distribution,
-        draws: dict[str, Tensor],
-        *,
-        context: Tensor | None = None,
-    ) -> Tensor:
-        base = bernoulli_base(dist, "ARM")[0]
-        u = draws["u"]
-        S = u.shape[0]
-        event_dims = tuple(range(-len(dist.event_shape), 0))
-        phi = base.logits.expand(u.shape[1:])
-        theta = torch.sigmoid(phi.detach())
-        b_up = (u > 1 - theta).to(u.dtype)  # 1[u > σ(−φ)]
-        b_down = (u < theta).to(u.dtype)  # 1[u < σ(φ)]
-        values = f(torch.cat([b_up, b_down]))
-        expected = (2 * S, *dist.batch_shape)
-        if tuple(values.shape) != expected:
-            raise ValueError(
-                f"`f` must return [S, *batch_shape] = {list(expected)}; got {list(values.shape)}."
-            )
-        diff = values[:S] - values[S:]
-        diff = diff.reshape(*diff.shape, *([1] * len(event_dims)))
-        term = (phi - phi.detach()) * diff.detach() * (u - 0.5)
-        if event_dims:
-            term = term.sum(event_dims)
-        return values.mean(0) + term.mean(0)
 
 
 #: Estimator names in figure order; ``build_estimator`` makes them.
