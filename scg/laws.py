@@ -206,3 +206,50 @@ def noise_like(cls: type[Law], shape: tuple[int, ...], ref: Tensor) -> Tensor:
 def law_like(cls: type[Law], shape: tuple[int, ...], ref: Tensor, **kwargs: object) -> Law:
     """Construct ``cls`` with ``dtype``/``device`` taken from the tensor ``ref``."""
     return cls(shape=tuple(shape), dtype=ref.dtype, device=ref.device, **kwargs)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, eq=False)
+class WithoutReplacement(Law):
+    r"""Ordered draws of k distinct classes from ``Categorical(logits)`` without replacement.
+
+    ``shape = (S, *batch, k)``: for every sample and batch element, the classes in the
+    order they are drawn (long indices), the first with probability :math:`p_i`, each
+    next one from the classes left, renormalised (Plackett–Luce):
+
+    .. math:: P(x_1, …, x_k) = \prod_{j=1}^k \frac{p_{x_j}}{1 − \sum_{i<j} p_{x_i}}.
+
+    Drawn by the Gumbel-top-k trick: the indices of the k largest of
+    :math:`\log p_i + G_i`, :math:`G_i` iid standard Gumbel (out of place, so
+    vmap-safe). The first index alone is a draw of the categorical. The exact harness
+    enumerates the :math:`K!/(K − k)!` ordered tuples of every element with these
+    probabilities.
+
+    References:
+        Kool, van Hoof & Welling, "Stochastic Beams and Where to Find Them: The
+        Gumbel-Top-k Trick for Sampling Sequences Without Replacement", ICML 2019.
+        https://arxiv.org/abs/1903.06059
+    """
+
+    logits: Tensor | None = None  # [*batch, K], detached
+
+    def sample(self, generator: torch.Generator | None = None) -> Tensor:
+        logits = self.log_probs()
+        k = self.shape[-1]
+        u = torch.rand(
+            (*self.shape[:-1], logits.shape[-1]),
+            dtype=logits.dtype,
+            device=logits.device,
+            generator=generator,
+        )
+        tiny = torch.finfo(logits.dtype).tiny
+        gumbel = -torch.log(-torch.log(u.clamp(min=tiny)))
+        return torch.topk(logits + gumbel, k, dim=-1).indices
+
+    def log_probs(self) -> Tensor:
+        """The normalised class log-probabilities ``[*batch, K]`` (detached)."""
+        if self.logits is None:  # pragma: no cover - constructed by estimators only
+            raise ValueError("`logits` must be given for WithoutReplacement.")
+        return torch.log_softmax(self.logits.detach(), dim=-1)
+
+
+__all__ += ["WithoutReplacement"]

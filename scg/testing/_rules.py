@@ -28,6 +28,7 @@ calls (read-only arrays), so repeated harness calls do not rebuild them.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -52,6 +53,7 @@ from scg.laws import (
     Rayleigh,
     StandardNormal,
     StandardUniform,
+    WithoutReplacement,
 )
 from scg.testing import quadrature as Q
 from scg.testing._scalar import TAIL, _discrete_support, _key, _np_log_prob, element_dist
@@ -62,6 +64,7 @@ __all__ = [
     "law_specs",
     "nested_uniform_spec",
     "distribution_specs",
+    "without_replacement_specs",
     "element_dist",
     "piece_edges",
     "sample_dtype",
@@ -287,6 +290,37 @@ def distribution_specs(
     return specs
 
 
+def without_replacement_specs(law: str, wor: WithoutReplacement) -> list[Spec]:
+    r"""Variables of a :class:`~scg.laws.WithoutReplacement` law: one per (sample, batch element).
+
+    Each enumerates the ``K!/(K − k)!`` ordered k-tuples of distinct classes (values
+    ``[m, k]``) with their Plackett–Luce probabilities
+    :math:`\prod_j p_{x_j} / (1 − \sum_{i<j} p_{x_i})`, the denominators summed over the
+    classes not yet drawn (no cancellation).
+    """
+    S, batch, k = int(wor.shape[0]), tuple(wor.shape[1:-1]), int(wor.shape[-1])
+    probs = wor.log_probs().double().exp()
+    K = int(probs.shape[-1])
+    flat = probs.expand(*batch, K).reshape(-1, K).cpu().numpy()  # [B, K]
+    tuples = np.array(list(itertools.permutations(range(K), k)), dtype=np.int64).reshape(-1, k)
+    outside = np.ones((len(tuples), K))
+    np.put_along_axis(outside, tuples, 0.0, axis=1)  # classes no draw of the tuple takes
+    per_element = []
+    for p in flat:
+        chosen = p[tuples]  # [m, k]
+        # mass left before draw j: the tuple's draws from j on plus the classes outside it
+        left = (outside @ p)[:, None] + np.cumsum(chosen[:, ::-1], 1)[:, ::-1]
+        weight = np.prod(chosen / np.where(left > 0, left, 1.0), 1)
+        key = ("without_replacement", k, tuple(p.tolist()))
+        per_element.append(_fixed_spec(law, np.arange(k), tuples.astype(np.float64), weight, key))
+    specs: list[Spec] = []
+    B = len(flat)
+    for s in range(S):
+        for j, spec in enumerate(per_element):
+            specs.append(replace(spec, positions=(s * B + j) * k + np.arange(k)))
+    return specs
+
+
 def law_specs(name: str, law: Law, points: np.ndarray | None = None) -> list[Spec]:
     """Variables of one law.
 
@@ -298,6 +332,8 @@ def law_specs(name: str, law: Law, points: np.ndarray | None = None) -> list[Spe
         if law.dist is None:
             raise ValueError("`FromDistribution` law has no `dist`.")
         return distribution_specs(name, law.dist, tuple(law.shape), points)
+    if isinstance(law, WithoutReplacement):
+        return without_replacement_specs(name, law)
     numel = int(np.prod(law.shape)) if law.shape else 1
     own = law.breakpoints()
     own_np = None if own is None else own.detach().double().reshape(numel, -1).cpu().numpy()
@@ -373,7 +409,11 @@ def nested_uniform_spec(outer: Spec, law: str, positions: np.ndarray, cuts: Sequ
         rows, weights = [], []
         for x, w in zip(xs, ws, strict=False):
             edges = piece_edges(0.0, 1.0, [c / x for c in cuts] if x != 0 else [])
-            u, v = _clipped(lambda k, e=edges: _pieces_rule("de", e, k, None, 0.0, 1.0))(n)
+
+            def inner(k: int, e: list[float] = edges) -> Rule:
+                return _pieces_rule("de", e, k, None, 0.0, 1.0)
+
+            u, v = _clipped(inner)(n)
             rows.append(np.stack([np.full_like(u, x), u], 1))
             weights.append(w * v)
         return np.concatenate(rows), np.concatenate(weights)
