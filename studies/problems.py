@@ -27,14 +27,15 @@ Users bring their own problem as ``module:function`` (``scg-study compare
 from __future__ import annotations
 
 import importlib
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Union
+from typing import TypeAlias
 
 import torch
 from torch import Tensor
-from torch.distributions import Bernoulli, Distribution, Normal
+from torch.distributions import Bernoulli, Distribution, Independent, Normal, OneHotCategorical
 
 __all__ = [
     "Problem",
@@ -45,7 +46,7 @@ __all__ = [
     "resolve_problems",
 ]
 
-ParamValue = Union[float, Sequence[float], Tensor]
+ParamValue: TypeAlias = float | Sequence[float] | Tensor
 
 
 @dataclass(frozen=True)
@@ -212,6 +213,91 @@ def _bernoulli_toy(t: float = 0.49, phi: float = 0.0) -> Problem:
     )
 
 
+def _one_hot(logits: Tensor) -> Distribution:
+    return OneHotCategorical(logits=logits)
+
+
+def _one_hot_product(logits: Tensor) -> Distribution:
+    return Independent(OneHotCategorical(logits=logits), 1)
+
+
+class _CategoricalSquare:
+    """Σ_k y_k (k/(K−1) − t)²: the Bernoulli toy's (b − t)² for a one-hot y over K levels in [0, 1].
+
+    Linear in y, so relaxed (continuous) one-hot inputs are accepted; for K = 2 it is
+    the Bernoulli toy with b = y_1.
+    """
+
+    def __init__(self, t: float, K: int) -> None:
+        self.t, self.K = t, K
+
+    def __call__(self, y: Tensor) -> Tensor:
+        levels = torch.linspace(0.0, 1.0, self.K, dtype=y.dtype, device=y.device)
+        return (y * (levels - self.t) ** 2).sum(-1)
+
+    def __repr__(self) -> str:
+        return f"sum_k y_k (k/{self.K - 1} - {self.t:g})**2"
+
+
+class _MeanSquare:
+    """(mean_d level(y_d) − t)² over D one-hot latents with K levels in [0, 1]: couples the latents."""
+
+    def __init__(self, t: float, K: int) -> None:
+        self.t, self.K = t, K
+
+    def __call__(self, y: Tensor) -> Tensor:
+        levels = torch.linspace(0.0, 1.0, self.K, dtype=y.dtype, device=y.device)
+        return ((y * levels).sum(-1).mean(-1) - self.t) ** 2
+
+    def __repr__(self) -> str:
+        return f"(mean_d level(y_d) - {self.t:g})**2, {self.K} levels"
+
+
+def _categorical_gradient(
+    logits: Sequence[Sequence[float]], cost: Callable[[Tensor], Tensor]
+) -> tuple[float, ...]:
+    """∇_logits E[cost(y)] for independent one-hot latents, by enumerating the product support.
+
+    ``∂/∂α_dk E[f] = E[f(y) (y_dk − p_dk)]``, summed over the K^D outcomes in float64.
+    """
+    a = torch.tensor(logits, dtype=torch.float64)
+    p = torch.softmax(a, -1)
+    D, K = a.shape
+    grad = torch.zeros(D, K, dtype=torch.float64)
+    for outcome in itertools.product(range(K), repeat=D):
+        y = torch.nn.functional.one_hot(torch.tensor(outcome), K).to(torch.float64)
+        weight = torch.prod(p[torch.arange(D), torch.tensor(outcome)])
+        grad += weight * cost(y) * (y - p)
+    return tuple(grad.flatten().tolist())
+
+
+def _categorical_toy(K: int, t: float = 0.49) -> Problem:
+    f = _CategoricalSquare(t, K)
+    return Problem(
+        name=f"categorical-toy-k{K}",
+        make_dist=_one_hot,
+        params=((0.0,) * K,),
+        f=f,
+        description=f"E[{f!r}], y ~ OneHotCategorical(softmax(alpha)), alpha = 0 ({K} classes); gradient w.r.t. alpha",
+        param_names=("alpha",),
+        exact_gradient=_categorical_gradient([[0.0] * K], f),
+    )
+
+
+def _categorical_product(D: int = 3, K: int = 4, t: float = 0.49) -> Problem:
+    f = _MeanSquare(t, K)
+    logits = [[round(0.5 * math.sin(1.0 + d * K + k), 4) for k in range(K)] for d in range(D)]
+    return Problem(
+        name=f"categorical-product-{D}x{K}",
+        make_dist=_one_hot_product,
+        params=(logits,),
+        f=f,
+        description=f"E[{f!r}], {D} independent OneHotCategorical latents of {K} classes (fixed logits); gradient w.r.t. the logits",
+        param_names=("alpha",),
+        exact_gradient=_categorical_gradient(logits, f),
+    )
+
+
 PROBLEMS: dict[str, Problem] = {
     p.name: p
     for p in (
@@ -220,6 +306,9 @@ PROBLEMS: dict[str, Problem] = {
         _gaussian("gaussian-cos-k5", _Cos(5.0), _grad_cos, 5.0),
         _gaussian("gaussian-exp-k1", _ExpSquare(1.0), _grad_exp_square, 1.0),
         _bernoulli_toy(),
+        _categorical_toy(3),
+        _categorical_toy(10),
+        _categorical_product(),
     )
 }
 """The embedded problems, by name."""
@@ -227,6 +316,7 @@ PROBLEMS: dict[str, Problem] = {
 #: Group names accepted by ``--problems`` besides the individual names.
 GROUPS: dict[str, tuple[str, ...]] = {
     "gaussian": tuple(n for n in PROBLEMS if n.startswith("gaussian-")),
+    "categorical": tuple(n for n in PROBLEMS if n.startswith("categorical-")),
 }
 
 
