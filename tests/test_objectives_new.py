@@ -341,6 +341,23 @@ def test_rws_dreg_gradients_single_draw_oracle(q_stop):
     assert np.abs(phi[0]).max() > 1e-3
 
 
+@pytest.mark.parametrize("K", [1, 3])
+def test_rws_dreg_is_zero_at_the_exact_posterior_for_every_draw(K):
+    # Posterior of p(z) = N(m, 1), p(x | z) = N(z, 1): N((x + m)/2, 1/2); every log w_k is log p(x).
+    mod = Model(K, seed=9)
+    mod.mu_np, mod.sigma_np = (mod.x + mod.m_np) / 2, np.full_like(mod.x, math.sqrt(0.5))
+    mod.mu, mod.sigma = (
+        torch.tensor(mod.mu_np, requires_grad=True),
+        torch.tensor(mod.sigma_np, requires_grad=True),
+    )
+    log_p, log_q, z = mod.torch_terms(z_grad=True, q_stop=True)
+    g = mod.grads(rws_wake_q(log_p, log_q, gradient="dreg", z=z))
+    assert max(np.abs(gi).max() for gi in g) < 1e-12
+    log_p, log_q, _ = mod.torch_terms(z_grad=False, q_stop=False)
+    g = mod.grads(rws_wake_q(log_p, log_q))
+    assert np.abs(g[1]).max() > 1e-2  # the score form: Σ_k ∇σ log q(z_k) / K, not zero
+
+
 def gh_grid(n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Tensor Gauss–Hermite grid for k iid N(0, 1): nodes ``[k, n**k]`` and weights ``[n**k]``."""
     x, w = hermegauss(n)
