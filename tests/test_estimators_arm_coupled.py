@@ -579,3 +579,157 @@ def test_categorical_estimators_refuse_bernoulli_and_one_class():
             est.check(OneHotCategorical(logits=torch.zeros(3, 1)))
     with pytest.raises(TypeError, match=r"for ARM; got OneHotCategorical"):
         ARM().check(OneHotCategorical(logits=torch.zeros(3)))
+
+
+# ------------------------------------------------------------------- 5. scg.Graph nodes
+#
+# Two layers: h1 ~ OneHotCategorical(softmax(A x + a)) with K1 = 3, then h2 | h1 either
+# Independent(Bernoulli(σ(W h1 + c)), 1) or OneHotCategorical(softmax(W h1 + c)) with K2 = 3;
+# costs c1 = t·h1 and c2 = (h1ᵀ T h2 + 0.3)². Every parameter is a slice of one flat p.
+# E[∇ surrogate] is a weighted sum over points of the noise (pieces of u, cells of the simplex,
+# enumerated categorical draws), each point a batch element with parameters
+# p_k = stop(p) + w_k (p − stop(p)) (the same values, gradient scaled by w_k), so one graph gives
+# Σ_k w_k ∇ surrogate_k. The oracle ∇E[c1 + c2] enumerates (h1, h2) in plain torch.
+
+X_IN = torch.tensor([1.0, -0.5, 0.25], dtype=F64)
+K1 = 3
+
+
+def graph_layout(n2: int) -> dict[str, tuple[int, ...]]:
+    return {"A": (K1, 3), "a": (K1,), "W": (n2, K1), "c": (n2,)}
+
+
+def graph_unpack(p: torch.Tensor, n2: int) -> dict[str, torch.Tensor]:
+    out, i = {}, 0
+    for name, shape in graph_layout(n2).items():
+        k = math.prod(shape)
+        out[name] = p[..., i : i + k].reshape(*p.shape[:-1], *shape)
+        i += k
+    return out
+
+
+def graph_params(n2: int) -> torch.Tensor:
+    P = sum(math.prod(s) for s in graph_layout(n2).values())
+    return torch.randn(P, generator=gen(77 + n2), dtype=F64)
+
+
+T1 = torch.tensor([0.5, -1.0, 0.8], dtype=F64)
+
+
+def t2(n2: int) -> torch.Tensor:
+    return torch.randn(K1, n2, generator=gen(88 + n2), dtype=F64)
+
+
+def graph_oracle(p0: torch.Tensor, layer2: str, n2: int) -> torch.Tensor:
+    p = p0.clone().requires_grad_(True)
+    P = graph_unpack(p, n2)
+    q1 = torch.softmax(P["A"] @ X_IN + P["a"], -1)
+    eye = torch.eye(K1, dtype=F64)
+    total = p.new_zeros(())
+    for i in range(K1):
+        h1 = eye[i]
+        logits2 = P["W"] @ h1 + P["c"]
+        if layer2 == "bernoulli":
+            support = [torch.tensor(v, dtype=F64) for v in itertools.product((0.0, 1.0), repeat=n2)]
+            probs2 = [
+                torch.prod(torch.where(h2 > 0, torch.sigmoid(logits2), torch.sigmoid(-logits2)))
+                for h2 in support
+            ]
+        else:
+            support = list(torch.eye(n2, dtype=F64))
+            probs2 = list(torch.softmax(logits2, -1))
+        for h2, q2 in zip(support, probs2, strict=True):
+            total = total + q1[i] * q2 * (T1 @ h1 + (h1 @ t2(n2) @ h2 + 0.3) ** 2)
+    return torch.autograd.grad(total, p)[0]
+
+
+def build_two_layers(g: scg.Graph, p: torch.Tensor, est1, est2, layer2: str, n2: int) -> tuple:
+    P = graph_unpack(p, n2)
+    q1 = OneHotCategorical(logits=(P["A"] * X_IN).sum(-1) + P["a"])
+    h1 = g.sample("h1", q1, est1)
+    logits2 = (P["W"] * h1.unsqueeze(-2)).sum(-1) + P["c"]
+    q2 = (
+        Independent(Bernoulli(logits=logits2), 1)
+        if layer2 == "bernoulli"
+        else OneHotCategorical(logits=logits2)
+    )
+    h2 = g.sample("h2", q2, est2)
+    g.cost("c1", (h1 * T1).sum(-1))
+    g.cost("c2", (((h1.unsqueeze(-1) * t2(n2)).sum(-2) * h2).sum(-1) + 0.3) ** 2)
+    return h1, h2
+
+
+def pieces_of(cuts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Midpoints ``[P, D]`` and volumes ``[P]`` of every product of pieces, cuts ``[D, k]`` (0 and 1 included)."""
+    mids, lengths = (cuts[:, 1:] + cuts[:, :-1]) / 2, cuts[:, 1:] - cuts[:, :-1]
+    D, n = mids.shape
+    grid = torch.cartesian_prod(*[torch.arange(n)] * D).reshape(-1, D) if D > 1 else torch.arange(n)[:, None]
+    return mids[torch.arange(D), grid], lengths[torch.arange(D), grid].prod(-1)
+
+
+def noise_points(kind: str, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Points of one node's noise for the estimator ``kind`` given its (detached) logits, with weights."""
+    if kind == "arm":  # Bernoulli units: pieces between min/max(θ, 1 − θ)
+        th = torch.sigmoid(logits)
+        lo, hi = torch.minimum(th, 1 - th), torch.maximum(th, 1 - th)
+        return pieces_of(torch.stack([torch.zeros_like(th), lo, hi, torch.ones_like(th)], -1))
+    if kind == "disarm":  # decisions of the ascending stick-breaking: pieces between θ and 1 − θ
+        _, th = stick_breaking(torch.softmax(logits, -1).numpy())
+        th = torch.from_numpy(th)
+        return pieces_of(torch.stack([torch.zeros_like(th), th, 1 - th, torch.ones_like(th)], -1))
+    if kind == "arsm":  # one node per triangle of the simplex cells (the integrand is linear there)
+        pi, w = simplex_rule(torch.softmax(logits, -1).numpy())
+        pi, w = (
+            torch.from_numpy(pi).reshape(-1, 3, pi.shape[-1]).mean(1),
+            torch.from_numpy(w).reshape(-1, 3).sum(1),
+        )
+        return torch.exp(-pi), w
+    probs = torch.softmax(logits, -1)  # score function: every class, one-hot
+    return torch.eye(len(probs), dtype=F64), probs
+
+
+ESTIMATORS = {"arm": ARM, "disarm": CategoricalDisARM, "arsm": ARSM, "score": scg.ScoreFunction}
+GRAPH_CASES = [
+    ("disarm", "arm", "bernoulli", 2),
+    ("disarm", "disarm", "categorical", 3),
+    ("arsm", "arm", "bernoulli", 1),
+    ("score", "arsm", "categorical", 3),
+]
+
+
+@pytest.mark.parametrize(
+    ("k1", "k2", "layer2", "n2"), GRAPH_CASES, ids=[f"{a}-{b}" for a, b, *_ in GRAPH_CASES]
+)
+def test_two_layer_graph_exact(k1, k2, layer2, n2):
+    p0 = graph_params(n2)
+    P0 = graph_unpack(p0, n2)
+    est1, est2 = ESTIMATORS[k1](), ESTIMATORS[k2]()
+    law1 = "z" if k1 == "score" else "u"
+    d1, w1 = noise_points(k1, P0["A"] @ X_IN + P0["a"])
+    g0 = scg.Graph(num_samples=1, draws={"h1": {law1: d1[None]}})
+    pb = p0.expand(len(w1), -1)
+    h1 = g0.sample(
+        "h1",
+        OneHotCategorical(logits=(graph_unpack(pb, n2)["A"] * X_IN).sum(-1) + graph_unpack(pb, n2)["a"]),
+        est1,
+    )
+    copies = h1.detach().reshape(-1, len(w1), K1)  # [M, B1, K1]: the node's copies of each point
+    rows1, rows2, weights = [], [], []
+    for b in range(len(w1)):
+        per_copy = [noise_points(k2, P0["W"] @ copies[m, b] + P0["c"]) for m in range(copies.shape[0])]
+        for combo in itertools.product(*[range(len(w)) for _, w in per_copy]):
+            rows1.append(d1[b])
+            rows2.append(torch.stack([per_copy[m][0][i] for m, i in enumerate(combo)]))
+            weights.append(float(w1[b]) * math.prod(float(per_copy[m][1][i]) for m, i in enumerate(combo)))
+    w = torch.tensor(weights, dtype=F64)
+    assert abs(float(w.sum()) - 1) < 1e-12
+    d2 = torch.stack(rows2, 1)  # [M, B, ...]
+    d2 = d2.unsqueeze(1) if k1 != "score" else d2  # child draws: [M, 1, B, ...] under a copy dim
+    p = p0.clone().requires_grad_(True)
+    pk = p.detach() + w.unsqueeze(-1) * (p - p.detach())
+    g = scg.Graph(num_samples=1, draws={"h1": {law1: torch.stack(rows1)[None]}, "h2": {"u": d2}})
+    build_two_layers(g, pk, est1, est2, layer2, n2)
+    (grad,) = torch.autograd.grad(g.surrogate(), p)
+    exact = graph_oracle(p0, layer2, n2)
+    assert float(exact.abs().max()) > 0.03  # a nontrivial gradient
+    torch.testing.assert_close(grad, exact, rtol=0, atol=1e-11)
