@@ -51,7 +51,7 @@ class Enumerate(Estimator):
         >>> q = Independent(Bernoulli(logits=logits), 1)   # 2³ = 8 configurations
         >>> loss = scg.expectation(lambda b: (b - 0.25).pow(2).sum(-1), q, Enumerate())
         >>> loss.backward()
-        >>> round(float(loss), 6), [round(g, 6) for g in logits.grad.tolist()]
+        >>> round(loss.item(), 6), [round(g, 6) for g in logits.grad.tolist()]
         (0.9375, [0.125, 0.125, 0.125])
 
     References:
