@@ -56,7 +56,7 @@ class Enumerate(Estimator):
 
     References:
         Mohamed et al., "Monte Carlo Gradient Estimation in Machine Learning", JMLR 2020,
-        §2 (the expectation as a sum). https://arxiv.org/abs/1906.10652
+        https://arxiv.org/abs/1906.10652
         Liu et al., "Rao-Blackwellized Stochastic Gradients for Discrete Distributions",
         ICML 2019 (summing the support exactly is the limit of their estimator).
         https://arxiv.org/abs/1810.04777

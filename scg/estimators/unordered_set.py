@@ -231,7 +231,7 @@ class UnorderedSet(Estimator):
 
     References:
         Kool, van Hoof & Welling, "Estimating Gradients for Discrete Random Variables by
-        Sampling without Replacement", ICLR 2020 (§3–4: the estimator, its baseline and
+        Sampling without Replacement", ICLR 2020 (the estimator, its built-in baseline and
         the integral for P(S)). https://arxiv.org/abs/2002.06043
         Kool, van Hoof & Welling, "Stochastic Beams and Where to Find Them", ICML 2019.
         https://arxiv.org/abs/1903.06059
