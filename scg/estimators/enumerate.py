@@ -55,7 +55,7 @@ class Enumerate(Estimator):
         (0.9375, [0.125, 0.125, 0.125])
 
     References:
-        Mohamed et al., "Monte Carlo Gradient Estimation in Machine Learning", JMLR 2020,
+        Mohamed et al., "Monte Carlo Gradient Estimation in Machine Learning", JMLR 2020.
         https://arxiv.org/abs/1906.10652
         Liu et al., "Rao-Blackwellized Stochastic Gradients for Discrete Distributions",
         ICML 2019 (summing the support exactly is the limit of their estimator).
