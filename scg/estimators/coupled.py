@@ -10,7 +10,7 @@ from scg._dist import base_of_kind
 from scg.estimators.base import Cost, Estimator, Parts
 from scg.laws import Law, StandardUniform, one_hot
 
-__all__ = ["CategoricalDisARM", "categorical_base", "categorical_value"]
+__all__ = ["CategoricalDisARM"]
 
 
 def categorical_base(dist: Distribution, name: str) -> tuple[Categorical | OneHotCategorical, int]:
