@@ -20,7 +20,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from scipy import integrate
-from torch.distributions import Bernoulli, Categorical, Independent, OneHotCategorical
+from torch.distributions import Bernoulli, Categorical, Independent, Normal, OneHotCategorical
 
 import scg
 from scg.estimators.gumbel_rao import GumbelRao
@@ -596,3 +596,226 @@ def test_reinmax_value_does_not_depend_on_temperature():
     assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
     torch.testing.assert_close(outs[0], f(F.one_hot(draws["z"], 10).double()).mean(0), atol=1e-13, rtol=0)
     assert float((grads[0] - grads[1]).abs().max()) > 1e-3 and float((grads[1] - grads[2]).abs().max()) > 1e-3
+
+
+# ================================================================ two-layer categorical graph
+
+
+def graph_layout(D1: int, K1: int, D2: int, K2: int) -> dict[str, tuple[int, ...]]:
+    """Named slices of the flat parameter vector: both layers' logits and the costs' own weights."""
+    return {
+        "A1": (D1, K1),  # q(h1) = Π_d Cat(softmax A1_d)
+        "W": (D2 * K2, D1 * K1),
+        "c": (D2, K2),  # q(h2 | h1) = Π_d Cat(softmax (W h1 + c)_d)
+        "T1": (D1, K1),  # cost 1: Σ T1 ⊙ h1
+        "B": (D1 * K1, D2 * K2),
+        "T2": (D2, K2),  # cost 2: sin(h1ᵀ B h2) + (Σ T2 ⊙ h2)²
+    }
+
+
+def graph_unpack(p: torch.Tensor, sizes: tuple[int, int, int, int]) -> dict[str, torch.Tensor]:
+    out, i, lead = {}, 0, p.shape[:-1]
+    for name, shape in graph_layout(*sizes).items():
+        k = math.prod(shape)
+        out[name] = p[..., i : i + k].reshape(*lead, *shape)
+        i += k
+    return out
+
+
+def graph_params(sizes: tuple[int, int, int, int], seed: int = 91) -> torch.Tensor:
+    n = sum(math.prod(s) for s in graph_layout(*sizes).values())
+    return logits_of(seed, n, scale=0.9)
+
+
+def layer2_logits(P: dict, h1: torch.Tensor, sizes) -> torch.Tensor:
+    """(W h1 + c) as [..., D2, K2], broadcasting ``W [*B, m, n]`` against ``h1 [..., *B, D1, K1]``."""
+    D1, K1, D2, K2 = sizes
+    flat = h1.reshape(*h1.shape[:-2], D1 * K1)
+    return (P["W"] * flat.unsqueeze(-2)).sum(-1).reshape(*flat.shape[:-1], D2, K2) + P["c"]
+
+
+def costs(P: dict, h1: torch.Tensor, h2: torch.Tensor, sizes) -> tuple[torch.Tensor, torch.Tensor]:
+    D1, K1, D2, K2 = sizes
+    f1, f2 = h1.reshape(*h1.shape[:-2], D1 * K1), h2.reshape(*h2.shape[:-2], D2 * K2)
+    c1 = (h1 * P["T1"]).sum((-1, -2))
+    c2 = torch.sin(((f1.unsqueeze(-1) * P["B"]).sum(-2) * f2).sum(-1)) + (h2 * P["T2"]).sum((-1, -2)) ** 2
+    return c1, c2
+
+
+def build_graph(g: scg.Graph, p: torch.Tensor, est1, est2, sizes):
+    P = graph_unpack(p, sizes)
+    h1 = g.sample("h1", Independent(OneHotCategorical(logits=P["A1"]), 1), est1)
+    h2 = g.sample("h2", Independent(OneHotCategorical(logits=layer2_logits(P, h1, sizes)), 1), est2)
+    c1, c2 = costs(P, h1, h2, sizes)
+    g.cost("c1", c1)
+    g.cost("c2", c2)
+    return h1, h2
+
+
+def one_hots(D: int, K: int) -> list[torch.Tensor]:
+    """Every joint value of D categoricals with K classes, one-hot [D, K]."""
+    return [torch.eye(K, dtype=torch.float64)[list(v)] for v in itertools.product(range(K), repeat=D)]
+
+
+def log_cat(h: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    return (h * torch.log_softmax(logits, -1)).sum((-1, -2))
+
+
+def graph_oracle_gradient(p0: torch.Tensor, sizes) -> torch.Tensor:
+    """∇ E[c1 + c2] by plain enumeration of (h1, h2): log-softmax and the costs, no torch.distributions."""
+    D1, K1, D2, K2 = sizes
+    p = p0.clone().requires_grad_(True)
+    P = graph_unpack(p, sizes)
+    total = p.new_zeros(())
+    for h1 in one_hots(D1, K1):
+        w1 = torch.exp(log_cat(h1, P["A1"]))
+        for h2 in one_hots(D2, K2):
+            w2 = torch.exp(log_cat(h2, layer2_logits(P, h1, sizes)))
+            c1, c2 = costs(P, h1, h2, sizes)
+            total = total + w1 * w2 * (c1 + c2)
+    return torch.autograd.grad(total, p)[0]
+
+
+def indecater_copies(h: torch.Tensor) -> torch.Tensor:
+    """IndeCateR's copies of a one-hot h [D, K]: h, then h with variable d set to class k (d-major)."""
+    D, K = h.shape
+    rows = [h]
+    for d in range(D):
+        for k in range(K):
+            r = h.clone()
+            r[d] = torch.eye(K, dtype=h.dtype)[k]
+            rows.append(r)
+    return torch.stack(rows)
+
+
+GRAPH_CASES = {
+    "indecater_both": ("indecater", "indecater", (2, 3, 1, 2)),
+    "score_then_indecater": ("score", "indecater", (1, 3, 2, 3)),
+    "indecater_then_score": ("indecater", "score", (2, 3, 1, 2)),
+}
+
+
+@pytest.mark.parametrize("case", list(GRAPH_CASES))
+def test_indecater_graph_node_exact(case):
+    """IndeCateR as a scg.Graph node of a categorical → categorical model (layer 1: D1 latents × K1
+    classes; layer 2's logits linear in h1; costs Σ T1⊙h1 and sin(h1ᵀBh2) + (Σ T2⊙h2)², every parameter a
+    slice of one flat vector), at one or both layers with ScoreFunction() at the other. E[∇ surrogate]
+    by enumeration of the replayed draws: h1's value (its copies, checked against the copies built
+    here when layer 1 is IndeCateR) and every joint value of h2 drawn once per copy of h1, weighted by
+    q(h1) Π_r q(h2_r | copy_r). The h2 values of one h1 are the batch elements of one graph, batch element
+    j using parameters stop(p) + w_j (p − stop(p)) (same values, gradient scaled by its weight). Equal to
+    ∇ of the plain enumeration of E[c1 + c2] (1e-10)."""
+    kind1, kind2, sizes = GRAPH_CASES[case]
+    D1, K1, D2, K2 = sizes
+    make = {"indecater": IndeCateR, "score": scg.ScoreFunction}
+    p0 = graph_params(sizes)
+    p = p0.clone().requires_grad_(True)
+    P0 = graph_unpack(p0, sizes)
+    estimate = torch.zeros_like(p0)
+    mass = 0.0
+    for h1 in one_hots(D1, K1):
+        rows = indecater_copies(h1) if kind1 == "indecater" else h1.unsqueeze(0)  # [C1, D1, K1]
+        w1 = float(torch.exp(log_cat(h1, P0["A1"])))
+        combos = list(itertools.product(one_hots(D2, K2), repeat=len(rows)))
+        z2 = torch.stack([torch.stack(c) for c in combos], 1)  # [C1, N, D2, K2]
+        w2 = torch.exp(log_cat(z2, layer2_logits(P0, rows.unsqueeze(1), sizes))).prod(0)  # [N]
+        weights = w1 * w2
+        N = len(combos)
+        pj = p.detach() + weights.unsqueeze(-1) * (p - p.detach())  # [N, P]
+        g = scg.Graph(
+            num_samples=1,
+            draws={
+                "h1": {"z": h1.expand(1, N, D1, K1)},
+                "h2": {"z": z2.unsqueeze(1) if kind1 == "indecater" else z2},
+            },
+        )
+        v1, _ = build_graph(g, pj, make[kind1](), make[kind2](), sizes)
+        if kind1 == "indecater":
+            assert torch.equal(v1.detach()[:, 0], rows.unsqueeze(1).expand(len(rows), N, D1, K1))
+        estimate += torch.autograd.grad(g.surrogate(), p)[0]
+        mass += float(weights.sum())
+    assert abs(mass - 1.0) < 1e-12
+    exact = graph_oracle_gradient(p0, sizes)
+    assert float(exact.abs().max()) > 0.1
+    torch.testing.assert_close(estimate, exact, atol=1e-10, rtol=0)
+
+
+def nested_expectation(p: torch.Tensor, est1, est2, S: int, sizes) -> torch.Tensor:
+    """expectation(h1 ↦ expectation(h2 ↦ c1 + c2, q2(h1), est2, 1), q1, est1, S)."""
+    P = graph_unpack(p, sizes)
+
+    def outer(h1):
+        def inner(h2):
+            c1, c2 = costs(P, h1, h2, sizes)
+            return c1 + c2
+
+        q2 = Independent(OneHotCategorical(logits=layer2_logits(P, h1, sizes)), 1)
+        return scg.expectation(inner, q2, est2, num_samples=1)
+
+    return scg.expectation(outer, Independent(OneHotCategorical(logits=P["A1"]), 1), est1, num_samples=S)
+
+
+@pytest.mark.parametrize(
+    ("name1", "name2"), [("gumbel_rao", "gumbel_rao"), ("reinmax", "reinmax"), ("gumbel_rao", "reinmax")]
+)
+def test_biased_estimators_graph_equals_nested_expectation(name1, name2):
+    """Gumbel-Rao (τ = 0.7, M = 3) and ReinMax (τ = 1.5) as nodes of the two-layer categorical graph
+    (3 latents × 4 classes, then 2 × 3), S = 5, seed 7: the graph's surrogate value and its gradient
+    equal those of the nested scg.expectation form on the same seed (the same draws in the same order;
+    rtol 1e-12), and the gradient reaches both layers' parameters and the costs' own."""
+    sizes = (3, 4, 2, 3)
+    make = {"gumbel_rao": lambda: GumbelRao(0.7, num_conditional=3), "reinmax": lambda: ReinMax(1.5)}
+    p0 = graph_params(sizes, seed=92)
+    S = 5
+    p = p0.clone().requires_grad_(True)
+    torch.manual_seed(7)
+    g = scg.Graph(num_samples=S)
+    h1, h2 = build_graph(g, p, make[name1](), make[name2](), sizes)
+    assert h1.shape == (S, 3, 4) and h2.shape == (S, 2, 3)
+    s_graph = g.surrogate()
+    (grad_graph,) = torch.autograd.grad(s_graph, p)
+    q = p0.clone().requires_grad_(True)
+    torch.manual_seed(7)
+    s_nested = nested_expectation(q, make[name1](), make[name2](), S, sizes)
+    (grad_nested,) = torch.autograd.grad(s_nested, q)
+    torch.testing.assert_close(s_graph, s_nested, rtol=1e-12, atol=0)
+    torch.testing.assert_close(grad_graph, grad_nested, rtol=1e-12, atol=1e-14)
+    parts = graph_unpack(grad_graph, sizes)
+    for name in ("A1", "W", "c", "T1", "B", "T2"):
+        assert float(parts[name].abs().max()) > 1e-3, name
+
+
+# ===================================================================================== bad inputs
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "message"),
+    [
+        (lambda: GumbelRao(0.0), ValueError, r"`temperature` must be positive and finite; got 0.0"),
+        (lambda: GumbelRao(-0.5), ValueError, r"`temperature` must be positive and finite; got -0.5"),
+        (lambda: GumbelRao("1"), TypeError, r"`temperature` must be a positive float; got str"),
+        (lambda: GumbelRao(num_conditional=0), ValueError, r"`num_conditional` must be >= 1; got 0"),
+        (lambda: GumbelRao(num_conditional=2.0), TypeError, r"`num_conditional` must be an int; got float"),
+        (lambda: GumbelRao(num_conditional=True), TypeError, r"`num_conditional` must be an int; got bool"),
+        (lambda: ReinMax(0.5), ValueError, r"`temperature` must be >= 1 for ReinMax .*; got 0.5"),
+        (lambda: ReinMax(math.inf), ValueError, r"`temperature` must be positive and finite; got inf"),
+        (lambda: ReinMax(None), TypeError, r"`temperature` must be a positive float; got NoneType"),
+    ],
+)
+def test_bad_arguments(make, error, message):
+    with pytest.raises(error, match=message):
+        make()
+
+
+@pytest.mark.parametrize("make", [GumbelRao, ReinMax, IndeCateR], ids=["GumbelRao", "ReinMax", "IndeCateR"])
+def test_unsupported_distribution(make):
+    """A Normal (also inside Independent) is refused by scg.expectation and by a graph node, naming `dist`,
+    the families that apply and what was given."""
+    name = make.__name__
+    message = rf"`dist` must be Bernoulli, Categorical or OneHotCategorical \(optionally Independent\) for {name}; got Normal"
+    with pytest.raises(TypeError, match=message):
+        scg.expectation(lambda z: z, Normal(t(0.0), t(1.0)), make(), num_samples=2)
+    with pytest.raises(TypeError, match=message):
+        scg.Graph(num_samples=2).sample("z", Independent(Normal(t(0.0, 1.0), t(1.0, 1.0)), 1), make())
+    with pytest.raises(TypeError, match=r"`dist` must be a torch.distributions.Distribution; got str"):
+        make().laws("not a distribution", 1)
