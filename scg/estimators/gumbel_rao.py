@@ -120,15 +120,22 @@ class GumbelRao(Estimator):
     0/1 sample (Bernoulli) or one-hot vectors ``[S, *batch, *event, K]`` (for
     ``Categorical`` f receives one-hot vectors, not indices).
 
-    Properties: **biased** (``unbiased = False``): ``E[ĝ] = E[ĝ_{ST-GS}]`` for every M
-    (the tower property), so the bias is ST-GS's at the same τ; it does not vanish as
-    τ → 0. With M = 1 the estimator *is* ST-GS: the pair (D, G^{(1)}) has ST-GS's joint
-    law, and given the same noise the two gradients are equal. The variance decreases
-    in M: :math:`\mathrm{Var}[\hat g] = \mathrm{Var}_D(E[\hat g_1 | D]) + E_D[\mathrm{Var}(\hat g_1 | D)]/M`
-    (:math:`\hat g_1` the one-draw estimate), towards the first term as M → ∞. Large τ
-    scales the gradient as 1/τ: per draw, :math:`τ\hat g → \frac1K (I − \tfrac1K 11^⊤)\, ∂f/∂D`
-    as τ → ∞ (¼ f′(b) for Bernoulli). S evaluations of f and one backward through f; the M conditional draws
-    cost only M softmaxes per element (memory ``M·S·K`` per categorical element).
+    Properties: **biased** (``unbiased = False``).
+
+    * Mean: :math:`E[\hat g] = E[\hat g_{\text{ST-GS}}]` for every M (the tower property),
+      so the bias is ST-GS's at the same τ.
+    * M = 1 *is* ST-GS: the pair (D, G^{(1)}) has ST-GS's joint law, and given the same
+      noise the two gradients are equal.
+    * Variance, decreasing in M:
+      :math:`\mathrm{Var}[\hat g] = \mathrm{Var}_D(E[\hat g_1 | D]) + E_D[\mathrm{Var}(\hat g_1 | D)]/M`
+      (:math:`\hat g_1` the one-draw estimate), towards the first term as M → ∞.
+    * Temperature: τ changes the gradient, never the value. As τ → ∞, per draw,
+      :math:`τ\hat g → \frac1K (I − \tfrac1K 11^⊤)\, ∂f/∂D` (¼ f′(b) for Bernoulli). As τ → 0
+      the bias does not vanish: for Bernoulli(θ) the mean tends to
+      :math:`θ(1 − θ)\, \tfrac12 (f′(0) + f′(1))`, the trapezoid rule for the exact
+      :math:`θ(1 − θ)(f(1) − f(0))` (exact only for f quadratic in b).
+    * Cost: S evaluations of f and one backward through f; the M conditional draws cost
+      only M softmaxes per element (memory ``M·S·K`` per categorical element).
 
     Args:
         temperature: τ > 0 of the softmax relaxation.
