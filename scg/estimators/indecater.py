@@ -80,8 +80,8 @@ class IndeCateR(Estimator):
         Distributions Using the CatLog-Derivative Trick", NeurIPS 2023.
         https://arxiv.org/abs/2311.12569
         Mohamed, Rosca, Figurnov & Mnih, "Monte Carlo Gradient Estimation in Machine
-        Learning", JMLR 2020, §6 (weak derivatives of discrete distributions) and §7.4
-        (conditioning, Rao-Blackwellisation). https://arxiv.org/abs/1906.10652
+        Learning", JMLR 2020, §6 (weak derivatives of discrete distributions) and §7
+        (variance reduction by conditioning). https://arxiv.org/abs/1906.10652
     """
 
     def check(self, dist: Distribution) -> None:
