@@ -154,8 +154,14 @@ def test_eval_mode_compiles_once_more_and_freezes_state():
 
 
 class GraphModel(nn.Module):
-    def __init__(self) -> None:
+    """A three-node graph (score function → pathwise → score function) with two costs.
+
+    ``dataflow="declared"`` names every dependency (the same ones the traced walk finds).
+    """
+
+    def __init__(self, dataflow: str = "traced") -> None:
         super().__init__()
+        self.dataflow = dataflow
         torch.manual_seed(2)
         self.enc = nn.Linear(4, 3)
         self.w_z = nn.Linear(3, 3)
@@ -166,15 +172,23 @@ class GraphModel(nn.Module):
         self.pathwise = scg.Pathwise()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        g = scg.Graph(num_samples=S)
+        declared = self.dataflow == "declared"
+
+        def on(*names: str) -> list[str] | None:
+            return list(names) if declared else None
+
+        g = scg.Graph(num_samples=S, dataflow=self.dataflow)
         a = g.sample("a", Independent(Bernoulli(logits=self.enc(x)), 1), self.sf_a)
-        z = g.sample("z", Independent(Normal(self.w_z(a), 1.0), 1), self.pathwise)
-        b = g.sample("b", Independent(Bernoulli(logits=self.w_b(z)), 1), self.sf_b)
-        g.cost("fit", ((z - 0.5) ** 2).sum(-1))
+        z = g.sample("z", Independent(Normal(self.w_z(a), 1.0), 1), self.pathwise, depends_on=on("a"))
+        b = g.sample("b", Independent(Bernoulli(logits=self.w_b(z)), 1), self.sf_b, depends_on=on("z"))
+        g.cost("fit", ((z - 0.5) ** 2).sum(-1), depends_on=on("z"))
         g.cost(
             "rec",
             F.binary_cross_entropy_with_logits(self.dec(b), x.expand_as(b), reduction="none").sum(-1),
+            depends_on=on("b"),
         )
+        if not declared:
+            assert g.dependencies() == {"fit": ("a", "z"), "rec": ("a", "z", "b")}
         return g.surrogate()
 
 
@@ -191,6 +205,23 @@ def test_graph_step_compiles_with_breaks_without_recompiling_and_matches_eager()
     assert warm >= 1 and counter.op_count > 0  # the model's tensor code runs compiled
     _train(compiled_model, step, x, seed=1)
     assert counter.frame_count == warm, "the graph's step recompiled after warm-up"
+    _assert_same(eager, compiled)
+
+
+def test_declared_graph_step_compiles_fullgraph_without_recompiling_and_matches_traced_eager():
+    """With ``dataflow="declared"`` nothing is introspected: one graph, no break, no recompilation,
+    and the same losses, gradients and baseline state as the traced graph in eager mode."""
+    torch._dynamo.reset()
+    traced = GraphModel()
+    declared = GraphModel("declared")
+    x = torch.tensor([[0.0, 1.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
+    eager = _train(traced, traced, x)
+    counter = CompileCounterWithBackend("aot_eager")
+    step = torch.compile(declared, backend=counter, fullgraph=True)
+    compiled = _train(declared, step, x)
+    assert counter.frame_count == 1  # one frame: the whole step, graph included
+    _train(declared, step, x, seed=1)
+    assert counter.frame_count == 1, "the declared graph's step recompiled after warm-up"
     _assert_same(eager, compiled)
 
 

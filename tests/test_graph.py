@@ -791,3 +791,22 @@ def test_integer_categorical_credit_is_narrowed_by_depends_on_on_the_cost():
         return torch.autograd.grad(g.surrogate(), logits)[0]
 
     assert torch.equal(grad(True), grad(False))
+
+
+def test_declared_dataflow_uses_only_the_named_dependencies():
+    """``Graph(dataflow="declared")``: parents and credit are exactly what ``depends_on`` names
+    (plus ancestors), nothing is read from autograd, and a cost without ``depends_on`` is refused."""
+    p = t(0.1, 0.2, -0.3).requires_grad_()
+    g = scg.Graph(num_samples=3, dataflow="declared")
+    a = g.sample("a", Bernoulli(logits=p[0]))
+    b = g.sample("b", Bernoulli(logits=p[1] + a), depends_on=["a"])
+    n = g.sample("n", Normal(p[2], 1.0))
+    g.cost("fb", b * 2.0, depends_on=["b"])
+    g.cost("fn", (n - 1.0) ** 2 + 0.0 * a, depends_on=["n"])  # reads a, but declares only n
+    assert g.dependencies() == {"fb": ("a", "b"), "fn": ("n",)}
+    with pytest.raises(
+        ValueError, match=r"cost 'x' needs depends_on=\[\.\.\.\]: in a Graph\(dataflow='declared'\)"
+    ):
+        g.cost("x", n * 1.0)
+    with pytest.raises(ValueError, match=r"`dataflow` must be 'traced' or 'declared'; got 'auto'"):
+        scg.Graph(dataflow="auto")

@@ -100,6 +100,13 @@ class Graph:
             exact checks by enumeration/quadrature): the estimator's ``laws`` names
             (``{"z": sample}`` for score-function nodes, ``{"eps": noise}`` pathwise,
             ``{"u": uniforms}`` DisARM and relaxations).
+        dataflow: ``"traced"`` (default) reads which nodes each cost and node depends
+            on from autograd (plus ``depends_on``); ``"declared"`` reads nothing: a
+            node's parents are exactly its ``depends_on`` (none: a root) and every
+            cost must pass ``depends_on`` (ancestors are added). Declared data flow
+            involves no Python introspection, so a step using it compiles with
+            ``torch.compile(..., fullgraph=True)``; a missing name is not detected
+            (a cost credited to too few nodes gives a biased gradient).
 
     Example:
         >>> import torch, scg
@@ -131,10 +138,14 @@ class Graph:
         num_samples: int = 1,
         *,
         draws: Mapping[str, Mapping[str, Tensor]] | None = None,
+        dataflow: str = "traced",
     ) -> None:
         if type(num_samples) is not int or num_samples < 1:
             check_positive_int("num_samples", num_samples)
+        if dataflow not in ("traced", "declared"):
+            raise ValueError(f"`dataflow` must be 'traced' or 'declared'; got {dataflow!r}.")
         self.num_samples = num_samples
+        self.dataflow = dataflow
         if draws is not None and not isinstance(draws, Mapping):
             raise TypeError(f"`draws` must be a mapping node name -> draws; got {type(draws).__name__}.")
         for key, value in (draws or {}).items():
@@ -192,7 +203,9 @@ class Graph:
         if estimator is None:
             estimator = default_estimator(dist, S)
         check_node_estimator(name, estimator, dist, S)
-        tracking = torch.is_grad_enabled()
+        grad = torch.is_grad_enabled()
+        declared = self.dataflow == "declared"
+        tracking = grad and not declared
         flow = self._flow
         parents = flow.parents(dist, len(nodes)) if tracking and flow.first_sequence_nr >= 0 else set()
         if depends_on is not None:
@@ -200,7 +213,9 @@ class Graph:
         batch_shape = tuple(dist.batch_shape)
         child = bool(parents)
         unseen = self._unseen_integers()
-        if depends_on is None and not child and self._prefix_rank(batch_shape):
+        if declared:
+            pass  # the parents are the nodes named by depends_on, nothing else
+        elif depends_on is None and not child and self._prefix_rank(batch_shape):
             hidden = unseen if tracking else set(nodes)
             if hidden:  # integer-valued (or untracked) earlier nodes: assume they feed this one
                 child = True
@@ -209,7 +224,9 @@ class Graph:
             parents |= unseen
         if child:
             base_rank = (
-                self._prefix_rank(batch_shape) if not tracking else max(nodes[p].rank for p in parents)
+                self._prefix_rank(batch_shape)
+                if not (tracking or declared)
+                else max(nodes[p].rank for p in parents)
             )
             self._check_prefix(name, batch_shape, base_rank, parents)
             prefix = batch_shape[:base_rank]
@@ -252,9 +269,11 @@ class Graph:
         )
         value = node.to_graph(parts.value)
         node.integer_valued = integer_valued = not (value.is_floating_point() or value.is_complex())
-        if tracking:
-            if parts.log_prob is not None:
-                node.log_prob = parts.log_prob.squeeze(0) if child else parts.log_prob
+        if grad and parts.log_prob is not None:
+            node.log_prob = parts.log_prob.squeeze(0) if child else parts.log_prob
+        if declared:
+            integer_valued = False  # nothing is assumed: costs name their nodes
+        elif tracking:
             if not integer_valued:
                 value = flow.track(name, value, node.ancestors)
             elif not (in_transform() or compiling()):
@@ -314,8 +333,13 @@ class Graph:
         if scale != 1.0 or type(scale) is not float:
             scale = check_positive("scale", scale)
         root = leaf = None
+        if self.dataflow == "declared" and depends_on is None:
+            raise ValueError(
+                f"cost {name!r} needs depends_on=[...]: in a Graph(dataflow='declared') every cost names "
+                "the nodes it depends on (their ancestors are added)."
+            )
         if torch.is_grad_enabled():
-            if self._flow.first_sequence_nr >= 0:
+            if self._flow.first_sequence_nr >= 0 and self.dataflow == "traced":
                 root = value.grad_fn
                 if root is None:
                     root, leaf = self._flow.origin(value)
