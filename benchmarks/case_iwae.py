@@ -27,6 +27,7 @@ Run alone: ``python benchmarks/case_iwae.py [--quick]`` (or through ``run.py``).
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import os
 import sys
@@ -150,12 +151,8 @@ def run(opts: Options) -> Result:
         faults = {c.name: minor_faults(c.step) for c in cs} if device.type == "cpu" else {}
         mem = peak_memory(cs[0].step, device=device)
         hand_mem = peak_memory(cs[1].step, device=device)
-        evaluate = lambda: log_likelihood(
-            model,
-            test,
-            num_samples=K,
-            chunk_size=cfg["chunk"],  # noqa: E731
-            batch_size=cfg["eval_batch"],
+        evaluate = functools.partial(
+            log_likelihood, model, test, num_samples=K, chunk_size=cfg["chunk"], batch_size=cfg["eval_batch"]
         )
         ev_rounds = opts.rounds or (2 if opts.quick else (3 if K >= 1000 else 5))
         ev = blocks({"eval": evaluate}, rounds=ev_rounds, inner=1, warmup=1, clock=opts.clock, device=device)

@@ -12,11 +12,11 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO, Union
+from typing import BinaryIO, TypeAlias
 
 __all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text"]
 
-PathLike = Union[str, os.PathLike]
+PathLike: TypeAlias = str | os.PathLike
 
 
 def _umask() -> int:

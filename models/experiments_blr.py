@@ -6,7 +6,9 @@ Part of ``python -m scg.models.experiments`` (see :mod:`scg.models.experiments`)
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -14,6 +16,10 @@ from torch import Tensor
 from scg.models import data as datasets
 from scg.models.experiments_cells import cell, table
 from scg.models.train import resolve_device
+
+if TYPE_CHECKING:
+    from scg.estimators import Estimator
+    from scg.models.blr import BayesianLogisticRegression
 
 __all__ = ["blr"]
 
@@ -38,7 +44,7 @@ def blr(args: argparse.Namespace) -> str:
     checkpoints = sorted({0, steps // 10, steps})
     out = Path(args.out) / "blr"
 
-    def run(folder: Path, make) -> dict:
+    def run(folder: Path, make: Callable[[], Estimator]) -> dict:
         torch.manual_seed(args.seed)
         m = BayesianLogisticRegression(x, y, estimator=make(), num_samples=S, batch_size=32).to(dev)
         opt = torch.optim.SGD(m.parameters(), lr=args.lr)
@@ -96,7 +102,7 @@ def blr(args: argparse.Namespace) -> str:
     )
 
 
-def _blr_gradient_variance(m, *, num: int) -> float:
+def _blr_gradient_variance(m: BayesianLogisticRegression, *, num: int) -> float:
     import scg
 
     params = {"loc": m.loc.detach(), "raw_scale": m.raw_scale.detach()}

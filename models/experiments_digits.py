@@ -21,7 +21,7 @@ from scg.models.train import TrainConfig, fit, resolve_device
 __all__ = ["iwae", "flows", "discrete"]
 
 
-def _digits(args: argparse.Namespace):
+def _digits(args: argparse.Namespace) -> datasets.Splits:
     d = datasets.digits()
     if args.smoke:
         d = datasets.Splits(d.train[:100], d.val[:50], d.test[:50])
@@ -29,7 +29,12 @@ def _digits(args: argparse.Namespace):
 
 
 def _vae_cell(
-    args, d, *, model_fn: Callable[[], torch.nn.Module], epochs: int, encoder_of
+    args: argparse.Namespace,
+    d: datasets.Splits,
+    *,
+    model_fn: Callable[[], torch.nn.Module],
+    epochs: int,
+    encoder_of: Callable[[torch.nn.Module], torch.nn.Module],
 ) -> Callable[[Path], dict]:
     dev = resolve_device(args.device)
 
@@ -77,7 +82,7 @@ def iwae(args: argparse.Namespace) -> str:
         for k in (1, 5, 50):
             for kind in ("VAE", "IWAE"):
 
-                def make(kind=kind, k=k):
+                def make(kind: str = kind, k: int = k) -> torch.nn.Module:
                     enc, dec = GaussianEncoder(64, L, H), BernoulliDecoder(L, 64, H)
                     if kind == "VAE":
                         return VAE(enc, dec, kl="mc", num_samples=k)
@@ -125,7 +130,7 @@ def flows(args: argparse.Namespace) -> str:
         sub = argparse.Namespace(**{**vars(args), "seed": seed})
         for kind, length in cells:
 
-            def make(kind=kind, length=length):
+            def make(kind: str = kind, length: int = length) -> torch.nn.Module:
                 enc = GaussianEncoder(64, L, H)
                 layers = flow_layers(kind, L, length, context_dim=H[-1], hidden=(64,)) if length else []
                 return VAE(FlowPosterior(enc, layers), BernoulliDecoder(L, 64, H), kl="mc")
@@ -168,7 +173,7 @@ def discrete(args: argparse.Namespace) -> str:
     for seed in range(args.seeds):
         for name in DISCRETE_ESTIMATORS:
 
-            def run(folder: Path, name=name, seed=seed) -> dict:
+            def run(folder: Path, name: str = name, seed: int = seed) -> dict:
                 torch.manual_seed(seed)
                 m = DiscreteVAE(64, Z, hidden, estimator=name, evaluations=E)
                 cfg = TrainConfig(

@@ -21,6 +21,8 @@ References:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, kl_divergence
@@ -136,7 +138,7 @@ class VAE(nn.Module):
         S = self.num_samples if num_samples is None else num_samples
         q = self.posterior(x)
 
-        def expect(f):
+        def expect(f: Callable[[Tensor], Tensor]) -> Tensor:
             if draws is None:
                 return scg.expectation(f, q, self.estimator, num_samples=S)
             return self.estimator.surrogate(f, q, draws)

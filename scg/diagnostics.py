@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple, Union
+from typing import Any, NamedTuple, TypeAlias
 
 import torch
 from torch import Tensor
@@ -20,7 +20,7 @@ from scg.checks import check_positive_int
 
 __all__ = ["gradient_samples", "summary", "Summary", "DEFAULT_CHUNK_ELEMENTS"]
 
-Params = Union[Mapping[str, Tensor], Sequence[Tensor]]
+Params: TypeAlias = Mapping[str, Tensor] | Sequence[Tensor]
 
 #: Default memory budget of one chunk, in gradient elements (``chunk_size · P``): 16 MiB of float32.
 DEFAULT_CHUNK_ELEMENTS: int = 2**22

@@ -17,7 +17,7 @@ import subprocess
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, TypeAlias
 
 from scg.models._io import atomic_write, atomic_write_bytes, atomic_write_text
 
@@ -34,7 +34,7 @@ __all__ = [
     "manifest",
 ]
 
-PathLike = Union[str, os.PathLike]
+PathLike: TypeAlias = str | os.PathLike
 
 
 def row(columns: Sequence[str], **values: Any) -> dict[str, Any]:

@@ -261,7 +261,10 @@ class Flows2D(Study):
             beta = min(1.0, 0.01 + t / cfg.anneal_steps)
             q = _flow(layers, base)
             loss = scg.expectation(
-                lambda z: q.log_prob(z) + beta * energy(z), q, est, num_samples=cfg.num_samples
+                lambda z, q=q, beta=beta: q.log_prob(z) + beta * energy(z),
+                q,
+                est,
+                num_samples=cfg.num_samples,
             )
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -403,7 +403,9 @@ def test_measure_valued_both_layers_exact():
     mass = 0.0
     for h1 in bits(n1):
         copies = mv_copies(h1)  # [5, n1]
-        pts = sf_points(n2, [lambda h, r=r: q2_prob(p0, n1, n2, copies[r], h) for r in range(E1)], (E1, n2))
+        pts = sf_points(
+            n2, [lambda h, r=r, copies=copies: q2_prob(p0, n1, n2, copies[r], h) for r in range(E1)], (E1, n2)
+        )
         z2 = torch.stack([z for z, _ in pts], dim=1).unsqueeze(1)  # [5, 1, K, n2]
         w = q1_prob(p0, n1, n2, h1) * t(*[wt for _, wt in pts])  # [K]
         K = w.shape[0]

@@ -193,7 +193,7 @@ def _minibatch_average(estimator: scg.Estimator, params, D: int, S: int, nodes) 
         idx = torch.tensor(subset)
         scale = subsample(N, B)[1]  # N / B
 
-        def f(w: Tensor, idx: Tensor = idx) -> Tensor:
+        def f(w: Tensor, idx: Tensor = idx, scale: float = scale) -> Tensor:
             return scale * per_datum(w, X[idx, :D], Y[idx]).sum(-1)
 
         g = expected_gradient(estimator, f, params, S, nodes)

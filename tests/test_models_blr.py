@@ -64,7 +64,7 @@ def test_minibatch_objective_is_doubly_unbiased():
     mean = 0
     for idx in subsets:
         xb, yb = x[list(idx)], y[list(idx)]
-        mom = exact_moments(scg.Pathwise(), _make, PARAMS, lambda w: 2.0 * m.nll(w, xb, yb))
+        mom = exact_moments(scg.Pathwise(), _make, PARAMS, lambda w, xb=xb, yb=yb: 2.0 * m.nll(w, xb, yb))
         mean = mean + mom.mean / len(subsets)
     m.zero_grad()
     m.kl().backward()

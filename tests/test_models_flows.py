@@ -110,7 +110,7 @@ def test_made_is_autoregressive():
     made = _perturb(MADE(4, (16, 16), reverse=True).double())
     x = torch.randn(4, dtype=torch.float64)
     for out in (0, 1):
-        J = jacobian(lambda v: made(v)[out], x)  # J[i, j] = d out_i / d x_j
+        J = jacobian(lambda v, out=out: made(v)[out], x)  # J[i, j] = d out_i / d x_j
         order = made.order  # degree of each position
         allowed = order.unsqueeze(1) > order.unsqueeze(0)
         assert torch.all(J[~allowed] == 0)

@@ -160,7 +160,7 @@ def test_gumbel_softmax_stays_at_the_wrong_answer_at_a_large_budget():
 def test_arm_is_exactly_unbiased_with_the_closed_form_variance():
     logits = torch.tensor([0.0, 0.7, -1.3], dtype=torch.float64)
     for t in (0.49, 0.3):
-        m = assert_unbiased(ARM(), lambda l: Bernoulli(logits=l), (logits,), lambda b: (b - t) ** 2)
+        m = assert_unbiased(ARM(), lambda l: Bernoulli(logits=l), (logits,), lambda b, t=t: (b - t) ** 2)
         assert float(m.variance[0]) == pytest.approx((1 - 2 * t) ** 2 / 48, rel=1e-9)  # (f(1) - f(0))^2 / 48
 
 

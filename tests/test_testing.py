@@ -162,7 +162,7 @@ def test_cached_rules_are_read_only_and_callers_get_copies():
 def test_exact_gradient_normal_quadratic():
     mu, sigma = t(0.5, -1.0, 2.0), t(0.7, 1.3, 1.0)
     for k in (0.0, 3.0):
-        g = exact_gradient(normal, (mu, sigma), lambda z: (z - k) ** 2)
+        g = exact_gradient(normal, (mu, sigma), lambda z, k=k: (z - k) ** 2)
         expected = torch.cat([2 * (mu - k), 2 * sigma])  # E[(x-k)^2] = (μ-k)^2 + σ^2
         torch.testing.assert_close(g, expected, atol=1e-12, rtol=1e-12)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Union
+from typing import TypeAlias
 
 import numpy as np
 import torch
@@ -32,13 +32,14 @@ from torch.distributions import (
     TransformedDistribution,
     Uniform,
 )
+from torch.distributions.transforms import Transform
 
 from scg._dist import unwrap
 from scg.laws import FromDistribution, Law, StandardUniform
 
 __all__ = ["Breakpoints", "z_points", "law_points", "nested_points"]
 
-Breakpoints = Union[None, float, Sequence[float], Tensor, dict]
+Breakpoints: TypeAlias = None | float | Sequence[float] | Tensor | dict
 
 
 def z_points(breakpoints: Breakpoints, dist: Distribution) -> np.ndarray | None:
@@ -64,6 +65,14 @@ def z_points(breakpoints: Breakpoints, dist: Distribution) -> np.ndarray | None:
     return pts.reshape(M, -1).numpy()
 
 
+def _declares_sign(t: Transform) -> bool:
+    """Whether ``t`` is monotone: torch's ``Transform.sign`` raises NotImplementedError where it is not declared."""
+    try:
+        return t.sign is not None
+    except NotImplementedError:
+        return False
+
+
 def _pathwise_points(
     estimator: nn.Module, dist: Distribution, law: Law, points: np.ndarray | None
 ) -> np.ndarray | None:
@@ -79,11 +88,7 @@ def _pathwise_points(
     inner, _ = unwrap(dist)
     while isinstance(inner, TransformedDistribution):
         for t in inner.transforms:
-            try:
-                t.sign
-            except NotImplementedError:
-                return None
-            if t.event_dim != 0:
+            if not _declares_sign(t) or t.event_dim != 0:
                 return None
         inner, _ = unwrap(inner.base_dist)
     if rep is None or not isinstance(inner, (Normal, Uniform, Laplace, Cauchy, Exponential)):
