@@ -41,8 +41,17 @@ __all__ = [
     "plain_torch_function",
 ]
 
+
+def _accumulator_type() -> type:
+    """The node type of a leaf's gradient accumulator, read off the graph of one view of a leaf."""
+    view_fn = torch.zeros((), requires_grad=True).view(()).grad_fn
+    if view_fn is None:  # a view of a tensor that requires grad always records its node
+        raise RuntimeError("torch recorded no autograd node for a view of a leaf that requires grad.")
+    return type(view_fn.next_functions[0][0])
+
+
 #: The autograd node type of leaves that require grad (their gradient accumulator).
-LEAF: type = type(torch.zeros((), requires_grad=True).view(()).grad_fn.next_functions[0][0])
+LEAF: type = _accumulator_type()
 
 
 def is_wrapped(t: Tensor) -> bool:

@@ -93,7 +93,7 @@ def score_sq_norm(dist: Distribution, samples: Tensor) -> Tensor:
         extra_dims = value.dim() - len(base.batch_shape)
         target = shape + tuple(value.shape[value.dim() - extra_dims :]) if extra_dims > 0 else shape
         expanded[name] = value.expand(target).clone()
-    cls = type(base)
+    cls: Callable[..., Distribution] = type(base)  # the family's constructor, parameters by name
 
     def total_log_prob(p: dict[str, Tensor]) -> Tensor:
         return cls(**p, validate_args=False).log_prob(samples).sum()

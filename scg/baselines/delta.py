@@ -58,6 +58,8 @@ class Delta(_RunningState):
     """
 
     _floating = ("cov", "var")
+    cov: Tensor
+    var: Tensor
 
     #: It differentiates the cost function itself, so it cannot serve a graph node.
     needs_cost_function = True

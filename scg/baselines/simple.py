@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from scg.baselines.base import ControlVariate, SignalContext
 
@@ -18,6 +18,11 @@ def _check_decay(decay: float) -> float:
     if not 0.0 <= decay < 1.0:
         raise ValueError(f"`decay` must be in [0, 1); got {decay}.")
     return float(decay)
+
+
+def _buffer(module: nn.Module, name: str) -> Tensor:
+    """Buffer ``name`` of ``module``: always a tensor here (these modules never register ``None``)."""
+    return cast(Tensor, module._buffers[name])
 
 
 def _one_minus(decay: float) -> dict[torch.dtype, float]:
@@ -42,7 +47,7 @@ class _RunningState(ControlVariate):
 
     def _follow(self, name: str, like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
         """Buffer ``name`` on ``like``'s device, in ``dtype`` (default: ``like``'s dtype)."""
-        buf = self._buffers[name]
+        buf = _buffer(self, name)
         dtype = like.dtype if dtype is None else dtype
         if buf.dtype != dtype or buf.device != like.device:
             buf = buf.to(device=like.device, dtype=dtype)
@@ -77,6 +82,8 @@ class Constant(ControlVariate):
             dtype; b is cast to the signal's dtype when used.
     """
 
+    value: Tensor
+
     def __init__(self, value: float | Tensor) -> None:
         super().__init__()
         if isinstance(value, bool) or not isinstance(value, (int, float, Tensor)):
@@ -92,7 +99,7 @@ class Constant(ControlVariate):
         self.register_buffer("value", b)
 
     def forward(self, signal: Tensor, ctx: SignalContext) -> tuple[Tensor, Tensor | None]:
-        b = self._buffers["value"]
+        b = _buffer(self, "value")
         if b.device != signal.device:  # follow the problem's device once, keep b's precision
             b = b.to(signal.device)
             self._buffers["value"] = b
@@ -132,6 +139,11 @@ class MovingAverage(_RunningState):
         https://arxiv.org/abs/1402.0030
     """
 
+    value: Tensor
+    numerator: Tensor
+    denominator: Tensor
+    steps: Tensor
+
     def __init__(self, decay: float = 0.9, *, optimal: bool = False) -> None:
         super().__init__()
         self.decay = _check_decay(decay)
@@ -157,12 +169,12 @@ class MovingAverage(_RunningState):
             self._follow_all(signal)
         if self.optimal:
             return self._forward_optimal(signal, ctx, updating)
-        b = self._buffers["value"]
+        b = _buffer(self, "value")
         out = signal - (b if b.dtype == signal.dtype and b.device == signal.device else b.to(signal))
         if updating:
             # In-place update of buffers from detached values: records no graph, and ``out``
             # (a subtraction saves no inputs) is unaffected.
-            steps = self._buffers["steps"]
+            steps = _buffer(self, "steps")
             steps.add_(1)
             # w = (1 − β) / (1 − β^t), in place on one temporary (few small ops, no host read)
             one_minus = self._one_minus_decay.get(b.dtype, 1.0 - self.decay)
@@ -178,7 +190,7 @@ class MovingAverage(_RunningState):
         # so the clamp makes b = 0 before the first update without a branch.
         b = num / den.clamp_min(torch.finfo(signal.dtype).tiny)
         if updating:
-            self._buffers["steps"].add_(1)
+            _buffer(self, "steps").add_(1)
             weight = ctx.score_sq_norm().detach()
             w = 1.0 - self.decay
             self.numerator.lerp_((signal.detach() * weight).mean().to(self.numerator), w)
@@ -235,6 +247,8 @@ class Normalize(_RunningState):
 
     unbiased = False
     _floating = ("variance",)
+    variance: Tensor
+    steps: Tensor
 
     def __init__(self, decay: float = 0.8) -> None:
         super().__init__()
@@ -247,14 +261,14 @@ class Normalize(_RunningState):
         updating = self.updating(signal)
         if updating:
             self._follow_all(signal)
-        var = self._buffers["variance"]
+        var = _buffer(self, "variance")
         scale = var if var.dtype == signal.dtype and var.device == signal.device else var.to(signal)
         out = signal / scale.sqrt().clamp_min(1.0)
         if updating:
             a = signal.detach()
             new = a.var(unbiased=False) if a.numel() > 1 else torch.zeros_like(var)
             new = new.clamp_max(torch.finfo(var.dtype).max)  # finite, so lerp never meets inf − inf
-            steps = self._buffers["steps"]
+            steps = _buffer(self, "steps")
             var.lerp_(new, torch.full_like(var, 1.0 - self.decay).masked_fill_(steps == 0, 1.0))
             steps.add_(1)
         return out, None

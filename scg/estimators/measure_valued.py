@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import TypeAlias
 
 import torch
 from torch import Tensor
@@ -38,6 +39,18 @@ from scg.laws import (
 __all__ = ["MeasureValued"]
 
 _FAMILIES = (Normal, Bernoulli, Poisson, Categorical, OneHotCategorical)
+_Family: TypeAlias = Normal | Bernoulli | Poisson | Categorical | OneHotCategorical
+
+
+def _family(dist: Distribution) -> tuple[_Family, int]:
+    """``unwrap(dist)`` whose base is one of the supported families; a TypeError naming ``dist`` otherwise."""
+    base, k = unwrap(dist)
+    if not isinstance(base, _FAMILIES):
+        raise TypeError(
+            f"`dist` must be Normal, Bernoulli, Categorical, OneHotCategorical or Poisson "
+            f"(optionally Independent) for MeasureValued; got {type(base).__name__}."
+        )
+    return base, k
 
 
 class MeasureValued(Estimator):
@@ -124,6 +137,10 @@ class MeasureValued(Estimator):
         (control variates; §7.2 delta method). https://arxiv.org/abs/1906.10652
     """
 
+    #: Its copies change one event position of every batch element at once: a graph checks that
+    #: the costs it is credited with keep the node's batch elements apart.
+    perturbs_batch_elements = True
+
     def __init__(self, baseline: ControlVariate | None = None) -> None:
         super().__init__()
         self.baseline = check_baseline(
@@ -137,39 +154,39 @@ class MeasureValued(Estimator):
 
     def check(self, dist: Distribution) -> None:
         super().check(dist)
-        base, _ = unwrap(dist)
-        if not isinstance(base, _FAMILIES):
-            raise TypeError(
-                f"`dist` must be Normal, Bernoulli, Categorical, OneHotCategorical or Poisson "
-                f"(optionally Independent) for MeasureValued; got {type(base).__name__}."
-            )
+        _family(dist)
 
     def evaluations(self, dist: Distribution, num_samples: int) -> int:
-        base, _ = unwrap(dist)
+        base, _ = _family(dist)
         E = event_size(dist)
-        per = {Normal: 4 * E, Bernoulli: 2 * E, Poisson: E}.get(type(base))
-        if per is None:
+        if isinstance(base, Normal):
+            per = 4 * E
+        elif isinstance(base, Bernoulli):
+            per = 2 * E
+        elif isinstance(base, Poisson):
+            per = E
+        else:  # Categorical / OneHotCategorical: one copy per category and element
             per = E * int(base.logits.shape[-1])
         return num_samples * (1 + per)
 
     def laws(self, dist: Distribution, num_samples: int) -> dict[str, Law]:
         self.check(dist)
-        base, _ = unwrap(dist)
+        base, _ = _family(dist)
         shape = (num_samples, *dist.batch_shape, *dist.event_shape)
         if isinstance(base, Normal):
-            kw = {"dtype": base.loc.dtype, "device": base.loc.device}
+            loc = base.loc
             return {
-                "eps": StandardNormal(shape=shape, **kw),
-                "w": Rayleigh(shape=shape, **kw),
-                "m": DoubleSidedMaxwell(shape=shape, **kw),
-                "u": StandardUniform(shape=shape, **kw),
+                "eps": StandardNormal(shape=shape, dtype=loc.dtype, device=loc.device),
+                "w": Rayleigh(shape=shape, dtype=loc.dtype, device=loc.device),
+                "m": DoubleSidedMaxwell(shape=shape, dtype=loc.dtype, device=loc.device),
+                "u": StandardUniform(shape=shape, dtype=loc.dtype, device=loc.device),
             }
         ref = base.probs if not isinstance(base, Poisson) else base.rate
         return {"z": FromDistribution(shape=shape, dist=dist, dtype=ref.dtype, device=ref.device)}
 
     def parts(self, dist: Distribution, draws: dict[str, Tensor], *, context: Tensor | None = None) -> Parts:
         self.check(dist)
-        base, k = unwrap(dist)
+        base, k = _family(dist)
         batch = tuple(dist.batch_shape)
         nb = len(batch)
         if isinstance(base, Normal):

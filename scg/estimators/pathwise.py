@@ -6,6 +6,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -35,7 +36,8 @@ from scg.laws import Law, StandardNormal, StandardUniform, distribution_of, law_
 __all__ = ["Pathwise", "ImplicitSample", "reparameterize"]
 
 # A reparameterisation: (law class, function (dist, noise) -> sample attached to the parameters).
-_Reparam = tuple[type[Law], Callable[[Distribution, Tensor], Tensor]]
+# The function takes an instance of its registry key's class (Any: the key fixes its type).
+_Reparam = tuple[type[Law], Callable[[Any, Tensor], Tensor]]
 
 
 def _normal(d: Normal, e: Tensor) -> Tensor:

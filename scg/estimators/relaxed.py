@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TypeAlias, cast
+
 import torch
 from torch import Tensor
 from torch.distributions import Bernoulli, Categorical, Distribution, OneHotCategorical
@@ -14,10 +16,12 @@ from scg.laws import Law, StandardUniform, one_hot
 __all__ = ["GumbelSoftmax", "StraightThrough"]
 
 _KINDS = (Bernoulli, Categorical, OneHotCategorical)
+_Discrete: TypeAlias = Bernoulli | Categorical | OneHotCategorical
 
 
-def _discrete_base(dist: Distribution, name: str) -> Distribution:
-    return base_of_kind(dist, _KINDS, name, "Bernoulli, Categorical or OneHotCategorical")[0]
+def _discrete_base(dist: Distribution, name: str) -> _Discrete:
+    base = base_of_kind(dist, _KINDS, name, "Bernoulli, Categorical or OneHotCategorical")[0]
+    return cast(_Discrete, base)  # base_of_kind refused any other kind
 
 
 def _noise_shape(dist: Distribution, base: Distribution, num_samples: int) -> tuple[int, ...]:

@@ -70,8 +70,9 @@ class ScoreFunction(Estimator):
     def laws(self, dist: Distribution, num_samples: int) -> dict[str, Law]:
         shape = (num_samples, *dist.batch_shape, *dist.event_shape)
         ref = next(iter(parameters_of(dist).values()), None)
-        kw = {} if ref is None else {"dtype": ref.dtype, "device": ref.device}
-        return {"z": FromDistribution(shape=shape, dist=dist, **kw)}
+        if ref is None:
+            return {"z": FromDistribution(shape=shape, dist=dist)}
+        return {"z": FromDistribution(shape=shape, dist=dist, dtype=ref.dtype, device=ref.device)}
 
     def parts(self, dist: Distribution, draws: dict[str, Tensor], *, context: Tensor | None = None) -> Parts:
         z = draws["z"].detach()  # replayed draws may be attached; the score function needs z fixed

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from scg.testing._rules import Spec, rule
+from scg.testing._rules import Rule, Spec, rule
 
 __all__ = [
     "Variable",
@@ -335,6 +335,11 @@ class Grid:
         return out
 
 
+def _fixed_rule(values: np.ndarray, weights: np.ndarray) -> Callable[[int], Rule]:
+    """A rule with the same nodes and weights at every node count."""
+    return lambda n: (values, weights)
+
+
 def freeze(
     specs: list[Spec], variables: list[Variable], laws: Sequence[str], *, per_piece: bool
 ) -> list[Spec]:
@@ -353,7 +358,7 @@ def freeze(
             spec = Spec(
                 spec.law,
                 spec.positions,
-                lambda n, x=values, w=weights: (x, w),
+                _fixed_rule(values, weights),
                 ("frozen", tuple(values.reshape(-1).tolist())),
                 1,
                 "fixed",

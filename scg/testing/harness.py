@@ -15,8 +15,9 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+from scg.estimators.base import Estimator
 from scg.estimators.pathwise import ImplicitSample
 from scg.testing import _grid, _rules
 from scg.testing._breakpoints import Breakpoints, law_points, nested_points
@@ -59,7 +60,7 @@ class ExactMoments(NamedTuple):
 
 
 def exact_moments(
-    estimator: nn.Module,
+    estimator: Estimator,
     make_dist: MakeDist,
     params: Tensor | Sequence[Tensor],
     f: Callable[[Tensor], Tensor],
@@ -208,9 +209,13 @@ def exact_moments(
                 return out.reshape(-1)[b] if len(groups) > 1 else out.sum()
 
             batched = torch.func.vmap(torch.func.grad(surrogate_sum), in_dims=(None, 0))
+
+            def gradients_at(d: dict[str, Tensor], batched: Callable = batched) -> Tensor:
+                return flat(batched(ps, d), len(next(iter(d.values()))))
+
             parts = _simplify(
                 [specs[i] for i in members],
-                lambda d: flat(batched(ps, d), len(next(iter(d.values())))),
+                gradients_at,
                 lambda sp: _grid.make_grid(sp, shapes, dtypes, device, 2**62, nodes, fill),
                 P,
             )
@@ -266,7 +271,7 @@ def _integrate(
     total: Callable,
     batched: Callable,
     ps: tuple[Tensor, ...],
-    estimator: nn.Module,
+    estimator: Estimator,
     state: dict,
 ) -> tuple[Tensor, Tensor]:
     """``[mean, variance]`` of the gradient over the grid, and ``[E|ĝ|, E ĝ²]`` (the summands' scale)."""
@@ -351,7 +356,11 @@ def _simplify(
             inert = [law for law in depends if law not in laws]
             sub = _grid.freeze(specs, grid.variables, inert, per_piece=False) if inert else specs
             comps = torch.tensor(sorted(components))
-            varies, seen_here = probe_grid(sub).probe(lambda d: gradients(d)[:, comps], within=True)
+
+            def components_at(d: dict[str, Tensor], comps: Tensor = comps) -> Tensor:
+                return gradients(d)[:, comps]
+
+            varies, seen_here = probe_grid(sub).probe(components_at, within=True)
             constant = [law for law, d in varies.items() if bool(seen_here.any()) and not bool(d.any())]
             if constant:
                 sub = _grid.freeze(sub, probe_grid(sub).variables, constant, per_piece=True)
@@ -369,7 +378,7 @@ def _loop_grad(total: Callable, ps: tuple[Tensor, ...], draws: dict[str, Tensor]
 
 
 def assert_unbiased(
-    estimator: nn.Module,
+    estimator: Estimator,
     make_dist: MakeDist,
     params: Tensor | Sequence[Tensor],
     f: Callable[[Tensor], Tensor],

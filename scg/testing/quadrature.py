@@ -64,10 +64,10 @@ def _check_n(n: int) -> int:
     return int(n)
 
 
-def _read_only(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
-    for a in arrays:
-        a.flags.writeable = False
-    return arrays
+def _read_only(x: np.ndarray, w: np.ndarray) -> Rule:
+    x.flags.writeable = False
+    w.flags.writeable = False
+    return x, w
 
 
 def _checked(name: str, n: int, x: np.ndarray, w: np.ndarray) -> Rule:
