@@ -1,6 +1,7 @@
 # Two commands do all set-up on a fresh machine:
 #   make study   -- creates .venv if missing, installs scg, runs the main job
-#   make test    -- creates .venv if missing, installs scg + test deps, runs the tests
+#   make test    -- creates .venv if missing, installs scg + test deps, runs `make check`, then the tests
+#   make check   -- lint (ruff check), formatting (ruff format --check) and types (mypy on scg/)
 #   make gpu     -- on a CUDA machine: CUDA tests, every study, the benchmarks, one report in runs/gpu
 #                   (without CUDA: the same pipeline at smoke size on the CPU, and the report says so)
 PYTHON ?= python3
@@ -8,7 +9,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: study test gpu install clean
+.PHONY: study check test gpu install clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,7 +22,12 @@ install: $(STAMP)
 study: $(STAMP)
 	$(BIN)/scg-study compare --out runs/compare
 
-test: $(STAMP)
+check: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: check
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 gpu: $(STAMP)
