@@ -196,7 +196,7 @@ def test_arm_rejects_other_distributions_and_bad_costs():
     ):
         ARM().check(Normal(0.0, 1.0))
     dist = Bernoulli(logits=torch.zeros(3))
-    with pytest.raises(ValueError, match=r"`f` must return \[S, \*batch_shape\] = \[2, 3\]"):
+    with pytest.raises(ValueError, match=r"to costs \[S, \*batch_shape\] = \[2, 3\]"):
         ARM()(lambda b: b.sum(-1), dist, 1)
     assert ARM().evaluations(dist, 4) == 8
 

@@ -104,6 +104,10 @@ class Estimator(nn.Module):
     * ``evaluations(dist, num_samples)`` — evaluations of f per batch element
       (default ``num_samples``);
     * ``unbiased`` — class or instance attribute (default ``True``);
+    * ``perturbs_batch_elements`` — class attribute (default ``False``): ``True`` when
+      the copies change one event position of every batch element at once
+      (measure-valued, IndeCateR), so that a graph refuses costs that couple the
+      node's batch elements;
     * ``surrogate`` may be overridden instead of ``parts`` by an estimator meant for
       :func:`expectation` only (it then cannot be a graph node).
 
@@ -139,6 +143,8 @@ class Estimator(nn.Module):
 
     #: Whether ``E[∇ surrogate] = ∇ E[f]`` holds under the estimator's requirements.
     unbiased: bool = True
+    #: Whether the copies perturb every batch element at once (see the contract above).
+    perturbs_batch_elements: bool = False
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)

@@ -84,6 +84,10 @@ class IndeCateR(Estimator):
         (variance reduction by conditioning). https://arxiv.org/abs/1906.10652
     """
 
+    #: Its copies change one event position of every batch element at once: a graph checks that
+    #: the costs it is credited with keep the node's batch elements apart.
+    perturbs_batch_elements = True
+
     def check(self, dist: Distribution) -> None:
         _base(dist)
 

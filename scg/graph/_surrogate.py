@@ -21,7 +21,6 @@ from torch import Tensor
 
 from scg._checks import compiling, host_checkable, queue_finite_check
 from scg._dice import cost_term, reduce_rows
-from scg.estimators import MeasureValued
 from scg.graph._dataflow import align
 from scg.graph._nodes import Cost, Node
 
@@ -64,7 +63,7 @@ def signal_of(node: Node, costs: Iterable[Cost], axes: Sequence[Tensor | None]) 
         for i in range(lead):  # sample index lead-1-i at dim i
             if sample[i] == 1 and x.shape[i] != 1:
                 x = _mean_dim(x, i, axes[lead - 1 - i])
-        if isinstance(node.estimator, MeasureValued):
+        if node.estimator.perturbs_batch_elements:
             _check_separable(node, c, x, shape)
         part = align(x, shape, lead).expand(shape)
         signal = part if signal is None else signal + part
@@ -76,8 +75,8 @@ def _check_separable(node: Node, c: Cost, x: Tensor, shape: tuple[int, ...]) -> 
     if any(x.dim() <= i or (x.shape[i] == 1 and shape[i] != 1) for i in range(lead, len(shape))):
         raise ValueError(
             f"cost {c.name!r} couples the batch elements of node {node.name!r} (shape {list(c.value.shape)}, "
-            f"node batch {list(shape[lead:])}); MeasureValued perturbs one event position of every batch "
-            "element at once, which needs costs that keep them apart. Make the coupled dims event dims "
+            f"node batch {list(shape[lead:])}); {type(node.estimator).__name__} perturbs one event position "
+            "of every batch element at once, which needs costs that keep them apart. Make the coupled dims event dims "
             "(Independent), or use ScoreFunction or DisARM for this node."
         )
 
@@ -128,7 +127,7 @@ def surrogate(
             t = reduce_rows(rows, _axes(axes, node.base_rank)).sum()
             if extra is not None:
                 t = t + extra.sum()
-            total = t if total is None else total + t  # type: ignore[operator]
+            total = t if total is None else total + t
     check_finite(total, costs)  # type: ignore[arg-type]
     return total  # type: ignore[return-value]
 
