@@ -282,6 +282,10 @@ def _worker(mode: str, tmp: Path) -> int:
     if mode == "study":  # the sharded study alone (for repeated launches: docs/distributed.md)
         _run_study(tmp / "sharded", tmp / "log-sharded")
         return 0
+    if mode == "train":  # data-parallel training alone (for repeated launches: docs/distributed.md)
+        init_from_env(backend="gloo")
+        _fit_runs(tmp, *rank_and_world())
+        return 0
     if mode == "hung":  # rank 1 stops responding in its second batch; rank 0 must time out
         return _hung_rank(tmp)
     if mode == "orphan":  # both ranks wait; the test kills torchrun itself
