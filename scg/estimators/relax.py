@@ -25,12 +25,17 @@ _KINDS = (Bernoulli, Categorical, OneHotCategorical)
 class REBARControlVariate(nn.Module):
     r"""REBAR's control variate :math:`c(z) = η\, f(\mathrm{relax}(z/λ))` with learnable η and λ.
 
-    The relaxation is :math:`σ(z/λ)` for Bernoulli latents and
-    :math:`\mathrm{softmax}(z/λ)` over the K classes for categorical ones (the
-    Concrete relaxation of the Gumbel-max sample z).
+    The relaxation is :math:`σ(z/λ)` for Bernoulli latents (z the logistic-noise logits)
+    and :math:`\mathrm{softmax}(z/λ)` over the K classes for categorical ones (z the
+    Gumbel-perturbed log-probabilities: the Concrete relaxation of the Gumbel-max sample);
+    :class:`RELAX` passes ``categorical=True`` in the second case.
 
-    Requires f to accept relaxed inputs — values in (0, 1), or probability vectors
-    ``[..., K]`` — and to be differentiable there.
+    Requires: f accepting relaxed inputs — values in (0, 1), or probability vectors
+    ``[..., K]`` — and differentiable there; a cost *function*, so not in a
+    :class:`scg.Graph` (whose costs are tensors).
+
+    Properties: RELAX stays unbiased for every η and λ; they are trained by RELAX's
+    variance gradient. η = 0 gives the plain score-function estimator.
 
     Args:
         eta: initial scale η.
@@ -38,8 +43,10 @@ class REBARControlVariate(nn.Module):
 
     References:
         Tucker et al., "REBAR: Low-variance, unbiased gradient estimates for discrete
-        latent variable models", NeurIPS 2017, §3 and appendix (categorical case).
+        latent variable models", NeurIPS 2017, §3 and appendix (categorical variables).
         https://arxiv.org/abs/1703.07370
+        Maddison, Mnih & Teh, "The Concrete Distribution", ICLR 2017.
+        https://arxiv.org/abs/1611.00712
     """
 
     #: It evaluates the cost function, so it cannot serve a graph node (whose costs are tensors).
@@ -61,13 +68,40 @@ class REBARControlVariate(nn.Module):
 class NeuralControlVariate(nn.Module):
     r"""RELAX's free-form control variate :math:`c(z) = r_ρ(z) + η f(\mathrm{relax}(z/λ))`.
 
+    Requires: ``net`` differentiable in z and written with ``torch.func``-compatible
+    ops (RELAX differentiates through it per sample and once more for ρ's gradient).
+
+    Properties: RELAX stays unbiased for every ρ (and η, λ); all are trained by
+    RELAX's variance gradient, :math:`∇ E‖\hat g‖^2`. With ``rebar=False`` c is a
+    function of the node's own relaxed sample only (LAX), which is what a
+    :class:`scg.Graph` node can use.
+
+    Example — 3 latents with 4 classes, a net on the relaxed sample:
+
+        >>> import torch, scg
+        >>> from torch.distributions import Independent, OneHotCategorical
+        >>> class Net(torch.nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.lin = torch.nn.Linear(12, 1)
+        ...     def forward(self, z):                      # [S, *batch, 3, 4] -> [S, *batch]
+        ...         return self.lin(torch.softmax(z, -1).flatten(-2)).squeeze(-1)
+        >>> est = scg.RELAX(scg.estimators.NeuralControlVariate(Net()))
+        >>> alpha = torch.zeros(3, 4, requires_grad=True)
+        >>> q = Independent(OneHotCategorical(logits=alpha), 1)
+        >>> scg.expectation(lambda b: b[..., 0].sum(-1), q, est, num_samples=2).backward()
+
     Args:
         net: maps the continuous sample z (logistic-noise logits ``[S, *batch, *event]``
             for Bernoulli latents; Gumbel-perturbed log-probabilities ``[S, *batch,
             *event, K]`` for categorical ones) to ``[S, *batch]``.
         rebar: include the REBAR term :class:`REBARControlVariate` (the RELAX paper's
-            choice). Without it c depends on z alone, which is what a
-            :class:`scg.Graph` node needs (LAX-style).
+            choice).
+
+    References:
+        Grathwohl et al., "Backpropagation through the Void: Optimizing control
+        variates for black-box gradient estimation", ICLR 2018, §3 (LAX and RELAX).
+        https://arxiv.org/abs/1711.00123
     """
 
     def __init__(self, net: nn.Module, *, rebar: bool = True) -> None:
@@ -89,7 +123,7 @@ def _conditional_gumbel(log_theta: Tensor, b: Tensor, v: Tensor) -> Tensor:
 
     :math:`z_b = −\log(−\log v_b)` (the maximum, Gumbel since θ sums to one) and
     :math:`z_i = −\log(−\log v_i / θ_i − \log v_b)` for i ≠ b (Gumbels with location
-    log θ_i truncated below :math:`z_b`); differentiable in log θ for fixed b and v.
+    log θ_i truncated to :math:`(−∞, z_b)`); differentiable in log θ for fixed b and v.
     """
     e = torch.log(-torch.log(v))  # log(−log v)
     e_top = (b * e).sum(-1, keepdim=True)  # log(−log v_b)
@@ -232,7 +266,7 @@ class RELAX(Estimator):
         latent variable models", NeurIPS 2017, appendix (categorical variables).
         https://arxiv.org/abs/1703.07370
         Mohamed et al., "Monte Carlo Gradient Estimation in Machine Learning", JMLR
-        2020, §7.4 (control variates). https://arxiv.org/abs/1906.10652
+        2020, §7 (control variates). https://arxiv.org/abs/1906.10652
     """
 
     def __init__(self, control_variate: nn.Module | None = None) -> None:
