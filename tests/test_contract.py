@@ -136,6 +136,14 @@ REGISTRY: list[Case] = [
     ("measure-valued-poisson", scg.MeasureValued, _poisson, _scalar_cost, 2),
     ("disarm", scg.DisARM, _bernoulli, _vector_cost, 3),
     ("relax-rebar", scg.RELAX, _bernoulli, _vector_cost, 3),
+    ("relax-rebar-one-hot", scg.RELAX, _one_hot, _vector_cost, 3),
+    (
+        "relax-neural-categorical",
+        lambda: scg.RELAX(NeuralControlVariate(_Net(3), rebar=False)),
+        _categorical,
+        _vector_cost,
+        3,
+    ),
     (
         "relax-neural",
         lambda: scg.RELAX(NeuralControlVariate(_Net(3), rebar=False)),
@@ -180,6 +188,7 @@ EXACT_VALUE_IN_EXPECTATION = {"enumerate"}
 REFUSED_IN_GRAPH = {
     "score-delta": "Delta, which needs the cost as a function",
     "relax-rebar": "REBARControlVariate, which needs the cost as a function",
+    "relax-rebar-one-hot": "REBARControlVariate, which needs the cost as a function",
 }
 
 
