@@ -16,6 +16,8 @@ iwae                Burda et al.'s table on digits: VAE vs IWAE, k = 1/5/50
 flows               test log p(x) vs flow type and length (0, 2, 8)
 discrete            sigmoid belief net, every estimator at equal f evaluations
 blr                 Bayesian logistic regression: ELBO, accuracy, gradient variance
+categorical         categorical VAE (D × K one-hot latents), every categorical
+                    estimator at equal decoder evaluations
 =================== ==========================================================
 """
 
@@ -27,6 +29,7 @@ import sys
 import torch
 
 from scg.models.experiments_blr import blr
+from scg.models.experiments_categorical import categorical
 from scg.models.experiments_digits import discrete, flows, iwae
 from scg.models.experiments_linear import linear_gaussian
 
@@ -39,6 +42,7 @@ EXPERIMENTS = {
     "flows": flows,
     "discrete": discrete,
     "blr": blr,
+    "categorical": categorical,
 }
 
 
