@@ -175,7 +175,7 @@ def discrete(args: argparse.Namespace) -> str:
 
             def run(folder: Path, name: str = name, seed: int = seed) -> dict:
                 torch.manual_seed(seed)
-                m = DiscreteVAE(64, Z, hidden, estimator=name, evaluations=E)
+                m = DiscreteVAE.from_name(name, 64, Z, hidden, evaluations=E)
                 cfg = TrainConfig(
                     epochs=epochs,
                     batch_size=50,

@@ -53,8 +53,7 @@ from torch import Tensor, nn
 from torch.distributions import Bernoulli
 
 import scg
-from scg.baselines import Learned, LeaveOneOut, MovingAverage, Normalize, chain
-from scg.estimators import NeuralControlVariate
+from scg.estimators import NeuralControlVariate, registry
 from scg.estimators.arm import ARM
 from scg.studies._io import row
 from scg.studies.base import CellContext, Study
@@ -78,7 +77,7 @@ REFERENCE: dict[float, dict[str, float]] = {
 }
 
 
-#: Estimator names in figure order; ``build_estimator`` makes them.
+#: Estimator names (of :mod:`scg.estimators.registry`) in figure order; ``build_estimator`` makes them.
 ESTIMATORS: tuple[str, ...] = (
     "reinforce",
     "moving_average",
@@ -105,30 +104,29 @@ class _Surrogate(nn.Module):
 
 
 def build_estimator(name: str, *, temperature: float = 0.5) -> tuple[scg.Estimator, int]:
-    """The estimator called ``name`` and its minimum number of samples per estimate."""
-    if name == "reinforce":
-        return scg.ScoreFunction(), 1
-    if name == "moving_average":
-        return scg.ScoreFunction(baseline=MovingAverage(0.9)), 1
-    if name == "rloo":
-        return scg.ScoreFunction(baseline=LeaveOneOut()), 2
+    """The registry's estimator ``name`` with the toy's choices, and its minimum number of samples.
+
+    The estimators come from :mod:`scg.estimators.registry` (``reinforce`` is its
+    ``score_function``); the toy starts the learned parts at zero: NVIL's baseline is a
+    zero ``nn.Linear(1, 1)`` of φ, RELAX's control variate REBAR's term with η = 0 plus
+    a 1-16-1 tanh MLP whose last layer is zero (so both start as REINFORCE).
+    """
+    if name not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {name!r}; valid estimators: {', '.join(ESTIMATORS)}.")
+    setting = registry.Setting(temperature=temperature)
     if name == "nvil":
         net = nn.Linear(1, 1)
         nn.init.zeros_(net.weight)
         nn.init.zeros_(net.bias)
-        return scg.ScoreFunction(baseline=chain(MovingAverage(0.9), Learned(net), Normalize())), 1
-    if name == "arm":
-        return ARM(), 1
-    if name == "disarm":
-        return scg.DisARM(), 1
-    if name == "relax":
+        est = registry.build(name, setting, baseline_net=net)
+    elif name == "relax":
         cv = NeuralControlVariate(_Surrogate())
         with torch.no_grad():
             cv.rebar.eta.zero_()  # start as REINFORCE: c(z) = 0
-        return scg.RELAX(control_variate=cv), 1
-    if name == "gumbel_softmax":
-        return scg.GumbelSoftmax(temperature=temperature), 1
-    raise ValueError(f"unknown estimator {name!r}; valid estimators: {', '.join(ESTIMATORS)}.")
+        est = registry.build(name, setting, control_variate=cv)
+    else:
+        est = registry.build(name, setting)
+    return est, registry.min_samples(est)
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from torch import Tensor
 from torch.distributions import Bernoulli
 
 import scg
+from scg.estimators import registry
 
 __all__ = ["objective", "samples_for_budget", "curve_point", "train_replicas"]
 
@@ -46,23 +47,12 @@ def objective(p: Tensor, t: float) -> Tensor:
 def samples_for_budget(est: scg.Estimator, budget: int, *, min_samples: int = 1) -> int:
     """S such that ``est`` spends exactly ``budget`` evaluations of f per replica: ``budget / e``.
 
+    :func:`scg.estimators.registry.samples_for_budget` on the toy's ``Bernoulli(logits=φ)``.
+
     Raises:
         ValueError: ``budget`` is not a multiple of e, or leaves S below ``min_samples``.
     """
-    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
-        raise ValueError(f"`budget` must be an int >= 1; got {budget!r}.")
-    per = int(est.evaluations(Bernoulli(logits=torch.zeros(())), 1))
-    if budget % per:
-        raise ValueError(
-            f"`budget` must be a multiple of {per} for {type(est).__name__} "
-            f"({per} evaluations of f per sample); got {budget}."
-        )
-    S = budget // per
-    if S < min_samples:
-        raise ValueError(
-            f"`budget` {budget} gives {type(est).__name__} S = {S} samples; it needs at least {min_samples}."
-        )
-    return S
+    return registry.samples_for_budget(est, Bernoulli(logits=torch.zeros(())), budget, minimum=min_samples)
 
 
 def curve_point(phi: Tensor, t: float, converged_p: float) -> dict[str, float]:

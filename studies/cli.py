@@ -83,14 +83,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "compare",
         help="every applicable estimator on each problem: estimate, exact gradient, variance, SNR, bias z",
-        description="Compare estimators on the embedded problems (Gaussian cost family and Bernoulli toy "
+        description="Compare estimators on the embedded problems (Gaussian cost family, Bernoulli toy and "
         "of docs/references.md) or your own; prints a table and writes results.csv, timings.csv, "
         "manifest.json and compare.png into --out.",
         epilog="Examples:\n"
         "  scg-study compare                                   # all problems, all estimators, N = 20000\n"
         "  scg-study compare --problems bernoulli-toy --estimators score_function,rloo,disarm\n"
         "  scg-study compare --problem mypkg.mod:make_problem -S 8 --out runs/mine\n"
-        "  scg-study compare --problems gaussian -N 1000000    # SF variances on (x-k)^2 to ~1 %\n\n"
+        "  scg-study compare --problems gaussian -N 1000000    # SF variances on (x-k)^2 to ~1 %\n"
+        "  scg-study compare --problems categorical -E 12      # categorical estimators at 12 evaluations\n\n"
         "'var err' is the relative error of the sampled variance against the exact one and 'var z'\n"
         "its z-score: heavy-tailed estimators (the score function on (x-k)^2) need N ~ 1e6 for 1-2 %.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -118,6 +119,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         metavar="S",
         help="samples per estimate (default 1; RLOO uses max(S, 2))",
+    )
+    p.add_argument(
+        "--evaluations",
+        "-E",
+        type=_positive,
+        default=None,
+        metavar="E",
+        help="a budget of evaluations of f per estimate instead of -S: each estimator draws the most "
+        "samples that fit (DisARM E/2, RELAX E/3, Enumerate one)",
     )
     p.add_argument(
         "--num-estimates",
@@ -192,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_list(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from scg.studies.estimators import ESTIMATORS
+    from scg.estimators import registry
     from scg.studies.problems import GROUPS, PROBLEMS, load_user_problem
 
     problems = list(PROBLEMS.values())
@@ -207,10 +217,16 @@ def _cmd_list(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         print(f"  {prob.name:<{width}}  {prob.description}")
     for group, members in GROUPS.items():
         print(f"  {group:<{width}}  (group: {', '.join(members)})")
-    width = max(len(n) for n in ESTIMATORS)
-    print("\nEstimators:")
-    for name, spec in ESTIMATORS.items():
-        print(f"  {name:<{width}}  {spec.description}")
+    entries = list(registry.ENTRIES.values())
+    width = max(len(e.name) for e in entries)
+    print("\nEstimators (scg.estimators.registry; applies to N = Normal, B = Bernoulli, C = categorical):")
+    for e in entries:
+        flags = "".join(f[0].upper() if f in e.families else "-" for f in registry.FAMILIES)
+        extra = [f"alias {', '.join(e.aliases)}"] if e.aliases else []
+        if e.needs_context:
+            extra.append("needs a model's input: not in compare")
+        tail = f" ({'; '.join(extra)})" if extra else ""
+        print(f"  {e.name:<{width}}  {flags}  {e.description}{tail}")
     from scg.studies.base import PRESETS
     from scg.studies.registry import get_study, study_names
 
@@ -299,6 +315,7 @@ def _cmd_compare(args: argparse.Namespace, parser: argparse.ArgumentParser, argv
             user_problems=tuple(args.user_problems),
             estimators=args.estimators,
             num_samples=args.num_samples,
+            evaluations=args.evaluations,
             num_estimates=num_estimates,
             seed=args.seed,
             device=args.device,

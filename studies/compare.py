@@ -10,8 +10,14 @@ or enumeration, no sampling).
 
 Decisions, documented here and in the results:
 
-* RLOO needs S ≥ 2: it runs with ``max(S, 2)`` samples and its row says so in
-  ``num_samples`` and ``note``.
+* The estimators are those of :mod:`scg.estimators.registry` (see ``scg-study list``)
+  that need no model input. RLOO needs S ≥ 2: it runs with ``max(S, 2)`` samples and
+  its row says so in ``num_samples`` and ``note``.
+* With ``evaluations = E`` (``--evaluations``) every estimator gets the same budget of
+  f-evaluations instead of the same S: it draws the most samples whose evaluations fit
+  in E (:func:`scg.estimators.registry.samples_for_budget`, e.g. E/2 for DisARM, E/3 for
+  RELAX, one for Enumerate); an estimator that needs more than E is *skipped* with the
+  reason. ``evaluations`` in each row is what it spent.
 * ``score_function_optimal`` uses, per parameter p, the variance-optimal constant
   :math:`b^*_p = E[f s_p^2] / E[s_p^2]`, :math:`s_p = ∂_p \\log q`, computed exactly by
   the harness (the second moment is quadratic in b: three evaluations give it);
@@ -55,6 +61,7 @@ from torch import Tensor
 
 from scg.baselines import Constant, Delta, MovingAverage, Normalize
 from scg.estimators.base import Estimator
+from scg.estimators.registry import samples_for_budget
 from scg.models.train import resolve_device
 from scg.studies._io import row
 from scg.studies.estimators import ESTIMATORS, Unavailable, Variant, estimator_names
@@ -116,6 +123,8 @@ class CompareConfig:
         user_problems: ``module:function`` specs returning :class:`Problem` s.
         estimators: estimator names (``None`` = all registered).
         num_samples: S, samples per estimate.
+        evaluations: E, a budget of evaluations of f per estimate that replaces ``num_samples``
+            (``None``: every estimator draws S samples).
         num_estimates: N, independent estimates per (problem, estimator).
         seed: base seed.
         device: ``auto`` (cuda if available), ``cpu`` or ``cuda``.
@@ -129,6 +138,7 @@ class CompareConfig:
     user_problems: tuple[str, ...] = ()
     estimators: tuple[str, ...] | None = None
     num_samples: int = 1
+    evaluations: int | None = None
     num_estimates: int = 20000
     seed: int = 0
     device: str = "auto"
@@ -143,6 +153,9 @@ class CompareConfig:
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be an int >= 1; got {value!r}.")
+        e = self.evaluations
+        if e is not None and (isinstance(e, bool) or not isinstance(e, int) or e < 1):
+            raise ValueError(f"`evaluations` must be None or an int >= 1; got {e!r}.")
         if self.num_estimates < 2:
             raise ValueError(
                 f"`num_estimates` must be >= 2 to estimate a variance; got {self.num_estimates}."
@@ -332,7 +345,11 @@ def _run_variant(
     common = dict(num_samples=S, unbiased=bool(est.unbiased), note=variant.note)
     try:
         est.check(dist)
-    except TypeError as exc:
+        if cfg.evaluations is not None:
+            S = samples_for_budget(est, dist, cfg.evaluations, exact=False)
+            budget = f"S = {S} for a budget of {cfg.evaluations} evaluations"
+            common = dict(common, num_samples=S, note="; ".join(filter(None, [budget, variant.note])))
+    except (TypeError, ValueError) as exc:
         return [
             _row(
                 problem,
@@ -380,7 +397,7 @@ def _run_variant(
         ], []
     G = G.double().cpu().numpy()
     exact_mean = exact_var = [math.nan] * len(labels)
-    note = variant.note
+    note = str(common["note"])
     if ctx.harness is not None:
         try:
             m = ctx.moments(est, problem, S, label=name)

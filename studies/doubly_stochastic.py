@@ -56,6 +56,7 @@ from torch import Tensor
 from torch.distributions import Independent, Normal
 
 import scg
+from scg.estimators import registry
 from scg.models import BayesianLogisticRegression
 from scg.models.data import breast_cancer
 from scg.studies.base import CellContext, Study
@@ -68,7 +69,8 @@ __all__ = [
     "posterior",
 ]
 
-ESTIMATORS = {"pathwise": scg.Pathwise, "score_function": scg.ScoreFunction}
+#: The registry's estimators (:mod:`scg.estimators.registry`) whose per-datum moments are exact here.
+ESTIMATORS: tuple[str, ...] = ("pathwise", "score_function")
 POINTS = ("prior", "fitted")
 GROUPS = ("all", "mu", "sigma")
 
@@ -88,7 +90,7 @@ class DoublyStochasticConfig:
         fit_steps: full-data pathwise Adam steps (lr 0.01, 16 samples) that make the ``fitted`` point.
     """
 
-    estimators: tuple[str, ...] = tuple(ESTIMATORS)
+    estimators: tuple[str, ...] = ESTIMATORS
     points: tuple[str, ...] = POINTS
     batch_sizes: tuple[int, ...] = (1, 4, 16, 64, 256, 569)
     num_samples: tuple[int, ...] = (1, 10, 100)
@@ -209,7 +211,7 @@ def decomposition(parts: Mapping[str, Any], B: int, S: int) -> tuple[Tensor, Ten
 def _sampled(est: str, mu: Tensor, s: Tensor, x: Tensor, y: Tensor, B: int, S: int, R: int) -> Tensor:
     """``[R, 2D]`` doubly stochastic estimates from scg.minibatch + scg.expectation (vmapped)."""
     N = x.shape[0]
-    estimator = ESTIMATORS[est]()
+    estimator = registry.build(est)
 
     def fn(p: list[Tensor]) -> Tensor:
         index, scale = scg.minibatch.subsample(N, B, device=x.device)
