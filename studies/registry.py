@@ -17,6 +17,7 @@ STUDIES: dict[str, str] = {
     "doubly-stochastic": "scg.studies.doubly_stochastic:DoublyStochastic",
     "discrete-vae": "scg.studies.discrete_vae:DiscreteVAEStudy",
     "flows-2d": "scg.studies.flows_2d:Flows2D",
+    "categorical": "scg.studies.categorical:Categorical",
 }
 
 
