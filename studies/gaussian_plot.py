@@ -107,7 +107,7 @@ def plot_cost(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
         for i, param in enumerate(("mu", "sigma")):
             ax = axes[i][j]
             sub = [r for r in cost_rows if r.get("family") == family and r.get("parameter") == param]
-            _draw(ax, sub, "k", estimators, log_x=family != "square")
+            _draw(ax, sub, "k", estimators, log_x=family == "bump")
             ax.set_title(f"{_TITLES[family]}: {_PARAM[param]}", fontsize=11)
             ax.set_xlabel("k")
             ax.set_ylabel(f"variance of one estimate of {_PARAM[param]}")
