@@ -441,8 +441,11 @@ def summary(rows: Sequence[Mapping[str, Any]], *, against: str | None = None) ->
     return out
 
 
+#: Column labels of the README's tables. The checked-in run (docs/studies/discrete-vae) names
+#: REINFORCE + moving average ``reinforce`` and Gumbel-softmax ``gumbel``; its rows keep those labels.
 LABELS = {
     "moving_average": "REINFORCE + MA",
+    "reinforce": "REINFORCE + MA",
     "score_function": "REINFORCE",
     "nvil": "NVIL",
     "rloo": "RLOO",

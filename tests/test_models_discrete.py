@@ -16,7 +16,7 @@ from _helpers import central_difference
 from torch.distributions import Bernoulli, Independent
 
 import scg
-from scg.models import DISCRETE_ESTIMATORS, DiscreteVAE, TrainConfig, fit, make_estimator
+from scg.models import DISCRETE_ESTIMATORS, DiscreteVAE, TrainConfig, fit
 from scg.testing import assert_unbiased
 
 DT = torch.float64
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.usefixtures("one_thread_module")  # tests/conftest.py
 
 def _model(name, evaluations=6, hidden=()):
     torch.manual_seed(0)
-    m = DiscreteVAE(3, 2, hidden, estimator=name, evaluations=evaluations).double()
+    m = DiscreteVAE.from_name(name, 3, 2, hidden, evaluations=evaluations).double()
     with torch.no_grad():
         for p in m.parameters():
             p.add_(0.5 * torch.randn_like(p))
@@ -58,7 +58,7 @@ def _tuples(S):
     return CONFIGS[idx].transpose(0, 1)  # [S, 4^S, 2]
 
 
-@pytest.mark.parametrize("name,hidden", [("reinforce", ()), ("nvil", ()), ("rloo", ()), ("rloo", (4,))])
+@pytest.mark.parametrize("name,hidden", [("moving_average", ()), ("nvil", ()), ("rloo", ()), ("rloo", (4,))])
 def test_score_function_family_expected_gradient_is_exact(name, hidden):
     m = _model(name, hidden=hidden)
     S = 2
@@ -108,7 +108,7 @@ def test_disarm_expected_gradient_is_exact():
 def test_relax_on_the_model_cost_is_unbiased_by_the_exact_harness():
     # One latent (two uniforms: u and v) keeps the harness's grid small.
     torch.manual_seed(0)
-    m = DiscreteVAE(3, 1, estimator="relax", evaluations=3).double().eval()
+    m = DiscreteVAE.from_name("relax", 3, 1, evaluations=3).double().eval()
     with torch.no_grad():
         for p in m.parameters():
             p.add_(0.5 * torch.randn_like(p))
@@ -126,7 +126,7 @@ def test_relax_on_the_model_cost_is_unbiased_by_the_exact_harness():
 
 
 def test_gumbel_gradient_is_the_derivative_of_the_relaxed_objective():
-    m = _model("gumbel")
+    m = _model("gumbel_softmax")
     x = X.expand(2, 3)
     u = torch.rand(3, 2, 2, dtype=DT)
     f = lambda: m.objective(x, draws={"u": u}).sum()  # noqa: E731
@@ -137,24 +137,59 @@ def test_gumbel_gradient_is_the_derivative_of_the_relaxed_objective():
     assert float(g @ torch.cat([v.reshape(-1) for v in d])) == pytest.approx(float(fd), rel=1e-6)
 
 
+#: f evaluations per sample of each name (the estimators' own ``evaluations``, stated independently).
+COST = {"moving_average": 1, "nvil": 1, "rloo": 1, "vimco": 1, "disarm": 2, "relax": 3, "gumbel_softmax": 1}
+
+
 @pytest.mark.parametrize("name", list(DISCRETE_ESTIMATORS))
 def test_every_estimator_trains_a_tiny_model(name):
     torch.manual_seed(0)
     x = torch.bernoulli(torch.full((40, 6), 0.3))
-    m = DiscreteVAE(6, 4, (8,), estimator=name, evaluations=6)
+    m = DiscreteVAE.from_name(name, 6, 4, (8,), evaluations=6)
     h = fit(m, x, x[:10], config=TrainConfig(epochs=2, batch_size=20, progress=False))
     assert len(h.epochs) == 2 and all(torch.isfinite(torch.tensor(h.val_bound)))
-    assert m.num_samples == 6 // DISCRETE_ESTIMATORS[name]
+    assert m.num_samples == 6 // COST[name]
     assert m.log_weights(x[:3], 5).shape == (5, 3)
 
 
+def test_from_name_is_the_registry_estimator_and_an_estimator_is_taken_as_is():
+    torch.manual_seed(0)
+    nvil = DiscreteVAE.from_name("nvil", 5, 3)
+    assert isinstance(nvil.estimator, scg.ScoreFunction)
+    assert [type(t).__name__ for t in nvil.estimator.baseline.transforms] == [
+        "MovingAverage",
+        "Learned",
+        "Normalize",
+    ]
+    assert nvil.estimator.baseline.transforms[1].module.net[0].in_features == 5  # the baseline reads x
+    relax = DiscreteVAE.from_name("relax", 5, 3)
+    assert isinstance(relax.estimator, scg.RELAX) and relax.num_samples == 2
+    assert DiscreteVAE.from_name("vimco", 5, 3).estimator is None
+    est = scg.ARM()
+    m = DiscreteVAE(5, 3, estimator=est, evaluations=4)
+    assert m.estimator is est and m.num_samples == 2 and m.objective_name == "elbo"
+    default = DiscreteVAE(5, 3)
+    assert isinstance(default.estimator.baseline.transforms[1], scg.baselines.Learned)  # NVIL
+
+
 def test_discrete_errors():
-    with pytest.raises(ValueError, match=r"`estimator` must be one of \('reinforce', .*\); got 'arm'"):
+    with pytest.raises(
+        TypeError, match=r"`estimator` must be an scg Estimator or None; got str\. Build one by name"
+    ):
         DiscreteVAE(3, 2, estimator="arm")
-    with pytest.raises(ValueError, match="`evaluations` must be a multiple of 3 for 'relax'; got 4"):
-        DiscreteVAE(3, 2, estimator="relax", evaluations=4)
-    with pytest.raises(ValueError, match="`evaluations` must be >= 2 for 'vimco'"):
-        DiscreteVAE(3, 2, estimator="vimco", evaluations=1)
+    with pytest.raises(ValueError, match="`budget` must be a multiple of 3 for RELAX .*; got 4"):
+        DiscreteVAE(3, 2, estimator=scg.RELAX(), evaluations=4)
+    with pytest.raises(ValueError, match="`evaluations` must be >= 2 for objective='vimco'"):
+        DiscreteVAE(3, 2, objective="vimco", evaluations=1)
+    with pytest.raises(ValueError, match="`estimator` must be None with objective='vimco'"):
+        DiscreteVAE(3, 2, estimator=scg.DisARM(), objective="vimco")
+    with pytest.raises(ValueError, match=r"`objective` must be one of \('elbo', 'vimco'\); got 'iwae'"):
+        DiscreteVAE(3, 2, objective="iwae")
+    with pytest.raises(ValueError, match="`budget` 1 gives ScoreFunction S = 1 samples; it needs at least 2"):
+        DiscreteVAE(3, 2, estimator=scg.ScoreFunction(baseline=scg.baselines.LeaveOneOut()), evaluations=1)
+    with pytest.raises(TypeError, match="`dist` must be Categorical or OneHotCategorical"):
+        DiscreteVAE(3, 2, estimator=scg.ARSM())
     with pytest.raises(ValueError, match="`evaluations` must be"):
         DiscreteVAE(3, 2, evaluations=0)
-    assert make_estimator("vimco", x_dim=3, z_dim=2) is None
+    with pytest.raises(ValueError, match="unknown estimator 'nope'; valid estimators: score_function"):
+        DiscreteVAE.from_name("nope", 3, 2)
