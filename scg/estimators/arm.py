@@ -7,8 +7,8 @@ from torch import Tensor
 from torch.distributions import Distribution
 
 from scg.estimators.base import Cost, Estimator, Parts
-from scg.estimators.disarm import bernoulli_base
-from scg.laws import Law, StandardUniform
+from scg.estimators.disarm import bernoulli_base, pair_uniform
+from scg.laws import Law
 
 __all__ = ["ARM"]
 
@@ -65,11 +65,7 @@ class ARM(Estimator):
         return 2 * num_samples
 
     def laws(self, dist: Distribution, num_samples: int) -> dict[str, Law]:
-        base, _ = bernoulli_base(dist, "ARM")
-        shape = (num_samples, *dist.batch_shape, *dist.event_shape)
-        theta = torch.sigmoid(base.logits.detach()).expand(shape)
-        points = torch.stack([torch.minimum(theta, 1 - theta), torch.maximum(theta, 1 - theta)], dim=-1)
-        return {"u": StandardUniform(shape=shape, dtype=theta.dtype, device=theta.device, points=points)}
+        return {"u": pair_uniform(dist, num_samples, "ARM")}
 
     def parts(self, dist: Distribution, draws: dict[str, Tensor], *, context: Tensor | None = None) -> Parts:
         base, _ = bernoulli_base(dist, "ARM")

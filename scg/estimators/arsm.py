@@ -88,11 +88,7 @@ class ARSM(Estimator):
     """
 
     def check(self, dist: Distribution) -> None:
-        base, _ = categorical_base(dist, "ARSM")
-        if int(base.logits.shape[-1]) < 2:
-            raise ValueError(
-                f"`dist` must have at least 2 classes for ARSM; got {int(base.logits.shape[-1])}."
-            )
+        categorical_base(dist, "ARSM")
 
     def evaluations(self, dist: Distribution, num_samples: int) -> int:
         base, _ = categorical_base(dist, "ARSM")

@@ -14,8 +14,12 @@ __all__ = ["CategoricalDisARM"]
 
 
 def categorical_base(dist: Distribution, name: str) -> tuple[Categorical | OneHotCategorical, int]:
-    """The Categorical or OneHotCategorical inside ``dist`` (peeling ``Independent``), or a TypeError naming ``name``."""
-    return base_of_kind(  # type: ignore[return-value]
+    """The Categorical or OneHotCategorical inside ``dist`` (peeling ``Independent``) and its event rank.
+
+    Raises ``TypeError`` naming ``name`` for other distributions and ``ValueError`` for
+    fewer than 2 classes.
+    """
+    base, k = base_of_kind(
         dist,
         (Categorical, OneHotCategorical),
         name,
@@ -23,6 +27,10 @@ def categorical_base(dist: Distribution, name: str) -> tuple[Categorical | OneHo
         " Use DisARM or ARM for Bernoulli latents, ScoreFunction or MeasureValued for other"
         " discrete distributions.",
     )
+    classes = int(base.logits.shape[-1])  # type: ignore[attr-defined]
+    if classes < 2:
+        raise ValueError(f"`dist` must have at least 2 classes for {name}; got {classes}.")
+    return base, k  # type: ignore[return-value]
 
 
 def categorical_value(base: Distribution, index: Tensor, dtype: torch.dtype) -> Tensor:
@@ -131,11 +139,7 @@ class CategoricalDisARM(Estimator):
     """
 
     def check(self, dist: Distribution) -> None:
-        base, _ = categorical_base(dist, "CategoricalDisARM")
-        if int(base.logits.shape[-1]) < 2:
-            raise ValueError(
-                f"`dist` must have at least 2 classes for CategoricalDisARM; got {int(base.logits.shape[-1])}."
-            )
+        categorical_base(dist, "CategoricalDisARM")
 
     def evaluations(self, dist: Distribution, num_samples: int) -> int:
         return 2 * num_samples

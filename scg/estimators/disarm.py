@@ -24,6 +24,19 @@ def bernoulli_base(dist: Distribution, name: str) -> tuple[Bernoulli, int]:
     )
 
 
+def pair_uniform(dist: Distribution, num_samples: int, name: str) -> StandardUniform:
+    """The uniforms ``[S, *batch, *event]`` of an antithetic Bernoulli pair (ARM, DisARM).
+
+    The pair ``1[u < θ]``, ``1[1 − u < θ]`` jumps at ``u = min(θ, 1 − θ)`` and
+    ``max(θ, 1 − θ)``: those are the law's breakpoints, so the exact harness splits there.
+    """
+    base, _ = bernoulli_base(dist, name)
+    shape = (num_samples, *dist.batch_shape, *dist.event_shape)
+    theta = torch.sigmoid(base.logits.detach()).expand(shape)
+    points = torch.stack([torch.minimum(theta, 1 - theta), torch.maximum(theta, 1 - theta)], dim=-1)
+    return StandardUniform(shape=shape, dtype=theta.dtype, device=theta.device, points=points)
+
+
 class DisARM(Estimator):
     r"""DisARM estimator for independent Bernoulli latents :math:`b_d \sim \mathrm{Bern}(σ(φ_d))`.
 
@@ -77,11 +90,7 @@ class DisARM(Estimator):
         return 2 * num_samples
 
     def laws(self, dist: Distribution, num_samples: int) -> dict[str, Law]:
-        base, _ = bernoulli_base(dist, "DisARM")
-        shape = (num_samples, *dist.batch_shape, *dist.event_shape)
-        theta = torch.sigmoid(base.logits.detach()).expand(shape)
-        points = torch.stack([torch.minimum(theta, 1 - theta), torch.maximum(theta, 1 - theta)], dim=-1)
-        return {"u": StandardUniform(shape=shape, dtype=theta.dtype, device=theta.device, points=points)}
+        return {"u": pair_uniform(dist, num_samples, "DisARM")}
 
     def parts(self, dist: Distribution, draws: dict[str, Tensor], *, context: Tensor | None = None) -> Parts:
         base, _ = bernoulli_base(dist, "DisARM")
