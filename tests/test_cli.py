@@ -594,3 +594,56 @@ def test_no_plot_removes_a_stale_figure_of_earlier_results(tmp_path: Path) -> No
         tmp_path, "--problems", "bernoulli-toy", "--estimators", "disarm", "-N", "200", "--no-plot"
     )
     assert code == 0 and not (out / "compare.png").exists()
+
+
+# ---------------------------------------------------------------- the estimator registry
+
+
+def test_list_shows_the_registry_with_families(capsys: pytest.CaptureFixture[str]) -> None:
+    from scg.estimators import registry
+
+    assert cli.main(["list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for e in registry.ENTRIES.values():
+        flags = "".join(f[0].upper() if f in e.families else "-" for f in registry.FAMILIES)
+        assert any(line.split()[:2] == [e.name, flags] for line in lines), e.name
+    assert set(estimator_names()) == {e.name for e in registry.ENTRIES.values() if not e.needs_context}
+
+
+@needs_harness
+def test_compare_categorical_at_a_budget_of_evaluations(tmp_path: Path) -> None:
+    """-E 6 on the 3-class toy: S = 6 / (evaluations per sample); Enumerate spends its support (3) once."""
+    code, out = _compare(
+        tmp_path,
+        "--problems",
+        "categorical-toy-k3",
+        "--estimators",
+        "score_function,categorical_disarm,unordered_set,enumerate,disarm",
+        "-E",
+        "6",
+        "--smoke",
+        "--no-plot",
+    )
+    assert code == 0
+    rows = _rows(out)
+    by = {(e, p): r for (_, e, p), r in rows.items()}
+    params = {p for (_, _, p) in rows}
+    for p in params:
+        assert by["disarm", p]["status"] == "skipped" and "Bernoulli" in by["disarm", p]["note"]
+        for name, S, spent in (
+            ("score_function", 6, 6),
+            ("categorical_disarm", 3, 6),  # an antithetic pair per sample
+            ("unordered_set", 3, 6),  # k = 2 classes per sample
+            ("enumerate", 1, 3),  # the 3 classes, whatever S
+        ):
+            r = by[name, p]
+            assert (r["status"], int(r["num_samples"]), int(r["evaluations"])) == ("ok", S, spent), (name, r)
+            assert "budget of 6 evaluations" in r["note"]
+        r = by["enumerate", p]  # exact columns: the harness's mean is the problem's closed-form gradient
+        assert float(r["exact_mean"]) == pytest.approx(float(r["exact_gradient"]), rel=1e-9, abs=1e-15)
+        assert float(r["exact_variance"]) == pytest.approx(0.0, abs=1e-20) and float(r["variance"]) < 1e-25
+
+
+def test_compare_budget_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="`evaluations` must be None or an int >= 1; got 0"):
+        CompareConfig(evaluations=0)
