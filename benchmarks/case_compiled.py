@@ -211,7 +211,9 @@ def sbn_case(opts: Options) -> Case:
     batch, latents = case_discrete.SIZES["quick" if opts.quick else "full"]
     device = opts.torch_device
     torch.manual_seed(opts.seed)
-    m0 = DiscreteVAE(64, latents, (), estimator="reinforce", evaluations=1).to(device)
+    m0 = DiscreteVAE(
+        64, latents, (), estimator=scg.ScoreFunction(baseline=scg.baselines.MovingAverage()), evaluations=1
+    ).to(device)
     x = case_vae.data(batch, device)
 
     def model(compiled: bool):

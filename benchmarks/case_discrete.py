@@ -239,13 +239,16 @@ def make_pyro(pyro, m: nn.Module, bnet: nn.Module | None, x: Tensor, tag: str) -
 
 
 def build(opts: Options, learned: bool) -> Case:
+    import scg
     from scg.models import DiscreteVAE
     from scg.models.data import digits
 
     batch, latents = SIZES["quick" if opts.quick else "full"]
     device = opts.torch_device
     torch.manual_seed(opts.seed)
-    m = DiscreteVAE(64, latents, (), estimator="reinforce", evaluations=1).to(device)
+    m = DiscreteVAE(
+        64, latents, (), estimator=scg.ScoreFunction(baseline=scg.baselines.MovingAverage()), evaluations=1
+    ).to(device)
     bnet = BaselineNet(64).to(device) if learned else None
     x = digits().train[:batch].to(device)
 
