@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -170,7 +171,7 @@ def test_gradient_variance_is_zero_for_enumeration_and_positive_for_score_functi
 
 
 @pytest.mark.slow
-def test_smoke_experiment_runs_and_resumes(tmp_path: object, capsys: pytest.CaptureFixture[str]) -> None:
+def test_smoke_experiment_runs_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["categorical", "--smoke", "--seeds", "1", "--quiet", "--out", str(tmp_path)]
     experiments.main(argv)
     first = capsys.readouterr().out
