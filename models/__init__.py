@@ -5,6 +5,7 @@ Built only on scg's public API; the proof that the library serves real models.
 
 from scg.models import data
 from scg.models.blr import BayesianLogisticRegression
+from scg.models.categorical_vae import CategoricalEncoder, CategoricalVAE
 from scg.models.discrete_vae import DISCRETE_ESTIMATORS, DiscreteVAE, make_estimator
 from scg.models.evaluate import active_units, log_likelihood, posterior_means
 from scg.models.flow_posterior import (
@@ -39,6 +40,8 @@ from scg.models.train import History, TrainConfig, fit, resolve_device
 from scg.models.vae import VAE, LinearWarmup
 
 __all__ = [
+    "CategoricalVAE",
+    "CategoricalEncoder",
     "data",
     "SigmoidBeliefNet",
     "sbn_estimators",

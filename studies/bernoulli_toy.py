@@ -365,10 +365,9 @@ class BernoulliToy(Study):
             note = ""
             torch.manual_seed(ctx.seed)
             if name == "moving_average":  # warm up the running baseline, then freeze it
-                est.train()
-                with torch.no_grad():
-                    for _ in range(200):
-                        est(f, Bernoulli(logits=torch.zeros(64, dtype=dtype, device=dev)), S)
+                est.train()  # running statistics update with gradients enabled (not under no_grad)
+                for _ in range(200):
+                    est(f, Bernoulli(logits=torch.zeros(64, dtype=dtype, device=dev)), S)
                 note = f"baseline warmed up on 200 calls, frozen at {float(est.baseline.baseline()):.6g}"
             if name == "relax":  # train the control variate at φ = 0 (φ itself is not stepped)
                 opt = torch.optim.Adam(est.parameters(), lr=cfg.cv_lr)

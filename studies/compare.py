@@ -369,10 +369,9 @@ def _run_variant(
             ctx.warm.add(name)
         _seed(seed)
         if _stateful(est):
-            est.train()
-            with torch.no_grad():
-                for _ in range(_WARMUP_CALLS):
-                    est(problem.f, dist, S)
+            est.train()  # running statistics update with gradients enabled (not under no_grad)
+            for _ in range(_WARMUP_CALLS):
+                est(problem.f, dist, S)
         est.eval()
         if ctx.device.type == "cuda":
             torch.cuda.synchronize(ctx.device)
