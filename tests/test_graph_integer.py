@@ -9,7 +9,7 @@ import scg
 from scg import baselines as B
 from scg.graph._integer import IntegerSample
 
-torch.set_default_dtype(torch.float64)
+pytestmark = pytest.mark.usefixtures("float64")  # float64 by default in this module only
 
 
 def t(*v):
@@ -42,7 +42,7 @@ def test_an_unrelated_cost_adds_nothing_to_an_integer_node_gradient():
     torch.testing.assert_close(policy_gradient(one_hot=True, unrelated=1000.0), reference, rtol=1e-12, atol=0)
 
 
-W = torch.linspace(-1.0, 1.0, 12).reshape(3, 4)
+W = torch.linspace(-1.0, 1.0, 12, dtype=torch.float64).reshape(3, 4)
 
 
 # Each maps the integer sample c [S] to a cost [S] through a different kind of operation.
