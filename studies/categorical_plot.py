@@ -35,6 +35,11 @@ COLORS["exact"] = "black"
 STYLES: dict[str, str] = {name: "-" if i < 7 else "--" for i, name in enumerate(LABELS)}
 
 
+#: Relative values at or below this are zero up to rounding (drawn as zeros): e.g. straight-through's
+#: sampled variance for one latent, ~1e-32 of |grad|^2, where its estimate is the same for every draw.
+_ROUNDING = 1e-20
+
+
 def _ok(rows: Sequence[Mapping[str, Any]], part: str) -> list[Mapping[str, Any]]:
     return [r for r in rows if r.get("part") == part and r.get("status") == "ok"]
 
@@ -67,6 +72,7 @@ def _series(
         )
         if not pts:
             continue
+        pts = [(x, 0.0 if y <= _ROUNDING else y, se, r) for x, y, se, r in pts]
         xs = [p[0] for p in pts]
         ys = [max(p[1], floor) for p in pts]
         ax.plot(xs, ys, STYLES[name], color=COLORS[name], label=LABELS[name], lw=1.3, marker=".")
@@ -98,7 +104,7 @@ def _legend(fig: Any, axes: Any) -> None:
 
 
 def _floor(sub: Sequence[Mapping[str, Any]], key: str) -> float:
-    positive = [v for r in sub if (v := number(r.get(key))) is not None and v > 0]
+    positive = [v for r in sub if (v := number(r.get(key))) is not None and v > _ROUNDING]
     return min(positive) / 10 if positive else 1e-12
 
 
