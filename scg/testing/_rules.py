@@ -290,7 +290,7 @@ def distribution_specs(
     return specs
 
 
-def without_replacement_specs(law: str, wor: WithoutReplacement) -> list[Spec]:
+def without_replacement_specs(law: str, wor: WithoutReplacement, max_points: int | None = None) -> list[Spec]:
     r"""Variables of a :class:`~scg.laws.WithoutReplacement` law: one per (sample, batch element).
 
     Each enumerates the ``K!/(K − k)!`` ordered k-tuples of distinct classes (values
@@ -301,6 +301,13 @@ def without_replacement_specs(law: str, wor: WithoutReplacement) -> list[Spec]:
     S, batch, k = int(wor.shape[0]), tuple(wor.shape[1:-1]), int(wor.shape[-1])
     probs = wor.log_probs().double().exp()
     K = int(probs.shape[-1])
+    count = math.perm(K, k)
+    if max_points is not None and count > max_points // 2:  # refused before any tuple is built
+        raise ValueError(
+            f"the exact grid needs at least {count} points for law {law!r} ({count} ordered {k}-tuples of "
+            f"{K} classes without replacement) > `max_points` = {max_points} / 2 (room to refine, as for "
+            "every grid). Reduce the set size k or the number of classes, or raise `max_points`."
+        )
     flat = probs.expand(*batch, K).reshape(-1, K).cpu().numpy()  # [B, K]
     tuples = np.array(list(itertools.permutations(range(K), k)), dtype=np.int64).reshape(-1, k)
     outside = np.ones((len(tuples), K))
@@ -321,19 +328,23 @@ def without_replacement_specs(law: str, wor: WithoutReplacement) -> list[Spec]:
     return specs
 
 
-def law_specs(name: str, law: Law, points: np.ndarray | None = None) -> list[Spec]:
+def law_specs(
+    name: str, law: Law, points: np.ndarray | None = None, max_points: int | None = None
+) -> list[Spec]:
     """Variables of one law.
 
     Args:
         points: extra breakpoints in the law's own space, ``[numel, k]`` (or ``None``);
             for :class:`FromDistribution` they are z-space points ``[M, k]`` per element.
+        max_points: the grid limit; a discrete law whose own support exceeds it is refused
+            before its support is built.
     """
     if isinstance(law, FromDistribution):
         if law.dist is None:
             raise ValueError("`FromDistribution` law has no `dist`.")
         return distribution_specs(name, law.dist, tuple(law.shape), points)
     if isinstance(law, WithoutReplacement):
-        return without_replacement_specs(name, law)
+        return without_replacement_specs(name, law, max_points)
     numel = int(np.prod(law.shape)) if law.shape else 1
     own = law.breakpoints()
     own_np = None if own is None else own.detach().double().reshape(numel, -1).cpu().numpy()

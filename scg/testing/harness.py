@@ -186,7 +186,8 @@ def exact_moments(
                 )
         specs: list[_rules.Spec] = []
         for law_name, law in laws.items():
-            specs += _rules.law_specs(law_name, law, law_points(estimator, dist0, law_name, law, breakpoints))
+            points = law_points(estimator, dist0, law_name, law, breakpoints)
+            specs += _rules.law_specs(law_name, law, points, max_points)
         specs = _nest(specs, nested_points(estimator, dist0, laws, breakpoints))
         shapes = {law_name: tuple(law.shape) for law_name, law in laws.items()}
         dtypes = {law_name: _rules.sample_dtype(law) for law_name, law in laws.items()}
