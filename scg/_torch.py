@@ -3,7 +3,7 @@
 The graph reads data flow from autograd's graph and looks through ``torch.func``
 wrappers; checks that read values on the host must know whether they run inside a
 ``torch.func`` transform. None of this has a public API in torch 2.x, so each use
-is a one-line function here, and ``tests/test_torch_internals.py`` has one test per
+is a one-line function here, and ``tests/library/test_torch_internals.py`` has one test per
 behaviour relied on — a torch upgrade that changes one fails there, by name.
 
 Behaviours relied on:

@@ -21,7 +21,7 @@ gradient (all K·D logits) come from
   grid fits in ``max_points`` (else it raises ``ValueError``);
 * ``exact_iid``: for estimators whose S-sample estimate is the mean of S independent
   one-sample estimates (:data:`IID`), the exact moments at S = 1 with the variance divided
-  by S (``tests/test_study_categorical.py`` checks this against the harness at S = 2);
+  by S (``tests/studies/test_study_categorical.py`` checks this against the harness at S = 2);
 * ``sampled``: N = ``num_estimates`` independent estimates (:func:`scg.studies.sampling.sample_gradients`,
   i.e. :func:`scg.diagnostics.gradient_samples`, fixed seed), with standard errors.
 

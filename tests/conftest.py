@@ -1,5 +1,11 @@
 """Shared test configuration.
 
+Layout, mirroring the packages: ``library/`` tests ``scg`` itself (a folder named ``scg``
+here would shadow the package as a namespace package whenever ``tests/`` is on
+``sys.path``, as it is for the torchrun worker), ``models/`` tests ``scg.models``,
+``studies/`` tests ``scg.studies`` and ``scg-study``; the files left in ``tests/`` cut
+across them (README examples, packaging, bad inputs, distributed runs, benchmarks).
+
 Randomised statistical tests follow torch.distributions' note: each test seeds
 its generator, states a failure rate (1e-3 unless said otherwise) and uses a
 Bonferroni-corrected threshold. Hypothesis runs derandomized (profile "ci", the

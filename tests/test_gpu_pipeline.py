@@ -28,7 +28,7 @@ def test_cpu_pipeline_writes_one_report_naming_the_device(tmp_path, capsys):
             "--cases",
             "vae",
             "--tests",
-            "tests/test_cli.py",
+            "tests/studies/test_cli.py",
         ]
     )
     text = report.read_text()

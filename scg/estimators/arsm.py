@@ -68,7 +68,7 @@ class ARSM(Estimator):
     The estimate jumps where two of the values :math:`π_a e^{−φ_b}` tie — surfaces that
     are not aligned with the axes of u — so :func:`scg.testing.exact_moments` cannot
     integrate it to its tolerance; exact checks integrate over the simplex cell by cell
-    instead (``tests/test_estimators_arm_coupled.py``).
+    instead (``tests/library/test_estimators_arm_coupled.py``).
 
     Example:
         >>> import torch, scg

@@ -127,7 +127,7 @@ class MeasureValued(Estimator):
     gradient, though it stays far below the estimate's standard deviation, ≈ 1). No
     rewriting of the estimate removes this: f is a black box evaluated in the
     problem's dtype. Use float64 when σ-gradients at small σ matter
-    (``tests/test_measure_valued_numerics.py``).
+    (``tests/library/test_measure_valued_numerics.py``).
 
     Args:
         baseline: a control variate from :mod:`scg.baselines` (or ``None``); it is

@@ -30,7 +30,7 @@ The estimate can be fooled only by a feature that neither the n- nor the 2n-node
 rule sees (an unsplit jump of tiny mass, a spike narrower than the node spacing).
 Components of the gradient are integrated over the laws they depend on only
 (found by probing), so e.g. the measure-valued μ- and σ-derivatives get 1- and
-2-dimensional grids. ``tests/test_testing_oracles.py`` checks the harness against
+2-dimensional grids. ``tests/library/test_testing_oracles.py`` checks the harness against
 scipy quadrature of hand-derived integrands to 1e-6.
 * :mod:`scg.testing.costs` — cost families with their breakpoints;
   :mod:`scg.testing.quadrature` — the one-dimensional rules.

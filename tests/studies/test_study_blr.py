@@ -17,7 +17,7 @@ from _study_helpers import assert_cuda_smoke_run, manifest, run_rejected, run_sm
 
 from scg.studies.blr import ESTIMATORS, anova, median_bootstrap, ordering, summary_table
 
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "studies" / "blr"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "studies" / "blr"
 
 
 def test_anova_is_exact_on_constructed_groups():

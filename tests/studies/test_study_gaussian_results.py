@@ -17,7 +17,7 @@ import pytest
 from scipy import integrate
 from scipy.stats import norm
 
-CSV = Path(__file__).resolve().parents[1] / "docs" / "studies" / "gaussian" / "results.csv"
+CSV = Path(__file__).resolve().parents[2] / "docs" / "studies" / "gaussian" / "results.csv"
 MU, SIGMA = 1.0, 1.0  # the study's N(μ = 1, σ = 1)
 OPTS = dict(epsabs=1e-13, epsrel=1e-12, limit=500)
 

@@ -22,7 +22,7 @@ from scg.studies import cli
 from scg.studies.gaussian import REFERENCE, Gaussian, GaussianConfig, Moments
 from scg.studies.sampling import statistics
 
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "studies" / "gaussian" / "results.csv"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "studies" / "gaussian" / "results.csv"
 DOCS_FULL = DOCS.with_name("results_full.csv")
 
 

@@ -16,7 +16,7 @@ import torch
 from scg.models.data import digits
 from scg.models.sbn import SBN_ESTIMATORS, SigmoidBeliefNet, sbn_estimators
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("layers", [(12, 12), (12, 12, 12)], ids=["2-layer", "3-layer"])

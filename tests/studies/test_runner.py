@@ -260,7 +260,7 @@ def test_set_types_come_from_annotations_and_empty_text_is_the_empty_tuple():
 
 
 _MINE = ("gaussian", "iwae-snr", "blr", "doubly-stochastic", "discrete-vae", "flows-2d", "categorical")
-_DOCS = Path(__file__).resolve().parents[1] / "docs" / "studies"
+_DOCS = Path(__file__).resolve().parents[2] / "docs" / "studies"
 
 
 @pytest.mark.parametrize("name", registry.study_names())

@@ -12,7 +12,7 @@ import torch
 
 from scg.models.experiments import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)

@@ -13,7 +13,7 @@ from _study_helpers import assert_cuda_smoke_run, manifest, run_rejected, run_sm
 from scg.models import DISCRETE_ESTIMATORS
 from scg.studies.discrete_vae import SAME_MEAN, shared_sq_norm, summary, summary_table
 
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "studies" / "discrete-vae"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "studies" / "discrete-vae"
 
 
 def test_smoke_run(tmp_path):

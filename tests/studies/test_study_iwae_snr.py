@@ -18,7 +18,7 @@ from _study_helpers import manifest, num, smoke_fixture
 
 from scg.studies.iwae_snr import IWAESNRConfig, fit_slope, gradients, log_px, setup, slope_se_ols
 
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "studies" / "iwae-snr" / "results.csv"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "studies" / "iwae-snr" / "results.csv"
 
 
 smoke = smoke_fixture("iwae-snr")  # module scope: (out, rows) of one CPU smoke run
