@@ -127,8 +127,57 @@ def format_table(
     return "\n".join(lines).rstrip() + "\n"
 
 
+#: Problems with more parameters than this are drawn one row per estimator (variances summed).
+_MAX_PARAMETER_ROWS = 3
+
+
+def _summed_over_parameters(rows: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Rows of problems with many parameters replaced by one row per estimator: the total variance.
+
+    The sampled total's SE combines the parameters' SEs in quadrature (an approximation: the
+    components' sample variances are correlated); the exact total is the sum of the exact
+    variances when every component has one, else missing. Other problems' rows are kept.
+    """
+    counts: dict[str, set[str]] = {}
+    for r in rows:
+        counts.setdefault(r["problem"], set()).add(r["parameter"])
+    out: list[Mapping[str, Any]] = []
+    groups: dict[tuple[str, str, Any], list[Mapping[str, Any]]] = {}
+    for r in rows:
+        if len(counts[r["problem"]]) <= _MAX_PARAMETER_ROWS:
+            out.append(r)
+            continue
+        key = (r["problem"], r["estimator"], r["num_samples"])
+        if key not in groups:
+            groups[key] = []
+            out.append({"_group": key})
+        groups[key].append(r)
+    merged: list[Mapping[str, Any]] = []
+    for r in out:
+        if "_group" not in r:
+            merged.append(r)
+            continue
+        members = groups[r["_group"]]
+        exact = [_num(m["exact_variance"]) for m in members]
+        merged.append(
+            {
+                **members[0],
+                "parameter": f"Σ {len(members)} parameters",
+                "variance": sum(_num(m["variance"]) for m in members),
+                "variance_std_error": math.sqrt(sum(_num(m["variance_std_error"]) ** 2 for m in members)),
+                "exact_variance": sum(exact) if not any(math.isnan(e) for e in exact) else float("nan"),
+                "exact_gradient": math.sqrt(sum(_num(m["exact_gradient"]) ** 2 for m in members)),
+                "mean": math.sqrt(sum(_num(m["mean"]) ** 2 for m in members)),
+            }
+        )
+    return merged
+
+
 def plot_compare(rows: Sequence[Mapping[str, Any]], path: str | Path, *, title: str | None = None) -> Path:
     """Dot plot of the variance of one estimate, sampled (±2 SE) next to exact, one panel per problem.
+
+    A problem with more than three parameters gets one row per estimator, its variance
+    summed over the parameters (the total variance); ``results.csv`` keeps every component.
 
     Log-scale x axis; zero variances (e.g. DisARM on the Bernoulli toy; below
     1e-10 · gradient² counts as zero: float rounding) are drawn at the left edge and
@@ -137,7 +186,7 @@ def plot_compare(rows: Sequence[Mapping[str, Any]], path: str | Path, *, title: 
     plt = pyplot()
     import matplotlib.ticker
 
-    ok = [r for r in rows if r["status"] == "ok"]
+    ok = _summed_over_parameters([r for r in rows if r["status"] == "ok"])
     problems = list(dict.fromkeys(r["problem"] for r in rows))
     n = max(1, len(problems))
     ncols = min(3, n)

@@ -647,3 +647,33 @@ def test_compare_categorical_at_a_budget_of_evaluations(tmp_path: Path) -> None:
 def test_compare_budget_must_be_positive() -> None:
     with pytest.raises(ValueError, match="`evaluations` must be None or an int >= 1; got 0"):
         CompareConfig(evaluations=0)
+
+
+def test_compare_plot_sums_the_variances_of_problems_with_many_parameters():
+    """Problems with more than three parameters are drawn one row per estimator: the total variance
+    (SEs in quadrature; the exact total only when every component has an exact value)."""
+    from scg.studies.report import _summed_over_parameters
+
+    def row(problem, est, param, v, se, ex):
+        return {
+            "problem": problem,
+            "estimator": est,
+            "parameter": param,
+            "num_samples": 1,
+            "variance": v,
+            "variance_std_error": se,
+            "exact_variance": ex,
+            "exact_gradient": 1.0,
+            "mean": 1.0,
+        }
+
+    rows = [row("small", "sf", f"p{i}", 1.0, 0.1, 1.0) for i in range(2)]
+    rows += [row("big", "sf", f"a[{i}]", float(i + 1), 0.3, float(i + 1)) for i in range(4)]
+    rows += [row("big", "mv", f"a[{i}]", 2.0, 0.4, float("nan") if i == 2 else 2.0) for i in range(4)]
+    out = _summed_over_parameters(rows)
+    assert [r["parameter"] for r in out[:2]] == ["p0", "p1"]  # kept as they are
+    sf, mv = out[2], out[3]
+    assert sf["parameter"] == "Σ 4 parameters" and sf["variance"] == 10.0 and sf["exact_variance"] == 10.0
+    assert sf["variance_std_error"] == pytest.approx(0.6)  # sqrt(4 * 0.3^2)
+    assert mv["variance"] == 8.0 and math.isnan(mv["exact_variance"])
+    assert len(out) == 4
